@@ -1,0 +1,167 @@
+//! Capability probing: what this machine can run, probed once into typed structs.
+//! Never hard-coded: a GPU row is filled only by that backend's probe.
+
+use std::sync::OnceLock;
+
+/// dp4a (`__dp4a`) needs compute capability 6.1.
+pub const DP4A_MIN_SM: (u32, u32) = (6, 1);
+/// Integer `mma.sync` (s8 m16n8k32) needs compute capability 8.0.
+pub const INT8_MMA_MIN_SM: (u32, u32) = (8, 0);
+
+/// The result of probing one backend.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendProbe<T> {
+    /// The cargo feature is off.
+    NotBuilt,
+    /// Built, but unusable here (no driver / no adapter); the reason says which.
+    Unavailable(String),
+    Available(T),
+}
+
+impl<T> BackendProbe<T> {
+    pub fn available(&self) -> Option<&T> {
+        match self {
+            Self::Available(t) => Some(t),
+            _ => None,
+        }
+    }
+    /// One-line status for tables.
+    pub fn status(&self) -> String {
+        match self {
+            Self::NotBuilt => "not built".into(),
+            Self::Unavailable(reason) => format!("unavailable: {reason}"),
+            Self::Available(_) => "available".into(),
+        }
+    }
+}
+
+/// CPU facts that matter to the CPU backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuCaps {
+    pub threads: usize,
+    pub arch: &'static str,
+    /// SIMD features detected at run time (e.g. "avx2", "avx512vnni", "neon").
+    pub simd: Vec<&'static str>,
+}
+
+impl CpuCaps {
+    pub fn probe() -> Self {
+        let mut simd = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("sse4.1") {
+                simd.push("sse4.1");
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                simd.push("avx2");
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                simd.push("avx512f");
+            }
+            if std::arch::is_x86_feature_detected!("avx512bw") {
+                simd.push("avx512bw");
+            }
+            if std::arch::is_x86_feature_detected!("avx512vnni") {
+                simd.push("avx512vnni");
+            }
+            if std::arch::is_x86_feature_detected!("avxvnni") {
+                simd.push("avxvnni");
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("neon") {
+                simd.push("neon");
+            }
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                simd.push("dotprod");
+            }
+        }
+        Self {
+            threads: rayon::current_num_threads(),
+            arch: std::env::consts::ARCH,
+            simd,
+        }
+    }
+}
+
+/// One CUDA device.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CudaDeviceCaps {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (u32, u32),
+    pub multiprocessors: u32,
+    pub memory_bytes: u64,
+    /// `compute_capability >= DP4A_MIN_SM`.
+    pub dp4a: bool,
+    /// `compute_capability >= INT8_MMA_MIN_SM`.
+    pub int8_mma: bool,
+}
+
+/// The CUDA driver, NVRTC and every device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CudaCaps {
+    pub driver_version: Option<i32>,
+    pub nvrtc_version: Option<(i32, i32)>,
+    pub devices: Vec<CudaDeviceCaps>,
+}
+
+/// One wgpu adapter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WgpuAdapterCaps {
+    pub index: usize,
+    pub name: String,
+    pub backend: String,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_buffer_size: u64,
+    pub max_compute_workgroup_storage_size: u32,
+    pub max_compute_invocations_per_workgroup: u32,
+    pub subgroup: bool,
+    pub shader_f16: bool,
+    pub shader_int64: bool,
+    /// Whether `dot4I8Packed` lowers to a native integer dot product on this adapter.
+    pub native_dot4: bool,
+}
+
+/// Every wgpu adapter found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WgpuCaps {
+    pub adapters: Vec<WgpuAdapterCaps>,
+}
+
+/// Everything probed, once per process.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Capabilities {
+    pub cpu: CpuCaps,
+    pub cuda: BackendProbe<CudaCaps>,
+    pub wgpu: BackendProbe<WgpuCaps>,
+}
+
+impl Capabilities {
+    /// Probes every backend (no caching; see [`Capabilities::get`]).
+    pub fn probe() -> Self {
+        #[cfg(feature = "cuda")]
+        let cuda = crate::backend::cuda::probe();
+        #[cfg(not(feature = "cuda"))]
+        let cuda = BackendProbe::NotBuilt;
+        #[cfg(feature = "wgpu")]
+        let wgpu = crate::backend::wgpu::probe();
+        #[cfg(not(feature = "wgpu"))]
+        let wgpu = BackendProbe::NotBuilt;
+        Self {
+            cpu: CpuCaps::probe(),
+            cuda,
+            wgpu,
+        }
+    }
+
+    /// The process-wide probe result, computed on first use.
+    pub fn get() -> &'static Self {
+        static CAPS: OnceLock<Capabilities> = OnceLock::new();
+        CAPS.get_or_init(Self::probe)
+    }
+}

@@ -1,0 +1,85 @@
+//! The kernel registry: every GPU kernel is named by one [`KernelId`]; its source file stem and
+//! entry-point name are written here once and nowhere else.
+
+/// Every kernel of the crate, on either GPU backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelId {
+    /// Absmean reduction → scale buffer.
+    AbsmeanScale,
+    /// f32 → i32 codes.
+    QuantizeCodes,
+    /// f32 → i8x4 words.
+    QuantizePack,
+    /// Low-rank projection, prepacked i8x4 input.
+    LowrankPacked,
+    /// Low-rank projection, i32 codes input.
+    LowrankCodes,
+    /// Low-rank projection, f32 input quantized in the kernel.
+    LowrankF32,
+    /// Low-rank projection, float path (no activation quantization).
+    LowrankFloat,
+    /// Decoder tail, prepacked input.
+    DecoderPacked,
+    DecoderCodes,
+    DecoderF32,
+    DecoderFloat,
+    /// Decoder tail split-K partial-sum reduction.
+    DecoderReduce,
+    RhoInt8Pack,
+    RhoInt8Unpack,
+}
+
+impl KernelId {
+    pub const ALL: [Self; 14] = [
+        Self::AbsmeanScale,
+        Self::QuantizeCodes,
+        Self::QuantizePack,
+        Self::LowrankPacked,
+        Self::LowrankCodes,
+        Self::LowrankF32,
+        Self::LowrankFloat,
+        Self::DecoderPacked,
+        Self::DecoderCodes,
+        Self::DecoderF32,
+        Self::DecoderFloat,
+        Self::DecoderReduce,
+        Self::RhoInt8Pack,
+        Self::RhoInt8Unpack,
+    ];
+
+    /// Source stem: `cuda/{stem}.cu`, `shaders/{stem}.wgsl`.
+    pub fn stem(self) -> &'static str {
+        match self {
+            Self::AbsmeanScale | Self::QuantizeCodes | Self::QuantizePack => "quantize",
+            Self::LowrankPacked | Self::LowrankCodes | Self::LowrankF32 | Self::LowrankFloat => {
+                "lowrank"
+            }
+            Self::DecoderPacked
+            | Self::DecoderCodes
+            | Self::DecoderF32
+            | Self::DecoderFloat
+            | Self::DecoderReduce => "decoder_tail",
+            Self::RhoInt8Pack | Self::RhoInt8Unpack => "rho",
+        }
+    }
+
+    /// Entry point name (CUDA `extern "C" __global__` / WGSL `@compute fn`).
+    pub fn entry(self) -> &'static str {
+        match self {
+            Self::AbsmeanScale => "absmean_scale",
+            Self::QuantizeCodes => "quantize_codes",
+            Self::QuantizePack => "quantize_pack_i8x4",
+            Self::LowrankPacked => "lowrank_packed",
+            Self::LowrankCodes => "lowrank_codes",
+            Self::LowrankF32 => "lowrank_f32",
+            Self::LowrankFloat => "lowrank_float",
+            Self::DecoderPacked => "decoder_packed",
+            Self::DecoderCodes => "decoder_codes",
+            Self::DecoderF32 => "decoder_f32",
+            Self::DecoderFloat => "decoder_float",
+            Self::DecoderReduce => "decoder_reduce",
+            Self::RhoInt8Pack => "rho_int8_pack",
+            Self::RhoInt8Unpack => "rho_int8_unpack",
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! # lowbit-kernels
+//!
+//! Raw GPU kernels for BitNet b1.58-style low-bit inference and training of BDH models: the
+//! low-rank projection `x[B,1|H,T,D] · W[H,D,N]`, the decoder tail `y[B,H,T,N] · W[H·N,D]`
+//! summed over heads, activation quantize+pack and rho-state block compression. Two GPU paths
+//! (CUDA C through NVRTC, WGSL through wgpu) and a CPU backend, all judged bit for bit against
+//! the pure-Rust [`reference`].
+//!
+//! Formats, rounding and layouts are those of `SPEC.md` (see `docs/`).
+
+pub mod artifact;
+pub mod backend;
+pub mod caps;
+pub mod config;
+pub mod error;
+pub mod kernels;
+pub mod ops;
+pub mod pack;
+pub mod quant;
+pub mod reference;
+pub mod testing;
+
+pub use artifact::{
+    PackedWeightArtifact, PackedWeightEncoding, pack_weight_artifact_from_format,
+    unpack_weight_artifact_to_i8_codes,
+};
+pub use backend::Backend;
+pub use caps::Capabilities;
+pub use config::*;
+pub use error::{BackendKind, LowbitError, Result};
+pub use ops::{
+    ActInput, DecoderTailShape, Epilogue, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
+};
+pub use pack::{
+    pack_decoder_input_codes_i8x4, pack_decoder_weight_codes_i8x4, pack_lowrank_input_codes_i8x4,
+    pack_lowrank_weight_codes_i8x4, unpack_decoder_input_codes_i8x4,
+    unpack_decoder_weight_codes_i8x4, unpack_lowrank_input_codes_i8x4,
+    unpack_lowrank_weight_codes_i8x4,
+};
+pub use quant::EPS;

@@ -1,0 +1,117 @@
+//! Low-rank projection `x[B, 1|H, T, D] · W[H, D, N] → out[B, H, T, latent_out]`.
+
+use super::checked_len;
+use crate::error::{LowbitError, Result};
+use crate::quant::check_accumulator;
+
+pub const OP: &str = "lowrank";
+
+/// Validated problem shape of one low-rank projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LowrankShape {
+    pub batch: usize,
+    /// Heads of the input: 1 (broadcast over heads) or `heads`.
+    pub in_heads: usize,
+    pub heads: usize,
+    pub time: usize,
+    /// D, the reduction axis.
+    pub embd: usize,
+    /// N of the weight artifact.
+    pub latent: usize,
+    /// Columns computed: the first `latent_out ≤ N`.
+    pub latent_out: usize,
+}
+
+impl LowrankShape {
+    /// Checks `x_shape = [B, Hin, T, D]` against `w_shape = [H, D, N]` and `latent_out`.
+    pub fn new(x_shape: [usize; 4], w_shape: [usize; 3], latent_out: usize) -> Result<Self> {
+        let [batch, in_heads, time, embd] = x_shape;
+        let [heads, w_embd, latent] = w_shape;
+        checked_len(OP, &x_shape)?;
+        checked_len(OP, &w_shape)?;
+        if in_heads != 1 && in_heads != heads {
+            return Err(LowbitError::shape(
+                OP,
+                format!("input heads 1 or {heads} (weight {w_shape:?})"),
+                format!("{x_shape:?}"),
+            ));
+        }
+        if embd != w_embd {
+            return Err(LowbitError::shape(
+                OP,
+                format!("input D = weight D = {w_embd} (weight {w_shape:?})"),
+                format!("{x_shape:?}"),
+            ));
+        }
+        if latent_out == 0 || latent_out > latent {
+            return Err(LowbitError::InvalidArgument {
+                op: OP,
+                what: "latent_out",
+                reason: format!("{latent_out} must be in 1..={latent}"),
+            });
+        }
+        let shape = Self {
+            batch,
+            in_heads,
+            heads,
+            time,
+            embd,
+            latent,
+            latent_out,
+        };
+        checked_len(OP, &shape.out_shape())?;
+        Ok(shape)
+    }
+
+    /// BDH sizes with `m = B·T` tokens (B = 1), shared input: D=embd, H heads, N latent.
+    pub fn bdh(m: usize, heads: usize, embd: usize, latent: usize) -> Result<Self> {
+        Self::new([1, 1, m, embd], [heads, embd, latent], latent)
+    }
+
+    pub fn x_shape(&self) -> [usize; 4] {
+        [self.batch, self.in_heads, self.time, self.embd]
+    }
+    pub fn w_shape(&self) -> [usize; 3] {
+        [self.heads, self.embd, self.latent]
+    }
+    pub fn out_shape(&self) -> [usize; 4] {
+        [self.batch, self.heads, self.time, self.latent_out]
+    }
+    /// Words per input row: `ceil(D/4)`.
+    pub fn k_words(&self) -> usize {
+        self.embd.div_ceil(4)
+    }
+    pub fn x_len(&self) -> usize {
+        self.batch * self.in_heads * self.time * self.embd
+    }
+    pub fn x_words_len(&self) -> usize {
+        self.batch * self.in_heads * self.time * self.k_words()
+    }
+    pub fn w_len(&self) -> usize {
+        self.heads * self.embd * self.latent
+    }
+    /// Words of the packed weight `[H, ceil(D/4), N]`.
+    pub fn w_words_len(&self) -> usize {
+        self.heads * self.k_words() * self.latent
+    }
+    pub fn out_len(&self) -> usize {
+        self.batch * self.heads * self.time * self.latent_out
+    }
+    /// Tokens `B·T`.
+    pub fn m(&self) -> usize {
+        self.batch * self.time
+    }
+    /// Integer ops (one multiply + one add per MAC) of the useful work.
+    pub fn int_ops(&self) -> u64 {
+        2 * (self.batch * self.heads * self.time) as u64 * self.embd as u64 * self.latent_out as u64
+    }
+    /// Errors if `D · qmax_a · qmax_w ≥ 2^31`.
+    pub fn check_accumulator(&self, qmax_a: u32, qmax_w: u32) -> Result<()> {
+        check_accumulator(OP, self.embd, qmax_a, qmax_w)
+    }
+    /// Row of the input used by output head `h`.
+    #[inline]
+    pub fn in_head(&self, h: usize) -> usize {
+        if self.in_heads == 1 { 0 } else { h }
+    }
+}

@@ -1,0 +1,36 @@
+//! Rho state block compression: blocks of 32 over the flattened `[B, H, N, D]` tensor.
+
+use super::checked_len;
+use crate::error::Result;
+
+pub const OP: &str = "rho";
+/// Elements per block (one scale each).
+pub const RHO_BLOCK_SIZE: usize = 32;
+/// i8x4 words per int8 block on device.
+pub const RHO_WORDS_PER_BLOCK: usize = RHO_BLOCK_SIZE / 4;
+
+/// Validated rho state shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RhoShape {
+    pub logical_shape: [usize; 4],
+}
+
+impl RhoShape {
+    pub fn new(logical_shape: [usize; 4]) -> Result<Self> {
+        checked_len(OP, &logical_shape)?;
+        Ok(Self { logical_shape })
+    }
+    pub fn len(&self) -> usize {
+        self.logical_shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn blocks(&self) -> usize {
+        self.len().div_ceil(RHO_BLOCK_SIZE)
+    }
+    /// Words of the device int8 layout: 8 per block, the last block zero-padded.
+    pub fn int8_words(&self) -> usize {
+        self.blocks() * RHO_WORDS_PER_BLOCK
+    }
+}
