@@ -66,3 +66,20 @@ pub trait Backend: Send + Sync {
     fn rho_int8_pack(&self, shape: &RhoShape, values: &[f32]) -> Result<(Vec<u32>, Vec<f32>)>;
     fn rho_int8_unpack(&self, shape: &RhoShape, words: &[u32], scales: &[f32]) -> Result<Vec<f32>>;
 }
+
+/// Opens the default device of `kind` (CPU always; CUDA device 0; the best wgpu adapter),
+/// or says why it is unavailable.
+pub fn open(kind: BackendKind) -> Result<Box<dyn Backend>> {
+    match kind {
+        BackendKind::Cpu => Ok(Box::new(cpu::CpuBackend::new())),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => cuda::open_default(),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => wgpu::open_default(),
+        #[allow(unreachable_patterns)]
+        other => Err(crate::error::LowbitError::BackendUnavailable {
+            backend: other,
+            reason: format!("built without the `{other}` cargo feature"),
+        }),
+    }
+}

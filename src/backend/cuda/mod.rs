@@ -6,3 +6,11 @@ use crate::caps::{BackendProbe, CudaCaps};
 pub fn probe() -> BackendProbe<CudaCaps> {
     BackendProbe::Unavailable("CUDA backend not implemented yet".into())
 }
+
+/// Opens CUDA device 0 as a [`crate::Backend`].
+pub fn open_default() -> crate::Result<Box<dyn crate::Backend>> {
+    Err(crate::LowbitError::BackendUnavailable {
+        backend: crate::BackendKind::Cuda,
+        reason: "CUDA backend not implemented yet".into(),
+    })
+}

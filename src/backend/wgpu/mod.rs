@@ -6,3 +6,11 @@ use crate::caps::{BackendProbe, WgpuCaps};
 pub fn probe() -> BackendProbe<WgpuCaps> {
     BackendProbe::Unavailable("wgpu backend not implemented yet".into())
 }
+
+/// Opens the best wgpu adapter as a [`crate::Backend`].
+pub fn open_default() -> crate::Result<Box<dyn crate::Backend>> {
+    Err(crate::LowbitError::BackendUnavailable {
+        backend: crate::BackendKind::Wgpu,
+        reason: "wgpu backend not implemented yet".into(),
+    })
+}
