@@ -61,6 +61,16 @@ impl DecoderTailShape {
         Self::new([1, heads, m, latent], [heads * latent, dim])
     }
 
+    /// Re-checks a shape that may have been built as a struct literal (its fields are public):
+    /// backends call this before touching buffers.
+    pub fn validate(&self) -> Result<()> {
+        if Self::new(self.y_shape(), self.w_shape())? == *self {
+            Ok(())
+        } else {
+            Err(LowbitError::shape(OP, "a consistent shape", format!("{self:?}")))
+        }
+    }
+
     pub fn y_shape(&self) -> [usize; 4] {
         [self.batch, self.heads, self.time, self.latent]
     }

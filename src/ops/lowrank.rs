@@ -68,6 +68,16 @@ impl LowrankShape {
         Self::new([1, 1, m, embd], [heads, embd, latent], latent)
     }
 
+    /// Re-checks a shape that may have been built as a struct literal (its fields are public):
+    /// backends call this before touching buffers.
+    pub fn validate(&self) -> Result<()> {
+        if Self::new(self.x_shape(), self.w_shape(), self.latent_out)? == *self {
+            Ok(())
+        } else {
+            Err(LowbitError::shape(OP, "a consistent shape", format!("{self:?}")))
+        }
+    }
+
     pub fn x_shape(&self) -> [usize; 4] {
         [self.batch, self.in_heads, self.time, self.embd]
     }
