@@ -67,7 +67,11 @@ impl DecoderTailShape {
         if Self::new(self.y_shape(), self.w_shape())? == *self {
             Ok(())
         } else {
-            Err(LowbitError::shape(OP, "a consistent shape", format!("{self:?}")))
+            Err(LowbitError::shape(
+                OP,
+                "a consistent shape",
+                format!("{self:?}"),
+            ))
         }
     }
 

@@ -74,7 +74,11 @@ impl LowrankShape {
         if Self::new(self.x_shape(), self.w_shape(), self.latent_out)? == *self {
             Ok(())
         } else {
-            Err(LowbitError::shape(OP, "a consistent shape", format!("{self:?}")))
+            Err(LowbitError::shape(
+                OP,
+                "a consistent shape",
+                format!("{self:?}"),
+            ))
         }
     }
 
