@@ -13,11 +13,18 @@ pub mod backend;
 pub mod caps;
 pub mod config;
 pub mod error;
+pub mod estimate;
+pub mod fake_quant;
 pub mod kernels;
 pub mod ops;
 pub mod pack;
+pub mod plan;
+pub mod profile;
 pub mod quant;
 pub mod reference;
+pub mod rho;
+pub mod saved;
+pub mod tensor;
 pub mod testing;
 
 pub use artifact::{
