@@ -107,16 +107,15 @@ pub fn unpack_binary_1bit(packed: &[u8], len: usize) -> Result<Vec<i8>> {
 /// The bits past `used_bits` in the last byte must be zero (the format is canonical).
 fn check_padding(op: &'static str, packed: &[u8], used_bits: usize) -> Result<()> {
     let rem = used_bits % 8;
-    if rem != 0 {
-        if let Some(&last) = packed.last() {
-            if last >> rem != 0 {
-                return Err(LowbitError::InvalidArgument {
-                    op,
-                    what: "padding",
-                    reason: "unused bits of the last byte must be zero".into(),
-                });
-            }
-        }
+    if rem != 0
+        && let Some(&last) = packed.last()
+        && last >> rem != 0
+    {
+        return Err(LowbitError::InvalidArgument {
+            op,
+            what: "padding",
+            reason: "unused bits of the last byte must be zero".into(),
+        });
     }
     Ok(())
 }
