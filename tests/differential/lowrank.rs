@@ -64,9 +64,9 @@ fn edges(ctx: &mut Ctx) {
 }
 
 fn max_accumulator(ctx: &mut Ctx) {
-    // 66310·255·127 < 2^31 ≤ 66311·255·127; int8×int8 fits far above.
-    crate::max_accumulator_case(ctx, "lowrank", &op([1, 1, 1, 66310], [1, 66310, 2], 2));
-    crate::max_accumulator_case(ctx, "lowrank", &op([1, 1, 2, 66311], [1, 66311, 1], 1));
+    // 66311·255·127 < 2^31 ≤ 66312·255·127; int8×int8 fits far above.
+    crate::max_accumulator_case(ctx, "lowrank", &op([1, 1, 1, 66311], [1, 66311, 2], 2));
+    crate::max_accumulator_case(ctx, "lowrank", &op([1, 1, 2, 66312], [1, 66312, 1], 1));
 }
 
 fn errors(ctx: &mut Ctx) {
@@ -90,7 +90,7 @@ fn errors(ctx: &mut Ctx) {
         lit(1, 0, 5, 9, 9),  // zero H
     ];
     let overflow = [
-        op([1, 1, 1, 66311], [1, 66311, 1], 1),
+        op([1, 1, 1, 66312], [1, 66312, 1], 1),
         op([1, 2, 2, 70001], [2, 70001, 3], 2),
     ];
     crate::error_cases(ctx, "lowrank", &good, &bad, &overflow);

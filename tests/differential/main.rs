@@ -9,6 +9,7 @@
 use std::fmt::Display;
 use std::sync::OnceLock;
 
+use lowbit_kernels::backend::cpu::{CpuBackend, CpuKernel};
 use lowbit_kernels::backend::{self, Backend, ProjectionArgs};
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::{
@@ -26,6 +27,11 @@ macro_rules! backend_tests {
             #[test]
             fn cpu() {
                 crate::run(lowbit_kernels::BackendKind::Cpu, super::$case);
+            }
+            /// The CPU backend forced onto its portable kernel (the SIMD one is `cpu`).
+            #[test]
+            fn cpu_portable() {
+                crate::run_cpu_portable(super::$case);
             }
             #[test]
             fn cuda() {
@@ -70,11 +76,23 @@ fn backend_for(kind: BackendKind) -> Option<&'static dyn Backend> {
     }
 }
 
+/// Runs one case on the CPU backend's portable kernel.
+pub fn run_cpu_portable(case: fn(&mut Ctx)) {
+    static PORTABLE: OnceLock<CpuBackend> = OnceLock::new();
+    let b = PORTABLE.get_or_init(|| CpuBackend::with_kernel(CpuKernel::Portable));
+    run_on(b, BackendKind::Cpu, case);
+}
+
 /// Runs one case on one backend (or skips it) and fails with every recorded failure.
 pub fn run(kind: BackendKind, case: fn(&mut Ctx)) {
     let Some(b) = backend_for(kind) else {
         return;
     };
+    run_on(b, kind, case);
+}
+
+fn run_on(b: &'static dyn Backend, kind: BackendKind, case: fn(&mut Ctx)) {
+    println!("[{kind}] backend: {}", b.name());
     let mut ctx = Ctx {
         b,
         kind,
@@ -380,6 +398,13 @@ impl Op {
         match self {
             Op::Lowrank(s) => s.embd,
             Op::Decoder(s) => s.latent,
+        }
+    }
+    /// Length of the whole reduction (D, or H·L): what the accumulator check sees.
+    pub fn reduction(&self) -> usize {
+        match self {
+            Op::Lowrank(s) => s.embd,
+            Op::Decoder(s) => s.k(),
         }
     }
     pub fn in_len(&self) -> usize {
@@ -798,7 +823,7 @@ pub fn edge_cases(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64) {
 pub fn max_accumulator_case(ctx: &mut Ctx, name: &str, op: &Op) {
     for (format, code) in [(Fmt::Uint8PosExp, 255), (Fmt::Int8, 127), (Fmt::Int8, -127)] {
         let qmax = format.qmax().unwrap();
-        let fits = (op.k() as u64) * u64::from(qmax) * 127 < (1u64 << 31);
+        let fits = (op.reduction() as u64) * u64::from(qmax) * 127 < (1u64 << 31);
         for wc in [127i8, -127] {
             let w_codes = vec![wc; op.w_len()];
             let w = Weights {
@@ -817,7 +842,10 @@ pub fn max_accumulator_case(ctx: &mut Ctx, name: &str, op: &Op) {
                 w_qmax: 127,
                 epilogue: Epilogue::default(),
             };
-            let case = format!("{name} max-acc {format:?} code={code} w={wc} k={}", op.k());
+            let case = format!(
+                "{name} max-acc {format:?} code={code} w={wc} K={}",
+                op.reduction()
+            );
             if fits {
                 if let Some(out) = ctx.ok(&case, op.call(ctx.b, &args)) {
                     let expected = op.reference_codes(&codes, &w.codes, 1.0, 1.0);
@@ -1124,7 +1152,7 @@ pub fn error_cases(ctx: &mut Ctx, name: &str, op: &Op, bad_shapes: &[Op], overfl
                 ..base
             };
             ctx.check_err(
-                &format!("{name} error: overflow k={}", big.k()),
+                &format!("{name} error: overflow K={}", big.reduction()),
                 big.call(b, &args),
                 "AccumulatorOverflow",
                 |e| matches!(e, LowbitError::AccumulatorOverflow { .. }),
