@@ -90,6 +90,17 @@ fn probe_prints_a_cpu_row_and_json() {
             "no {gpu} row:\n{out}"
         );
     }
+    // The plan table: the packed reference is always there (the CPU backend always exists).
+    assert!(out.contains("fallback reason"), "{out}");
+    let packed = out
+        .lines()
+        .find(|l| l.starts_with("offline-pack inference, artifacts packed"))
+        .expect("plan row");
+    assert!(
+        packed.contains("packed_reference") || packed.contains("packed_native_inference"),
+        "{packed}"
+    );
+    assert!(out.contains("missing_packed_artifacts") && out.contains("quant_disabled"));
 
     let o = lowbit(&["probe", "--json"]);
     let (out, _) = text(&o);
@@ -100,6 +111,8 @@ fn probe_prints_a_cpu_row_and_json() {
         "\"threads\"",
         "\"cuda\"",
         "\"wgpu\"",
+        "\"plan\"",
+        "\"runtime\"",
         "\"status\"",
     ] {
         assert!(out.contains(key), "{key} missing:\n{out}");
@@ -378,7 +391,10 @@ fn run_quantize_and_rho_pack() {
         ]);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{out}{err}");
-        assert!(out.contains("mean abs err"), "{out}");
+        assert!(
+            out.contains("mean abs err") && out.contains("quality gate"),
+            "{out}"
+        );
         let (_, scales) = load_f32(&output, "scales");
         assert_eq!(scales.len(), rho.len().div_ceil(32));
         let (_, restored) = load_f32(&output, "out");

@@ -1,26 +1,261 @@
 //! `lowbit probe`: what this machine can run.
 
-use lowbit_kernels::Capabilities;
 use lowbit_kernels::caps::BackendProbe;
+use lowbit_kernels::plan::{
+    LowBitKernelCapabilities, LowBitKernelPlan, explain_ops, explain_with_config,
+    resolve_low_bit_kernel_plan_from_packed_static_ready,
+};
+use lowbit_kernels::{
+    Capabilities, LowBitActivationFormat, LowBitInferenceMode, LowBitQuantizationConfig,
+    LowBitTrainingMode, LowBitWeightFormat,
+};
 
 use crate::args::Args;
 use crate::json::{Json, obj};
 use crate::table;
 
-pub const USAGE: &str = "lowbit probe [--json]
+pub const USAGE: &str = "lowbit probe [--json] [--act-format int8|int4|uint8pos|none]
+             [--weight-format ternary|sign1|int8] [--x-weight-format ternary|sign1|int8]
   Prints the capability table: the CPU (threads, arch, SIMD), every CUDA device and every wgpu
-  adapter; GPU rows say 'not built' or 'unavailable: <reason>'.";
+  adapter (GPU rows say 'not built' or 'unavailable: <reason>'), then the plan each projection
+  would get on this machine (runtime kind and fallback reason) for offline-pack inference,
+  train-kernel training and runtime fake quantization. The formats default to the seed's
+  config: int8 activations, ternary y/decoder-tail weights, int8 x-projection weights.";
 
 pub fn main(tokens: &[String]) -> Result<i32, String> {
-    let args = Args::parse(tokens, &[], &["json"])?;
+    let args = Args::parse(
+        tokens,
+        &["act-format", "weight-format", "x-weight-format"],
+        &["json"],
+    )?;
     args.at_most_positional(0)?;
+    let mut config = LowBitQuantizationConfig {
+        enable: true,
+        ..Default::default()
+    };
+    if let Some(v) = args.value("act-format") {
+        config.act_format = LowBitActivationFormat::parse(v)
+            .ok_or_else(|| format!("--act-format: unknown {v:?} (int8, int4, uint8pos, none)"))?;
+    }
+    let weight = |flag: &str| -> Result<Option<LowBitWeightFormat>, String> {
+        args.value(flag)
+            .map(|v| {
+                LowBitWeightFormat::parse(v)
+                    .ok_or_else(|| format!("--{flag}: unknown {v:?} (ternary, sign1, int8)"))
+            })
+            .transpose()
+    };
+    if let Some(f) = weight("weight-format")? {
+        config.weight_format = f;
+    }
+    if let Some(f) = weight("x-weight-format")? {
+        config.decoder_x_mode = f;
+    }
     let caps = Capabilities::get();
+    let plan_caps = LowBitKernelCapabilities::from_probe(caps);
+    let scenarios = scenarios(&config, plan_caps);
     if args.switch("json") {
-        print!("{}", caps_json(caps).pretty());
+        let mut json = caps_json(caps);
+        if let Json::Obj(pairs) = &mut json {
+            pairs.push(("plan".into(), plan_json(plan_caps, &config, &scenarios)));
+        }
+        print!("{}", json.pretty());
     } else {
         print!("{}", caps_table(caps));
+        println!();
+        println!(
+            "plan capabilities (from this probe): packed_reference={} native_projection={} \
+             native_decoder_tail={} native_rho_int8_block={}",
+            yes_no(plan_caps.packed_reference_supported),
+            yes_no(plan_caps.native_projection_supported),
+            yes_no(plan_caps.native_decoder_tail_supported),
+            yes_no(plan_caps.native_rho_int8_block_supported),
+        );
+        print!("{}", plan_table(&scenarios));
     }
     Ok(0)
+}
+
+/// The configurations the plan table shows: the same formats under each mode.
+fn scenarios(
+    base: &LowBitQuantizationConfig,
+    caps: LowBitKernelCapabilities,
+) -> Vec<(&'static str, LowBitQuantizationConfig, LowBitKernelPlan)> {
+    let offline = LowBitQuantizationConfig {
+        inference_mode: LowBitInferenceMode::OfflinePack,
+        ..base.clone()
+    };
+    let training = LowBitQuantizationConfig {
+        training_mode: LowBitTrainingMode::TrainKernelExp,
+        ..base.clone()
+    };
+    let disabled = LowBitQuantizationConfig {
+        enable: false,
+        ..base.clone()
+    };
+    [
+        (
+            "offline-pack inference, artifacts packed",
+            offline.clone(),
+            true,
+        ),
+        ("offline-pack inference, no artifacts", offline, false),
+        ("train-kernel training", training, false),
+        ("runtime fake quant", base.clone(), false),
+        ("quantization disabled", disabled, false),
+    ]
+    .into_iter()
+    .map(|(name, config, packed)| {
+        let plan = resolve_low_bit_kernel_plan_from_packed_static_ready(&config, packed, caps);
+        (name, config, plan)
+    })
+    .collect()
+}
+
+fn plan_rows(
+    scenarios: &[(&'static str, LowBitQuantizationConfig, LowBitKernelPlan)],
+) -> Vec<[String; 7]> {
+    let mut rows = Vec::new();
+    for (name, config, plan) in scenarios {
+        let fallback = plan
+            .fallback_reason
+            .map_or("-".to_string(), |r| r.as_str().to_string());
+        let ops = explain_ops(config, plan);
+        if ops.is_empty() {
+            rows.push([
+                name.to_string(),
+                "all".into(),
+                "-".into(),
+                "-".into(),
+                plan.runtime.as_str().into(),
+                fallback.clone(),
+                "float".into(),
+            ]);
+        }
+        for op in ops {
+            rows.push([
+                name.to_string(),
+                op.role.into(),
+                op.weight_format.as_str().into(),
+                op.activation_format.as_str().into(),
+                op.runtime.as_str().into(),
+                fallback.clone(),
+                op.math.into(),
+            ]);
+        }
+    }
+    rows
+}
+
+const PLAN_HEADER: [&str; 7] = [
+    "scenario",
+    "op",
+    "weights",
+    "activations",
+    "runtime",
+    "fallback reason",
+    "math",
+];
+
+fn plan_table(scenarios: &[(&'static str, LowBitQuantizationConfig, LowBitKernelPlan)]) -> String {
+    let rows: Vec<Vec<String>> = plan_rows(scenarios)
+        .into_iter()
+        .map(|r| r.to_vec())
+        .collect();
+    let mut out = table::render(&PLAN_HEADER, &rows);
+    for (name, note) in notes(scenarios) {
+        out.push_str(&format!("note ({name}): {note}\n"));
+    }
+    out
+}
+
+/// The plan's own remarks (e.g. why the native training forward was not chosen).
+fn notes(
+    scenarios: &[(&'static str, LowBitQuantizationConfig, LowBitKernelPlan)],
+) -> Vec<(&'static str, String)> {
+    scenarios
+        .iter()
+        .filter_map(|(name, config, plan)| {
+            explain_with_config(config, plan)
+                .lines()
+                .find_map(|l| l.strip_prefix("note: "))
+                .map(|n| (*name, n.to_string()))
+        })
+        .collect()
+}
+
+fn plan_json(
+    caps: LowBitKernelCapabilities,
+    config: &LowBitQuantizationConfig,
+    scenarios: &[(&'static str, LowBitQuantizationConfig, LowBitKernelPlan)],
+) -> Json {
+    let keys = [
+        "scenario",
+        "op",
+        "weight_format",
+        "activation_format",
+        "runtime",
+        "fallback_reason",
+        "math",
+    ];
+    obj([
+        (
+            "capabilities",
+            obj([
+                (
+                    "packed_reference_supported",
+                    caps.packed_reference_supported.into(),
+                ),
+                (
+                    "native_low_bit_supported",
+                    caps.native_low_bit_supported.into(),
+                ),
+                (
+                    "native_projection_supported",
+                    caps.native_projection_supported.into(),
+                ),
+                (
+                    "native_decoder_tail_supported",
+                    caps.native_decoder_tail_supported.into(),
+                ),
+                (
+                    "native_rho_int8_block_supported",
+                    caps.native_rho_int8_block_supported.into(),
+                ),
+            ]),
+        ),
+        ("act_format", config.act_format.as_str().into()),
+        ("weight_format", config.weight_format.as_str().into()),
+        ("x_weight_format", config.decoder_x_mode.as_str().into()),
+        (
+            "notes",
+            Json::Obj(
+                notes(scenarios)
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), Json::Str(v)))
+                    .collect(),
+            ),
+        ),
+        (
+            "ops",
+            Json::Arr(
+                plan_rows(scenarios)
+                    .into_iter()
+                    .map(|row| {
+                        Json::Obj(
+                            keys.iter()
+                                .zip(row)
+                                .map(|(k, v)| {
+                                    let v = if v == "-" { Json::Null } else { Json::Str(v) };
+                                    (k.to_string(), v)
+                                })
+                                .collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+        ),
+    ])
 }
 
 /// One row per device: backend, device, status, details.

@@ -7,6 +7,7 @@ use lowbit_kernels::backend::{self, ProjectionArgs};
 use lowbit_kernels::ops::rho::{RHO_BLOCK_SIZE, RhoShape};
 use lowbit_kernels::pack::unpack_i8x4;
 use lowbit_kernels::quant::quantize_weights;
+use lowbit_kernels::rho;
 use lowbit_kernels::{
     ActInput, Backend, BackendKind, DecoderTailShape, Epilogue, LowBitActivationFormat,
     LowBitWeightFormat, LowrankShape, RhoCompressionConfig, ScaleSource,
@@ -446,65 +447,50 @@ impl Ctx<'_> {
             }
             RhoCompressionConfig::TernaryBlockExp | RhoCompressionConfig::BinaryBlockExp => {
                 if self.backend.kind() != BackendKind::Cpu {
-                    eprintln!(
-                        "note: ternary/binary rho compression runs on the CPU reference path"
-                    );
+                    eprintln!("note: ternary/binary rho compression runs on the host (src/rho.rs)");
                 }
-                let ternary = self.rho == RhoCompressionConfig::TernaryBlockExp;
-                let mut codes = Vec::with_capacity(v.len());
-                let mut scales = Vec::new();
-                let mut packed = Vec::new();
-                for block in v.chunks(RHO_BLOCK_SIZE) {
-                    let q = if ternary {
-                        lowbit_kernels::quant::quantize_ternary_absmean(block)
-                    } else {
-                        lowbit_kernels::quant::quantize_binary_sign(block)
-                    }
-                    .map_err(lib_err("rho block"))?;
-                    scales.push(q.scale);
-                    let bytes = if ternary {
-                        lowbit_kernels::pack::pack_ternary_2bit(&q.codes).map(|p| p.packed)
-                    } else {
-                        lowbit_kernels::pack::pack_binary_1bit(&q.codes)
-                    }
-                    .map_err(lib_err("rho block"))?;
-                    packed.extend(bytes);
-                    codes.extend(q.codes);
-                }
-                let restored = codes
+                let state = rho::pack_rho_block_state_with(
+                    &v,
+                    logical,
+                    self.rho,
+                    &rho::RhoCompressionStats::new(),
+                )
+                .map_err(lib_err("rho pack"))?;
+                let restored =
+                    rho::unpack_rho_block_state(&state).map_err(lib_err("rho unpack"))?;
+                // restored = code * scale exactly, so the codes come back by division.
+                let codes = restored
                     .iter()
                     .enumerate()
-                    .map(|(i, &c)| f32::from(c) * scales[i / RHO_BLOCK_SIZE])
+                    .map(|(i, &r)| (r / state.scales[i / RHO_BLOCK_SIZE]).round() as i8)
                     .collect();
-                (codes, scales, packed, restored, if ternary { 2 } else { 1 })
+                let bits = state.encoding.bits_per_element();
+                (codes, state.scales, state.packed, restored, bits)
             }
             RhoCompressionConfig::None => {
                 return Err("--rho-compression none has nothing to pack".into());
             }
         };
-        let n = v.len() as f64;
-        let mean_abs = v
-            .iter()
-            .zip(&restored)
-            .map(|(a, b)| f64::from((a - b).abs()))
-            .sum::<f64>()
-            / n;
-        let max_abs = v
-            .iter()
-            .zip(&restored)
-            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        let rms = |x: &[f32]| (x.iter().map(|&a| f64::from(a).powi(2)).sum::<f64>() / n).sqrt();
-        let compressed = packed.len() + 4 * scales.len();
+        let compressed = (packed.len() + 4 * scales.len()) as u64;
+        let stats =
+            rho::rho_snapshot_for(&v, &restored, compressed).map_err(lib_err("rho stats"))?;
+        let gate = rho::RhoCompressionQualityGate::default();
+        let passes = rho::rho_compression_snapshot_passes_gate(&stats, &gate);
         self.out.i8("codes", &vs, &codes);
         self.out.f32("scales", &[scales.len()], &scales);
         self.out.u8("packed", &[packed.len()], packed);
         self.out.f32("out", &vs, &restored);
+        self.meta
+            .insert("lowbit.rho_passes_default_gate".into(), passes.to_string());
         self.summary.push(format!(
-            "rho-pack {logical:?} as {bits}-bit blocks of {RHO_BLOCK_SIZE}: mean abs err {mean_abs:.3e}, \
-             max abs err {max_abs:.3e}, rms ratio {:.4}, {} bytes = {:.3} of f32",
-            if rms(&v) > 0.0 { rms(&restored) / rms(&v) } else { 1.0 },
-            compressed,
-            compressed as f64 / (4.0 * n),
+            "rho-pack {logical:?} as {bits}-bit blocks of {RHO_BLOCK_SIZE}: mean abs err {:.3e}, \
+             max abs err {:.3e}, rms ratio {:.4}, compression ratio {:.3} ({compressed} bytes) \
+             -> default quality gate: {}",
+            stats.mean_abs_error().unwrap_or(0.0),
+            stats.max_abs_error,
+            stats.mean_rms_ratio().unwrap_or(1.0),
+            stats.compression_ratio().unwrap_or(0.0),
+            if passes { "pass" } else { "fail" },
         ));
         Ok(())
     }
