@@ -7,6 +7,7 @@
 //! the pure-Rust [`reference`].
 //!
 //! Formats, rounding and layouts are those of `SPEC.md` (see `docs/`).
+#![doc = include_str!("../README.md")]
 
 pub mod artifact;
 pub mod backend;
