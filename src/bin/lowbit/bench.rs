@@ -8,6 +8,7 @@ use std::io::IsTerminal as _;
 use std::io::Write as _;
 use std::time::Instant;
 
+use lowbit_kernels::backend::cpu::CpuBackend;
 use lowbit_kernels::backend::{self, ProjectionArgs};
 use lowbit_kernels::ops::quantize::QuantizeShape;
 use lowbit_kernels::testing::Rng;
@@ -224,6 +225,66 @@ fn f32s(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.range(-2.0, 2.0)).collect()
 }
 
+/// A backend to time: the CPU through its own `*_into` API (preallocated outputs, nothing
+/// but the op in the timed region), any other through the host-slice trait.
+enum Runner {
+    Cpu(CpuBackend),
+    Trait(Box<dyn Backend>),
+}
+
+impl Runner {
+    fn as_cpu(&self) -> Option<&CpuBackend> {
+        match self {
+            Self::Cpu(cpu) => Some(cpu),
+            Self::Trait(_) => None,
+        }
+    }
+    fn lowrank(
+        &self,
+        shape: &LowrankShape,
+        args: &ProjectionArgs<'_>,
+    ) -> lowbit_kernels::Result<lowbit_kernels::ProjectionOutput> {
+        match self {
+            Self::Cpu(cpu) => cpu.lowrank(shape, args),
+            Self::Trait(be) => be.lowrank(shape, args),
+        }
+    }
+    fn decoder_tail(
+        &self,
+        shape: &DecoderTailShape,
+        args: &ProjectionArgs<'_>,
+    ) -> lowbit_kernels::Result<lowbit_kernels::ProjectionOutput> {
+        match self {
+            Self::Cpu(cpu) => cpu.decoder_tail(shape, args),
+            Self::Trait(be) => be.decoder_tail(shape, args),
+        }
+    }
+    fn quantize_pack_i8x4(
+        &self,
+        x: &[f32],
+        shape: QuantizeShape,
+        format: LowBitActivationFormat,
+        scale: ScaleSource,
+    ) -> lowbit_kernels::Result<(Vec<u32>, f32)> {
+        match self {
+            Self::Cpu(cpu) => cpu.quantize_pack_i8x4(x, shape, format, scale),
+            Self::Trait(be) => be.quantize_pack_i8x4(x, shape, format, scale),
+        }
+    }
+    fn kind(&self) -> BackendKind {
+        match self {
+            Self::Cpu(cpu) => cpu.kind(),
+            Self::Trait(be) => be.kind(),
+        }
+    }
+    fn name(&self) -> String {
+        match self {
+            Self::Cpu(cpu) => cpu.name(),
+            Self::Trait(be) => be.name(),
+        }
+    }
+}
+
 struct Dims {
     d: usize,
     h: usize,
@@ -232,7 +293,7 @@ struct Dims {
 
 #[allow(clippy::too_many_arguments)]
 fn bench_one(
-    be: &dyn Backend,
+    be: &Runner,
     op: &'static str,
     variant: &'static str,
     m: usize,
@@ -280,7 +341,15 @@ fn bench_one(
             };
             let in_bytes = if packed { xw.len() * 4 } else { xf.len() * 4 };
             let bytes = (in_bytes + w.len() * 4 + shape.out_len() * 4) as u64;
-            let (med, min, k) = time_it(iters, || be.lowrank(&shape, &args).map(drop))?;
+            let (med, min, k) = match be.as_cpu() {
+                Some(cpu) => {
+                    let mut out = vec![0.0f32; shape.out_len()];
+                    time_it(iters, || {
+                        cpu.lowrank_into(&shape, &args, &mut out).map(drop)
+                    })?
+                }
+                None => time_it(iters, || be.lowrank(&shape, &args).map(drop))?,
+            };
             Ok((
                 format!("x[1,1,{m},{d}] w[{h},{d},{n}]"),
                 Some(shape.int_ops()),
@@ -321,7 +390,15 @@ fn bench_one(
             };
             let in_bytes = if packed { yw.len() * 4 } else { yf.len() * 4 };
             let bytes = (in_bytes + w.len() * 4 + shape.out_len() * 4) as u64;
-            let (med, min, k) = time_it(iters, || be.decoder_tail(&shape, &args).map(drop))?;
+            let (med, min, k) = match be.as_cpu() {
+                Some(cpu) => {
+                    let mut out = vec![0.0f32; shape.out_len()];
+                    time_it(iters, || {
+                        cpu.decoder_tail_into(&shape, &args, &mut out).map(drop)
+                    })?
+                }
+                None => time_it(iters, || be.decoder_tail(&shape, &args).map(drop))?,
+            };
             Ok((
                 format!("y[1,{h},{m},{n}] w[{},{d}]", h * n),
                 Some(shape.int_ops()),
@@ -335,10 +412,19 @@ fn bench_one(
             let shape = QuantizeShape::new(h * m, n)?;
             let y = f32s(rng, shape.len());
             let bytes = (shape.len() * 4 + shape.words_len() * 4) as u64;
-            let (med, min, k) = time_it(iters, || {
-                be.quantize_pack_i8x4(&y, shape, fmt, ScaleSource::Compute)
-                    .map(drop)
-            })?;
+            let (med, min, k) = match be.as_cpu() {
+                Some(cpu) => {
+                    let mut out = vec![0u32; shape.words_len()];
+                    time_it(iters, || {
+                        cpu.quantize_pack_into(&y, shape, fmt, ScaleSource::Compute, &mut out)
+                            .map(drop)
+                    })?
+                }
+                None => time_it(iters, || {
+                    be.quantize_pack_i8x4(&y, shape, fmt, ScaleSource::Compute)
+                        .map(drop)
+                })?,
+            };
             Ok((format!("y[1,{h},{m},{n}]"), None, bytes, med, min, k))
         }
     }
@@ -393,11 +479,15 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
     }
 
     let required = lowbit_kernels::testing::required_backends();
-    let mut backends: Vec<Box<dyn Backend>> = Vec::new();
+    let mut backends: Vec<Runner> = Vec::new();
     let mut failed = false;
     for &kind in &kinds {
+        if kind == BackendKind::Cpu {
+            backends.push(Runner::Cpu(CpuBackend::new()));
+            continue;
+        }
         match backend::open(kind) {
-            Ok(be) => backends.push(be),
+            Ok(be) => backends.push(Runner::Trait(be)),
             Err(LowbitError::BackendUnavailable { reason, .. }) if !required.contains(&kind) => {
                 eprintln!("skipping {kind}: {reason}");
             }
@@ -434,7 +524,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
             for &variant in &op_variants {
                 for &m in &ms {
                     progress.step(&format!("{kind} {op} {variant} m={m}"));
-                    match bench_one(be.as_ref(), op, variant, m, &dims, iters, &mut rng) {
+                    match bench_one(be, op, variant, m, &dims, iters, &mut rng) {
                         Ok((shape, int_ops, bytes, median_s, min_s, iters)) => {
                             let mut row = BenchRow {
                                 backend: kind,
