@@ -337,11 +337,12 @@ fn caps_rows(caps: &Capabilities) -> Vec<Vec<String>> {
                         "{} {} driver={} max_storage={}MiB subgroup={} f16={} native_dot4={}",
                         a.backend,
                         a.device_type,
-                        if a.driver_info.is_empty() {
-                            a.driver.clone()
-                        } else {
-                            format!("{} {}", a.driver, a.driver_info)
-                        },
+                        [a.driver.trim(), a.driver_info.trim()]
+                            .iter()
+                            .filter(|s| !s.is_empty())
+                            .copied()
+                            .collect::<Vec<_>>()
+                            .join(" "),
                         a.max_storage_buffer_binding_size >> 20,
                         yes_no(a.subgroup),
                         yes_no(a.shader_f16),
