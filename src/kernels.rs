@@ -27,9 +27,17 @@ pub enum KernelId {
     DecoderReduce,
     RhoInt8Pack,
     RhoInt8Unpack,
+    /// CUDA microbenchmark: independent `__dp4a` chains (the dp4a ceiling).
+    Dp4aCeiling,
+    /// CUDA microbenchmark: 16-byte device-to-device copy (copy bandwidth).
+    CopyBandwidth,
 }
 
 impl KernelId {
+    /// CUDA-only microbenchmark kernels (not part of [`KernelId::ALL`], which lists the op
+    /// kernels every GPU backend implements).
+    pub const MICROBENCH: [Self; 2] = [Self::Dp4aCeiling, Self::CopyBandwidth];
+
     pub const ALL: [Self; 14] = [
         Self::AbsmeanScale,
         Self::QuantizeCodes,
@@ -60,6 +68,7 @@ impl KernelId {
             | Self::DecoderFloat
             | Self::DecoderReduce => "decoder_tail",
             Self::RhoInt8Pack | Self::RhoInt8Unpack => "rho",
+            Self::Dp4aCeiling | Self::CopyBandwidth => "microbench",
         }
     }
 
@@ -80,6 +89,8 @@ impl KernelId {
             Self::DecoderReduce => "decoder_reduce",
             Self::RhoInt8Pack => "rho_int8_pack",
             Self::RhoInt8Unpack => "rho_int8_unpack",
+            Self::Dp4aCeiling => "dp4a_ceiling",
+            Self::CopyBandwidth => "copy_bandwidth",
         }
     }
 }

@@ -1,16 +1,375 @@
-//! CUDA backend through cudarc + NVRTC. (Skeleton: probing and kernels arrive with the CUDA issue.)
+//! CUDA backend through cudarc + NVRTC: dp4a kernels compiled at run time for the device's
+//! architecture (`cuda/*.cu`), bit-identical to the CPU reference.
+//!
+//! * [`probe`] — driver, NVRTC and devices, never panicking when the libraries are missing.
+//! * [`CudaDevice`] — a device ordinal, or a caller's `Arc<CudaContext>` + `Arc<CudaStream>`;
+//!   the device-resident op API ([`DeviceAct`], [`DeviceScale`]) and the `unsafe` raw-address
+//!   entry points (`*_raw`, [`RawAct`], [`RawScale`]). Everything is ordered on one stream.
+//! * [`CudaBackend`] — the host-slice [`Backend`](crate::Backend) used by the tests.
+//! * [`microbench`] — dp4a ceiling and copy bandwidth, timed with CUDA events.
 
-use crate::caps::{BackendProbe, CudaCaps};
+pub mod compile;
+pub mod device;
+pub mod launch;
+pub mod microbench;
+pub mod ops;
+pub mod probe;
+pub mod tuning;
 
-/// Probes the CUDA driver and devices without panicking when libcuda/libnvrtc are missing.
-pub fn probe() -> BackendProbe<CudaCaps> {
-    BackendProbe::Unavailable("CUDA backend not implemented yet".into())
-}
+pub use device::{CudaDevice, KernelFamily};
+pub use launch::{RawAct, RawScale};
+pub use ops::{DeviceAct, DeviceScale};
+pub use probe::probe;
+
+use cudarc::driver::{CudaSlice, DeviceRepr};
+
+use super::{Backend, ProjectionArgs};
+use crate::config::LowBitActivationFormat;
+use crate::error::{BackendKind, LowbitError, Result};
+use crate::ops::quantize::{QuantizeShape, check_signed_packable};
+use crate::ops::rho::RhoShape;
+use crate::ops::{ActInput, DecoderTailShape, LowrankShape, ProjectionOutput, ScaleSource};
+use crate::quant::{check_finite, check_scale};
+use crate::testing::{POISON_F32, POISON_U32};
 
 /// Opens CUDA device 0 as a [`crate::Backend`].
-pub fn open_default() -> crate::Result<Box<dyn crate::Backend>> {
-    Err(crate::LowbitError::BackendUnavailable {
-        backend: crate::BackendKind::Cuda,
-        reason: "CUDA backend not implemented yet".into(),
-    })
+pub fn open_default() -> Result<Box<dyn Backend>> {
+    Ok(Box::new(CudaBackend::new(0)?))
+}
+
+/// The host-slice backend over one [`CudaDevice`]: upload, run, download. Outputs are
+/// poisoned (NaN / `POISON_U32`) before each launch, so an element left unwritten shows.
+#[derive(Debug)]
+pub struct CudaBackend {
+    dev: CudaDevice,
+}
+
+impl CudaBackend {
+    pub fn new(ordinal: usize) -> Result<Self> {
+        Ok(Self {
+            dev: CudaDevice::new(ordinal)?,
+        })
+    }
+    pub fn from_device(dev: CudaDevice) -> Self {
+        Self { dev }
+    }
+    pub fn device(&self) -> &CudaDevice {
+        &self.dev
+    }
+
+    fn poisoned<T: DeviceRepr + Copy>(&self, n: usize, v: T) -> Result<CudaSlice<T>> {
+        self.dev.upload(&vec![v; n])
+    }
+
+    fn scale_one(&self, v: f32) -> Result<CudaSlice<f32>> {
+        self.dev.upload(&[v])
+    }
+
+    fn download_one(&self, buf: &CudaSlice<f32>) -> Result<f32> {
+        let v = self.dev.download(buf)?;
+        v.first().copied().ok_or_else(|| LowbitError::Driver {
+            backend: BackendKind::Cuda,
+            context: "download scale".into(),
+            message: "empty scale buffer".into(),
+        })
+    }
+}
+
+/// A host scale source turned into a device one; `buf` holds the uploaded/computed scale.
+enum HostScale {
+    Param(f32),
+    Buffer(CudaSlice<f32>),
+    Compute(CudaSlice<f32>),
+}
+
+impl HostScale {
+    fn new(be: &CudaBackend, op: &'static str, scale: ScaleSource) -> Result<Self> {
+        Ok(match scale {
+            ScaleSource::Param(v) => {
+                check_scale(op, "activation scale", v)?;
+                Self::Param(v)
+            }
+            ScaleSource::Buffer(v) => {
+                check_scale(op, "activation scale", v)?;
+                Self::Buffer(be.scale_one(v)?)
+            }
+            ScaleSource::Compute => Self::Compute(be.poisoned(1, POISON_F32)?),
+        })
+    }
+    fn device(&mut self) -> DeviceScale<'_> {
+        match self {
+            Self::Param(v) => DeviceScale::Param(*v),
+            Self::Buffer(b) => DeviceScale::Buffer(b),
+            Self::Compute(b) => DeviceScale::Compute(b),
+        }
+    }
+    /// The scale that was used (downloaded when computed on the device).
+    fn value(&self, be: &CudaBackend, op: &'static str) -> Result<f32> {
+        match self {
+            Self::Param(v) => Ok(*v),
+            Self::Buffer(b) => be.download_one(b),
+            Self::Compute(b) => {
+                let s = be.download_one(b)?;
+                check_scale(op, "computed activation scale (2*mean overflows f32?)", s)?;
+                Ok(s)
+            }
+        }
+    }
+}
+
+/// A placeholder raw scale, for validating a host request before anything is uploaded.
+fn raw_scale_of(scale: ScaleSource) -> RawScale {
+    match scale {
+        ScaleSource::Param(v) => RawScale::Param(v),
+        ScaleSource::Buffer(v) => RawScale::Param(v),
+        ScaleSource::Compute => RawScale::Compute(1),
+    }
+}
+
+/// Codes must lie in the format's range (they go into 8-bit lanes).
+fn check_codes(op: &'static str, codes: &[i32], format: LowBitActivationFormat) -> Result<()> {
+    let (lo, hi) = match format {
+        LowBitActivationFormat::Int8 => (-127, 127),
+        LowBitActivationFormat::Int4Exp => (-7, 7),
+        LowBitActivationFormat::Uint8PosExp => (0, 255),
+        LowBitActivationFormat::Fp16 => return Ok(()),
+    };
+    match codes.iter().position(|c| !(lo..=hi).contains(c)) {
+        None => Ok(()),
+        Some(i) => Err(LowbitError::InvalidArgument {
+            op,
+            what: "code",
+            reason: format!(
+                "element {i} is {}, outside [{lo}, {hi}] for {}",
+                codes[i],
+                format.as_str()
+            ),
+        }),
+    }
+}
+
+fn check_len<T>(op: &'static str, what: &'static str, data: &[T], n: usize) -> Result<()> {
+    if data.len() == n {
+        Ok(())
+    } else {
+        Err(LowbitError::len(op, what, n, data.len()))
+    }
+}
+
+enum Uploaded {
+    Packed(CudaSlice<u32>),
+    Codes(CudaSlice<i32>),
+    F32(CudaSlice<f32>),
+}
+
+impl Uploaded {
+    fn act(&self) -> DeviceAct<'_> {
+        match self {
+            Self::Packed(b) => DeviceAct::Packed(b),
+            Self::Codes(b) => DeviceAct::Codes(b),
+            Self::F32(b) => DeviceAct::F32(b),
+        }
+    }
+}
+
+impl CudaBackend {
+    /// Validates and uploads a projection's input; `elems`/`words` are the shape's lengths.
+    fn upload_input(
+        &self,
+        op: &'static str,
+        input: ActInput<'_>,
+        format: LowBitActivationFormat,
+        elems: usize,
+        words: usize,
+    ) -> Result<Uploaded> {
+        match input {
+            ActInput::Packed(w) => check_len(op, "input words", w, words),
+            ActInput::Codes(c) => {
+                check_len(op, "input codes", c, elems)?;
+                check_codes(op, c, format)
+            }
+            ActInput::F32(x) => {
+                check_len(op, "input", x, elems)?;
+                check_finite(op, "input", x)
+            }
+        }?;
+        Ok(match input {
+            ActInput::Packed(w) => Uploaded::Packed(self.dev.upload(w)?),
+            ActInput::Codes(c) => Uploaded::Codes(self.dev.upload(c)?),
+            ActInput::F32(x) => Uploaded::F32(self.dev.upload(x)?),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn project(
+        &self,
+        op: &'static str,
+        args: &ProjectionArgs<'_>,
+        elems: usize,
+        words: usize,
+        w_words: usize,
+        out_len: usize,
+        acc: impl Fn(u32, u32) -> Result<()>,
+        run: impl FnOnce(
+            &CudaDevice,
+            DeviceAct<'_>,
+            DeviceScale<'_>,
+            &CudaSlice<u32>,
+            &mut CudaSlice<f32>,
+        ) -> Result<()>,
+    ) -> Result<ProjectionOutput> {
+        let kind = match args.input {
+            ActInput::Packed(_) => launch::InputKind::Packed,
+            ActInput::Codes(_) => launch::InputKind::Codes,
+            ActInput::F32(_) => launch::InputKind::F32,
+        };
+        let path = launch::validate_projection(
+            op,
+            kind,
+            args.format,
+            raw_scale_of(args.scale),
+            args.w_scale,
+            args.w_qmax,
+            args.epilogue,
+            acc,
+        )?;
+        check_len(op, "weight words", args.w_words, w_words)?;
+        let input = self.upload_input(op, args.input, args.format, elems, words)?;
+        let w = self.dev.upload(args.w_words)?;
+        let mut out = self.poisoned(out_len, POISON_F32)?;
+        let float = path == launch::Path::Float;
+        let mut scale = if float {
+            HostScale::Param(1.0)
+        } else {
+            HostScale::new(self, op, args.scale)?
+        };
+        run(&self.dev, input.act(), scale.device(), &w, &mut out)?;
+        let values = self.dev.download(&out)?;
+        let a_scale = if float { 1.0 } else { scale.value(self, op)? };
+        Ok(ProjectionOutput { values, a_scale })
+    }
+}
+
+impl Backend for CudaBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cuda
+    }
+
+    fn name(&self) -> String {
+        self.dev.name()
+    }
+
+    fn activation_scale(&self, x: &[f32], format: LowBitActivationFormat) -> Result<f32> {
+        const OP: &str = "cuda::activation_scale";
+        launch::fmt_code(OP, format)?;
+        if x.is_empty() {
+            return Err(LowbitError::invalid_shape(OP, &[0], "zero-sized dimension"));
+        }
+        check_finite(OP, "activations", x)?;
+        let xd = self.dev.upload(x)?;
+        let mut s = self.poisoned(1, POISON_F32)?;
+        self.dev.absmean_scale(&xd, format, &mut s)?;
+        let v = self.download_one(&s)?;
+        check_scale(OP, "activation scale (2*mean overflows f32)", v)?;
+        Ok(v)
+    }
+
+    fn quantize_codes(
+        &self,
+        x: &[f32],
+        format: LowBitActivationFormat,
+        scale: ScaleSource,
+    ) -> Result<(Vec<i32>, f32)> {
+        const OP: &str = "cuda::quantize_codes";
+        launch::fmt_code(OP, format)?;
+        if x.is_empty() {
+            return Err(LowbitError::invalid_shape(OP, &[0], "zero-sized dimension"));
+        }
+        check_finite(OP, "activations", x)?;
+        let mut hs = HostScale::new(self, OP, scale)?;
+        let xd = self.dev.upload(x)?;
+        let mut codes = self.poisoned(x.len(), POISON_U32 as i32)?;
+        self.dev
+            .quantize_codes(&xd, format, hs.device(), &mut codes)?;
+        let c = self.dev.download(&codes)?;
+        Ok((c, hs.value(self, OP)?))
+    }
+
+    fn quantize_pack_i8x4(
+        &self,
+        x: &[f32],
+        shape: QuantizeShape,
+        format: LowBitActivationFormat,
+        scale: ScaleSource,
+    ) -> Result<(Vec<u32>, f32)> {
+        const OP: &str = "cuda::quantize_pack_i8x4";
+        check_signed_packable(OP, format)?;
+        check_len(OP, "activations", x, shape.len())?;
+        check_finite(OP, "activations", x)?;
+        let mut hs = HostScale::new(self, OP, scale)?;
+        let xd = self.dev.upload(x)?;
+        let mut words = self.poisoned(shape.words_len(), POISON_U32)?;
+        self.dev
+            .quantize_pack_i8x4(&xd, shape, format, hs.device(), &mut words)?;
+        let w = self.dev.download(&words)?;
+        Ok((w, hs.value(self, OP)?))
+    }
+
+    fn lowrank(&self, shape: &LowrankShape, args: &ProjectionArgs<'_>) -> Result<ProjectionOutput> {
+        let (format, w_scale, w_qmax, ep) = (args.format, args.w_scale, args.w_qmax, args.epilogue);
+        self.project(
+            "cuda::lowrank",
+            args,
+            shape.x_len(),
+            shape.x_words_len(),
+            shape.w_words_len(),
+            shape.out_len(),
+            |qa, qw| shape.check_accumulator(qa, qw),
+            |dev, act, scale, w, out| {
+                dev.lowrank(shape, act, format, scale, w, w_scale, w_qmax, ep, out)
+            },
+        )
+    }
+
+    fn decoder_tail(
+        &self,
+        shape: &DecoderTailShape,
+        args: &ProjectionArgs<'_>,
+    ) -> Result<ProjectionOutput> {
+        let (format, w_scale, w_qmax, ep) = (args.format, args.w_scale, args.w_qmax, args.epilogue);
+        self.project(
+            "cuda::decoder_tail",
+            args,
+            shape.y_len(),
+            shape.y_words_len(),
+            shape.w_words_len(),
+            shape.out_len(),
+            |qa, qw| shape.check_accumulator(qa, qw),
+            |dev, act, scale, w, out| {
+                dev.decoder_tail(shape, act, format, scale, w, w_scale, w_qmax, ep, out)
+            },
+        )
+    }
+
+    fn rho_int8_pack(&self, shape: &RhoShape, values: &[f32]) -> Result<(Vec<u32>, Vec<f32>)> {
+        const OP: &str = "cuda::rho_int8_pack";
+        check_len(OP, "rho values", values, shape.len())?;
+        check_finite(OP, "rho values", values)?;
+        let v = self.dev.upload(values)?;
+        let mut words = self.poisoned(shape.int8_words(), POISON_U32)?;
+        let mut scales = self.poisoned(shape.blocks(), POISON_F32)?;
+        self.dev.rho_int8_pack(shape, &v, &mut words, &mut scales)?;
+        Ok((self.dev.download(&words)?, self.dev.download(&scales)?))
+    }
+
+    fn rho_int8_unpack(&self, shape: &RhoShape, words: &[u32], scales: &[f32]) -> Result<Vec<f32>> {
+        const OP: &str = "cuda::rho_int8_unpack";
+        check_len(OP, "rho words", words, shape.int8_words())?;
+        check_len(OP, "rho scales", scales, shape.blocks())?;
+        let w = self.dev.upload(words)?;
+        let s = self.dev.upload(scales)?;
+        let mut out = self.poisoned(shape.len(), POISON_F32)?;
+        self.dev.rho_int8_unpack(shape, &w, &s, &mut out)?;
+        self.dev.download(&out)
+    }
 }

@@ -1,0 +1,648 @@
+// common.cuh — helpers prepended (by the Rust loader) to every cuda/*.cu source.
+//
+// Glossary
+//   word      u32 holding four int8 lanes; byte j = element 4k+j of the packed axis (dp4a order)
+//   K / Kw    reduction length in elements / in words (Kw = ceil(K/4))
+//   A         activations, one row per (batch, head, token); B: packed weight words [Kw, ncols]
+//   mode      how A arrives: LB_A_PACKED (signed words), LB_A_CODES (i32 codes), LB_A_F32
+//             (floats quantized on load with the per-tensor scale)
+//   fmt       activation format: 0 int8 (qmax 127), 1 int4 (qmax 7), 2 uint8pos (qmax 255)
+//   UNS       A lanes are unsigned bytes (uint8pos): dp4a.u32.s32, never a signed lane
+//   split     a slice of the K range handled by one block (decoder split-K); partials are
+//             i32 and summed in a fixed order, so results are the same bits run to run
+//
+// Numerics (SPEC.md): round half away from zero (roundf), IEEE division (__fdiv_rn),
+// out = (acc * w_scale) * a_scale with explicit round-to-nearest multiplies (no contraction).
+//
+// Tuning constants arrive as -D defines from Rust (src/backend/cuda/tuning.rs); the defaults
+// below only let a file compile on its own.
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+#define LB_A_PACKED 0
+#define LB_A_CODES 1
+#define LB_A_F32 2
+
+#define LB_FMT_INT8 0
+#define LB_FMT_INT4 1
+#define LB_FMT_U8POS 2
+
+#ifndef LB_EPS
+#define LB_EPS 1.0e-8f
+#endif
+
+// ---- dot products -------------------------------------------------------------------------
+
+template <bool UNS>
+__device__ __forceinline__ int dot4(u32 a, u32 b, int c);
+
+template <>
+__device__ __forceinline__ int dot4<false>(u32 a, u32 b, int c) {
+    return __dp4a((int)a, (int)b, c);
+}
+
+// Unsigned activation lanes x signed weight lanes (uint8pos codes up to 255).
+template <>
+__device__ __forceinline__ int dot4<true>(u32 a, u32 b, int c) {
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// ---- quantization -------------------------------------------------------------------------
+
+__device__ __forceinline__ float lb_qmax(int fmt) {
+    return fmt == LB_FMT_INT8 ? 127.0f : (fmt == LB_FMT_INT4 ? 7.0f : 255.0f);
+}
+
+// clamp(round(x/s), -q, q), or clamp(round(max(x,0)/s), 0, 255) for uint8pos.
+__device__ __forceinline__ int lb_code(float x, float s, int fmt) {
+    float lo, hi;
+    if (fmt == LB_FMT_U8POS) {
+        x = fmaxf(x, 0.0f);
+        lo = 0.0f;
+        hi = 255.0f;
+    } else {
+        hi = lb_qmax(fmt);
+        lo = -hi;
+    }
+    float q = roundf(__fdiv_rn(x, s));
+    return (int)fminf(fmaxf(q, lo), hi);
+}
+
+// Byte j of the word = lane j.
+__device__ __forceinline__ u32 lb_pack4(int c0, int c1, int c2, int c3) {
+    return (u32)(c0 & 0xff) | ((u32)(c1 & 0xff) << 8) | ((u32)(c2 & 0xff) << 16) |
+           ((u32)(c3 & 0xff) << 24);
+}
+
+// The activation scale: a device buffer when given, else the by-value parameter.
+__device__ __forceinline__ float lb_scale(const float* scale_ptr, float scale_param) {
+    return scale_ptr != nullptr ? __ldg(scale_ptr) : scale_param;
+}
+
+// (acc * w_scale) * a_scale, each product rounded (never fused), then the optional ReLU.
+__device__ __forceinline__ float lb_dequant(int acc, float w_scale, float a_scale, int relu) {
+    float v = __fmul_rn(__fmul_rn((float)acc, w_scale), a_scale);
+    return relu ? fmaxf(v, 0.0f) : v;
+}
+
+// ---- A words ------------------------------------------------------------------------------
+// Word `kw` of one A row, whatever the mode. `row` points at the row's first element (word for
+// LB_A_PACKED, code or float otherwise); `kvalid` is the row's valid length in the same unit
+// (Kw words, or K elements). Out-of-range lanes are zero.
+
+template <int MODE>
+__device__ __forceinline__ u32 lb_a_word(const void* row, long kw, long kvalid, float s, int fmt);
+
+template <>
+__device__ __forceinline__ u32 lb_a_word<LB_A_PACKED>(const void* row, long kw, long kvalid,
+                                                       float, int) {
+    return kw < kvalid ? __ldg((const u32*)row + kw) : 0u;
+}
+
+template <>
+__device__ __forceinline__ u32 lb_a_word<LB_A_CODES>(const void* row, long kw, long kvalid,
+                                                      float, int) {
+    const int* p = (const int*)row;
+    long e = kw * 4;
+    int c[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) c[j] = (e + j < kvalid) ? __ldg(p + e + j) : 0;
+    return lb_pack4(c[0], c[1], c[2], c[3]);
+}
+
+template <>
+__device__ __forceinline__ u32 lb_a_word<LB_A_F32>(const void* row, long kw, long kvalid,
+                                                    float s, int fmt) {
+    const float* p = (const float*)row;
+    long e = kw * 4;
+    int c[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) c[j] = (e + j < kvalid) ? lb_code(__ldg(p + e + j), s, fmt) : 0;
+    return lb_pack4(c[0], c[1], c[2], c[3]);
+}
+
+// Four consecutive words kw..kw+3 (kw % 4 == 0). `vec` says 16-byte loads are legal: the row
+// is 16-byte aligned and, for codes/f32, K % 4 == 0 (each word is then one 16-byte load).
+template <int MODE>
+__device__ __forceinline__ uint4 lb_a_word4(const void* row, long kw, long kvalid, float s,
+                                            int fmt, bool vec) {
+    uint4 r;
+    if (MODE == LB_A_PACKED) {
+        if (vec && kw + 4 <= kvalid) {
+            return __ldg((const uint4*)((const u32*)row + kw));
+        }
+    } else if (vec && (kw + 4) * 4 <= kvalid) {
+        u32 w[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            if (MODE == LB_A_CODES) {
+                int4 c = __ldg((const int4*)((const int*)row + (kw + i) * 4));
+                w[i] = lb_pack4(c.x, c.y, c.z, c.w);
+            } else {
+                float4 f = __ldg((const float4*)((const float*)row + (kw + i) * 4));
+                w[i] = lb_pack4(lb_code(f.x, s, fmt), lb_code(f.y, s, fmt), lb_code(f.z, s, fmt),
+                                lb_code(f.w, s, fmt));
+            }
+        }
+        r.x = w[0];
+        r.y = w[1];
+        r.z = w[2];
+        r.w = w[3];
+        return r;
+    }
+    r.x = lb_a_word<MODE>(row, kw + 0, kvalid, s, fmt);
+    r.y = lb_a_word<MODE>(row, kw + 1, kvalid, s, fmt);
+    r.z = lb_a_word<MODE>(row, kw + 2, kvalid, s, fmt);
+    r.w = lb_a_word<MODE>(row, kw + 3, kvalid, s, fmt);
+    return r;
+}
+
+
+
+
+// ---- B words ------------------------------------------------------------------------------
+// Four consecutive B words of row `r` starting at column c (zero past ncols).
+__device__ __forceinline__ uint4 lb_b_word4(const u32* b, long ldb, long r, long c, long ncols,
+                                            bool vec) {
+    const u32* p = b + r * ldb + c;
+    if (vec && c + 4 <= ncols) return __ldg((const uint4*)p);
+    uint4 v;
+    v.x = c + 0 < ncols ? __ldg(p + 0) : 0u;
+    v.y = c + 1 < ncols ? __ldg(p + 1) : 0u;
+    v.z = c + 2 < ncols ? __ldg(p + 2) : 0u;
+    v.w = c + 3 < ncols ? __ldg(p + 3) : 0u;
+    return v;
+}
+
+// ---- problem description shared by the projection kernels ---------------------------------
+// Rows of A and of the output are (batch, head, token) triples, m = b*T + t:
+//   A row of m    = (b * a_heads + a_head) * T + t
+//   out row of m  = (b * o_heads + o_head) * T + t
+// Lowrank: a_heads = Hin, a_head = hin(h), o_heads = H, o_head = h, B = W + h*Kw*N, one "split"
+//          per head (grid z = head).
+// Decoder: a_heads = H, a_head = h of the split, o_heads = 1, B = W + h*Lartw*D; grid z (or y
+//          on the small-M path) = split = h * splits_per_head + sp.
+// Field order (8-byte fields first) is mirrored by `LbProblem` in src/backend/cuda/launch.rs.
+struct LbProblem {
+    const void* a;          // activations (words, i32 codes or f32)
+    const u32* b;           // weight words
+    float* out;             // f32 output
+    int* partial;           // i32 partials [splits][M][ncols], or null (write `out` directly)
+    const float* scale_ptr; // device activation scale, or null (use scale_param)
+    unsigned* counters;     // small-M split fixup counters (one per column tile), or null
+    long long lda;          // elements per A row (words for packed, K for codes/f32)
+    long long a_kvalid;     // valid elements per A row (same unit as lda)
+    long long ldb;          // words per B row (N or D)
+    long long ldc;          // output row stride (latent_out or D)
+    float scale_param;
+    float w_scale;
+    int fmt;
+    int relu;
+    int m_total;            // M = B*T
+    int time;               // T
+    int heads;              // H
+    int a_heads;            // Hin (lowrank) or H (decoder)
+    int o_heads;            // H (lowrank) or 1 (decoder)
+    int ncols;              // output columns computed (latent_out or D)
+    int bcols;              // valid B columns (N or D)
+    int kw_head;            // words of K per head (Kw for lowrank, Lw for the decoder)
+    int b_head_rows;        // B rows per head (Kw for lowrank, Lartw for the decoder)
+    int splits_per_head;    // 1 for lowrank
+    int a_vec;              // 16-byte A loads legal
+    int b_vec;              // 16-byte B loads legal
+    int c_vec;              // float4 output stores legal
+    int is_decoder;
+};
+
+// Where block `z` works: head, A/B bases and its K range [kw0, kw1) in words.
+struct LbSplit {
+    int head;
+    int a_head;
+    int kw0;
+    int kw1;
+    const u32* b;
+};
+
+__device__ __forceinline__ LbSplit lb_split(const LbProblem& p, int z, int kb) {
+    LbSplit s;
+    if (p.is_decoder) {
+        s.head = z / p.splits_per_head;
+        int sp = z % p.splits_per_head;
+        int chunk = (p.kw_head + p.splits_per_head - 1) / p.splits_per_head;
+        chunk = (chunk + kb - 1) / kb * kb;
+        s.kw0 = min(sp * chunk, p.kw_head);
+        s.kw1 = min(s.kw0 + chunk, p.kw_head);
+        s.a_head = s.head;
+    } else {
+        s.head = z;
+        s.kw0 = 0;
+        s.kw1 = p.kw_head;
+        s.a_head = p.a_heads == 1 ? 0 : z;
+    }
+    s.b = p.b + (long long)s.head * p.b_head_rows * p.ldb;
+    return s;
+}
+
+__device__ __forceinline__ long long lb_a_row(const LbProblem& p, int m, int a_head) {
+    int b = m / p.time, t = m - b * p.time;
+    return ((long long)(b * p.a_heads + a_head) * p.time + t) * p.lda;
+}
+
+__device__ __forceinline__ long long lb_out_row(const LbProblem& p, int m, int o_head) {
+    int b = m / p.time, t = m - b * p.time;
+    return ((long long)(b * p.o_heads + o_head) * p.time + t) * p.ldc;
+}
+
+__device__ __forceinline__ const void* lb_a_ptr(const LbProblem& p, long long elem) {
+    return (const void*)((const char*)p.a + elem * 4);
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// ---- tiled path ---------------------------------------------------------------------------
+#if defined(LB_BM)
+// Block tile LB_BM x LB_BN outputs, LB_BK words of K per stage, two smem stages; each thread
+// owns LB_TM rows x 8 columns (two groups of 4, LB_BN/2 apart, so float4 stores coalesce).
+#define LB_TX (LB_BN / 8)
+#define LB_TY (LB_BM / LB_TM)
+#define LB_A_CHUNKS (LB_BM * LB_BK / 4 / LB_THREADS)
+#define LB_B_CHUNKS (LB_BK * LB_BN / 4 / LB_THREADS)
+
+template <int MODE, bool UNS>
+__device__ __forceinline__ void lb_tiled(const LbProblem& p) {
+    // A is stored k-major (As[k][m]) so a thread reads its 8 rows of one k as two 16-byte
+    // words; it is staged through registers (loaded before the compute of the previous
+    // stage, stored after it). B keeps its [k][n] layout and arrives by cp.async.
+    __shared__ __align__(16) u32 As[2][LB_BK][LB_BM];
+    __shared__ __align__(16) u32 Bs[2][LB_BK][LB_BN];
+
+    const int tid = threadIdx.x;
+    const int tx = tid % LB_TX, ty = tid / LB_TX;
+    const int n0 = blockIdx.x * LB_BN, m0 = blockIdx.y * LB_BM;
+    const LbSplit sp = lb_split(p, blockIdx.z, LB_BK);
+    const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
+    const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
+                                             : min((long long)sp.kw1 * 4, p.a_kvalid);
+    // Chunk i of a stage: row (tid + i*THREADS) % BM (lanes on consecutive rows, so the
+    // transposing smem stores hit distinct banks), words kc..kc+3.
+    const int a_r = tid % LB_BM;
+    const int a_m = m0 + a_r;
+    const long long a_row = a_m < p.m_total ? lb_a_row(p, a_m, sp.a_head) : -1;
+
+    uint4 stage[LB_A_CHUNKS];
+    auto load_a = [&](int kw) {
+#pragma unroll
+        for (int i = 0; i < LB_A_CHUNKS; ++i) {
+            const int kc = ((tid + i * LB_THREADS) / LB_BM) * 4;
+            const int k = kw + kc;
+            if (a_row < 0 || k >= sp.kw1)
+                stage[i] = make_uint4(0u, 0u, 0u, 0u);
+            else
+                stage[i] = lb_a_word4<MODE>(lb_a_ptr(p, a_row), k, kv, s, p.fmt, p.a_vec != 0);
+        }
+    };
+    auto store_a = [&](int buf) {
+#pragma unroll
+        for (int i = 0; i < LB_A_CHUNKS; ++i) {
+            const int kc = ((tid + i * LB_THREADS) / LB_BM) * 4;
+            As[buf][kc + 0][a_r] = stage[i].x;
+            As[buf][kc + 1][a_r] = stage[i].y;
+            As[buf][kc + 2][a_r] = stage[i].z;
+            As[buf][kc + 3][a_r] = stage[i].w;
+        }
+    };
+    auto load_b = [&](int buf, int kw) {
+#pragma unroll
+        for (int i = 0; i < LB_B_CHUNKS; ++i) {
+            int c = tid + i * LB_THREADS;
+            int r = c / (LB_BN / 4), col = (c % (LB_BN / 4)) * 4;
+            int k = kw + r, n = n0 + col;
+            u32* dst = &Bs[buf][r][col];
+            if (k >= sp.kw1) {
+                *(uint4*)dst = make_uint4(0u, 0u, 0u, 0u);
+            } else if (p.b_vec && n + 4 <= p.bcols) {
+                cp_async16(dst, sp.b + (long long)k * p.ldb + n);
+            } else {
+                *(uint4*)dst = lb_b_word4(sp.b, p.ldb, k, n, p.bcols, false);
+            }
+        }
+        cp_async_commit();
+    };
+
+    int acc[LB_TM][8];
+#pragma unroll
+    for (int i = 0; i < LB_TM; ++i)
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc[i][j] = 0;
+
+    const int ntiles = (sp.kw1 - sp.kw0 + LB_BK - 1) / LB_BK;
+    if (ntiles > 0) {
+        load_a(sp.kw0);
+        load_b(0, sp.kw0);
+        store_a(0);
+    }
+    for (int t = 0; t < ntiles; ++t) {
+        const int buf = t & 1;
+        const bool more = t + 1 < ntiles;
+        if (more) {
+            load_a(sp.kw0 + (t + 1) * LB_BK);
+            load_b(buf ^ 1, sp.kw0 + (t + 1) * LB_BK);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < LB_BK; ++k) {
+            const uint4 a0 = *(const uint4*)&As[buf][k][ty * LB_TM];
+            const uint4 a1 = *(const uint4*)&As[buf][k][ty * LB_TM + 4];
+            const uint4 b0 = *(const uint4*)&Bs[buf][k][tx * 4];
+            const uint4 b1 = *(const uint4*)&Bs[buf][k][LB_BN / 2 + tx * 4];
+            const u32 a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+#pragma unroll
+            for (int i = 0; i < LB_TM; ++i) {
+                acc[i][0] = dot4<UNS>(a[i], b0.x, acc[i][0]);
+                acc[i][1] = dot4<UNS>(a[i], b0.y, acc[i][1]);
+                acc[i][2] = dot4<UNS>(a[i], b0.z, acc[i][2]);
+                acc[i][3] = dot4<UNS>(a[i], b0.w, acc[i][3]);
+                acc[i][4] = dot4<UNS>(a[i], b1.x, acc[i][4]);
+                acc[i][5] = dot4<UNS>(a[i], b1.y, acc[i][5]);
+                acc[i][6] = dot4<UNS>(a[i], b1.z, acc[i][6]);
+                acc[i][7] = dot4<UNS>(a[i], b1.w, acc[i][7]);
+            }
+        }
+        if (more) store_a(buf ^ 1);
+        __syncthreads();
+    }
+
+    // Epilogue: i32 partials (split-K) or (acc * w_scale) * a_scale.
+    const float as = p.partial ? 0.0f : lb_scale(p.scale_ptr, p.scale_param);
+    const int o_head = p.is_decoder ? 0 : sp.head;
+#pragma unroll
+    for (int i = 0; i < LB_TM; ++i) {
+        int m = m0 + ty * LB_TM + i;
+        if (m >= p.m_total) break;
+#pragma unroll
+        for (int g = 0; g < 2; ++g) {
+            int n = n0 + g * (LB_BN / 2) + tx * 4;
+            if (p.partial) {
+                int* dst = p.partial + ((long long)blockIdx.z * p.m_total + m) * p.ncols + n;
+                if (p.c_vec && n + 4 <= p.ncols) {
+                    *(int4*)dst = make_int4(acc[i][g * 4], acc[i][g * 4 + 1], acc[i][g * 4 + 2],
+                                            acc[i][g * 4 + 3]);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (n + j < p.ncols) dst[j] = acc[i][g * 4 + j];
+                }
+            } else {
+                float* dst = p.out + lb_out_row(p, m, o_head) + n;
+                float v[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) v[j] = lb_dequant(acc[i][g * 4 + j], p.w_scale, as, p.relu);
+                if (p.c_vec && n + 4 <= p.ncols) {
+                    *(float4*)dst = make_float4(v[0], v[1], v[2], v[3]);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (n + j < p.ncols) dst[j] = v[j];
+                }
+            }
+        }
+    }
+}
+#endif  // LB_BM
+
+// ---- small-M path -------------------------------------------------------------------------
+#if defined(LB_SMALL_M)
+// M <= LB_SMALL_M rows; weights streamed once. A warp is 8 column quads x 4 k-lanes; a block
+// is LB_SM_CW warps along columns x (8 / LB_SM_CW) warps along K. A chunks of LB_SM_KC words
+// sit in smem k-major ([k][m]) so every lane reads its rows with broadcast loads.
+#define LB_SM_KWARPS (LB_THREADS / 32 / LB_SM_CW)
+#define LB_SM_KLANES (LB_SM_KWARPS * 4)
+#define LB_SM_COLS (LB_SM_CW * 32)
+
+template <int MODE, bool UNS>
+__device__ __forceinline__ void lb_small_m(const LbProblem& p) {
+    __shared__ __align__(16) u32 As[LB_SM_KC][LB_SMALL_M];
+    __shared__ int red[LB_SM_KWARPS > 1 ? LB_SM_KWARPS - 1 : 1][LB_SMALL_M][LB_SM_COLS];
+    __shared__ unsigned last_flag;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int kl = lane >> 3, cq = lane & 7;
+    const int wc = warp % LB_SM_CW, wk = warp / LB_SM_CW;
+    const int kli = wk * 4 + kl;
+    const int col_local = wc * 32 + cq * 4;
+    const int c0 = blockIdx.x * LB_SM_COLS + col_local;
+    const LbSplit sp = lb_split(p, blockIdx.y, 4);
+    const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
+    const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
+                                             : min((long long)sp.kw1 * 4, p.a_kvalid);
+
+    int acc[LB_SMALL_M][4];
+#pragma unroll
+    for (int m = 0; m < LB_SMALL_M; ++m)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[m][j] = 0;
+
+    for (int k0 = sp.kw0; k0 < sp.kw1; k0 += LB_SM_KC) {
+        for (int idx = tid; idx < LB_SMALL_M * LB_SM_KC; idx += LB_THREADS) {
+            int m = idx / LB_SM_KC, k = idx % LB_SM_KC;
+            u32 w = 0u;
+            if (m < p.m_total && k0 + k < sp.kw1)
+                w = lb_a_word<MODE>(lb_a_ptr(p, lb_a_row(p, m, sp.a_head)), k0 + k, kv, s, p.fmt);
+            As[k][m] = w;
+        }
+        __syncthreads();
+        const int kn = min(LB_SM_KC, sp.kw1 - k0);
+#pragma unroll 4
+        for (int r = kli; r < kn; r += LB_SM_KLANES) {
+            uint4 b = lb_b_word4(sp.b, p.ldb, k0 + r, c0, p.bcols, p.b_vec != 0);
+#pragma unroll
+            for (int m = 0; m < LB_SMALL_M; ++m) {
+                u32 a = As[r][m];
+                acc[m][0] = dot4<UNS>(a, b.x, acc[m][0]);
+                acc[m][1] = dot4<UNS>(a, b.y, acc[m][1]);
+                acc[m][2] = dot4<UNS>(a, b.z, acc[m][2]);
+                acc[m][3] = dot4<UNS>(a, b.w, acc[m][3]);
+            }
+        }
+        __syncthreads();
+    }
+
+    // Sum the 4 k-lanes of each warp (integer: any fixed order gives the same bits).
+#pragma unroll
+    for (int m = 0; m < LB_SMALL_M; ++m)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], 8);
+            acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], 16);
+        }
+    // Then the K warps, through smem.
+    if (LB_SM_KWARPS > 1) {
+        if (wk > 0 && kl == 0) {
+#pragma unroll
+            for (int m = 0; m < LB_SMALL_M; ++m)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) red[wk - 1][m][col_local + j] = acc[m][j];
+        }
+        __syncthreads();
+        if (wk == 0 && kl == 0) {
+            for (int w = 0; w < LB_SM_KWARPS - 1; ++w)
+#pragma unroll
+                for (int m = 0; m < LB_SMALL_M; ++m)
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) acc[m][j] += red[w][m][col_local + j];
+        }
+    }
+    const bool writer = wk == 0 && kl == 0;
+    const int o_head = p.is_decoder ? 0 : sp.head;
+
+    if (p.partial == nullptr) {
+        if (!writer) return;
+        const float as = lb_scale(p.scale_ptr, p.scale_param);
+#pragma unroll
+        for (int m = 0; m < LB_SMALL_M; ++m) {
+            if (m >= p.m_total) break;
+            float* dst = p.out + lb_out_row(p, m, o_head);
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                if (c0 + j < p.ncols) dst[c0 + j] = lb_dequant(acc[m][j], p.w_scale, as, p.relu);
+        }
+        return;
+    }
+
+    // Split-K fixup: write this split's partial; the last block of the column tile to arrive
+    // sums every split in split order and writes the output.
+    const int splits = gridDim.y;
+    if (writer) {
+#pragma unroll
+        for (int m = 0; m < LB_SMALL_M; ++m) {
+            if (m >= p.m_total) break;
+            int* dst = p.partial + ((long long)blockIdx.y * p.m_total + m) * p.ncols;
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                if (c0 + j < p.ncols) dst[c0 + j] = acc[m][j];
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+        unsigned prev = atomicAdd(&p.counters[blockIdx.x], 1u);
+        last_flag = (prev == (unsigned)(splits - 1)) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!last_flag) return;
+    __threadfence();
+    const float as = lb_scale(p.scale_ptr, p.scale_param);
+    const int tile0 = blockIdx.x * LB_SM_COLS;
+    for (int idx = tid; idx < p.m_total * LB_SM_COLS; idx += LB_THREADS) {
+        int m = idx / LB_SM_COLS, c = tile0 + idx % LB_SM_COLS;
+        if (c >= p.ncols) continue;
+        int sum = 0;
+        for (int z = 0; z < splits; ++z)
+            sum += __ldcg(p.partial + ((long long)z * p.m_total + m) * p.ncols + c);
+        p.out[(long long)m * p.ldc + c] = lb_dequant(sum, p.w_scale, as, p.relu);
+    }
+    if (tid == 0) p.counters[blockIdx.x] = 0u;  // ready for the next launch on this stream
+}
+#endif  // LB_SMALL_M
+
+template <int MODE, bool UNS>
+__device__ __forceinline__ void lb_project(const LbProblem& p) {
+#if defined(LB_SMALL_M)
+    lb_small_m<MODE, UNS>(p);
+#elif defined(LB_BM)
+    lb_tiled<MODE, UNS>(p);
+#endif
+}
+
+// ---- float path (no activation quantization): sum (w_code * w_scale) * x in f32 ------------
+// 16x16 threads, 64x64 outputs per block, 4x4 per thread, K tiles of 16 elements. Element k
+// of A row m is x; weight element (k, n) is byte k%4 of word (k/4, n) of its head's block.
+#define LB_FT 64
+#define LB_FK 16
+
+__device__ __forceinline__ float lb_w_elem(const u32* b, long long ldb, long long k, long long n) {
+    u32 w = __ldg(b + (k >> 2) * ldb + n);
+    return (float)(signed char)((w >> (8 * (k & 3))) & 0xffu);
+}
+
+// Float path: `p.lda` = K elements per row of one head; for the decoder, K spans heads:
+// element k is (h = k / L, l = k % L) with L = p.a_kvalid.
+__device__ __forceinline__ void lb_float(const LbProblem& p) {
+    __shared__ float As[LB_FK][LB_FT + 1];
+    __shared__ float Bs[LB_FK][LB_FT];
+    const int tid = threadIdx.x;
+    const int tx = tid % 16, ty = tid / 16;
+    const int n0 = blockIdx.x * LB_FT, m0 = blockIdx.y * LB_FT;
+    const int head = p.is_decoder ? 0 : blockIdx.z;
+    const long long L = p.a_kvalid;
+    const long long ktotal = p.is_decoder ? L * p.heads : L;
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+
+    for (long long k0 = 0; k0 < ktotal; k0 += LB_FK) {
+        for (int idx = tid; idx < LB_FT * LB_FK; idx += 256) {
+            int r = idx / LB_FK, kk = idx % LB_FK;
+            long long k = k0 + kk;
+            int m = m0 + r;
+            float v = 0.0f;
+            if (m < p.m_total && k < ktotal) {
+                int h = p.is_decoder ? (int)(k / L) : (p.a_heads == 1 ? 0 : head);
+                long long l = p.is_decoder ? k % L : k;
+                v = __ldg((const float*)p.a + lb_a_row(p, m, h) + l);
+            }
+            As[kk][r] = v;
+        }
+        for (int idx = tid; idx < LB_FT * LB_FK; idx += 256) {
+            int kk = idx / LB_FT, c = idx % LB_FT;
+            long long k = k0 + kk;
+            int n = n0 + c;
+            float w = 0.0f;
+            if (n < p.bcols && k < ktotal) {
+                int h = p.is_decoder ? (int)(k / L) : head;
+                long long l = p.is_decoder ? k % L : k;
+                const u32* b = p.b + (long long)h * p.b_head_rows * p.ldb;
+                w = __fmul_rn(lb_w_elem(b, p.ldb, l, n), p.w_scale);
+            }
+            Bs[kk][c] = w;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < LB_FK; ++kk) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    acc[i][j] = fmaf(Bs[kk][tx + 16 * j], As[kk][ty + 16 * i], acc[i][j]);
+        }
+        __syncthreads();
+    }
+    const int o_head = p.is_decoder ? 0 : head;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        int m = m0 + ty + 16 * i;
+        if (m >= p.m_total) continue;
+        float* dst = p.out + lb_out_row(p, m, o_head);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            int n = n0 + tx + 16 * j;
+            if (n < p.ncols) dst[n] = p.relu ? fmaxf(acc[i][j], 0.0f) : acc[i][j];
+        }
+    }
+}

@@ -1,0 +1,73 @@
+// quantize.cu — per-tensor activation quantization (SPEC.md).
+//   absmean_scale       scale = max(max(2*mean, EPS)/qmax, EPS), mean of |x| (of max(x,0) for
+//                       uint8pos), summed in f64 in a fixed order: per thread a fixed strided
+//                       run, a fixed tree per block, and the last block to finish sums the block
+//                       partials in block order — the same bits on every run.
+//   quantize_codes      x -> one i32 code per element
+//   quantize_pack_i8x4  x[rows, k] -> words[rows, ceil(k/4)] (zero-padded last word)
+// Glossary: see common.cuh.
+
+#define LB_RED_THREADS 256
+
+extern "C" __global__ void __launch_bounds__(LB_RED_THREADS)
+    absmean_scale(const float* x, long long n, int fmt, double* partials, unsigned* counter,
+                  float* scale_out) {
+    __shared__ double red[LB_RED_THREADS];
+    __shared__ unsigned is_last;
+    const int tid = threadIdx.x;
+    double sum = 0.0;
+    for (long long i = blockIdx.x * (long long)LB_RED_THREADS + tid; i < n;
+         i += (long long)gridDim.x * LB_RED_THREADS) {
+        float v = x[i];
+        sum += (double)(fmt == LB_FMT_U8POS ? fmaxf(v, 0.0f) : fabsf(v));
+    }
+    red[tid] = sum;
+    __syncthreads();
+    for (int w = LB_RED_THREADS / 2; w > 0; w >>= 1) {
+        if (tid < w) red[tid] += red[tid + w];
+        __syncthreads();
+    }
+    if (tid == 0) {
+        partials[blockIdx.x] = red[0];
+        __threadfence();
+        unsigned prev = atomicAdd(counter, 1u);
+        is_last = prev == gridDim.x - 1 ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    double s = 0.0;
+    for (unsigned b = tid; b < gridDim.x; b += LB_RED_THREADS) s += __ldcg(partials + b);
+    red[tid] = s;
+    __syncthreads();
+    for (int w = LB_RED_THREADS / 2; w > 0; w >>= 1) {
+        if (tid < w) red[tid] += red[tid + w];
+        __syncthreads();
+    }
+    if (tid == 0) {
+        float mean = (float)(red[0] / (double)n);
+        *scale_out = fmaxf(__fdiv_rn(fmaxf(2.0f * mean, LB_EPS), lb_qmax(fmt)), LB_EPS);
+        *counter = 0u;  // ready for the next launch on this stream
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    quantize_codes(const float* x, long long n, int fmt, const float* scale_ptr, float scale_param,
+                   int* codes) {
+    const float s = lb_scale(scale_ptr, scale_param);
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x)
+        codes[i] = lb_code(x[i], s, fmt);
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+    quantize_pack_i8x4(const float* x, long long rows, long long k, int fmt, const float* scale_ptr,
+                       float scale_param, u32* words) {
+    const float s = lb_scale(scale_ptr, scale_param);
+    const long long kw = (k + 3) / 4, total = rows * kw;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        long long r = i / kw, w = i % kw;
+        words[i] = lb_a_word<LB_A_F32>(x + r * k, w, k, s, fmt);
+    }
+}

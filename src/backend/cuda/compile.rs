@@ -1,0 +1,248 @@
+//! Run-time compilation of `cuda/*.cu` through NVRTC.
+//!
+//! Every source is `cuda/common.cuh` followed by the op's file (one stem per op), compiled
+//! for the device's architecture (`sm_XY` to a cubin; `compute_XY` PTX if this NVRTC does not
+//! know the device) with the tuning constants as `-D` defines. No fast-math: IEEE division,
+//! no flush-to-zero. Failures return the compiler's full log.
+
+use std::ffi::{CStr, CString, c_char, c_int};
+
+use cudarc::nvrtc::sys;
+
+use crate::error::{BackendKind, LowbitError, Result};
+
+const COMMON: &str = include_str!("../../../cuda/common.cuh");
+
+/// The source of stem `stem` (`cuda/{stem}.cu`), without the common prelude.
+pub fn source(stem: &str) -> Option<&'static str> {
+    Some(match stem {
+        "quantize" => include_str!("../../../cuda/quantize.cu"),
+        "lowrank" => include_str!("../../../cuda/lowrank.cu"),
+        "decoder_tail" => include_str!("../../../cuda/decoder_tail.cu"),
+        "rho" => include_str!("../../../cuda/rho.cu"),
+        "microbench" => include_str!("../../../cuda/microbench.cu"),
+        _ => return None,
+    })
+}
+
+/// Every stem with a CUDA source.
+pub const STEMS: [&str; 5] = ["quantize", "lowrank", "decoder_tail", "rho", "microbench"];
+
+/// True when libnvrtc can be loaded (never panics).
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the library candidates.
+    unsafe { sys::is_culib_present() }
+}
+
+fn nvrtc_error(call: &str, r: sys::nvrtcResult) -> LowbitError {
+    // SAFETY: nvrtcGetErrorString returns a static C string.
+    let msg = unsafe {
+        let p = sys::nvrtcGetErrorString(r);
+        if p.is_null() {
+            format!("{r:?}")
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    LowbitError::Driver {
+        backend: BackendKind::Cuda,
+        context: format!("NVRTC {call}"),
+        message: msg,
+    }
+}
+
+fn check(call: &str, r: sys::nvrtcResult) -> Result<()> {
+    if r == sys::nvrtcResult::NVRTC_SUCCESS {
+        Ok(())
+    } else {
+        Err(nvrtc_error(call, r))
+    }
+}
+
+fn unavailable() -> LowbitError {
+    LowbitError::BackendUnavailable {
+        backend: BackendKind::Cuda,
+        reason: "libnvrtc not found (NVRTC compiles the CUDA kernels at run time)".into(),
+    }
+}
+
+/// NVRTC's `(major, minor)` version.
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    if !nvrtc_present() {
+        return Err(unavailable());
+    }
+    let (mut major, mut minor): (c_int, c_int) = (0, 0);
+    // SAFETY: plain out-parameters.
+    check("nvrtcVersion", unsafe {
+        sys::nvrtcVersion(&mut major, &mut minor)
+    })?;
+    Ok((major, minor))
+}
+
+/// The real architectures (`XY` of `sm_XY`) this NVRTC can compile for.
+pub fn supported_archs() -> Result<Vec<u32>> {
+    if !nvrtc_present() {
+        return Err(unavailable());
+    }
+    let mut n: c_int = 0;
+    // SAFETY: out-parameter, then a buffer of the size NVRTC reported.
+    unsafe {
+        check(
+            "nvrtcGetNumSupportedArchs",
+            sys::nvrtcGetNumSupportedArchs(&mut n),
+        )?;
+        let mut v = vec![0 as c_int; n.max(0) as usize];
+        check(
+            "nvrtcGetSupportedArchs",
+            sys::nvrtcGetSupportedArchs(v.as_mut_ptr()),
+        )?;
+        Ok(v.into_iter().map(|a| a as u32).collect())
+    }
+}
+
+/// What NVRTC produced.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// A cubin (`sm_XY`) or NUL-terminated PTX (`compute_XY`).
+    pub image: Vec<u8>,
+    pub is_cubin: bool,
+    /// The `--gpu-architecture` used.
+    pub target: String,
+    /// NVRTC's log (with ptxas' resource report: registers, spills, smem).
+    pub log: String,
+}
+
+/// The target for a device of compute capability `cc`: the device's own `sm_XY` when NVRTC
+/// knows it, else PTX for the newest architecture NVRTC knows below it.
+pub fn target_for(cc: (u32, u32)) -> Result<(String, bool)> {
+    let want = cc.0 * 10 + cc.1;
+    let archs = supported_archs()?;
+    if archs.contains(&want) {
+        return Ok((format!("sm_{want}"), true));
+    }
+    match archs.into_iter().filter(|&a| a <= want).max() {
+        Some(a) => Ok((format!("compute_{a}"), false)),
+        None => Err(LowbitError::Unsupported {
+            backend: BackendKind::Cuda,
+            op: "compile",
+            reason: format!("NVRTC supports no architecture at or below sm_{want}"),
+        }),
+    }
+}
+
+/// Compiles `cuda/{stem}.cu` (after `common.cuh`) for `cc` with `defines` (`NAME=VALUE`).
+pub fn compile(stem: &str, cc: (u32, u32), defines: &[(String, String)]) -> Result<Compiled> {
+    let body = source(stem).ok_or_else(|| LowbitError::InvalidArgument {
+        op: "cuda::compile",
+        what: "stem",
+        reason: format!("no CUDA source for stem `{stem}`"),
+    })?;
+    let (target, is_cubin) = target_for(cc)?;
+    let src = format!("{COMMON}\n#line 1 \"{stem}.cu\"\n{body}");
+    let kernel = describe(stem, defines);
+    let to_c = |s: String| {
+        CString::new(s).map_err(|_| LowbitError::InvalidArgument {
+            op: "cuda::compile",
+            what: "source or option",
+            reason: "contains a NUL byte".into(),
+        })
+    };
+    let c_src = to_c(src)?;
+    let c_name = to_c(format!("{stem}.cu"))?;
+    let mut opts = vec![
+        format!("--gpu-architecture={target}"),
+        "--std=c++17".to_string(),
+        "--ftz=false".to_string(),
+        "--prec-div=true".to_string(),
+        "--prec-sqrt=true".to_string(),
+        "--ptxas-options=-v".to_string(),
+    ];
+    for (k, v) in defines {
+        opts.push(format!("-D{k}={v}"));
+    }
+    let c_opts = opts.into_iter().map(to_c).collect::<Result<Vec<_>>>()?;
+    let opt_ptrs: Vec<*const c_char> = c_opts.iter().map(|o| o.as_ptr()).collect();
+
+    let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: every pointer outlives the calls; the program is destroyed on every path.
+    unsafe {
+        check(
+            "nvrtcCreateProgram",
+            sys::nvrtcCreateProgram(
+                &mut prog,
+                c_src.as_ptr(),
+                c_name.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            ),
+        )?;
+        let result = (|| {
+            let r = sys::nvrtcCompileProgram(prog, opt_ptrs.len() as c_int, opt_ptrs.as_ptr());
+            let log = program_log(prog)?;
+            if r != sys::nvrtcResult::NVRTC_SUCCESS {
+                return Err(LowbitError::Compile {
+                    backend: BackendKind::Cuda,
+                    kernel: kernel.clone(),
+                    log: if log.trim().is_empty() {
+                        nvrtc_error("nvrtcCompileProgram", r).to_string()
+                    } else {
+                        log
+                    },
+                });
+            }
+            let mut size = 0usize;
+            let image = if is_cubin {
+                check("nvrtcGetCUBINSize", sys::nvrtcGetCUBINSize(prog, &mut size))?;
+                let mut buf = vec![0u8; size];
+                check(
+                    "nvrtcGetCUBIN",
+                    sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut c_char),
+                )?;
+                buf
+            } else {
+                check("nvrtcGetPTXSize", sys::nvrtcGetPTXSize(prog, &mut size))?;
+                let mut buf = vec![0u8; size];
+                check(
+                    "nvrtcGetPTX",
+                    sys::nvrtcGetPTX(prog, buf.as_mut_ptr() as *mut c_char),
+                )?;
+                buf
+            };
+            Ok(Compiled {
+                image,
+                is_cubin,
+                target: target.clone(),
+                log,
+            })
+        })();
+        let _ = sys::nvrtcDestroyProgram(&mut prog);
+        result
+    }
+}
+
+/// `stem.cu [A=1 B=2]`, for errors and reports.
+pub fn describe(stem: &str, defines: &[(String, String)]) -> String {
+    let d: Vec<String> = defines.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    format!("{stem}.cu [{}]", d.join(" "))
+}
+
+/// # Safety
+/// `prog` must be a live NVRTC program.
+unsafe fn program_log(prog: sys::nvrtcProgram) -> Result<String> {
+    let mut size = 0usize;
+    // SAFETY: the caller guarantees `prog`; the buffer has the reported size.
+    unsafe {
+        check(
+            "nvrtcGetProgramLogSize",
+            sys::nvrtcGetProgramLogSize(prog, &mut size),
+        )?;
+        let mut buf = vec![0u8; size.max(1)];
+        check(
+            "nvrtcGetProgramLog",
+            sys::nvrtcGetProgramLog(prog, buf.as_mut_ptr() as *mut c_char),
+        )?;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+    }
+}

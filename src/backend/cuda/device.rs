@@ -1,0 +1,364 @@
+//! The CUDA device handle: a context, the stream every op is ordered on, the module cache and
+//! the scratch buffers the kernels share (reduction partials, split-K workspace, counters).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    DriverError, ValidAsZeroBits,
+};
+use cudarc::nvrtc::Ptx;
+
+use super::{compile, probe};
+use crate::caps::CudaDeviceCaps;
+use crate::error::{BackendKind, LowbitError, Result};
+use crate::kernels::KernelId;
+
+/// A driver error as a [`LowbitError::Driver`] naming what was being done.
+pub(crate) fn drv(context: impl Into<String>) -> impl FnOnce(DriverError) -> LowbitError {
+    let context = context.into();
+    move |e| LowbitError::Driver {
+        backend: BackendKind::Cuda,
+        context,
+        message: e.to_string(),
+    }
+}
+
+/// Kernel families this backend can run (`LOWBIT_CUDA_KERNELS` forces one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum KernelFamily {
+    /// `__dp4a` kernels (sm_61+).
+    Dp4a,
+}
+
+impl KernelFamily {
+    /// Reads `LOWBIT_CUDA_KERNELS` (`dp4a` | `mma`; unset = best available) for `caps`.
+    pub fn select(caps: &CudaDeviceCaps) -> Result<Self> {
+        let forced = std::env::var("LOWBIT_CUDA_KERNELS").unwrap_or_default();
+        match forced.trim().to_ascii_lowercase().as_str() {
+            "" | "dp4a" => {}
+            "mma" => {
+                return Err(LowbitError::Unsupported {
+                    backend: BackendKind::Cuda,
+                    op: "open",
+                    reason: "LOWBIT_CUDA_KERNELS=mma: the int8 tensor-core (mma) family is \
+                             not implemented yet; use dp4a"
+                        .into(),
+                });
+            }
+            other => {
+                return Err(LowbitError::InvalidArgument {
+                    op: "open",
+                    what: "LOWBIT_CUDA_KERNELS",
+                    reason: format!("`{other}` is not one of dp4a, mma"),
+                });
+            }
+        }
+        if !caps.dp4a {
+            return Err(LowbitError::Unsupported {
+                backend: BackendKind::Cuda,
+                op: "open",
+                reason: format!(
+                    "{} is sm_{}{}; the dp4a kernels need sm_{}{}",
+                    caps.name,
+                    caps.compute_capability.0,
+                    caps.compute_capability.1,
+                    crate::caps::DP4A_MIN_SM.0,
+                    crate::caps::DP4A_MIN_SM.1
+                ),
+            });
+        }
+        Ok(Self::Dp4a)
+    }
+}
+
+/// One compiled variant of a stem: the kernel plus the defines that select its path.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct ModuleKey {
+    pub stem: &'static str,
+    pub cc: (u32, u32),
+    pub defines: Vec<(String, String)>,
+}
+
+#[derive(Default)]
+struct ModuleCache {
+    modules: HashMap<ModuleKey, Arc<CudaModule>>,
+    functions: HashMap<(ModuleKey, KernelId), CudaFunction>,
+    compilations: usize,
+    logs: Vec<(String, String)>,
+}
+
+/// Scratch owned by the device, reused by every launch on its stream (so stream order
+/// keeps uses apart). Counters are zero between launches: the kernels reset them.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub red_partials: Option<CudaSlice<f64>>,
+    pub red_counter: Option<CudaSlice<u32>>,
+    pub split_counters: Option<CudaSlice<u32>>,
+    pub partials: Option<CudaSlice<i32>>,
+}
+
+/// A CUDA device (or a caller's context + stream) ready to run the kernels.
+pub struct CudaDevice {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) caps: CudaDeviceCaps,
+    pub(crate) family: KernelFamily,
+    cache: Mutex<ModuleCache>,
+    scratch: Mutex<Scratch>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaDevice")
+            .field("caps", &self.caps)
+            .field("family", &self.family)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(reason: impl Into<String>) -> LowbitError {
+    LowbitError::BackendUnavailable {
+        backend: BackendKind::Cuda,
+        reason: reason.into(),
+    }
+}
+
+impl CudaDevice {
+    /// Opens device `ordinal` with its own non-blocking stream.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        if !probe::driver_present() {
+            return Err(unavailable(
+                "libcuda not found (no NVIDIA driver installed)",
+            ));
+        }
+        if !compile::nvrtc_present() {
+            return Err(unavailable(
+                "libnvrtc not found (NVRTC compiles the CUDA kernels at run time)",
+            ));
+        }
+        let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+            .map_err(|_| unavailable("the CUDA driver panicked while opening the device"))?
+            .map_err(|e| unavailable(format!("cannot open CUDA device {ordinal}: {e}")))?;
+        let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
+        Self::build(ctx, stream)
+    }
+
+    /// Wraps a caller's context and stream (a framework's own): every op is ordered on
+    /// `stream`. The stream must belong to `ctx`.
+    pub fn from_stream(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self> {
+        if stream.context().cu_ctx() != ctx.cu_ctx() {
+            return Err(LowbitError::WrongDevice {
+                op: "CudaDevice::from_stream",
+                what: "stream",
+                expected: format!(
+                    "a stream of context {:p} (device {})",
+                    ctx.cu_ctx(),
+                    ctx.ordinal()
+                ),
+                actual: format!(
+                    "a stream of context {:p} (device {})",
+                    stream.context().cu_ctx(),
+                    stream.context().ordinal()
+                ),
+            });
+        }
+        if !compile::nvrtc_present() {
+            return Err(unavailable(
+                "libnvrtc not found (NVRTC compiles the CUDA kernels at run time)",
+            ));
+        }
+        Self::build(ctx, stream)
+    }
+
+    fn build(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self> {
+        let caps = probe::device_caps(ctx.ordinal()).map_err(|message| LowbitError::Driver {
+            backend: BackendKind::Cuda,
+            context: "device attributes".into(),
+            message,
+        })?;
+        let family = KernelFamily::select(&caps)?;
+        Ok(Self {
+            ctx,
+            stream,
+            caps,
+            family,
+            cache: Mutex::new(ModuleCache::default()),
+            scratch: Mutex::new(Scratch::default()),
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    /// The stream every op of this device is ordered on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    pub fn caps(&self) -> &CudaDeviceCaps {
+        &self.caps
+    }
+    pub fn family(&self) -> KernelFamily {
+        self.family
+    }
+    pub fn name(&self) -> String {
+        self.caps.name.clone()
+    }
+
+    /// How many NVRTC compilations this device has done (the cache makes repeats free).
+    pub fn compilations(&self) -> usize {
+        lock(&self.cache).compilations
+    }
+
+    /// `(module, NVRTC log)` of every module compiled so far (ptxas' resource report).
+    pub fn compile_logs(&self) -> Vec<(String, String)> {
+        lock(&self.cache).logs.clone()
+    }
+
+    /// Waits for everything queued on this device's stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize"))
+    }
+
+    /// Copies `data` to a new device buffer (stream-ordered).
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<CudaSlice<T>> {
+        if data.is_empty() {
+            return Err(LowbitError::InvalidArgument {
+                op: "CudaDevice::upload",
+                what: "data",
+                reason: "empty buffers are not allowed".into(),
+            });
+        }
+        self.stream.clone_htod(data).map_err(drv("upload"))
+    }
+
+    /// A new zeroed device buffer of `len` elements (stream-ordered).
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        if len == 0 {
+            return Err(LowbitError::InvalidArgument {
+                op: "CudaDevice::alloc_zeros",
+                what: "len",
+                reason: "empty buffers are not allowed".into(),
+            });
+        }
+        self.stream.alloc_zeros(len).map_err(drv("alloc"))
+    }
+
+    /// Copies a device buffer back (waits for the stream).
+    pub fn download<T: DeviceRepr>(&self, buf: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.check_slice("download", "buffer", buf)?;
+        self.stream.clone_dtoh(buf).map_err(drv("download"))
+    }
+
+    /// Errors unless `buf` lives in this device's context.
+    pub(crate) fn check_slice<T>(
+        &self,
+        op: &'static str,
+        what: &'static str,
+        buf: &CudaSlice<T>,
+    ) -> Result<()> {
+        let other = buf.context();
+        if other.cu_ctx() == self.ctx.cu_ctx() {
+            Ok(())
+        } else {
+            Err(LowbitError::WrongDevice {
+                op,
+                what,
+                expected: format!("CUDA context of device {}", self.ctx.ordinal()),
+                actual: format!("another CUDA context (device {})", other.ordinal()),
+            })
+        }
+    }
+
+    /// The function `id` of the module compiled with `defines` (compiled and loaded once).
+    pub(crate) fn function(
+        &self,
+        id: KernelId,
+        defines: Vec<(String, String)>,
+    ) -> Result<CudaFunction> {
+        let key = ModuleKey {
+            stem: id.stem(),
+            cc: self.caps.compute_capability,
+            defines,
+        };
+        let mut cache = lock(&self.cache);
+        if let Some(f) = cache.functions.get(&(key.clone(), id)) {
+            return Ok(f.clone());
+        }
+        let module = match cache.modules.get(&key) {
+            Some(m) => m.clone(),
+            None => {
+                let compiled = compile::compile(key.stem, key.cc, &key.defines)?;
+                let image = if compiled.is_cubin {
+                    Ptx::from_binary(compiled.image)
+                } else {
+                    let end = compiled
+                        .image
+                        .iter()
+                        .position(|&b| b == 0)
+                        .unwrap_or(compiled.image.len());
+                    Ptx::from_src(String::from_utf8_lossy(&compiled.image[..end]).into_owned())
+                };
+                let module = self.ctx.load_module(image).map_err(drv(format!(
+                    "cuModuleLoadData {}",
+                    compile::describe(key.stem, &key.defines)
+                )))?;
+                cache.compilations += 1;
+                cache
+                    .logs
+                    .push((compile::describe(key.stem, &key.defines), compiled.log));
+                cache.modules.insert(key.clone(), module.clone());
+                module
+            }
+        };
+        let f = module
+            .load_function(id.entry())
+            .map_err(drv(format!("cuModuleGetFunction {}", id.entry())))?;
+        cache.functions.insert((key, id), f.clone());
+        Ok(f)
+    }
+
+    pub(crate) fn scratch(&self) -> MutexGuard<'_, Scratch> {
+        lock(&self.scratch)
+    }
+
+    /// Device pointer of a scratch buffer of at least `len` zeroed-at-creation elements.
+    pub(crate) fn scratch_buf<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        slot: &mut Option<CudaSlice<T>>,
+        len: usize,
+    ) -> Result<u64> {
+        let len = len.max(1);
+        if slot.as_ref().is_none_or(|s| s.len() < len) {
+            // Grow geometrically so that alternating shapes do not reallocate every call.
+            let want = slot.as_ref().map_or(len, |s| len.max(s.len() * 2));
+            *slot = None;
+            *slot = Some(
+                self.stream
+                    .alloc_zeros(want)
+                    .map_err(drv("scratch alloc"))?,
+            );
+        }
+        match slot.as_ref() {
+            Some(s) => Ok(raw_ptr(s, &self.stream)),
+            None => Err(LowbitError::Driver {
+                backend: BackendKind::Cuda,
+                context: "scratch alloc".into(),
+                message: "scratch buffer missing after allocation".into(),
+            }),
+        }
+    }
+}
+
+/// The raw device address of `buf` (ordering with `stream` handled by cudarc's events).
+pub(crate) fn raw_ptr<T>(buf: &CudaSlice<T>, stream: &CudaStream) -> u64 {
+    let (p, _guard) = buf.device_ptr(stream);
+    p
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

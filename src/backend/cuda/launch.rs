@@ -1,0 +1,865 @@
+//! Kernel launches on raw device addresses: validation (before anything is allocated or
+//! launched), the choice of path (tiled, small-M, float), the split-K plan, and the `unsafe`
+//! raw-pointer entry points for callers that own their allocations.
+//!
+//! Every launch is queued on the device's stream; nothing here synchronises.
+
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
+
+use super::device::{CudaDevice, drv};
+use super::tuning as t;
+use crate::config::LowBitActivationFormat;
+use crate::error::{BackendKind, LowbitError, Result};
+use crate::kernels::KernelId;
+use crate::ops::quantize::{QuantizeShape, check_signed_packable};
+use crate::ops::rho::RhoShape;
+use crate::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
+use crate::quant::{EPS, check_scale};
+
+/// Activation input on the device, as a raw address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawAct {
+    /// Signed i8x4 words `[rows, ceil(K/4)]` (int8/int4).
+    Packed(u64),
+    /// i32 codes `[rows, K]` (any quantized format, uint8pos included).
+    Codes(u64),
+    /// f32 values `[rows, K]`, quantized inside the kernel (or the float path for `Fp16`).
+    F32(u64),
+}
+
+impl RawAct {
+    fn kind(self) -> InputKind {
+        match self {
+            Self::Packed(_) => InputKind::Packed,
+            Self::Codes(_) => InputKind::Codes,
+            Self::F32(_) => InputKind::F32,
+        }
+    }
+    fn ptr(self) -> u64 {
+        match self {
+            Self::Packed(p) | Self::Codes(p) | Self::F32(p) => p,
+        }
+    }
+}
+
+/// Where the activation scale comes from, as raw addresses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RawScale {
+    /// By value.
+    Param(f32),
+    /// Read from this one-float device buffer.
+    Buffer(u64),
+    /// Computed on the device from the f32 input (absmean) into this one-float buffer.
+    Compute(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum InputKind {
+    Packed,
+    Codes,
+    F32,
+}
+
+/// Which kernel body runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Path {
+    /// Quantized: A mode (0 packed, 1 codes, 2 f32) and unsigned lanes.
+    Int { mode: u32, uns: bool },
+    /// `Fp16`: the float path.
+    Float,
+}
+
+/// Mirror of `struct LbProblem` in `cuda/common.cuh` (same field order and types).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LbProblem {
+    pub a: u64,
+    pub b: u64,
+    pub out: u64,
+    pub partial: u64,
+    pub scale_ptr: u64,
+    pub counters: u64,
+    pub lda: i64,
+    pub a_kvalid: i64,
+    pub ldb: i64,
+    pub ldc: i64,
+    pub scale_param: f32,
+    pub w_scale: f32,
+    pub fmt: i32,
+    pub relu: i32,
+    pub m_total: i32,
+    pub time: i32,
+    pub heads: i32,
+    pub a_heads: i32,
+    pub o_heads: i32,
+    pub ncols: i32,
+    pub bcols: i32,
+    pub kw_head: i32,
+    pub b_head_rows: i32,
+    pub splits_per_head: i32,
+    pub a_vec: i32,
+    pub b_vec: i32,
+    pub c_vec: i32,
+    pub is_decoder: i32,
+}
+
+// SAFETY: plain-old-data with the C layout of `LbProblem`.
+unsafe impl DeviceRepr for LbProblem {}
+
+pub(crate) fn fmt_code(op: &'static str, format: LowBitActivationFormat) -> Result<i32> {
+    match format {
+        LowBitActivationFormat::Int8 => Ok(0),
+        LowBitActivationFormat::Int4Exp => Ok(1),
+        LowBitActivationFormat::Uint8PosExp => Ok(2),
+        LowBitActivationFormat::Fp16 => Err(LowbitError::unsupported_format(
+            op,
+            format,
+            "the float path has no codes or scale",
+        )),
+    }
+}
+
+fn check_epilogue(op: &'static str, epilogue: Epilogue) -> Result<()> {
+    match epilogue.dtype {
+        OutputDType::F32 => Ok(()),
+        other => Err(LowbitError::Unsupported {
+            backend: BackendKind::Cuda,
+            op,
+            reason: format!("{other:?} output epilogue not implemented on CUDA yet (f32 only)"),
+        }),
+    }
+}
+
+fn check_scale_source(op: &'static str, kind: InputKind, scale: RawScale) -> Result<()> {
+    match scale {
+        RawScale::Param(s) => check_scale(op, "activation scale", s),
+        RawScale::Buffer(0) | RawScale::Compute(0) => Err(LowbitError::InvalidArgument {
+            op,
+            what: "scale buffer",
+            reason: "null device address".into(),
+        }),
+        RawScale::Compute(_) if kind != InputKind::F32 => Err(LowbitError::InvalidArgument {
+            op,
+            what: "scale",
+            reason: "a computed scale needs f32 input (codes and packed words carry none)".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Checks a projection request and picks its path; `acc` checks the i32 accumulator.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn validate_projection(
+    op: &'static str,
+    kind: InputKind,
+    format: LowBitActivationFormat,
+    scale: RawScale,
+    w_scale: f32,
+    w_qmax: u32,
+    epilogue: Epilogue,
+    acc: impl Fn(u32, u32) -> Result<()>,
+) -> Result<Path> {
+    check_epilogue(op, epilogue)?;
+    check_scale(op, "weight scale", w_scale)?;
+    if w_qmax == 0 || w_qmax > 127 {
+        return Err(LowbitError::InvalidArgument {
+            op,
+            what: "w_qmax",
+            reason: format!("{w_qmax}: weight codes are signed int8 lanes (1..=127)"),
+        });
+    }
+    if format == LowBitActivationFormat::Fp16 {
+        if kind != InputKind::F32 {
+            return Err(LowbitError::unsupported_format(
+                op,
+                format,
+                "the float path takes f32 input",
+            ));
+        }
+        return Ok(Path::Float);
+    }
+    if kind == InputKind::Packed {
+        check_signed_packable(op, format)?;
+    }
+    check_scale_source(op, kind, scale)?;
+    let qmax = format.qmax().unwrap_or(127);
+    acc(qmax, w_qmax)?;
+    Ok(Path::Int {
+        mode: match kind {
+            InputKind::Packed => 0,
+            InputKind::Codes => 1,
+            InputKind::F32 => 2,
+        },
+        uns: format == LowBitActivationFormat::Uint8PosExp,
+    })
+}
+
+fn non_null(op: &'static str, what: &'static str, p: u64) -> Result<()> {
+    if p == 0 {
+        Err(LowbitError::InvalidArgument {
+            op,
+            what,
+            reason: "null device address".into(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn d(k: &str, v: impl ToString) -> (String, String) {
+    (k.to_string(), v.to_string())
+}
+
+fn int_defines(mode: u32, uns: bool) -> Vec<(String, String)> {
+    vec![
+        d("LB_MODE", mode),
+        d("LB_UNS", u32::from(uns)),
+        d("LB_THREADS", t::THREADS),
+        d("LB_EPS", format!("{EPS:e}f")),
+    ]
+}
+
+fn tiled_defines(mode: u32, uns: bool) -> Vec<(String, String)> {
+    let mut v = int_defines(mode, uns);
+    v.extend([
+        d("LB_MIN_BLOCKS", t::MIN_BLOCKS),
+        d("LB_BM", t::TILE_BM),
+        d("LB_BN", t::TILE_BN),
+        d("LB_BK", t::TILE_BK),
+        d("LB_TM", t::TILE_TM),
+    ]);
+    v
+}
+
+fn small_defines(mode: u32, uns: bool, rows: usize, cw: u32) -> Vec<(String, String)> {
+    let mut v = int_defines(mode, uns);
+    v.extend([
+        d("LB_MIN_BLOCKS", 1),
+        d("LB_SMALL_M", rows.next_power_of_two()),
+        d("LB_SM_KC", t::SMALL_KC),
+        d("LB_SM_CW", cw),
+    ]);
+    v
+}
+
+fn plain_defines(flag: &str) -> Vec<(String, String)> {
+    vec![d(flag, 1), d("LB_EPS", format!("{EPS:e}f"))]
+}
+
+fn ew_grid(n: usize, per_block: usize) -> u32 {
+    n.div_ceil(per_block).clamp(1, t::EW_MAX_BLOCKS as usize) as u32
+}
+
+fn cfg(grid: (u32, u32, u32), block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn ceil_u32(a: usize, b: u32) -> u32 {
+    a.div_ceil(b as usize) as u32
+}
+
+fn aligned16(p: u64) -> bool {
+    p.is_multiple_of(16)
+}
+
+/// The wave-efficient number of splits per head: `units` blocks per split step, `slots`
+/// resident blocks on the whole device, at most `max_sp`.
+fn pick_splits(units: usize, slots: usize, max_sp: usize) -> usize {
+    let slots = slots.max(1);
+    let mut best = (0.0f64, 1usize);
+    for sp in 1..=max_sp.max(1) {
+        let blocks = units * sp;
+        let waves = blocks.div_ceil(slots);
+        let eff = blocks as f64 / (waves * slots) as f64;
+        if eff > best.0 + 0.02 {
+            best = (eff, sp);
+        }
+        if blocks >= 4 * slots {
+            break;
+        }
+    }
+    best.1
+}
+
+impl CudaDevice {
+    fn launch_problem(&self, f: &CudaFunction, grid: (u32, u32, u32), p: &LbProblem) -> Result<()> {
+        let mut b = self.stream.launch_builder(f);
+        b.arg(p);
+        // SAFETY: `p` mirrors the kernel's only parameter; every address in it was checked
+        // by the caller to cover the shape's extent.
+        unsafe { b.launch(cfg(grid, t::THREADS)) }.map_err(drv("cuLaunchKernel (projection)"))?;
+        Ok(())
+    }
+
+    fn resident_slots(&self, f: &CudaFunction) -> usize {
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(t::THREADS, 0, None)
+            .unwrap_or(1)
+            .max(1);
+        per_sm as usize * self.caps.multiprocessors.max(1) as usize
+    }
+
+    /// Queues the absmean reduction of `n` floats at `x` into the one-float buffer `out`.
+    ///
+    /// # Safety
+    /// `x` must address `n` f32 and `out` one f32 of this device's context, alive until the
+    /// stream has run the kernel.
+    pub unsafe fn absmean_scale_raw(
+        &self,
+        x: u64,
+        n: usize,
+        format: LowBitActivationFormat,
+        out: u64,
+    ) -> Result<()> {
+        const OP: &str = "cuda::absmean_scale";
+        let fmt = fmt_code(OP, format)?;
+        non_null(OP, "x", x)?;
+        non_null(OP, "scale buffer", out)?;
+        if n == 0 {
+            return Err(LowbitError::InvalidArgument {
+                op: OP,
+                what: "n",
+                reason: "no elements".into(),
+            });
+        }
+        let f = self.function(KernelId::AbsmeanScale, plain_defines("LB_QUANTIZE"))?;
+        let blocks = n
+            .div_ceil((t::RED_THREADS * t::RED_ITEMS) as usize)
+            .clamp(1, t::RED_MAX_BLOCKS as usize) as u32;
+        let mut scratch = self.scratch();
+        let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
+        let counter = self.scratch_buf(&mut scratch.red_counter, 1)?;
+        let (n64, fmt) = (n as i64, fmt);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x)
+            .arg(&n64)
+            .arg(&fmt)
+            .arg(&partials)
+            .arg(&counter)
+            .arg(&out);
+        // SAFETY: per the caller's contract; scratch is ours and sized above.
+        unsafe { b.launch(cfg((blocks, 1, 1), t::RED_THREADS)) }
+            .map_err(drv("cuLaunchKernel (absmean_scale)"))?;
+        Ok(())
+    }
+
+    /// Resolves a scale source to `(device pointer or 0, by-value scale)`, launching the
+    /// absmean reduction first for `Compute`.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::absmean_scale_raw`] when `scale` is `Compute` (then `x` holds `n` f32).
+    unsafe fn resolve_scale(
+        &self,
+        x: u64,
+        n: usize,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+    ) -> Result<(u64, f32)> {
+        Ok(match scale {
+            RawScale::Param(s) => (0, s),
+            RawScale::Buffer(p) => (p, 0.0),
+            RawScale::Compute(p) => {
+                // SAFETY: forwarded contract.
+                unsafe { self.absmean_scale_raw(x, n, format, p)? };
+                (p, 0.0)
+            }
+        })
+    }
+
+    /// Queues quantization of `n` floats at `x` into i32 codes at `codes`.
+    ///
+    /// # Safety
+    /// `x` must address `n` f32, `codes` `n` i32, and a `Buffer`/`Compute` scale one f32, all
+    /// of this device's context and alive until the stream has run the kernels.
+    pub unsafe fn quantize_codes_raw(
+        &self,
+        x: u64,
+        n: usize,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        codes: u64,
+    ) -> Result<()> {
+        const OP: &str = "cuda::quantize_codes";
+        let fmt = fmt_code(OP, format)?;
+        check_scale_source(OP, InputKind::F32, scale)?;
+        non_null(OP, "x", x)?;
+        non_null(OP, "codes", codes)?;
+        if n == 0 {
+            return Err(LowbitError::InvalidArgument {
+                op: OP,
+                what: "n",
+                reason: "no elements".into(),
+            });
+        }
+        let f = self.function(KernelId::QuantizeCodes, plain_defines("LB_QUANTIZE"))?;
+        // SAFETY: forwarded contract.
+        let (sp, sv) = unsafe { self.resolve_scale(x, n, format, scale)? };
+        let n64 = n as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x).arg(&n64).arg(&fmt).arg(&sp).arg(&sv).arg(&codes);
+        // SAFETY: per the caller's contract.
+        unsafe {
+            b.launch(cfg(
+                (ew_grid(n, t::EW_THREADS as usize), 1, 1),
+                t::EW_THREADS,
+            ))
+        }
+        .map_err(drv("cuLaunchKernel (quantize_codes)"))?;
+        Ok(())
+    }
+
+    /// Queues quantize + pack of `x[rows, k]` into signed i8x4 words `[rows, ceil(k/4)]`.
+    ///
+    /// # Safety
+    /// `x` must address `shape.len()` f32, `words` `shape.words_len()` u32, and a
+    /// `Buffer`/`Compute` scale one f32, of this context, alive until the stream has run them.
+    pub unsafe fn quantize_pack_i8x4_raw(
+        &self,
+        x: u64,
+        shape: QuantizeShape,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        words: u64,
+    ) -> Result<()> {
+        const OP: &str = "cuda::quantize_pack_i8x4";
+        check_signed_packable(OP, format)?;
+        let fmt = fmt_code(OP, format)?;
+        check_scale_source(OP, InputKind::F32, scale)?;
+        non_null(OP, "x", x)?;
+        non_null(OP, "words", words)?;
+        let f = self.function(KernelId::QuantizePack, plain_defines("LB_QUANTIZE"))?;
+        // SAFETY: forwarded contract.
+        let (sp, sv) = unsafe { self.resolve_scale(x, shape.len(), format, scale)? };
+        let (rows, k) = (shape.rows as i64, shape.k as i64);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x)
+            .arg(&rows)
+            .arg(&k)
+            .arg(&fmt)
+            .arg(&sp)
+            .arg(&sv)
+            .arg(&words);
+        let grid = ew_grid(shape.words_len(), t::EW_THREADS as usize);
+        // SAFETY: per the caller's contract.
+        unsafe { b.launch(cfg((grid, 1, 1), t::EW_THREADS)) }
+            .map_err(drv("cuLaunchKernel (quantize_pack_i8x4)"))?;
+        Ok(())
+    }
+
+    /// Queues the low-rank projection.
+    ///
+    /// # Safety
+    /// Every address must be of this device's context, alive until the stream has run the
+    /// kernels, and cover its extent: input `shape.x_len()` elements (`x_words_len()` words
+    /// when packed), weight `shape.w_words_len()` words, output `shape.out_len()` f32, scale
+    /// buffer one f32. Codes must lie in the format's range.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn lowrank_raw(
+        &self,
+        shape: &LowrankShape,
+        input: RawAct,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        w_words: u64,
+        w_scale: f32,
+        w_qmax: u32,
+        epilogue: Epilogue,
+        out: u64,
+    ) -> Result<()> {
+        const OP: &str = "cuda::lowrank";
+        let path = validate_projection(
+            OP,
+            input.kind(),
+            format,
+            scale,
+            w_scale,
+            w_qmax,
+            epilogue,
+            |qa, qw| shape.check_accumulator(qa, qw),
+        )?;
+        let (x, w) = (input.ptr(), w_words);
+        non_null(OP, "input", x)?;
+        non_null(OP, "weight words", w)?;
+        non_null(OP, "output", out)?;
+        let kw = shape.k_words();
+        let m = shape.m();
+        let packed = matches!(input, RawAct::Packed(_));
+        let lda = if packed { kw } else { shape.embd };
+        let mut p = LbProblem {
+            a: x,
+            b: w,
+            out,
+            lda: lda as i64,
+            a_kvalid: lda as i64,
+            ldb: shape.latent as i64,
+            ldc: shape.latent_out as i64,
+            w_scale,
+            fmt: if path == Path::Float {
+                0
+            } else {
+                fmt_code(OP, format)?
+            },
+            relu: i32::from(epilogue.relu),
+            m_total: m as i32,
+            time: shape.time as i32,
+            heads: shape.heads as i32,
+            a_heads: shape.in_heads as i32,
+            o_heads: shape.heads as i32,
+            ncols: shape.latent_out as i32,
+            bcols: shape.latent as i32,
+            kw_head: kw as i32,
+            b_head_rows: kw as i32,
+            splits_per_head: 1,
+            a_vec: i32::from(lda.is_multiple_of(4) && aligned16(x)),
+            b_vec: i32::from(shape.latent.is_multiple_of(4) && aligned16(w)),
+            c_vec: i32::from(shape.latent_out.is_multiple_of(4) && aligned16(out)),
+            is_decoder: 0,
+            ..Default::default()
+        };
+        let heads = shape.heads as u32;
+        match path {
+            Path::Float => {
+                let f = self.function(KernelId::LowrankFloat, plain_defines("LB_FLOAT"))?;
+                let grid = (
+                    ceil_u32(shape.latent_out, t::FLOAT_TILE),
+                    ceil_u32(m, t::FLOAT_TILE),
+                    heads,
+                );
+                self.launch_problem(&f, grid, &p)
+            }
+            Path::Int { mode, uns } => {
+                let id = [
+                    KernelId::LowrankPacked,
+                    KernelId::LowrankCodes,
+                    KernelId::LowrankF32,
+                ][mode as usize];
+                let small = m <= t::SMALL_M_MAX;
+                let f = if small {
+                    self.function(id, small_defines(mode, uns, m, t::SMALL_CW_LOWRANK))?
+                } else {
+                    self.function(id, tiled_defines(mode, uns))?
+                };
+                // SAFETY: forwarded contract (x holds x_len f32 when F32).
+                let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
+                p.scale_ptr = sp;
+                p.scale_param = sv;
+                let grid = if small {
+                    (
+                        ceil_u32(shape.latent_out, t::SMALL_CW_LOWRANK * 32),
+                        heads,
+                        1,
+                    )
+                } else {
+                    (
+                        ceil_u32(shape.latent_out, t::TILE_BN),
+                        ceil_u32(m, t::TILE_BM),
+                        heads,
+                    )
+                };
+                self.launch_problem(&f, grid, &p)
+            }
+        }
+    }
+
+    /// Queues the decoder tail.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::lowrank_raw`], with input `shape.y_len()` elements (`y_words_len()`
+    /// words when packed), weight `shape.w_words_len()` words and output `shape.out_len()`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn decoder_tail_raw(
+        &self,
+        shape: &DecoderTailShape,
+        input: RawAct,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        w_words: u64,
+        w_scale: f32,
+        w_qmax: u32,
+        epilogue: Epilogue,
+        out: u64,
+    ) -> Result<()> {
+        const OP: &str = "cuda::decoder_tail";
+        let path = validate_projection(
+            OP,
+            input.kind(),
+            format,
+            scale,
+            w_scale,
+            w_qmax,
+            epilogue,
+            |qa, qw| shape.check_accumulator(qa, qw),
+        )?;
+        let (y, w) = (input.ptr(), w_words);
+        non_null(OP, "input", y)?;
+        non_null(OP, "weight words", w)?;
+        non_null(OP, "output", out)?;
+        let lw = shape.k_words();
+        let m = shape.m();
+        let packed = matches!(input, RawAct::Packed(_));
+        let lda = if packed { lw } else { shape.latent };
+        let dim = shape.dim;
+        let mut p = LbProblem {
+            a: y,
+            b: w,
+            out,
+            lda: lda as i64,
+            a_kvalid: lda as i64,
+            ldb: dim as i64,
+            ldc: dim as i64,
+            w_scale,
+            fmt: if path == Path::Float {
+                0
+            } else {
+                fmt_code(OP, format)?
+            },
+            relu: i32::from(epilogue.relu),
+            m_total: m as i32,
+            time: shape.time as i32,
+            heads: shape.heads as i32,
+            a_heads: shape.heads as i32,
+            o_heads: 1,
+            ncols: dim as i32,
+            bcols: dim as i32,
+            kw_head: lw as i32,
+            b_head_rows: shape.w_head_words() as i32,
+            splits_per_head: 1,
+            a_vec: i32::from(lda.is_multiple_of(4) && aligned16(y)),
+            b_vec: i32::from(dim.is_multiple_of(4) && aligned16(w)),
+            c_vec: i32::from(dim.is_multiple_of(4) && aligned16(out)),
+            is_decoder: 1,
+            ..Default::default()
+        };
+        let heads = shape.heads;
+        let (mode, uns) = match path {
+            Path::Float => {
+                let f = self.function(KernelId::DecoderFloat, plain_defines("LB_FLOAT"))?;
+                let grid = (ceil_u32(dim, t::FLOAT_TILE), ceil_u32(m, t::FLOAT_TILE), 1);
+                return self.launch_problem(&f, grid, &p);
+            }
+            Path::Int { mode, uns } => (mode, uns),
+        };
+        let id = [
+            KernelId::DecoderPacked,
+            KernelId::DecoderCodes,
+            KernelId::DecoderF32,
+        ][mode as usize];
+        let small = m <= t::SMALL_M_MAX;
+        let f = if small {
+            self.function(id, small_defines(mode, uns, m, t::SMALL_CW_DECODER))?
+        } else {
+            self.function(id, tiled_defines(mode, uns))?
+        };
+        let reduce = if small {
+            None
+        } else {
+            Some(self.function(KernelId::DecoderReduce, plain_defines("LB_REDUCE"))?)
+        };
+        let slots = self.resident_slots(&f);
+        let (col_tiles, units, kchunk) = if small {
+            let ct = ceil_u32(dim, t::SMALL_CW_DECODER * 32) as usize;
+            (ct, ct * heads, 16usize)
+        } else {
+            let ct = ceil_u32(dim, t::TILE_BN) as usize;
+            (
+                ct,
+                ct * ceil_u32(m, t::TILE_BM) as usize * heads,
+                t::TILE_BK as usize,
+            )
+        };
+        let max_sp = lw
+            .div_ceil(kchunk)
+            .clamp(1, t::MAX_SPLITS_PER_HEAD as usize);
+        let sp = pick_splits(units, slots, max_sp);
+        let splits = heads * sp;
+        p.splits_per_head = sp as i32;
+        // SAFETY: forwarded contract (y holds y_len f32 when F32).
+        let (scale_ptr, scale_val) =
+            unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
+        p.scale_ptr = scale_ptr;
+        p.scale_param = scale_val;
+        let mut scratch = self.scratch();
+        if splits > 1 {
+            p.partial = self.scratch_buf(&mut scratch.partials, splits * m * dim)?;
+            if small {
+                p.counters = self.scratch_buf(&mut scratch.split_counters, col_tiles)?;
+            }
+        }
+        drop(scratch);
+        if small {
+            self.launch_problem(&f, (col_tiles as u32, splits as u32, 1), &p)
+        } else {
+            let grid = (col_tiles as u32, ceil_u32(m, t::TILE_BM), splits as u32);
+            self.launch_problem(&f, grid, &p)?;
+            if let (Some(r), true) = (reduce, splits > 1) {
+                let s = splits as i32;
+                let mut b = self.stream.launch_builder(&r);
+                b.arg(&p).arg(&s);
+                let grid = ew_grid(m * dim, t::EW_THREADS as usize);
+                // SAFETY: the partials were written above on this stream; `p` as checked.
+                unsafe { b.launch(cfg((grid, 1, 1), t::EW_THREADS)) }
+                    .map_err(drv("cuLaunchKernel (decoder_reduce)"))?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Queues the rho int8 block pack of `shape.len()` floats at `values` into `words`
+    /// (`shape.int8_words()`) and `scales` (`shape.blocks()`).
+    ///
+    /// # Safety
+    /// The addresses must cover those extents in this context and outlive the kernel.
+    pub unsafe fn rho_int8_pack_raw(
+        &self,
+        shape: &RhoShape,
+        values: u64,
+        words: u64,
+        scales: u64,
+    ) -> Result<()> {
+        const OP: &str = "cuda::rho_int8_pack";
+        non_null(OP, "values", values)?;
+        non_null(OP, "words", words)?;
+        non_null(OP, "scales", scales)?;
+        let f = self.function(KernelId::RhoInt8Pack, plain_defines("LB_RHO"))?;
+        let n = shape.len() as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&values).arg(&n).arg(&words).arg(&scales);
+        let grid = ew_grid(shape.blocks(), (t::EW_THREADS / 32) as usize);
+        // SAFETY: per the caller's contract.
+        unsafe { b.launch(cfg((grid, 1, 1), t::EW_THREADS)) }
+            .map_err(drv("cuLaunchKernel (rho_int8_pack)"))?;
+        Ok(())
+    }
+
+    /// Queues the rho int8 block unpack into `shape.len()` floats at `out`.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::rho_int8_pack_raw`].
+    pub unsafe fn rho_int8_unpack_raw(
+        &self,
+        shape: &RhoShape,
+        words: u64,
+        scales: u64,
+        out: u64,
+    ) -> Result<()> {
+        const OP: &str = "cuda::rho_int8_unpack";
+        non_null(OP, "words", words)?;
+        non_null(OP, "scales", scales)?;
+        non_null(OP, "out", out)?;
+        let f = self.function(KernelId::RhoInt8Unpack, plain_defines("LB_RHO"))?;
+        let n = shape.len() as i64;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&words).arg(&scales).arg(&n).arg(&out);
+        let grid = ew_grid(shape.len(), t::EW_THREADS as usize);
+        // SAFETY: per the caller's contract.
+        unsafe { b.launch(cfg((grid, 1, 1), t::EW_THREADS)) }
+            .map_err(drv("cuLaunchKernel (rho_int8_unpack)"))?;
+        Ok(())
+    }
+}
+
+/// Every module variant the launchers can ask for (kernel, defines): what a warm-up or a
+/// compile check goes through.
+pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
+    let mut v = Vec::new();
+    let lowrank = [
+        KernelId::LowrankPacked,
+        KernelId::LowrankCodes,
+        KernelId::LowrankF32,
+    ];
+    let decoder = [
+        KernelId::DecoderPacked,
+        KernelId::DecoderCodes,
+        KernelId::DecoderF32,
+    ];
+    for mode in 0..3u32 {
+        for uns in [false, true] {
+            if mode == 0 && uns {
+                continue;
+            }
+            for (ids, cw) in [
+                (lowrank, t::SMALL_CW_LOWRANK),
+                (decoder, t::SMALL_CW_DECODER),
+            ] {
+                v.push((ids[mode as usize], tiled_defines(mode, uns)));
+                let mut rows = 1;
+                while rows <= t::SMALL_M_MAX {
+                    v.push((ids[mode as usize], small_defines(mode, uns, rows, cw)));
+                    rows *= 2;
+                }
+            }
+        }
+    }
+    v.push((KernelId::LowrankFloat, plain_defines("LB_FLOAT")));
+    v.push((KernelId::DecoderFloat, plain_defines("LB_FLOAT")));
+    v.push((KernelId::DecoderReduce, plain_defines("LB_REDUCE")));
+    for id in [
+        KernelId::AbsmeanScale,
+        KernelId::QuantizeCodes,
+        KernelId::QuantizePack,
+    ] {
+        v.push((id, plain_defines("LB_QUANTIZE")));
+    }
+    for id in [KernelId::RhoInt8Pack, KernelId::RhoInt8Unpack] {
+        v.push((id, plain_defines("LB_RHO")));
+    }
+    v.push((
+        KernelId::Dp4aCeiling,
+        vec![("LB_CHAINS".to_string(), t::CEILING_CHAINS.to_string())],
+    ));
+    v.push((KernelId::CopyBandwidth, Vec::new()));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::compile;
+
+    /// Compiles every module variant with NVRTC (no GPU needed) for sm_90 and sm_75 (CUDA 13 knows nothing older); skips
+    /// loudly when libnvrtc is absent. `LOWBIT_PTXAS_REPORT=1` prints ptxas' resource lines.
+    #[test]
+    fn every_module_variant_compiles() {
+        if !compile::nvrtc_present() {
+            eprintln!("SKIPPED: libnvrtc not found; CUDA sources not compiled");
+            return;
+        }
+        let report = std::env::var("LOWBIT_PTXAS_REPORT").is_ok();
+        let mut seen = std::collections::HashSet::new();
+        for cc in [(9, 0), (7, 5)] {
+            for (id, defines) in module_variants() {
+                if !seen.insert((cc, id.stem(), defines.clone())) {
+                    continue;
+                }
+                let c = compile::compile(id.stem(), cc, &defines).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!c.image.is_empty());
+                if report && cc == (9, 0) {
+                    println!("== {}", compile::describe(id.stem(), &defines));
+                    for line in c.log.lines().filter(|l| {
+                        l.contains("registers") || l.contains("spill") || l.contains("Compiling")
+                    }) {
+                        println!("   {line}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn problem_struct_layout_matches_the_c_side() {
+        // 6 pointers + 4 i64 + 2 f32 + 16 i32 = 152 bytes, 8-aligned (see common.cuh).
+        assert_eq!(std::mem::size_of::<LbProblem>(), 152);
+        assert_eq!(std::mem::align_of::<LbProblem>(), 8);
+    }
+
+    #[test]
+    fn splits_fill_waves() {
+        assert_eq!(pick_splits(512, 264, 64), 1);
+        assert_eq!(pick_splits(128, 264, 64), 2);
+        assert!(pick_splits(16, 264, 64) >= 16);
+    }
+}

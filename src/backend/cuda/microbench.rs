@@ -1,0 +1,127 @@
+//! Ceilings the kernels are judged by, measured on the device with CUDA events:
+//! the dp4a ceiling (independent `__dp4a` chains, 8 int ops per dp4a) and the device copy
+//! bandwidth (a 16-byte copy kernel, bytes read + written). Also [`time_events`], the event
+//! timer the benches use.
+
+use std::time::Duration;
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, sys};
+
+use super::device::{CudaDevice, drv};
+use super::tuning as t;
+use crate::error::{LowbitError, Result};
+use crate::kernels::KernelId;
+
+/// A measured rate.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measured {
+    /// Median seconds per run.
+    pub seconds: f64,
+    /// Work per run: int ops (dp4a ceiling) or bytes read + written (copy).
+    pub work: f64,
+}
+
+impl Measured {
+    /// `work / seconds`.
+    pub fn rate(&self) -> f64 {
+        self.work / self.seconds
+    }
+}
+
+/// Runs `f` (which queues work on `dev`'s stream) `iters` times between two CUDA events and
+/// returns the event-measured time of all of them.
+pub fn time_events(
+    dev: &CudaDevice,
+    iters: u64,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<Duration> {
+    let ctx = dev.context();
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let start = ctx.new_event(flags).map_err(drv("cuEventCreate"))?;
+    let end = ctx.new_event(flags).map_err(drv("cuEventCreate"))?;
+    start.record(dev.stream()).map_err(drv("cuEventRecord"))?;
+    for _ in 0..iters {
+        f()?;
+    }
+    end.record(dev.stream()).map_err(drv("cuEventRecord"))?;
+    let ms = start.elapsed_ms(&end).map_err(drv("cuEventElapsedTime"))?;
+    Ok(Duration::from_secs_f64(f64::from(ms) / 1e3))
+}
+
+/// Median of `reps` event-timed runs of `f` (after one warm-up run), in seconds.
+pub fn median_seconds(
+    dev: &CudaDevice,
+    reps: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    f()?;
+    dev.synchronize()?;
+    let mut v = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        v.push(time_events(dev, 1, &mut f)?.as_secs_f64());
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(v[v.len() / 2])
+}
+
+/// The dp4a ceiling: `iters` rounds of `CEILING_CHAINS` independent dp4a per thread on a grid
+/// that fills the device. Work is counted as 8 int ops per dp4a.
+pub fn dp4a_ceiling(dev: &CudaDevice, iters: u32, reps: usize) -> Result<Measured> {
+    let f = dev.function(
+        KernelId::Dp4aCeiling,
+        vec![("LB_CHAINS".to_string(), t::CEILING_CHAINS.to_string())],
+    )?;
+    let blocks = dev.caps().multiprocessors.max(1) * 8;
+    let threads = blocks as usize * 256;
+    let mut out: CudaSlice<i32> = dev.alloc_zeros(threads)?;
+    let iters_i = i32::try_from(iters).map_err(|_| LowbitError::InvalidArgument {
+        op: "dp4a_ceiling",
+        what: "iters",
+        reason: format!("{iters} exceeds i32"),
+    })?;
+    let stream = dev.stream().clone();
+    let seconds = median_seconds(dev, reps, || {
+        let (op, _g) = out.device_ptr_mut(&stream);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&iters_i).arg(&op);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `out` holds one i32 per launched thread.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel (dp4a_ceiling)"))?;
+        Ok(())
+    })?;
+    let work = threads as f64 * f64::from(iters) * f64::from(t::CEILING_CHAINS) * 8.0;
+    Ok(Measured { seconds, work })
+}
+
+/// Device copy bandwidth over `bytes` (rounded to 16): work is bytes read + bytes written.
+pub fn copy_bandwidth(dev: &CudaDevice, bytes: usize, reps: usize) -> Result<Measured> {
+    let n16 = (bytes / 16).max(1);
+    let f = dev.function(KernelId::CopyBandwidth, Vec::new())?;
+    let src: CudaSlice<u32> = dev.alloc_zeros(n16 * 4)?;
+    let mut dst: CudaSlice<u32> = dev.alloc_zeros(n16 * 4)?;
+    let blocks = (n16.div_ceil(256)).min(dev.caps().multiprocessors.max(1) as usize * 16) as u32;
+    let stream = dev.stream().clone();
+    let n = n16 as i64;
+    let seconds = median_seconds(dev, reps, || {
+        let (sp, _gs) = src.device_ptr(&stream);
+        let (dp, _gd) = dst.device_ptr_mut(&stream);
+        let mut b = stream.launch_builder(&f);
+        b.arg(&sp).arg(&dp).arg(&n);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: both buffers hold n16 16-byte elements.
+        unsafe { b.launch(cfg) }.map_err(drv("cuLaunchKernel (copy_bandwidth)"))?;
+        Ok(())
+    })?;
+    Ok(Measured {
+        seconds,
+        work: 2.0 * (n16 * 16) as f64,
+    })
+}

@@ -1,0 +1,300 @@
+//! The device-resident op API: buffers in, buffers out, all queued on the device's stream.
+//! Every check (context, lengths, formats, overflow) runs before anything is launched.
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+use super::device::CudaDevice;
+use super::launch::{RawAct, RawScale};
+use crate::config::LowBitActivationFormat;
+use crate::error::{LowbitError, Result};
+use crate::ops::quantize::QuantizeShape;
+use crate::ops::rho::RhoShape;
+use crate::ops::{DecoderTailShape, Epilogue, LowrankShape};
+
+/// Activations on the device.
+#[derive(Clone, Copy, Debug)]
+pub enum DeviceAct<'a> {
+    /// Signed i8x4 words `[rows, ceil(K/4)]` (int8/int4 only).
+    Packed(&'a CudaSlice<u32>),
+    /// i32 codes `[rows, K]` (uint8pos included).
+    Codes(&'a CudaSlice<i32>),
+    /// f32 values `[rows, K]`: quantized inside the kernel, or the float path for `Fp16`.
+    F32(&'a CudaSlice<f32>),
+}
+
+/// The activation scale of a device op.
+#[derive(Debug)]
+pub enum DeviceScale<'a> {
+    /// By value (host scale).
+    Param(f32),
+    /// A one-float device buffer (device scale produced elsewhere).
+    Buffer(&'a CudaSlice<f32>),
+    /// Computed on the device from the f32 input (absmean) and written to this buffer.
+    Compute(&'a mut CudaSlice<f32>),
+}
+
+fn expect_len<T>(op: &'static str, what: &'static str, buf: &CudaSlice<T>, n: usize) -> Result<()> {
+    if buf.len() == n {
+        Ok(())
+    } else {
+        Err(LowbitError::len(op, what, n, buf.len()))
+    }
+}
+
+impl CudaDevice {
+    fn check_scale_buf(&self, op: &'static str, scale: &DeviceScale<'_>) -> Result<()> {
+        match scale {
+            DeviceScale::Param(_) => Ok(()),
+            DeviceScale::Buffer(b) => {
+                self.check_slice(op, "scale buffer", b)?;
+                expect_len(op, "scale buffer", b, 1)
+            }
+            DeviceScale::Compute(b) => {
+                self.check_slice(op, "scale buffer", b)?;
+                expect_len(op, "scale buffer", b, 1)
+            }
+        }
+    }
+
+    fn check_act(
+        &self,
+        op: &'static str,
+        input: &DeviceAct<'_>,
+        elems: usize,
+        words: usize,
+    ) -> Result<()> {
+        match input {
+            DeviceAct::Packed(b) => {
+                self.check_slice(op, "input", b)?;
+                expect_len(op, "input words", b, words)
+            }
+            DeviceAct::Codes(b) => {
+                self.check_slice(op, "input", b)?;
+                expect_len(op, "input codes", b, elems)
+            }
+            DeviceAct::F32(b) => {
+                self.check_slice(op, "input", b)?;
+                expect_len(op, "input", b, elems)
+            }
+        }
+    }
+
+    /// Runs `f` with the raw addresses of `input` and `scale`; cudarc's stream/event tracking
+    /// is kept by holding the guards until `f` has queued its launches.
+    fn with_act_scale<R>(
+        &self,
+        input: DeviceAct<'_>,
+        scale: DeviceScale<'_>,
+        f: impl FnOnce(RawAct, RawScale) -> Result<R>,
+    ) -> Result<R> {
+        let s = &self.stream;
+        let (ap, _ga, act) = match input {
+            DeviceAct::Packed(b) => {
+                let (p, g) = b.device_ptr(s);
+                (p, g, 0)
+            }
+            DeviceAct::Codes(b) => {
+                let (p, g) = b.device_ptr(s);
+                (p, g, 1)
+            }
+            DeviceAct::F32(b) => {
+                let (p, g) = b.device_ptr(s);
+                (p, g, 2)
+            }
+        };
+        let raw_act = match act {
+            0 => RawAct::Packed(ap),
+            1 => RawAct::Codes(ap),
+            _ => RawAct::F32(ap),
+        };
+        match scale {
+            DeviceScale::Param(v) => f(raw_act, RawScale::Param(v)),
+            DeviceScale::Buffer(b) => {
+                let (p, _g) = b.device_ptr(s);
+                f(raw_act, RawScale::Buffer(p))
+            }
+            DeviceScale::Compute(b) => {
+                let (p, _g) = b.device_ptr_mut(s);
+                f(raw_act, RawScale::Compute(p))
+            }
+        }
+    }
+
+    /// Absmean activation scale of `x` into the one-float buffer `out`.
+    pub fn absmean_scale(
+        &self,
+        x: &CudaSlice<f32>,
+        format: LowBitActivationFormat,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::absmean_scale";
+        self.check_slice(OP, "x", x)?;
+        self.check_slice(OP, "scale buffer", out)?;
+        expect_len(OP, "scale buffer", out, 1)?;
+        let (xp, _gx) = x.device_ptr(&self.stream);
+        let (op, _go) = out.device_ptr_mut(&self.stream);
+        // SAFETY: both buffers are of this context with the lengths checked above.
+        unsafe { self.absmean_scale_raw(xp, x.len(), format, op) }
+    }
+
+    /// f32 → one i32 code per element.
+    pub fn quantize_codes(
+        &self,
+        x: &CudaSlice<f32>,
+        format: LowBitActivationFormat,
+        scale: DeviceScale<'_>,
+        codes: &mut CudaSlice<i32>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::quantize_codes";
+        self.check_slice(OP, "x", x)?;
+        self.check_slice(OP, "codes", codes)?;
+        expect_len(OP, "codes", codes, x.len())?;
+        self.check_scale_buf(OP, &scale)?;
+        let n = x.len();
+        let (cp, _gc) = codes.device_ptr_mut(&self.stream);
+        self.with_act_scale(DeviceAct::F32(x), scale, |a, s| {
+            let RawAct::F32(xp) = a else {
+                return Err(internal(OP));
+            };
+            // SAFETY: buffers of this context, lengths checked above.
+            unsafe { self.quantize_codes_raw(xp, n, format, s, cp) }
+        })
+    }
+
+    /// f32 `[rows, k]` → signed i8x4 words `[rows, ceil(k/4)]` (int8/int4).
+    pub fn quantize_pack_i8x4(
+        &self,
+        x: &CudaSlice<f32>,
+        shape: QuantizeShape,
+        format: LowBitActivationFormat,
+        scale: DeviceScale<'_>,
+        words: &mut CudaSlice<u32>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::quantize_pack_i8x4";
+        crate::ops::quantize::check_signed_packable(OP, format)?;
+        self.check_slice(OP, "x", x)?;
+        self.check_slice(OP, "words", words)?;
+        expect_len(OP, "x", x, shape.len())?;
+        expect_len(OP, "words", words, shape.words_len())?;
+        self.check_scale_buf(OP, &scale)?;
+        let (wp, _gw) = words.device_ptr_mut(&self.stream);
+        self.with_act_scale(DeviceAct::F32(x), scale, |a, s| {
+            let RawAct::F32(xp) = a else {
+                return Err(internal(OP));
+            };
+            // SAFETY: buffers of this context, lengths checked above.
+            unsafe { self.quantize_pack_i8x4_raw(xp, shape, format, s, wp) }
+        })
+    }
+
+    /// Low-rank projection into `out` (`shape.out_len()` f32).
+    #[allow(clippy::too_many_arguments)]
+    pub fn lowrank(
+        &self,
+        shape: &LowrankShape,
+        input: DeviceAct<'_>,
+        format: LowBitActivationFormat,
+        scale: DeviceScale<'_>,
+        w_words: &CudaSlice<u32>,
+        w_scale: f32,
+        w_qmax: u32,
+        epilogue: Epilogue,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::lowrank";
+        self.check_act(OP, &input, shape.x_len(), shape.x_words_len())?;
+        self.check_scale_buf(OP, &scale)?;
+        self.check_slice(OP, "weight words", w_words)?;
+        expect_len(OP, "weight words", w_words, shape.w_words_len())?;
+        self.check_slice(OP, "output", out)?;
+        expect_len(OP, "output", out, shape.out_len())?;
+        let (wp, _gw) = w_words.device_ptr(&self.stream);
+        let (op, _go) = out.device_ptr_mut(&self.stream);
+        self.with_act_scale(input, scale, |a, s| {
+            // SAFETY: every buffer is of this context with the extent its shape needs.
+            unsafe { self.lowrank_raw(shape, a, format, s, wp, w_scale, w_qmax, epilogue, op) }
+        })
+    }
+
+    /// Decoder tail into `out` (`shape.out_len()` f32).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decoder_tail(
+        &self,
+        shape: &DecoderTailShape,
+        input: DeviceAct<'_>,
+        format: LowBitActivationFormat,
+        scale: DeviceScale<'_>,
+        w_words: &CudaSlice<u32>,
+        w_scale: f32,
+        w_qmax: u32,
+        epilogue: Epilogue,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::decoder_tail";
+        self.check_act(OP, &input, shape.y_len(), shape.y_words_len())?;
+        self.check_scale_buf(OP, &scale)?;
+        self.check_slice(OP, "weight words", w_words)?;
+        expect_len(OP, "weight words", w_words, shape.w_words_len())?;
+        self.check_slice(OP, "output", out)?;
+        expect_len(OP, "output", out, shape.out_len())?;
+        let (wp, _gw) = w_words.device_ptr(&self.stream);
+        let (op, _go) = out.device_ptr_mut(&self.stream);
+        self.with_act_scale(input, scale, |a, s| {
+            // SAFETY: every buffer is of this context with the extent its shape needs.
+            unsafe { self.decoder_tail_raw(shape, a, format, s, wp, w_scale, w_qmax, epilogue, op) }
+        })
+    }
+
+    /// Rho int8 block pack: `values` (`shape.len()`) → `words` (`int8_words()`), `scales`
+    /// (`blocks()`).
+    pub fn rho_int8_pack(
+        &self,
+        shape: &RhoShape,
+        values: &CudaSlice<f32>,
+        words: &mut CudaSlice<u32>,
+        scales: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::rho_int8_pack";
+        self.check_slice(OP, "values", values)?;
+        self.check_slice(OP, "words", words)?;
+        self.check_slice(OP, "scales", scales)?;
+        expect_len(OP, "rho values", values, shape.len())?;
+        expect_len(OP, "rho words", words, shape.int8_words())?;
+        expect_len(OP, "rho scales", scales, shape.blocks())?;
+        let (vp, _gv) = values.device_ptr(&self.stream);
+        let (wp, _gw) = words.device_ptr_mut(&self.stream);
+        let (sp, _gs) = scales.device_ptr_mut(&self.stream);
+        // SAFETY: buffers of this context, lengths checked above.
+        unsafe { self.rho_int8_pack_raw(shape, vp, wp, sp) }
+    }
+
+    /// Rho int8 block unpack into `out` (`shape.len()` f32).
+    pub fn rho_int8_unpack(
+        &self,
+        shape: &RhoShape,
+        words: &CudaSlice<u32>,
+        scales: &CudaSlice<f32>,
+        out: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        const OP: &str = "cuda::rho_int8_unpack";
+        self.check_slice(OP, "words", words)?;
+        self.check_slice(OP, "scales", scales)?;
+        self.check_slice(OP, "out", out)?;
+        expect_len(OP, "rho words", words, shape.int8_words())?;
+        expect_len(OP, "rho scales", scales, shape.blocks())?;
+        expect_len(OP, "rho out", out, shape.len())?;
+        let (wp, _gw) = words.device_ptr(&self.stream);
+        let (sp, _gs) = scales.device_ptr(&self.stream);
+        let (op, _go) = out.device_ptr_mut(&self.stream);
+        // SAFETY: buffers of this context, lengths checked above.
+        unsafe { self.rho_int8_unpack_raw(shape, wp, sp, op) }
+    }
+}
+
+fn internal(op: &'static str) -> LowbitError {
+    LowbitError::InvalidArgument {
+        op,
+        what: "input",
+        reason: "internal: f32 input expected".into(),
+    }
+}
