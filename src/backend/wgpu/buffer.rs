@@ -1,0 +1,109 @@
+//! Device buffers: a typed view of one `wgpu::Buffer` owned by one [`super::WgpuDevice`].
+
+use std::marker::PhantomData;
+
+use bytemuck::Pod;
+use half::{bf16, f16};
+
+use crate::error::{LowbitError, Result};
+use crate::ops::OutputDType;
+
+/// A storage buffer of `len` elements of `T` on one wgpu device.
+///
+/// Every op checks that its buffers belong to the device it runs on ([`LowbitError::WrongDevice`])
+/// and have the length the shape implies ([`LowbitError::LengthMismatch`]).
+#[derive(Debug)]
+pub struct GpuBuffer<T> {
+    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) len: usize,
+    pub(crate) device_id: u64,
+    pub(crate) _t: PhantomData<T>,
+}
+
+impl<T> Clone for GpuBuffer<T> {
+    /// Another handle to the same device memory (not a copy).
+    fn clone(&self) -> Self {
+        Self {
+            buffer: self.buffer.clone(),
+            len: self.len,
+            device_id: self.device_id,
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Pod> GpuBuffer<T> {
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes the elements occupy (the allocation is rounded up to 4).
+    pub fn byte_len(&self) -> u64 {
+        (self.len * std::mem::size_of::<T>()) as u64
+    }
+
+    /// The underlying buffer (usages `STORAGE | COPY_SRC | COPY_DST`), for interop.
+    pub fn raw(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+
+    pub(crate) fn check_len(&self, op: &'static str, what: &'static str, len: usize) -> Result<()> {
+        if self.len == len {
+            Ok(())
+        } else {
+            Err(LowbitError::len(op, what, len, self.len))
+        }
+    }
+}
+
+/// A projection output on the device, in its epilogue's element type.
+#[derive(Clone, Debug)]
+pub enum DeviceOutput {
+    F32(GpuBuffer<f32>),
+    F16(GpuBuffer<f16>),
+    Bf16(GpuBuffer<bf16>),
+}
+
+impl DeviceOutput {
+    pub fn dtype(&self) -> OutputDType {
+        match self {
+            Self::F32(_) => OutputDType::F32,
+            Self::F16(_) => OutputDType::F16,
+            Self::Bf16(_) => OutputDType::Bf16,
+        }
+    }
+
+    /// Elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::F32(b) => b.len(),
+            Self::F16(b) => b.len(),
+            Self::Bf16(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn buffer(&self) -> &wgpu::Buffer {
+        match self {
+            Self::F32(b) => &b.buffer,
+            Self::F16(b) => &b.buffer,
+            Self::Bf16(b) => &b.buffer,
+        }
+    }
+
+    pub(crate) fn device_id(&self) -> u64 {
+        match self {
+            Self::F32(b) => b.device_id,
+            Self::F16(b) => b.device_id,
+            Self::Bf16(b) => b.device_id,
+        }
+    }
+}
