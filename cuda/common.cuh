@@ -88,6 +88,26 @@ __device__ __forceinline__ float lb_dequant(int acc, float w_scale, float a_scal
     return relu ? fmaxf(v, 0.0f) : v;
 }
 
+// f32 -> bf16 bits, round to nearest even (NaN stays NaN).
+__device__ __forceinline__ unsigned short lb_bf16_bits(float v) {
+    u32 b = __float_as_uint(v);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((b >> 16) | 0x40u);
+    return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
+}
+
+// out[i] = v in the epilogue's dtype (0 f32, 1 f16, 2 bf16).
+__device__ __forceinline__ void lb_store(void* out, long long i, float v, int dtype) {
+    if (dtype == 0) {
+        ((float*)out)[i] = v;
+    } else if (dtype == 1) {
+        unsigned short h;
+        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+        ((unsigned short*)out)[i] = h;
+    } else {
+        ((unsigned short*)out)[i] = lb_bf16_bits(v);
+    }
+}
+
 // ---- A words ------------------------------------------------------------------------------
 // Word `kw` of one A row, whatever the mode. `row` points at the row's first element (word for
 // LB_A_PACKED, code or float otherwise); `kvalid` is the row's valid length in the same unit
@@ -189,7 +209,7 @@ __device__ __forceinline__ uint4 lb_b_word4(const u32* b, long ldb, long r, long
 struct LbProblem {
     const void* a;          // activations (words, i32 codes or f32)
     const u32* b;           // weight words
-    float* out;             // f32 output
+    void* out;              // output: f32, or f16/bf16 bits (out_dtype)
     int* partial;           // i32 partials [splits][M][ncols], or null (write `out` directly)
     const float* scale_ptr; // device activation scale, or null (use scale_param)
     unsigned* counters;     // small-M split fixup counters (one per column tile), or null
@@ -215,6 +235,7 @@ struct LbProblem {
     int b_vec;              // 16-byte B loads legal
     int c_vec;              // float4 output stores legal
     int is_decoder;
+    int out_dtype;          // 0 f32, 1 f16, 2 bf16 (round to nearest even)
 };
 
 // Where block `z` works: head, A/B bases and its K range [kw0, kw1) in words.
@@ -260,14 +281,25 @@ __device__ __forceinline__ const void* lb_a_ptr(const LbProblem& p, long long el
     return (const void*)((const char*)p.a + elem * 4);
 }
 
+// 16-byte global -> shared copies: cp.async on sm_80+, a plain load/store before that.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+#if __CUDA_ARCH__ >= 800
     unsigned s = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+#else
+    *(uint4*)smem = __ldg((const uint4*)gmem);
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#if __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 // ---- tiled path ---------------------------------------------------------------------------
@@ -407,16 +439,16 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
                         if (n + j < p.ncols) dst[j] = acc[i][g * 4 + j];
                 }
             } else {
-                float* dst = p.out + lb_out_row(p, m, o_head) + n;
+                const long long o = lb_out_row(p, m, o_head) + n;
                 float v[4];
 #pragma unroll
                 for (int j = 0; j < 4; ++j) v[j] = lb_dequant(acc[i][g * 4 + j], p.w_scale, as, p.relu);
-                if (p.c_vec && n + 4 <= p.ncols) {
-                    *(float4*)dst = make_float4(v[0], v[1], v[2], v[3]);
+                if (p.c_vec && p.out_dtype == 0 && n + 4 <= p.ncols) {
+                    *(float4*)((float*)p.out + o) = make_float4(v[0], v[1], v[2], v[3]);
                 } else {
 #pragma unroll
                     for (int j = 0; j < 4; ++j)
-                        if (n + j < p.ncols) dst[j] = v[j];
+                        if (n + j < p.ncols) lb_store(p.out, o + j, v[j], p.out_dtype);
                 }
             }
         }
@@ -515,10 +547,12 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
 #pragma unroll
         for (int m = 0; m < LB_SMALL_M; ++m) {
             if (m >= p.m_total) break;
-            float* dst = p.out + lb_out_row(p, m, o_head);
+            const long long o = lb_out_row(p, m, o_head);
 #pragma unroll
             for (int j = 0; j < 4; ++j)
-                if (c0 + j < p.ncols) dst[c0 + j] = lb_dequant(acc[m][j], p.w_scale, as, p.relu);
+                if (c0 + j < p.ncols)
+                    lb_store(p.out, o + c0 + j, lb_dequant(acc[m][j], p.w_scale, as, p.relu),
+                             p.out_dtype);
         }
         return;
     }
@@ -553,7 +587,8 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
         int sum = 0;
         for (int z = 0; z < splits; ++z)
             sum += __ldcg(p.partial + ((long long)z * p.m_total + m) * p.ncols + c);
-        p.out[(long long)m * p.ldc + c] = lb_dequant(sum, p.w_scale, as, p.relu);
+        lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(sum, p.w_scale, as, p.relu),
+                 p.out_dtype);
     }
     if (tid == 0) p.counters[blockIdx.x] = 0u;  // ready for the next launch on this stream
 }
@@ -638,11 +673,11 @@ __device__ __forceinline__ void lb_float(const LbProblem& p) {
     for (int i = 0; i < 4; ++i) {
         int m = m0 + ty + 16 * i;
         if (m >= p.m_total) continue;
-        float* dst = p.out + lb_out_row(p, m, o_head);
+        const long long o = lb_out_row(p, m, o_head);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             int n = n0 + tx + 16 * j;
-            if (n < p.ncols) dst[n] = p.relu ? fmaxf(acc[i][j], 0.0f) : acc[i][j];
+            if (n < p.ncols) lb_store(p.out, o + n, p.relu ? fmaxf(acc[i][j], 0.0f) : acc[i][j], p.out_dtype);
         }
     }
 }

@@ -23,7 +23,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_reduce(LbProblem p, in
         int sum = 0;
         for (int z = 0; z < splits; ++z) sum += p.partial[z * total + i];
         long long m = i / p.ncols, n = i % p.ncols;
-        p.out[m * p.ldc + n] = lb_dequant(sum, p.w_scale, as, p.relu);
+        lb_store(p.out, m * p.ldc + n, lb_dequant(sum, p.w_scale, as, p.relu), p.out_dtype);
     }
 }
 #elif LB_MODE == LB_A_PACKED

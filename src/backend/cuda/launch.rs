@@ -9,7 +9,7 @@ use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 use super::device::{CudaDevice, drv};
 use super::tuning as t;
 use crate::config::LowBitActivationFormat;
-use crate::error::{BackendKind, LowbitError, Result};
+use crate::error::{LowbitError, Result};
 use crate::kernels::KernelId;
 use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::RhoShape;
@@ -101,6 +101,7 @@ pub(crate) struct LbProblem {
     pub b_vec: i32,
     pub c_vec: i32,
     pub is_decoder: i32,
+    pub out_dtype: i32,
 }
 
 // SAFETY: plain-old-data with the C layout of `LbProblem`.
@@ -119,14 +120,12 @@ pub(crate) fn fmt_code(op: &'static str, format: LowBitActivationFormat) -> Resu
     }
 }
 
-fn check_epilogue(op: &'static str, epilogue: Epilogue) -> Result<()> {
-    match epilogue.dtype {
-        OutputDType::F32 => Ok(()),
-        other => Err(LowbitError::Unsupported {
-            backend: BackendKind::Cuda,
-            op,
-            reason: format!("{other:?} output epilogue not implemented on CUDA yet (f32 only)"),
-        }),
+/// The kernels' `out_dtype` code of an epilogue (0 f32, 1 f16, 2 bf16).
+pub(crate) fn dtype_code(dtype: OutputDType) -> i32 {
+    match dtype {
+        OutputDType::F32 => 0,
+        OutputDType::F16 => 1,
+        OutputDType::Bf16 => 2,
     }
 }
 
@@ -159,7 +158,7 @@ pub(crate) fn validate_projection(
     epilogue: Epilogue,
     acc: impl Fn(u32, u32) -> Result<()>,
 ) -> Result<Path> {
-    check_epilogue(op, epilogue)?;
+    let _ = epilogue;
     check_scale(op, "weight scale", w_scale)?;
     if w_qmax == 0 || w_qmax > 127 {
         return Err(LowbitError::InvalidArgument {
@@ -455,8 +454,9 @@ impl CudaDevice {
     /// # Safety
     /// Every address must be of this device's context, alive until the stream has run the
     /// kernels, and cover its extent: input `shape.x_len()` elements (`x_words_len()` words
-    /// when packed), weight `shape.w_words_len()` words, output `shape.out_len()` f32, scale
-    /// buffer one f32. Codes must lie in the format's range.
+    /// when packed), weight `shape.w_words_len()` words, output `shape.out_len()` elements of
+    /// the epilogue's dtype (f32, or f16/bf16 bits), scale buffer one f32. Codes must lie in
+    /// the format's range.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn lowrank_raw(
         &self,
@@ -471,6 +471,7 @@ impl CudaDevice {
         out: u64,
     ) -> Result<()> {
         const OP: &str = "cuda::lowrank";
+        shape.validate()?;
         let path = validate_projection(
             OP,
             input.kind(),
@@ -518,6 +519,7 @@ impl CudaDevice {
             b_vec: i32::from(shape.latent.is_multiple_of(4) && aligned16(w)),
             c_vec: i32::from(shape.latent_out.is_multiple_of(4) && aligned16(out)),
             is_decoder: 0,
+            out_dtype: dtype_code(epilogue.dtype),
             ..Default::default()
         };
         let heads = shape.heads as u32;
@@ -584,6 +586,7 @@ impl CudaDevice {
         out: u64,
     ) -> Result<()> {
         const OP: &str = "cuda::decoder_tail";
+        shape.validate()?;
         let path = validate_projection(
             OP,
             input.kind(),
@@ -632,6 +635,7 @@ impl CudaDevice {
             b_vec: i32::from(dim.is_multiple_of(4) && aligned16(w)),
             c_vec: i32::from(dim.is_multiple_of(4) && aligned16(out)),
             is_decoder: 1,
+            out_dtype: dtype_code(epilogue.dtype),
             ..Default::default()
         };
         let heads = shape.heads;
@@ -851,8 +855,8 @@ mod tests {
 
     #[test]
     fn problem_struct_layout_matches_the_c_side() {
-        // 6 pointers + 4 i64 + 2 f32 + 16 i32 = 152 bytes, 8-aligned (see common.cuh).
-        assert_eq!(std::mem::size_of::<LbProblem>(), 152);
+        // 6 pointers + 4 i64 + 2 f32 + 17 i32 = 156 bytes, padded to 160 (see common.cuh).
+        assert_eq!(std::mem::size_of::<LbProblem>(), 160);
         assert_eq!(std::mem::align_of::<LbProblem>(), 8);
     }
 

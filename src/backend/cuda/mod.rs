@@ -18,7 +18,7 @@ pub mod tuning;
 
 pub use device::{CudaDevice, KernelFamily};
 pub use launch::{RawAct, RawScale};
-pub use ops::{DeviceAct, DeviceScale};
+pub use ops::{DeviceAct, DeviceOut, DeviceScale};
 pub use probe::probe;
 
 use cudarc::driver::{CudaSlice, DeviceRepr};
@@ -28,7 +28,9 @@ use crate::config::LowBitActivationFormat;
 use crate::error::{BackendKind, LowbitError, Result};
 use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::RhoShape;
-use crate::ops::{ActInput, DecoderTailShape, LowrankShape, ProjectionOutput, ScaleSource};
+use crate::ops::{
+    ActInput, DecoderTailShape, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
+};
 use crate::quant::{check_finite, check_scale};
 use crate::testing::{POISON_F32, POISON_U32};
 
@@ -215,7 +217,7 @@ impl CudaBackend {
             DeviceAct<'_>,
             DeviceScale<'_>,
             &CudaSlice<u32>,
-            &mut CudaSlice<f32>,
+            DeviceOut<'_>,
         ) -> Result<()>,
     ) -> Result<ProjectionOutput> {
         let kind = match args.input {
@@ -236,15 +238,46 @@ impl CudaBackend {
         check_len(op, "weight words", args.w_words, w_words)?;
         let input = self.upload_input(op, args.input, args.format, elems, words)?;
         let w = self.dev.upload(args.w_words)?;
-        let mut out = self.poisoned(out_len, POISON_F32)?;
         let float = path == launch::Path::Float;
         let mut scale = if float {
             HostScale::Param(1.0)
         } else {
             HostScale::new(self, op, args.scale)?
         };
-        run(&self.dev, input.act(), scale.device(), &w, &mut out)?;
-        let values = self.dev.download(&out)?;
+        let values = match args.epilogue.dtype {
+            OutputDType::F32 => {
+                let mut out = self.poisoned(out_len, POISON_F32)?;
+                run(
+                    &self.dev,
+                    input.act(),
+                    scale.device(),
+                    &w,
+                    DeviceOut::F32(&mut out),
+                )?;
+                self.dev.download(&out)?
+            }
+            dtype => {
+                // 0xFFFF is a NaN in both f16 and bf16: the poison.
+                let mut out = self.poisoned(out_len, 0xFFFFu16)?;
+                run(
+                    &self.dev,
+                    input.act(),
+                    scale.device(),
+                    &w,
+                    DeviceOut::Bits16(&mut out),
+                )?;
+                let bits = self.dev.download(&out)?;
+                if dtype == OutputDType::F16 {
+                    bits.into_iter()
+                        .map(|b| half::f16::from_bits(b).to_f32())
+                        .collect()
+                } else {
+                    bits.into_iter()
+                        .map(|b| half::bf16::from_bits(b).to_f32())
+                        .collect()
+                }
+            }
+        };
         let a_scale = if float { 1.0 } else { scale.value(self, op)? };
         Ok(ProjectionOutput { values, a_scale })
     }
@@ -303,6 +336,7 @@ impl Backend for CudaBackend {
         scale: ScaleSource,
     ) -> Result<(Vec<u32>, f32)> {
         const OP: &str = "cuda::quantize_pack_i8x4";
+        QuantizeShape::new(shape.rows, shape.k)?;
         check_signed_packable(OP, format)?;
         check_len(OP, "activations", x, shape.len())?;
         check_finite(OP, "activations", x)?;
@@ -316,6 +350,7 @@ impl Backend for CudaBackend {
     }
 
     fn lowrank(&self, shape: &LowrankShape, args: &ProjectionArgs<'_>) -> Result<ProjectionOutput> {
+        shape.validate()?;
         let (format, w_scale, w_qmax, ep) = (args.format, args.w_scale, args.w_qmax, args.epilogue);
         self.project(
             "cuda::lowrank",
@@ -336,6 +371,7 @@ impl Backend for CudaBackend {
         shape: &DecoderTailShape,
         args: &ProjectionArgs<'_>,
     ) -> Result<ProjectionOutput> {
+        shape.validate()?;
         let (format, w_scale, w_qmax, ep) = (args.format, args.w_scale, args.w_qmax, args.epilogue);
         self.project(
             "cuda::decoder_tail",
@@ -353,6 +389,7 @@ impl Backend for CudaBackend {
 
     fn rho_int8_pack(&self, shape: &RhoShape, values: &[f32]) -> Result<(Vec<u32>, Vec<f32>)> {
         const OP: &str = "cuda::rho_int8_pack";
+        RhoShape::new(shape.logical_shape)?;
         check_len(OP, "rho values", values, shape.len())?;
         check_finite(OP, "rho values", values)?;
         let v = self.dev.upload(values)?;
@@ -364,6 +401,7 @@ impl Backend for CudaBackend {
 
     fn rho_int8_unpack(&self, shape: &RhoShape, words: &[u32], scales: &[f32]) -> Result<Vec<f32>> {
         const OP: &str = "cuda::rho_int8_unpack";
+        RhoShape::new(shape.logical_shape)?;
         check_len(OP, "rho words", words, shape.int8_words())?;
         check_len(OP, "rho scales", scales, shape.blocks())?;
         let w = self.dev.upload(words)?;

@@ -9,7 +9,7 @@ use crate::config::LowBitActivationFormat;
 use crate::error::{LowbitError, Result};
 use crate::ops::quantize::QuantizeShape;
 use crate::ops::rho::RhoShape;
-use crate::ops::{DecoderTailShape, Epilogue, LowrankShape};
+use crate::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
 
 /// Activations on the device.
 #[derive(Clone, Copy, Debug)]
@@ -31,6 +31,43 @@ pub enum DeviceScale<'a> {
     Buffer(&'a CudaSlice<f32>),
     /// Computed on the device from the f32 input (absmean) and written to this buffer.
     Compute(&'a mut CudaSlice<f32>),
+}
+
+/// Output buffer of a projection: f32, or the bits of f16/bf16 (per the epilogue's dtype).
+#[derive(Debug)]
+pub enum DeviceOut<'a> {
+    F32(&'a mut CudaSlice<f32>),
+    /// f16 or bf16 bits, as the epilogue says.
+    Bits16(&'a mut CudaSlice<u16>),
+}
+
+impl CudaDevice {
+    /// Checks `out` against the epilogue and length; returns its raw address and guard.
+    fn out_ptr<'b>(
+        &'b self,
+        op: &'static str,
+        out: &'b mut DeviceOut<'_>,
+        epilogue: Epilogue,
+        n: usize,
+    ) -> Result<(u64, cudarc::driver::SyncOnDrop<'b>)> {
+        match (out, epilogue.dtype) {
+            (DeviceOut::F32(b), OutputDType::F32) => {
+                self.check_slice(op, "output", b)?;
+                expect_len(op, "output", b, n)?;
+                Ok(b.device_ptr_mut(&self.stream))
+            }
+            (DeviceOut::Bits16(b), OutputDType::F16 | OutputDType::Bf16) => {
+                self.check_slice(op, "output", b)?;
+                expect_len(op, "output", b, n)?;
+                Ok(b.device_ptr_mut(&self.stream))
+            }
+            (_, dtype) => Err(LowbitError::InvalidArgument {
+                op,
+                what: "output",
+                reason: format!("output buffer type does not match the {dtype:?} epilogue"),
+            }),
+        }
+    }
 }
 
 fn expect_len<T>(op: &'static str, what: &'static str, buf: &CudaSlice<T>, n: usize) -> Result<()> {
@@ -187,7 +224,7 @@ impl CudaDevice {
         })
     }
 
-    /// Low-rank projection into `out` (`shape.out_len()` f32).
+    /// Low-rank projection into `out` (`shape.out_len()` elements of the epilogue's dtype).
     #[allow(clippy::too_many_arguments)]
     pub fn lowrank(
         &self,
@@ -199,24 +236,23 @@ impl CudaDevice {
         w_scale: f32,
         w_qmax: u32,
         epilogue: Epilogue,
-        out: &mut CudaSlice<f32>,
+        mut out: DeviceOut<'_>,
     ) -> Result<()> {
         const OP: &str = "cuda::lowrank";
+        shape.validate()?;
         self.check_act(OP, &input, shape.x_len(), shape.x_words_len())?;
         self.check_scale_buf(OP, &scale)?;
         self.check_slice(OP, "weight words", w_words)?;
         expect_len(OP, "weight words", w_words, shape.w_words_len())?;
-        self.check_slice(OP, "output", out)?;
-        expect_len(OP, "output", out, shape.out_len())?;
+        let (op, _go) = self.out_ptr(OP, &mut out, epilogue, shape.out_len())?;
         let (wp, _gw) = w_words.device_ptr(&self.stream);
-        let (op, _go) = out.device_ptr_mut(&self.stream);
         self.with_act_scale(input, scale, |a, s| {
             // SAFETY: every buffer is of this context with the extent its shape needs.
             unsafe { self.lowrank_raw(shape, a, format, s, wp, w_scale, w_qmax, epilogue, op) }
         })
     }
 
-    /// Decoder tail into `out` (`shape.out_len()` f32).
+    /// Decoder tail into `out` (`shape.out_len()` elements of the epilogue's dtype).
     #[allow(clippy::too_many_arguments)]
     pub fn decoder_tail(
         &self,
@@ -228,17 +264,16 @@ impl CudaDevice {
         w_scale: f32,
         w_qmax: u32,
         epilogue: Epilogue,
-        out: &mut CudaSlice<f32>,
+        mut out: DeviceOut<'_>,
     ) -> Result<()> {
         const OP: &str = "cuda::decoder_tail";
+        shape.validate()?;
         self.check_act(OP, &input, shape.y_len(), shape.y_words_len())?;
         self.check_scale_buf(OP, &scale)?;
         self.check_slice(OP, "weight words", w_words)?;
         expect_len(OP, "weight words", w_words, shape.w_words_len())?;
-        self.check_slice(OP, "output", out)?;
-        expect_len(OP, "output", out, shape.out_len())?;
+        let (op, _go) = self.out_ptr(OP, &mut out, epilogue, shape.out_len())?;
         let (wp, _gw) = w_words.device_ptr(&self.stream);
-        let (op, _go) = out.device_ptr_mut(&self.stream);
         self.with_act_scale(input, scale, |a, s| {
             // SAFETY: every buffer is of this context with the extent its shape needs.
             unsafe { self.decoder_tail_raw(shape, a, format, s, wp, w_scale, w_qmax, epilogue, op) }
