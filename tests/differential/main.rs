@@ -45,10 +45,14 @@ macro_rules! backend_tests {
     )*};
 }
 
+#[cfg(feature = "cuda")]
+mod cuda_extra;
 mod decoder_tail;
 mod lowrank;
 mod quantize;
 mod rho;
+#[cfg(feature = "wgpu")]
+mod wgpu_extra;
 
 type Opened = Result<Box<dyn Backend>, String>;
 static BACKENDS: [OnceLock<Opened>; 3] = [const { OnceLock::new() }; 3];

@@ -35,7 +35,14 @@ pub enum KernelFamily {
 impl KernelFamily {
     /// Reads `LOWBIT_CUDA_KERNELS` (`dp4a` | `mma`; unset = best available) for `caps`.
     pub fn select(caps: &CudaDeviceCaps) -> Result<Self> {
-        let forced = std::env::var("LOWBIT_CUDA_KERNELS").unwrap_or_default();
+        Self::choose(
+            &std::env::var("LOWBIT_CUDA_KERNELS").unwrap_or_default(),
+            caps,
+        )
+    }
+
+    /// The family for a `LOWBIT_CUDA_KERNELS` value (empty = best available) on `caps`.
+    pub fn choose(forced: &str, caps: &CudaDeviceCaps) -> Result<Self> {
         match forced.trim().to_ascii_lowercase().as_str() {
             "" | "dp4a" => {}
             "mma" => {
@@ -361,4 +368,58 @@ pub(crate) fn raw_ptr<T>(buf: &CudaSlice<T>, stream: &CudaStream) -> u64 {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(cc: (u32, u32)) -> CudaDeviceCaps {
+        CudaDeviceCaps {
+            ordinal: 0,
+            name: "test".into(),
+            compute_capability: cc,
+            multiprocessors: 1,
+            memory_bytes: 1,
+            dp4a: cc >= crate::caps::DP4A_MIN_SM,
+            int8_mma: cc >= crate::caps::INT8_MMA_MIN_SM,
+        }
+    }
+
+    #[test]
+    fn kernel_family_selection() {
+        let h100 = caps((9, 0));
+        assert_eq!(KernelFamily::choose("", &h100).unwrap(), KernelFamily::Dp4a);
+        assert_eq!(
+            KernelFamily::choose(" DP4A ", &h100).unwrap(),
+            KernelFamily::Dp4a
+        );
+        assert!(matches!(
+            KernelFamily::choose("mma", &h100),
+            Err(LowbitError::Unsupported { .. })
+        ));
+        assert!(matches!(
+            KernelFamily::choose("tensor", &h100),
+            Err(LowbitError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            KernelFamily::choose("", &caps((6, 0))),
+            Err(LowbitError::Unsupported { .. })
+        ));
+    }
+
+    #[test]
+    fn probe_and_open_never_panic() {
+        // Without a driver (CI, this machine) both report; with one, both succeed.
+        match super::super::probe() {
+            crate::caps::BackendProbe::Available(c) => assert!(!c.devices.is_empty()),
+            other => {
+                assert!(!other.status().is_empty());
+                assert!(matches!(
+                    CudaDevice::new(0),
+                    Err(LowbitError::BackendUnavailable { .. })
+                ));
+            }
+        }
+    }
 }

@@ -16,6 +16,8 @@ pub mod ops;
 pub mod probe;
 pub mod tuning;
 
+/// The cudarc this backend is built on (name its types through this re-export).
+pub use cudarc;
 pub use device::{CudaDevice, KernelFamily};
 pub use launch::{RawAct, RawScale};
 pub use ops::{DeviceAct, DeviceOut, DeviceScale};

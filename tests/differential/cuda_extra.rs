@@ -1,0 +1,476 @@
+//! CUDA-only tests: interop with a caller's context/stream, device-resident chaining, the
+//! module cache, the small-M path, split-K determinism and the raw-pointer entry points.
+//! Without a CUDA device each test prints `SKIPPED` (or fails under `LOWBIT_REQUIRE=cuda`).
+
+use std::sync::Arc;
+
+use lowbit_kernels::backend::cuda::cudarc::driver::{
+    CudaContext, CudaSlice, DevicePtr, DevicePtrMut,
+};
+use lowbit_kernels::backend::cuda::{
+    CudaDevice, DeviceAct, DeviceOut, DeviceScale, RawAct, RawScale,
+};
+use lowbit_kernels::config::LowBitActivationFormat as Fmt;
+use lowbit_kernels::ops::quantize::QuantizeShape;
+use lowbit_kernels::ops::{DecoderTailShape, Epilogue, LowrankShape};
+use lowbit_kernels::pack::{pack_decoder_weight_codes_i8x4, pack_lowrank_weight_codes_i8x4};
+use lowbit_kernels::quant::{activation_code, activation_scale};
+use lowbit_kernels::testing::{self, Rng, compare_f32};
+use lowbit_kernels::{BackendKind, LowbitError, reference};
+
+/// Device 0, or `None` after a loud skip.
+fn device() -> Option<CudaDevice> {
+    match CudaDevice::new(0) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, &e.to_string()) {
+                panic!("{msg}");
+            }
+            None
+        }
+    }
+}
+
+fn codes_of(x: &[f32], fmt: Fmt, s: f32) -> Vec<i32> {
+    x.iter().map(|&v| activation_code(v, s, fmt)).collect()
+}
+
+fn assert_exact(what: &str, expected: &[f32], actual: &[f32]) {
+    let r = compare_f32(expected, actual);
+    assert!(r.bit_exact(), "{what}: not bit-exact: {r}");
+}
+
+struct Lowrank {
+    shape: LowrankShape,
+    w_codes: Vec<i8>,
+    w_words: Vec<u32>,
+    w_scale: f32,
+}
+
+fn lowrank_problem(rng: &mut Rng, m: usize, heads: usize, d: usize, n: usize) -> Lowrank {
+    let shape = LowrankShape::bdh(m, heads, d, n).unwrap();
+    let w_codes = rng.ternary(shape.w_len());
+    let w_words = pack_lowrank_weight_codes_i8x4(&w_codes, heads, d, n).unwrap();
+    Lowrank {
+        shape,
+        w_codes,
+        w_words,
+        w_scale: 0.05,
+    }
+}
+
+struct Decoder {
+    shape: DecoderTailShape,
+    w_codes: Vec<i8>,
+    w_words: Vec<u32>,
+    w_scale: f32,
+}
+
+fn decoder_problem(rng: &mut Rng, m: usize, heads: usize, l: usize, d: usize) -> Decoder {
+    let shape = DecoderTailShape::bdh(m, heads, l, d).unwrap();
+    let w_codes = rng.int8_codes(shape.w_len());
+    let w_words = pack_decoder_weight_codes_i8x4(&w_codes, heads, l, d).unwrap();
+    Decoder {
+        shape,
+        w_codes,
+        w_words,
+        w_scale: 0.003,
+    }
+}
+
+/// Runs a low-rank projection with i32 codes on `dev` and returns the output.
+fn run_lowrank_codes(dev: &CudaDevice, p: &Lowrank, codes: &[i32], fmt: Fmt, s: f32) -> Vec<f32> {
+    let x = dev.upload(codes).unwrap();
+    let w = dev.upload(&p.w_words).unwrap();
+    let mut out = dev.upload(&vec![f32::NAN; p.shape.out_len()]).unwrap();
+    dev.lowrank(
+        &p.shape,
+        DeviceAct::Codes(&x),
+        fmt,
+        DeviceScale::Param(s),
+        &w,
+        p.w_scale,
+        1,
+        Epilogue::default(),
+        DeviceOut::F32(&mut out),
+    )
+    .unwrap();
+    dev.download(&out).unwrap()
+}
+
+#[test]
+fn wraps_a_callers_context_and_stream() {
+    let Some(_probe) = device() else { return };
+    let ctx = CudaContext::new(0).unwrap();
+    let stream = ctx.new_stream().unwrap();
+    let dev = CudaDevice::from_stream(ctx.clone(), stream.clone()).unwrap();
+    assert!(Arc::ptr_eq(dev.stream(), &stream));
+    let mut rng = Rng::new(1);
+    let p = lowrank_problem(&mut rng, 37, 2, 64, 200);
+    let x = rng.normals(p.shape.x_len(), 1.0);
+    let s = activation_scale(&x, Fmt::Int8).unwrap().unwrap();
+    let codes = codes_of(&x, Fmt::Int8, s);
+    let out = run_lowrank_codes(&dev, &p, &codes, Fmt::Int8, s);
+    let expected =
+        reference::lowrank_projection_codes(&p.shape, &codes, &p.w_codes, s, p.w_scale).unwrap();
+    assert_exact("lowrank on the caller's stream", &expected, &out);
+    // A buffer the caller allocated on its own stream works as input too.
+    let xs: CudaSlice<i32> = stream.clone_htod(&codes).unwrap();
+    let w = dev.upload(&p.w_words).unwrap();
+    let mut o = dev.alloc_zeros::<f32>(p.shape.out_len()).unwrap();
+    dev.lowrank(
+        &p.shape,
+        DeviceAct::Codes(&xs),
+        Fmt::Int8,
+        DeviceScale::Param(s),
+        &w,
+        p.w_scale,
+        1,
+        Epilogue::default(),
+        DeviceOut::F32(&mut o),
+    )
+    .unwrap();
+    assert_exact(
+        "caller-allocated input",
+        &expected,
+        &dev.download(&o).unwrap(),
+    );
+}
+
+#[test]
+fn a_stream_or_buffer_of_another_context_is_a_typed_error() {
+    let Some(dev) = device() else { return };
+    let other = CudaContext::new_non_primary(0, 0).unwrap();
+    let other_stream = other.new_stream().unwrap();
+    let err = CudaDevice::from_stream(dev.context().clone(), other_stream.clone()).unwrap_err();
+    assert!(matches!(err, LowbitError::WrongDevice { .. }), "{err:?}");
+    // A buffer of the other context: rejected before anything is launched.
+    let mut rng = Rng::new(2);
+    let p = lowrank_problem(&mut rng, 5, 1, 16, 8);
+    let codes = vec![1i32; p.shape.x_len()];
+    let foreign: CudaSlice<i32> = other_stream.clone_htod(&codes).unwrap();
+    let w = dev.upload(&p.w_words).unwrap();
+    let mut out = dev.upload(&vec![f32::NAN; p.shape.out_len()]).unwrap();
+    let err = dev
+        .lowrank(
+            &p.shape,
+            DeviceAct::Codes(&foreign),
+            Fmt::Int8,
+            DeviceScale::Param(0.1),
+            &w,
+            p.w_scale,
+            1,
+            Epilogue::default(),
+            DeviceOut::F32(&mut out),
+        )
+        .unwrap_err();
+    assert!(matches!(err, LowbitError::WrongDevice { .. }), "{err:?}");
+    assert!(
+        dev.download(&out).unwrap().iter().all(|v| v.is_nan()),
+        "nothing may be written on error"
+    );
+}
+
+/// x (f32) → device scale → packed words → lowrank (device scale buffer) → decoder tail fused
+/// from f32 with a computed scale: everything stays on the device; each stage is checked.
+#[test]
+fn device_resident_chaining() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new(3);
+    let (m, heads, d, n) = (40, 2, 64, 96);
+    let lr = lowrank_problem(&mut rng, m, heads, d, n);
+    let dec = decoder_problem(&mut rng, m, heads, n, d);
+    let x = rng.normals(lr.shape.x_len(), 1.0);
+
+    let xd = dev.upload(&x).unwrap();
+    let mut s1 = dev.upload(&[f32::NAN]).unwrap();
+    dev.absmean_scale(&xd, Fmt::Int8, &mut s1).unwrap();
+    let qshape = QuantizeShape::new(m, d).unwrap();
+    let mut words = dev.alloc_zeros::<u32>(qshape.words_len()).unwrap();
+    dev.quantize_pack_i8x4(&xd, qshape, Fmt::Int8, DeviceScale::Buffer(&s1), &mut words)
+        .unwrap();
+    let wl = dev.upload(&lr.w_words).unwrap();
+    let mut hidden = dev.alloc_zeros::<f32>(lr.shape.out_len()).unwrap();
+    dev.lowrank(
+        &lr.shape,
+        DeviceAct::Packed(&words),
+        Fmt::Int8,
+        DeviceScale::Buffer(&s1),
+        &wl,
+        lr.w_scale,
+        1,
+        Epilogue {
+            relu: true,
+            ..Default::default()
+        },
+        DeviceOut::F32(&mut hidden),
+    )
+    .unwrap();
+    let wd = dev.upload(&dec.w_words).unwrap();
+    let mut s2 = dev.upload(&[f32::NAN]).unwrap();
+    let mut out = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
+    dev.decoder_tail(
+        &dec.shape,
+        DeviceAct::F32(&hidden),
+        Fmt::Uint8PosExp,
+        DeviceScale::Compute(&mut s2),
+        &wd,
+        dec.w_scale,
+        127,
+        Epilogue::default(),
+        DeviceOut::F32(&mut out),
+    )
+    .unwrap();
+    let out = dev.download(&out).unwrap();
+
+    let a1 = dev.download(&s1).unwrap()[0];
+    let r1 = activation_scale(&x, Fmt::Int8).unwrap().unwrap();
+    assert!((a1 - r1).abs() <= 1e-6 * r1, "scale {a1} vs {r1}");
+    let c1 = codes_of(&x, Fmt::Int8, a1);
+    let h = reference::lowrank_projection_codes(&lr.shape, &c1, &lr.w_codes, a1, lr.w_scale)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.max(0.0))
+        .collect::<Vec<_>>();
+    assert_exact("hidden", &h, &dev.download(&hidden).unwrap());
+    let a2 = dev.download(&s2).unwrap()[0];
+    let r2 = activation_scale(&h, Fmt::Uint8PosExp).unwrap().unwrap();
+    assert!((a2 - r2).abs() <= 1e-6 * r2, "scale {a2} vs {r2}");
+    let c2 = codes_of(&h, Fmt::Uint8PosExp, a2);
+    let expected =
+        reference::decoder_tail_codes(&dec.shape, &c2, &dec.w_codes, a2, dec.w_scale).unwrap();
+    assert_exact("decoder output", &expected, &out);
+}
+
+#[test]
+fn modules_are_compiled_once_and_reused() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new(4);
+    let p = lowrank_problem(&mut rng, 50, 2, 32, 64);
+    let codes: Vec<i32> = (0..p.shape.x_len()).map(|i| (i % 15) as i32 - 7).collect();
+    let before = dev.compilations();
+    let first = run_lowrank_codes(&dev, &p, &codes, Fmt::Int4Exp, 0.5);
+    let after_first = dev.compilations();
+    assert!(after_first > before, "the first launch compiles its module");
+    for _ in 0..3 {
+        let again = run_lowrank_codes(&dev, &p, &codes, Fmt::Int4Exp, 0.5);
+        assert_exact("repeat", &first, &again);
+    }
+    assert_eq!(
+        dev.compilations(),
+        after_first,
+        "repeats reuse the cached module"
+    );
+    // Another M in the same (tiled) class reuses it too.
+    let q = lowrank_problem(&mut rng, 77, 2, 32, 64);
+    let codes: Vec<i32> = vec![3; q.shape.x_len()];
+    run_lowrank_codes(&dev, &q, &codes, Fmt::Int4Exp, 0.5);
+    assert_eq!(dev.compilations(), after_first);
+}
+
+/// M = B·T ≤ 16 takes the small-M path (weights streamed once); every format and input.
+#[test]
+fn small_m_path_is_bit_exact() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new(5);
+    for m in [1, 2, 3, 8, 13, 16] {
+        let lr = lowrank_problem(&mut rng, m, 4, 256, 1030);
+        let dec = decoder_problem(&mut rng, m, 4, 1030, 256);
+        for fmt in [Fmt::Int8, Fmt::Int4Exp, Fmt::Uint8PosExp] {
+            let x = rng.normals(lr.shape.x_len(), 1.0);
+            let s = activation_scale(&x, fmt).unwrap().unwrap();
+            let codes = codes_of(&x, fmt, s);
+            let out = run_lowrank_codes(&dev, &lr, &codes, fmt, s);
+            let exp =
+                reference::lowrank_projection_codes(&lr.shape, &codes, &lr.w_codes, s, lr.w_scale)
+                    .unwrap();
+            assert_exact(&format!("small-M lowrank m={m} {fmt:?}"), &exp, &out);
+
+            let y = rng.normals(dec.shape.y_len(), 1.0);
+            let yd = dev.upload(&y).unwrap();
+            let wd = dev.upload(&dec.w_words).unwrap();
+            let mut sd = dev.upload(&[f32::NAN]).unwrap();
+            let mut o = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
+            dev.decoder_tail(
+                &dec.shape,
+                DeviceAct::F32(&yd),
+                fmt,
+                DeviceScale::Compute(&mut sd),
+                &wd,
+                dec.w_scale,
+                127,
+                Epilogue::default(),
+                DeviceOut::F32(&mut o),
+            )
+            .unwrap();
+            let a = dev.download(&sd).unwrap()[0];
+            let c = codes_of(&y, fmt, a);
+            let exp = reference::decoder_tail_codes(&dec.shape, &c, &dec.w_codes, a, dec.w_scale)
+                .unwrap();
+            assert_exact(
+                &format!("small-M decoder m={m} {fmt:?}"),
+                &exp,
+                &dev.download(&o).unwrap(),
+            );
+        }
+    }
+}
+
+/// The decoder's split-K partials are summed in a fixed order: same bits on every run, on
+/// the tiled (M > 16) and the small-M paths, and equal to the reference.
+#[test]
+fn split_k_is_deterministic() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new(6);
+    for m in [8, 300] {
+        let dec = decoder_problem(&mut rng, m, 4, 2048, 256);
+        let y = rng.normals(dec.shape.y_len(), 1.0);
+        let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
+        let codes = codes_of(&y, Fmt::Int8, s);
+        let expected =
+            reference::decoder_tail_codes(&dec.shape, &codes, &dec.w_codes, s, dec.w_scale)
+                .unwrap();
+        let yd = dev.upload(&codes).unwrap();
+        let wd = dev.upload(&dec.w_words).unwrap();
+        let mut first: Option<Vec<u32>> = None;
+        for run in 0..5 {
+            let mut o = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
+            dev.decoder_tail(
+                &dec.shape,
+                DeviceAct::Codes(&yd),
+                Fmt::Int8,
+                DeviceScale::Param(s),
+                &wd,
+                dec.w_scale,
+                127,
+                Epilogue::default(),
+                DeviceOut::F32(&mut o),
+            )
+            .unwrap();
+            let out = dev.download(&o).unwrap();
+            assert_exact(&format!("split-K m={m} run {run}"), &expected, &out);
+            let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+            match &first {
+                None => first = Some(bits),
+                Some(f) => assert_eq!(f, &bits, "split-K m={m}: run {run} differs"),
+            }
+        }
+    }
+}
+
+/// The `unsafe` raw-address entry points on allocations the caller owns.
+#[test]
+fn raw_pointer_entry_points() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new(7);
+    let p = lowrank_problem(&mut rng, 21, 3, 40, 50);
+    let x = rng.normals(p.shape.x_len(), 1.0);
+    let stream = dev.stream().clone();
+    let xd = dev.upload(&x).unwrap();
+    let wd = dev.upload(&p.w_words).unwrap();
+    let mut sd = dev.upload(&[f32::NAN]).unwrap();
+    let mut od = dev.upload(&vec![f32::NAN; p.shape.out_len()]).unwrap();
+    {
+        let (xp, _g1) = xd.device_ptr(&stream);
+        let (wp, _g2) = wd.device_ptr(&stream);
+        let (sp, _g3) = sd.device_ptr_mut(&stream);
+        let (op, _g4) = od.device_ptr_mut(&stream);
+        // SAFETY: every address is a live allocation of this context with the shape's extent.
+        unsafe {
+            dev.lowrank_raw(
+                &p.shape,
+                RawAct::F32(xp),
+                Fmt::Int8,
+                RawScale::Compute(sp),
+                wp,
+                p.w_scale,
+                1,
+                Epilogue::default(),
+                op,
+            )
+            .unwrap();
+            // A null address is a typed error, not a launch.
+            let err = dev
+                .lowrank_raw(
+                    &p.shape,
+                    RawAct::F32(0),
+                    Fmt::Int8,
+                    RawScale::Param(0.1),
+                    wp,
+                    p.w_scale,
+                    1,
+                    Epilogue::default(),
+                    op,
+                )
+                .unwrap_err();
+            assert!(
+                matches!(err, LowbitError::InvalidArgument { .. }),
+                "{err:?}"
+            );
+        }
+    }
+    let a = dev.download(&sd).unwrap()[0];
+    let codes = codes_of(&x, Fmt::Int8, a);
+    let expected =
+        reference::lowrank_projection_codes(&p.shape, &codes, &p.w_codes, a, p.w_scale).unwrap();
+    assert_exact("raw lowrank", &expected, &dev.download(&od).unwrap());
+}
+
+/// BDH-sized shapes once each (tiled lowrank, split-K decoder), fused from f32.
+#[test]
+fn bdh_shapes_fused_from_f32() {
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new(8);
+    let m = 512;
+    let lr = lowrank_problem(&mut rng, m, 4, 256, 8192);
+    let x = rng.normals(lr.shape.x_len(), 1.0);
+    let xd = dev.upload(&x).unwrap();
+    let wl = dev.upload(&lr.w_words).unwrap();
+    let mut s = dev.upload(&[f32::NAN]).unwrap();
+    let mut o = dev.upload(&vec![f32::NAN; lr.shape.out_len()]).unwrap();
+    dev.lowrank(
+        &lr.shape,
+        DeviceAct::F32(&xd),
+        Fmt::Int8,
+        DeviceScale::Compute(&mut s),
+        &wl,
+        lr.w_scale,
+        1,
+        Epilogue::default(),
+        DeviceOut::F32(&mut o),
+    )
+    .unwrap();
+    let a = dev.download(&s).unwrap()[0];
+    let codes = codes_of(&x, Fmt::Int8, a);
+    let exp =
+        reference::lowrank_projection_codes(&lr.shape, &codes, &lr.w_codes, a, lr.w_scale).unwrap();
+    assert_exact("BDH lowrank m=512", &exp, &dev.download(&o).unwrap());
+
+    let dec = decoder_problem(&mut rng, 64, 4, 8192, 256);
+    let y: Vec<f32> = rng
+        .normals(dec.shape.y_len(), 1.0)
+        .into_iter()
+        .map(|v| v.max(0.0))
+        .collect();
+    let yd = dev.upload(&y).unwrap();
+    let wd = dev.upload(&dec.w_words).unwrap();
+    let mut s2 = dev.upload(&[f32::NAN]).unwrap();
+    let mut o2 = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
+    dev.decoder_tail(
+        &dec.shape,
+        DeviceAct::F32(&yd),
+        Fmt::Uint8PosExp,
+        DeviceScale::Compute(&mut s2),
+        &wd,
+        dec.w_scale,
+        127,
+        Epilogue::default(),
+        DeviceOut::F32(&mut o2),
+    )
+    .unwrap();
+    let a2 = dev.download(&s2).unwrap()[0];
+    let c2 = codes_of(&y, Fmt::Uint8PosExp, a2);
+    let exp2 =
+        reference::decoder_tail_codes(&dec.shape, &c2, &dec.w_codes, a2, dec.w_scale).unwrap();
+    assert_exact("BDH decoder m=64", &exp2, &dev.download(&o2).unwrap());
+}
