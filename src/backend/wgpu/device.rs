@@ -500,7 +500,7 @@ impl WgpuDevice {
         self.check_own("wgpu::write", "buffer", buf)?;
         buf.check_len("wgpu::write", "data", data.len())?;
         let bytes: &[u8] = bytemuck::cast_slice(data);
-        if bytes.len() % 4 == 0 {
+        if bytes.len().is_multiple_of(4) {
             self.inner.queue.write_buffer(&buf.buffer, 0, bytes);
         } else {
             let mut padded = bytes.to_vec();
@@ -712,11 +712,11 @@ impl WgpuDevice {
             }));
         }
         let mut timing = lock(&self.inner.timing);
-        if let Some(t) = timing.as_mut() {
-            if t.next + 2 > TIMESTAMP_CAPACITY {
-                let spent = self.resolve_timestamps(t)?;
-                t.pending += spent;
-            }
+        if let Some(t) = timing.as_mut()
+            && t.next + 2 > TIMESTAMP_CAPACITY
+        {
+            let spent = self.resolve_timestamps(t)?;
+            t.pending += spent;
         }
         let mut enc = d.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
         {

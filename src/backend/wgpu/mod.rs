@@ -96,6 +96,20 @@ impl WgpuBackend {
         run: impl Fn(DeviceAct<'_>, DeviceScale<'_>, &DeviceWeights, &DeviceOutput) -> Result<()>,
     ) -> Result<ProjectionOutput> {
         check_host_projection(op, args, len, words, w_words, check_acc)?;
+        // Binding sizes before anything is uploaded or allocated.
+        let in_bytes = match args.input {
+            ActInput::Packed(_) => words,
+            _ => len,
+        } as u64
+            * 4;
+        self.dev.check_binding(op, "activations", in_bytes)?;
+        self.dev
+            .check_binding(op, "weight words", w_words as u64 * 4)?;
+        self.dev.check_binding(
+            op,
+            "output",
+            ops::output_bytes(args.epilogue.dtype, out_len),
+        )?;
         let w = self
             .dev
             .upload_weights(args.w_words, args.w_scale, args.w_qmax)?;

@@ -719,10 +719,10 @@ impl WgpuDevice {
         let gemm_out = scratch.as_ref().map_or(out.buffer(), |s| &s.buffer);
         let scale_buf = plan.as_ref().map_or(self.dummy(), |p| p.buffer);
         let mut launches = Vec::new();
-        if let (Some(s), Some(p), DeviceAct::F32(x)) = (&absmean, &plan, input) {
-            if let Some(sb) = p.compute {
-                launches.extend(self.absmean_launches(OP, x, format, s, sb)?);
-            }
+        if let (Some(s), Some(p), DeviceAct::F32(x)) = (&absmean, &plan, input)
+            && let Some(sb) = p.compute
+        {
+            launches.extend(self.absmean_launches(OP, x, format, s, sb)?);
         }
         let scale_device = plan.as_ref().is_some_and(|p| p.device);
         let (kernel, constants, tile_m, nx) = match flavour {
@@ -796,6 +796,11 @@ impl WgpuDevice {
         epilogue: Epilogue,
     ) -> Result<DeviceOutput> {
         shape.validate()?;
+        self.check_binding(
+            "wgpu::lowrank",
+            "output",
+            output_bytes(epilogue.dtype, shape.out_len()),
+        )?;
         let out = self.alloc_output(epilogue.dtype, shape.out_len())?;
         self.lowrank_into(shape, input, format, scale, w, epilogue, &out)?;
         Ok(out)
@@ -930,7 +935,7 @@ impl WgpuDevice {
                 let out_groups = nx.saturating_mul(ny).saturating_mul(heads);
                 let mut splits = DECODER_TARGET_GROUPS
                     .div_ceil(out_groups.max(1))
-                    .clamp(1, k_tiles.max(1));
+                    .clamp(1, (k_tiles / 4).max(1)); // chunks of >= 4 K steps
                 splits = splits.min((max_planes / heads.max(1)).max(1));
                 if heads.saturating_mul(splits) > max_planes {
                     return Err(unsupported(
@@ -972,10 +977,10 @@ impl WgpuDevice {
         let x_buf = act_buffer(input);
         let scale_buf = plan.as_ref().map_or(self.dummy(), |p| p.buffer);
         let mut launches = Vec::new();
-        if let (Some(s), Some(p), DeviceAct::F32(x)) = (&absmean, &plan, input) {
-            if let Some(sb) = p.compute {
-                launches.extend(self.absmean_launches(OP, x, format, s, sb)?);
-            }
+        if let (Some(s), Some(p), DeviceAct::F32(x)) = (&absmean, &plan, input)
+            && let Some(sb) = p.compute
+        {
+            launches.extend(self.absmean_launches(OP, x, format, s, sb)?);
         }
         for (y0, ny) in self.row_chunks(grid.ny) {
             params.tile_y0 = y0;
@@ -1018,6 +1023,11 @@ impl WgpuDevice {
         epilogue: Epilogue,
     ) -> Result<DeviceOutput> {
         shape.validate()?;
+        self.check_binding(
+            "wgpu::decoder_tail",
+            "output",
+            output_bytes(epilogue.dtype, shape.out_len()),
+        )?;
         let out = self.alloc_output(epilogue.dtype, shape.out_len())?;
         self.decoder_tail_into(shape, input, format, scale, w, epilogue, &out)?;
         Ok(out)
@@ -1128,6 +1138,14 @@ enum Flavour {
     Codes,
     F32,
     Float,
+}
+
+/// Bytes of an output of `len` elements of `dtype`, as allocated (rounded up to 4).
+pub(crate) fn output_bytes(dtype: OutputDType, len: usize) -> u64 {
+    match dtype {
+        OutputDType::F32 => len as u64 * 4,
+        _ => (len as u64 * 2).div_ceil(4) * 4,
+    }
 }
 
 fn act_buffer<'a>(input: DeviceAct<'a>) -> &'a wgpu::Buffer {
