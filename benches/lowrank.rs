@@ -1,1 +1,443 @@
-fn main() {}
+//! Low-rank projection `x[B,Hin,T,D] · W[H,D,N]` benches.
+//!
+//! Groups are `{backend}/lowrank/{shape}`; throughput is in elements = integer ops
+//! (`2·M·H·D·N`: one multiply + one add per MAC), so criterion's "elem/s" reads as int ops/s.
+//! The naive `reference/lowrank/...` group runs the same shape with few samples so the
+//! speedup is measured, not guessed. GPU backends add their own `fn {backend}_benches`
+//! next to `cpu_benches` and list it in `criterion_group!`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use lowbit_kernels::backend::ProjectionArgs;
+use lowbit_kernels::backend::cpu::CpuBackend;
+use lowbit_kernels::config::LowBitActivationFormat as Fmt;
+use lowbit_kernels::ops::{ActInput, Epilogue, LowrankShape, ScaleSource};
+use lowbit_kernels::pack::{pack_lowrank_weight_codes_i8x4, pack_rows_i32_to_i8x4};
+use lowbit_kernels::quant::{activation_code, activation_scale};
+use lowbit_kernels::reference;
+use lowbit_kernels::testing::Rng;
+
+/// BDH sizes `(M tokens, H heads, D embd, N latent)` of the benches; the first is the headline.
+pub const SHAPES: [(usize, usize, usize, usize); 2] = [(2048, 4, 256, 8192), (64, 4, 256, 8192)];
+
+/// Inputs of one benchmark shape, shared by every backend's group.
+pub struct LowrankData {
+    pub shape: LowrankShape,
+    pub name: String,
+    /// f32 activations `[1, 1, M, D]`.
+    pub x: Vec<f32>,
+    /// int8 codes of `x` at `a_scale`, and their i8x4 words `[1, 1, M, ceil(D/4)]`.
+    pub x_codes: Vec<i32>,
+    pub x_words: Vec<u32>,
+    pub a_scale: f32,
+    /// uint8pos codes of `x` at `a_scale_u8`.
+    pub x_codes_u8: Vec<i32>,
+    pub a_scale_u8: f32,
+    /// Ternary weight codes `[H, D, N]` and words `[H, ceil(D/4), N]`.
+    pub w_codes: Vec<i8>,
+    pub w_words: Vec<u32>,
+    pub w_scale: f32,
+}
+
+impl LowrankData {
+    pub fn new((m, h, d, n): (usize, usize, usize, usize)) -> Self {
+        let shape = LowrankShape::bdh(m, h, d, n).expect("bench shape");
+        let mut rng = Rng::new(7);
+        let x = rng.normals(shape.x_len(), 1.0);
+        let a_scale = activation_scale(&x, Fmt::Int8).unwrap().unwrap();
+        let x_codes: Vec<i32> = x
+            .iter()
+            .map(|&v| activation_code(v, a_scale, Fmt::Int8))
+            .collect();
+        let x_words = pack_rows_i32_to_i8x4("bench", &x_codes, m, d).unwrap();
+        let a_scale_u8 = activation_scale(&x, Fmt::Uint8PosExp).unwrap().unwrap();
+        let x_codes_u8 = x
+            .iter()
+            .map(|&v| activation_code(v, a_scale_u8, Fmt::Uint8PosExp))
+            .collect();
+        let w_codes = rng.ternary(shape.w_len());
+        let w_words = pack_lowrank_weight_codes_i8x4(&w_codes, h, d, n).unwrap();
+        Self {
+            shape,
+            name: format!("m{m}_d{d}_h{h}_n{n}"),
+            x,
+            x_codes,
+            x_words,
+            a_scale,
+            x_codes_u8,
+            a_scale_u8,
+            w_codes,
+            w_words,
+            w_scale: 0.05,
+        }
+    }
+}
+
+fn cpu_benches(c: &mut Criterion) {
+    let cpu = CpuBackend::new();
+    for dims in SHAPES {
+        let data = LowrankData::new(dims);
+        let shape = data.shape;
+        let mut out = vec![0.0f32; shape.out_len()];
+        let mut g = c.benchmark_group(format!("cpu/lowrank/{}", data.name));
+        g.throughput(Throughput::Elements(shape.int_ops()))
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        // Prepacked int8 words → f32 (the device-free fast path).
+        g.bench_function("packed_int8", |b| {
+            b.iter(|| {
+                cpu.lowrank_packed(
+                    &shape,
+                    Fmt::Int8,
+                    black_box(&data.x_words),
+                    &data.w_words,
+                    1,
+                    data.a_scale,
+                    data.w_scale,
+                    &mut out,
+                )
+                .unwrap()
+            })
+        });
+        // f32 in, scale computed and quantized inside the op (fused from f32).
+        g.bench_function("f32_compute_int8", |b| {
+            let args = ProjectionArgs {
+                input: ActInput::F32(&data.x),
+                format: Fmt::Int8,
+                scale: ScaleSource::Compute,
+                w_words: &data.w_words,
+                w_scale: data.w_scale,
+                w_qmax: 1,
+                epilogue: Epilogue::default(),
+            };
+            b.iter(|| {
+                cpu.lowrank_into(&shape, black_box(&args), &mut out)
+                    .unwrap()
+            })
+        });
+        // uint8pos i32 codes (no bias correction).
+        g.bench_function("codes_uint8pos", |b| {
+            let args = ProjectionArgs {
+                input: ActInput::Codes(&data.x_codes_u8),
+                format: Fmt::Uint8PosExp,
+                scale: ScaleSource::Param(data.a_scale_u8),
+                w_words: &data.w_words,
+                w_scale: data.w_scale,
+                w_qmax: 1,
+                epilogue: Epilogue::default(),
+            };
+            b.iter(|| {
+                cpu.lowrank_into(&shape, black_box(&args), &mut out)
+                    .unwrap()
+            })
+        });
+        g.finish();
+    }
+}
+
+/// The naive reference (single-threaded, slow: 10 flat samples). By default on the small
+/// shape (its cost per int op is the same at any M: no reuse across rows); set
+/// `LOWBIT_BENCH_FULL_REFERENCE=1` for the headline shape too (~30 s per iteration).
+fn reference_benches(c: &mut Criterion) {
+    let full = std::env::var_os("LOWBIT_BENCH_FULL_REFERENCE").is_some_and(|v| v == "1");
+    let shapes = if full { &SHAPES[..] } else { &SHAPES[1..] };
+    for &dims in shapes {
+        reference_bench(c, dims);
+    }
+}
+
+fn reference_bench(c: &mut Criterion, dims: (usize, usize, usize, usize)) {
+    let data = LowrankData::new(dims);
+    let shape = data.shape;
+    let mut g = c.benchmark_group(format!("reference/lowrank/{}", data.name));
+    g.throughput(Throughput::Elements(shape.int_ops()))
+        .sampling_mode(SamplingMode::Flat)
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1));
+    g.bench_function("codes_int8", |b| {
+        b.iter(|| {
+            reference::lowrank_projection_codes(
+                &shape,
+                black_box(&data.x_codes),
+                &data.w_codes,
+                data.a_scale,
+                data.w_scale,
+            )
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// CUDA (dp4a) at BDH sizes D=256, H=4, N=8192 and M ∈ {1, 16, 512, 2048, 8192}, timed with
+/// CUDA events (`iter_custom`); throughput in int ops. Also prints the card's dp4a ceiling and
+/// copy bandwidth and one `CUDA-SUMMARY` line per case (median of 20 event-timed runs).
+/// M ≤ 16 rotates over 8 weight copies (64 MiB, past the 50 MB L2) so the weights stream
+/// from device memory.
+#[cfg(feature = "cuda")]
+fn cuda_benches(c: &mut Criterion) {
+    use lowbit_kernels::backend::cuda::microbench::{self, Ceilings};
+    use lowbit_kernels::backend::cuda::{CudaDevice, DeviceAct, DeviceOut, DeviceScale};
+    use lowbit_kernels::ops::quantize::QuantizeShape;
+
+    let dev = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: cuda benches: {e}");
+            return;
+        }
+    };
+    let ceil = Ceilings::measure(&dev).expect("ceilings");
+    println!("{}", ceil.line(&dev.name()));
+    let mut g = c.benchmark_group("cuda/microbench/ceilings");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_secs(1));
+    g.bench_function("dp4a_ceiling_4096", |b| {
+        b.iter_custom(|iters| {
+            let m = microbench::dp4a_ceiling(&dev, 4096, iters as usize).unwrap();
+            Duration::from_secs_f64(m.seconds * iters as f64)
+        })
+    });
+    g.finish();
+
+    let (h, d, n) = (4usize, 256usize, 8192usize);
+    let mut rng = Rng::new(11);
+    let w_codes = rng.ternary(h * d * n);
+    let w_host = pack_lowrank_weight_codes_i8x4(&w_codes, h, d, n).unwrap();
+    let weights: Vec<_> = (0..8).map(|_| dev.upload(&w_host).unwrap()).collect();
+    let w_bytes = (w_host.len() * 4) as u64;
+    for m in [1usize, 16, 512, 2048, 8192] {
+        let shape = LowrankShape::bdh(m, h, d, n).unwrap();
+        let x = dev.upload(&rng.normals(shape.x_len(), 1.0)).unwrap();
+        let mut scale = dev.upload(&[0.0f32]).unwrap();
+        dev.absmean_scale(&x, Fmt::Int8, &mut scale).unwrap();
+        let a_scale = dev.download(&scale).unwrap()[0];
+        let qs = QuantizeShape::new(m, d).unwrap();
+        let mut words = dev.alloc_zeros::<u32>(qs.words_len()).unwrap();
+        dev.quantize_pack_i8x4(&x, qs, Fmt::Int8, DeviceScale::Param(a_scale), &mut words)
+            .unwrap();
+        let mut out = dev.alloc_zeros::<f32>(shape.out_len()).unwrap();
+        let rotate = if m <= 16 { weights.len() } else { 1 };
+        let mut k = 0usize;
+        let mut run = |variant: &str| {
+            let w = &weights[k % rotate];
+            k += 1;
+            let input = if variant == "packed_int8" {
+                DeviceAct::Packed(&words)
+            } else {
+                DeviceAct::F32(&x)
+            };
+            let sc = if variant == "packed_int8" {
+                DeviceScale::Param(a_scale)
+            } else {
+                DeviceScale::Compute(&mut scale)
+            };
+            dev.lowrank(
+                &shape,
+                input,
+                Fmt::Int8,
+                sc,
+                w,
+                0.05,
+                1,
+                Epilogue::default(),
+                DeviceOut::F32(&mut out),
+            )
+        };
+        let name = format!("cuda/lowrank/m{m}_d{d}_h{h}_n{n}");
+        let mut g = c.benchmark_group(&name);
+        g.throughput(Throughput::Elements(shape.int_ops()))
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+        for variant in ["packed_int8", "f32_compute_int8"] {
+            let secs = microbench::median_seconds(&dev, 20, || run(variant)).unwrap();
+            let wb = (m <= 16).then_some(w_bytes);
+            println!(
+                "{}",
+                microbench::summary_line(&name, variant, secs, shape.int_ops(), wb, &ceil)
+            );
+            g.bench_function(variant, |b| {
+                b.iter_custom(|iters| {
+                    microbench::time_events(&dev, iters, || run(variant)).unwrap()
+                })
+            });
+        }
+        g.finish();
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_benches(_: &mut Criterion) {}
+
+/// wgpu (WGSL) at BDH sizes D=256, H=4, N=8192 and M ∈ {512, 2048, 8192}, device-resident
+/// (inputs uploaded once), timed with GPU timestamp queries around each launch
+/// (`iter_custom` returns GPU time) where the adapter has `TIMESTAMP_QUERY`, else wall time
+/// with a blocking poll inside the timed region; throughput in int ops. Prints one
+/// `WGPU-SUMMARY` line per case (median of 10 runs, TOPS). Cases whose buffers exceed the
+/// adapter's storage binding limit (lavapipe: 128 MiB) are SKIPPED with the reason.
+#[cfg(feature = "wgpu")]
+fn wgpu_benches(c: &mut Criterion) {
+    use lowbit_kernels::backend::wgpu::{DeviceAct, DeviceScale, WgpuDevice, WgpuOptions};
+    use lowbit_kernels::ops::OutputDType;
+
+    let dev = match WgpuDevice::new(WgpuOptions::default()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: wgpu benches: {e}");
+            return;
+        }
+    };
+    let timed = dev.start_timing().unwrap_or(false);
+    println!(
+        "wgpu bench device: {} dot4={:?} native_dot4={:?} timing={}",
+        dev.name(),
+        dev.dot4_mode(),
+        dev.native_dot4(),
+        if timed { "gpu timestamps" } else { "wall clock + poll" }
+    );
+    let (h, d, n) = (4usize, 256usize, 8192usize);
+    let mut rng = Rng::new(12);
+    let w_codes = rng.ternary(h * d * n);
+    let w_words = pack_lowrank_weight_codes_i8x4(&w_codes, h, d, n).unwrap();
+    let Ok(w) = dev.upload_weights(&w_words, 0.05, 1) else {
+        eprintln!("SKIPPED: wgpu benches: weights do not fit");
+        return;
+    };
+    for m in [512usize, 2048, 8192] {
+        let shape = LowrankShape::bdh(m, h, d, n).unwrap();
+        let name = format!("wgpu/lowrank/m{m}_d{d}_h{h}_n{n}");
+        let x_host = rng.normals(shape.x_len(), 1.0);
+        let a_scale = activation_scale(&x_host, Fmt::Int8).unwrap().unwrap();
+        let codes: Vec<i32> = x_host
+            .iter()
+            .map(|&v| activation_code(v, a_scale, Fmt::Int8))
+            .collect();
+        let a_scale_u8 = activation_scale(&x_host, Fmt::Uint8PosExp).unwrap().unwrap();
+        let codes_u8: Vec<i32> = x_host
+            .iter()
+            .map(|&v| activation_code(v, a_scale_u8, Fmt::Uint8PosExp))
+            .collect();
+        let uploaded = (|| {
+            Ok::<_, lowbit_kernels::LowbitError>((
+                dev.upload(&x_host)?,
+                dev.upload(&pack_rows_i32_to_i8x4("bench", &codes, m, d)?)?,
+                dev.upload(&codes_u8)?,
+                dev.alloc::<f32>(1)?,
+                dev.alloc_output(OutputDType::F32, shape.out_len())?,
+            ))
+        })();
+        let (x, words, codes_u8, scale, out) = match uploaded {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("SKIPPED: {name}: {e}");
+                continue;
+            }
+        };
+        let run = |variant: &str| match variant {
+            "packed_int8" => dev.lowrank_into(
+                &shape,
+                DeviceAct::Packed(&words),
+                Fmt::Int8,
+                DeviceScale::Host(a_scale),
+                &w,
+                Epilogue::default(),
+                &out,
+            ),
+            "f32_compute_int8" => dev.lowrank_into(
+                &shape,
+                DeviceAct::F32(&x),
+                Fmt::Int8,
+                DeviceScale::Compute(&scale),
+                &w,
+                Epilogue::default(),
+                &out,
+            ),
+            _ => dev.lowrank_into(
+                &shape,
+                DeviceAct::Codes(&codes_u8),
+                Fmt::Uint8PosExp,
+                DeviceScale::Host(a_scale_u8),
+                &w,
+                Epilogue::default(),
+                &out,
+            ),
+        };
+        let mut g = c.benchmark_group(&name);
+        g.throughput(Throughput::Elements(shape.int_ops()))
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+        for variant in ["packed_int8", "f32_compute_int8", "codes_uint8pos"] {
+            if let Err(e) = run(variant) {
+                eprintln!("SKIPPED: {name}/{variant}: {e}");
+                continue;
+            }
+            let secs = wgpu_median_seconds(&dev, timed, 10, || run(variant).unwrap());
+            println!(
+                "WGPU-SUMMARY {name}/{variant}: {:.3} ms, {:.2} TOPS (int ops), {}",
+                secs * 1e3,
+                shape.int_ops() as f64 / secs / 1e12,
+                dev.name()
+            );
+            g.bench_function(variant, |b| {
+                b.iter_custom(|iters| wgpu_time(&dev, timed, iters, || run(variant).unwrap()))
+            });
+        }
+        g.finish();
+    }
+    dev.stop_timing();
+}
+
+/// Time of `iters` calls of `f`: GPU timestamps if `timed`, else wall time with a blocking
+/// poll inside the timed region.
+#[cfg(feature = "wgpu")]
+fn wgpu_time(
+    dev: &lowbit_kernels::backend::wgpu::WgpuDevice,
+    timed: bool,
+    iters: u64,
+    mut f: impl FnMut(),
+) -> Duration {
+    if timed {
+        dev.take_gpu_time().expect("gpu time");
+        for _ in 0..iters {
+            f();
+        }
+        dev.take_gpu_time().expect("gpu time").unwrap_or_default()
+    } else {
+        dev.synchronize().expect("poll");
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        dev.synchronize().expect("poll");
+        t.elapsed()
+    }
+}
+
+/// Median seconds of one call of `f` over `runs` runs (after one warm-up call).
+#[cfg(feature = "wgpu")]
+fn wgpu_median_seconds(
+    dev: &lowbit_kernels::backend::wgpu::WgpuDevice,
+    timed: bool,
+    runs: usize,
+    mut f: impl FnMut(),
+) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| wgpu_time(dev, timed, 1, &mut f).as_secs_f64())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[runs / 2]
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_benches(_: &mut Criterion) {}
+
+criterion_group!(benches, cpu_benches, reference_benches, cuda_benches, wgpu_benches);
+criterion_main!(benches);

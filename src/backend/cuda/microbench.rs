@@ -125,3 +125,61 @@ pub fn copy_bandwidth(dev: &CudaDevice, bytes: usize, reps: usize) -> Result<Mea
         work: 2.0 * (n16 * 16) as f64,
     })
 }
+
+/// The two ceilings of a card, measured once.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Ceilings {
+    /// dp4a int ops per second (8 per dp4a).
+    pub dp4a_ops: f64,
+    /// Device copy bandwidth, bytes read + written per second.
+    pub copy_bytes: f64,
+}
+
+impl Ceilings {
+    /// dp4a: 4096 rounds on a full grid; copy: 1 GiB (far past L2); medians of 10 runs.
+    pub fn measure(dev: &CudaDevice) -> Result<Self> {
+        let d = dp4a_ceiling(dev, 4096, 10)?;
+        let c = copy_bandwidth(dev, 1 << 30, 10)?;
+        Ok(Self {
+            dp4a_ops: d.rate(),
+            copy_bytes: c.rate(),
+        })
+    }
+
+    /// One `CUDA-CEILING` line for logs.
+    pub fn line(&self, card: &str) -> String {
+        format!(
+            "CUDA-CEILING card=\"{card}\" dp4a_tops={:.1} copy_gbps={:.0}",
+            self.dp4a_ops / 1e12,
+            self.copy_bytes / 1e9
+        )
+    }
+}
+
+/// One `CUDA-SUMMARY` line: time, TOPS and the share of the dp4a ceiling; with
+/// `weight_bytes`, the weight-stream bandwidth and its share of the copy bandwidth.
+pub fn summary_line(
+    group: &str,
+    variant: &str,
+    seconds: f64,
+    int_ops: u64,
+    weight_bytes: Option<u64>,
+    ceilings: &Ceilings,
+) -> String {
+    let tops = int_ops as f64 / seconds;
+    let mut s = format!(
+        "CUDA-SUMMARY {group} {variant} time_us={:.2} tops={:.2} of_dp4a={:.1}%",
+        seconds * 1e6,
+        tops / 1e12,
+        100.0 * tops / ceilings.dp4a_ops
+    );
+    if let Some(b) = weight_bytes {
+        let bw = b as f64 / seconds;
+        s.push_str(&format!(
+            " weight_gbps={:.0} of_copy={:.1}%",
+            bw / 1e9,
+            100.0 * bw / ceilings.copy_bytes
+        ));
+    }
+    s
+}

@@ -1,0 +1,206 @@
+//! Activation quantize (+ pack to i8x4) and rho int8 block compression benches.
+//!
+//! Groups are `{backend}/{op}/{shape}`; throughput is in bytes of f32 input read. The naive
+//! `reference/quantize/...` group (the reference quantizer + packer) measures the speedup.
+//! GPU backends add their own `fn {backend}_benches` next to `cpu_benches` and list it in
+//! `criterion_group!`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use lowbit_kernels::Backend;
+use lowbit_kernels::backend::cpu::CpuBackend;
+use lowbit_kernels::config::LowBitActivationFormat as Fmt;
+use lowbit_kernels::ops::ScaleSource;
+use lowbit_kernels::ops::quantize::QuantizeShape;
+use lowbit_kernels::ops::rho::RhoShape;
+use lowbit_kernels::pack::pack_rows_i32_to_i8x4;
+use lowbit_kernels::quant::quantize_activations;
+use lowbit_kernels::reference;
+use lowbit_kernels::testing::Rng;
+
+/// `(name, rows, k)`: the low-rank input `x[M, D]` and the decoder input `y[H·M, N]` of the
+/// BDH shape M=2048, H=4, D=256, N=8192.
+pub const SHAPES: [(&str, usize, usize); 2] = [
+    ("x_m2048_d256", 2048, 256),
+    ("y_m2048_h4_n8192", 4 * 2048, 8192),
+];
+
+/// Rho state `[B, H, N, D]` of the same model.
+pub const RHO_SHAPE: [usize; 4] = [1, 4, 8192, 256];
+
+fn group_config(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+}
+
+fn cpu_benches(c: &mut Criterion) {
+    let cpu = CpuBackend::new();
+    let mut rng = Rng::new(9);
+    for (name, rows, k) in SHAPES {
+        let shape = QuantizeShape::new(rows, k).unwrap();
+        let x = rng.normals(shape.len(), 1.0);
+        let mut words = vec![0u32; shape.words_len()];
+        let mut g = c.benchmark_group(format!("cpu/quantize/{name}"));
+        g.throughput(Throughput::Bytes(4 * shape.len() as u64));
+        group_config(&mut g);
+        g.bench_function("pack_compute_int8", |b| {
+            b.iter(|| {
+                cpu.quantize_pack_into(
+                    black_box(&x),
+                    shape,
+                    Fmt::Int8,
+                    ScaleSource::Compute,
+                    &mut words,
+                )
+                .unwrap()
+            })
+        });
+        g.bench_function("pack_param_int8", |b| {
+            b.iter(|| {
+                cpu.quantize_pack_into(
+                    black_box(&x),
+                    shape,
+                    Fmt::Int8,
+                    ScaleSource::Param(0.02),
+                    &mut words,
+                )
+                .unwrap()
+            })
+        });
+        g.bench_function("codes_compute_uint8pos", |b| {
+            b.iter(|| {
+                cpu.quantize_codes(black_box(&x), Fmt::Uint8PosExp, ScaleSource::Compute)
+                    .unwrap()
+            })
+        });
+        g.finish();
+    }
+    let shape = RhoShape::new(RHO_SHAPE).unwrap();
+    let v = rng.normals(shape.len(), 0.1);
+    let (words, scales) = cpu.rho_int8_pack(&shape, &v).unwrap();
+    let [b0, h, n, d] = RHO_SHAPE;
+    let mut g = c.benchmark_group(format!("cpu/rho/b{b0}_h{h}_n{n}_d{d}"));
+    g.throughput(Throughput::Bytes(4 * shape.len() as u64));
+    group_config(&mut g);
+    g.bench_function("int8_pack", |b| {
+        b.iter(|| cpu.rho_int8_pack(&shape, black_box(&v)).unwrap())
+    });
+    g.bench_function("int8_unpack", |b| {
+        b.iter(|| {
+            cpu.rho_int8_unpack(&shape, black_box(&words), &scales)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+/// The reference quantizer (scale + codes, then the i8x4 packer) on the small shape, and the
+/// reference rho packer.
+fn reference_benches(c: &mut Criterion) {
+    let mut rng = Rng::new(9);
+    let (name, rows, k) = SHAPES[0];
+    let x = rng.normals(rows * k, 1.0);
+    let mut g = c.benchmark_group(format!("reference/quantize/{name}"));
+    g.throughput(Throughput::Bytes(4 * (rows * k) as u64));
+    group_config(&mut g);
+    g.bench_function("pack_compute_int8", |b| {
+        b.iter(|| {
+            let q = quantize_activations(black_box(&x), Fmt::Int8).unwrap();
+            pack_rows_i32_to_i8x4("bench", &q.codes_i32(), rows, k).unwrap()
+        })
+    });
+    g.finish();
+    let shape = RhoShape::new(RHO_SHAPE).unwrap();
+    let v = rng.normals(shape.len(), 0.1);
+    let [b0, h, n, d] = RHO_SHAPE;
+    let mut g = c.benchmark_group(format!("reference/rho/b{b0}_h{h}_n{n}_d{d}"));
+    g.throughput(Throughput::Bytes(4 * shape.len() as u64));
+    group_config(&mut g);
+    g.bench_function("int8_pack", |b| {
+        b.iter(|| reference::rho::rho_int8_pack_words(&shape, black_box(&v)).unwrap())
+    });
+    g.finish();
+}
+
+/// CUDA quantize + pack (scale computed on the device) and rho int8 pack/unpack, timed with
+/// CUDA events; throughput in bytes of f32 input read. One `CUDA-SUMMARY` line per case.
+#[cfg(feature = "cuda")]
+fn cuda_benches(c: &mut Criterion) {
+    use lowbit_kernels::backend::cuda::microbench;
+    use lowbit_kernels::backend::cuda::{CudaDevice, DeviceScale};
+
+    let dev = match CudaDevice::new(0) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: cuda benches: {e}");
+            return;
+        }
+    };
+    let mut rng = Rng::new(9);
+    for (name, rows, k) in SHAPES {
+        let shape = QuantizeShape::new(rows, k).unwrap();
+        let x = dev.upload(&rng.normals(shape.len(), 1.0)).unwrap();
+        let mut scale = dev.upload(&[0.0f32]).unwrap();
+        let mut words = dev.alloc_zeros::<u32>(shape.words_len()).unwrap();
+        let mut run = || {
+            dev.quantize_pack_i8x4(
+                &x,
+                shape,
+                Fmt::Int8,
+                DeviceScale::Compute(&mut scale),
+                &mut words,
+            )
+        };
+        let bytes = 4 * shape.len() as u64;
+        let secs = microbench::median_seconds(&dev, 20, &mut run).unwrap();
+        println!(
+            "CUDA-SUMMARY cuda/quantize/{name} pack_compute_int8 time_us={:.2} input_gbps={:.0}",
+            secs * 1e6,
+            bytes as f64 / secs / 1e9
+        );
+        let mut g = c.benchmark_group(format!("cuda/quantize/{name}"));
+        g.throughput(Throughput::Bytes(bytes));
+        group_config(&mut g);
+        g.bench_function("pack_compute_int8", |b| {
+            b.iter_custom(|iters| microbench::time_events(&dev, iters, &mut run).unwrap())
+        });
+        g.finish();
+    }
+    let shape = RhoShape::new(RHO_SHAPE).unwrap();
+    let v = dev.upload(&rng.normals(shape.len(), 0.1)).unwrap();
+    let mut words = dev.alloc_zeros::<u32>(shape.int8_words()).unwrap();
+    let mut scales = dev.alloc_zeros::<f32>(shape.blocks()).unwrap();
+    let mut back = dev.alloc_zeros::<f32>(shape.len()).unwrap();
+    let [b0, h, n, d] = RHO_SHAPE;
+    let name = format!("cuda/rho/b{b0}_h{h}_n{n}_d{d}");
+    let bytes = 4 * shape.len() as u64;
+    let mut g = c.benchmark_group(&name);
+    g.throughput(Throughput::Bytes(bytes));
+    group_config(&mut g);
+    g.bench_function("int8_pack", |b| {
+        b.iter_custom(|iters| {
+            microbench::time_events(&dev, iters, || {
+                dev.rho_int8_pack(&shape, &v, &mut words, &mut scales)
+            })
+            .unwrap()
+        })
+    });
+    g.bench_function("int8_unpack", |b| {
+        b.iter_custom(|iters| {
+            microbench::time_events(&dev, iters, || {
+                dev.rho_int8_unpack(&shape, &words, &scales, &mut back)
+            })
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_benches(_: &mut Criterion) {}
+
+criterion_group!(benches, cpu_benches, reference_benches, cuda_benches);
+criterion_main!(benches);
