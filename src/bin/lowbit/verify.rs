@@ -17,7 +17,7 @@ use lowbit_kernels::reference;
 use lowbit_kernels::testing::{self, ErrorReport, Rng, compare_f32, tol};
 use lowbit_kernels::{
     ActInput, Backend, BackendKind, DecoderTailShape, Epilogue, LowBitActivationFormat,
-    LowBitWeightFormat, LowbitError, LowrankShape, ProjectionOutput, ScaleSource,
+    LowBitWeightFormat, LowbitError, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
 };
 
 use crate::args::{Args, parse_backends};
@@ -214,6 +214,16 @@ fn is_tie(v: f32, s: f32, format: LowBitActivationFormat) -> bool {
     let q = (f64::from(v) / f64::from(s)).abs();
     let frac = q - q.floor();
     (frac - 0.5).abs() <= 4.0 * f64::from(f32::EPSILON) * q.max(1.0)
+}
+
+/// The epilogue on one reference value: ReLU, then rounding to the output type.
+fn apply_epilogue(v: f32, e: Epilogue) -> f32 {
+    let v = if e.relu { v.max(0.0) } else { v };
+    match e.dtype {
+        OutputDType::F32 => v,
+        OutputDType::F16 => half::f16::from_f32(v).to_f32(),
+        OutputDType::Bf16 => half::bf16::from_f32(v).to_f32(),
+    }
 }
 
 fn codes_with(x: &[f32], s: f32, format: LowBitActivationFormat) -> Vec<i32> {
@@ -611,6 +621,54 @@ impl Ctx<'_> {
                     }
                 };
                 self.push(op, variant, &fname, shape_s, report, Some(dt), status, note);
+            }
+        }
+        // Epilogues (f16/bf16 output, fused ReLU) on int8 codes: the reference output
+        // passed through the same epilogue (f16/bf16 values are widened back exactly).
+        let format = LowBitActivationFormat::Int8;
+        if let Ok(Some(s_ref)) = activation_scale(act, format) {
+            let codes = codes_with(act, s_ref, format);
+            let expected = ref_codes(&codes, s_ref);
+            for (name, dtype, relu) in [
+                ("relu", OutputDType::F32, true),
+                ("f16", OutputDType::F16, false),
+                ("bf16+relu", OutputDType::Bf16, true),
+            ] {
+                let epilogue = Epilogue { dtype, relu };
+                let args = ProjectionArgs {
+                    input: ActInput::Codes(&codes),
+                    format,
+                    scale: ScaleSource::Param(s_ref),
+                    w_words: &w.words,
+                    w_scale: w.scale,
+                    w_qmax: w.qmax,
+                    epilogue,
+                };
+                let variant = format!("codes+param {name}");
+                let fname = format!("int8/{wname}");
+                let t = Instant::now();
+                let res = call(self.backend, &args);
+                let dt = t.elapsed().as_secs_f64();
+                let (status, report) = match (res, &expected) {
+                    (Err(e), _) => (error_status(self.kind, &e), None),
+                    (_, Err(e)) => (Status::Fail(format!("reference: {e}")), None),
+                    (Ok(out), Ok(want)) => {
+                        let want: Vec<f32> =
+                            want.iter().map(|&v| apply_epilogue(v, epilogue)).collect();
+                        let r = compare_f32(&want, &out.values);
+                        (Self::exact_status(&r), Some(r))
+                    }
+                };
+                self.push(
+                    op,
+                    &variant,
+                    &fname,
+                    shape_s,
+                    report,
+                    Some(dt),
+                    status,
+                    String::new(),
+                );
             }
         }
         // The float path: f32 in, no activation quantization.
