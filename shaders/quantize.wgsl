@@ -275,9 +275,16 @@ fn quantize_pack_i8x4(
     var word = 0u;
     for (var j = 0u; j < 4u; j++) {
         let e = kw * 4u + j;
+        var c = 0;
         if e < p.k {
-            word = word | ((u32(code_of(x[row * p.k + e], s)) & 0xffu) << (8u * j));
+            c = code_of(x[row * p.k + e], s);
         }
+        if A_UNSIGNED {
+            // the projections' unsigned lane form (never a public output: uint8pos codes
+            // above 127 do not fit a signed lane)
+            c = c - 128;
+        }
+        word = word | ((u32(c) & 0xffu) << (8u * j));
     }
     out[w] = word;
 }

@@ -7,7 +7,7 @@
 use std::sync::OnceLock;
 
 use lowbit_kernels::backend::wgpu::{
-    DeviceAct, DeviceOutput, DeviceScale, Dot4Mode, TileConfig, WgpuBackend, WgpuDevice,
+    DeviceAct, DeviceOutput, DeviceScale, Dot4Mode, F32Route, TileConfig, WgpuBackend, WgpuDevice,
     WgpuOptions,
 };
 use lowbit_kernels::backend::{Backend, ProjectionArgs};
@@ -740,4 +740,53 @@ fn gpu_timestamps() {
     println!("3 launches: {t:?} of GPU time");
     assert!(t.as_nanos() > 0);
     dev.stop_timing();
+}
+
+/// f32 input quantized in the projection kernel or in a separate pack pass: same bits, for
+/// every integer format and scale source.
+#[test]
+fn f32_routes_agree() {
+    if device(Dot4Mode::Native).is_none() {
+        return;
+    }
+    let open = |route| {
+        WgpuBackend::new(WgpuOptions {
+            f32_route: route,
+            ..options(Dot4Mode::Native)
+        })
+        .unwrap()
+    };
+    let (fused, prepack) = (open(F32Route::Fused), open(F32Route::Prepack));
+    let mut rng = Rng::new(19);
+    for p in problems() {
+        let w = rng.int8_codes(p.w_len());
+        let words = p.pack_w(&w);
+        let x = rng.normals(p.in_len(), 1.0);
+        for format in [Fmt::Int8, Fmt::Int4Exp, Fmt::Uint8PosExp] {
+            let s = activation_scale(&x, format).unwrap().unwrap();
+            for scale in [
+                ScaleSource::Param(s),
+                ScaleSource::Buffer(s),
+                ScaleSource::Compute,
+            ] {
+                let args = ProjectionArgs {
+                    input: ActInput::F32(&x),
+                    format,
+                    scale,
+                    w_words: &words,
+                    w_scale: 0.02,
+                    w_qmax: 127,
+                    epilogue: Epilogue::default(),
+                };
+                let a = p.call(&fused, &args);
+                let b = p.call(&prepack, &args);
+                let what = format!("{p:?} {format:?} {scale:?}");
+                assert_bits(&format!("fused vs prepack {what}"), &a, &b);
+                if scale != ScaleSource::Compute {
+                    let expected = p.reference(&codes_of(&x, format, s), &w, s, 0.02);
+                    assert_bits(&format!("prepack {what}"), &expected, &b);
+                }
+            }
+        }
+    }
 }

@@ -99,6 +99,19 @@ impl TileConfig {
     }
 }
 
+/// How projections with f32 input quantize it. Both routes give the same bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum F32Route {
+    /// Prepack when many workgroups would quantize the same rows (wide lowrank outputs),
+    /// else fused.
+    #[default]
+    Auto,
+    /// The projection kernel quantizes while staging its activation tile (`*_f32` entries).
+    Fused,
+    /// One quantize-pack pass writes i8x4 words, then the packed kernel runs.
+    Prepack,
+}
+
 /// Options of [`WgpuDevice::new`] / [`WgpuDevice::from_wgpu`].
 #[derive(Clone, Debug, Default)]
 pub struct WgpuOptions {
@@ -112,6 +125,7 @@ pub struct WgpuOptions {
     pub runtime_checks: bool,
     /// Fixed GEMM tiles instead of the per-problem choice (benches, tests).
     pub tiles: Option<TileConfig>,
+    pub f32_route: F32Route,
 }
 
 /// Key of the pipeline cache: the kernel and its override constants (every variant — dot4,
@@ -158,6 +172,7 @@ pub(crate) struct Inner {
     pub native_dot4: Option<bool>,
     pub runtime_checks: bool,
     pub tiles: Option<TileConfig>,
+    pub f32_route: F32Route,
     modules: Mutex<HashMap<&'static str, wgpu::ShaderModule>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
     compiles: AtomicUsize,
@@ -345,6 +360,7 @@ impl WgpuDevice {
                 native_dot4,
                 runtime_checks: opts.runtime_checks,
                 tiles: opts.tiles.filter(|t| t.valid()),
+                f32_route: opts.f32_route,
                 modules: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
                 compiles: AtomicUsize::new(0),

@@ -22,7 +22,9 @@ mod probe;
 mod shaders;
 
 pub use buffer::{DeviceOutput, GpuBuffer};
-pub use device::{AdapterChoice, DOT4_ENV, Dot4Mode, TileConfig, WgpuDevice, WgpuOptions};
+pub use device::{
+    AdapterChoice, DOT4_ENV, Dot4Mode, F32Route, TileConfig, WgpuDevice, WgpuOptions,
+};
 pub use ops::{DeviceAct, DeviceScale, DeviceWeights};
 pub use probe::probe;
 

@@ -5,7 +5,7 @@
 use bytemuck::{Pod, Zeroable};
 
 use super::buffer::{DeviceOutput, GpuBuffer};
-use super::device::{Launch, TileConfig, WgpuDevice};
+use super::device::{F32Route, Launch, TileConfig, WgpuDevice};
 use crate::config::LowBitActivationFormat;
 use crate::error::{BackendKind, LowbitError, Result};
 use crate::kernels::KernelId;
@@ -21,6 +21,9 @@ const WG: u32 = 256;
 const ABSMEAN_ITEMS: u32 = 16;
 /// Float-path tile edge (lowrank_float / decoder_float).
 const FLOAT_TILE: u32 = 64;
+/// `F32Route::Auto` quantizes f32 input in a separate pass once this many workgroups would
+/// each quantize the same rows (column tiles × heads).
+const F32_PREPACK_READERS: u32 = 8;
 /// Workgroups the split-K decoder aims for (enough waves for a large GPU).
 const DECODER_TARGET_GROUPS: u32 = 1024;
 
@@ -535,6 +538,55 @@ impl WgpuDevice {
         }
     }
 
+    /// Whether f32 input goes through a quantize-pack pass first (see [`F32Route`]), given
+    /// how many workgroups would quantize each row block.
+    fn f32_prepack(&self, readers: u32) -> bool {
+        match self.inner.f32_route {
+            F32Route::Fused => false,
+            F32Route::Prepack => true,
+            F32Route::Auto => readers >= F32_PREPACK_READERS,
+        }
+    }
+
+    /// Quantize-pack launch writing `rows × ceil(k/4)` words of `x` for a packed GEMM;
+    /// uint8pos lanes hold code-128 (padding lanes -128), the GEMM's unsigned form.
+    #[allow(clippy::too_many_arguments)]
+    fn prepack_launch<'a>(
+        &self,
+        op: &'static str,
+        x: &'a GpuBuffer<f32>,
+        rows: usize,
+        k: usize,
+        format: LowBitActivationFormat,
+        plan: &ScalePlan<'a>,
+        words: &'a GpuBuffer<u32>,
+    ) -> Result<Launch<'a>> {
+        let count = to_u32(op, "words", rows * k.div_ceil(4))?;
+        Ok(Launch {
+            kernel: KernelId::QuantizePack,
+            constants: vec![
+                ("WG", f64::from(WG)),
+                (
+                    "A_UNSIGNED",
+                    flag(format == LowBitActivationFormat::Uint8PosExp),
+                ),
+                ("SCALE_DEVICE", flag(plan.device)),
+                ("EPS", f64::from(EPS)),
+            ],
+            params: bytes_of(&QuantParams {
+                len: to_u32(op, "elements", rows * k)?,
+                k: to_u32(op, "k", k)?,
+                k_words: to_u32(op, "k words", k.div_ceil(4))?,
+                count,
+                qmax: format.qmax().unwrap_or(0) as f32,
+                scale: plan.host,
+                ..Default::default()
+            }),
+            buffers: vec![(1, &x.buffer), (3, plan.buffer), (4, &words.buffer)],
+            groups: self.grid_1d(op, count.div_ceil(WG))?,
+        })
+    }
+
     fn gemm_constants(
         &self,
         t: TileConfig,
@@ -715,17 +767,9 @@ impl WgpuDevice {
             qmax: format.qmax().unwrap_or(0) as f32,
             ..Default::default()
         };
-        let x_buf = act_buffer(input);
-        let gemm_out = scratch.as_ref().map_or(out.buffer(), |s| &s.buffer);
-        let scale_buf = plan.as_ref().map_or(self.dummy(), |p| p.buffer);
-        let mut launches = Vec::new();
-        if let (Some(s), Some(p), DeviceAct::F32(x)) = (&absmean, &plan, input)
-            && let Some(sb) = p.compute
-        {
-            launches.extend(self.absmean_launches(OP, x, format, s, sb)?);
-        }
         let scale_device = plan.as_ref().is_some_and(|p| p.device);
-        let (kernel, constants, tile_m, nx) = match flavour {
+        let unsigned = format == LowBitActivationFormat::Uint8PosExp;
+        let (mut kernel, constants, tile_m, nx) = match flavour {
             Flavour::Float => (
                 KernelId::LowrankFloat,
                 vec![("RELU", flag(epilogue.relu)), ("RAW_OUT", flag(half_out))],
@@ -739,7 +783,6 @@ impl WgpuDevice {
                     Flavour::Codes => KernelId::LowrankCodes,
                     _ => KernelId::LowrankF32,
                 };
-                let unsigned = format == LowBitActivationFormat::Uint8PosExp;
                 (
                     kernel,
                     self.gemm_constants(t, unsigned, scale_device, epilogue.relu, half_out),
@@ -747,6 +790,39 @@ impl WgpuDevice {
                     params.n_out.div_ceil(t.bn()),
                 )
             }
+        };
+        // f32 input read by many column tiles (and heads): quantize once into packed words
+        // instead of in every workgroup (same codes, same bits).
+        let prepack: Option<GpuBuffer<u32>> =
+            if flavour == Flavour::F32 && self.f32_prepack(nx.saturating_mul(heads)) {
+                self.check_binding(OP, "packed activations", (shape.x_words_len() * 4) as u64)?;
+                Some(self.alloc(shape.x_words_len())?)
+            } else {
+                None
+            };
+        let gemm_out = scratch.as_ref().map_or(out.buffer(), |s| &s.buffer);
+        let scale_buf = plan.as_ref().map_or(self.dummy(), |p| p.buffer);
+        let mut launches = Vec::new();
+        if let (Some(s), Some(p), DeviceAct::F32(x)) = (&absmean, &plan, input)
+            && let Some(sb) = p.compute
+        {
+            launches.extend(self.absmean_launches(OP, x, format, s, sb)?);
+        }
+        let x_buf = match (&prepack, input, &plan) {
+            (Some(words), DeviceAct::F32(x), Some(p)) => {
+                launches.push(self.prepack_launch(
+                    OP,
+                    x,
+                    shape.x_len() / shape.embd,
+                    shape.embd,
+                    format,
+                    p,
+                    words,
+                )?);
+                kernel = KernelId::LowrankPacked;
+                &words.buffer
+            }
+            _ => act_buffer(input),
         };
         if nx > max {
             return Err(unsupported(
