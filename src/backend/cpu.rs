@@ -27,7 +27,7 @@ use crate::ops::{
     ActInput, DecoderTailShape, Epilogue, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
     dequantize_acc,
 };
-use crate::quant::{activation_code, activation_scale, check_finite, check_scale};
+use crate::quant::{absmean_scale, activation_scale, check_finite, check_scale};
 use crate::reference::rho::{rho_int8_block_scale, rho_int8_code};
 use crate::testing::POISON_F32;
 
@@ -453,7 +453,7 @@ impl CpuBackend {
             ));
         }
         let s = resolve_scale(OP, x, format, scale)?;
-        pack_rows(x, shape.k, out, 0, |v| activation_code(v, s, format));
+        pack_f32(x, shape.k, out, 0, format, s);
         Ok(s)
     }
 }
@@ -509,12 +509,229 @@ fn resolve_scale(
     if x.is_empty() {
         return Err(LowbitError::invalid_shape(op, &[0], "zero-sized input"));
     }
-    check_finite(op, "activations", x)?;
-    match scale.given(op)? {
-        Some(s) => Ok(s),
-        None => activation_scale(x, format)?.ok_or_else(|| {
+    let given = scale.given(op)?;
+    let positive = format == LowBitActivationFormat::Uint8PosExp;
+    // One parallel pass: finiteness (always) and the absmean sum (Compute only).
+    let parts: Vec<(bool, f64)> = x
+        .par_chunks(ELEMS_PER_TASK)
+        .map(|c| {
+            if simd::avx512() {
+                // SAFETY: avx512f/bw detected.
+                unsafe { simd::finite_and_sum_avx512(c, positive) }
+            } else {
+                simd::finite_and_sum(c, positive)
+            }
+        })
+        .collect();
+    if let Some(ci) = parts.iter().position(|p| !p.0) {
+        check_finite(op, "activations", &x[ci * ELEMS_PER_TASK..]).map_err(|e| match e {
+            LowbitError::NonFinite {
+                op,
+                what,
+                index,
+                value,
+            } => LowbitError::NonFinite {
+                op,
+                what,
+                index: index + ci * ELEMS_PER_TASK,
+                value,
+            },
+            e => e,
+        })?;
+    }
+    if let Some(s) = given {
+        return Ok(s);
+    }
+    let (Some(qmax), None) = (format.qmax(), given) else {
+        return activation_scale(x, format)?.ok_or_else(|| {
             LowbitError::unsupported_format(op, format, "the float path has no scale")
-        }),
+        });
+    };
+    let sum: f64 = parts.iter().map(|p| p.1).sum();
+    let scale = absmean_scale((sum / x.len() as f64) as f32, qmax as f32);
+    check_scale(op, "activation scale (2*mean overflows f32)", scale)?;
+    Ok(scale)
+}
+
+/// Element-wise loops compiled twice: plain, and for AVX-512 (chosen at run time). The
+/// results are identical (IEEE ops only, no contraction); only the speed differs.
+mod simd {
+    use crate::config::LowBitActivationFormat;
+    use crate::quant::{activation_code, round_half_away};
+
+    /// Does this CPU have avx512f + avx512bw (checked once)?
+    pub(super) fn avx512() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+            *HAS.get_or_init(|| {
+                std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+
+    /// (all finite, Σ |v| or Σ max(v, 0) in f64 over 8 interleaved lanes).
+    #[inline(always)]
+    pub(super) fn finite_and_sum(c: &[f32], positive: bool) -> (bool, f64) {
+        let mut acc = [0.0f64; 8];
+        let mut finite = true;
+        let f = |v: f32| if positive { v.max(0.0) } else { v.abs() };
+        let chunks = c.chunks_exact(8);
+        let rest = chunks.remainder();
+        for q in chunks {
+            for j in 0..8 {
+                finite &= q[j].is_finite();
+                acc[j] += f64::from(f(q[j]));
+            }
+        }
+        for (j, &v) in rest.iter().enumerate() {
+            finite &= v.is_finite();
+            acc[j] += f64::from(f(v));
+        }
+        let s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        (finite, s)
+    }
+
+    /// # Safety
+    /// The CPU must have avx512f and avx512bw.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn finite_and_sum_avx512(c: &[f32], positive: bool) -> (bool, f64) {
+        finite_and_sum(c, positive)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn finite_and_sum_avx512(c: &[f32], positive: bool) -> (bool, f64) {
+        finite_and_sum(c, positive)
+    }
+
+    /// Rows of `k` values → words of `ceil(k/4)` byte lanes `code(v) + bias` (padding 0).
+    #[inline(always)]
+    pub(super) fn pack_chunk<T: Copy>(
+        src: &[T],
+        k: usize,
+        dst: &mut [u32],
+        bias: i32,
+        code: impl Fn(T) -> i32,
+    ) {
+        let kw = k.div_ceil(4);
+        let lane = |v: T| ((code(v) + bias) as u32) & 0xff;
+        for (drow, srow) in dst.chunks_mut(kw).zip(src.chunks(k)) {
+            let quads = srow.chunks_exact(4);
+            let rest = quads.remainder();
+            for (word, q) in drow.iter_mut().zip(quads) {
+                *word = lane(q[0]) | lane(q[1]) << 8 | lane(q[2]) << 16 | lane(q[3]) << 24;
+            }
+            if !rest.is_empty() {
+                let mut w = 0u32;
+                for (j, &v) in rest.iter().enumerate() {
+                    w |= lane(v) << (8 * j);
+                }
+                drow[kw - 1] = w;
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have avx512f and avx512bw.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_chunk_avx512<T: Copy>(
+        src: &[T],
+        k: usize,
+        dst: &mut [u32],
+        bias: i32,
+        code: impl Fn(T) -> i32,
+    ) {
+        pack_chunk(src, k, dst, bias, code)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn pack_chunk_avx512<T: Copy>(
+        src: &[T],
+        k: usize,
+        dst: &mut [u32],
+        bias: i32,
+        code: impl Fn(T) -> i32,
+    ) {
+        pack_chunk(src, k, dst, bias, code)
+    }
+
+    /// An integral f32 in `[-2^22, 2^22]` to i32 without the saturating `as` (which does not
+    /// vectorise): adding 1.5·2^23 puts the integer in the low mantissa bits.
+    #[inline(always)]
+    fn small_int(f: f32) -> i32 {
+        (f + 12_582_912.0).to_bits() as i32 - 0x4B40_0000
+    }
+
+    // `quant::activation_code` with the format fixed at compile time; the values are the
+    // same (the differential tests compare them bit for bit).
+    #[inline(always)]
+    pub(super) fn code_int8(v: f32, s: f32) -> i32 {
+        small_int(round_half_away(v / s).clamp(-127.0, 127.0))
+    }
+    #[inline(always)]
+    pub(super) fn code_int4(v: f32, s: f32) -> i32 {
+        small_int(round_half_away(v / s).clamp(-7.0, 7.0))
+    }
+    #[inline(always)]
+    pub(super) fn code_uint8(v: f32, s: f32) -> i32 {
+        small_int(round_half_away(v.max(0.0) / s).clamp(0.0, 255.0))
+    }
+
+    /// Codes of a chunk, one i32 each.
+    #[inline(always)]
+    pub(super) fn codes_chunk(x: &[f32], out: &mut [i32], format: LowBitActivationFormat, s: f32) {
+        match format {
+            LowBitActivationFormat::Int8 => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = code_int8(v, s);
+                }
+            }
+            LowBitActivationFormat::Int4Exp => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = code_int4(v, s);
+                }
+            }
+            LowBitActivationFormat::Uint8PosExp => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = code_uint8(v, s);
+                }
+            }
+            LowBitActivationFormat::Fp16 => {
+                for (o, &v) in out.iter_mut().zip(x) {
+                    *o = activation_code(v, s, format);
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have avx512f and avx512bw.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn codes_chunk_avx512(
+        x: &[f32],
+        out: &mut [i32],
+        format: LowBitActivationFormat,
+        s: f32,
+    ) {
+        codes_chunk(x, out, format, s)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn codes_chunk_avx512(
+        x: &[f32],
+        out: &mut [i32],
+        format: LowBitActivationFormat,
+        s: f32,
+    ) {
+        codes_chunk(x, out, format, s)
     }
 }
 
@@ -568,7 +785,16 @@ fn prepare<'a>(
             } else {
                 (0, qmax as i32)
             };
-            if let Some(i) = codes.iter().position(|c| !(lo..=hi).contains(c)) {
+            let bad = codes
+                .par_chunks(ELEMS_PER_TASK)
+                .position_first(|c| !c.iter().fold(true, |ok, v| ok & (lo..=hi).contains(v)))
+                .and_then(|ci| {
+                    let c = &codes[ci * ELEMS_PER_TASK..];
+                    c.iter()
+                        .position(|v| !(lo..=hi).contains(v))
+                        .map(|i| i + ci * ELEMS_PER_TASK)
+                });
+            if let Some(i) = bad {
                 return Err(LowbitError::InvalidArgument {
                     op,
                     what: "activation codes",
@@ -616,7 +842,7 @@ fn prepare<'a>(
             }
             let s = resolve_scale(op, x, format, args.scale)?;
             words = vec![0u32; rows * kw];
-            pack_rows(x, k, &mut words, bias, |v| activation_code(v, s, format));
+            pack_f32(x, k, &mut words, bias, format, s);
             s
         }
     };
@@ -654,19 +880,36 @@ fn pack_rows<T: Copy + Sync>(
 ) {
     let kw = k.div_ceil(4);
     let rows_per_task = ELEMS_PER_TASK.div_ceil(k).max(1);
+    let code = &code;
     dst.par_chunks_mut(rows_per_task * kw)
         .zip(src.par_chunks(rows_per_task * k))
         .for_each(|(d, s)| {
-            for (drow, srow) in d.chunks_mut(kw).zip(s.chunks(k)) {
-                for (word, quad) in drow.iter_mut().zip(srow.chunks(4)) {
-                    let mut w = 0u32;
-                    for (j, &v) in quad.iter().enumerate() {
-                        w |= (((code(v) + bias) as u32) & 0xff) << (8 * j);
-                    }
-                    *word = w;
-                }
+            if simd::avx512() {
+                // SAFETY: avx512f/bw detected.
+                unsafe { simd::pack_chunk_avx512(s, k, d, bias, code) }
+            } else {
+                simd::pack_chunk(s, k, d, bias, code)
             }
         });
+}
+
+/// [`pack_rows`] of f32 values through `format`'s quantizer at scale `s`.
+fn pack_f32(
+    x: &[f32],
+    k: usize,
+    dst: &mut [u32],
+    bias: i32,
+    format: LowBitActivationFormat,
+    s: f32,
+) {
+    match format {
+        LowBitActivationFormat::Int8 => pack_rows(x, k, dst, bias, |v| simd::code_int8(v, s)),
+        LowBitActivationFormat::Int4Exp => pack_rows(x, k, dst, bias, |v| simd::code_int4(v, s)),
+        LowBitActivationFormat::Uint8PosExp => {
+            pack_rows(x, k, dst, bias, |v| simd::code_uint8(v, s))
+        }
+        LowBitActivationFormat::Fp16 => {}
+    }
 }
 
 /// Unpacks weight words to `w·w_scale` in f32, logical rows × columns (float path). `word_row`
@@ -1087,8 +1330,11 @@ impl Backend for CpuBackend {
             .par_chunks_mut(ELEMS_PER_TASK)
             .zip(x.par_chunks(ELEMS_PER_TASK))
             .for_each(|(c, xs)| {
-                for (c, &v) in c.iter_mut().zip(xs) {
-                    *c = activation_code(v, s, format);
+                if simd::avx512() {
+                    // SAFETY: avx512f/bw detected.
+                    unsafe { simd::codes_chunk_avx512(xs, c, format, s) }
+                } else {
+                    simd::codes_chunk(xs, c, format, s)
                 }
             });
         Ok((codes, s))

@@ -738,6 +738,36 @@ pub fn int_cases(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64) {
     }
 }
 
+/// Larger shapes: one variant per input kind (int8 fused f32 with a computed scale, int4
+/// packed, uint8pos codes) and both weight kinds, to keep the debug-mode reference quick.
+pub fn large_cases(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64) {
+    let mut rng = testing::Rng::new(seed);
+    for op in ops {
+        for wk in [WeightKind::Ternary, WeightKind::Int8] {
+            let w = Weights::new(op, wk, &mut rng);
+            let x = make_data(&mut rng, op.in_len(), Data::Normal);
+            for (format, input) in [
+                (Fmt::Int8, InputKind::F32),
+                (Fmt::Int4Exp, InputKind::Packed),
+                (Fmt::Uint8PosExp, InputKind::Codes),
+            ] {
+                let scale = match input {
+                    InputKind::F32 => ScaleSource::Compute,
+                    _ => ScaleSource::Param(ref_scale(&x, format)),
+                };
+                let v = Variant {
+                    format,
+                    input,
+                    scale,
+                    epilogue: Epilogue::default(),
+                };
+                check_int_variant(ctx, name, op, &w, &x, v);
+            }
+            check_float_variant(ctx, name, op, &w, &x, Epilogue::default());
+        }
+    }
+}
+
 /// Every epilogue (f32/f16/bf16, relu or not) on each input variant.
 pub fn epilogue_cases(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64) {
     let mut rng = testing::Rng::new(seed);
