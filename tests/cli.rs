@@ -221,6 +221,49 @@ fn bench_small_cpu_sweep() {
     let written = std::fs::read_to_string(&json).unwrap();
     assert!(written.contains("\"rows\"") && written.contains("\"torch_fp16\""));
 
+    // The device-resident wgpu path (lavapipe in CI), with torch_peer.py's file format.
+    if lowbit_kernels::Capabilities::get()
+        .wgpu
+        .available()
+        .is_some()
+    {
+        std::fs::write(
+            &peers,
+            r#"{"card": "x", "cases": [{"op": "decoder_tail", "m": 3, "k": 66, "n": 20,
+                "int_mm_ms": 0.5, "bf16_mm_ms": 0.25}]}"#,
+        )
+        .unwrap();
+        let o = lowbit(&[
+            "bench",
+            "--backend",
+            "wgpu",
+            "--m",
+            "1,3",
+            "--d",
+            "20",
+            "--h",
+            "2",
+            "--n",
+            "33",
+            "--iters",
+            "2",
+            "--peers",
+            p(&peers),
+        ]);
+        let (out, err) = text(&o);
+        assert!(o.status.success(), "{out}{err}");
+        assert_eq!(
+            out.lines().filter(|l| l.starts_with("wgpu ")).count(),
+            10,
+            "{out}"
+        );
+        assert!(
+            out.contains("device (") && out.contains("vs int_mm") && out.contains("vs bf16_mm")
+        );
+    } else {
+        println!("SKIPPED: no wgpu adapter: the device-resident bench path is not exercised");
+    }
+
     let bad = lowbit(&["bench", "--op", "matmul"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad).1.contains("unknown op"));

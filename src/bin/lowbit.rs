@@ -13,6 +13,8 @@ mod probe;
 mod run;
 #[path = "lowbit/table.rs"]
 mod table;
+#[path = "lowbit/timers.rs"]
+mod timers;
 #[path = "lowbit/verify.rs"]
 mod verify;
 

@@ -6,35 +6,35 @@
 
 use std::io::IsTerminal as _;
 use std::io::Write as _;
-use std::time::Instant;
 
-use lowbit_kernels::backend::cpu::CpuBackend;
-use lowbit_kernels::backend::{self, ProjectionArgs};
+use lowbit_kernels::backend;
 use lowbit_kernels::ops::quantize::QuantizeShape;
 use lowbit_kernels::testing::Rng;
-use lowbit_kernels::{
-    ActInput, Backend, BackendKind, DecoderTailShape, Epilogue, LowBitActivationFormat,
-    LowbitError, LowrankShape, ScaleSource,
-};
+use lowbit_kernels::{BackendKind, DecoderTailShape, LowbitError, LowrankShape};
 
 use crate::args::{Args, parse_backends};
 use crate::json::{Json, obj};
 use crate::table;
+use crate::timers::{CpuTimer, Inputs, Op, Timer, TraitTimer};
 
 pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowrank|decoder-tail|quantize|all]
              [--variant packed|f32|all] [--m 1,16,512,2048,8192] [--d 256] [--h 4] [--n 8192]
-             [--iters K] [--json FILE] [--peers FILE]
+             [--iters K] [--json FILE] [--peers FILE] [--transfers]
   Times each op at BDH shapes (tokens M, embedding D, heads H, latent N):
     lowrank       x[1,1,M,D] . W[H,D,N]   -> [1,H,M,N]   (2*M*H*D*N int ops)
     decoder-tail  y[1,H,M,N] . W[H*N,D]   -> [1,1,M,D]   (2*M*H*N*D int ops)
-    quantize      y[1,H,M,N] f32 -> int8x4 words, scale on the backend
+    quantize      y[1,H,M,N] f32 -> int8x4 words, scale computed on the backend
   variants: packed = prepacked int8x4 input + host scale (the GEMM alone);
             f32 = f32 input quantized inside the op, scale computed by the backend.
-  Weights are ternary. Time is the median of K runs (default: >= 3 runs and >= 0.3 s).
-  GB/s counts input + weights + output once; '% bw' is that over this device's measured copy
-  bandwidth (CPU: a parallel memcpy microbenchmark), '% peak' the int ops over the measured
-  compute ceiling where one is known. GPU rows go through the host-slice Backend trait and are
-  labelled 'incl. transfers'.
+  Weights are ternary, uploaded once. Each backend is timed through its own API: the CPU's
+  `*_into` functions (wall clock), CUDA's device-resident ops (CUDA events), wgpu's
+  device-resident ops (GPU timestamps, else wall clock around a blocking poll); at M <= 16 the
+  GPUs rotate through 8 weight copies so the weights come from DRAM, not a warm L2.
+  --transfers times every backend through the host-slice Backend trait instead (upload +
+  kernels + download). Time is the median of K runs (default: >= 3 runs and >= 0.3 s).
+  GB/s counts input + weights + output once; '% bw' is that over the device's measured copy
+  bandwidth (CPU: a parallel memcpy; CUDA: the crate's copy kernel), '% peak' the int ops over
+  the measured dp4a ceiling (CUDA). A case beyond a device limit is skipped with the reason.
   --peers FILE adds a column 'vs NAME' = peer time / lowbit time (> 1: lowbit is faster) for
   every peer in FILE, a JSON list of {\"op\", \"m\", \"name\", \"us\"} (optionally \"d\", \"h\", \"n\"),
   e.g. written by benches/peers/torch_peer.py on the same card.
@@ -42,13 +42,35 @@ pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowran
 
 const OPS: [&str; 3] = ["lowrank", "decoder-tail", "quantize"];
 
+/// One peer timing. Shape fields that are present must match the bench's shape.
 #[derive(Clone, Debug)]
 struct Peer {
     op: String,
     m: usize,
     name: String,
     us: f64,
+    /// `d`, `h`, `n` of the BDH shape.
     dhn: [Option<usize>; 3],
+    /// The GEMM's `k` and `n` (torch_peer.py's cases: lowrank `k = D, n = H·N`, decoder
+    /// tail `k = H·N, n = D`).
+    kn: [Option<usize>; 2],
+}
+
+impl Peer {
+    fn fits(&self, op: &str, m: usize, dims: &Dims) -> bool {
+        let kn = match op {
+            "lowrank" => [dims.d, dims.h * dims.n],
+            _ => [dims.h * dims.n, dims.d],
+        };
+        let same = |theirs: Option<usize>, ours: usize| theirs.is_none_or(|t| t == ours);
+        self.op == op
+            && self.m == m
+            && [dims.d, dims.h, dims.n]
+                .iter()
+                .zip(self.dhn)
+                .all(|(&o, t)| same(t, o))
+            && kn.iter().zip(self.kn).all(|(&o, t)| same(t, o))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -93,65 +115,78 @@ fn normalize_op(op: &str) -> String {
     op.trim().to_ascii_lowercase().replace('_', "-")
 }
 
+/// Reads a peers file: a list of `{"op", "m", "name", "us"}` (optionally `"d"`, `"h"`,
+/// `"n"`), or `benches/peers/torch_peer.py`'s `{"cases": [{"op", "m", "k", "n",
+/// "<name>_ms": ...}]}` (one peer per `*_ms` key).
 fn load_peers(path: &str) -> Result<Vec<Peer>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("--peers {path}: {e}"))?;
     let json = crate::json::Json::parse(&text).map_err(|e| format!("--peers {path}: {e}"))?;
-    // A bare list, or an object holding it under "peers" / "results" / "rows".
     let list = json
         .as_array()
         .or_else(|| {
-            ["peers", "results", "rows"]
+            ["cases", "peers", "results", "rows"]
                 .iter()
                 .find_map(|k| json.get(k).and_then(Json::as_array))
         })
         .ok_or_else(|| {
-            format!("--peers {path}: expected a JSON list of {{\"op\", \"m\", \"name\", \"us\"}}")
+            format!(
+                "--peers {path}: expected a JSON list of {{\"op\", \"m\", \"name\", \"us\"}} \
+                 or torch_peer.py's {{\"cases\": [...]}}"
+            )
         })?;
-    let dim = |e: &Json, k: &str| e.get(k).and_then(Json::as_f64).map(|v| v as usize);
-    list.iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let field = |k: &str| format!("--peers {path}: entry {i} lacks {k:?}");
-            Ok(Peer {
-                op: normalize_op(
-                    e.get("op")
-                        .and_then(Json::as_str)
-                        .ok_or_else(|| field("op"))?,
-                ),
-                m: dim(e, "m").ok_or_else(|| field("m"))?,
-                name: e
-                    .get("name")
-                    .and_then(Json::as_str)
-                    .ok_or_else(|| field("name"))?
-                    .to_string(),
-                us: e
-                    .get("us")
-                    .and_then(Json::as_f64)
-                    .filter(|v| *v > 0.0)
-                    .ok_or_else(|| field("us (> 0)"))?,
-                dhn: [dim(e, "d"), dim(e, "h"), dim(e, "n")],
-            })
-        })
-        .collect()
-}
-
-/// Parallel memcpy bandwidth of this machine in bytes/s (read + write counted).
-fn cpu_copy_bandwidth() -> f64 {
-    use rayon::prelude::*;
-    const LEN: usize = 32 << 20; // 32 Mi u64 = 256 MiB per buffer
-    let src: Vec<u64> = (0..LEN as u64).collect();
-    let mut dst = vec![0u64; LEN];
-    let chunk = LEN / (4 * rayon::current_num_threads().max(1));
-    let mut best = f64::INFINITY;
-    for _ in 0..4 {
-        let t = Instant::now();
-        dst.par_chunks_mut(chunk)
-            .zip(src.par_chunks(chunk))
-            .for_each(|(d, s)| d.copy_from_slice(s));
-        best = best.min(t.elapsed().as_secs_f64());
+    let num = |e: &Json, k: &str| e.get(k).and_then(Json::as_f64);
+    let dim = |e: &Json, k: &str| num(e, k).map(|v| v as usize);
+    let mut peers = Vec::new();
+    for (i, e) in list.iter().enumerate() {
+        let field = |k: &str| format!("--peers {path}: entry {i} lacks {k:?}");
+        let op = normalize_op(
+            e.get("op")
+                .and_then(Json::as_str)
+                .ok_or_else(|| field("op"))?,
+        );
+        let m = dim(e, "m").ok_or_else(|| field("m"))?;
+        let base = Peer {
+            op,
+            m,
+            name: String::new(),
+            us: 0.0,
+            dhn: [dim(e, "d"), dim(e, "h"), dim(e, "n")],
+            kn: [None, None],
+        };
+        if let Some(name) = e.get("name").and_then(Json::as_str) {
+            let us = num(e, "us")
+                .filter(|v| *v > 0.0)
+                .ok_or_else(|| field("us (> 0)"))?;
+            peers.push(Peer {
+                name: name.to_string(),
+                us,
+                ..base
+            });
+            continue;
+        }
+        let Json::Obj(pairs) = e else {
+            return Err(field("name"));
+        };
+        // torch_peer.py: `k`/`n` are the GEMM's, and every `<name>_ms` is one peer.
+        let timed: Vec<(String, f64)> = pairs
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_suffix("_ms")?.to_string(), v.as_f64()?)))
+            .filter(|(_, ms)| *ms > 0.0)
+            .collect();
+        if timed.is_empty() {
+            return Err(field("name and us, or <name>_ms"));
+        }
+        for (name, ms) in timed {
+            peers.push(Peer {
+                name,
+                us: ms * 1e3,
+                dhn: [None; 3],
+                kn: [dim(e, "k"), dim(e, "n")],
+                ..base.clone()
+            });
+        }
     }
-    std::hint::black_box(&dst);
-    (2 * LEN * 8) as f64 / best
+    Ok(peers)
 }
 
 struct Progress {
@@ -184,33 +219,6 @@ impl Progress {
     }
 }
 
-/// Median and minimum of `iters` timed runs of `f` after one warm-up run (which also checks
-/// that `f` works). `iters == 0` means adaptive: at least 3 runs and 0.3 s, at most 1000 runs.
-fn time_it(
-    iters: usize,
-    mut f: impl FnMut() -> lowbit_kernels::Result<()>,
-) -> lowbit_kernels::Result<(f64, f64, usize)> {
-    f()?;
-    let mut times = Vec::new();
-    let start = Instant::now();
-    loop {
-        let t = Instant::now();
-        f()?;
-        times.push(t.elapsed().as_secs_f64());
-        let n = times.len();
-        let done = if iters > 0 {
-            n >= iters
-        } else {
-            (n >= 3 && start.elapsed().as_secs_f64() >= 0.3) || n >= 1000
-        };
-        if done {
-            break;
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], times[0], times.len()))
-}
-
 /// Random int8 codes in [-127, 127], 8 per RNG draw.
 fn int8_words(rng: &mut Rng, words: usize) -> Vec<u32> {
     (0..words)
@@ -225,208 +233,107 @@ fn f32s(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.range(-2.0, 2.0)).collect()
 }
 
-/// A backend to time: the CPU through its own `*_into` API (preallocated outputs, nothing
-/// but the op in the timed region), any other through the host-slice trait.
-enum Runner {
-    Cpu(CpuBackend),
-    Trait(Box<dyn Backend>),
-}
-
-impl Runner {
-    fn as_cpu(&self) -> Option<&CpuBackend> {
-        match self {
-            Self::Cpu(cpu) => Some(cpu),
-            Self::Trait(_) => None,
-        }
-    }
-    fn lowrank(
-        &self,
-        shape: &LowrankShape,
-        args: &ProjectionArgs<'_>,
-    ) -> lowbit_kernels::Result<lowbit_kernels::ProjectionOutput> {
-        match self {
-            Self::Cpu(cpu) => cpu.lowrank(shape, args),
-            Self::Trait(be) => be.lowrank(shape, args),
-        }
-    }
-    fn decoder_tail(
-        &self,
-        shape: &DecoderTailShape,
-        args: &ProjectionArgs<'_>,
-    ) -> lowbit_kernels::Result<lowbit_kernels::ProjectionOutput> {
-        match self {
-            Self::Cpu(cpu) => cpu.decoder_tail(shape, args),
-            Self::Trait(be) => be.decoder_tail(shape, args),
-        }
-    }
-    fn quantize_pack_i8x4(
-        &self,
-        x: &[f32],
-        shape: QuantizeShape,
-        format: LowBitActivationFormat,
-        scale: ScaleSource,
-    ) -> lowbit_kernels::Result<(Vec<u32>, f32)> {
-        match self {
-            Self::Cpu(cpu) => cpu.quantize_pack_i8x4(x, shape, format, scale),
-            Self::Trait(be) => be.quantize_pack_i8x4(x, shape, format, scale),
-        }
-    }
-    fn kind(&self) -> BackendKind {
-        match self {
-            Self::Cpu(cpu) => cpu.kind(),
-            Self::Trait(be) => be.kind(),
-        }
-    }
-    fn name(&self) -> String {
-        match self {
-            Self::Cpu(cpu) => cpu.name(),
-            Self::Trait(be) => be.name(),
-        }
-    }
-}
-
 struct Dims {
     d: usize,
     h: usize,
     n: usize,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn bench_one(
-    be: &Runner,
-    op: &'static str,
-    variant: &'static str,
+/// Host data of one op at one M: the op's shape, its activations, int ops and bytes moved.
+struct CaseData {
+    op: Op,
+    shape: String,
+    words: Vec<u32>,
+    f32s: Vec<f32>,
+    int_ops: Option<u64>,
+    bytes: u64,
+}
+
+fn case_data(
+    op: &str,
+    packed: bool,
     m: usize,
     dims: &Dims,
-    iters: usize,
     rng: &mut Rng,
-) -> lowbit_kernels::Result<(String, Option<u64>, u64, f64, f64, usize)> {
+) -> lowbit_kernels::Result<CaseData> {
     let Dims { d, h, n } = *dims;
-    let fmt = LowBitActivationFormat::Int8;
-    let packed = variant == "packed";
-    let scale = if packed {
-        ScaleSource::Param(0.01)
-    } else {
-        ScaleSource::Compute
-    };
-    match op {
+    let (op, shape, act_len, act_words, w_words, out_len, int_ops) = match op {
         "lowrank" => {
-            let shape = LowrankShape::bdh(m, h, d, n)?;
-            let codes = rng.ternary(shape.w_len());
-            let w = lowbit_kernels::pack_lowrank_weight_codes_i8x4(&codes, h, d, n)?;
-            drop(codes);
-            let xw = if packed {
-                int8_words(rng, shape.x_words_len())
-            } else {
-                Vec::new()
-            };
-            let xf = if packed {
-                Vec::new()
-            } else {
-                f32s(rng, shape.x_len())
-            };
-            let input = if packed {
-                ActInput::Packed(&xw)
-            } else {
-                ActInput::F32(&xf)
-            };
-            let args = ProjectionArgs {
-                input,
-                format: fmt,
-                scale,
-                w_words: &w,
-                w_scale: 0.02,
-                w_qmax: 1,
-                epilogue: Epilogue::default(),
-            };
-            let in_bytes = if packed { xw.len() * 4 } else { xf.len() * 4 };
-            let bytes = (in_bytes + w.len() * 4 + shape.out_len() * 4) as u64;
-            let (med, min, k) = match be.as_cpu() {
-                Some(cpu) => {
-                    let mut out = vec![0.0f32; shape.out_len()];
-                    time_it(iters, || {
-                        cpu.lowrank_into(&shape, &args, &mut out).map(drop)
-                    })?
-                }
-                None => time_it(iters, || be.lowrank(&shape, &args).map(drop))?,
-            };
-            Ok((
-                format!("x[1,1,{m},{d}] w[{h},{d},{n}]"),
-                Some(shape.int_ops()),
-                bytes,
-                med,
-                min,
-                k,
-            ))
+            let s = LowrankShape::bdh(m, h, d, n)?;
+            let text = format!("x[1,1,{m},{d}] w[{h},{d},{n}]");
+            let (xl, xw, ww, ol, ops) = (
+                s.x_len(),
+                s.x_words_len(),
+                s.w_words_len(),
+                s.out_len(),
+                s.int_ops(),
+            );
+            (Op::Lowrank(s), text, xl, xw, ww, ol, Some(ops))
         }
         "decoder-tail" => {
-            let shape = DecoderTailShape::bdh(m, h, n, d)?;
-            let codes = rng.ternary(shape.w_len());
-            let w = lowbit_kernels::pack_decoder_weight_codes_i8x4(&codes, h, n, d)?;
-            drop(codes);
-            let yw = if packed {
-                int8_words(rng, shape.y_words_len())
-            } else {
-                Vec::new()
-            };
-            let yf = if packed {
-                Vec::new()
-            } else {
-                f32s(rng, shape.y_len())
-            };
-            let input = if packed {
-                ActInput::Packed(&yw)
-            } else {
-                ActInput::F32(&yf)
-            };
-            let args = ProjectionArgs {
-                input,
-                format: fmt,
-                scale,
-                w_words: &w,
-                w_scale: 0.02,
-                w_qmax: 1,
-                epilogue: Epilogue::default(),
-            };
-            let in_bytes = if packed { yw.len() * 4 } else { yf.len() * 4 };
-            let bytes = (in_bytes + w.len() * 4 + shape.out_len() * 4) as u64;
-            let (med, min, k) = match be.as_cpu() {
-                Some(cpu) => {
-                    let mut out = vec![0.0f32; shape.out_len()];
-                    time_it(iters, || {
-                        cpu.decoder_tail_into(&shape, &args, &mut out).map(drop)
-                    })?
-                }
-                None => time_it(iters, || be.decoder_tail(&shape, &args).map(drop))?,
-            };
-            Ok((
-                format!("y[1,{h},{m},{n}] w[{},{d}]", h * n),
-                Some(shape.int_ops()),
-                bytes,
-                med,
-                min,
-                k,
-            ))
+            let s = DecoderTailShape::bdh(m, h, n, d)?;
+            let text = format!("y[1,{h},{m},{n}] w[{},{d}]", h * n);
+            let (yl, yw, ww, ol, ops) = (
+                s.y_len(),
+                s.y_words_len(),
+                s.w_words_len(),
+                s.out_len(),
+                s.int_ops(),
+            );
+            (Op::Decoder(s), text, yl, yw, ww, ol, Some(ops))
         }
         _ => {
-            let shape = QuantizeShape::new(h * m, n)?;
-            let y = f32s(rng, shape.len());
-            let bytes = (shape.len() * 4 + shape.words_len() * 4) as u64;
-            let (med, min, k) = match be.as_cpu() {
-                Some(cpu) => {
-                    let mut out = vec![0u32; shape.words_len()];
-                    time_it(iters, || {
-                        cpu.quantize_pack_into(&y, shape, fmt, ScaleSource::Compute, &mut out)
-                            .map(drop)
-                    })?
-                }
-                None => time_it(iters, || {
-                    be.quantize_pack_i8x4(&y, shape, fmt, ScaleSource::Compute)
-                        .map(drop)
-                })?,
-            };
-            Ok((format!("y[1,{h},{m},{n}]"), None, bytes, med, min, k))
+            let s = QuantizeShape::new(h * m, n)?;
+            let text = format!("y[1,{h},{m},{n}]");
+            (Op::Quantize(s), text, s.len(), 0, 0, s.words_len(), None)
         }
+    };
+    let quantize = matches!(op, Op::Quantize(_));
+    let (words, f32s) = if packed && !quantize {
+        (int8_words(rng, act_words), Vec::new())
+    } else {
+        (Vec::new(), f32s(rng, act_len))
+    };
+    // Input + weights (int8x4 words) + output, once each; quantize writes words.
+    let in_bytes = 4 * (words.len() + f32s.len());
+    let bytes = (in_bytes + 4 * w_words + 4 * out_len) as u64;
+    Ok(CaseData {
+        op,
+        shape,
+        words,
+        f32s,
+        int_ops,
+        bytes,
+    })
+}
+
+/// Weight words of `op` (ternary codes packed as int8x4), or none for quantize.
+fn weights(op: &str, dims: &Dims, rng: &mut Rng) -> lowbit_kernels::Result<Vec<u32>> {
+    let Dims { d, h, n } = *dims;
+    match op {
+        "lowrank" => {
+            lowbit_kernels::pack_lowrank_weight_codes_i8x4(&rng.ternary(h * d * n), h, d, n)
+        }
+        "decoder-tail" => {
+            lowbit_kernels::pack_decoder_weight_codes_i8x4(&rng.ternary(h * n * d), h, n, d)
+        }
+        _ => Ok(Vec::new()),
+    }
+}
+
+/// Opens the timer of `kind`: the backend's own fastest API, or the host-slice trait.
+fn open_timer(kind: BackendKind, transfers: bool) -> lowbit_kernels::Result<Box<dyn Timer>> {
+    if transfers {
+        return Ok(Box::new(TraitTimer::new(backend::open(kind)?)));
+    }
+    match kind {
+        BackendKind::Cpu => Ok(Box::new(CpuTimer::new())),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => Ok(Box::new(crate::timers::CudaTimer::new(0)?)),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => Ok(Box::new(crate::timers::WgpuTimer::new()?)),
+        #[allow(unreachable_patterns)]
+        other => Ok(Box::new(TraitTimer::new(backend::open(other)?))),
     }
 }
 
@@ -436,7 +343,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         &[
             "backend", "op", "variant", "m", "d", "h", "n", "iters", "json", "peers",
         ],
-        &[],
+        &["transfers"],
     )?;
     args.at_most_positional(0)?;
     let kinds = parse_backends(args.value("backend"))?;
@@ -479,15 +386,11 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
     }
 
     let required = lowbit_kernels::testing::required_backends();
-    let mut backends: Vec<Runner> = Vec::new();
+    let mut backends: Vec<Box<dyn Timer>> = Vec::new();
     let mut failed = false;
     for &kind in &kinds {
-        if kind == BackendKind::Cpu {
-            backends.push(Runner::Cpu(CpuBackend::new()));
-            continue;
-        }
-        match backend::open(kind) {
-            Ok(be) => backends.push(Runner::Trait(be)),
+        match open_timer(kind, args.switch("transfers")) {
+            Ok(t) => backends.push(t),
             Err(LowbitError::BackendUnavailable { reason, .. }) if !required.contains(&kind) => {
                 eprintln!("skipping {kind}: {reason}");
             }
@@ -506,16 +409,26 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
     };
     let mut rows = Vec::new();
     let mut rng = Rng::new(7);
-    for be in &backends {
+    for be in backends.iter_mut() {
         let kind = be.kind();
-        let (copy_bw, compute_peak, timing) = match kind {
-            BackendKind::Cpu => {
-                progress.show("cpu: measuring copy bandwidth");
-                (Some(cpu_copy_bandwidth()), None, "host")
-            }
-            _ => (None, None, "incl. transfers"),
-        };
+        progress.show(&format!("{kind}: measuring ceilings"));
+        let (copy_bw, compute_peak, timing) = (be.copy_bandwidth(), be.compute_peak(), be.timing());
         for &op in &ops {
+            let weights = match weights(op, &dims, &mut rng).and_then(|w| {
+                if w.is_empty() {
+                    Ok(())
+                } else {
+                    be.set_weights(&w)
+                }
+            }) {
+                Ok(()) => true,
+                Err(e) => {
+                    progress.finish();
+                    eprintln!("lowbit bench: {kind} {op}: weights: {e}");
+                    failed = true;
+                    false
+                }
+            };
             let op_variants: Vec<&'static str> = if op == "quantize" {
                 vec!["f32"]
             } else {
@@ -524,40 +437,52 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
             for &variant in &op_variants {
                 for &m in &ms {
                     progress.step(&format!("{kind} {op} {variant} m={m}"));
-                    match bench_one(be, op, variant, m, &dims, iters, &mut rng) {
-                        Ok((shape, int_ops, bytes, median_s, min_s, iters)) => {
+                    if !weights {
+                        continue;
+                    }
+                    let res =
+                        case_data(op, variant == "packed", m, &dims, &mut rng).and_then(|c| {
+                            let inputs = Inputs {
+                                words: &c.words,
+                                f32s: &c.f32s,
+                                packed: variant == "packed",
+                            };
+                            be.time(&c.op, &inputs, iters).map(|t| (c, t))
+                        });
+                    match res {
+                        Ok((case, t)) => {
                             let mut row = BenchRow {
                                 backend: kind,
                                 device: be.name(),
                                 op,
                                 variant,
                                 m,
-                                shape,
-                                iters,
-                                median_s,
-                                min_s,
-                                int_ops,
-                                bytes,
+                                shape: case.shape,
+                                iters: t.runs,
+                                median_s: t.median_s,
+                                min_s: t.min_s,
+                                int_ops: case.int_ops,
+                                bytes: case.bytes,
                                 copy_bw,
                                 compute_peak,
                                 timing,
                                 peers: Vec::new(),
                             };
                             for name in &peer_names {
-                                let hit = peers.iter().find(|p| {
-                                    &p.name == name
-                                        && p.op == op
-                                        && p.m == m
-                                        && [dims.d, dims.h, dims.n]
-                                            .iter()
-                                            .zip(p.dhn)
-                                            .all(|(&ours, theirs)| theirs.is_none_or(|t| t == ours))
-                                });
+                                let hit = peers
+                                    .iter()
+                                    .find(|p| &p.name == name && p.fits(op, m, &dims));
                                 if let Some(p) = hit {
                                     row.peers.push((name.clone(), p.us * 1e-6 / row.median_s));
                                 }
                             }
                             rows.push(row);
+                        }
+                        // A device limit (e.g. lavapipe's 128 MiB storage bindings) skips the
+                        // case; anything else is a failure.
+                        Err(LowbitError::Unsupported { reason, .. }) => {
+                            progress.finish();
+                            eprintln!("skipping {kind} {op} {variant} m={m}: {reason}");
                         }
                         Err(e) => {
                             progress.finish();
@@ -590,7 +515,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
                 r.shape.clone(),
                 table::fmt_duration(r.median_s),
                 table::fmt_duration(r.min_s),
-                r.tops().map_or("-".into(), |t| format!("{t:.3}")),
+                r.tops().map_or("-".into(), fmt_tops),
                 format!("{:.1}", r.gbps()),
                 r.pct_bw().map_or("-".into(), pct),
                 r.pct_peak().map_or("-".into(), pct),
@@ -609,23 +534,18 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         .collect();
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     print!("{}", table::render(&header_refs, &cells));
-    for be in &backends {
-        if be.kind() == BackendKind::Cpu
-            && let Some(r) = rows.iter().find(|r| r.backend == BackendKind::Cpu)
-            && let Some(bw) = r.copy_bw
-        {
-            println!(
-                "cpu: {} threads, copy bandwidth {:.1} GB/s (read+write, parallel memcpy)",
-                rayon::current_num_threads(),
+    for be in backends.iter_mut() {
+        let mut facts = vec![format!("timing: {}", be.timing())];
+        if let Some(bw) = be.copy_bandwidth() {
+            facts.push(format!(
+                "copy bandwidth {:.1} GB/s (read + write)",
                 bw / 1e9
-            );
-        } else if be.kind() != BackendKind::Cpu {
-            println!(
-                "{}: {} (timed through the host-slice Backend trait: upload + kernel + download)",
-                be.kind(),
-                be.name()
-            );
+            ));
         }
+        if let Some(peak) = be.compute_peak() {
+            facts.push(format!("int8 compute ceiling {:.1} TOPS", peak / 1e12));
+        }
+        println!("{}: {}; {}", be.kind(), be.name(), facts.join(", "));
     }
     if !peer_names.is_empty() {
         println!("vs NAME = peer time / lowbit time (> 1: lowbit is faster)");
@@ -643,6 +563,16 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         eprintln!("wrote {path}");
     }
     Ok(if failed { 1 } else { 0 })
+}
+
+fn fmt_tops(t: f64) -> String {
+    if t >= 1.0 {
+        format!("{t:.2}")
+    } else if t >= 0.001 {
+        format!("{t:.4}")
+    } else {
+        format!("{t:.1e}")
+    }
 }
 
 fn pct(p: f64) -> String {

@@ -1,0 +1,603 @@
+//! What `lowbit bench` times, per backend, through that backend's own fastest API:
+//!
+//! * CPU: `CpuBackend::*_into` with preallocated outputs (wall clock; `host`);
+//! * CUDA: the device-resident ops on buffers uploaded once, timed with CUDA events
+//!   (`device (CUDA events)`), with the dp4a and copy-bandwidth ceilings of
+//!   `backend::cuda::microbench` for the `% peak` / `% bw` columns;
+//! * wgpu: the device-resident ops, timed with GPU timestamp queries where the adapter has
+//!   them (`device (GPU timestamps)`), else wall clock with a blocking poll inside the timed
+//!   region (`device (wall + poll)`);
+//! * `--transfers`: any backend through the host-slice `Backend` trait (`incl. transfers`).
+//!
+//! At small M the GPU timers rotate through [`COLD_COPIES`] copies of the weights so that they
+//! come from DRAM, not from an L2 still warm from the previous run.
+
+use std::time::Instant;
+
+use lowbit_kernels::backend::ProjectionArgs;
+use lowbit_kernels::backend::cpu::CpuBackend;
+use lowbit_kernels::ops::quantize::QuantizeShape;
+use lowbit_kernels::{
+    ActInput, Backend, BackendKind, DecoderTailShape, Epilogue, LowBitActivationFormat,
+    LowrankShape, Result, ScaleSource,
+};
+
+/// The activation format of every bench row.
+pub const FORMAT: LowBitActivationFormat = LowBitActivationFormat::Int8;
+/// Host scale of the `packed` variant and weight scale of every row (values do not matter
+/// for timing).
+pub const A_SCALE: f32 = 0.01;
+pub const W_SCALE: f32 = 0.02;
+/// Weight copies rotated through at small M on GPUs.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
+pub const COLD_COPIES: usize = 8;
+/// Largest M at which the GPU timers rotate weight copies.
+#[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
+pub const COLD_MAX_M: usize = 16;
+
+/// One op at one shape.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Lowrank(LowrankShape),
+    Decoder(DecoderTailShape),
+    Quantize(QuantizeShape),
+}
+
+impl Op {
+    #[cfg_attr(not(any(feature = "cuda", feature = "wgpu")), allow(dead_code))]
+    fn m(&self) -> usize {
+        match self {
+            Self::Lowrank(s) => s.m(),
+            Self::Decoder(s) => s.m(),
+            Self::Quantize(s) => s.rows,
+        }
+    }
+}
+
+/// Host data of one case: the activations in the form the variant takes.
+pub struct Inputs<'a> {
+    /// Prepacked int8x4 words (`packed` variant) — else empty.
+    pub words: &'a [u32],
+    /// f32 activations (`f32` variant, quantize) — else empty.
+    pub f32s: &'a [f32],
+    pub packed: bool,
+}
+
+/// Median / fastest of the timed runs.
+#[derive(Clone, Copy, Debug)]
+pub struct Sampled {
+    pub median_s: f64,
+    pub min_s: f64,
+    pub runs: usize,
+}
+
+/// Runs `one` (which returns the seconds of one run) once to warm up, then `iters` times, or
+/// adaptively (`iters == 0`: at least 3 runs and 0.3 s, at most 1000 runs).
+pub fn sample(iters: usize, mut one: impl FnMut() -> Result<f64>) -> Result<Sampled> {
+    one()?;
+    let mut times = Vec::new();
+    let start = Instant::now();
+    loop {
+        times.push(one()?);
+        let n = times.len();
+        let done = if iters > 0 {
+            n >= iters
+        } else {
+            (n >= 3 && start.elapsed().as_secs_f64() >= 0.3) || n >= 1000
+        };
+        if done {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(Sampled {
+        median_s: times[times.len() / 2],
+        min_s: times[0],
+        runs: times.len(),
+    })
+}
+
+fn wall(f: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn host_args<'a>(inputs: &Inputs<'a>, w_words: &'a [u32]) -> ProjectionArgs<'a> {
+    ProjectionArgs {
+        input: if inputs.packed {
+            ActInput::Packed(inputs.words)
+        } else {
+            ActInput::F32(inputs.f32s)
+        },
+        format: FORMAT,
+        scale: if inputs.packed {
+            ScaleSource::Param(A_SCALE)
+        } else {
+            ScaleSource::Compute
+        },
+        w_words,
+        w_scale: W_SCALE,
+        w_qmax: 1,
+        epilogue: Epilogue::default(),
+    }
+}
+
+/// A backend as `lowbit bench` times it.
+pub trait Timer {
+    fn kind(&self) -> BackendKind;
+    fn name(&self) -> String;
+    /// How the time is taken (a table column).
+    fn timing(&self) -> &'static str;
+    /// Measured copy bandwidth (bytes read + written per second), if known.
+    fn copy_bandwidth(&mut self) -> Option<f64>;
+    /// Measured integer compute ceiling (int ops per second), if known.
+    fn compute_peak(&self) -> Option<f64>;
+    /// Packed weight words of the next ops (uploaded once, reused across M and variants).
+    fn set_weights(&mut self, words: &[u32]) -> Result<()>;
+    fn time(&mut self, op: &Op, inputs: &Inputs<'_>, iters: usize) -> Result<Sampled>;
+}
+
+/// The CPU through `CpuBackend::*_into` (outputs preallocated outside the timed region).
+pub struct CpuTimer {
+    cpu: CpuBackend,
+    weights: Vec<u32>,
+    copy_bw: Option<f64>,
+}
+
+impl CpuTimer {
+    pub fn new() -> Self {
+        Self {
+            cpu: CpuBackend::new(),
+            weights: Vec::new(),
+            copy_bw: None,
+        }
+    }
+}
+
+/// Parallel memcpy bandwidth of this machine in bytes/s (read + write counted).
+fn cpu_copy_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    const LEN: usize = 32 << 20; // 32 Mi u64 = 256 MiB per buffer
+    let src = vec![1u64; LEN];
+    let mut dst = vec![0u64; LEN];
+    let chunk = LEN / (4 * rayon::current_num_threads().max(1));
+    let mut best = f64::INFINITY;
+    for _ in 0..4 {
+        let t = Instant::now();
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&dst);
+    (2 * LEN * 8) as f64 / best
+}
+
+impl Timer for CpuTimer {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Cpu
+    }
+    fn name(&self) -> String {
+        self.cpu.name()
+    }
+    fn timing(&self) -> &'static str {
+        "host"
+    }
+    fn copy_bandwidth(&mut self) -> Option<f64> {
+        Some(*self.copy_bw.get_or_insert_with(cpu_copy_bandwidth))
+    }
+    fn compute_peak(&self) -> Option<f64> {
+        None
+    }
+    fn set_weights(&mut self, words: &[u32]) -> Result<()> {
+        self.weights = words.to_vec();
+        Ok(())
+    }
+    fn time(&mut self, op: &Op, inputs: &Inputs<'_>, iters: usize) -> Result<Sampled> {
+        let cpu = &self.cpu;
+        let args = host_args(inputs, &self.weights);
+        match op {
+            Op::Lowrank(shape) => {
+                let mut out = vec![0.0f32; shape.out_len()];
+                sample(iters, || {
+                    wall(|| cpu.lowrank_into(shape, &args, &mut out).map(drop))
+                })
+            }
+            Op::Decoder(shape) => {
+                let mut out = vec![0.0f32; shape.out_len()];
+                sample(iters, || {
+                    wall(|| cpu.decoder_tail_into(shape, &args, &mut out).map(drop))
+                })
+            }
+            Op::Quantize(shape) => {
+                let mut out = vec![0u32; shape.words_len()];
+                sample(iters, || {
+                    wall(|| {
+                        cpu.quantize_pack_into(
+                            inputs.f32s,
+                            *shape,
+                            FORMAT,
+                            ScaleSource::Compute,
+                            &mut out,
+                        )
+                        .map(drop)
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// Any backend through the host-slice trait: upload + kernels + download.
+pub struct TraitTimer {
+    be: Box<dyn Backend>,
+    weights: Vec<u32>,
+}
+
+impl TraitTimer {
+    pub fn new(be: Box<dyn Backend>) -> Self {
+        Self {
+            be,
+            weights: Vec::new(),
+        }
+    }
+}
+
+impl Timer for TraitTimer {
+    fn kind(&self) -> BackendKind {
+        self.be.kind()
+    }
+    fn name(&self) -> String {
+        self.be.name()
+    }
+    fn timing(&self) -> &'static str {
+        if self.be.kind() == BackendKind::Cpu {
+            "host (Backend trait)"
+        } else {
+            "incl. transfers"
+        }
+    }
+    fn copy_bandwidth(&mut self) -> Option<f64> {
+        None
+    }
+    fn compute_peak(&self) -> Option<f64> {
+        None
+    }
+    fn set_weights(&mut self, words: &[u32]) -> Result<()> {
+        self.weights = words.to_vec();
+        Ok(())
+    }
+    fn time(&mut self, op: &Op, inputs: &Inputs<'_>, iters: usize) -> Result<Sampled> {
+        let be = self.be.as_ref();
+        let args = host_args(inputs, &self.weights);
+        match op {
+            Op::Lowrank(shape) => sample(iters, || wall(|| be.lowrank(shape, &args).map(drop))),
+            Op::Decoder(shape) => {
+                sample(iters, || wall(|| be.decoder_tail(shape, &args).map(drop)))
+            }
+            Op::Quantize(shape) => sample(iters, || {
+                wall(|| {
+                    be.quantize_pack_i8x4(inputs.f32s, *shape, FORMAT, ScaleSource::Compute)
+                        .map(drop)
+                })
+            }),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub use cuda::CudaTimer;
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use lowbit_kernels::backend::cuda::cudarc::driver::CudaSlice;
+    use lowbit_kernels::backend::cuda::microbench::{Ceilings, time_events};
+    use lowbit_kernels::backend::cuda::{CudaDevice, DeviceAct, DeviceOut, DeviceScale};
+    use lowbit_kernels::{BackendKind, Epilogue, LowbitError, Result};
+
+    use super::{A_SCALE, COLD_COPIES, COLD_MAX_M, FORMAT, Inputs, Op, Sampled, W_SCALE, sample};
+
+    /// CUDA device-resident ops timed with CUDA events.
+    pub struct CudaTimer {
+        dev: CudaDevice,
+        ceilings: Option<Ceilings>,
+        weights: Vec<CudaSlice<u32>>,
+    }
+
+    impl CudaTimer {
+        pub fn new(ordinal: usize) -> Result<Self> {
+            let dev = CudaDevice::new(ordinal)?;
+            // The ceilings are a nicety: a failure leaves the columns empty.
+            let ceilings = Ceilings::measure(&dev)
+                .inspect_err(|e| eprintln!("cuda: ceilings not measured: {e}"))
+                .ok();
+            Ok(Self {
+                dev,
+                ceilings,
+                weights: Vec::new(),
+            })
+        }
+    }
+
+    impl super::Timer for CudaTimer {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Cuda
+        }
+        fn name(&self) -> String {
+            self.dev.name()
+        }
+        fn timing(&self) -> &'static str {
+            "device (CUDA events)"
+        }
+        fn copy_bandwidth(&mut self) -> Option<f64> {
+            self.ceilings.map(|c| c.copy_bytes)
+        }
+        fn compute_peak(&self) -> Option<f64> {
+            self.ceilings.map(|c| c.dp4a_ops)
+        }
+        fn set_weights(&mut self, words: &[u32]) -> Result<()> {
+            self.weights.clear();
+            for _ in 0..COLD_COPIES {
+                self.weights.push(self.dev.upload(words)?);
+            }
+            Ok(())
+        }
+        fn time(&mut self, op: &Op, inputs: &Inputs<'_>, iters: usize) -> Result<Sampled> {
+            let dev = &self.dev;
+            let rotate = if op.m() <= COLD_MAX_M {
+                self.weights.len()
+            } else {
+                1
+            };
+            let words = if inputs.packed {
+                Some(dev.upload(inputs.words)?)
+            } else {
+                None
+            };
+            let x = if inputs.f32s.is_empty() {
+                None
+            } else {
+                Some(dev.upload(inputs.f32s)?)
+            };
+            let mut scale = dev.alloc_zeros::<f32>(1)?;
+            let mut k = 0usize;
+            let weights = &self.weights;
+            match op {
+                Op::Lowrank(_) | Op::Decoder(_) => {
+                    let out_len = match op {
+                        Op::Lowrank(s) => s.out_len(),
+                        Op::Decoder(s) => s.out_len(),
+                        Op::Quantize(_) => 0,
+                    };
+                    let mut out = dev.alloc_zeros::<f32>(out_len)?;
+                    sample(iters, || {
+                        let w = &weights[k % rotate.max(1)];
+                        k += 1;
+                        let d = time_events(dev, 1, || {
+                            let input = match (&words, &x) {
+                                (Some(wd), _) => DeviceAct::Packed(wd),
+                                (None, Some(xf)) => DeviceAct::F32(xf),
+                                (None, None) => return Err(no_input()),
+                            };
+                            let sc = if inputs.packed {
+                                DeviceScale::Param(A_SCALE)
+                            } else {
+                                DeviceScale::Compute(&mut scale)
+                            };
+                            let out = DeviceOut::F32(&mut out);
+                            let e = Epilogue::default();
+                            match op {
+                                Op::Lowrank(s) => {
+                                    dev.lowrank(s, input, FORMAT, sc, w, W_SCALE, 1, e, out)
+                                }
+                                Op::Decoder(s) => {
+                                    dev.decoder_tail(s, input, FORMAT, sc, w, W_SCALE, 1, e, out)
+                                }
+                                Op::Quantize(_) => Ok(()),
+                            }
+                        })?;
+                        Ok(d.as_secs_f64())
+                    })
+                }
+                Op::Quantize(shape) => {
+                    let Some(x) = &x else {
+                        return Err(no_input());
+                    };
+                    let mut out = dev.alloc_zeros::<u32>(shape.words_len())?;
+                    sample(iters, || {
+                        let d = time_events(dev, 1, || {
+                            dev.quantize_pack_i8x4(
+                                x,
+                                *shape,
+                                FORMAT,
+                                DeviceScale::Compute(&mut scale),
+                                &mut out,
+                            )
+                        })?;
+                        Ok(d.as_secs_f64())
+                    })
+                }
+            }
+        }
+    }
+
+    fn no_input() -> LowbitError {
+        LowbitError::InvalidArgument {
+            op: "lowbit bench",
+            what: "inputs",
+            reason: "no activations for this variant".into(),
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
+pub use wgpu_timer::WgpuTimer;
+
+#[cfg(feature = "wgpu")]
+mod wgpu_timer {
+    use std::time::Instant;
+
+    use lowbit_kernels::backend::wgpu::{
+        DeviceAct, DeviceScale, DeviceWeights, WgpuDevice, WgpuOptions,
+    };
+    use lowbit_kernels::ops::OutputDType;
+    use lowbit_kernels::{BackendKind, Epilogue, LowbitError, Result};
+
+    use super::{A_SCALE, COLD_COPIES, COLD_MAX_M, FORMAT, Inputs, Op, Sampled, W_SCALE, sample};
+
+    /// wgpu device-resident ops, timed with GPU timestamps where the adapter has them.
+    pub struct WgpuTimer {
+        dev: WgpuDevice,
+        timestamps: bool,
+        weights: Vec<DeviceWeights>,
+    }
+
+    impl WgpuTimer {
+        pub fn new() -> Result<Self> {
+            let dev = WgpuDevice::new(WgpuOptions::default())?;
+            let timestamps = dev.start_timing().unwrap_or(false);
+            Ok(Self {
+                dev,
+                timestamps,
+                weights: Vec::new(),
+            })
+        }
+
+        /// Seconds of one call of `f`: GPU timestamps, or wall clock between two polls.
+        fn once(&self, f: impl FnOnce() -> Result<()>) -> Result<f64> {
+            if self.timestamps {
+                self.dev.take_gpu_time()?;
+                f()?;
+                Ok(self.dev.take_gpu_time()?.map_or(0.0, |d| d.as_secs_f64()))
+            } else {
+                self.dev.synchronize()?;
+                let t = Instant::now();
+                f()?;
+                self.dev.synchronize()?;
+                Ok(t.elapsed().as_secs_f64())
+            }
+        }
+    }
+
+    impl Drop for WgpuTimer {
+        fn drop(&mut self) {
+            self.dev.stop_timing();
+        }
+    }
+
+    impl super::Timer for WgpuTimer {
+        fn kind(&self) -> BackendKind {
+            BackendKind::Wgpu
+        }
+        fn name(&self) -> String {
+            self.dev.name()
+        }
+        fn timing(&self) -> &'static str {
+            if self.timestamps {
+                "device (GPU timestamps)"
+            } else {
+                "device (wall + poll)"
+            }
+        }
+        fn copy_bandwidth(&mut self) -> Option<f64> {
+            None
+        }
+        fn compute_peak(&self) -> Option<f64> {
+            None
+        }
+        fn set_weights(&mut self, words: &[u32]) -> Result<()> {
+            self.weights.clear();
+            for _ in 0..COLD_COPIES {
+                self.weights
+                    .push(self.dev.upload_weights(words, W_SCALE, 1)?);
+            }
+            Ok(())
+        }
+        fn time(&mut self, op: &Op, inputs: &Inputs<'_>, iters: usize) -> Result<Sampled> {
+            let dev = &self.dev;
+            let rotate = if op.m() <= COLD_MAX_M {
+                self.weights.len()
+            } else {
+                1
+            };
+            let words = if inputs.packed {
+                Some(dev.upload(inputs.words)?)
+            } else {
+                None
+            };
+            let x = if inputs.f32s.is_empty() {
+                None
+            } else {
+                Some(dev.upload(inputs.f32s)?)
+            };
+            let scale = dev.alloc::<f32>(1)?;
+            let input = match (&words, &x) {
+                (Some(wd), _) => DeviceAct::Packed(wd),
+                (None, Some(xf)) => DeviceAct::F32(xf),
+                (None, None) => return Err(no_input()),
+            };
+            let sc = if inputs.packed {
+                DeviceScale::Host(A_SCALE)
+            } else {
+                DeviceScale::Compute(&scale)
+            };
+            let mut k = 0usize;
+            match op {
+                Op::Lowrank(s) => {
+                    let out = dev.alloc_output(OutputDType::F32, s.out_len())?;
+                    sample(iters, || {
+                        let w = &self.weights[k % rotate.max(1)];
+                        k += 1;
+                        self.once(|| {
+                            dev.lowrank_into(s, input, FORMAT, sc, w, Epilogue::default(), &out)
+                        })
+                    })
+                }
+                Op::Decoder(s) => {
+                    let out = dev.alloc_output(OutputDType::F32, s.out_len())?;
+                    sample(iters, || {
+                        let w = &self.weights[k % rotate.max(1)];
+                        k += 1;
+                        self.once(|| {
+                            dev.decoder_tail_into(
+                                s,
+                                input,
+                                FORMAT,
+                                sc,
+                                w,
+                                Epilogue::default(),
+                                &out,
+                            )
+                        })
+                    })
+                }
+                Op::Quantize(shape) => {
+                    let Some(x) = &x else {
+                        return Err(no_input());
+                    };
+                    let out = dev.alloc::<u32>(shape.words_len())?;
+                    sample(iters, || {
+                        self.once(|| {
+                            dev.quantize_pack_i8x4_into(
+                                x,
+                                *shape,
+                                FORMAT,
+                                DeviceScale::Compute(&scale),
+                                &out,
+                            )
+                        })
+                    })
+                }
+            }
+        }
+    }
+
+    fn no_input() -> LowbitError {
+        LowbitError::InvalidArgument {
+            op: "lowbit bench",
+            what: "inputs",
+            reason: "no activations for this variant".into(),
+        }
+    }
+}
