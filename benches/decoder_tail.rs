@@ -262,5 +262,258 @@ fn cuda_benches(c: &mut Criterion) {
 #[cfg(not(feature = "cuda"))]
 fn cuda_benches(_: &mut Criterion) {}
 
-criterion_group!(benches, cpu_benches, reference_benches, cuda_benches);
+/// wgpu (WGSL) at BDH sizes H=4, L=8192, D=256 and M ∈ {512, 2048, 8192}, device-resident,
+/// timed with GPU timestamps where the adapter has them (else wall time + blocking poll);
+/// throughput in int ops (`2·M·H·L·D`). Prints one `WGPU-SUMMARY` line per case (median of 10
+/// runs). The f32 and codes inputs (4 bytes per element: 1 GiB at M=8192) run for M ≤ 2048;
+/// cases over the adapter's storage binding limit are SKIPPED with the reason.
+#[cfg(feature = "wgpu")]
+fn wgpu_benches(c: &mut Criterion) {
+    use lowbit_kernels::backend::wgpu::{DeviceAct, DeviceScale};
+    use lowbit_kernels::ops::OutputDType;
+
+    let Some((dev, timed)) = wgpu_bench_device() else {
+        return;
+    };
+    let (h, l, d) = (4usize, 8192usize, 256usize);
+    let mut rng = Rng::new(13);
+    let w_codes = rng.ternary(h * l * d);
+    let w_words = pack_decoder_weight_codes_i8x4(&w_codes, h, l, d).unwrap();
+    let Ok(w) = dev.upload_weights(&w_words, 0.05, 1) else {
+        eprintln!("SKIPPED: wgpu decoder benches: weights do not fit");
+        return;
+    };
+    for m in [512usize, 2048, 8192] {
+        let shape = DecoderTailShape::bdh(m, h, l, d).unwrap();
+        let name = format!("wgpu/decoder_tail/m{m}_h{h}_l{l}_d{d}");
+        let small = m <= 2048;
+        let variants: &[&str] = if small {
+            &["packed_int8", "f32_compute_int8", "codes_uint8pos"]
+        } else {
+            &["packed_int8"]
+        };
+        if !variants
+            .iter()
+            .any(|v| wgpu_selected(&format!("{name}/{v}")))
+        {
+            continue;
+        }
+        // Packed words straight from the RNG (any byte is a valid lane; |K·128·1| < 2^31).
+        let words_host: Vec<u32> = (0..shape.y_words_len())
+            .map(|_| rng.next_u64() as u32 & 0x7f7f_7f7f)
+            .collect();
+        let y_host = if small {
+            rng.normals(shape.y_len(), 1.0)
+        } else {
+            Vec::new()
+        };
+        let a_scale_u8 = if small {
+            activation_scale(&y_host, Fmt::Uint8PosExp)
+                .unwrap()
+                .unwrap()
+        } else {
+            1.0
+        };
+        let uploaded = (|| {
+            let words = dev.upload(&words_host)?;
+            let out = dev.alloc_output(OutputDType::F32, shape.out_len())?;
+            let scale = dev.alloc::<f32>(1)?;
+            let extra = if small {
+                let codes: Vec<i32> = y_host
+                    .iter()
+                    .map(|&v| activation_code(v, a_scale_u8, Fmt::Uint8PosExp))
+                    .collect();
+                Some((dev.upload(&y_host)?, dev.upload(&codes)?))
+            } else {
+                None
+            };
+            Ok::<_, lowbit_kernels::LowbitError>((words, out, scale, extra))
+        })();
+        let (words, out, scale, extra) = match uploaded {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("SKIPPED: {name}: {e}");
+                continue;
+            }
+        };
+        let run = |variant: &str| match (variant, &extra) {
+            ("f32_compute_int8", Some((y, _))) => dev.decoder_tail_into(
+                &shape,
+                DeviceAct::F32(y),
+                Fmt::Int8,
+                DeviceScale::Compute(&scale),
+                &w,
+                Epilogue::default(),
+                &out,
+            ),
+            ("codes_uint8pos", Some((_, codes))) => dev.decoder_tail_into(
+                &shape,
+                DeviceAct::Codes(codes),
+                Fmt::Uint8PosExp,
+                DeviceScale::Host(a_scale_u8),
+                &w,
+                Epilogue::default(),
+                &out,
+            ),
+            _ => dev.decoder_tail_into(
+                &shape,
+                DeviceAct::Packed(&words),
+                Fmt::Int8,
+                DeviceScale::Host(0.02),
+                &w,
+                Epilogue::default(),
+                &out,
+            ),
+        };
+        let mut g = c.benchmark_group(&name);
+        g.throughput(Throughput::Elements(shape.int_ops()))
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(300))
+            .measurement_time(Duration::from_secs(1));
+        for &variant in variants {
+            if let Err(e) = run(variant) {
+                eprintln!("SKIPPED: {name}/{variant}: {e}");
+                continue;
+            }
+            if wgpu_selected(&format!("{name}/{variant}")) {
+                let secs = wgpu_median_seconds(&dev, timed, 10, || run(variant).unwrap());
+                println!(
+                    "WGPU-SUMMARY {name}/{variant}: {:.3} ms, {:.3} TOPS (int ops), {}",
+                    secs * 1e3,
+                    shape.int_ops() as f64 / secs / 1e12,
+                    dev.name()
+                );
+            }
+            g.bench_function(variant, |b| {
+                b.iter_custom(|iters| wgpu_time(&dev, timed, iters, || run(variant).unwrap()))
+            });
+        }
+        g.finish();
+    }
+    dev.stop_timing();
+}
+
+/// Time of `iters` calls of `f`: GPU timestamps if `timed`, else wall time with a blocking
+/// poll inside the timed region.
+#[cfg(feature = "wgpu")]
+fn wgpu_time(
+    dev: &lowbit_kernels::backend::wgpu::WgpuDevice,
+    timed: bool,
+    iters: u64,
+    mut f: impl FnMut(),
+) -> Duration {
+    if timed {
+        dev.take_gpu_time().expect("gpu time");
+        for _ in 0..iters {
+            f();
+        }
+        dev.take_gpu_time().expect("gpu time").unwrap_or_default()
+    } else {
+        dev.synchronize().expect("poll");
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        dev.synchronize().expect("poll");
+        t.elapsed()
+    }
+}
+
+/// Median seconds of one call of `f` over `runs` runs (after one warm-up call).
+#[cfg(feature = "wgpu")]
+fn wgpu_median_seconds(
+    dev: &lowbit_kernels::backend::wgpu::WgpuDevice,
+    timed: bool,
+    runs: usize,
+    mut f: impl FnMut(),
+) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| wgpu_time(dev, timed, 1, &mut f).as_secs_f64())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[runs / 2]
+}
+
+/// The default wgpu device with GPU timing on where the adapter has timestamps, or `None`
+/// (SKIPPED) without an adapter.
+#[cfg(feature = "wgpu")]
+fn wgpu_bench_device() -> Option<(lowbit_kernels::backend::wgpu::WgpuDevice, bool)> {
+    use lowbit_kernels::backend::wgpu::{WgpuDevice, WgpuOptions};
+    let dev = match WgpuDevice::new(WgpuOptions::default()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: wgpu benches: {e}");
+            return None;
+        }
+    };
+    let timed = dev.start_timing().unwrap_or(false);
+    println!(
+        "wgpu bench device: {} dot4={:?} native_dot4={:?} timing={}",
+        dev.name(),
+        dev.dot4_mode(),
+        dev.native_dot4(),
+        if timed {
+            "gpu timestamps"
+        } else {
+            "wall clock + poll"
+        }
+    );
+    Some((dev, timed))
+}
+
+/// Whether the command-line filter (criterion's positional argument) selects `id`, so the
+/// `WGPU-SUMMARY` medians (and a case's data) only run for selected cases. A plain filter
+/// selects ids containing it (or ids it extends: a group name for a case filter); a filter
+/// with regex syntax selects everything (criterion still applies it to the groups).
+#[cfg(feature = "wgpu")]
+fn wgpu_selected(id: &str) -> bool {
+    const WITH_VALUE: [&str; 14] = [
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--plotting-backend",
+        "--output-format",
+        "--profile-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--color",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if WITH_VALUE.contains(&a.as_str()) {
+            i += 2;
+            continue;
+        }
+        if !a.starts_with('-') {
+            filters.push(a.as_str());
+        }
+        i += 1;
+    }
+    filters.is_empty()
+        || filters.iter().any(|f| {
+            f.contains(|c: char| "^$.*+?()[]{}|\\".contains(c))
+                || id.contains(f)
+                || f.starts_with(id)
+        })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_benches(_: &mut Criterion) {}
+
+criterion_group!(
+    benches,
+    cpu_benches,
+    reference_benches,
+    cuda_benches,
+    wgpu_benches
+);
 criterion_main!(benches);

@@ -283,24 +283,13 @@ fn cuda_benches(_: &mut Criterion) {}
 /// adapter's storage binding limit (lavapipe: 128 MiB) are SKIPPED with the reason.
 #[cfg(feature = "wgpu")]
 fn wgpu_benches(c: &mut Criterion) {
-    use lowbit_kernels::backend::wgpu::{DeviceAct, DeviceScale, WgpuDevice, WgpuOptions};
+    use lowbit_kernels::backend::wgpu::{DeviceAct, DeviceScale};
     use lowbit_kernels::ops::OutputDType;
 
-    let dev = match WgpuDevice::new(WgpuOptions::default()) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("SKIPPED: wgpu benches: {e}");
-            return;
-        }
+    let Some((dev, timed)) = wgpu_bench_device() else {
+        return;
     };
-    let timed = dev.start_timing().unwrap_or(false);
-    println!(
-        "wgpu bench device: {} dot4={:?} native_dot4={:?} timing={}",
-        dev.name(),
-        dev.dot4_mode(),
-        dev.native_dot4(),
-        if timed { "gpu timestamps" } else { "wall clock + poll" }
-    );
+    const VARIANTS: [&str; 3] = ["packed_int8", "f32_compute_int8", "codes_uint8pos"];
     let (h, d, n) = (4usize, 256usize, 8192usize);
     let mut rng = Rng::new(12);
     let w_codes = rng.ternary(h * d * n);
@@ -312,13 +301,21 @@ fn wgpu_benches(c: &mut Criterion) {
     for m in [512usize, 2048, 8192] {
         let shape = LowrankShape::bdh(m, h, d, n).unwrap();
         let name = format!("wgpu/lowrank/m{m}_d{d}_h{h}_n{n}");
+        if !VARIANTS
+            .iter()
+            .any(|v| wgpu_selected(&format!("{name}/{v}")))
+        {
+            continue;
+        }
         let x_host = rng.normals(shape.x_len(), 1.0);
         let a_scale = activation_scale(&x_host, Fmt::Int8).unwrap().unwrap();
         let codes: Vec<i32> = x_host
             .iter()
             .map(|&v| activation_code(v, a_scale, Fmt::Int8))
             .collect();
-        let a_scale_u8 = activation_scale(&x_host, Fmt::Uint8PosExp).unwrap().unwrap();
+        let a_scale_u8 = activation_scale(&x_host, Fmt::Uint8PosExp)
+            .unwrap()
+            .unwrap();
         let codes_u8: Vec<i32> = x_host
             .iter()
             .map(|&v| activation_code(v, a_scale_u8, Fmt::Uint8PosExp))
@@ -373,18 +370,20 @@ fn wgpu_benches(c: &mut Criterion) {
             .sample_size(10)
             .warm_up_time(Duration::from_millis(300))
             .measurement_time(Duration::from_secs(1));
-        for variant in ["packed_int8", "f32_compute_int8", "codes_uint8pos"] {
+        for variant in VARIANTS {
             if let Err(e) = run(variant) {
                 eprintln!("SKIPPED: {name}/{variant}: {e}");
                 continue;
             }
-            let secs = wgpu_median_seconds(&dev, timed, 10, || run(variant).unwrap());
-            println!(
-                "WGPU-SUMMARY {name}/{variant}: {:.3} ms, {:.2} TOPS (int ops), {}",
-                secs * 1e3,
-                shape.int_ops() as f64 / secs / 1e12,
-                dev.name()
-            );
+            if wgpu_selected(&format!("{name}/{variant}")) {
+                let secs = wgpu_median_seconds(&dev, timed, 10, || run(variant).unwrap());
+                println!(
+                    "WGPU-SUMMARY {name}/{variant}: {:.3} ms, {:.3} TOPS (int ops), {}",
+                    secs * 1e3,
+                    shape.int_ops() as f64 / secs / 1e12,
+                    dev.name()
+                );
+            }
             g.bench_function(variant, |b| {
                 b.iter_custom(|iters| wgpu_time(&dev, timed, iters, || run(variant).unwrap()))
             });
@@ -436,8 +435,85 @@ fn wgpu_median_seconds(
     t[runs / 2]
 }
 
+/// The default wgpu device with GPU timing on where the adapter has timestamps, or `None`
+/// (SKIPPED) without an adapter.
+#[cfg(feature = "wgpu")]
+fn wgpu_bench_device() -> Option<(lowbit_kernels::backend::wgpu::WgpuDevice, bool)> {
+    use lowbit_kernels::backend::wgpu::{WgpuDevice, WgpuOptions};
+    let dev = match WgpuDevice::new(WgpuOptions::default()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: wgpu benches: {e}");
+            return None;
+        }
+    };
+    let timed = dev.start_timing().unwrap_or(false);
+    println!(
+        "wgpu bench device: {} dot4={:?} native_dot4={:?} timing={}",
+        dev.name(),
+        dev.dot4_mode(),
+        dev.native_dot4(),
+        if timed {
+            "gpu timestamps"
+        } else {
+            "wall clock + poll"
+        }
+    );
+    Some((dev, timed))
+}
+
+/// Whether the command-line filter (criterion's positional argument) selects `id`, so the
+/// `WGPU-SUMMARY` medians (and a case's data) only run for selected cases. A plain filter
+/// selects ids containing it (or ids it extends: a group name for a case filter); a filter
+/// with regex syntax selects everything (criterion still applies it to the groups).
+#[cfg(feature = "wgpu")]
+fn wgpu_selected(id: &str) -> bool {
+    const WITH_VALUE: [&str; 14] = [
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--plotting-backend",
+        "--output-format",
+        "--profile-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--color",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if WITH_VALUE.contains(&a.as_str()) {
+            i += 2;
+            continue;
+        }
+        if !a.starts_with('-') {
+            filters.push(a.as_str());
+        }
+        i += 1;
+    }
+    filters.is_empty()
+        || filters.iter().any(|f| {
+            f.contains(|c: char| "^$.*+?()[]{}|\\".contains(c))
+                || id.contains(f)
+                || f.starts_with(id)
+        })
+}
+
 #[cfg(not(feature = "wgpu"))]
 fn wgpu_benches(_: &mut Criterion) {}
 
-criterion_group!(benches, cpu_benches, reference_benches, cuda_benches, wgpu_benches);
+criterion_group!(
+    benches,
+    cpu_benches,
+    reference_benches,
+    cuda_benches,
+    wgpu_benches
+);
 criterion_main!(benches);

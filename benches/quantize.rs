@@ -202,5 +202,259 @@ fn cuda_benches(c: &mut Criterion) {
 #[cfg(not(feature = "cuda"))]
 fn cuda_benches(_: &mut Criterion) {}
 
-criterion_group!(benches, cpu_benches, reference_benches, cuda_benches);
+/// wgpu (WGSL) quantize (+ pack) and rho int8 pack/unpack at the BDH shapes, device-resident,
+/// timed with GPU timestamps where the adapter has them (else wall time + blocking poll);
+/// throughput in bytes of f32 read. One `WGPU-SUMMARY` line per case (median of 10 runs).
+#[cfg(feature = "wgpu")]
+fn wgpu_benches(c: &mut Criterion) {
+    use lowbit_kernels::backend::wgpu::DeviceScale;
+
+    let Some((dev, timed)) = wgpu_bench_device() else {
+        return;
+    };
+    const VARIANTS: [&str; 4] = [
+        "pack_compute_int8",
+        "pack_param_int8",
+        "scale_int8",
+        "codes_compute_uint8pos",
+    ];
+    let mut rng = Rng::new(14);
+    let summary = |name: &str, variant: &str, secs: f64, bytes: u64| {
+        println!(
+            "WGPU-SUMMARY {name}/{variant}: {:.3} ms, {:.1} GB/s of f32 read, {}",
+            secs * 1e3,
+            bytes as f64 / secs / 1e9,
+            dev.name()
+        );
+    };
+    for (name, rows, k) in SHAPES {
+        let shape = QuantizeShape::new(rows, k).unwrap();
+        let name = format!("wgpu/quantize/{name}");
+        if !VARIANTS
+            .iter()
+            .any(|v| wgpu_selected(&format!("{name}/{v}")))
+        {
+            continue;
+        }
+        let bytes = 4 * shape.len() as u64;
+        let bufs = (|| {
+            Ok::<_, lowbit_kernels::LowbitError>((
+                dev.upload(&rng.normals(shape.len(), 1.0))?,
+                dev.alloc::<u32>(shape.words_len())?,
+                dev.alloc::<i32>(shape.len())?,
+                dev.alloc::<f32>(1)?,
+            ))
+        })();
+        let (x, words, codes, scale) = match bufs {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("SKIPPED: {name}: {e}");
+                continue;
+            }
+        };
+        let run = |variant: &str| match variant {
+            "pack_compute_int8" => dev.quantize_pack_i8x4_into(
+                &x,
+                shape,
+                Fmt::Int8,
+                DeviceScale::Compute(&scale),
+                &words,
+            ),
+            "pack_param_int8" => {
+                dev.quantize_pack_i8x4_into(&x, shape, Fmt::Int8, DeviceScale::Host(0.02), &words)
+            }
+            "scale_int8" => dev.activation_scale_into(&x, Fmt::Int8, &scale),
+            _ => {
+                dev.quantize_codes_into(&x, Fmt::Uint8PosExp, DeviceScale::Compute(&scale), &codes)
+            }
+        };
+        let mut g = c.benchmark_group(&name);
+        g.throughput(Throughput::Bytes(bytes));
+        group_config(&mut g);
+        for variant in VARIANTS {
+            if let Err(e) = run(variant) {
+                eprintln!("SKIPPED: {name}/{variant}: {e}");
+                continue;
+            }
+            if wgpu_selected(&format!("{name}/{variant}")) {
+                let secs = wgpu_median_seconds(&dev, timed, 10, || run(variant).unwrap());
+                summary(&name, variant, secs, bytes);
+            }
+            g.bench_function(variant, |b| {
+                b.iter_custom(|iters| wgpu_time(&dev, timed, iters, || run(variant).unwrap()))
+            });
+        }
+        g.finish();
+    }
+    let shape = RhoShape::new(RHO_SHAPE).unwrap();
+    let [b0, h, n, d] = RHO_SHAPE;
+    let name = format!("wgpu/rho/b{b0}_h{h}_n{n}_d{d}");
+    let bytes = 4 * shape.len() as u64;
+    if !["int8_pack", "int8_unpack"]
+        .iter()
+        .any(|v| wgpu_selected(&format!("{name}/{v}")))
+    {
+        dev.stop_timing();
+        return;
+    }
+    let bufs = (|| {
+        Ok::<_, lowbit_kernels::LowbitError>((
+            dev.upload(&rng.normals(shape.len(), 0.1))?,
+            dev.alloc::<u32>(shape.int8_words())?,
+            dev.alloc::<f32>(shape.blocks())?,
+            dev.alloc::<f32>(shape.len())?,
+        ))
+    })();
+    match bufs {
+        Err(e) => eprintln!("SKIPPED: {name}: {e}"),
+        Ok((v, words, scales, back)) => {
+            let run = |variant: &str| match variant {
+                "int8_pack" => dev.rho_int8_pack_into(&shape, &v, &words, &scales),
+                _ => dev.rho_int8_unpack_into(&shape, &words, &scales, &back),
+            };
+            let mut g = c.benchmark_group(&name);
+            g.throughput(Throughput::Bytes(bytes));
+            group_config(&mut g);
+            for variant in ["int8_pack", "int8_unpack"] {
+                if let Err(e) = run(variant) {
+                    eprintln!("SKIPPED: {name}/{variant}: {e}");
+                    continue;
+                }
+                if wgpu_selected(&format!("{name}/{variant}")) {
+                    let secs = wgpu_median_seconds(&dev, timed, 10, || run(variant).unwrap());
+                    summary(&name, variant, secs, bytes);
+                }
+                g.bench_function(variant, |b| {
+                    b.iter_custom(|iters| wgpu_time(&dev, timed, iters, || run(variant).unwrap()))
+                });
+            }
+            g.finish();
+        }
+    }
+    dev.stop_timing();
+}
+
+/// Time of `iters` calls of `f`: GPU timestamps if `timed`, else wall time with a blocking
+/// poll inside the timed region.
+#[cfg(feature = "wgpu")]
+fn wgpu_time(
+    dev: &lowbit_kernels::backend::wgpu::WgpuDevice,
+    timed: bool,
+    iters: u64,
+    mut f: impl FnMut(),
+) -> Duration {
+    if timed {
+        dev.take_gpu_time().expect("gpu time");
+        for _ in 0..iters {
+            f();
+        }
+        dev.take_gpu_time().expect("gpu time").unwrap_or_default()
+    } else {
+        dev.synchronize().expect("poll");
+        let t = std::time::Instant::now();
+        for _ in 0..iters {
+            f();
+        }
+        dev.synchronize().expect("poll");
+        t.elapsed()
+    }
+}
+
+/// Median seconds of one call of `f` over `runs` runs (after one warm-up call).
+#[cfg(feature = "wgpu")]
+fn wgpu_median_seconds(
+    dev: &lowbit_kernels::backend::wgpu::WgpuDevice,
+    timed: bool,
+    runs: usize,
+    mut f: impl FnMut(),
+) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| wgpu_time(dev, timed, 1, &mut f).as_secs_f64())
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[runs / 2]
+}
+
+/// The default wgpu device with GPU timing on where the adapter has timestamps, or `None`
+/// (SKIPPED) without an adapter.
+#[cfg(feature = "wgpu")]
+fn wgpu_bench_device() -> Option<(lowbit_kernels::backend::wgpu::WgpuDevice, bool)> {
+    use lowbit_kernels::backend::wgpu::{WgpuDevice, WgpuOptions};
+    let dev = match WgpuDevice::new(WgpuOptions::default()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: wgpu benches: {e}");
+            return None;
+        }
+    };
+    let timed = dev.start_timing().unwrap_or(false);
+    println!(
+        "wgpu bench device: {} dot4={:?} native_dot4={:?} timing={}",
+        dev.name(),
+        dev.dot4_mode(),
+        dev.native_dot4(),
+        if timed {
+            "gpu timestamps"
+        } else {
+            "wall clock + poll"
+        }
+    );
+    Some((dev, timed))
+}
+
+/// Whether the command-line filter (criterion's positional argument) selects `id`, so the
+/// `WGPU-SUMMARY` medians (and a case's data) only run for selected cases. A plain filter
+/// selects ids containing it (or ids it extends: a group name for a case filter); a filter
+/// with regex syntax selects everything (criterion still applies it to the groups).
+#[cfg(feature = "wgpu")]
+fn wgpu_selected(id: &str) -> bool {
+    const WITH_VALUE: [&str; 14] = [
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--plotting-backend",
+        "--output-format",
+        "--profile-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--color",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut filters = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        if WITH_VALUE.contains(&a.as_str()) {
+            i += 2;
+            continue;
+        }
+        if !a.starts_with('-') {
+            filters.push(a.as_str());
+        }
+        i += 1;
+    }
+    filters.is_empty()
+        || filters.iter().any(|f| {
+            f.contains(|c: char| "^$.*+?()[]{}|\\".contains(c))
+                || id.contains(f)
+                || f.starts_with(id)
+        })
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn wgpu_benches(_: &mut Criterion) {}
+
+criterion_group!(
+    benches,
+    cpu_benches,
+    reference_benches,
+    cuda_benches,
+    wgpu_benches
+);
 criterion_main!(benches);
