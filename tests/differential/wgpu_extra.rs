@@ -790,3 +790,102 @@ fn f32_routes_agree() {
         }
     }
 }
+
+/// A device whose grids allow only 4 workgroups per dimension: row tiles are split over
+/// several dispatches, the decoder's split-K keeps its planes within the grid, 1D kernels
+/// fold into 2D grids; results stay exact.
+#[test]
+fn small_grid_limits_split_dispatches() {
+    if device(Dot4Mode::Native).is_none() {
+        return;
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let mut limits = adapter.limits();
+    limits.max_compute_workgroups_per_dimension = 4;
+    let (d, q) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    let tiles = TileConfig {
+        wg_x: 4,
+        wg_y: 4,
+        bk: 16,
+    };
+    let dev = WgpuDevice::from_wgpu(
+        d,
+        q,
+        Some(adapter.get_info()),
+        WgpuOptions {
+            tiles: Some(tiles),
+            f32_route: F32Route::Fused,
+            ..options(Dot4Mode::Native)
+        },
+    )
+    .unwrap();
+    assert_eq!(dev.limits().max_compute_workgroups_per_dimension, 4);
+    let b = WgpuBackend::from_device(dev);
+    let mut rng = Rng::new(20);
+    // lowrank: 600 rows = 19 row tiles of 32 → 5 dispatches; f32 epilogue (no reduce pass).
+    // decoder: 160 rows = 5 row tiles → 2 dispatches; 2 heads × ≤ 2 K chunks ≤ 4 planes;
+    // reduce over 160·24 = 3840 outputs = 15 workgroups → a 4×4 grid.
+    for (p, dtype) in [
+        (
+            Problem::Lowrank(LowrankShape::new([2, 1, 300, 21], [3, 21, 50], 50).unwrap()),
+            OutputDType::F32,
+        ),
+        (
+            Problem::Decoder(DecoderTailShape::new([1, 2, 160, 301], [2 * 301, 24]).unwrap()),
+            OutputDType::F32,
+        ),
+        (
+            Problem::Decoder(DecoderTailShape::new([1, 2, 160, 301], [2 * 301, 24]).unwrap()),
+            OutputDType::Bf16,
+        ),
+    ] {
+        let w = rng.int8_codes(p.w_len());
+        let words = p.pack_w(&w);
+        let x = rng.normals(p.in_len(), 1.0);
+        for format in [Fmt::Int8, Fmt::Uint8PosExp] {
+            let s = activation_scale(&x, format).unwrap().unwrap();
+            let codes = codes_of(&x, format, s);
+            for input in [ActInput::Codes(&codes), ActInput::F32(&x)] {
+                let args = ProjectionArgs {
+                    input,
+                    format,
+                    scale: ScaleSource::Param(s),
+                    w_words: &words,
+                    w_scale: 0.01,
+                    w_qmax: 127,
+                    epilogue: Epilogue { dtype, relu: true },
+                };
+                let expected: Vec<f32> = p
+                    .reference(&codes, &w, s, 0.01)
+                    .iter()
+                    .map(|&v| {
+                        let v = v.max(0.0);
+                        match dtype {
+                            OutputDType::Bf16 => half::bf16::from_f32(v).to_f32(),
+                            _ => v,
+                        }
+                    })
+                    .collect();
+                assert_bits(
+                    &format!("small grid {p:?} {format:?} {dtype:?}"),
+                    &expected,
+                    &p.call(&b, &args),
+                );
+            }
+        }
+    }
+    // 1D kernels: 3000 elements = 12 workgroups of 256 → a 4×3 grid.
+    let x = rng.normals(3000, 1.0);
+    let (codes, s) = b
+        .quantize_codes(&x, Fmt::Int8, ScaleSource::Compute)
+        .unwrap();
+    assert_eq!(codes, codes_of(&x, Fmt::Int8, s));
+    let s_ref = activation_scale(&x, Fmt::Int8).unwrap().unwrap();
+    assert!((s - s_ref).abs() <= 1e-6 * s_ref);
+}
