@@ -22,7 +22,8 @@ pub const DOT4_ENV: &str = "LOWBIT_WGPU_DOT4";
 /// Which adapter [`WgpuDevice::new`] opens.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub enum AdapterChoice {
-    /// Discrete GPU first, then integrated, virtual, CPU; Vulkan/Metal/DX12 before GL.
+    /// Discrete GPU first, then integrated, virtual, CPU; Vulkan/Metal/DX12 before GL (GL
+    /// adapters are only enumerated when there is no other).
     #[default]
     Best,
     /// Position in the enumeration of the chosen backends (as `lowbit probe` lists it).
@@ -261,8 +262,19 @@ impl WgpuDevice {
     /// Opens the adapter `opts.adapter` chooses and creates a device with every limit the
     /// adapter has (and `TIMESTAMP_QUERY` where present).
     pub fn new(opts: WgpuOptions) -> Result<Self> {
-        let inst = instance(opts.backends);
-        let adapters = compute_adapters(&inst);
+        // Vulkan/Metal/DX12 first (GL is slower to open and noisy without a display); GL only
+        // when no primary adapter exists. `Index` counts over every backend, as the probe does.
+        let explicit = opts.backends.is_some() || std::env::var_os("WGPU_BACKEND").is_some();
+        let adapters = if explicit || matches!(opts.adapter, AdapterChoice::Index(_)) {
+            compute_adapters(&instance(opts.backends))
+        } else {
+            let primary = compute_adapters(&instance(Some(wgpu::Backends::PRIMARY)));
+            if primary.is_empty() {
+                compute_adapters(&instance(None))
+            } else {
+                primary
+            }
+        };
         if adapters.is_empty() {
             return Err(unavailable(
                 "no wgpu adapter with compute shaders (no Vulkan/Metal/DX12/GL driver found)",
