@@ -28,7 +28,6 @@ use crate::ops::{
     dequantize_acc,
 };
 use crate::quant::{absmean_scale, activation_scale, check_finite, check_scale};
-use crate::reference::rho::{rho_int8_block_scale, rho_int8_code};
 use crate::testing::POISON_F32;
 
 /// Output rows per rayon task.
@@ -43,6 +42,8 @@ const MR: usize = 6;
 const NR: usize = 64;
 /// Elements per rayon task of the element-wise ops.
 const ELEMS_PER_TASK: usize = 1 << 14;
+/// Rho blocks per rayon task.
+const RHO_BLOCKS_PER_TASK: usize = 512;
 
 /// Which integer kernel the CPU backend runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -523,21 +524,8 @@ fn resolve_scale(
             }
         })
         .collect();
-    if let Some(ci) = parts.iter().position(|p| !p.0) {
-        check_finite(op, "activations", &x[ci * ELEMS_PER_TASK..]).map_err(|e| match e {
-            LowbitError::NonFinite {
-                op,
-                what,
-                index,
-                value,
-            } => LowbitError::NonFinite {
-                op,
-                what,
-                index: index + ci * ELEMS_PER_TASK,
-                value,
-            },
-            e => e,
-        })?;
+    if parts.iter().any(|p| !p.0) {
+        check_finite_par(op, "activations", x)?;
     }
     if let Some(s) = given {
         return Ok(s);
@@ -557,7 +545,9 @@ fn resolve_scale(
 /// results are identical (IEEE ops only, no contraction); only the speed differs.
 mod simd {
     use crate::config::LowBitActivationFormat;
+    use crate::ops::rho::{RHO_BLOCK_SIZE, RHO_WORDS_PER_BLOCK};
     use crate::quant::{activation_code, round_half_away};
+    use crate::reference::rho::rho_int8_block_scale;
 
     /// Does this CPU have avx512f + avx512bw (checked once)?
     pub(super) fn avx512() -> bool {
@@ -684,6 +674,75 @@ mod simd {
         small_int(round_half_away(v.max(0.0) / s).clamp(0.0, 255.0))
     }
 
+    /// Rho int8 blocks of `vals` → 8 words + 1 scale each (the reference's
+    /// `rho_int8_block_scale` / `rho_int8_code`, same values).
+    #[inline(always)]
+    pub(super) fn rho_pack(vals: &[f32], words: &mut [u32], scales: &mut [f32]) {
+        for ((wds, scale), block) in words
+            .chunks_mut(RHO_WORDS_PER_BLOCK)
+            .zip(scales.iter_mut())
+            .zip(vals.chunks(RHO_BLOCK_SIZE))
+        {
+            let s = rho_int8_block_scale(block);
+            *scale = s;
+            pack_chunk(block, block.len(), wds, 0, |v| {
+                small_int(round_half_away(v / s).clamp(-127.0, 127.0))
+            });
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have avx512f and avx512bw.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn rho_pack_avx512(vals: &[f32], words: &mut [u32], scales: &mut [f32]) {
+        rho_pack(vals, words, scales)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn rho_pack_avx512(vals: &[f32], words: &mut [u32], scales: &mut [f32]) {
+        rho_pack(vals, words, scales)
+    }
+
+    /// Rho int8 blocks → `code · scale` per element.
+    #[inline(always)]
+    pub(super) fn rho_unpack(words: &[u32], scales: &[f32], out: &mut [f32]) {
+        for ((o, wds), &s) in out
+            .chunks_mut(RHO_BLOCK_SIZE)
+            .zip(words.chunks(RHO_WORDS_PER_BLOCK))
+            .zip(scales)
+        {
+            if let (Ok(o), Ok(wds)) = (
+                <&mut [f32; RHO_BLOCK_SIZE]>::try_from(&mut *o),
+                <&[u32; RHO_WORDS_PER_BLOCK]>::try_from(wds),
+            ) {
+                // Whole block: fixed bounds, unrolled and vectorised.
+                for (j, v) in o.iter_mut().enumerate() {
+                    *v = f32::from((wds[j / 4] >> (8 * (j % 4))) as u8 as i8) * s;
+                }
+                continue;
+            }
+            for (q, &w) in o.chunks_mut(4).zip(wds) {
+                for (j, v) in q.iter_mut().enumerate() {
+                    *v = f32::from((w >> (8 * j)) as u8 as i8) * s;
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have avx512f and avx512bw.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn rho_unpack_avx512(words: &[u32], scales: &[f32], out: &mut [f32]) {
+        rho_unpack(words, scales, out)
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn rho_unpack_avx512(words: &[u32], scales: &[f32], out: &mut [f32]) {
+        rho_unpack(words, scales, out)
+    }
+
     /// Codes of a chunk, one i32 each.
     #[inline(always)]
     pub(super) fn codes_chunk(x: &[f32], out: &mut [i32], format: LowBitActivationFormat, s: f32) {
@@ -732,6 +791,30 @@ mod simd {
         s: f32,
     ) {
         codes_chunk(x, out, format, s)
+    }
+}
+
+/// `check_finite` in parallel (same error: the first non-finite element).
+fn check_finite_par(op: &'static str, what: &'static str, x: &[f32]) -> Result<()> {
+    let bad = x
+        .par_chunks(ELEMS_PER_TASK)
+        .position_first(|c| !c.iter().fold(true, |ok, v| ok & v.is_finite()));
+    match bad {
+        None => Ok(()),
+        Some(ci) => check_finite(op, what, &x[ci * ELEMS_PER_TASK..]).map_err(|e| match e {
+            LowbitError::NonFinite {
+                op,
+                what,
+                index,
+                value,
+            } => LowbitError::NonFinite {
+                op,
+                what,
+                index: index + ci * ELEMS_PER_TASK,
+                value,
+            },
+            e => e,
+        }),
     }
 }
 
@@ -1383,22 +1466,19 @@ impl Backend for CpuBackend {
                 values.len(),
             ));
         }
-        check_finite(OP, "rho values", values)?;
+        check_finite_par(OP, "rho values", values)?;
         let mut words = vec![0u32; shape.int8_words()];
         let mut scales = vec![0f32; shape.blocks()];
         words
-            .par_chunks_mut(RHO_WORDS_PER_BLOCK)
-            .zip(scales.par_iter_mut())
-            .zip(values.par_chunks(RHO_BLOCK_SIZE))
-            .for_each(|((wds, scale), block)| {
-                let s = rho_int8_block_scale(block);
-                *scale = s;
-                for (w, quad) in wds.iter_mut().zip(block.chunks(4)) {
-                    let mut word = 0u32;
-                    for (j, &v) in quad.iter().enumerate() {
-                        word |= u32::from(rho_int8_code(v, s) as u8) << (8 * j);
-                    }
-                    *w = word;
+            .par_chunks_mut(RHO_WORDS_PER_BLOCK * RHO_BLOCKS_PER_TASK)
+            .zip(scales.par_chunks_mut(RHO_BLOCKS_PER_TASK))
+            .zip(values.par_chunks(RHO_BLOCK_SIZE * RHO_BLOCKS_PER_TASK))
+            .for_each(|((wds, scs), vals)| {
+                if simd::avx512() {
+                    // SAFETY: avx512f/bw detected.
+                    unsafe { simd::rho_pack_avx512(vals, wds, scs) }
+                } else {
+                    simd::rho_pack(vals, wds, scs)
                 }
             });
         Ok((words, scales))
@@ -1423,13 +1503,15 @@ impl Backend for CpuBackend {
             ));
         }
         let mut out = vec![POISON_F32; shape.len()];
-        out.par_chunks_mut(RHO_BLOCK_SIZE)
-            .zip(words.par_chunks(RHO_WORDS_PER_BLOCK))
-            .zip(scales.par_iter())
-            .for_each(|((o, wds), &s)| {
-                for (i, v) in o.iter_mut().enumerate() {
-                    let lane = (wds[i / 4] >> (8 * (i % 4))) as u8 as i8;
-                    *v = f32::from(lane) * s;
+        out.par_chunks_mut(RHO_BLOCK_SIZE * RHO_BLOCKS_PER_TASK)
+            .zip(words.par_chunks(RHO_WORDS_PER_BLOCK * RHO_BLOCKS_PER_TASK))
+            .zip(scales.par_chunks(RHO_BLOCKS_PER_TASK))
+            .for_each(|((o, wds), scs)| {
+                if simd::avx512() {
+                    // SAFETY: avx512f/bw detected.
+                    unsafe { simd::rho_unpack_avx512(wds, scs, o) }
+                } else {
+                    simd::rho_unpack(wds, scs, o)
                 }
             });
         Ok(out)
