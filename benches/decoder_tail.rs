@@ -175,7 +175,10 @@ fn cuda_benches(c: &mut Criterion) {
     use lowbit_kernels::backend::cuda::{CudaDevice, DeviceAct, DeviceOut, DeviceScale};
     use lowbit_kernels::ops::quantize::QuantizeShape;
 
-    let dev = match CudaDevice::new(0) {
+    // The dp4a family, whatever the device's default (`cuda_mma_benches` has the mma one).
+    let dev = match CudaDevice::new(0)
+        .and_then(|d| d.with_family(lowbit_kernels::backend::cuda::KernelFamily::Dp4a))
+    {
         Ok(d) => d,
         Err(e) => {
             eprintln!("SKIPPED: cuda benches: {e}");
@@ -509,11 +512,150 @@ fn wgpu_selected(id: &str) -> bool {
 #[cfg(not(feature = "wgpu"))]
 fn wgpu_benches(_: &mut Criterion) {}
 
+/// Is a group named `prefix…` selected by the positional criterion filters (none = all)?
+#[cfg(feature = "cuda")]
+fn mma_selected(prefix: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| prefix.contains(f.as_str()) || f.starts_with(prefix))
+}
+
+/// CUDA int8 tensor cores (the mma family, forced) at BDH sizes H=4, L=8192, D=256 and
+/// M ∈ {512, 2048, 8192}: prepacked int8 input with f32 and with bf16 output, and fused from
+/// f32 (uint8pos, device scale: absmean + packing + mma + split-K reduction). Timed with CUDA
+/// events over 20 back-to-back runs. Prints one `MMA-SUMMARY` line per case: median time,
+/// int TOPS, input bytes read per second, and the byte floor (input + weight + output bytes
+/// at the measured copy bandwidth).
+#[cfg(feature = "cuda")]
+fn cuda_mma_benches(c: &mut Criterion) {
+    use lowbit_kernels::backend::cuda::microbench;
+    use lowbit_kernels::backend::cuda::{
+        CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily,
+    };
+    use lowbit_kernels::ops::OutputDType;
+    use lowbit_kernels::ops::quantize::QuantizeShape;
+
+    if !mma_selected("cuda_mma/decoder_tail") {
+        return;
+    }
+    let dev = match CudaDevice::new(0).and_then(|d| d.with_family(KernelFamily::Mma)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: cuda mma benches: {e}");
+            return;
+        }
+    };
+    let copy = microbench::copy_bandwidth(&dev, 1 << 30, 10).expect("copy bandwidth");
+    println!(
+        "MMA-CEILING card=\"{}\" copy_gbps={:.0}",
+        dev.name(),
+        copy.rate() / 1e9
+    );
+    let (h, l, d) = (4usize, 8192usize, 256usize);
+    let mut rng = Rng::new(22);
+    let w_codes = rng.ternary(h * l * d);
+    let w_host = pack_decoder_weight_codes_i8x4(&w_codes, h, l, d).unwrap();
+    let w = dev.upload(&w_host).unwrap();
+    for m in [512usize, 2048, 8192] {
+        let shape = DecoderTailShape::bdh(m, h, l, d).unwrap();
+        let y: Vec<f32> = rng
+            .normals(shape.y_len(), 1.0)
+            .into_iter()
+            .map(|v| v.max(0.0))
+            .collect();
+        let y = dev.upload(&y).unwrap();
+        let mut scale = dev.upload(&[0.0f32]).unwrap();
+        dev.absmean_scale(&y, Fmt::Int8, &mut scale).unwrap();
+        let a_scale = dev.download(&scale).unwrap()[0];
+        let qs = QuantizeShape::new(h * m, l).unwrap();
+        let mut words = dev.alloc_zeros::<u32>(qs.words_len()).unwrap();
+        dev.quantize_pack_i8x4(&y, qs, Fmt::Int8, DeviceScale::Param(a_scale), &mut words)
+            .unwrap();
+        let mut out32 = dev.alloc_zeros::<f32>(shape.out_len()).unwrap();
+        let mut out16 = dev.alloc_zeros::<u16>(shape.out_len()).unwrap();
+        let name = format!("cuda_mma/decoder_tail/m{m}_h{h}_l{l}_d{d}");
+        let mut g = c.benchmark_group(&name);
+        g.throughput(Throughput::Elements(shape.int_ops()))
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(600));
+        for variant in ["packed_int8", "packed_int8_bf16", "f32_compute_uint8pos"] {
+            let fused = variant.starts_with("f32");
+            let bf16 = variant.ends_with("bf16");
+            let ep = Epilogue {
+                dtype: if bf16 {
+                    OutputDType::Bf16
+                } else {
+                    OutputDType::F32
+                },
+                relu: false,
+            };
+            let mut run = || {
+                let (input, format, sc) = if fused {
+                    (
+                        DeviceAct::F32(&y),
+                        Fmt::Uint8PosExp,
+                        DeviceScale::Compute(&mut scale),
+                    )
+                } else {
+                    (
+                        DeviceAct::Packed(&words),
+                        Fmt::Int8,
+                        DeviceScale::Param(a_scale),
+                    )
+                };
+                let out = if bf16 {
+                    DeviceOut::Bits16(&mut out16)
+                } else {
+                    DeviceOut::F32(&mut out32)
+                };
+                dev.decoder_tail(&shape, input, format, sc, &w, 0.05, 1, ep, out)
+            };
+            run().unwrap();
+            dev.synchronize().unwrap();
+            let mut samples: Vec<f64> = (0..10)
+                .map(|_| {
+                    microbench::time_events(&dev, 20, &mut run)
+                        .unwrap()
+                        .as_secs_f64()
+                        / 20.0
+                })
+                .collect();
+            samples.sort_by(f64::total_cmp);
+            let secs = samples[samples.len() / 2];
+            let in_bytes = (shape.y_len() * if fused { 4 } else { 1 }) as f64;
+            let out_bytes = (shape.out_len() * if bf16 { 2 } else { 4 }) as f64;
+            let floor = (in_bytes + out_bytes + (w_host.len() * 4) as f64) / copy.rate();
+            println!(
+                "MMA-SUMMARY {name} {variant} time_us={:.2} tops={:.1} in_gbps={:.0} floor_us={:.2} of_floor={:.2}",
+                secs * 1e6,
+                shape.int_ops() as f64 / secs / 1e12,
+                in_bytes / secs / 1e9,
+                floor * 1e6,
+                secs / floor
+            );
+            g.bench_function(variant, |b| {
+                b.iter_custom(|iters| microbench::time_events(&dev, iters, &mut run).unwrap())
+            });
+        }
+        g.finish();
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_mma_benches(_: &mut Criterion) {}
+
 criterion_group!(
     benches,
     cpu_benches,
     reference_benches,
     cuda_benches,
+    cuda_mma_benches,
     wgpu_benches
 );
 criterion_main!(benches);

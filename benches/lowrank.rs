@@ -184,7 +184,10 @@ fn cuda_benches(c: &mut Criterion) {
     use lowbit_kernels::backend::cuda::{CudaDevice, DeviceAct, DeviceOut, DeviceScale};
     use lowbit_kernels::ops::quantize::QuantizeShape;
 
-    let dev = match CudaDevice::new(0) {
+    // The dp4a family, whatever the device's default (`cuda_mma_benches` has the mma one).
+    let dev = match CudaDevice::new(0)
+        .and_then(|d| d.with_family(lowbit_kernels::backend::cuda::KernelFamily::Dp4a))
+    {
         Ok(d) => d,
         Err(e) => {
             eprintln!("SKIPPED: cuda benches: {e}");
@@ -509,11 +512,143 @@ fn wgpu_selected(id: &str) -> bool {
 #[cfg(not(feature = "wgpu"))]
 fn wgpu_benches(_: &mut Criterion) {}
 
+/// Is a group named `prefix…` selected by the positional criterion filters (none = all)?
+#[cfg(feature = "cuda")]
+fn mma_selected(prefix: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| prefix.contains(f.as_str()) || f.starts_with(prefix))
+}
+
+/// CUDA int8 tensor cores (the mma family, forced) at BDH sizes D=256, H=4, N=8192 and
+/// M ∈ {512, 2048, 8192}: fused from f32 (device scale: absmean launch + mma kernel) and
+/// prepacked int8, each with f32 output and with bf16 + fused ReLU output. Timed with CUDA
+/// events over 20 back-to-back runs (launch gaps amortised). Prints one `MMA-SUMMARY` line
+/// per case: median time, int TOPS, output bytes written per second, and the byte floor
+/// (output + input + weight bytes at the measured copy bandwidth).
+#[cfg(feature = "cuda")]
+fn cuda_mma_benches(c: &mut Criterion) {
+    use lowbit_kernels::backend::cuda::microbench;
+    use lowbit_kernels::backend::cuda::{
+        CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily,
+    };
+    use lowbit_kernels::ops::OutputDType;
+    use lowbit_kernels::ops::quantize::QuantizeShape;
+
+    if !mma_selected("cuda_mma/lowrank") {
+        return;
+    }
+    let dev = match CudaDevice::new(0).and_then(|d| d.with_family(KernelFamily::Mma)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("SKIPPED: cuda mma benches: {e}");
+            return;
+        }
+    };
+    let copy = microbench::copy_bandwidth(&dev, 1 << 30, 10).expect("copy bandwidth");
+    println!(
+        "MMA-CEILING card=\"{}\" copy_gbps={:.0}",
+        dev.name(),
+        copy.rate() / 1e9
+    );
+    let (h, d, n) = (4usize, 256usize, 8192usize);
+    let mut rng = Rng::new(21);
+    let w_codes = rng.ternary(h * d * n);
+    let w_host = pack_lowrank_weight_codes_i8x4(&w_codes, h, d, n).unwrap();
+    let w = dev.upload(&w_host).unwrap();
+    for m in [512usize, 2048, 8192] {
+        let shape = LowrankShape::bdh(m, h, d, n).unwrap();
+        let x = dev.upload(&rng.normals(shape.x_len(), 1.0)).unwrap();
+        let mut scale = dev.upload(&[0.0f32]).unwrap();
+        dev.absmean_scale(&x, Fmt::Int8, &mut scale).unwrap();
+        let a_scale = dev.download(&scale).unwrap()[0];
+        let qs = QuantizeShape::new(m, d).unwrap();
+        let mut words = dev.alloc_zeros::<u32>(qs.words_len()).unwrap();
+        dev.quantize_pack_i8x4(&x, qs, Fmt::Int8, DeviceScale::Param(a_scale), &mut words)
+            .unwrap();
+        let mut out32 = dev.alloc_zeros::<f32>(shape.out_len()).unwrap();
+        let mut out16 = dev.alloc_zeros::<u16>(shape.out_len()).unwrap();
+        let name = format!("cuda_mma/lowrank/m{m}_d{d}_h{h}_n{n}");
+        let mut g = c.benchmark_group(&name);
+        g.throughput(Throughput::Elements(shape.int_ops()))
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(200))
+            .measurement_time(Duration::from_millis(600));
+        for variant in [
+            "f32_compute_int8",
+            "packed_int8",
+            "f32_compute_int8_bf16_relu",
+            "packed_int8_bf16_relu",
+        ] {
+            let fused = variant.starts_with("f32");
+            let bf16 = variant.ends_with("bf16_relu");
+            let ep = if bf16 {
+                Epilogue {
+                    dtype: OutputDType::Bf16,
+                    relu: true,
+                }
+            } else {
+                Epilogue::default()
+            };
+            let mut run = || {
+                let (input, sc) = if fused {
+                    (DeviceAct::F32(&x), DeviceScale::Compute(&mut scale))
+                } else {
+                    (DeviceAct::Packed(&words), DeviceScale::Param(a_scale))
+                };
+                let out = if bf16 {
+                    DeviceOut::Bits16(&mut out16)
+                } else {
+                    DeviceOut::F32(&mut out32)
+                };
+                dev.lowrank(&shape, input, Fmt::Int8, sc, &w, 0.05, 1, ep, out)
+            };
+            run().unwrap();
+            dev.synchronize().unwrap();
+            let mut samples: Vec<f64> = (0..10)
+                .map(|_| {
+                    microbench::time_events(&dev, 20, &mut run)
+                        .unwrap()
+                        .as_secs_f64()
+                        / 20.0
+                })
+                .collect();
+            samples.sort_by(f64::total_cmp);
+            let secs = samples[samples.len() / 2];
+            let out_bytes = (shape.out_len() * if bf16 { 2 } else { 4 }) as f64;
+            let in_bytes = (m * d * if fused { 4 } else { 1 }) as f64;
+            let bytes = out_bytes + in_bytes + (w_host.len() * 4) as f64;
+            let floor = bytes / copy.rate();
+            println!(
+                "MMA-SUMMARY {name} {variant} time_us={:.2} tops={:.1} out_gbps={:.0} floor_us={:.2} of_floor={:.2}",
+                secs * 1e6,
+                shape.int_ops() as f64 / secs / 1e12,
+                out_bytes / secs / 1e9,
+                floor * 1e6,
+                secs / floor
+            );
+            g.bench_function(variant, |b| {
+                b.iter_custom(|iters| microbench::time_events(&dev, iters, &mut run).unwrap())
+            });
+        }
+        g.finish();
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_mma_benches(_: &mut Criterion) {}
+
 criterion_group!(
     benches,
     cpu_benches,
     reference_benches,
     cuda_benches,
+    cuda_mma_benches,
     wgpu_benches
 );
 criterion_main!(benches);

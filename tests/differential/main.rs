@@ -47,6 +47,8 @@ macro_rules! backend_tests {
 
 #[cfg(feature = "cuda")]
 mod cuda_extra;
+#[cfg(feature = "cuda")]
+mod cuda_mma;
 mod decoder_tail;
 mod lowrank;
 mod quantize;

@@ -21,12 +21,33 @@ pub fn source(stem: &str) -> Option<&'static str> {
         "decoder_tail" => include_str!("../../../cuda/decoder_tail.cu"),
         "rho" => include_str!("../../../cuda/rho.cu"),
         "microbench" => include_str!("../../../cuda/microbench.cu"),
+        // The tensor-core family: its shared core, then the op.
+        "lowrank_mma" => concat!(
+            "#line 1 \"mma.cuh\"\n",
+            include_str!("../../../cuda/mma.cuh"),
+            "\n#line 1 \"lowrank_mma.cu\"\n",
+            include_str!("../../../cuda/lowrank_mma.cu")
+        ),
+        "decoder_tail_mma" => concat!(
+            "#line 1 \"mma.cuh\"\n",
+            include_str!("../../../cuda/mma.cuh"),
+            "\n#line 1 \"decoder_tail_mma.cu\"\n",
+            include_str!("../../../cuda/decoder_tail_mma.cu")
+        ),
         _ => return None,
     })
 }
 
 /// Every stem with a CUDA source.
-pub const STEMS: [&str; 5] = ["quantize", "lowrank", "decoder_tail", "rho", "microbench"];
+pub const STEMS: [&str; 7] = [
+    "quantize",
+    "lowrank",
+    "decoder_tail",
+    "rho",
+    "microbench",
+    "lowrank_mma",
+    "decoder_tail_mma",
+];
 
 /// True when libnvrtc can be loaded (never panics).
 pub fn nvrtc_present() -> bool {

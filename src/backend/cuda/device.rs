@@ -30,6 +30,9 @@ pub(crate) fn drv(context: impl Into<String>) -> impl FnOnce(DriverError) -> Low
 pub enum KernelFamily {
     /// `__dp4a` kernels (sm_61+).
     Dp4a,
+    /// int8 tensor-core `mma.sync` kernels (sm_80+; `mma.rs`): the projections for M > 16;
+    /// quantization, rho, the float path and M <= 16 stay on the dp4a kernels.
+    Mma,
 }
 
 impl KernelFamily {
@@ -43,15 +46,24 @@ impl KernelFamily {
 
     /// The family for a `LOWBIT_CUDA_KERNELS` value (empty = best available) on `caps`.
     pub fn choose(forced: &str, caps: &CudaDeviceCaps) -> Result<Self> {
-        match forced.trim().to_ascii_lowercase().as_str() {
+        let forced = forced.trim().to_ascii_lowercase();
+        match forced.as_str() {
+            "" if caps.int8_mma => return Ok(Self::Mma),
             "" | "dp4a" => {}
+            "mma" if caps.int8_mma => return Ok(Self::Mma),
             "mma" => {
                 return Err(LowbitError::Unsupported {
                     backend: BackendKind::Cuda,
                     op: "open",
-                    reason: "LOWBIT_CUDA_KERNELS=mma: the int8 tensor-core (mma) family is \
-                             not implemented yet; use dp4a"
-                        .into(),
+                    reason: format!(
+                        "LOWBIT_CUDA_KERNELS=mma: {} is sm_{}{}; the int8 tensor-core kernels \
+                         need sm_{}{}",
+                        caps.name,
+                        caps.compute_capability.0,
+                        caps.compute_capability.1,
+                        crate::caps::INT8_MMA_MIN_SM.0,
+                        crate::caps::INT8_MMA_MIN_SM.1
+                    ),
                 });
             }
             other => {
@@ -104,6 +116,8 @@ pub(crate) struct Scratch {
     pub red_counter: Option<CudaSlice<u32>>,
     pub split_counters: Option<CudaSlice<u32>>,
     pub partials: Option<CudaSlice<i32>>,
+    /// mma family: activations packed into aligned i8x4 rows (`mma.rs`).
+    pub mma_words: Option<CudaSlice<u32>>,
 }
 
 /// A CUDA device (or a caller's context + stream) ready to run the kernels.
@@ -389,13 +403,21 @@ mod tests {
     #[test]
     fn kernel_family_selection() {
         let h100 = caps((9, 0));
-        assert_eq!(KernelFamily::choose("", &h100).unwrap(), KernelFamily::Dp4a);
+        assert_eq!(KernelFamily::choose("", &h100).unwrap(), KernelFamily::Mma);
+        assert_eq!(
+            KernelFamily::choose("mma", &h100).unwrap(),
+            KernelFamily::Mma
+        );
+        assert_eq!(
+            KernelFamily::choose("", &caps((7, 5))).unwrap(),
+            KernelFamily::Dp4a
+        );
         assert_eq!(
             KernelFamily::choose(" DP4A ", &h100).unwrap(),
             KernelFamily::Dp4a
         );
         assert!(matches!(
-            KernelFamily::choose("mma", &h100),
+            KernelFamily::choose("mma", &caps((7, 5))),
             Err(LowbitError::Unsupported { .. })
         ));
         assert!(matches!(

@@ -351,7 +351,7 @@ impl CudaDevice {
     ///
     /// # Safety
     /// As [`CudaDevice::absmean_scale_raw`] when `scale` is `Compute` (then `x` holds `n` f32).
-    unsafe fn resolve_scale(
+    pub(crate) unsafe fn resolve_scale(
         &self,
         x: u64,
         n: usize,
@@ -486,6 +486,16 @@ impl CudaDevice {
         non_null(OP, "input", x)?;
         non_null(OP, "weight words", w)?;
         non_null(OP, "output", out)?;
+        if let Path::Int { mode, uns } = path
+            && self.mma_lowrank_ok(shape)
+        {
+            // SAFETY: forwarded contract (tensor-core family, `mma.rs`).
+            return unsafe {
+                self.lowrank_mma_raw(
+                    shape, input, format, scale, w, w_scale, epilogue, out, mode, uns,
+                )
+            };
+        }
         let kw = shape.k_words();
         let m = shape.m();
         let packed = matches!(input, RawAct::Packed(_));
@@ -601,6 +611,16 @@ impl CudaDevice {
         non_null(OP, "input", y)?;
         non_null(OP, "weight words", w)?;
         non_null(OP, "output", out)?;
+        if let Path::Int { mode, uns } = path
+            && self.mma_decoder_ok(shape)
+        {
+            // SAFETY: forwarded contract (tensor-core family, `mma.rs`).
+            return unsafe {
+                self.decoder_tail_mma_raw(
+                    shape, input, format, scale, w, w_scale, epilogue, out, mode, uns,
+                )
+            };
+        }
         let lw = shape.k_words();
         let m = shape.m();
         let packed = matches!(input, RawAct::Packed(_));

@@ -12,6 +12,7 @@ pub mod compile;
 pub mod device;
 pub mod launch;
 pub mod microbench;
+pub mod mma;
 pub mod ops;
 pub mod probe;
 pub mod tuning;

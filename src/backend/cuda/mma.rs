@@ -1,0 +1,536 @@
+//! The int8 tensor-core family ([`KernelFamily::Mma`], sm_80+): the low-rank projection and
+//! the decoder tail on `mma.sync.aligned.m16n8k32` with s8 (or, for uint8pos activations, u8)
+//! A operands, `ldmatrix` A fragments and `cp.async` pipelines (`cuda/mma.cuh`,
+//! `cuda/lowrank_mma.cu`, `cuda/decoder_tail_mma.cu`). Bit-identical to the reference like the
+//! dp4a kernels: integer accumulators, zero padding in K, the same dequantization.
+//!
+//! The launchers in `launch.rs` route here when the device's family is `Mma` and
+//! [`CudaDevice::mma_lowrank_ok`] / [`CudaDevice::mma_decoder_ok`] accept the shape; the rest
+//! (M ≤ 16, where streaming the weights once on the dp4a small-M path is the whole cost; a
+//! low-rank D above [`LOWRANK_MAX_KPW`]·4; the float path) stays on the dp4a kernels.
+//!
+//! The weights are used as they are packed (`[H, ceil(D/4), N]` and `[H·ceil(Lart/4), D]`
+//! words): a word is four consecutive k of one column, which is exactly one B-fragment
+//! register of m16n8k32, so no repacked copy is needed.
+
+use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, sys};
+
+use super::device::{CudaDevice, KernelFamily, drv};
+use super::launch::{RawAct, RawScale, dtype_code, fmt_code};
+use super::tuning as t;
+use crate::config::LowBitActivationFormat;
+use crate::error::{LowbitError, Result};
+use crate::kernels::KernelId;
+use crate::ops::{DecoderTailShape, Epilogue, LowrankShape};
+use crate::quant::EPS;
+
+/// Threads per CTA (8 warps: 2 along rows x 4 along columns, each a 64-row warp tile).
+pub const MMA_THREADS: u32 = 256;
+/// Rows per CTA tile.
+pub const MMA_BM: usize = 128;
+/// k words (4 k each) per pipeline chunk.
+pub const MMA_BKW: usize = 32;
+/// Low-rank: n8 fragments per warp (CTA tile 128 x 128), ring depth; two CTAs per SM.
+pub const LOWRANK_NI: usize = 4;
+pub const LOWRANK_STAGES: usize = 3;
+/// Low-rank: the longest K kept in smem, in words (D ≤ 512); longer D takes the dp4a path.
+pub const LOWRANK_MAX_KPW: usize = 128;
+/// Decoder: n8 fragments per warp (CTA tile 128 x 256); ring depth chosen from the device's
+/// shared memory, at most this.
+pub const DECODER_NI: usize = 8;
+pub const DECODER_MAX_STAGES: usize = 4;
+/// Decoder split-K: at least this many chunks per split.
+pub const DECODER_MIN_CHUNKS: usize = 2;
+
+const PAD_A: usize = 4;
+const PAD_B: usize = 8;
+
+/// Mirror of `struct LbMma` in `cuda/mma.cuh` (same field order and types).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct LbMma {
+    pub a: u64,
+    pub b: u64,
+    pub out: u64,
+    pub partial: u64,
+    pub scale_ptr: u64,
+    pub lda: i64,
+    pub a_kvalid: i64,
+    pub ldb: i64,
+    pub ldc: i64,
+    pub scale_param: f32,
+    pub w_scale: f32,
+    pub fmt: i32,
+    pub relu: i32,
+    pub out_dtype: i32,
+    pub m_total: i32,
+    pub time: i32,
+    pub heads: i32,
+    pub a_heads: i32,
+    pub o_heads: i32,
+    pub ncols: i32,
+    pub bcols: i32,
+    pub kw: i32,
+    pub kpw: i32,
+    pub b_head_rows: i32,
+    pub tiles_n: i32,
+    pub a_vec: i32,
+    pub b_vec: i32,
+    pub c_vec: i32,
+    pub p_vec: i32,
+}
+
+// SAFETY: plain-old-data with the C layout of `LbMma`.
+unsafe impl DeviceRepr for LbMma {}
+
+fn bn(ni: usize) -> usize {
+    8 * ni * 4
+}
+
+/// Dynamic smem of the low-rank kernel for `kpw` resident k words.
+pub fn lowrank_smem(kpw: usize) -> usize {
+    (MMA_BM * (kpw + PAD_A) + LOWRANK_STAGES * MMA_BKW * (bn(LOWRANK_NI) + PAD_B)) * 4
+}
+
+/// Dynamic smem of the decoder kernel with `stages` ring stages.
+pub fn decoder_smem(stages: usize) -> usize {
+    stages * (MMA_BM * (MMA_BKW + PAD_A) + MMA_BKW * (bn(DECODER_NI) + PAD_B)) * 4
+}
+
+fn d(k: &str, v: impl ToString) -> (String, String) {
+    (k.to_string(), v.to_string())
+}
+
+fn eps() -> (String, String) {
+    d("LB_EPS", format!("{EPS:e}f"))
+}
+
+/// Defines of the low-rank kernel for input mode 0 packed / 1 codes / 2 f32.
+pub fn lowrank_defines(mode: u32, uns: bool) -> Vec<(String, String)> {
+    vec![
+        d("LB_MODE", mode),
+        d("LB_UNS", u32::from(uns)),
+        d("LB_THREADS", MMA_THREADS),
+        d("LB_MMA_BKW", MMA_BKW),
+        d("LB_MMA_NI", LOWRANK_NI),
+        d("LB_MMA_STAGES", LOWRANK_STAGES),
+        eps(),
+    ]
+}
+
+/// Defines of the decoder kernel.
+pub fn decoder_defines(uns: bool, stages: usize) -> Vec<(String, String)> {
+    vec![
+        d("LB_UNS", u32::from(uns)),
+        d("LB_THREADS", MMA_THREADS),
+        d("LB_MMA_BKW", MMA_BKW),
+        d("LB_MMA_NI", DECODER_NI),
+        d("LB_MMA_STAGES", stages),
+        eps(),
+    ]
+}
+
+/// Defines of the decoder's split-K reduction.
+pub fn reduce_defines() -> Vec<(String, String)> {
+    vec![d("LB_MMA_REDUCE", 1), d("LB_MMA_NI", DECODER_NI), eps()]
+}
+
+/// Defines of the input packer for mode 0 (misaligned words) / 1 codes / 2 f32.
+pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
+    vec![d("LB_MMA_PREP", 1), d("LB_MODE", mode), eps()]
+}
+
+/// Every module variant of the family (kernel, defines), for a warm-up or a compile check.
+pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
+    let mut v = Vec::new();
+    let lowrank = [
+        KernelId::LowrankMmaPacked,
+        KernelId::LowrankMmaCodes,
+        KernelId::LowrankMmaF32,
+    ];
+    for mode in 0..3u32 {
+        for uns in [false, true] {
+            if mode == 0 && uns {
+                continue;
+            }
+            v.push((lowrank[mode as usize], lowrank_defines(mode, uns)));
+        }
+        v.push((KernelId::MmaPrepA, prep_defines(mode)));
+    }
+    for uns in [false, true] {
+        for stages in 3..=DECODER_MAX_STAGES {
+            v.push((KernelId::DecoderMma, decoder_defines(uns, stages)));
+        }
+    }
+    v.push((KernelId::DecoderMmaReduce, reduce_defines()));
+    v
+}
+
+fn aligned16(p: u64) -> bool {
+    p.is_multiple_of(16)
+}
+
+fn launch_cfg(grid: (u32, u32, u32), block: u32, smem: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: grid,
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: smem as u32,
+    }
+}
+
+fn too_big(op: &'static str, what: &str, n: usize) -> LowbitError {
+    LowbitError::InvalidArgument {
+        op,
+        what: "shape",
+        reason: format!("{what} = {n} exceeds the mma kernels' i32 grid arithmetic"),
+    }
+}
+
+fn i32_of(op: &'static str, what: &str, n: usize) -> Result<i32> {
+    i32::try_from(n).map_err(|_| too_big(op, what, n))
+}
+
+impl CudaDevice {
+    /// Forces a kernel family on this device (what `LOWBIT_CUDA_KERNELS` does when it is
+    /// opened), after checking the device can run it.
+    pub fn with_family(mut self, family: KernelFamily) -> Result<Self> {
+        let name = match family {
+            KernelFamily::Dp4a => "dp4a",
+            KernelFamily::Mma => "mma",
+        };
+        self.family = KernelFamily::choose(name, &self.caps)?;
+        Ok(self)
+    }
+
+    /// The device's opt-in shared memory per block (0 when the driver does not say).
+    fn smem_optin(&self) -> usize {
+        self.ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_or(0, |v| v.max(0) as usize)
+    }
+
+    /// The decoder ring depth that fits this device's shared memory.
+    fn decoder_stages(&self) -> Option<usize> {
+        let optin = self.smem_optin();
+        (2..=DECODER_MAX_STAGES)
+            .rev()
+            .find(|&s| decoder_smem(s) <= optin)
+    }
+
+    /// Does the mma family run this low-rank projection (else the dp4a kernels do)?
+    pub fn mma_lowrank_ok(&self, shape: &LowrankShape) -> bool {
+        let kpw = shape.k_words().next_multiple_of(MMA_BKW);
+        self.family == KernelFamily::Mma
+            && shape.m() > t::SMALL_M_MAX
+            && kpw <= LOWRANK_MAX_KPW
+            && lowrank_smem(kpw) <= self.smem_optin()
+    }
+
+    /// Does the mma family run this decoder tail (else the dp4a kernels do)?
+    pub fn mma_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
+        self.family == KernelFamily::Mma
+            && shape.m() > t::SMALL_M_MAX
+            && self.decoder_stages().is_some()
+    }
+
+    fn prepare(&self, f: &CudaFunction, smem: usize) -> Result<usize> {
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(drv("cuFuncSetAttribute (mma dynamic smem)"))?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(MMA_THREADS, smem, None)
+            .map_err(drv("cuOccupancyMaxActiveBlocksPerMultiprocessor (mma)"))?
+            .max(1);
+        Ok(per_sm as usize * self.caps.multiprocessors.max(1) as usize)
+    }
+
+    /// Queues the low-rank projection on the tensor cores. The request was validated by
+    /// `lowrank_raw` (which routes here when [`CudaDevice::mma_lowrank_ok`]).
+    ///
+    /// # Safety
+    /// As [`CudaDevice::lowrank_raw`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn lowrank_mma_raw(
+        &self,
+        shape: &LowrankShape,
+        input: RawAct,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        w_words: u64,
+        w_scale: f32,
+        epilogue: Epilogue,
+        out: u64,
+        mode: u32,
+        uns: bool,
+    ) -> Result<()> {
+        const OP: &str = "cuda::lowrank (mma)";
+        let x = match input {
+            RawAct::Packed(p) | RawAct::Codes(p) | RawAct::F32(p) => p,
+        };
+        let kw = shape.k_words();
+        let kpw = kw.next_multiple_of(MMA_BKW);
+        let lda = if mode == 0 { kw } else { shape.embd };
+        let m = shape.m();
+        let bn = bn(LOWRANK_NI);
+        let tiles_n = shape.latent_out.div_ceil(bn);
+        let m_tiles = m.div_ceil(MMA_BM);
+        let total_tiles = shape.heads * tiles_n;
+        let id = [
+            KernelId::LowrankMmaPacked,
+            KernelId::LowrankMmaCodes,
+            KernelId::LowrankMmaF32,
+        ][mode as usize];
+        let mut p = LbMma {
+            a: x,
+            b: w_words,
+            out,
+            lda: lda as i64,
+            a_kvalid: lda as i64,
+            ldb: shape.latent as i64,
+            ldc: shape.latent_out as i64,
+            w_scale,
+            fmt: fmt_code(OP, format)?,
+            relu: i32::from(epilogue.relu),
+            out_dtype: dtype_code(epilogue.dtype),
+            m_total: i32_of(OP, "M", m)?,
+            time: i32_of(OP, "T", shape.time)?,
+            heads: i32_of(OP, "H", shape.heads)?,
+            a_heads: i32_of(OP, "Hin", shape.in_heads)?,
+            o_heads: i32_of(OP, "H", shape.heads)?,
+            ncols: i32_of(OP, "latent_out", shape.latent_out)?,
+            bcols: i32_of(OP, "N", shape.latent)?,
+            kw: i32_of(OP, "D words", kw)?,
+            kpw: i32_of(OP, "D words", kpw)?,
+            b_head_rows: i32_of(OP, "D words", kw)?,
+            tiles_n: i32_of(OP, "column tiles", tiles_n)?,
+            a_vec: i32::from(lda.is_multiple_of(4) && aligned16(x)),
+            b_vec: i32::from(shape.latent.is_multiple_of(4) && aligned16(w_words)),
+            c_vec: i32::from(shape.latent_out.is_multiple_of(4) && aligned16(out)),
+            p_vec: 0,
+            ..Default::default()
+        };
+        i32_of(OP, "tiles", total_tiles)?;
+        i32_of(OP, "row tiles", m_tiles)?;
+        let f = self.function(id, lowrank_defines(mode, uns))?;
+        let smem = lowrank_smem(kpw);
+        let slots = self.prepare(&f, smem)?;
+        // SAFETY: forwarded contract (x holds x_len f32 when F32).
+        let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
+        p.scale_ptr = sp;
+        p.scale_param = sv;
+        // Each CTA owns one row block and a contiguous run of column tiles; as many CTAs as
+        // fit the device at once (one wave), never more than there are tiles.
+        let per_row = (slots / m_tiles).clamp(1, total_tiles);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p);
+        let grid = (per_row as u32, m_tiles as u32, 1);
+        // SAFETY: `p` mirrors the kernel's parameter; every address covers the shape's extent
+        // (the caller's contract), loads past the valid extents are masked in the kernel.
+        unsafe { b.launch(launch_cfg(grid, MMA_THREADS, smem)) }
+            .map_err(drv("cuLaunchKernel (lowrank_mma)"))?;
+        Ok(())
+    }
+
+    /// Queues the decoder tail on the tensor cores (validated by `decoder_tail_raw`, which
+    /// routes here when [`CudaDevice::mma_decoder_ok`]).
+    ///
+    /// # Safety
+    /// As [`CudaDevice::decoder_tail_raw`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn decoder_tail_mma_raw(
+        &self,
+        shape: &DecoderTailShape,
+        input: RawAct,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        w_words: u64,
+        w_scale: f32,
+        epilogue: Epilogue,
+        out: u64,
+        mode: u32,
+        uns: bool,
+    ) -> Result<()> {
+        const OP: &str = "cuda::decoder_tail (mma)";
+        let y = match input {
+            RawAct::Packed(p) | RawAct::Codes(p) | RawAct::F32(p) => p,
+        };
+        let stages = self
+            .decoder_stages()
+            .ok_or_else(|| LowbitError::Unsupported {
+                backend: crate::error::BackendKind::Cuda,
+                op: OP,
+                reason: "not enough shared memory per block for the mma decoder".into(),
+            })?;
+        let lw = shape.k_words();
+        let m = shape.m();
+        let dim = shape.dim;
+        let rows = shape.batch * shape.heads * shape.time;
+        let in_lda = if mode == 0 { lw } else { shape.latent };
+        let bn = bn(DECODER_NI);
+        let n_tiles = dim.div_ceil(bn);
+        let m_tiles = m.div_ceil(MMA_BM);
+        let chunks = shape.heads * lw.div_ceil(MMA_BKW);
+        let mut p = LbMma {
+            a: y,
+            b: w_words,
+            out,
+            lda: in_lda as i64,
+            a_kvalid: in_lda as i64,
+            ldb: dim as i64,
+            ldc: dim as i64,
+            w_scale,
+            fmt: fmt_code(OP, format)?,
+            relu: i32::from(epilogue.relu),
+            out_dtype: dtype_code(epilogue.dtype),
+            m_total: i32_of(OP, "M", m)?,
+            time: i32_of(OP, "T", shape.time)?,
+            heads: i32_of(OP, "H", shape.heads)?,
+            a_heads: i32_of(OP, "H", shape.heads)?,
+            o_heads: 1,
+            ncols: i32_of(OP, "D", dim)?,
+            bcols: i32_of(OP, "D", dim)?,
+            kw: i32_of(OP, "L words", lw)?,
+            kpw: 0,
+            b_head_rows: i32_of(OP, "Lart words", shape.w_head_words())?,
+            tiles_n: i32_of(OP, "column tiles", n_tiles)?,
+            a_vec: i32::from(in_lda.is_multiple_of(4) && aligned16(y)),
+            b_vec: i32::from(dim.is_multiple_of(4) && aligned16(w_words)),
+            c_vec: i32::from(dim.is_multiple_of(4) && aligned16(out)),
+            p_vec: i32::from(dim.is_multiple_of(4)),
+            ..Default::default()
+        };
+        i32_of(OP, "k chunks", chunks)?;
+        i32_of(OP, "row tiles", m_tiles)?;
+        let f = self.function(KernelId::DecoderMma, decoder_defines(uns, stages))?;
+        let smem = decoder_smem(stages);
+        let slots = self.prepare(&f, smem)?;
+        let prep = if mode == 0 && lw.is_multiple_of(4) && aligned16(y) {
+            None
+        } else {
+            Some(self.function(KernelId::MmaPrepA, prep_defines(mode))?)
+        };
+        let units = n_tiles * m_tiles;
+        let splits = if units >= slots {
+            1
+        } else {
+            (slots / units).clamp(1, (chunks / DECODER_MIN_CHUNKS).max(1))
+        };
+        let reduce = if splits > 1 {
+            Some(self.function(KernelId::DecoderMmaReduce, reduce_defines())?)
+        } else {
+            None
+        };
+        // SAFETY: forwarded contract (y holds y_len f32 when F32).
+        let (sp, sv) = unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
+        p.scale_ptr = sp;
+        p.scale_param = sv;
+
+        let mut scratch = self.scratch();
+        if let Some(prep) = prep {
+            // Pack the input into zero-padded, 16-byte aligned i8x4 rows.
+            let ldo = lw.next_multiple_of(4);
+            let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
+            let (rows64, ldo32) = (rows as i64, ldo as i32);
+            let quads = rows * ldo / 4;
+            let grid = quads
+                .div_ceil(256)
+                .clamp(1, self.caps.multiprocessors.max(1) as usize * 16)
+                as u32;
+            let mut b = self.stream.launch_builder(&prep);
+            b.arg(&p).arg(&dst).arg(&rows64).arg(&ldo32);
+            // SAFETY: `dst` holds rows * ldo words; the input covers its extent (contract).
+            unsafe { b.launch(launch_cfg((grid, 1, 1), 256, 0)) }
+                .map_err(drv("cuLaunchKernel (mma_prep_a)"))?;
+            p.a = dst;
+            p.lda = ldo as i64;
+            p.a_kvalid = ldo as i64;
+        }
+        if splits > 1 {
+            p.partial = self.scratch_buf(&mut scratch.partials, splits * m * dim)?;
+        }
+        drop(scratch);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p);
+        let grid = (n_tiles as u32, m_tiles as u32, splits as u32);
+        // SAFETY: as above; the partials hold splits * M * D i32.
+        unsafe { b.launch(launch_cfg(grid, MMA_THREADS, smem)) }
+            .map_err(drv("cuLaunchKernel (decoder_tail_mma)"))?;
+        if let Some(r) = reduce {
+            let s = splits as i32;
+            let quads = (m * dim).div_ceil(4);
+            let grid = quads
+                .div_ceil(256)
+                .clamp(1, self.caps.multiprocessors.max(1) as usize * 16)
+                as u32;
+            let mut b = self.stream.launch_builder(&r);
+            b.arg(&p).arg(&s);
+            // SAFETY: the partials were written above on this stream.
+            unsafe { b.launch(launch_cfg((grid, 1, 1), 256, 0)) }
+                .map_err(drv("cuLaunchKernel (decoder_mma_reduce)"))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::cuda::compile;
+
+    #[test]
+    fn problem_struct_layout_matches_the_c_side() {
+        // 5 pointers + 4 i64 + 2 f32 + 18 i32 = 152 bytes.
+        assert_eq!(std::mem::size_of::<LbMma>(), 152);
+        assert_eq!(std::mem::align_of::<LbMma>(), 8);
+    }
+
+    #[test]
+    fn smem_budgets() {
+        // BDH D = 256: two low-rank CTAs fit an H100 SM (228 KB), the decoder's 4-stage ring
+        // fits its 227 KB per block.
+        assert!(2 * lowrank_smem(64) <= 228 * 1024);
+        assert!(decoder_smem(4) <= 227 * 1024);
+        assert!(lowrank_smem(LOWRANK_MAX_KPW) <= 227 * 1024);
+    }
+
+    /// Compiles every module variant with NVRTC (no GPU needed) for sm_80 and sm_90; skips
+    /// loudly when libnvrtc is absent. `LOWBIT_PTXAS_REPORT=1` prints ptxas' resource lines.
+    #[test]
+    fn every_mma_module_variant_compiles() {
+        if !compile::nvrtc_present() {
+            eprintln!("SKIPPED: libnvrtc not found; CUDA mma sources not compiled");
+            return;
+        }
+        let report = std::env::var("LOWBIT_PTXAS_REPORT").is_ok();
+        for cc in [(8, 0), (9, 0)] {
+            for (id, defines) in mma_module_variants() {
+                let c = compile::compile(id.stem(), cc, &defines).unwrap_or_else(|e| panic!("{e}"));
+                assert!(!c.image.is_empty());
+                assert!(
+                    !c.log.contains("bytes spill stores")
+                        || c.log.contains(" 0 bytes spill stores"),
+                    "{}: spills\n{}",
+                    compile::describe(id.stem(), &defines),
+                    c.log
+                );
+                if report {
+                    println!(
+                        "== sm_{}{} {}",
+                        cc.0,
+                        cc.1,
+                        compile::describe(id.stem(), &defines)
+                    );
+                    for line in c.log.lines().filter(|l| {
+                        l.contains("registers") || l.contains("spill") || l.contains("Compiling")
+                    }) {
+                        println!("   {line}");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The CUDA int8 tensor-core (mma) family against the reference, bit for bit: odd shapes
+//! (D, L, N, T off every tile size; heads 1 and H; L < Lart; latent_out < N), every input
+//! variant and scale source, every epilogue, edge data, the largest accumulator, split-K
+//! determinism. The backend is forced onto the mma family whatever `LOWBIT_CUDA_KERNELS` says;
+//! without a CUDA device of sm_80+ each test prints `SKIPPED` (or fails under
+//! `LOWBIT_REQUIRE=cuda`).
+
+use std::sync::OnceLock;
+
+use crate::{Ctx, Op};
+use lowbit_kernels::backend::cuda::{
+    CudaBackend, CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily,
+};
+use lowbit_kernels::config::LowBitActivationFormat as Fmt;
+use lowbit_kernels::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
+use lowbit_kernels::testing::{self, Rng, compare_f32};
+use lowbit_kernels::{BackendKind, reference};
+
+fn mma_backend() -> Option<&'static CudaBackend> {
+    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    let opened = B.get_or_init(|| {
+        CudaDevice::new(0)
+            .and_then(|d| d.with_family(KernelFamily::Mma))
+            .map(CudaBackend::from_device)
+            .map_err(|e| e.to_string())
+    });
+    match opened {
+        Ok(b) => Some(b),
+        Err(reason) => {
+            if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
+                panic!("{msg}");
+            }
+            None
+        }
+    }
+}
+
+/// Runs one case on the mma backend and fails with every recorded failure; `stem` must have
+/// been compiled by then (the case really ran on the tensor cores).
+fn run_mma(stem: &str, case: fn(&mut Ctx)) {
+    let Some(b) = mma_backend() else { return };
+    assert_eq!(b.device().family(), KernelFamily::Mma);
+    println!("[cuda mma] device: {}", b.device().name());
+    let mut ctx = Ctx {
+        b,
+        kind: BackendKind::Cuda,
+        failures: Vec::new(),
+        tie_flips: 0,
+        checks: 0,
+    };
+    case(&mut ctx);
+    println!(
+        "[cuda mma] {} checks, {} failures",
+        ctx.checks,
+        ctx.failures.len()
+    );
+    if !ctx.failures.is_empty() {
+        panic!(
+            "[cuda mma] {} failing check(s):\n{}",
+            ctx.failures.len(),
+            ctx.failures.join("\n")
+        );
+    }
+    assert!(
+        b.device()
+            .compile_logs()
+            .iter()
+            .any(|(m, _)| m.starts_with(&format!("{stem}.cu"))),
+        "no {stem} module was compiled: the case did not reach the tensor cores"
+    );
+}
+
+fn lr(x: [usize; 4], w: [usize; 3], latent_out: usize) -> Op {
+    Op::Lowrank(LowrankShape::new(x, w, latent_out).unwrap())
+}
+
+fn dec(y: [usize; 4], w: [usize; 2]) -> Op {
+    Op::Decoder(DecoderTailShape::new(y, w).unwrap())
+}
+
+/// M = B·T > 16 throughout (M ≤ 16 stays on the dp4a small-M path).
+fn lowrank_ops() -> Vec<Op> {
+    vec![
+        lr([4, 1, 5, 18], [3, 18, 9], 9),
+        lr([4, 3, 5, 33], [3, 33, 130], 100),
+        lr([1, 1, 70, 250], [2, 250, 130], 130),
+        lr([2, 2, 70, 33], [2, 33, 9], 7),
+    ]
+}
+
+fn decoder_ops() -> Vec<Op> {
+    vec![
+        dec([4, 3, 5, 18], [3 * 18, 9]),
+        dec([1, 2, 70, 250], [2 * 256, 130]),
+        dec([2, 4, 70, 33], [4 * 40, 33]),
+        dec([4, 1, 5, 7], [7, 18]),
+    ]
+}
+
+fn lowrank_random(ctx: &mut Ctx) {
+    crate::int_cases(ctx, "mma lowrank", &lowrank_ops(), 101);
+}
+
+fn lowrank_large(ctx: &mut Ctx) {
+    let ops = [
+        // Several row blocks and column tiles, D = 256 (two resident chunks).
+        lr([1, 1, 300, 256], [4, 256, 520], 520),
+        // The longest resident K (D = 512), per-head input.
+        lr([2, 4, 70, 512], [4, 512, 136], 130),
+        // D = 520 is past the resident limit: the dp4a kernels run it, still exact.
+        lr([1, 1, 40, 520], [1, 520, 64], 64),
+    ];
+    crate::large_cases(ctx, "mma lowrank large", &ops, 102);
+}
+
+fn lowrank_epilogues(ctx: &mut Ctx) {
+    crate::epilogue_cases(
+        ctx,
+        "mma lowrank",
+        &[
+            lr([4, 1, 5, 18], [3, 18, 9], 9),
+            lr([1, 2, 70, 250], [2, 250, 132], 132),
+        ],
+        103,
+    );
+}
+
+fn lowrank_edges(ctx: &mut Ctx) {
+    crate::edge_cases(
+        ctx,
+        "mma lowrank",
+        &[
+            lr([4, 1, 5, 18], [2, 18, 9], 9),
+            lr([2, 2, 17, 33], [2, 33, 130], 129),
+        ],
+        104,
+    );
+}
+
+fn decoder_random(ctx: &mut Ctx) {
+    crate::int_cases(ctx, "mma decoder_tail", &decoder_ops(), 111);
+}
+
+fn decoder_large(ctx: &mut Ctx) {
+    let ops = [
+        // Long K (H·L = 8192): split-K with the fixed-order reduction.
+        dec([1, 4, 200, 2048], [4 * 2048, 256]),
+        // L < Lart, odd L and D, several splits.
+        dec([2, 3, 33, 1030], [3 * 1032, 130]),
+    ];
+    crate::large_cases(ctx, "mma decoder_tail large", &ops, 112);
+}
+
+fn decoder_epilogues(ctx: &mut Ctx) {
+    crate::epilogue_cases(
+        ctx,
+        "mma decoder_tail",
+        &[
+            dec([4, 3, 5, 18], [3 * 18, 9]),
+            dec([1, 4, 100, 1030], [4 * 1040, 256]),
+        ],
+        113,
+    );
+}
+
+fn decoder_edges(ctx: &mut Ctx) {
+    crate::edge_cases(
+        ctx,
+        "mma decoder_tail",
+        &[dec([4, 2, 5, 9], [18, 18]), dec([2, 2, 17, 129], [260, 33])],
+        114,
+    );
+}
+
+fn decoder_max_accumulator(ctx: &mut Ctx) {
+    // K = 66311: 66311·255·127 < 2^31 (uint8pos × int8 at +255 / ±127: the exact largest i32
+    // sums), and 66312 overflows (a typed error before launch). M = 17 > 16.
+    crate::max_accumulator_case(ctx, "mma decoder_tail", &dec([1, 1, 17, 66311], [66311, 2]));
+    crate::max_accumulator_case(ctx, "mma decoder_tail", &dec([1, 1, 17, 66312], [66312, 1]));
+}
+
+#[test]
+fn lowrank_random_shapes() {
+    run_mma("lowrank_mma", lowrank_random);
+}
+#[test]
+fn lowrank_large_shapes() {
+    run_mma("lowrank_mma", lowrank_large);
+}
+#[test]
+fn lowrank_every_epilogue() {
+    run_mma("lowrank_mma", lowrank_epilogues);
+}
+#[test]
+fn lowrank_edge_data() {
+    run_mma("lowrank_mma", lowrank_edges);
+}
+#[test]
+fn decoder_random_shapes() {
+    run_mma("decoder_tail_mma", decoder_random);
+}
+#[test]
+fn decoder_large_shapes() {
+    run_mma("decoder_tail_mma", decoder_large);
+}
+#[test]
+fn decoder_every_epilogue() {
+    run_mma("decoder_tail_mma", decoder_epilogues);
+}
+#[test]
+fn decoder_edge_data() {
+    run_mma("decoder_tail_mma", decoder_edges);
+}
+#[test]
+fn decoder_largest_accumulator() {
+    run_mma("decoder_tail_mma", decoder_max_accumulator);
+}
+
+/// Which shapes the family takes: M > 16, and for the low-rank projection D ≤ 512.
+#[test]
+fn routing() {
+    let Some(b) = mma_backend() else { return };
+    let dev = b.device();
+    let l = |m, d| LowrankShape::bdh(m, 4, d, 64).unwrap();
+    assert!(dev.mma_lowrank_ok(&l(17, 256)));
+    assert!(dev.mma_lowrank_ok(&l(17, 512)));
+    assert!(!dev.mma_lowrank_ok(&l(16, 256)));
+    assert!(!dev.mma_lowrank_ok(&l(17, 513)));
+    let dd = |m| DecoderTailShape::bdh(m, 4, 64, 256).unwrap();
+    assert!(dev.mma_decoder_ok(&dd(17)));
+    assert!(!dev.mma_decoder_ok(&dd(16)));
+    // The dp4a family never routes here.
+    let dp4a = CudaDevice::new(0)
+        .unwrap()
+        .with_family(KernelFamily::Dp4a)
+        .unwrap();
+    assert!(!dp4a.mma_lowrank_ok(&l(2048, 256)));
+    assert!(!dp4a.mma_decoder_ok(&dd(2048)));
+}
+
+/// Split-K over many CTAs and the persistent low-rank grid give the same bits on every run,
+/// equal to the reference, with every epilogue dtype.
+#[test]
+fn runs_are_bit_identical() {
+    let Some(b) = mma_backend() else { return };
+    let dev = b.device();
+    let mut rng = Rng::new(120);
+    // Decoder: K = 4·2048, 300 rows.
+    let shape = DecoderTailShape::bdh(300, 4, 2048, 256).unwrap();
+    let w_codes = rng.int8_codes(shape.w_len());
+    let w_words = lowbit_kernels::pack_decoder_weight_codes_i8x4(&w_codes, 4, 2048, 256).unwrap();
+    let y = rng.normals(shape.y_len(), 1.0);
+    let s = reference_scale(&y);
+    let codes: Vec<i32> = y
+        .iter()
+        .map(|&v| lowbit_kernels::quant::activation_code(v, s, Fmt::Int8))
+        .collect();
+    let expected = reference::decoder_tail_codes(&shape, &codes, &w_codes, s, 0.003).unwrap();
+    let yd = dev.upload(&codes).unwrap();
+    let wd = dev.upload(&w_words).unwrap();
+    for dtype in [OutputDType::F32, OutputDType::Bf16] {
+        let ep = Epilogue { dtype, relu: false };
+        let exp = crate::apply_epilogue(&expected, ep);
+        let mut first: Option<Vec<u32>> = None;
+        for run in 0..5 {
+            let got: Vec<f32> = if dtype == OutputDType::F32 {
+                let mut o = dev.upload(&vec![f32::NAN; shape.out_len()]).unwrap();
+                dev.decoder_tail(
+                    &shape,
+                    DeviceAct::Codes(&yd),
+                    Fmt::Int8,
+                    DeviceScale::Param(s),
+                    &wd,
+                    0.003,
+                    127,
+                    ep,
+                    DeviceOut::F32(&mut o),
+                )
+                .unwrap();
+                dev.download(&o).unwrap()
+            } else {
+                let mut o = dev.upload(&vec![0xFFFFu16; shape.out_len()]).unwrap();
+                dev.decoder_tail(
+                    &shape,
+                    DeviceAct::Codes(&yd),
+                    Fmt::Int8,
+                    DeviceScale::Param(s),
+                    &wd,
+                    0.003,
+                    127,
+                    ep,
+                    DeviceOut::Bits16(&mut o),
+                )
+                .unwrap();
+                dev.download(&o)
+                    .unwrap()
+                    .into_iter()
+                    .map(|h| half::bf16::from_bits(h).to_f32())
+                    .collect()
+            };
+            let r = compare_f32(&exp, &got);
+            assert!(r.bit_exact(), "decoder {dtype:?} run {run}: {r}");
+            let bits: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            match &first {
+                None => first = Some(bits),
+                Some(f) => assert_eq!(f, &bits, "decoder {dtype:?}: run {run} differs"),
+            }
+        }
+    }
+    // Low-rank: f32 input, device scale; the scale and the output repeat bit for bit.
+    let shape = LowrankShape::bdh(1000, 4, 256, 1000).unwrap();
+    let w_codes = rng.ternary(shape.w_len());
+    let w_words = lowbit_kernels::pack_lowrank_weight_codes_i8x4(&w_codes, 4, 256, 1000).unwrap();
+    let x = rng.normals(shape.x_len(), 1.0);
+    let xd = dev.upload(&x).unwrap();
+    let wd = dev.upload(&w_words).unwrap();
+    let mut first: Option<(u32, Vec<u32>)> = None;
+    for run in 0..3 {
+        let mut sd = dev.upload(&[f32::NAN]).unwrap();
+        let mut o = dev.upload(&vec![f32::NAN; shape.out_len()]).unwrap();
+        dev.lowrank(
+            &shape,
+            DeviceAct::F32(&xd),
+            Fmt::Int8,
+            DeviceScale::Compute(&mut sd),
+            &wd,
+            0.05,
+            1,
+            Epilogue::default(),
+            DeviceOut::F32(&mut o),
+        )
+        .unwrap();
+        let a = dev.download(&sd).unwrap()[0];
+        let got = dev.download(&o).unwrap();
+        let codes: Vec<i32> = x
+            .iter()
+            .map(|&v| lowbit_kernels::quant::activation_code(v, a, Fmt::Int8))
+            .collect();
+        let exp = reference::lowrank_projection_codes(&shape, &codes, &w_codes, a, 0.05).unwrap();
+        let r = compare_f32(&exp, &got);
+        assert!(r.bit_exact(), "lowrank run {run}: {r}");
+        let bits = (a.to_bits(), got.iter().map(|v| v.to_bits()).collect());
+        match &first {
+            None => first = Some(bits),
+            Some(f) => assert_eq!(f, &bits, "lowrank: run {run} differs"),
+        }
+    }
+}
+
+fn reference_scale(x: &[f32]) -> f32 {
+    lowbit_kernels::quant::activation_scale(x, Fmt::Int8)
+        .unwrap()
+        .unwrap()
+}
