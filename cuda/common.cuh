@@ -460,15 +460,20 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
 #if defined(LB_SMALL_M)
 // M <= LB_SMALL_M rows; weights streamed once. A warp is 8 column quads x 4 k-lanes; a block
 // is LB_SM_CW warps along columns x (8 / LB_SM_CW) warps along K. A chunks of LB_SM_KC words
-// sit in smem k-major ([k][m]) so every lane reads its rows with broadcast loads.
+// sit in smem k-major ([k][m]) so every lane reads its rows with broadcast loads. Decoder
+// split-K (grid y = split): integer atomics into a zeroed [M][D] accumulator, and the last
+// block of each column tile (a counter) writes the output: the same bits on every run.
 #define LB_SM_KWARPS (LB_THREADS / 32 / LB_SM_CW)
 #define LB_SM_KLANES (LB_SM_KWARPS * 4)
 #define LB_SM_COLS (LB_SM_CW * 32)
+#ifndef LB_SM_BATCH
+#define LB_SM_BATCH 8
+#endif
 
 template <int MODE, bool UNS>
 __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     __shared__ __align__(16) u32 As[LB_SM_KC][LB_SMALL_M];
-    __shared__ int red[LB_SM_KWARPS > 1 ? LB_SM_KWARPS - 1 : 1][LB_SMALL_M][LB_SM_COLS];
+    __shared__ int red[LB_SM_KWARPS][LB_SMALL_M][LB_SM_COLS];
     __shared__ unsigned last_flag;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -476,7 +481,8 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     const int wc = warp % LB_SM_CW, wk = warp / LB_SM_CW;
     const int kli = wk * 4 + kl;
     const int col_local = wc * 32 + cq * 4;
-    const int c0 = blockIdx.x * LB_SM_COLS + col_local;
+    const int tile0 = blockIdx.x * LB_SM_COLS;
+    const int c0 = tile0 + col_local;
     const LbSplit sp = lb_split(p, blockIdx.y, 4);
     const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
     const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
@@ -498,22 +504,34 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
         }
         __syncthreads();
         const int kn = min(LB_SM_KC, sp.kw1 - k0);
-#pragma unroll 4
-        for (int r = kli; r < kn; r += LB_SM_KLANES) {
-            uint4 b = lb_b_word4(sp.b, p.ldb, k0 + r, c0, p.bcols, p.b_vec != 0);
+        // Batches of LB_SM_BATCH weight rows: every load of a batch is issued before the
+        // first is used, so each thread keeps LB_SM_BATCH 16-byte loads in flight.
+        for (int r0 = kli; r0 < kn; r0 += LB_SM_BATCH * LB_SM_KLANES) {
+            uint4 b[LB_SM_BATCH];
 #pragma unroll
-            for (int m = 0; m < LB_SMALL_M; ++m) {
-                u32 a = As[r][m];
-                acc[m][0] = dot4<UNS>(a, b.x, acc[m][0]);
-                acc[m][1] = dot4<UNS>(a, b.y, acc[m][1]);
-                acc[m][2] = dot4<UNS>(a, b.z, acc[m][2]);
-                acc[m][3] = dot4<UNS>(a, b.w, acc[m][3]);
+            for (int u = 0; u < LB_SM_BATCH; ++u) {
+                const int r = r0 + u * LB_SM_KLANES;
+                b[u] = r < kn ? lb_b_word4(sp.b, p.ldb, k0 + r, c0, p.bcols, p.b_vec != 0)
+                              : make_uint4(0u, 0u, 0u, 0u);
+            }
+#pragma unroll
+            for (int u = 0; u < LB_SM_BATCH; ++u) {
+                const int r = min(r0 + u * LB_SM_KLANES, kn - 1);  // b[u] is zero past kn
+#pragma unroll
+                for (int m = 0; m < LB_SMALL_M; ++m) {
+                    const u32 a = As[r][m];
+                    acc[m][0] = dot4<UNS>(a, b[u].x, acc[m][0]);
+                    acc[m][1] = dot4<UNS>(a, b[u].y, acc[m][1]);
+                    acc[m][2] = dot4<UNS>(a, b[u].z, acc[m][2]);
+                    acc[m][3] = dot4<UNS>(a, b[u].w, acc[m][3]);
+                }
             }
         }
         __syncthreads();
     }
 
-    // Sum the 4 k-lanes of each warp (integer: any fixed order gives the same bits).
+    // Sum the 4 k-lanes of each warp (integer: any fixed order gives the same bits), then the
+    // K warps through smem; every thread then owns (row, column) pairs of the tile.
 #pragma unroll
     for (int m = 0; m < LB_SMALL_M; ++m)
 #pragma unroll
@@ -521,76 +539,51 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
             acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], 8);
             acc[m][j] += __shfl_xor_sync(0xffffffffu, acc[m][j], 16);
         }
-    // Then the K warps, through smem.
-    if (LB_SM_KWARPS > 1) {
-        if (wk > 0 && kl == 0) {
+    if (kl == 0) {
 #pragma unroll
-            for (int m = 0; m < LB_SMALL_M; ++m)
+        for (int m = 0; m < LB_SMALL_M; ++m)
 #pragma unroll
-                for (int j = 0; j < 4; ++j) red[wk - 1][m][col_local + j] = acc[m][j];
-        }
-        __syncthreads();
-        if (wk == 0 && kl == 0) {
-            for (int w = 0; w < LB_SM_KWARPS - 1; ++w)
-#pragma unroll
-                for (int m = 0; m < LB_SMALL_M; ++m)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) acc[m][j] += red[w][m][col_local + j];
-        }
+            for (int j = 0; j < 4; ++j) red[wk][m][col_local + j] = acc[m][j];
     }
-    const bool writer = wk == 0 && kl == 0;
+    __syncthreads();
     const int o_head = p.is_decoder ? 0 : sp.head;
-
-    if (p.partial == nullptr) {
-        if (!writer) return;
-        const float as = lb_scale(p.scale_ptr, p.scale_param);
+    const int rows = min(p.m_total, LB_SMALL_M);
+    const float as = lb_scale(p.scale_ptr, p.scale_param);
+    for (int idx = tid; idx < rows * LB_SM_COLS; idx += LB_THREADS) {
+        const int m = idx / LB_SM_COLS, cl = idx % LB_SM_COLS, c = tile0 + cl;
+        if (c >= p.ncols) continue;
+        int v = 0;
 #pragma unroll
-        for (int m = 0; m < LB_SMALL_M; ++m) {
-            if (m >= p.m_total) break;
-            const long long o = lb_out_row(p, m, o_head);
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                if (c0 + j < p.ncols)
-                    lb_store(p.out, o + c0 + j, lb_dequant(acc[m][j], p.w_scale, as, p.relu),
-                             p.out_dtype);
-        }
-        return;
+        for (int w = 0; w < LB_SM_KWARPS; ++w) v += red[w][m][cl];
+        if (p.partial == nullptr)
+            lb_store(p.out, lb_out_row(p, m, o_head) + c, lb_dequant(v, p.w_scale, as, p.relu),
+                     p.out_dtype);
+        else  // split-K: integer atomics into the [M][ncols] accumulator (order-free)
+            atomicAdd(p.partial + (long long)m * p.ncols + c, v);
     }
+    if (p.partial == nullptr) return;
 
-    // Split-K fixup: write this split's partial; the last block of the column tile to arrive
-    // sums every split in split order and writes the output.
-    const int splits = gridDim.y;
-    if (writer) {
-#pragma unroll
-        for (int m = 0; m < LB_SMALL_M; ++m) {
-            if (m >= p.m_total) break;
-            int* dst = p.partial + ((long long)blockIdx.y * p.m_total + m) * p.ncols;
-#pragma unroll
-            for (int j = 0; j < 4; ++j)
-                if (c0 + j < p.ncols) dst[c0 + j] = acc[m][j];
-        }
-    }
+    // The last block of the column tile to arrive dequantizes the accumulator, writes the
+    // output, and zeroes the accumulator and the counter for the next launch on this stream.
     __threadfence();
     __syncthreads();
     if (tid == 0) {
         unsigned prev = atomicAdd(&p.counters[blockIdx.x], 1u);
-        last_flag = (prev == (unsigned)(splits - 1)) ? 1u : 0u;
+        last_flag = (prev == gridDim.y - 1) ? 1u : 0u;
     }
     __syncthreads();
     if (!last_flag) return;
     __threadfence();
-    const float as = lb_scale(p.scale_ptr, p.scale_param);
-    const int tile0 = blockIdx.x * LB_SM_COLS;
-    for (int idx = tid; idx < p.m_total * LB_SM_COLS; idx += LB_THREADS) {
-        int m = idx / LB_SM_COLS, c = tile0 + idx % LB_SM_COLS;
+    for (int idx = tid; idx < rows * LB_SM_COLS; idx += LB_THREADS) {
+        const int m = idx / LB_SM_COLS, c = tile0 + idx % LB_SM_COLS;
         if (c >= p.ncols) continue;
-        int sum = 0;
-        for (int z = 0; z < splits; ++z)
-            sum += __ldcg(p.partial + ((long long)z * p.m_total + m) * p.ncols + c);
-        lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(sum, p.w_scale, as, p.relu),
+        int* a = p.partial + (long long)m * p.ncols + c;
+        const int v = __ldcg(a);
+        *a = 0;
+        lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(v, p.w_scale, as, p.relu),
                  p.out_dtype);
     }
-    if (tid == 0) p.counters[blockIdx.x] = 0u;  // ready for the next launch on this stream
+    if (tid == 0) p.counters[blockIdx.x] = 0u;
 }
 #endif  // LB_SMALL_M
 

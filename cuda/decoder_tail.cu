@@ -28,7 +28,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_reduce(LbProblem p, in
 }
 #elif LB_MODE == LB_A_PACKED
 extern "C" __global__ void __launch_bounds__(LB_THREADS, LB_MIN_BLOCKS) decoder_packed(LbProblem p) {
-    lb_project<LB_A_PACKED, false>(p);
+    lb_project<LB_A_PACKED, LB_UNS != 0>(p);  // UNS: words packed from uint8pos codes
 }
 #elif LB_MODE == LB_A_CODES
 extern "C" __global__ void __launch_bounds__(LB_THREADS, LB_MIN_BLOCKS) decoder_codes(LbProblem p) {

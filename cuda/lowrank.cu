@@ -13,7 +13,7 @@
 extern "C" __global__ void __launch_bounds__(256) lowrank_float(LbProblem p) { lb_float(p); }
 #elif LB_MODE == LB_A_PACKED
 extern "C" __global__ void __launch_bounds__(LB_THREADS, LB_MIN_BLOCKS) lowrank_packed(LbProblem p) {
-    lb_project<LB_A_PACKED, false>(p);
+    lb_project<LB_A_PACKED, LB_UNS != 0>(p);  // UNS: words packed from uint8pos codes
 }
 #elif LB_MODE == LB_A_CODES
 extern "C" __global__ void __launch_bounds__(LB_THREADS, LB_MIN_BLOCKS) lowrank_codes(LbProblem p) {

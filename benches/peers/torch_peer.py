@@ -41,7 +41,7 @@ def main():
     out_path = sys.argv[1] if len(sys.argv) > 1 else "torch_peer.json"
     dev = torch.device("cuda")
     torch.manual_seed(0)
-    compiled = torch.compile(quant_pipeline)
+    compiled = torch.compile(quant_pipeline, dynamic=True)
     props = torch.cuda.get_device_properties(dev)
     res = {
         "card": props.name,

@@ -116,11 +116,19 @@ pub(crate) struct Scratch {
     pub red_counter: Option<CudaSlice<u32>>,
     pub split_counters: Option<CudaSlice<u32>>,
     pub partials: Option<CudaSlice<i32>>,
+    /// Small-M decoder split-K accumulator `[M][D]` (kept zeroed by the kernel).
+    pub small_acc: Option<CudaSlice<i32>>,
+    /// f32 inputs quantized + packed once before the tiled GEMM.
+    pub act_words: Option<CudaSlice<u32>>,
     /// mma family: activations packed into aligned i8x4 rows (`mma.rs`).
     pub mma_words: Option<CudaSlice<u32>>,
 }
 
 /// A CUDA device (or a caller's context + stream) ready to run the kernels.
+///
+/// Everything is queued on one stream. A device opened with [`CudaDevice::new`] switches off
+/// cudarc's per-buffer event tracking on its own context handle (one stream needs none): a
+/// buffer made through it and used on another stream must be ordered by the caller.
 pub struct CudaDevice {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
@@ -162,6 +170,12 @@ impl CudaDevice {
         let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
             .map_err(|_| unavailable("the CUDA driver panicked while opening the device"))?
             .map_err(|e| unavailable(format!("cannot open CUDA device {ordinal}: {e}")))?;
+        // Every op of this device is ordered on its one stream, so cudarc's per-buffer
+        // events (a record/wait pair per buffer per launch, microseconds each) buy nothing:
+        // switch them off for this context handle (a caller's handle keeps its own setting).
+        // SAFETY: buffers made through this handle are used on `stream`; a caller who moves
+        // one to another stream orders it himself (documented on `CudaDevice`).
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(drv("cuStreamCreate"))?;
         Self::build(ctx, stream)
     }

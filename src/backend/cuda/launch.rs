@@ -449,6 +449,45 @@ impl CudaDevice {
         Ok(())
     }
 
+    /// Quantizes `rows × k` floats at `x` with the resolved scale into the device's scratch
+    /// i8x4 words (unsigned lanes for uint8pos) and returns their address.
+    ///
+    /// # Safety
+    /// `x` must address `rows * k` f32 of this context; `scale_ptr` (if not 0) one f32.
+    unsafe fn prepack_f32(
+        &self,
+        x: u64,
+        rows: usize,
+        k: usize,
+        fmt: i32,
+        scale_ptr: u64,
+        scale_val: f32,
+    ) -> Result<u64> {
+        let f = self.function(KernelId::QuantizePack, plain_defines("LB_QUANTIZE"))?;
+        let n = rows * k.div_ceil(4);
+        let mut scratch = self.scratch();
+        let words = self.scratch_buf(&mut scratch.act_words, n)?;
+        drop(scratch);
+        let (rows64, k64) = (rows as i64, k as i64);
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&x)
+            .arg(&rows64)
+            .arg(&k64)
+            .arg(&fmt)
+            .arg(&scale_ptr)
+            .arg(&scale_val)
+            .arg(&words);
+        // SAFETY: per the caller's contract; the scratch holds `n` words.
+        unsafe {
+            b.launch(cfg(
+                (ew_grid(n, t::EW_THREADS as usize), 1, 1),
+                t::EW_THREADS,
+            ))
+        }
+        .map_err(drv("cuLaunchKernel (quantize_pack_i8x4, f32 pre-pass)"))?;
+        Ok(words)
+    }
+
     /// Queues the low-rank projection.
     ///
     /// # Safety
@@ -544,21 +583,33 @@ impl CudaDevice {
                 self.launch_problem(&f, grid, &p)
             }
             Path::Int { mode, uns } => {
+                let small = m <= t::SMALL_M_MAX;
+                // SAFETY: forwarded contract (x holds x_len f32 when F32).
+                let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
+                p.scale_ptr = sp;
+                p.scale_param = sv;
+                let mut mode = mode;
+                if mode == 2 && !small {
+                    // Large M: quantize + pack each element once (not once per column tile
+                    // and head), then the packed GEMM on the words.
+                    let rows = shape.batch * shape.in_heads * shape.time;
+                    // SAFETY: forwarded contract (x holds rows * D f32).
+                    p.a = unsafe { self.prepack_f32(x, rows, shape.embd, p.fmt, sp, sv)? };
+                    p.lda = kw as i64;
+                    p.a_kvalid = kw as i64;
+                    p.a_vec = i32::from(kw.is_multiple_of(4));
+                    mode = 0;
+                }
                 let id = [
                     KernelId::LowrankPacked,
                     KernelId::LowrankCodes,
                     KernelId::LowrankF32,
                 ][mode as usize];
-                let small = m <= t::SMALL_M_MAX;
                 let f = if small {
                     self.function(id, small_defines(mode, uns, m, t::SMALL_CW_LOWRANK))?
                 } else {
                     self.function(id, tiled_defines(mode, uns))?
                 };
-                // SAFETY: forwarded contract (x holds x_len f32 when F32).
-                let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
-                p.scale_ptr = sp;
-                p.scale_param = sv;
                 let grid = if small {
                     (
                         ceil_u32(shape.latent_out, t::SMALL_CW_LOWRANK * 32),
@@ -667,12 +718,28 @@ impl CudaDevice {
             }
             Path::Int { mode, uns } => (mode, uns),
         };
+        let small = m <= t::SMALL_M_MAX;
+        // SAFETY: forwarded contract (y holds y_len f32 when F32).
+        let (scale_ptr, scale_val) =
+            unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
+        p.scale_ptr = scale_ptr;
+        p.scale_param = scale_val;
+        let mut mode = mode;
+        if mode == 2 && !small {
+            // Large M: quantize + pack each element once (not once per column tile).
+            let rows = shape.batch * heads * shape.time;
+            // SAFETY: forwarded contract (y holds rows * L f32).
+            p.a = unsafe { self.prepack_f32(y, rows, shape.latent, p.fmt, scale_ptr, scale_val)? };
+            p.lda = lw as i64;
+            p.a_kvalid = lw as i64;
+            p.a_vec = i32::from(lw.is_multiple_of(4));
+            mode = 0;
+        }
         let id = [
             KernelId::DecoderPacked,
             KernelId::DecoderCodes,
             KernelId::DecoderF32,
         ][mode as usize];
-        let small = m <= t::SMALL_M_MAX;
         let f = if small {
             self.function(id, small_defines(mode, uns, m, t::SMALL_CW_DECODER))?
         } else {
@@ -698,19 +765,22 @@ impl CudaDevice {
         let max_sp = lw
             .div_ceil(kchunk)
             .clamp(1, t::MAX_SPLITS_PER_HEAD as usize);
-        let sp = pick_splits(units, slots, max_sp);
+        // Small M: one wave of streaming blocks; tiled: the wave-efficient split count.
+        let sp = if small {
+            (slots / units.max(1)).clamp(1, max_sp)
+        } else {
+            pick_splits(units, slots, max_sp)
+        };
         let splits = heads * sp;
         p.splits_per_head = sp as i32;
-        // SAFETY: forwarded contract (y holds y_len f32 when F32).
-        let (scale_ptr, scale_val) =
-            unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
-        p.scale_ptr = scale_ptr;
-        p.scale_param = scale_val;
         let mut scratch = self.scratch();
         if splits > 1 {
-            p.partial = self.scratch_buf(&mut scratch.partials, splits * m * dim)?;
             if small {
+                // A zeroed [M][D] i32 accumulator (the kernel leaves it zeroed again).
+                p.partial = self.scratch_buf(&mut scratch.small_acc, m * dim)?;
                 p.counters = self.scratch_buf(&mut scratch.split_counters, col_tiles)?;
+            } else {
+                p.partial = self.scratch_buf(&mut scratch.partials, splits * m * dim)?;
             }
         }
         drop(scratch);
@@ -801,10 +871,8 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         KernelId::DecoderF32,
     ];
     for mode in 0..3u32 {
+        // Packed words with unsigned lanes come from the f32 pre-pass of uint8pos inputs.
         for uns in [false, true] {
-            if mode == 0 && uns {
-                continue;
-            }
             for (ids, cw) in [
                 (lowrank, t::SMALL_CW_LOWRANK),
                 (decoder, t::SMALL_CW_DECODER),

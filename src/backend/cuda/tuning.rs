@@ -17,7 +17,7 @@ pub const SMALL_M_MAX: usize = 16;
 pub const SMALL_KC: u32 = 256;
 /// Small-M path, warps along the output columns (the rest split K): low-rank (wide N, short
 /// K) and decoder (narrow D, long K).
-pub const SMALL_CW_LOWRANK: u32 = 8;
+pub const SMALL_CW_LOWRANK: u32 = 4;
 pub const SMALL_CW_DECODER: u32 = 2;
 
 /// Float path tile (fixed in the source: 64x64 outputs, 16x16 threads).
