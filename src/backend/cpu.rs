@@ -36,6 +36,8 @@ pub const ROWS_PER_TASK: usize = 48;
 pub const COL_BLOCK: usize = 256;
 /// Reduction words per weight panel.
 pub const K_CHUNK: usize = 128;
+/// Outputs at least this large (bytes) are written with non-temporal stores.
+pub const STREAM_MIN_BYTES: usize = 32 << 20;
 /// Rows of the register tile.
 const MR: usize = 6;
 /// Columns of the register tile (4 × 16 lanes).
@@ -127,6 +129,8 @@ struct Epi<'a> {
     w_scale: f32,
     a_scale: f32,
     epilogue: Epilogue,
+    /// Non-temporal stores (outputs far larger than the caches).
+    stream: bool,
 }
 
 impl CpuBackend {
@@ -250,6 +254,7 @@ impl CpuBackend {
                             w_scale: args.w_scale,
                             a_scale: act.a_scale,
                             epilogue: args.epilogue,
+                            stream: 4 * shape.out_len() >= STREAM_MIN_BYTES,
                         };
                         slab.par_chunks_mut(ROWS_PER_TASK * lo)
                             .enumerate()
@@ -352,6 +357,7 @@ impl CpuBackend {
                     w_scale: args.w_scale,
                     a_scale: act.a_scale,
                     epilogue: args.epilogue,
+                    stream: 4 * shape.out_len() >= STREAM_MIN_BYTES,
                 };
                 out.par_chunks_mut(t * dim)
                     .enumerate()
@@ -1270,8 +1276,7 @@ mod portable {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{Epi, MicroCall, finish};
-    use crate::ops::dequantize_acc;
+    use super::{Epi, MicroCall};
     use std::arch::x86_64::*;
 
     /// Masks of the 4 column vectors of a tile `np` columns wide.
@@ -1366,7 +1371,13 @@ mod avx512 {
         }
     }
 
-    /// f32 epilogue compiled for AVX-512 (the generic loop, vectorised 16 wide).
+    /// f32 epilogue, 16 wide: `((acc - corr) as f32 · w_scale) · a_scale`, relu as
+    /// `v < 0 ? 0 : v` (the same IEEE operations as [`crate::ops::dequantize_acc`] + `finish`). The
+    /// 64-byte-aligned body of each row is stored with `vmovntps` when `epi.stream`.
+    ///
+    /// # Safety
+    /// The CPU must have avx512f. `tile.len()` is a multiple of `nb`; `corr.len() >= nb`;
+    /// every row `r` of the tile has `out[r·cols .. r·cols + nb]`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn epilogue_f32(
         tile: &[i32],
@@ -1377,11 +1388,56 @@ mod avx512 {
         cols: usize,
     ) {
         let (ws, a_s, ep) = (epi.w_scale, epi.a_scale, epi.epilogue);
+        let (wsv, asv, zero) = (_mm512_set1_ps(ws), _mm512_set1_ps(a_s), _mm512_setzero_ps());
+        let corr = &corr[..nb];
+        // 16 outputs from `acc[j..]`, `corr[j..]` (lanes outside `mask` neither read nor
+        // written); full aligned vectors may be streamed.
+        let vec16 = |acc: &[i32], o: &mut [f32], j: usize, mask: u16, stream: bool| {
+            // SAFETY: the callers pass masks covering only lanes j + l < nb, which are in
+            // bounds of acc, corr and o; masked lanes are not accessed; streamed stores are
+            // full vectors at 64-byte-aligned addresses.
+            unsafe {
+                let a = _mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(j).cast());
+                let c = _mm512_maskz_loadu_epi32(mask, corr.as_ptr().add(j).cast());
+                let f = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, c));
+                let mut v = _mm512_mul_ps(_mm512_mul_ps(f, wsv), asv);
+                if ep.relu {
+                    let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero);
+                    v = _mm512_mask_blend_ps(neg, v, zero);
+                }
+                let p = o.as_mut_ptr().add(j);
+                if stream {
+                    _mm512_stream_ps(p, v);
+                } else {
+                    _mm512_mask_storeu_ps(p, mask, v);
+                }
+            }
+        };
+        let lanes = |n: usize| {
+            if n >= 16 {
+                0xffff
+            } else {
+                ((1u32 << n) - 1) as u16
+            }
+        };
         for (r, acc) in tile.chunks(nb).enumerate() {
             let o = &mut out[r * cols..][..nb];
-            for ((o, &a), &c) in o.iter_mut().zip(acc).zip(corr) {
-                *o = finish(dequantize_acc(a.wrapping_sub(c), ws, a_s), ep);
+            let head = o.as_ptr().align_offset(64).min(nb);
+            if head > 0 {
+                vec16(acc, o, 0, lanes(head), false);
             }
+            let mut j = head;
+            while j + 16 <= nb {
+                vec16(acc, o, j, 0xffff, epi.stream);
+                j += 16;
+            }
+            if j < nb {
+                vec16(acc, o, j, lanes(nb - j), false);
+            }
+        }
+        if epi.stream {
+            // Order the non-temporal stores before the task reports completion.
+            _mm_sfence();
         }
     }
 }
