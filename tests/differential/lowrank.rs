@@ -33,6 +33,27 @@ fn large(ctx: &mut Ctx) {
     crate::large_cases(ctx, "lowrank large", &ops, 2);
 }
 
+/// A 32 MiB output (8192 × 1024 f32): the CPU backend's non-temporal-store epilogue and
+/// GPU launches with many blocks along M.
+fn wide(ctx: &mut Ctx) {
+    let op = op([1, 1, 8192, 6], [1, 6, 1024], 1024);
+    let mut rng = lowbit_kernels::testing::Rng::new(6);
+    let w = crate::Weights::new(&op, crate::WeightKind::Int8, &mut rng);
+    let x = crate::make_data(&mut rng, op.in_len(), crate::Data::Normal);
+    for relu in [false, true] {
+        let v = crate::Variant {
+            format: lowbit_kernels::config::LowBitActivationFormat::Int8,
+            input: crate::InputKind::F32,
+            scale: lowbit_kernels::ops::ScaleSource::Compute,
+            epilogue: lowbit_kernels::ops::Epilogue {
+                relu,
+                ..Default::default()
+            },
+        };
+        crate::check_int_variant(ctx, "lowrank wide", &op, &w, &x, v);
+    }
+}
+
 fn epilogue(ctx: &mut Ctx) {
     crate::epilogue_cases(
         ctx,
@@ -114,6 +135,7 @@ fn errors(ctx: &mut Ctx) {
 backend_tests!(
     random,
     large,
+    wide,
     epilogue,
     float,
     edges,
