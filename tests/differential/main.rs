@@ -629,6 +629,18 @@ pub fn check_float_variant(
     let Some(out) = ctx.ok(&case, op.call(ctx.b, &args)) else {
         return;
     };
+    if let Some(again) = ctx.ok(&case, op.call(ctx.b, &args)) {
+        ctx.checks += 1;
+        let same = again.values.len() == out.values.len()
+            && again
+                .values
+                .iter()
+                .zip(&out.values)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+        if !same {
+            ctx.fail(&case, "two runs differ (not deterministic)");
+        }
+    }
     let expected = apply_epilogue(&op.reference_float(x, &w.codes, w.scale), epilogue);
     // f16/bf16 outputs: one rounding of the (tolerance-close) f32 value.
     let (rel, nmse) = match epilogue.dtype {
