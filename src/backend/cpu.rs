@@ -52,6 +52,8 @@ const RHO_BLOCKS_PER_TASK: usize = 512;
 pub enum CpuKernel {
     /// Plain Rust, auto-vectorised for the compile target.
     Portable,
+    /// The same Rust compiled for AVX2 (x86_64, detected at run time).
+    Avx2,
     /// AVX-512 VNNI `vpdpbusd` (x86_64, detected at run time).
     Avx512Vnni,
 }
@@ -66,6 +68,9 @@ impl CpuKernel {
                 && std::arch::is_x86_feature_detected!("avx512vnni")
             {
                 return Self::Avx512Vnni;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") {
+                return Self::Avx2;
             }
         }
         Self::Portable
@@ -141,14 +146,14 @@ impl CpuBackend {
         }
     }
 
-    /// The backend with a given kernel (`Avx512Vnni` falls back to `Portable` on CPUs
-    /// without it).
+    /// The backend with a given kernel; one this CPU cannot run falls back to the best it
+    /// can (`Avx512Vnni` → `Avx2` → `Portable`).
     pub fn with_kernel(kernel: CpuKernel) -> Self {
-        let kernel = match kernel {
-            CpuKernel::Avx512Vnni if CpuKernel::detect() != CpuKernel::Avx512Vnni => {
-                CpuKernel::Portable
-            }
-            k => k,
+        let best = CpuKernel::detect();
+        let kernel = match (kernel, best) {
+            (CpuKernel::Avx512Vnni, b) if b != CpuKernel::Avx512Vnni => b,
+            (CpuKernel::Avx2, CpuKernel::Portable) => CpuKernel::Portable,
+            (k, _) => k,
         };
         Self { kernel }
     }
@@ -1133,6 +1138,11 @@ fn gemm_acc_cols(
                             // above (x rows, weight rows, columns < nb within the tile).
                             unsafe { avx512::micro(g.x, g.w, tile, &call) }
                         }
+                        #[cfg(target_arch = "x86_64")]
+                        CpuKernel::Avx2 => {
+                            // SAFETY: `kernel` is Avx2 only when the CPU has avx2.
+                            unsafe { portable::micro_avx2(g.x, g.w, tile, &call) }
+                        }
                         _ => portable::micro(g.x, g.w, tile, &call),
                     }
                 }
@@ -1203,7 +1213,7 @@ fn epilogue_generic(
 }
 
 mod portable {
-    use super::{Gemm, MicroCall};
+    use super::{Gemm, MicroCall, NR};
 
     #[inline(always)]
     fn lanes(w: u32) -> [i32; 4] {
@@ -1215,28 +1225,57 @@ mod portable {
         ]
     }
 
-    /// Portable register tile (auto-vectorised over columns).
-    pub(super) fn micro(x: &[u32], w: &[u32], c: &mut [i32], m: &MicroCall) {
-        for i in 0..m.mr {
-            let crow = &mut c[m.c_at + i * m.c_stride..][..m.np];
-            if m.first {
-                crow.fill(0);
+    /// Portable register tile: each weight word is split into its 4 lanes once per `k`,
+    /// then every row does i32 multiply-adds over the columns (auto-vectorised).
+    #[inline(always)]
+    pub(super) fn micro_body(x: &[u32], w: &[u32], c: &mut [i32], m: &MicroCall) {
+        let np = m.np.min(NR);
+        if m.first {
+            for i in 0..m.mr {
+                c[m.c_at + i * m.c_stride..][..np].fill(0);
             }
-            let xrow = &x[m.x_at + i * m.x_stride..][..m.kn];
-            for (k, &xw) in xrow.iter().enumerate() {
+        }
+        let mut wl = [[0i32; NR]; 4];
+        for k in 0..m.kn {
+            let wrow = &w[m.w_at + k * m.w_stride..][..np];
+            for (col, &ww) in wrow.iter().enumerate() {
+                let l = lanes(ww);
+                wl[0][col] = l[0];
+                wl[1][col] = l[1];
+                wl[2][col] = l[2];
+                wl[3][col] = l[3];
+            }
+            for i in 0..m.mr {
+                let xw = x[m.x_at + i * m.x_stride + k];
                 if xw == 0 {
                     continue;
                 }
                 let xl = xw.to_le_bytes().map(i32::from);
-                let wrow = &w[m.w_at + k * m.w_stride..][..m.np];
-                for (acc, &ww) in crow.iter_mut().zip(wrow) {
-                    let wl = lanes(ww);
-                    *acc = acc.wrapping_add(
-                        xl[0] * wl[0] + xl[1] * wl[1] + xl[2] * wl[2] + xl[3] * wl[3],
-                    );
+                let crow = &mut c[m.c_at + i * m.c_stride..][..np];
+                for (col, acc) in crow.iter_mut().enumerate() {
+                    let dot = xl[0] * wl[0][col]
+                        + xl[1] * wl[1][col]
+                        + xl[2] * wl[2][col]
+                        + xl[3] * wl[3][col];
+                    *acc = acc.wrapping_add(dot);
                 }
             }
         }
+    }
+
+    /// [`micro_body`] for the compile target.
+    pub(super) fn micro(x: &[u32], w: &[u32], c: &mut [i32], m: &MicroCall) {
+        micro_body(x, w, c, m)
+    }
+
+    /// [`micro_body`] compiled for AVX2.
+    ///
+    /// # Safety
+    /// The CPU must have avx2.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn micro_avx2(x: &[u32], w: &[u32], c: &mut [i32], m: &MicroCall) {
+        micro_body(x, w, c, m)
     }
 
     /// Fully checked fallback (used only if a bound check fails; never after validation).
@@ -1450,6 +1489,7 @@ impl Backend for CpuBackend {
         let threads = rayon::current_num_threads();
         match self.kernel {
             CpuKernel::Portable => format!("cpu (portable, {threads} threads)"),
+            CpuKernel::Avx2 => format!("cpu (avx2, {threads} threads)"),
             CpuKernel::Avx512Vnni => format!("cpu (avx512-vnni, {threads} threads)"),
         }
     }
