@@ -1,8 +1,6 @@
-//! `lowbit bench`: times the ops at BDH shapes on each backend.
-//!
-//! Timing goes through the host-slice [`Backend`] trait: for the CPU that is the backend's own
-//! API (no copies beyond the output vector); for GPU backends it includes upload and download,
-//! and rows say so ("incl. transfers").
+//! `lowbit bench`: times the ops at BDH shapes on each backend, each through its own fastest
+//! API (see `timers.rs`), and prints time, TOPS, GB/s, the share of the measured ceilings and
+//! the ratio to peer timings.
 
 use std::io::IsTerminal as _;
 use std::io::Write as _;
