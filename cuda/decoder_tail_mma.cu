@@ -48,8 +48,8 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
                 v[2] += q.z;
                 v[3] += q.w;
             }
-            const long long m = i / p.ncols;
-            lb_mma_put4(p, nullptr, m * p.ldc, (int)(i - m * p.ncols), v, as);
+            const long long m = i / p.ncols, n = i - m * p.ncols;
+            lb_mma_put4(p, nullptr, m * p.ldc + n, (int)n, v, as, true);
         }
     } else {
         for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
@@ -63,7 +63,6 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 }
 
 #else
-// Output/partial row m of the decoder (o_heads = 1: row m of [M, ncols]).
 template <bool UNS>
 __device__ __forceinline__ void lb_decoder_mma(const LbMma& p) {
     extern __shared__ __align__(16) u32 lb_dyn_smem[];

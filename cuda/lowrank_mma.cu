@@ -2,33 +2,20 @@
 // out[B,H,T,latent_out] = x[B,Hin,T,D] . W[H,D,N], dequantized as (acc * w_scale) * a_scale.
 //
 // Bound by writing the output (f32 at BDH sizes: 4 bytes per 512 int ops), so each CTA keeps
-// its 128 rows of A in smem for the whole of K (quantized on the way in for codes/f32 input)
-// and walks a contiguous run of 128-column tiles over the flattened (head, column) space,
-// streaming weight chunks through a LB_MMA_STAGES-deep cp.async ring; finished tiles go
-// straight from registers to global memory with 16-byte streaming stores while the next
-// tile's mma run. Two CTAs per SM keep the stores of one overlapping the mma of the other.
+// its 128 rows of A (i8x4 words; codes and f32 inputs are packed once beforehand by
+// mma_prep_a) in smem for the whole of K and walks a contiguous run of 128-column tiles over
+// the flattened (head, column) space, streaming weight chunks through a LB_MMA_STAGES-deep
+// cp.async ring; finished tiles go straight from registers to global memory with 16-byte
+// streaming stores while the next tile's loads are in flight. Two CTAs per SM keep the
+// stores of one overlapping the mma of the other.
 //
 // Grid: (CTAs per row block, ceil(M / 128)). Dynamic smem: A [128][kpw + 4] words, then the
-// ring [STAGES][BKW][BN + 8] words. LB_MODE: 0 packed words, 1 i32 codes, 2 f32.
-// Glossary: mma.cuh, common.cuh.
+// ring [STAGES][BKW][BN + 4] words. Glossary: mma.cuh, common.cuh.
 
-#ifndef LB_MODE
-#define LB_MODE LB_A_PACKED
-#endif
-
-__device__ __forceinline__ long long lbm_a_row(const LbMma& p, int m, int a_head) {
-    int b = m / p.time, t = m - b * p.time;
-    return ((long long)(b * p.a_heads + a_head) * p.time + t) * p.lda;
-}
-
-__device__ __forceinline__ long long lbm_out_row(const LbMma& p, int m, int h) {
-    int b = m / p.time, t = m - b * p.time;
-    return ((long long)(b * p.o_heads + h) * p.time + t) * p.ldc;
-}
-
-template <int MODE, bool UNS>
+template <bool UNS>
 __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
     extern __shared__ __align__(16) u32 lb_dyn_smem[];
+    __shared__ int s_row[LB_MMA_BM];  // output offset of row m0 + r for head 0
     const int lda_s = p.kpw + LB_MMA_APAD;
     u32* As = lb_dyn_smem;
     u32* Bs = lb_dyn_smem + LB_MMA_BM * lda_s;
@@ -42,8 +29,18 @@ __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
     const int nkc = p.kpw / LB_MMA_BKW;
     const int units = (t_end - t_begin) * nkc;
     if (units <= 0) return;  // uniform over the CTA
-    const float s_in = MODE == LB_A_F32 ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
     const float a_scale = lb_scale(p.scale_ptr, p.scale_param);
+    const int head_stride = p.time * (int)p.ldc;  // out elements per head (< 2^31: checked)
+
+    if (tid < LB_MMA_BM) {
+        const int m = m0 + tid;
+        int off = 0;
+        if (m < p.m_total) {
+            const int b = m / p.time, t = m - b * p.time;
+            off = (b * p.o_heads * p.time + t) * (int)p.ldc;
+        }
+        s_row[tid] = off;
+    }
 
     auto load_b = [&](int u) {
         if (u < units) {
@@ -61,9 +58,12 @@ __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
             const int r = i / qpr, q = (i - r * qpr) * 4;
             const int m = m0 + r;
             uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (m < p.m_total && q < p.kw)
-                v = lb_a_word4<MODE>((const void*)((const char*)p.a + lbm_a_row(p, m, ah) * 4), q,
-                                     p.a_kvalid, s_in, p.fmt, p.a_vec != 0);
+            if (m < p.m_total && q < p.kw) {
+                const int b = m / p.time, t = m - b * p.time;
+                const long long row = ((long long)(b * p.a_heads + ah) * p.time + t) * p.lda;
+                v = lb_a_word4<LB_A_PACKED>((const void*)((const u32*)p.a + row), q, p.a_kvalid,
+                                            0.0f, 0, p.a_vec != 0);
+            }
             *(uint4*)(As + r * lda_s + q) = v;
         }
     };
@@ -93,24 +93,15 @@ __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
                           lane);
         if (kc == nkc - 1) {
             const int n0 = (tile % p.tiles_n) * LB_MMA_BN + wn * LB_MMA_NI * 8;
+            const int hoff = h * head_stride;
             lb_mma_store(p, acc, m0 + wm * 64, n0, (int*)nullptr, a_scale,
-                         [&](int m) { return lbm_out_row(p, m, h); });
+                         [&](int m) { return (long long)(s_row[m - m0] + hoff); });
             lb_acc_zero(acc);
         }
     }
     lb_wait<0>();
 }
 
-#if LB_MODE == LB_A_PACKED
-extern "C" __global__ void __launch_bounds__(LB_THREADS, 2) lowrank_mma_packed(LbMma p) {
-    lb_lowrank_mma<LB_A_PACKED, false>(p);
+extern "C" __global__ void __launch_bounds__(LB_THREADS, 2) lowrank_mma(LbMma p) {
+    lb_lowrank_mma<LB_UNS != 0>(p);
 }
-#elif LB_MODE == LB_A_CODES
-extern "C" __global__ void __launch_bounds__(LB_THREADS, 2) lowrank_mma_codes(LbMma p) {
-    lb_lowrank_mma<LB_A_CODES, LB_UNS != 0>(p);
-}
-#elif LB_MODE == LB_A_F32
-extern "C" __global__ void __launch_bounds__(LB_THREADS, 2) lowrank_mma_f32(LbMma p) {
-    lb_lowrank_mma<LB_A_F32, LB_UNS != 0>(p);
-}
-#endif

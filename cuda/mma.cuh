@@ -6,12 +6,17 @@
 //   g, t     lane / 4 and lane % 4, the PTX fragment coordinates. A "word" is 4 consecutive k
 //            of one row (A) or one column (B), i.e. exactly one of our i8x4 words:
 //              A regs (row, k word): (g, t) (g+8, t) (g, t+4) (g+8, t+4)
-//              B regs (col, k word): (g, t) (g, t+4)
-//              C regs (row, col):    (g, 2t) (g, 2t+1) (g+8, 2t) (g+8, 2t+1)
+//              B regs (col j, k word): (g, t) (g, t+4)
+//              C regs (row, col j):    (g, 2t) (g, 2t+1) (g+8, 2t) (g+8, 2t+1)
+//   col      fragment column j of n8 fragment ni is warp-tile column lb_col(j, ni):
+//            32*(ni/4) + (j even ? 2j : 2j + 14) + ni%4. Any bijection is exact (B and C use the
+//            same one); this one gives each thread 4 consecutive B words per k word (one
+//            16-byte smem load for 4 fragments) and 4 + 4 consecutive outputs per row (16-byte
+//            stores, and the 4 lanes of a row cover 64 contiguous bytes per store)
 //   As       A tile in smem, [row][k word], rows padded by 4 words (16 B): ldmatrix's 8 row
 //            addresses then fall in 8 distinct 16-byte bank groups
-//   Bs       B tile in smem as the weights lie, [k word][col], rows padded by 8 words: the
-//            fragment loads (8 cols x 4 k words per instruction) hit 32 distinct banks
+//   Bs       B tile in smem as the weights lie, [k word][col], rows padded by 4 words: the
+//            16-byte fragment loads of each quarter warp hit 8 distinct 16-byte bank groups
 //   chunk    LB_MMA_BKW k words (4·BKW k), the unit of the cp.async pipeline
 //   warp tile 64 rows x (8·LB_MMA_NI) cols; warps 2 (rows) x 4 (cols): CTA tile 128 x 32·NI
 //   UNS      A bytes are unsigned (uint8pos codes up to 255): mma .u8.s8
@@ -40,7 +45,7 @@
 #define LB_MMA_BM (64 * LB_MMA_WM)
 #define LB_MMA_BN (8 * LB_MMA_NI * LB_MMA_WN)
 #define LB_MMA_APAD 4
-#define LB_MMA_BPAD 8
+#define LB_MMA_BPAD 4
 #define LB_MMA_LDB (LB_MMA_BN + LB_MMA_BPAD)
 
 // Mirror of `LbMma` in src/backend/cuda/mma.rs (same field order and types).
@@ -70,7 +75,7 @@ struct LbMma {
     int kpw;                // lowrank: kw rounded up to a chunk (smem A row length)
     int b_head_rows;        // weight rows per head (Kw or Lartw)
     int tiles_n;            // lowrank: column tiles per head
-    int a_vec;              // 16-byte A loads legal (lowrank)
+    int a_vec;              // 16-byte A loads legal
     int b_vec;              // 16-byte weight cp.async legal (ldb % 4 == 0, aligned)
     int c_vec;              // vector output stores legal (ldc % 4 == 0, aligned)
     int p_vec;              // vector partial stores legal (ncols % 4 == 0)
@@ -143,7 +148,8 @@ __device__ __forceinline__ void lb_mma_chunk(LbAcc& acc, const u32* as, int lda_
     // ldmatrix x4: lanes 0-7 rows 0-7 words 0-3 (a0), 8-15 rows 8-15 (a1), 16-23 rows 0-7
     // words 4-7 (a2), 24-31 rows 8-15 words 4-7 (a3).
     const u32* a_lane = as + (lane & 15) * lda_s + (lane >> 4) * 4;
-    const u32* b_lane = bs + t * LB_MMA_LDB + g;
+    // Columns lb_col(g, 4h + q), q = 0..3: 4 consecutive words at 32h + 2g + 14 (g odd).
+    const u32* b_lane = bs + t * LB_MMA_LDB + 2 * g + (g & 1) * 14;
 #pragma unroll
     for (int s = 0; s < LB_MMA_BKW / 8; ++s) {
         u32 af[4][4];
@@ -151,9 +157,17 @@ __device__ __forceinline__ void lb_mma_chunk(LbAcc& acc, const u32* as, int lda_
         for (int mi = 0; mi < 4; ++mi) lb_ldsm4(af[mi], a_lane + mi * 16 * lda_s + s * 8);
         u32 bf[LB_MMA_NI][2];
 #pragma unroll
-        for (int ni = 0; ni < LB_MMA_NI; ++ni) {
-            bf[ni][0] = b_lane[(s * 8) * LB_MMA_LDB + ni * 8];
-            bf[ni][1] = b_lane[(s * 8 + 4) * LB_MMA_LDB + ni * 8];
+        for (int h = 0; h < LB_MMA_NI / 4; ++h) {
+            const uint4 lo = *(const uint4*)(b_lane + (s * 8) * LB_MMA_LDB + 32 * h);
+            const uint4 hi = *(const uint4*)(b_lane + (s * 8 + 4) * LB_MMA_LDB + 32 * h);
+            bf[4 * h + 0][0] = lo.x;
+            bf[4 * h + 1][0] = lo.y;
+            bf[4 * h + 2][0] = lo.z;
+            bf[4 * h + 3][0] = lo.w;
+            bf[4 * h + 0][1] = hi.x;
+            bf[4 * h + 1][1] = hi.y;
+            bf[4 * h + 2][1] = hi.z;
+            bf[4 * h + 3][1] = hi.w;
         }
 #pragma unroll
         for (int mi = 0; mi < 4; ++mi)
@@ -190,13 +204,25 @@ __device__ __forceinline__ void lb_load_b(const LbMma& p, u32* dst, const u32* b
     }
 }
 
-// Writes 4 consecutive outputs (row, col..col+3): dequantized into `out`, or as i32 into
-// `part` (row stride ncols) when it is not null.
-__device__ __forceinline__ void lb_mma_put4(const LbMma& p, int* part, long long orow, int col,
-                                            const int (&v)[4], float a_scale) {
+// Two outputs as f16x2 / bf16x2 bits (round to nearest even; `lo` in the low half).
+__device__ __forceinline__ u32 lb_pack2(float lo, float hi, int dtype) {
+    u32 r;
+    if (dtype == 1) {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    return r;
+}
+
+// Writes 4 consecutive outputs (element offset o = row offset + col; column col..col+3):
+// dequantized into `out`, or as i32 into `part` when it is not null. `vec`: all 4 columns are
+// valid and 16-byte (8-byte for 16-bit outputs) stores are legal.
+__device__ __forceinline__ void lb_mma_put4(const LbMma& p, int* part, long long o, int col,
+                                            const int (&v)[4], float a_scale, bool vec) {
     if (part != nullptr) {
-        int* dst = part + orow + col;
-        if (p.p_vec && col + 4 <= p.ncols) {
+        int* dst = part + o;
+        if (vec) {
             *(int4*)dst = make_int4(v[0], v[1], v[2], v[3]);
         } else {
 #pragma unroll
@@ -208,22 +234,12 @@ __device__ __forceinline__ void lb_mma_put4(const LbMma& p, int* part, long long
     float f[4];
 #pragma unroll
     for (int j = 0; j < 4; ++j) f[j] = lb_dequant(v[j], p.w_scale, a_scale, p.relu);
-    const long long o = orow + col;
-    if (p.c_vec && col + 4 <= p.ncols) {
+    if (vec) {
         if (p.out_dtype == 0) {
             __stcs((float4*)((float*)p.out + o), make_float4(f[0], f[1], f[2], f[3]));
         } else {
-            unsigned short h[4];
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                if (p.out_dtype == 1) {
-                    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h[j]) : "f"(f[j]));
-                } else {
-                    h[j] = lb_bf16_bits(f[j]);
-                }
-            }
             __stcs((uint2*)((unsigned short*)p.out + o),
-                   make_uint2((u32)h[0] | ((u32)h[1] << 16), (u32)h[2] | ((u32)h[3] << 16)));
+                   make_uint2(lb_pack2(f[0], f[1], p.out_dtype), lb_pack2(f[2], f[3], p.out_dtype)));
         }
     } else {
 #pragma unroll
@@ -232,37 +248,31 @@ __device__ __forceinline__ void lb_mma_put4(const LbMma& p, int* part, long long
     }
 }
 
-// Stores the warp tile whose first row is `row0` (tile-relative rows are m = row0 + 0..63) and
-// first column `col0`. `orow(m)` gives the element offset of output row m. Lanes t, t^1 swap
-// half of their column pairs so that each holds 4 consecutive columns (16-byte stores).
-template <typename ORow>
+// Stores the warp tile whose first row is `row0` (rows row0 + 0..63) and first column `col0`.
+// `rowoff(m)` is the element offset of row m (m < M) in `out`, or in `part` when not null.
+// Thread (g, t) holds, per row and per 32 columns, columns 4t..4t+3 and 16+4t..16+4t+3.
+template <typename RowOff>
 __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, int row0, int col0,
-                                             int* part, float a_scale, ORow orow) {
+                                             int* part, float a_scale, RowOff rowoff) {
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const bool odd = t & 1;
+    const bool vec_ok = part != nullptr ? p.p_vec != 0 : p.c_vec != 0;
+    const bool interior = vec_ok && col0 + 8 * LB_MMA_NI <= p.ncols;
 #pragma unroll
     for (int mi = 0; mi < 4; ++mi)
 #pragma unroll
-        for (int hf = 0; hf < 2; ++hf) {
-            const int m = row0 + mi * 16 + hf * 8 + g;
-            const long long o = m < p.m_total ? orow(m) : 0;
+        for (int rh = 0; rh < 2; ++rh) {
+            const int m = row0 + mi * 16 + rh * 8 + g;
+            if (m >= p.m_total) continue;
+            const long long o = rowoff(m);
 #pragma unroll
-            for (int nj = 0; nj < LB_MMA_NI; nj += 2) {
-                const int* e = &acc[mi][nj][2 * hf];
-                const int* d = &acc[mi][nj + 1][2 * hf];
-                const int s0 = odd ? e[0] : d[0], s1 = odd ? e[1] : d[1];
-                const int r0 = __shfl_xor_sync(0xffffffffu, s0, 1);
-                const int r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-                int v[4];
-                int col;
-                if (odd) {
-                    v[0] = r0; v[1] = r1; v[2] = d[0]; v[3] = d[1];
-                    col = col0 + (nj + 1) * 8 + 2 * t - 2;
-                } else {
-                    v[0] = e[0]; v[1] = e[1]; v[2] = r0; v[3] = r1;
-                    col = col0 + nj * 8 + 2 * t;
+            for (int h = 0; h < LB_MMA_NI / 4; ++h)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int col = col0 + 32 * h + 16 * e + 4 * t;
+                    const int v[4] = {acc[mi][4 * h + 0][2 * rh + e], acc[mi][4 * h + 1][2 * rh + e],
+                                      acc[mi][4 * h + 2][2 * rh + e], acc[mi][4 * h + 3][2 * rh + e]};
+                    const bool vec = interior || (vec_ok && col + 4 <= p.ncols);
+                    lb_mma_put4(p, part, o + col, col, v, a_scale, vec);
                 }
-                if (m < p.m_total) lb_mma_put4(p, part, o, col, v, a_scale);
-            }
         }
 }

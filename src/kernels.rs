@@ -31,12 +31,10 @@ pub enum KernelId {
     Dp4aCeiling,
     /// CUDA microbenchmark: 16-byte device-to-device copy (copy bandwidth).
     CopyBandwidth,
-    /// CUDA int8 tensor cores (sm_80+): low-rank projection, prepacked i8x4 input.
-    LowrankMmaPacked,
-    LowrankMmaCodes,
-    LowrankMmaF32,
+    /// CUDA int8 tensor cores (sm_80+): low-rank projection on i8x4 words.
+    LowrankMma,
     /// CUDA int8 tensor cores: decoder tail (i8x4 rows), its split-K reduction, and the
-    /// packing of other inputs into aligned i8x4 rows.
+    /// packing of codes / f32 / misaligned inputs (either op) into aligned i8x4 rows.
     DecoderMma,
     DecoderMmaReduce,
     MmaPrepA,
@@ -48,10 +46,8 @@ impl KernelId {
     pub const MICROBENCH: [Self; 2] = [Self::Dp4aCeiling, Self::CopyBandwidth];
 
     /// The CUDA int8 tensor-core (mma) family (not part of [`KernelId::ALL`] either).
-    pub const CUDA_MMA: [Self; 6] = [
-        Self::LowrankMmaPacked,
-        Self::LowrankMmaCodes,
-        Self::LowrankMmaF32,
+    pub const CUDA_MMA: [Self; 4] = [
+        Self::LowrankMma,
         Self::DecoderMma,
         Self::DecoderMmaReduce,
         Self::MmaPrepA,
@@ -88,7 +84,7 @@ impl KernelId {
             | Self::DecoderReduce => "decoder_tail",
             Self::RhoInt8Pack | Self::RhoInt8Unpack => "rho",
             Self::Dp4aCeiling | Self::CopyBandwidth => "microbench",
-            Self::LowrankMmaPacked | Self::LowrankMmaCodes | Self::LowrankMmaF32 => "lowrank_mma",
+            Self::LowrankMma => "lowrank_mma",
             Self::DecoderMma | Self::DecoderMmaReduce | Self::MmaPrepA => "decoder_tail_mma",
         }
     }
@@ -112,9 +108,7 @@ impl KernelId {
             Self::RhoInt8Unpack => "rho_int8_unpack",
             Self::Dp4aCeiling => "dp4a_ceiling",
             Self::CopyBandwidth => "copy_bandwidth",
-            Self::LowrankMmaPacked => "lowrank_mma_packed",
-            Self::LowrankMmaCodes => "lowrank_mma_codes",
-            Self::LowrankMmaF32 => "lowrank_mma_f32",
+            Self::LowrankMma => "lowrank_mma",
             Self::DecoderMma => "decoder_tail_mma",
             Self::DecoderMmaReduce => "decoder_mma_reduce",
             Self::MmaPrepA => "mma_prep_a",

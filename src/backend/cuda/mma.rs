@@ -43,7 +43,7 @@ pub const DECODER_MAX_STAGES: usize = 4;
 pub const DECODER_MIN_CHUNKS: usize = 2;
 
 const PAD_A: usize = 4;
-const PAD_B: usize = 8;
+const PAD_B: usize = 4;
 
 /// Mirror of `struct LbMma` in `cuda/mma.cuh` (same field order and types).
 #[repr(C)]
@@ -105,10 +105,9 @@ fn eps() -> (String, String) {
     d("LB_EPS", format!("{EPS:e}f"))
 }
 
-/// Defines of the low-rank kernel for input mode 0 packed / 1 codes / 2 f32.
-pub fn lowrank_defines(mode: u32, uns: bool) -> Vec<(String, String)> {
+/// Defines of the low-rank kernel (A words signed, or unsigned for uint8pos).
+pub fn lowrank_defines(uns: bool) -> Vec<(String, String)> {
     vec![
-        d("LB_MODE", mode),
         d("LB_UNS", u32::from(uns)),
         d("LB_THREADS", MMA_THREADS),
         d("LB_MMA_BKW", MMA_BKW),
@@ -143,21 +142,11 @@ pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
 /// Every module variant of the family (kernel, defines), for a warm-up or a compile check.
 pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     let mut v = Vec::new();
-    let lowrank = [
-        KernelId::LowrankMmaPacked,
-        KernelId::LowrankMmaCodes,
-        KernelId::LowrankMmaF32,
-    ];
     for mode in 0..3u32 {
-        for uns in [false, true] {
-            if mode == 0 && uns {
-                continue;
-            }
-            v.push((lowrank[mode as usize], lowrank_defines(mode, uns)));
-        }
         v.push((KernelId::MmaPrepA, prep_defines(mode)));
     }
     for uns in [false, true] {
+        v.push((KernelId::LowrankMma, lowrank_defines(uns)));
         for stages in 3..=DECODER_MAX_STAGES {
             v.push((KernelId::DecoderMma, decoder_defines(uns, stages)));
         }
@@ -248,6 +237,36 @@ impl CudaDevice {
         Ok(per_sm as usize * self.caps.multiprocessors.max(1) as usize)
     }
 
+    /// Queues `mma_prep_a`: `rows` input rows of `p` (codes, f32 or misaligned words, per
+    /// `mode`) packed into the scratch as zero-padded i8x4 rows of `round_up(kw, 4)` words.
+    /// Returns the scratch address and that row length.
+    ///
+    /// # Safety
+    /// `p.a` must hold `rows` rows of `p.lda` elements (words for mode 0) of this context.
+    unsafe fn mma_prep(
+        &self,
+        p: &LbMma,
+        mode: u32,
+        rows: usize,
+        kw: usize,
+    ) -> Result<(u64, usize)> {
+        let prep = self.function(KernelId::MmaPrepA, prep_defines(mode))?;
+        let ldo = kw.next_multiple_of(4);
+        let mut scratch = self.scratch();
+        let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
+        drop(scratch);
+        let (rows64, ldo32) = (rows as i64, ldo as i32);
+        let grid = (rows * ldo / 4)
+            .div_ceil(256)
+            .clamp(1, self.caps.multiprocessors.max(1) as usize * 16) as u32;
+        let mut b = self.stream.launch_builder(&prep);
+        b.arg(p).arg(&dst).arg(&rows64).arg(&ldo32);
+        // SAFETY: `dst` holds rows * ldo words; the input covers its extent (contract).
+        unsafe { b.launch(launch_cfg((grid, 1, 1), 256, 0)) }
+            .map_err(drv("cuLaunchKernel (mma_prep_a)"))?;
+        Ok((dst, ldo))
+    }
+
     /// Queues the low-rank projection on the tensor cores. The request was validated by
     /// `lowrank_raw` (which routes here when [`CudaDevice::mma_lowrank_ok`]).
     ///
@@ -279,11 +298,6 @@ impl CudaDevice {
         let tiles_n = shape.latent_out.div_ceil(bn);
         let m_tiles = m.div_ceil(MMA_BM);
         let total_tiles = shape.heads * tiles_n;
-        let id = [
-            KernelId::LowrankMmaPacked,
-            KernelId::LowrankMmaCodes,
-            KernelId::LowrankMmaF32,
-        ][mode as usize];
         let mut p = LbMma {
             a: x,
             b: w_words,
@@ -315,13 +329,23 @@ impl CudaDevice {
         };
         i32_of(OP, "tiles", total_tiles)?;
         i32_of(OP, "row tiles", m_tiles)?;
-        let f = self.function(id, lowrank_defines(mode, uns))?;
+        let f = self.function(KernelId::LowrankMma, lowrank_defines(uns))?;
         let smem = lowrank_smem(kpw);
         let slots = self.prepare(&f, smem)?;
         // SAFETY: forwarded contract (x holds x_len f32 when F32).
         let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
         p.scale_ptr = sp;
         p.scale_param = sv;
+        if mode != 0 {
+            // Codes / f32: quantize or pack each element once (not once per CTA).
+            let rows = shape.batch * shape.in_heads * shape.time;
+            // SAFETY: x holds rows * D codes or f32 (contract).
+            let (dst, ldo) = unsafe { self.mma_prep(&p, mode, rows, kw)? };
+            p.a = dst;
+            p.lda = ldo as i64;
+            p.a_kvalid = ldo as i64;
+            p.a_vec = 1;
+        }
         // Each CTA owns one row block and a contiguous run of column tiles; as many CTAs as
         // fit the device at once (one wave), never more than there are tiles.
         let per_row = (slots / m_tiles).clamp(1, total_tiles);
@@ -408,11 +432,7 @@ impl CudaDevice {
         let f = self.function(KernelId::DecoderMma, decoder_defines(uns, stages))?;
         let smem = decoder_smem(stages);
         let slots = self.prepare(&f, smem)?;
-        let prep = if mode == 0 && lw.is_multiple_of(4) && aligned16(y) {
-            None
-        } else {
-            Some(self.function(KernelId::MmaPrepA, prep_defines(mode))?)
-        };
+        let direct = mode == 0 && lw.is_multiple_of(4) && aligned16(y);
         let units = n_tiles * m_tiles;
         let splits = if units >= slots {
             1
@@ -429,26 +449,15 @@ impl CudaDevice {
         p.scale_ptr = sp;
         p.scale_param = sv;
 
-        let mut scratch = self.scratch();
-        if let Some(prep) = prep {
+        if !direct {
             // Pack the input into zero-padded, 16-byte aligned i8x4 rows.
-            let ldo = lw.next_multiple_of(4);
-            let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
-            let (rows64, ldo32) = (rows as i64, ldo as i32);
-            let quads = rows * ldo / 4;
-            let grid = quads
-                .div_ceil(256)
-                .clamp(1, self.caps.multiprocessors.max(1) as usize * 16)
-                as u32;
-            let mut b = self.stream.launch_builder(&prep);
-            b.arg(&p).arg(&dst).arg(&rows64).arg(&ldo32);
-            // SAFETY: `dst` holds rows * ldo words; the input covers its extent (contract).
-            unsafe { b.launch(launch_cfg((grid, 1, 1), 256, 0)) }
-                .map_err(drv("cuLaunchKernel (mma_prep_a)"))?;
+            // SAFETY: y holds rows * L codes / f32, or rows * Lw words (contract).
+            let (dst, ldo) = unsafe { self.mma_prep(&p, mode, rows, lw)? };
             p.a = dst;
             p.lda = ldo as i64;
             p.a_kvalid = ldo as i64;
         }
+        let mut scratch = self.scratch();
         if splits > 1 {
             p.partial = self.scratch_buf(&mut scratch.partials, splits * m * dim)?;
         }
