@@ -410,7 +410,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
     for be in backends.iter_mut() {
         let kind = be.kind();
         progress.show(&format!("{kind}: measuring ceilings"));
-        let (copy_bw, compute_peak, timing) = (be.copy_bandwidth(), be.compute_peak(), be.timing());
+        let (copy_bw, timing) = (be.copy_bandwidth(), be.timing());
         for &op in &ops {
             let weights = match weights(op, &dims, &mut rng).and_then(|w| {
                 if w.is_empty() {
@@ -462,7 +462,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
                                 int_ops: case.int_ops,
                                 bytes: case.bytes,
                                 copy_bw,
-                                compute_peak,
+                                compute_peak: be.compute_peak(&case.op),
                                 timing,
                                 peers: Vec::new(),
                             };
@@ -540,8 +540,12 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
                 bw / 1e9
             ));
         }
-        if let Some(peak) = be.compute_peak() {
-            facts.push(format!("int8 compute ceiling {:.1} TOPS", peak / 1e12));
+        let peak = rows
+            .iter()
+            .find(|r| r.backend == be.kind() && r.compute_peak.is_some())
+            .and_then(|r| r.compute_peak);
+        if let (Some(peak), Some(what)) = (peak, be.ceiling_name()) {
+            facts.push(format!("{what} {:.1} TOPS", peak / 1e12));
         }
         println!("{}: {}; {}", be.kind(), be.name(), facts.join(", "));
     }

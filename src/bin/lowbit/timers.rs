@@ -131,8 +131,13 @@ pub trait Timer {
     fn timing(&self) -> &'static str;
     /// Measured copy bandwidth (bytes read + written per second), if known.
     fn copy_bandwidth(&mut self) -> Option<f64>;
-    /// Measured integer compute ceiling (int ops per second), if known.
-    fn compute_peak(&self) -> Option<f64>;
+    /// Measured integer compute ceiling (int ops per second) of the kernels that run `op`,
+    /// if known.
+    fn compute_peak(&self, op: &Op) -> Option<f64>;
+    /// What the ceiling is (for the footer), if any.
+    fn ceiling_name(&self) -> Option<&'static str> {
+        None
+    }
     /// Packed weight words of the next ops (uploaded once, reused across M and variants).
     fn set_weights(&mut self, words: &[u32]) -> Result<()>;
     fn time(&mut self, op: &Op, inputs: &Inputs<'_>, iters: usize) -> Result<Sampled>;
@@ -187,7 +192,7 @@ impl Timer for CpuTimer {
     fn copy_bandwidth(&mut self) -> Option<f64> {
         Some(*self.copy_bw.get_or_insert_with(cpu_copy_bandwidth))
     }
-    fn compute_peak(&self) -> Option<f64> {
+    fn compute_peak(&self, _op: &Op) -> Option<f64> {
         None
     }
     fn set_weights(&mut self, words: &[u32]) -> Result<()> {
@@ -261,7 +266,7 @@ impl Timer for TraitTimer {
     fn copy_bandwidth(&mut self) -> Option<f64> {
         None
     }
-    fn compute_peak(&self) -> Option<f64> {
+    fn compute_peak(&self, _op: &Op) -> Option<f64> {
         None
     }
     fn set_weights(&mut self, words: &[u32]) -> Result<()> {
@@ -293,10 +298,15 @@ pub use cuda::CudaTimer;
 mod cuda {
     use lowbit_kernels::backend::cuda::cudarc::driver::CudaSlice;
     use lowbit_kernels::backend::cuda::microbench::{Ceilings, time_events};
-    use lowbit_kernels::backend::cuda::{CudaDevice, DeviceAct, DeviceOut, DeviceScale};
+    use lowbit_kernels::backend::cuda::{
+        CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily,
+    };
     use lowbit_kernels::{BackendKind, Epilogue, LowbitError, Result};
 
     use super::{A_SCALE, COLD_COPIES, COLD_MAX_M, FORMAT, Inputs, Op, Sampled, W_SCALE, sample};
+
+    /// The mma family runs the projections for M above this (see `KernelFamily::Mma`).
+    const MMA_MIN_M: usize = 16;
 
     /// CUDA device-resident ops timed with CUDA events.
     pub struct CudaTimer {
@@ -325,7 +335,7 @@ mod cuda {
             BackendKind::Cuda
         }
         fn name(&self) -> String {
-            self.dev.name()
+            format!("{} ({:?} kernels)", self.dev.name(), self.dev.family())
         }
         fn timing(&self) -> &'static str {
             "device (CUDA events)"
@@ -333,8 +343,18 @@ mod cuda {
         fn copy_bandwidth(&mut self) -> Option<f64> {
             self.ceilings.map(|c| c.copy_bytes)
         }
-        fn compute_peak(&self) -> Option<f64> {
-            self.ceilings.map(|c| c.dp4a_ops)
+        /// The dp4a ceiling, for the ops that run dp4a kernels: everything under the dp4a
+        /// family; under the mma family only quantize and projections at M <= 16 (the crate
+        /// measures no tensor-core ceiling, so mma rows show none).
+        fn compute_peak(&self, op: &Op) -> Option<f64> {
+            let dp4a = match self.dev.family() {
+                KernelFamily::Dp4a => true,
+                KernelFamily::Mma => matches!(op, Op::Quantize(_)) || op.m() <= MMA_MIN_M,
+            };
+            self.ceilings.filter(|_| dp4a).map(|c| c.dp4a_ops)
+        }
+        fn ceiling_name(&self) -> Option<&'static str> {
+            Some("dp4a ceiling (dp4a rows only)")
         }
         fn set_weights(&mut self, words: &[u32]) -> Result<()> {
             self.weights.clear();
@@ -503,7 +523,7 @@ mod wgpu_timer {
         fn copy_bandwidth(&mut self) -> Option<f64> {
             None
         }
-        fn compute_peak(&self) -> Option<f64> {
+        fn compute_peak(&self, _op: &Op) -> Option<f64> {
             None
         }
         fn set_weights(&mut self, words: &[u32]) -> Result<()> {
