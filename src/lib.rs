@@ -13,6 +13,7 @@ pub mod artifact;
 pub mod backend;
 pub mod caps;
 pub mod config;
+pub mod dispatch;
 pub mod error;
 pub mod estimate;
 pub mod fake_quant;

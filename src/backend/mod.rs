@@ -10,6 +10,9 @@ pub mod cuda;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
+/// Opens the backend a [`crate::dispatch::PathPlan`] chose, falling back with reasons.
+pub use crate::dispatch::{OpenedPath, open_for_plan};
+
 use crate::config::LowBitActivationFormat;
 use crate::error::{BackendKind, Result};
 use crate::ops::quantize::QuantizeShape;
