@@ -1,13 +1,17 @@
-//! A thin tensor: a checked shape (rank 1..=4), a dtype and storage. Only host storage exists
-//! for now; device-resident storage (CUDA buffers, wgpu buffers) arrives with those backends
-//! as further [`Storage`] variants.
+//! A thin tensor: a checked shape (rank 1..=4), a dtype and storage: host vectors, or (with
+//! the `cuda` / `wgpu` features) a device buffer of the tensor's raw bytes
+//! ([`Tensor::to_device_cuda`], [`Tensor::to_device_wgpu`], [`Tensor::to_host`]). The typed
+//! host accessors ([`Tensor::as_slice`], [`Tensor::to_vec`]) return
+//! [`LowbitError::WrongDevice`] on a device tensor; download it first.
+//!
+//! Cloning a device tensor shares its device memory (tensors are immutable).
 //!
 //! `I8x4` tensors hold `u32` words of four signed lanes (byte `j` = element `4k+j` of the
 //! packed axis, SPEC.md); their shape counts words, e.g. `[B, H, T, ceil(D/4)]`.
 
 use half::{bf16, f16};
 
-use crate::error::{LowbitError, Result};
+use crate::error::{BackendKind, LowbitError, Result};
 
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -184,6 +188,36 @@ impl HostData {
         self.len() == 0
     }
 
+    /// Elements of `dtype` from their raw little-endian bytes (any alignment).
+    pub fn from_bytes(dtype: DType, bytes: &[u8]) -> Result<Self> {
+        let size = dtype.size_of();
+        if !bytes.len().is_multiple_of(size) {
+            return Err(LowbitError::InvalidArgument {
+                op: "HostData::from_bytes",
+                what: "bytes",
+                reason: format!(
+                    "{} bytes is not a whole number of {dtype} elements",
+                    bytes.len()
+                ),
+            });
+        }
+        fn v<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
+            bytes
+                .chunks_exact(std::mem::size_of::<T>())
+                .map(bytemuck::pod_read_unaligned)
+                .collect()
+        }
+        Ok(match dtype {
+            DType::F32 => Self::F32(v(bytes)),
+            DType::F16 => Self::F16(v(bytes)),
+            DType::BF16 => Self::BF16(v(bytes)),
+            DType::I32 => Self::I32(v(bytes)),
+            DType::I8 => Self::I8(v(bytes)),
+            DType::U8 => Self::U8(bytes.to_vec()),
+            DType::I8x4 => Self::I8x4(v(bytes)),
+        })
+    }
+
     /// The raw bytes (little-endian on every supported target).
     pub fn as_bytes(&self) -> &[u8] {
         match self {
@@ -203,6 +237,76 @@ impl HostData {
 #[non_exhaustive]
 pub enum Storage {
     Host(HostData),
+    /// The raw bytes in CUDA device memory.
+    #[cfg(feature = "cuda")]
+    Cuda(CudaStorage),
+    /// The raw bytes in a wgpu storage buffer.
+    #[cfg(feature = "wgpu")]
+    Wgpu(WgpuStorage),
+}
+
+/// A tensor's bytes on a CUDA device (shared between clones; equal only to itself).
+#[cfg(feature = "cuda")]
+#[derive(Clone, Debug)]
+pub struct CudaStorage {
+    bytes: std::sync::Arc<crate::backend::cuda::cudarc::driver::CudaSlice<u8>>,
+    device: String,
+}
+
+#[cfg(feature = "cuda")]
+impl PartialEq for CudaStorage {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.bytes, &other.bytes)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl CudaStorage {
+    /// The device buffer (its stream is the uploading device's stream).
+    pub fn bytes(&self) -> &crate::backend::cuda::cudarc::driver::CudaSlice<u8> {
+        &self.bytes
+    }
+
+    /// The CUDA device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.bytes.ordinal()
+    }
+
+    fn download(&self) -> Result<Vec<u8>> {
+        self.bytes
+            .stream()
+            .clone_dtoh(&*self.bytes)
+            .map_err(crate::backend::cuda::device::drv("Tensor::to_host"))
+    }
+}
+
+/// A tensor's bytes in a wgpu buffer, with the device that owns it (shared between clones;
+/// equal only to itself).
+#[cfg(feature = "wgpu")]
+#[derive(Clone, Debug)]
+pub struct WgpuStorage {
+    bytes: std::sync::Arc<crate::backend::wgpu::GpuBuffer<u8>>,
+    device: crate::backend::wgpu::WgpuDevice,
+}
+
+#[cfg(feature = "wgpu")]
+impl PartialEq for WgpuStorage {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.bytes, &other.bytes)
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl WgpuStorage {
+    /// The buffer of raw bytes.
+    pub fn bytes(&self) -> &crate::backend::wgpu::GpuBuffer<u8> {
+        &self.bytes
+    }
+
+    /// The device that owns the buffer.
+    pub fn device(&self) -> &crate::backend::wgpu::WgpuDevice {
+        &self.device
+    }
 }
 
 mod sealed {
@@ -336,10 +440,166 @@ impl Tensor {
         self.shape.dims_n::<2>()
     }
 
-    fn host(&self) -> &HostData {
+    fn host(&self, op: &'static str) -> Result<&HostData> {
         match &self.storage {
-            Storage::Host(data) => data,
+            Storage::Host(data) => Ok(data),
+            #[allow(unreachable_patterns)]
+            _ => Err(LowbitError::WrongDevice {
+                op,
+                what: "tensor",
+                expected: "host (call Tensor::to_host first)".into(),
+                actual: self.device(),
+            }),
         }
+    }
+
+    /// Which backend holds the elements (`Cpu` for host storage).
+    pub fn backend(&self) -> BackendKind {
+        match &self.storage {
+            Storage::Host(_) => BackendKind::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => BackendKind::Cuda,
+            #[cfg(feature = "wgpu")]
+            Storage::Wgpu(_) => BackendKind::Wgpu,
+        }
+    }
+
+    /// Whether the elements are in host memory.
+    pub fn is_host(&self) -> bool {
+        matches!(self.storage, Storage::Host(_))
+    }
+
+    /// Where the elements live: `host`, `cuda:ORDINAL (NAME)` or `wgpu (ADAPTER)`.
+    pub fn device(&self) -> String {
+        match &self.storage {
+            Storage::Host(_) => "host".into(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(c) => c.device.clone(),
+            #[cfg(feature = "wgpu")]
+            Storage::Wgpu(w) => format!("wgpu ({})", w.device.name()),
+        }
+    }
+
+    /// A host copy (a clone when already on the host; downloads otherwise, waiting for the
+    /// device).
+    pub fn to_host(&self) -> Result<Self> {
+        let bytes: Vec<u8> = match &self.storage {
+            Storage::Host(_) => None,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(c) => Some(c.download()?),
+            #[cfg(feature = "wgpu")]
+            Storage::Wgpu(w) => Some(w.device.download(&w.bytes)?),
+        }
+        .unwrap_or_default();
+        if self.is_host() {
+            return Ok(self.clone());
+        }
+        let data = HostData::from_bytes(self.dtype, &bytes)?;
+        if data.len() != self.len() {
+            return Err(LowbitError::len(
+                "Tensor::to_host",
+                "downloaded elements",
+                self.len(),
+                data.len(),
+            ));
+        }
+        Ok(Self {
+            shape: self.shape,
+            dtype: self.dtype,
+            storage: Storage::Host(data),
+        })
+    }
+
+    /// The tensor on CUDA device `dev` (uploaded, stream-ordered). Already there: a clone
+    /// sharing the buffer; on another device: through the host.
+    #[cfg(feature = "cuda")]
+    pub fn to_device_cuda(&self, dev: &crate::backend::cuda::CudaDevice) -> Result<Self> {
+        if let Storage::Cuda(c) = &self.storage
+            && c.bytes.context().cu_ctx() == dev.context().cu_ctx()
+        {
+            return Ok(self.clone());
+        }
+        let host = self.to_host()?;
+        let bytes = dev.upload(host.host("Tensor::to_device_cuda")?.as_bytes())?;
+        Ok(Self {
+            shape: self.shape,
+            dtype: self.dtype,
+            storage: Storage::Cuda(CudaStorage {
+                device: format!("cuda:{} ({})", bytes.ordinal(), dev.name()),
+                bytes: std::sync::Arc::new(bytes),
+            }),
+        })
+    }
+
+    /// The device buffer of a tensor on `dev` ([`LowbitError::WrongDevice`] otherwise).
+    #[cfg(feature = "cuda")]
+    pub fn cuda_bytes(
+        &self,
+        dev: &crate::backend::cuda::CudaDevice,
+    ) -> Result<&crate::backend::cuda::cudarc::driver::CudaSlice<u8>> {
+        match &self.storage {
+            Storage::Cuda(c) if c.bytes.context().cu_ctx() == dev.context().cu_ctx() => {
+                Ok(&c.bytes)
+            }
+            _ => Err(LowbitError::WrongDevice {
+                op: "Tensor::cuda_bytes",
+                what: "tensor",
+                expected: format!("cuda:{} ({})", dev.context().ordinal(), dev.name()),
+                actual: self.device(),
+            }),
+        }
+    }
+
+    /// The tensor on wgpu device `dev` (uploaded). Already there: a clone sharing the
+    /// buffer; elsewhere: through the host.
+    #[cfg(feature = "wgpu")]
+    pub fn to_device_wgpu(&self, dev: &crate::backend::wgpu::WgpuDevice) -> Result<Self> {
+        if let Storage::Wgpu(w) = &self.storage
+            && w.device.inner.id == dev.inner.id
+        {
+            return Ok(self.clone());
+        }
+        let host = self.to_host()?;
+        let bytes = dev.upload(host.host("Tensor::to_device_wgpu")?.as_bytes())?;
+        Ok(Self {
+            shape: self.shape,
+            dtype: self.dtype,
+            storage: Storage::Wgpu(WgpuStorage {
+                bytes: std::sync::Arc::new(bytes),
+                device: dev.clone(),
+            }),
+        })
+    }
+
+    /// A typed handle to the buffer of a tensor on `dev`, for the device-resident ops
+    /// (`u32` for `I8x4`). [`LowbitError::WrongDevice`] when it lives elsewhere, an
+    /// `InvalidArgument` when `T` is not its dtype.
+    #[cfg(feature = "wgpu")]
+    pub fn wgpu_buffer<T: Element>(
+        &self,
+        dev: &crate::backend::wgpu::WgpuDevice,
+    ) -> Result<crate::backend::wgpu::GpuBuffer<T>> {
+        const OP: &str = "Tensor::wgpu_buffer";
+        let w = match &self.storage {
+            Storage::Wgpu(w) if w.device.inner.id == dev.inner.id => w,
+            _ => {
+                return Err(LowbitError::WrongDevice {
+                    op: OP,
+                    what: "tensor",
+                    expected: format!("wgpu ({})", dev.name()),
+                    actual: self.device(),
+                });
+            }
+        };
+        if T::DTYPE != self.dtype {
+            return Err(self.dtype_error::<T>(OP));
+        }
+        Ok(crate::backend::wgpu::GpuBuffer {
+            buffer: w.bytes.buffer.clone(),
+            len: self.len(),
+            device_id: w.bytes.device_id,
+            _t: std::marker::PhantomData,
+        })
     }
 
     fn dtype_error<T: Element>(&self, op: &'static str) -> LowbitError {
@@ -352,19 +612,27 @@ impl Tensor {
 
     /// Borrows the elements (no copy); `T` must match the dtype.
     pub fn as_slice<T: Element>(&self) -> Result<&[T]> {
-        T::view(self.host()).ok_or_else(|| self.dtype_error::<T>("Tensor::as_slice"))
+        const OP: &str = "Tensor::as_slice";
+        T::view(self.host(OP)?).ok_or_else(|| self.dtype_error::<T>(OP))
     }
 
     /// Copies the elements out; `T` must match the dtype.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
-        T::view(self.host())
+        const OP: &str = "Tensor::to_vec";
+        T::view(self.host(OP)?)
             .map(<[T]>::to_vec)
-            .ok_or_else(|| self.dtype_error::<T>("Tensor::to_vec"))
+            .ok_or_else(|| self.dtype_error::<T>(OP))
     }
 
-    /// The raw bytes of host storage.
+    /// The raw bytes of host storage; empty for a device tensor (see
+    /// [`try_as_bytes`](Self::try_as_bytes)).
     pub fn as_bytes(&self) -> &[u8] {
-        self.host().as_bytes()
+        self.try_as_bytes().unwrap_or_default()
+    }
+
+    /// The raw bytes of host storage, or [`LowbitError::WrongDevice`] for a device tensor.
+    pub fn try_as_bytes(&self) -> Result<&[u8]> {
+        Ok(self.host("Tensor::as_bytes")?.as_bytes())
     }
 
     /// Same elements, new shape of equal element count.
@@ -438,6 +706,29 @@ mod tests {
         ] {
             assert_eq!(t.dtype(), d);
         }
+    }
+
+    #[test]
+    fn host_path_of_the_device_api() {
+        let t = Tensor::from_slice(&[2, 2], &[1.5f32, -2.0, 0.0, 7.0]).unwrap();
+        assert!(t.is_host());
+        assert_eq!(t.backend(), BackendKind::Cpu);
+        assert_eq!(t.device(), "host");
+        assert_eq!(t.to_host().unwrap(), t);
+        assert_eq!(t.try_as_bytes().unwrap(), t.as_bytes());
+        for (dtype, bytes) in [
+            (DType::F32, 1.5f32.to_le_bytes().to_vec()),
+            (DType::I8x4, 0xDEAD_BEEFu32.to_le_bytes().to_vec()),
+            (DType::BF16, vec![0x80, 0x3f]),
+        ] {
+            // From an odd offset: no alignment assumed.
+            let mut buf = vec![0u8];
+            buf.extend_from_slice(&bytes);
+            let data = HostData::from_bytes(dtype, &buf[1..]).unwrap();
+            assert_eq!(data.dtype(), dtype);
+            assert_eq!(data.as_bytes(), &bytes[..]);
+        }
+        assert!(HostData::from_bytes(DType::F32, &[0u8; 6]).is_err());
     }
 
     #[test]

@@ -53,6 +53,8 @@ mod decoder_tail;
 mod lowrank;
 mod quantize;
 mod rho;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod tensor;
 #[cfg(feature = "wgpu")]
 mod wgpu_extra;
 
