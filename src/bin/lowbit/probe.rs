@@ -58,6 +58,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         let mut json = caps_json(caps);
         if let Json::Obj(pairs) = &mut json {
             pairs.push(("plan".into(), plan_json(plan_caps, &config, &scenarios)));
+            pairs.push(("kernel_paths".into(), kernel_paths_json(caps)));
         }
         print!("{}", json.pretty());
     } else {
@@ -72,8 +73,89 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
             yes_no(plan_caps.native_rho_int8_block_supported),
         );
         print!("{}", plan_table(&scenarios));
+        println!();
+        print!("{}", kernel_paths_table(caps));
     }
     Ok(0)
+}
+
+/// The kernel path each op/input/format takes here (LOWBIT_BACKEND, LOWBIT_CUDA_KERNELS and
+/// LOWBIT_WGPU_DOT4 honoured), and why each better path was skipped.
+fn kernel_paths(caps: &Capabilities) -> Vec<lowbit_kernels::dispatch::PathPlan> {
+    use lowbit_kernels::dispatch::{PathOverrides, PathRequest, plan_path};
+    let overrides = PathOverrides::from_env();
+    PathRequest::summary()
+        .into_iter()
+        .map(|req| plan_path(caps, &overrides, req))
+        .collect()
+}
+
+fn kernel_paths_table(caps: &Capabilities) -> String {
+    let rows: Vec<Vec<String>> = kernel_paths(caps)
+        .iter()
+        .map(|p| {
+            let chosen = p
+                .chosen()
+                .map_or("none".to_string(), |c| format!("{c}{}", p.detail(c)));
+            let skipped = p
+                .skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.path, s.reason))
+                .collect::<Vec<_>>()
+                .join("; ");
+            vec![p.request.label(), chosen, skipped]
+        })
+        .collect();
+    table::render(
+        &["kernel path (op/input/format)", "chosen", "skipped (why)"],
+        &rows,
+    )
+}
+
+fn kernel_paths_json(caps: &Capabilities) -> Json {
+    Json::Arr(
+        kernel_paths(caps)
+            .iter()
+            .map(|p| {
+                obj([
+                    ("op", Json::from(p.request.op.as_str())),
+                    ("input", Json::from(p.request.input.as_str())),
+                    ("format", Json::from(p.request.format.as_str())),
+                    (
+                        "chosen",
+                        p.chosen().map_or(Json::Null, |c| Json::from(c.as_str())),
+                    ),
+                    (
+                        "candidates",
+                        Json::Arr(
+                            p.candidates
+                                .iter()
+                                .map(|c| Json::from(c.as_str()))
+                                .collect(),
+                        ),
+                    ),
+                    (
+                        "wgsl_dot4",
+                        p.wgsl_dot4.map_or(Json::Null, |d| Json::from(d.as_str())),
+                    ),
+                    (
+                        "skipped",
+                        Json::Arr(
+                            p.skipped
+                                .iter()
+                                .map(|s| {
+                                    obj([
+                                        ("path", Json::from(s.path.as_str())),
+                                        ("reason", Json::from(s.reason.to_string())),
+                                    ])
+                                })
+                                .collect(),
+                        ),
+                    ),
+                ])
+            })
+            .collect(),
+    )
 }
 
 /// The configurations the plan table shows: the same formats under each mode.
