@@ -132,7 +132,9 @@ impl PathRequest {
 /// A kernel path, in preference order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum PathKind {
-    /// CUDA int8 tensor cores (`mma.sync`, sm_80+).
+    /// CUDA int8 tensor cores (`mma.sync`, sm_80+). Inside this family, shapes the mma
+    /// kernels do not take (M ≤ 16 rows, a low-rank D above 512) still run the dp4a kernels
+    /// (`CudaDevice::mma_lowrank_ok` / `mma_decoder_ok` decide per launch).
     CudaMma,
     /// CUDA `__dp4a` kernels (sm_61+; also the CUDA float, quantize and rho kernels).
     CudaDp4a,
@@ -579,8 +581,20 @@ pub fn plan_path_probed(req: PathRequest) -> PathPlan {
     plan_path(Capabilities::get(), &PathOverrides::from_env(), req)
 }
 
-/// The error for a plan with no viable path.
+/// The error for a plan with no viable path: `UnsupportedFormat` when no backend takes the
+/// request's format/variant, else `Unsupported` listing every reason.
 pub fn no_path_error(plan: &PathPlan) -> LowbitError {
+    if let Some(reason) = format_blocker(&plan.request) {
+        return LowbitError::UnsupportedFormat {
+            op: plan.request.op.as_str(),
+            format: format!(
+                "{}/{}",
+                plan.request.input.as_str(),
+                plan.request.format.as_str()
+            ),
+            reason: reason.into(),
+        };
+    }
     LowbitError::Unsupported {
         backend: BackendKind::Cpu,
         op: "plan_path",
@@ -948,7 +962,10 @@ mod tests {
             &PathOverrides::default(),
             PathRequest::new(O::Lowrank, I::Packed, F::Uint8PosExp),
         );
-        assert!(open_for_plan(&plan, &PathOverrides::default()).is_err());
+        assert!(matches!(
+            open_for_plan(&plan, &PathOverrides::default()),
+            Err(LowbitError::UnsupportedFormat { .. })
+        ));
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub const USAGE: &str = "lowbit probe [--json] [--act-format int8|int4|uint8pos|
   adapter (GPU rows say 'not built' or 'unavailable: <reason>'), then the plan each projection
   would get on this machine (runtime kind and fallback reason) for offline-pack inference,
   train-kernel training and runtime fake quantization. The formats default to the seed's
-  config: int8 activations, ternary y/decoder-tail weights, int8 x-projection weights.";
+  config: int8 activations, ternary y/decoder-tail weights, int8 x-projection weights. Last, the
+  kernel path each op/input/format takes (cuda-mma > cuda-dp4a > wgsl > cpu; LOWBIT_BACKEND,
+  LOWBIT_CUDA_KERNELS and LOWBIT_WGPU_DOT4 honoured) and why each better path was skipped.";
 
 pub fn main(tokens: &[String]) -> Result<i32, String> {
     let args = Args::parse(
