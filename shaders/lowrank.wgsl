@@ -30,8 +30,13 @@ override EPS: f32 = 1e-8;
 
 override BM: u32 = WG_Y * 8u;
 override BN: u32 = WG_X * 8u;
+// Prefetched words per invocation and K step: A and B tile elements over invocations
+// (at most PF; TileConfig::valid checks).
+override A_PER: u32 = (BM * BK + WG_X * WG_Y - 1u) / (WG_X * WG_Y);
+override B_PER: u32 = (BK * BN + WG_X * WG_Y - 1u) / (WG_X * WG_Y);
 
 const TM: u32 = 8u;
+const PF: u32 = 32u;               // register prefetch capacity (words of A and of B)
 const ONES: u32 = 0x01010101u;
 
 // Float path tiles (lowrank_float): 16×16 invocations, 4×4 outputs each, FK elements per step.
@@ -260,6 +265,44 @@ fn load_a_word(kind: u32, row: u32, kw: u32, s: f32) -> u32 {
     return word;
 }
 
+// Global words of the K step at k0 into registers: pa[j] = A tile element tid + j·nthreads,
+// pb[j] likewise for the B tile (0 outside the problem).
+fn fetch_step(
+    kind: u32,
+    tid: u32,
+    k0: u32,
+    k_end: u32,
+    n0: u32,
+    w_base: u32,
+    s: f32,
+    pa: ptr<function, array<u32, PF>>,
+    pb: ptr<function, array<u32, PF>>,
+) {
+    let nthreads = WG_X * WG_Y;
+    for (var j = 0u; j < A_PER; j++) {
+        let i = tid + j * nthreads;
+        let kw = k0 + (i % BK);
+        var v = 0u;
+        if i < BM * BK {
+            let row = row_in[i / BK];
+            if row != NO_ROW && kw < k_end {
+                v = load_a_word(kind, row, kw, s);
+            }
+        }
+        (*pa)[j] = v;
+    }
+    for (var j = 0u; j < B_PER; j++) {
+        let i = tid + j * nthreads;
+        let kw = k0 + i / BN;
+        let n = n0 + (i % BN);
+        var v = 0u;
+        if i < BK * BN && kw < k_end && n < p.n_out {
+            v = w[w_base + kw * p.ldw + n];
+        }
+        (*pb)[j] = v;
+    }
+}
+
 // The tiled i8x4 GEMM of one workgroup: rows m0.. (row_in filled), columns n0.., K words
 // [k_begin, k_end), weight rows at w_base + kw·ldw. Returns nothing; leaves the 8×8
 // accumulators (unsigned correction applied) in `acc`.
@@ -277,27 +320,28 @@ fn gemm_tile(
     let nthreads = WG_X * WG_Y;
     let s = a_scale_value();
     var colsum = array<vec4<i32>, 2>();
+    // The next K step is fetched into registers (element tid + j·nthreads of each tile)
+    // while the current one is multiplied.
+    var pa: array<u32, PF>;
+    var pb: array<u32, PF>;
+    fetch_step(kind, tid, k_begin, k_end, n0, w_base, s, &pa, &pb);
     for (var k0 = k_begin; k0 < k_end; k0 += BK) {
-        for (var i = tid; i < BM * BK; i += nthreads) {
-            let r = i / BK;
-            let kw = k0 + (i % BK);
-            let row = row_in[r];
-            var v = 0u;
-            if row != NO_ROW && kw < k_end {
-                v = load_a_word(kind, row, kw, s);
+        for (var j = 0u; j < A_PER; j++) {
+            let i = tid + j * nthreads;
+            if i < BM * BK {
+                a_tile[i / 4u][i % 4u] = pa[j];
             }
-            a_tile[i / 4u][i % 4u] = v;
         }
-        for (var i = tid; i < BK * BN; i += nthreads) {
-            let kw = k0 + i / BN;
-            let n = n0 + (i % BN);
-            var v = 0u;
-            if kw < k_end && n < p.n_out {
-                v = w[w_base + kw * p.ldw + n];
+        for (var j = 0u; j < B_PER; j++) {
+            let i = tid + j * nthreads;
+            if i < BK * BN {
+                b_tile[i / 4u][i % 4u] = pb[j];
             }
-            b_tile[i / 4u][i % 4u] = v;
         }
         workgroupBarrier();
+        if k0 + BK < k_end {
+            fetch_step(kind, tid, k0 + BK, k_end, n0, w_base, s, &pa, &pb);
+        }
         for (var k4 = 0u; k4 < BK / 4u; k4++) {
             var a: array<vec4<u32>, 8>;
             for (var i = 0u; i < TM; i++) {

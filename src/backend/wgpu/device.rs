@@ -68,11 +68,12 @@ pub struct TileConfig {
 }
 
 impl TileConfig {
-    /// 128×128 tiles, 256 invocations, 32 words (128 int8) of K per step.
+    /// 128×128 tiles, 256 invocations, 16 words (64 int8) of K per step (the next step is
+    /// prefetched in registers: 8 + 8 words per invocation).
     pub const LARGE: Self = Self {
         wg_x: 16,
         wg_y: 16,
-        bk: 32,
+        bk: 16,
     };
     /// 64×64 tiles, 64 invocations (small problems, small GPUs).
     pub const SMALL: Self = Self {
@@ -97,6 +98,8 @@ impl TileConfig {
             && self.bk >= 4
             && self.bk.is_power_of_two()
             && self.wg_x * self.wg_y >= 4
+            // register prefetch: at most 32 words of each tile per invocation (PF)
+            && 8 * self.bk <= 32 * self.wg_x.min(self.wg_y)
     }
 }
 
