@@ -136,6 +136,10 @@ pub struct CudaDevice {
     pub(crate) family: KernelFamily,
     cache: Mutex<ModuleCache>,
     scratch: Mutex<Scratch>,
+    /// Held while one op queues its launches: the scratch buffers an op fills in one launch
+    /// and reads in the next must not be refilled by another thread's op in between. All
+    /// launches go to one stream, so an op queued whole runs whole.
+    op_lock: Mutex<()>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -221,6 +225,7 @@ impl CudaDevice {
             family,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
+            op_lock: Mutex::new(()),
         })
     }
 
@@ -354,6 +359,11 @@ impl CudaDevice {
             .map_err(drv(format!("cuModuleGetFunction {}", id.entry())))?;
         cache.functions.insert((key, id), f.clone());
         Ok(f)
+    }
+
+    /// Serialises the queuing of whole ops (see `op_lock`); taken by every public entry point.
+    pub(crate) fn op_guard(&self) -> MutexGuard<'_, ()> {
+        lock(&self.op_lock)
     }
 
     pub(crate) fn scratch(&self) -> MutexGuard<'_, Scratch> {

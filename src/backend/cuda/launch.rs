@@ -314,6 +314,22 @@ impl CudaDevice {
         format: LowBitActivationFormat,
         out: u64,
     ) -> Result<()> {
+        let _op = self.op_guard();
+        // SAFETY: forwarded contract.
+        unsafe { self.absmean_scale_queued(x, n, format, out) }
+    }
+
+    /// [`CudaDevice::absmean_scale_raw`] for callers that already hold the op guard.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::absmean_scale_raw`].
+    unsafe fn absmean_scale_queued(
+        &self,
+        x: u64,
+        n: usize,
+        format: LowBitActivationFormat,
+        out: u64,
+    ) -> Result<()> {
         const OP: &str = "cuda::absmean_scale";
         let fmt = fmt_code(OP, format)?;
         non_null(OP, "x", x)?;
@@ -363,7 +379,7 @@ impl CudaDevice {
             RawScale::Buffer(p) => (p, 0.0),
             RawScale::Compute(p) => {
                 // SAFETY: forwarded contract.
-                unsafe { self.absmean_scale_raw(x, n, format, p)? };
+                unsafe { self.absmean_scale_queued(x, n, format, p)? };
                 (p, 0.0)
             }
         })
@@ -382,6 +398,7 @@ impl CudaDevice {
         scale: RawScale,
         codes: u64,
     ) -> Result<()> {
+        let _op = self.op_guard();
         const OP: &str = "cuda::quantize_codes";
         let fmt = fmt_code(OP, format)?;
         check_scale_source(OP, InputKind::F32, scale)?;
@@ -424,6 +441,7 @@ impl CudaDevice {
         scale: RawScale,
         words: u64,
     ) -> Result<()> {
+        let _op = self.op_guard();
         const OP: &str = "cuda::quantize_pack_i8x4";
         check_signed_packable(OP, format)?;
         let fmt = fmt_code(OP, format)?;
@@ -509,6 +527,7 @@ impl CudaDevice {
         epilogue: Epilogue,
         out: u64,
     ) -> Result<()> {
+        let _op = self.op_guard();
         const OP: &str = "cuda::lowrank";
         shape.validate()?;
         let path = validate_projection(
@@ -646,6 +665,7 @@ impl CudaDevice {
         epilogue: Epilogue,
         out: u64,
     ) -> Result<()> {
+        let _op = self.op_guard();
         const OP: &str = "cuda::decoder_tail";
         shape.validate()?;
         let path = validate_projection(
@@ -814,6 +834,7 @@ impl CudaDevice {
         words: u64,
         scales: u64,
     ) -> Result<()> {
+        let _op = self.op_guard();
         const OP: &str = "cuda::rho_int8_pack";
         non_null(OP, "values", values)?;
         non_null(OP, "words", words)?;
@@ -840,6 +861,7 @@ impl CudaDevice {
         scales: u64,
         out: u64,
     ) -> Result<()> {
+        let _op = self.op_guard();
         const OP: &str = "cuda::rho_int8_unpack";
         non_null(OP, "words", words)?;
         non_null(OP, "scales", scales)?;
