@@ -1581,23 +1581,8 @@ impl Backend for CpuBackend {
     }
     fn rho_int8_unpack(&self, shape: &RhoShape, words: &[u32], scales: &[f32]) -> Result<Vec<f32>> {
         const OP: &str = "cpu::rho_int8_unpack";
-        let _ = RhoShape::new(shape.logical_shape)?;
-        if words.len() != shape.int8_words() {
-            return Err(LowbitError::len(
-                OP,
-                "rho words",
-                shape.int8_words(),
-                words.len(),
-            ));
-        }
-        if scales.len() != shape.blocks() {
-            return Err(LowbitError::len(
-                OP,
-                "rho scales",
-                shape.blocks(),
-                scales.len(),
-            ));
-        }
+
+        shape.check_int8_state(OP, words.len(), scales.len())?;
         let mut out = vec![POISON_F32; shape.len()];
         out.par_chunks_mut(RHO_BLOCK_SIZE * RHO_BLOCKS_PER_TASK)
             .zip(words.par_chunks(RHO_WORDS_PER_BLOCK * RHO_BLOCKS_PER_TASK))

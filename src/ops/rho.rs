@@ -1,7 +1,7 @@
 //! Rho state block compression: blocks of 32 over the flattened `[B, H, N, D]` tensor.
 
 use super::checked_len;
-use crate::error::Result;
+use crate::error::{LowbitError, Result};
 
 pub const OP: &str = "rho";
 /// Elements per block (one scale each).
@@ -32,5 +32,18 @@ impl RhoShape {
     /// Words of the device int8 layout: 8 per block, the last block zero-padded.
     pub fn int8_words(&self) -> usize {
         self.blocks() * RHO_WORDS_PER_BLOCK
+    }
+
+    /// Re-checks the shape (it may have been built as a literal) and that an int8 device-layout
+    /// state has `int8_words()` words and one scale per block.
+    pub fn check_int8_state(&self, op: &'static str, words: usize, scales: usize) -> Result<()> {
+        Self::new(self.logical_shape)?;
+        if words != self.int8_words() {
+            return Err(LowbitError::len(op, "rho words", self.int8_words(), words));
+        }
+        if scales != self.blocks() {
+            return Err(LowbitError::len(op, "rho scales", self.blocks(), scales));
+        }
+        Ok(())
     }
 }

@@ -52,22 +52,7 @@ pub fn rho_int8_pack_words(shape: &RhoShape, values: &[f32]) -> Result<(Vec<u32>
 /// Inverse of [`rho_int8_pack_words`]: `code · scale` per element.
 pub fn rho_int8_unpack_words(shape: &RhoShape, words: &[u32], scales: &[f32]) -> Result<Vec<f32>> {
     const OP: &str = "reference::rho_int8_unpack_words";
-    if words.len() != shape.int8_words() {
-        return Err(LowbitError::len(
-            OP,
-            "rho words",
-            shape.int8_words(),
-            words.len(),
-        ));
-    }
-    if scales.len() != shape.blocks() {
-        return Err(LowbitError::len(
-            OP,
-            "rho scales",
-            shape.blocks(),
-            scales.len(),
-        ));
-    }
+    shape.check_int8_state(OP, words.len(), scales.len())?;
     Ok((0..shape.len())
         .map(|i| {
             let lanes = unpack_i8x4(words[i / 4]);

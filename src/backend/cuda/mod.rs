@@ -404,9 +404,7 @@ impl Backend for CudaBackend {
 
     fn rho_int8_unpack(&self, shape: &RhoShape, words: &[u32], scales: &[f32]) -> Result<Vec<f32>> {
         const OP: &str = "cuda::rho_int8_unpack";
-        RhoShape::new(shape.logical_shape)?;
-        check_len(OP, "rho words", words, shape.int8_words())?;
-        check_len(OP, "rho scales", scales, shape.blocks())?;
+        shape.check_int8_state(OP, words.len(), scales.len())?;
         let w = self.dev.upload(words)?;
         let s = self.dev.upload(scales)?;
         let mut out = self.poisoned(shape.len(), POISON_F32)?;

@@ -405,23 +405,8 @@ impl Backend for WgpuBackend {
 
     fn rho_int8_unpack(&self, shape: &RhoShape, words: &[u32], scales: &[f32]) -> Result<Vec<f32>> {
         const OP: &str = "wgpu::rho_int8_unpack";
-        RhoShape::new(shape.logical_shape)?;
-        if words.len() != shape.int8_words() {
-            return Err(LowbitError::len(
-                OP,
-                "rho words",
-                shape.int8_words(),
-                words.len(),
-            ));
-        }
-        if scales.len() != shape.blocks() {
-            return Err(LowbitError::len(
-                OP,
-                "rho scales",
-                shape.blocks(),
-                scales.len(),
-            ));
-        }
+
+        shape.check_int8_state(OP, words.len(), scales.len())?;
         let wb = self.dev.upload(words)?;
         let sb = self.dev.upload(scales)?;
         let out = self.poisoned(shape.len(), POISON_F32)?;
