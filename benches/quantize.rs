@@ -1,4 +1,4 @@
-//! Activation quantize (+ pack to i8x4) and rho int8 block compression benches.
+//! Activation quantize (+ pack to i8x4) benches (rho block compression: `benches/rho.rs`).
 //!
 //! Groups are `{backend}/{op}/{shape}`; throughput is in bytes of f32 input read. The naive
 //! `reference/quantize/...` group (the reference quantizer + packer) measures the speedup.
@@ -14,10 +14,8 @@ use lowbit_kernels::backend::cpu::CpuBackend;
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::ScaleSource;
 use lowbit_kernels::ops::quantize::QuantizeShape;
-use lowbit_kernels::ops::rho::RhoShape;
 use lowbit_kernels::pack::pack_rows_i32_to_i8x4;
 use lowbit_kernels::quant::quantize_activations;
-use lowbit_kernels::reference;
 use lowbit_kernels::testing::Rng;
 
 mod common;
@@ -30,9 +28,6 @@ pub const SHAPES: [(&str, usize, usize); 2] = [
     ("x_m2048_d256", 2048, 256),
     ("y_m2048_h4_n8192", 4 * 2048, 8192),
 ];
-
-/// Rho state `[B, H, N, D]` of the same model.
-pub const RHO_SHAPE: [usize; 4] = [1, 4, 8192, 256];
 
 fn group_config(g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
     g.sample_size(10)
@@ -82,27 +77,9 @@ fn cpu_benches(c: &mut Criterion) {
         });
         g.finish();
     }
-    let shape = RhoShape::new(RHO_SHAPE).unwrap();
-    let v = rng.normals(shape.len(), 0.1);
-    let (words, scales) = cpu.rho_int8_pack(&shape, &v).unwrap();
-    let [b0, h, n, d] = RHO_SHAPE;
-    let mut g = c.benchmark_group(format!("cpu/rho/b{b0}_h{h}_n{n}_d{d}"));
-    g.throughput(Throughput::Bytes(4 * shape.len() as u64));
-    group_config(&mut g);
-    g.bench_function("int8_pack", |b| {
-        b.iter(|| cpu.rho_int8_pack(&shape, black_box(&v)).unwrap())
-    });
-    g.bench_function("int8_unpack", |b| {
-        b.iter(|| {
-            cpu.rho_int8_unpack(&shape, black_box(&words), &scales)
-                .unwrap()
-        })
-    });
-    g.finish();
 }
 
-/// The reference quantizer (scale + codes, then the i8x4 packer) on the small shape, and the
-/// reference rho packer.
+/// The reference quantizer (scale + codes, then the i8x4 packer) on the small shape.
 fn reference_benches(c: &mut Criterion) {
     let mut rng = Rng::new(9);
     let (name, rows, k) = SHAPES[0];
@@ -117,19 +94,9 @@ fn reference_benches(c: &mut Criterion) {
         })
     });
     g.finish();
-    let shape = RhoShape::new(RHO_SHAPE).unwrap();
-    let v = rng.normals(shape.len(), 0.1);
-    let [b0, h, n, d] = RHO_SHAPE;
-    let mut g = c.benchmark_group(format!("reference/rho/b{b0}_h{h}_n{n}_d{d}"));
-    g.throughput(Throughput::Bytes(4 * shape.len() as u64));
-    group_config(&mut g);
-    g.bench_function("int8_pack", |b| {
-        b.iter(|| reference::rho::rho_int8_pack_words(&shape, black_box(&v)).unwrap())
-    });
-    g.finish();
 }
 
-/// CUDA quantize + pack (scale computed on the device) and rho int8 pack/unpack, timed with
+/// CUDA quantize + pack (scale computed on the device), timed with
 /// CUDA events; throughput in bytes of f32 input read. One `CUDA-SUMMARY` line per case.
 #[cfg(feature = "cuda")]
 fn cuda_benches(c: &mut Criterion) {
@@ -173,40 +140,12 @@ fn cuda_benches(c: &mut Criterion) {
         });
         g.finish();
     }
-    let shape = RhoShape::new(RHO_SHAPE).unwrap();
-    let v = dev.upload(&rng.normals(shape.len(), 0.1)).unwrap();
-    let mut words = dev.alloc_zeros::<u32>(shape.int8_words()).unwrap();
-    let mut scales = dev.alloc_zeros::<f32>(shape.blocks()).unwrap();
-    let mut back = dev.alloc_zeros::<f32>(shape.len()).unwrap();
-    let [b0, h, n, d] = RHO_SHAPE;
-    let name = format!("cuda/rho/b{b0}_h{h}_n{n}_d{d}");
-    let bytes = 4 * shape.len() as u64;
-    let mut g = c.benchmark_group(&name);
-    g.throughput(Throughput::Bytes(bytes));
-    group_config(&mut g);
-    g.bench_function("int8_pack", |b| {
-        b.iter_custom(|iters| {
-            microbench::time_events(&dev, iters, || {
-                dev.rho_int8_pack(&shape, &v, &mut words, &mut scales)
-            })
-            .unwrap()
-        })
-    });
-    g.bench_function("int8_unpack", |b| {
-        b.iter_custom(|iters| {
-            microbench::time_events(&dev, iters, || {
-                dev.rho_int8_unpack(&shape, &words, &scales, &mut back)
-            })
-            .unwrap()
-        })
-    });
-    g.finish();
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda_benches(_: &mut Criterion) {}
 
-/// wgpu (WGSL) quantize (+ pack) and rho int8 pack/unpack at the BDH shapes, device-resident,
+/// wgpu (WGSL) quantize (+ pack) at the BDH shapes, device-resident,
 /// timed with GPU timestamps where the adapter has them (else wall time + blocking poll);
 /// throughput in bytes of f32 read. One `WGPU-SUMMARY` line per case (median of 10 runs).
 #[cfg(feature = "wgpu")]
@@ -289,51 +228,6 @@ fn wgpu_benches(c: &mut Criterion) {
             });
         }
         g.finish();
-    }
-    let shape = RhoShape::new(RHO_SHAPE).unwrap();
-    let [b0, h, n, d] = RHO_SHAPE;
-    let name = format!("wgpu/rho/b{b0}_h{h}_n{n}_d{d}");
-    let bytes = 4 * shape.len() as u64;
-    if !["int8_pack", "int8_unpack"]
-        .iter()
-        .any(|v| wgpu_selected(&format!("{name}/{v}")))
-    {
-        dev.stop_timing();
-        return;
-    }
-    let bufs = (|| {
-        Ok::<_, lowbit_kernels::LowbitError>((
-            dev.upload(&rng.normals(shape.len(), 0.1))?,
-            dev.alloc::<u32>(shape.int8_words())?,
-            dev.alloc::<f32>(shape.blocks())?,
-            dev.alloc::<f32>(shape.len())?,
-        ))
-    })();
-    match bufs {
-        Err(e) => eprintln!("SKIPPED: {name}: {e}"),
-        Ok((v, words, scales, back)) => {
-            let run = |variant: &str| match variant {
-                "int8_pack" => dev.rho_int8_pack_into(&shape, &v, &words, &scales),
-                _ => dev.rho_int8_unpack_into(&shape, &words, &scales, &back),
-            };
-            let mut g = c.benchmark_group(&name);
-            g.throughput(Throughput::Bytes(bytes));
-            group_config(&mut g);
-            for variant in ["int8_pack", "int8_unpack"] {
-                if let Err(e) = run(variant) {
-                    eprintln!("SKIPPED: {name}/{variant}: {e}");
-                    continue;
-                }
-                if wgpu_selected(&format!("{name}/{variant}")) {
-                    let secs = wgpu_median_seconds(&dev, timed, 10, || run(variant).unwrap());
-                    summary(&name, variant, secs, bytes);
-                }
-                g.bench_function(variant, |b| {
-                    b.iter_custom(|iters| wgpu_time(&dev, timed, iters, || run(variant).unwrap()))
-                });
-            }
-            g.finish();
-        }
     }
     dev.stop_timing();
 }
