@@ -1,12 +1,3 @@
-//! # lowbit-kernels
-//!
-//! Raw GPU kernels for BitNet b1.58-style low-bit inference and training of BDH models: the
-//! low-rank projection `x[B,1|H,T,D] · W[H,D,N]`, the decoder tail `y[B,H,T,N] · W[H·N,D]`
-//! summed over heads, activation quantize+pack and rho-state block compression. Two GPU paths
-//! (CUDA C through NVRTC, WGSL through wgpu) and a CPU backend, all judged bit for bit against
-//! the pure-Rust [`reference`].
-//!
-//! Formats, rounding and layouts are those of `SPEC.md` (see `docs/`).
 #![doc = include_str!("../README.md")]
 
 pub mod artifact;

@@ -1,11 +1,11 @@
 //! CUDA backend through cudarc + NVRTC: dp4a kernels compiled at run time for the device's
 //! architecture (`cuda/*.cu`), bit-identical to the CPU reference.
 //!
-//! * [`probe`] — driver, NVRTC and devices, never panicking when the libraries are missing.
+//! * [`probe()`] — driver, NVRTC and devices, never panicking when the libraries are missing.
 //! * [`CudaDevice`] — a device ordinal, or a caller's `Arc<CudaContext>` + `Arc<CudaStream>`;
 //!   the device-resident op API ([`DeviceAct`], [`DeviceScale`]) and the `unsafe` raw-address
 //!   entry points (`*_raw`, [`RawAct`], [`RawScale`]). Everything is ordered on one stream.
-//! * [`CudaBackend`] — the host-slice [`Backend`](crate::Backend) used by the tests.
+//! * [`CudaBackend`] — the host-slice [`Backend`] used by the tests.
 //! * [`microbench`] — dp4a ceiling and copy bandwidth, timed with CUDA events.
 
 pub mod compile;
