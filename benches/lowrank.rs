@@ -20,6 +20,8 @@ use lowbit_kernels::reference;
 use lowbit_kernels::testing::Rng;
 
 mod common;
+#[cfg(feature = "cuda")]
+use common::mma_selected;
 #[cfg(feature = "wgpu")]
 use common::{wgpu_bench_device, wgpu_median_seconds, wgpu_selected, wgpu_time};
 
@@ -402,19 +404,6 @@ fn wgpu_benches(c: &mut Criterion) {
 
 #[cfg(not(feature = "wgpu"))]
 fn wgpu_benches(_: &mut Criterion) {}
-
-/// Is a group named `prefix…` selected by the positional criterion filters (none = all)?
-#[cfg(feature = "cuda")]
-fn mma_selected(prefix: &str) -> bool {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    filters.is_empty()
-        || filters
-            .iter()
-            .any(|f| prefix.contains(f.as_str()) || f.starts_with(prefix))
-}
 
 /// CUDA int8 tensor cores (the mma family, forced) at BDH sizes D=256, H=4, N=8192 and
 /// M ∈ {512, 2048, 8192}: fused from f32 (device scale: absmean launch + mma kernel) and

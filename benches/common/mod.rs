@@ -117,3 +117,16 @@ pub fn wgpu_selected(id: &str) -> bool {
                 || f.starts_with(id)
         })
 }
+
+/// Is a group named `prefix…` selected by the positional criterion filters (none = all)?
+#[cfg(feature = "cuda")]
+pub fn mma_selected(prefix: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| prefix.contains(f.as_str()) || f.starts_with(prefix))
+}
