@@ -88,6 +88,21 @@ __device__ __forceinline__ float lb_dequant(int acc, float w_scale, float a_scal
     return relu ? fmaxf(v, 0.0f) : v;
 }
 
+// (float)v for |v| < 2^22 without the conversion unit (a quarter of the dp4a rate on sm_90):
+// the bits of 1.5*2^23 plus v are the float 1.5*2^23 + v exactly, and the subtraction is
+// exact, so the result equals (float)v bit for bit.
+__device__ __forceinline__ float lb_i2f_small(int v) {
+    return __fsub_rn(__int_as_float(0x4B400000 + v), 12582912.0f);
+}
+
+// lb_dequant with the conversion above when `small` (every accumulator below 2^22).
+__device__ __forceinline__ float lb_dequant_fast(int acc, float w_scale, float a_scale, int relu,
+                                                 int small) {
+    const float a = small ? lb_i2f_small(acc) : (float)acc;
+    float v = __fmul_rn(__fmul_rn(a, w_scale), a_scale);
+    return relu ? fmaxf(v, 0.0f) : v;
+}
+
 // f32 -> bf16 bits, round to nearest even (NaN stays NaN).
 __device__ __forceinline__ unsigned short lb_bf16_bits(float v) {
     u32 b = __float_as_uint(v);
@@ -184,6 +199,10 @@ __device__ __forceinline__ uint4 lb_a_word4(const void* row, long kw, long kvali
 
 
 // ---- B words ------------------------------------------------------------------------------
+__device__ __forceinline__ void lb_prefetch_l2(const void* p) {
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 // Four consecutive B words of row `r` starting at column c (zero past ncols).
 __device__ __forceinline__ uint4 lb_b_word4(const u32* b, long ldb, long r, long c, long ncols,
                                             bool vec) {
@@ -236,6 +255,7 @@ struct LbProblem {
     int c_vec;              // float4 output stores legal
     int is_decoder;
     int out_dtype;          // 0 f32, 1 f16, 2 bf16 (round to nearest even)
+    int acc_small;          // every |accumulator| < 2^22 (K * qmax_a * qmax_w bound)
 };
 
 // Where block `z` works: head, A/B bases and its K range [kw0, kw1) in words.
@@ -305,11 +325,79 @@ __device__ __forceinline__ void cp_async_wait() {
 // ---- tiled path ---------------------------------------------------------------------------
 #if defined(LB_BM)
 // Block tile LB_BM x LB_BN outputs, LB_BK words of K per stage, two smem stages; each thread
-// owns LB_TM rows x 8 columns (two groups of 4, LB_BN/2 apart, so float4 stores coalesce).
+// owns LB_TM (4 or 8) rows x 8 columns (two groups of 4, LB_BN/2 apart, so float4 stores
+// coalesce).
 #define LB_TX (LB_BN / 8)
 #define LB_TY (LB_BM / LB_TM)
 #define LB_A_CHUNKS (LB_BM * LB_BK / 4 / LB_THREADS)
 #define LB_B_CHUNKS (LB_BK * LB_BN / 4 / LB_THREADS)
+
+// One K word of a thread's LB_TM x 8 tile: `a` = its LB_TM rows of smem A at that k, `b` =
+// the smem B row at that k (columns tx*4.. and LB_BN/2 + tx*4..).
+template <bool UNS>
+__device__ __forceinline__ void lb_tile_step(int (&acc)[LB_TM][8], const u32* a, const u32* b,
+                                             int tx) {
+    const uint4 a0 = *(const uint4*)a;
+#if LB_TM > 4
+    const uint4 a1 = *(const uint4*)(a + 4);
+    const u32 av[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+#else
+    const u32 av[4] = {a0.x, a0.y, a0.z, a0.w};
+#endif
+    const uint4 b0 = *(const uint4*)(b + tx * 4);
+    const uint4 b1 = *(const uint4*)(b + LB_BN / 2 + tx * 4);
+#pragma unroll
+    for (int i = 0; i < LB_TM; ++i) {
+        acc[i][0] = dot4<UNS>(av[i], b0.x, acc[i][0]);
+        acc[i][1] = dot4<UNS>(av[i], b0.y, acc[i][1]);
+        acc[i][2] = dot4<UNS>(av[i], b0.z, acc[i][2]);
+        acc[i][3] = dot4<UNS>(av[i], b0.w, acc[i][3]);
+        acc[i][4] = dot4<UNS>(av[i], b1.x, acc[i][4]);
+        acc[i][5] = dot4<UNS>(av[i], b1.y, acc[i][5]);
+        acc[i][6] = dot4<UNS>(av[i], b1.z, acc[i][6]);
+        acc[i][7] = dot4<UNS>(av[i], b1.w, acc[i][7]);
+    }
+}
+
+// A thread's LB_TM x 8 tile at (m0 + ty*LB_TM, n0 + tx*4 | n0 + LB_BN/2 + tx*4): i32 partials
+// of split blockIdx.z (split-K), or (acc * w_scale) * a_scale in the output dtype.
+__device__ __forceinline__ void lb_tile_epilogue(const LbProblem& p, const int (&acc)[LB_TM][8],
+                                                 int m0, int n0, int ty, int tx, int o_head) {
+    const float as = p.partial ? 0.0f : lb_scale(p.scale_ptr, p.scale_param);
+#pragma unroll
+    for (int i = 0; i < LB_TM; ++i) {
+        int m = m0 + ty * LB_TM + i;
+        if (m >= p.m_total) break;
+#pragma unroll
+        for (int g = 0; g < 2; ++g) {
+            int n = n0 + g * (LB_BN / 2) + tx * 4;
+            if (p.partial) {
+                int* dst = p.partial + ((long long)blockIdx.z * p.m_total + m) * p.ncols + n;
+                if (p.c_vec && n + 4 <= p.ncols) {
+                    *(int4*)dst = make_int4(acc[i][g * 4], acc[i][g * 4 + 1], acc[i][g * 4 + 2],
+                                            acc[i][g * 4 + 3]);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (n + j < p.ncols) dst[j] = acc[i][g * 4 + j];
+                }
+            } else {
+                const long long o = lb_out_row(p, m, o_head) + n;
+                float v[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    v[j] = lb_dequant_fast(acc[i][g * 4 + j], p.w_scale, as, p.relu, p.acc_small);
+                if (p.c_vec && p.out_dtype == 0 && n + 4 <= p.ncols) {
+                    *(float4*)((float*)p.out + o) = make_float4(v[0], v[1], v[2], v[3]);
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (n + j < p.ncols) lb_store(p.out, o + j, v[j], p.out_dtype);
+                }
+            }
+        }
+    }
+}
 
 template <int MODE, bool UNS>
 __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
@@ -396,64 +484,14 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
         }
         __syncthreads();
 #pragma unroll
-        for (int k = 0; k < LB_BK; ++k) {
-            const uint4 a0 = *(const uint4*)&As[buf][k][ty * LB_TM];
-            const uint4 a1 = *(const uint4*)&As[buf][k][ty * LB_TM + 4];
-            const uint4 b0 = *(const uint4*)&Bs[buf][k][tx * 4];
-            const uint4 b1 = *(const uint4*)&Bs[buf][k][LB_BN / 2 + tx * 4];
-            const u32 a[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
-#pragma unroll
-            for (int i = 0; i < LB_TM; ++i) {
-                acc[i][0] = dot4<UNS>(a[i], b0.x, acc[i][0]);
-                acc[i][1] = dot4<UNS>(a[i], b0.y, acc[i][1]);
-                acc[i][2] = dot4<UNS>(a[i], b0.z, acc[i][2]);
-                acc[i][3] = dot4<UNS>(a[i], b0.w, acc[i][3]);
-                acc[i][4] = dot4<UNS>(a[i], b1.x, acc[i][4]);
-                acc[i][5] = dot4<UNS>(a[i], b1.y, acc[i][5]);
-                acc[i][6] = dot4<UNS>(a[i], b1.z, acc[i][6]);
-                acc[i][7] = dot4<UNS>(a[i], b1.w, acc[i][7]);
-            }
-        }
+        for (int k = 0; k < LB_BK; ++k) lb_tile_step<UNS>(acc, &As[buf][k][ty * LB_TM], &Bs[buf][k][0], tx);
         if (more) store_a(buf ^ 1);
         __syncthreads();
     }
 
-    // Epilogue: i32 partials (split-K) or (acc * w_scale) * a_scale.
-    const float as = p.partial ? 0.0f : lb_scale(p.scale_ptr, p.scale_param);
-    const int o_head = p.is_decoder ? 0 : sp.head;
-#pragma unroll
-    for (int i = 0; i < LB_TM; ++i) {
-        int m = m0 + ty * LB_TM + i;
-        if (m >= p.m_total) break;
-#pragma unroll
-        for (int g = 0; g < 2; ++g) {
-            int n = n0 + g * (LB_BN / 2) + tx * 4;
-            if (p.partial) {
-                int* dst = p.partial + ((long long)blockIdx.z * p.m_total + m) * p.ncols + n;
-                if (p.c_vec && n + 4 <= p.ncols) {
-                    *(int4*)dst = make_int4(acc[i][g * 4], acc[i][g * 4 + 1], acc[i][g * 4 + 2],
-                                            acc[i][g * 4 + 3]);
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        if (n + j < p.ncols) dst[j] = acc[i][g * 4 + j];
-                }
-            } else {
-                const long long o = lb_out_row(p, m, o_head) + n;
-                float v[4];
-#pragma unroll
-                for (int j = 0; j < 4; ++j) v[j] = lb_dequant(acc[i][g * 4 + j], p.w_scale, as, p.relu);
-                if (p.c_vec && p.out_dtype == 0 && n + 4 <= p.ncols) {
-                    *(float4*)((float*)p.out + o) = make_float4(v[0], v[1], v[2], v[3]);
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        if (n + j < p.ncols) lb_store(p.out, o + j, v[j], p.out_dtype);
-                }
-            }
-        }
-    }
+    lb_tile_epilogue(p, acc, m0, n0, ty, tx, p.is_decoder ? 0 : sp.head);
 }
+
 #endif  // LB_BM
 
 // ---- small-M path -------------------------------------------------------------------------
@@ -469,6 +507,8 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
 #ifndef LB_SM_BATCH
 #define LB_SM_BATCH 8
 #endif
+// 16-byte quads of A per thread per chunk.
+#define LB_SM_AITERS ((LB_SMALL_M * LB_SM_KC / 4 + LB_THREADS - 1) / LB_THREADS)
 
 template <int MODE, bool UNS>
 __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
@@ -494,13 +534,35 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[m][j] = 0;
 
+    // Warm L2 with this thread's first batch of weight rows while A is being staged.
+    for (int u = 0; u < LB_SM_BATCH; ++u) {
+        const int r = sp.kw0 + kli + u * LB_SM_KLANES;
+        if (r < sp.kw1 && c0 < p.bcols) lb_prefetch_l2(sp.b + (long long)r * p.ldb + c0);
+    }
+
     for (int k0 = sp.kw0; k0 < sp.kw1; k0 += LB_SM_KC) {
-        for (int idx = tid; idx < LB_SMALL_M * LB_SM_KC; idx += LB_THREADS) {
-            int m = idx / LB_SM_KC, k = idx % LB_SM_KC;
-            u32 w = 0u;
-            if (m < p.m_total && k0 + k < sp.kw1)
-                w = lb_a_word<MODE>(lb_a_ptr(p, lb_a_row(p, m, sp.a_head)), k0 + k, kv, s, p.fmt);
-            As[k][m] = w;
+        // Stage A: every 16-byte quad (row m, words 4q..4q+3) is loaded before any is
+        // stored, rows fastest across lanes so the transposing stores spread over banks.
+        uint4 st[LB_SM_AITERS];
+#pragma unroll
+        for (int i = 0; i < LB_SM_AITERS; ++i) {
+            const int idx = tid + i * LB_THREADS;
+            const int m = idx % LB_SMALL_M, k = k0 + (idx / LB_SMALL_M) * 4;
+            st[i] = make_uint4(0u, 0u, 0u, 0u);
+            if (idx < LB_SMALL_M * LB_SM_KC / 4 && m < p.m_total && k < sp.kw1)
+                st[i] = lb_a_word4<MODE>(lb_a_ptr(p, lb_a_row(p, m, sp.a_head)), k, kv, s, p.fmt,
+                                         p.a_vec != 0);
+        }
+#pragma unroll
+        for (int i = 0; i < LB_SM_AITERS; ++i) {
+            const int idx = tid + i * LB_THREADS;
+            const int m = idx % LB_SMALL_M, kq = (idx / LB_SMALL_M) * 4;
+            if (idx < LB_SMALL_M * LB_SM_KC / 4) {
+                As[kq + 0][m] = st[i].x;
+                As[kq + 1][m] = st[i].y;
+                As[kq + 2][m] = st[i].z;
+                As[kq + 3][m] = st[i].w;
+            }
         }
         __syncthreads();
         const int kn = min(LB_SM_KC, sp.kw1 - k0);

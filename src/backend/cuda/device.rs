@@ -134,6 +134,8 @@ pub struct CudaDevice {
     pub(crate) stream: Arc<CudaStream>,
     pub(crate) caps: CudaDeviceCaps,
     pub(crate) family: KernelFamily,
+    /// Tiled dp4a block shapes of the low-rank projection and the decoder tail.
+    pub(crate) tiles: (super::tuning::DpTile, super::tuning::DpTile),
     cache: Mutex<ModuleCache>,
     scratch: Mutex<Scratch>,
     /// Held while one op queues its launches: the scratch buffers an op fills in one launch
@@ -218,11 +220,23 @@ impl CudaDevice {
             message,
         })?;
         let family = KernelFamily::select(&caps)?;
+        let tile = |var: &'static str| {
+            super::tuning::DpTile::from_env(var).map_err(|reason| LowbitError::InvalidArgument {
+                op: "open",
+                what: var,
+                reason,
+            })
+        };
+        let tiles = (
+            tile(super::tuning::TILE_ENV_LOWRANK)?,
+            tile(super::tuning::TILE_ENV_DECODER)?,
+        );
         Ok(Self {
             ctx,
             stream,
             caps,
             family,
+            tiles,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
             op_lock: Mutex::new(()),

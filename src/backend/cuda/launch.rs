@@ -102,6 +102,7 @@ pub(crate) struct LbProblem {
     pub c_vec: i32,
     pub is_decoder: i32,
     pub out_dtype: i32,
+    pub acc_small: i32,
 }
 
 // SAFETY: plain-old-data with the C layout of `LbProblem`.
@@ -205,6 +206,13 @@ fn non_null(op: &'static str, what: &'static str, p: u64) -> Result<()> {
     }
 }
 
+/// Whether every accumulator of a K-long dot product stays below 2^22 in magnitude (the
+/// kernels' epilogue then converts it to f32 without the conversion unit; same bits).
+fn acc_small(k: usize, format: LowBitActivationFormat, w_qmax: u32) -> i32 {
+    let qa = u128::from(format.qmax().unwrap_or(127));
+    i32::from((k as u128) * qa * u128::from(w_qmax) < 1 << 22)
+}
+
 fn d(k: &str, v: impl ToString) -> (String, String) {
     (k.to_string(), v.to_string())
 }
@@ -218,14 +226,14 @@ fn int_defines(mode: u32, uns: bool) -> Vec<(String, String)> {
     ]
 }
 
-fn tiled_defines(mode: u32, uns: bool) -> Vec<(String, String)> {
+fn tiled_defines(mode: u32, uns: bool, tile: t::DpTile) -> Vec<(String, String)> {
     let mut v = int_defines(mode, uns);
     v.extend([
-        d("LB_MIN_BLOCKS", t::MIN_BLOCKS),
-        d("LB_BM", t::TILE_BM),
-        d("LB_BN", t::TILE_BN),
+        d("LB_MIN_BLOCKS", tile.min_blocks),
+        d("LB_BM", tile.bm),
+        d("LB_BN", tile.bn),
         d("LB_BK", t::TILE_BK),
-        d("LB_TM", t::TILE_TM),
+        d("LB_TM", tile.tm),
     ]);
     v
 }
@@ -233,7 +241,7 @@ fn tiled_defines(mode: u32, uns: bool) -> Vec<(String, String)> {
 fn small_defines(mode: u32, uns: bool, rows: usize, cw: u32) -> Vec<(String, String)> {
     let mut v = int_defines(mode, uns);
     v.extend([
-        d("LB_MIN_BLOCKS", 1),
+        d("LB_MIN_BLOCKS", 2),
         d("LB_SMALL_M", rows.next_power_of_two()),
         d("LB_SM_KC", t::SMALL_KC),
         d("LB_SM_CW", cw),
@@ -292,6 +300,27 @@ impl CudaDevice {
         // by the caller to cover the shape's extent.
         unsafe { b.launch(cfg(grid, t::THREADS)) }.map_err(drv("cuLaunchKernel (projection)"))?;
         Ok(())
+    }
+
+    /// Allows `smem` bytes of dynamic shared memory for `f`; returns its resident blocks on
+    /// the whole device.
+    pub(crate) fn prepare_dynamic(
+        &self,
+        f: &CudaFunction,
+        threads: u32,
+        smem: usize,
+    ) -> Result<usize> {
+        use cudarc::driver::sys;
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .map_err(drv("cuFuncSetAttribute (dynamic smem)"))?;
+        let per_sm = f
+            .occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)
+            .map_err(drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?
+            .max(1);
+        Ok(per_sm as usize * self.caps.multiprocessors.max(1) as usize)
     }
 
     fn resident_slots(&self, f: &CudaFunction) -> usize {
@@ -588,6 +617,7 @@ impl CudaDevice {
             c_vec: i32::from(shape.latent_out.is_multiple_of(4) && aligned16(out)),
             is_decoder: 0,
             out_dtype: dtype_code(epilogue.dtype),
+            acc_small: acc_small(shape.embd, format, w_qmax),
             ..Default::default()
         };
         let heads = shape.heads as u32;
@@ -624,10 +654,11 @@ impl CudaDevice {
                     KernelId::LowrankCodes,
                     KernelId::LowrankF32,
                 ][mode as usize];
+                let tile = self.tiles.0;
                 let f = if small {
                     self.function(id, small_defines(mode, uns, m, t::SMALL_CW_LOWRANK))?
                 } else {
-                    self.function(id, tiled_defines(mode, uns))?
+                    self.function(id, tiled_defines(mode, uns, tile))?
                 };
                 let grid = if small {
                     (
@@ -637,8 +668,8 @@ impl CudaDevice {
                     )
                 } else {
                     (
-                        ceil_u32(shape.latent_out, t::TILE_BN),
-                        ceil_u32(m, t::TILE_BM),
+                        ceil_u32(shape.latent_out, self.tiles.0.bn),
+                        ceil_u32(m, self.tiles.0.bm),
                         heads,
                     )
                 };
@@ -727,6 +758,7 @@ impl CudaDevice {
             c_vec: i32::from(dim.is_multiple_of(4) && aligned16(out)),
             is_decoder: 1,
             out_dtype: dtype_code(epilogue.dtype),
+            acc_small: acc_small(shape.k(), format, w_qmax),
             ..Default::default()
         };
         let heads = shape.heads;
@@ -763,8 +795,9 @@ impl CudaDevice {
         let f = if small {
             self.function(id, small_defines(mode, uns, m, t::SMALL_CW_DECODER))?
         } else {
-            self.function(id, tiled_defines(mode, uns))?
+            self.function(id, tiled_defines(mode, uns, self.tiles.1))?
         };
+        let tile = self.tiles.1;
         let reduce = if small {
             None
         } else {
@@ -775,10 +808,10 @@ impl CudaDevice {
             let ct = ceil_u32(dim, t::SMALL_CW_DECODER * 32) as usize;
             (ct, ct * heads, 16usize)
         } else {
-            let ct = ceil_u32(dim, t::TILE_BN) as usize;
+            let ct = ceil_u32(dim, tile.bn) as usize;
             (
                 ct,
-                ct * ceil_u32(m, t::TILE_BM) as usize * heads,
+                ct * ceil_u32(m, tile.bm) as usize * heads,
                 t::TILE_BK as usize,
             )
         };
@@ -807,7 +840,7 @@ impl CudaDevice {
         if small {
             self.launch_problem(&f, (col_tiles as u32, splits as u32, 1), &p)
         } else {
-            let grid = (col_tiles as u32, ceil_u32(m, t::TILE_BM), splits as u32);
+            let grid = (col_tiles as u32, ceil_u32(m, tile.bm), splits as u32);
             self.launch_problem(&f, grid, &p)?;
             if let (Some(r), true) = (reduce, splits > 1) {
                 let s = splits as i32;
@@ -899,7 +932,9 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 (lowrank, t::SMALL_CW_LOWRANK),
                 (decoder, t::SMALL_CW_DECODER),
             ] {
-                v.push((ids[mode as usize], tiled_defines(mode, uns)));
+                for tile in t::DpTile::CANDIDATES {
+                    v.push((ids[mode as usize], tiled_defines(mode, uns, tile)));
+                }
                 let mut rows = 1;
                 while rows <= t::SMALL_M_MAX {
                     v.push((ids[mode as usize], small_defines(mode, uns, rows, cw)));
@@ -965,7 +1000,7 @@ mod tests {
 
     #[test]
     fn problem_struct_layout_matches_the_c_side() {
-        // 6 pointers + 4 i64 + 2 f32 + 17 i32 = 156 bytes, padded to 160 (see common.cuh).
+        // 6 pointers + 4 i64 + 2 f32 + 18 i32 = 160 bytes (see common.cuh).
         assert_eq!(std::mem::size_of::<LbProblem>(), 160);
         assert_eq!(std::mem::align_of::<LbProblem>(), 8);
     }

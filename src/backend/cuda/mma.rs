@@ -192,7 +192,7 @@ impl CudaDevice {
     }
 
     /// The device's opt-in shared memory per block (0 when the driver does not say).
-    fn smem_optin(&self) -> usize {
+    pub(crate) fn smem_optin(&self) -> usize {
         self.ctx
             .attribute(
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
@@ -225,16 +225,7 @@ impl CudaDevice {
     }
 
     fn prepare(&self, f: &CudaFunction, smem: usize) -> Result<usize> {
-        f.set_attribute(
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(drv("cuFuncSetAttribute (mma dynamic smem)"))?;
-        let per_sm = f
-            .occupancy_max_active_blocks_per_multiprocessor(MMA_THREADS, smem, None)
-            .map_err(drv("cuOccupancyMaxActiveBlocksPerMultiprocessor (mma)"))?
-            .max(1);
-        Ok(per_sm as usize * self.caps.multiprocessors.max(1) as usize)
+        self.prepare_dynamic(f, MMA_THREADS, smem)
     }
 
     /// Queues `mma_prep_a`: `rows` input rows of `p` (codes, f32 or misaligned words, per

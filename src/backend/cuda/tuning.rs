@@ -10,6 +10,119 @@ pub const TILE_BM: u32 = 128;
 pub const TILE_BN: u32 = 128;
 pub const TILE_BK: u32 = 16;
 pub const TILE_TM: u32 = 8;
+/// Static shared memory a tiled block may use (two stages of A and B words).
+pub const TILE_SMEM_MAX: u32 = 48 * 1024;
+
+/// Environment variables that override the tiled dp4a shape per op (`BMxBNxTM` or
+/// `BMxBNxTM/MIN_BLOCKS`, e.g. `128x64x4/3`): for tuning sweeps on a new card.
+pub const TILE_ENV_LOWRANK: &str = "LOWBIT_CUDA_TILE_LOWRANK";
+pub const TILE_ENV_DECODER: &str = "LOWBIT_CUDA_TILE_DECODER";
+
+/// Block shape of the tiled dp4a path: `bm x bn` outputs, `tm` rows x 8 columns per thread,
+/// compiled for `min_blocks` resident blocks per SM. K advances [`TILE_BK`] words per stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DpTile {
+    pub bm: u32,
+    pub bn: u32,
+    pub tm: u32,
+    pub min_blocks: u32,
+}
+
+impl DpTile {
+    /// What the kernels use unless an environment variable says otherwise.
+    pub const DEFAULT: Self = Self {
+        bm: TILE_BM,
+        bn: TILE_BN,
+        tm: TILE_TM,
+        min_blocks: MIN_BLOCKS,
+    };
+
+    /// Shapes the NVRTC test compiles besides the default (the H100 sweep of
+    /// `benches/gpu/sweep.sh tiles` found none faster than the default there).
+    pub const CANDIDATES: [Self; 2] = [
+        Self::DEFAULT,
+        Self {
+            bm: 64,
+            bn: 128,
+            tm: 4,
+            min_blocks: 3,
+        },
+    ];
+
+    /// Parses `BMxBNxTM` or `BMxBNxTM/MIN_BLOCKS` and checks it fits the kernel.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (dims, blocks) = match text.trim().split_once('/') {
+            Some((d, b)) => (d, Some(b)),
+            None => (text.trim(), None),
+        };
+        let nums: Vec<u32> = dims
+            .split('x')
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("`{v}` is not a number"))
+            })
+            .collect::<Result<_, _>>()?;
+        let [bm, bn, tm] = nums[..] else {
+            return Err(format!("`{text}` is not BMxBNxTM[/MIN_BLOCKS]"));
+        };
+        let min_blocks = match blocks {
+            Some(b) => b
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{b}` is not a number"))?,
+            None => MIN_BLOCKS,
+        };
+        let tile = Self {
+            bm,
+            bn,
+            tm,
+            min_blocks,
+        };
+        tile.check()?;
+        Ok(tile)
+    }
+
+    /// The constraints of `lb_tiled` in `cuda/common.cuh`.
+    pub fn check(&self) -> Result<(), String> {
+        let Self {
+            bm,
+            bn,
+            tm,
+            min_blocks,
+        } = *self;
+        let bad = |why: &str| Err(format!("tile {bm}x{bn}x{tm}/{min_blocks}: {why}"));
+        if tm != 4 && tm != 8 {
+            return bad("rows per thread must be 4 or 8");
+        }
+        if bm == 0 || bn == 0 || !bm.is_multiple_of(tm) || !bn.is_multiple_of(8) {
+            return bad("BM must be a multiple of TM and BN of 8");
+        }
+        if (bn / 8) * (bm / tm) != THREADS {
+            return bad(&format!("(BN/8)*(BM/TM) must be {THREADS} threads"));
+        }
+        if !(bm * TILE_BK / 4).is_multiple_of(THREADS)
+            || !(TILE_BK * bn / 4).is_multiple_of(THREADS)
+        {
+            return bad("each thread must stage whole 16-byte chunks of A and B");
+        }
+        if 2 * TILE_BK * (bm + bn) * 4 > TILE_SMEM_MAX {
+            return bad("two stages exceed 48 KiB of static shared memory");
+        }
+        if !(1..=4).contains(&min_blocks) {
+            return bad("MIN_BLOCKS must be 1 to 4");
+        }
+        Ok(())
+    }
+
+    /// The tile for `var` (unset or empty: [`DpTile::DEFAULT`]).
+    pub fn from_env(var: &str) -> Result<Self, String> {
+        match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Self::parse(&v).map_err(|e| format!("{var}: {e}")),
+            _ => Ok(Self::DEFAULT),
+        }
+    }
+}
 
 /// M = B·T at or below this takes the small-M path (weights streamed once).
 pub const SMALL_M_MAX: usize = 16;
@@ -41,3 +154,36 @@ pub const EW_MAX_BLOCKS: u32 = 65_535;
 
 /// dp4a ceiling microbenchmark: independent chains per thread.
 pub const CEILING_CHAINS: u32 = 16;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tile_candidates_fit_the_kernel() {
+        for t in DpTile::CANDIDATES {
+            t.check().unwrap_or_else(|e| panic!("{e}"));
+        }
+        assert_eq!(DpTile::parse("128x128x8").unwrap(), DpTile::DEFAULT);
+        assert_eq!(
+            DpTile::parse("128x64x4/3").unwrap(),
+            DpTile {
+                bm: 128,
+                bn: 64,
+                tm: 4,
+                min_blocks: 3
+            }
+        );
+        for bad in [
+            "",
+            "128x128",
+            "128x128x6",
+            "128x128x8/9",
+            "64x64x8",
+            "axbxc",
+            "256x256x8",
+        ] {
+            assert!(DpTile::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
