@@ -190,6 +190,11 @@ fn every_tile_config_is_exact() {
         TileConfig::SMALL,
         TileConfig {
             wg_x: 16,
+            wg_y: 16,
+            bk: 16,
+        },
+        TileConfig {
+            wg_x: 16,
             wg_y: 8,
             bk: 4,
         },

@@ -18,6 +18,9 @@ use crate::kernels::KernelId;
 
 /// Environment variable: `polyfill` forces the manual-unpack dot4 shader variant.
 pub const DOT4_ENV: &str = "LOWBIT_WGPU_DOT4";
+/// Fixes the integer GEMM tiles (`WG_XxWG_YxBK`, e.g. `16x8x16`) when the options leave them
+/// to the per-problem choice: for tuning sweeps on a new adapter.
+pub const TILE_ENV: &str = "LOWBIT_WGPU_TILE";
 
 /// Which adapter [`WgpuDevice::new`] opens.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -68,12 +71,14 @@ pub struct TileConfig {
 }
 
 impl TileConfig {
-    /// 128×128 tiles, 256 invocations, 16 words (64 int8) of K per step (the next step is
-    /// prefetched in registers: 8 + 8 words per invocation).
+    /// 64×128 (rows × columns) tiles, 128 invocations, 8 words (32 int8) of K per step (the
+    /// next step is prefetched in registers). On the H100 (Vulkan) this ran the BDH low-rank
+    /// and decoder shapes 1.3–1.5× faster than 128×128 tiles with 16-word steps
+    /// (`LOWBIT_WGPU_TILE` sweep of `benches/gpu/sweep.sh wgpu`, BENCHMARKS.md).
     pub const LARGE: Self = Self {
         wg_x: 16,
-        wg_y: 16,
-        bk: 16,
+        wg_y: 8,
+        bk: 8,
     };
     /// 64×64 tiles, 64 invocations (small problems, small GPUs).
     pub const SMALL: Self = Self {
@@ -92,6 +97,31 @@ impl TileConfig {
     pub fn workgroup_bytes(self) -> u32 {
         (self.bm() * self.bk + self.bk * self.bn() + self.bm()) * 4
     }
+    /// Parses `WG_XxWG_YxBK` (e.g. `16x16x16`).
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let nums: Vec<u32> = text
+            .trim()
+            .split('x')
+            .map(|v| {
+                v.trim()
+                    .parse::<u32>()
+                    .map_err(|_| format!("`{v}` is not a number"))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let [wg_x, wg_y, bk] = nums[..] else {
+            return Err(format!("`{text}` is not WG_XxWG_YxBK"));
+        };
+        let t = Self { wg_x, wg_y, bk };
+        if t.valid() {
+            Ok(t)
+        } else {
+            Err(format!(
+                "{t:?}: sizes must be powers of two, BK >= 4, WG_X*WG_Y >= 4 and \
+                 8*BK <= 32*min(WG_X, WG_Y)"
+            ))
+        }
+    }
+
     pub(crate) fn valid(self) -> bool {
         self.wg_x.is_power_of_two()
             && self.wg_y.is_power_of_two()
@@ -325,7 +355,7 @@ impl WgpuDevice {
         device.on_uncaptured_error(Arc::new(|e: wgpu::Error| {
             eprintln!("lowbit-kernels: uncaptured wgpu error: {e}");
         }));
-        Ok(Self::build(device, queue, Some(info), native_dot4, &opts))
+        Self::build(device, queue, Some(info), native_dot4, &opts)
     }
 
     /// The best adapter with default options (`LOWBIT_WGPU_DOT4` honoured).
@@ -347,7 +377,7 @@ impl WgpuDevice {
                 "wrapped device allows fewer than 64 compute invocations per workgroup",
             ));
         }
-        Ok(Self::build(device, queue, info, None, &opts))
+        Self::build(device, queue, info, None, &opts)
     }
 
     fn build(
@@ -356,14 +386,29 @@ impl WgpuDevice {
         info: Option<wgpu::AdapterInfo>,
         native_dot4: Option<bool>,
         opts: &WgpuOptions,
-    ) -> Self {
+    ) -> Result<Self> {
+        let bad_tiles = |reason: String| LowbitError::InvalidArgument {
+            op: "wgpu::open",
+            what: "tiles",
+            reason,
+        };
+        let tiles = match opts.tiles {
+            Some(t) if t.valid() => Some(t),
+            Some(t) => return Err(bad_tiles(format!("{t:?} is not a valid tile config"))),
+            None => match std::env::var(TILE_ENV) {
+                Ok(v) if !v.trim().is_empty() => {
+                    Some(TileConfig::parse(&v).map_err(|e| bad_tiles(format!("{TILE_ENV}: {e}")))?)
+                }
+                _ => None,
+            },
+        };
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("lowbit dummy binding"),
             size: 16,
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
-        Self {
+        Ok(Self {
             inner: Arc::new(Inner {
                 id: next_device_id(),
                 limits: device.limits(),
@@ -374,7 +419,7 @@ impl WgpuDevice {
                 dot4_builtin: opts.dot4.resolve() != Dot4Mode::Polyfill,
                 native_dot4,
                 runtime_checks: opts.runtime_checks,
-                tiles: opts.tiles.filter(|t| t.valid()),
+                tiles,
                 f32_route: opts.f32_route,
                 modules: Mutex::new(HashMap::new()),
                 pipelines: Mutex::new(HashMap::new()),
@@ -382,7 +427,7 @@ impl WgpuDevice {
                 timing: Mutex::new(None),
                 dummy,
             }),
-        }
+        })
     }
 
     /// Adapter name (or "wrapped wgpu device").
