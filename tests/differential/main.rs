@@ -37,6 +37,11 @@ macro_rules! backend_tests {
             fn cuda() {
                 crate::run(lowbit_kernels::BackendKind::Cuda, super::$case);
             }
+            /// CUDA forced onto the dp4a family (`cuda` runs the device's default family).
+            #[test]
+            fn cuda_dp4a() {
+                crate::run_cuda_dp4a(super::$case);
+            }
             #[test]
             fn wgpu() {
                 crate::run(lowbit_kernels::BackendKind::Wgpu, super::$case);
@@ -89,6 +94,38 @@ pub fn run_cpu_portable(case: fn(&mut Ctx)) {
     static PORTABLE: OnceLock<CpuBackend> = OnceLock::new();
     let b = PORTABLE.get_or_init(|| CpuBackend::with_kernel(CpuKernel::Portable));
     run_on(b, BackendKind::Cpu, case);
+}
+
+/// Runs one case on a CUDA backend forced onto the dp4a kernels (the tiled and small-M paths),
+/// whatever family the device would pick.
+pub fn run_cuda_dp4a(case: fn(&mut Ctx)) {
+    #[cfg(feature = "cuda")]
+    {
+        use lowbit_kernels::backend::cuda::{CudaBackend, CudaDevice, KernelFamily};
+        static DP4A: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+        let opened = DP4A.get_or_init(|| {
+            CudaDevice::new(0)
+                .and_then(|d| d.with_family(KernelFamily::Dp4a))
+                .map(CudaBackend::from_device)
+                .map_err(|e| e.to_string())
+        });
+        match opened {
+            Ok(b) => run_on(b, BackendKind::Cuda, case),
+            Err(reason) => {
+                if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
+                    panic!("{msg}");
+                }
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = case;
+        if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, "built without the cuda feature")
+        {
+            panic!("{msg}");
+        }
+    }
 }
 
 /// Runs one case on one backend (or skips it) and fails with every recorded failure.
