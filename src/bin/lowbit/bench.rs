@@ -17,7 +17,7 @@ use crate::timers::{CpuTimer, Inputs, Op, Timer, TraitTimer};
 
 pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowrank|decoder-tail|quantize|all]
              [--variant packed|f32|all] [--m 1,16,512,2048,8192] [--d 256] [--h 4] [--n 8192]
-             [--iters K] [--json FILE] [--peers FILE] [--transfers]
+             [--iters K] [--json FILE] [--peers FILE] [--transfers] [--no-graph]
   Times each op at BDH shapes (tokens M, embedding D, heads H, latent N):
     lowrank       x[1,1,M,D] . W[H,D,N]   -> [1,H,M,N]   (2*M*H*D*N int ops)
     decoder-tail  y[1,H,M,N] . W[H*N,D]   -> [1,1,M,D]   (2*M*H*N*D int ops)
@@ -27,7 +27,9 @@ pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowran
   Weights are ternary, uploaded once. Each backend is timed through its own API: the CPU's
   `*_into` functions (wall clock), CUDA's device-resident ops (CUDA events), wgpu's
   device-resident ops (GPU timestamps, else wall clock around a blocking poll); at M <= 16 the
-  GPUs rotate through 8 weight copies so the weights come from DRAM, not a warm L2.
+  GPUs rotate through 8 weight copies so the weights come from DRAM, not a warm L2, and CUDA
+  times them as replays of a CUDA graph of 8 runs (4 replays per sample, so the host's launch
+  latency is not counted; --no-graph times single launches instead).
   --transfers times every backend through the host-slice Backend trait instead (upload +
   kernels + download). Time is the median of K runs (default: >= 3 runs and >= 0.3 s).
   GB/s counts input + weights + output once; '% bw' is that over the device's measured copy
@@ -320,14 +322,22 @@ fn weights(op: &str, dims: &Dims, rng: &mut Rng) -> lowbit_kernels::Result<Vec<u
 }
 
 /// Opens the timer of `kind`: the backend's own fastest API, or the host-slice trait.
-fn open_timer(kind: BackendKind, transfers: bool) -> lowbit_kernels::Result<Box<dyn Timer>> {
+fn open_timer(
+    kind: BackendKind,
+    transfers: bool,
+    graphs: bool,
+) -> lowbit_kernels::Result<Box<dyn Timer>> {
     if transfers {
         return Ok(Box::new(TraitTimer::new(backend::open(kind)?)));
     }
     match kind {
         BackendKind::Cpu => Ok(Box::new(CpuTimer::new())),
         #[cfg(feature = "cuda")]
-        BackendKind::Cuda => Ok(Box::new(crate::timers::CudaTimer::new(0)?)),
+        BackendKind::Cuda => {
+            let mut t = crate::timers::CudaTimer::new(0)?;
+            t.graphs = graphs;
+            Ok(Box::new(t))
+        }
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => Ok(Box::new(crate::timers::WgpuTimer::new()?)),
         #[allow(unreachable_patterns)]
@@ -341,7 +351,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         &[
             "backend", "op", "variant", "m", "d", "h", "n", "iters", "json", "peers",
         ],
-        &["transfers"],
+        &["transfers", "no-graph"],
     )?;
     args.at_most_positional(0)?;
     let kinds = parse_backends(args.value("backend"))?;
@@ -387,7 +397,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
     let mut backends: Vec<Box<dyn Timer>> = Vec::new();
     let mut failed = false;
     for &kind in &kinds {
-        match open_timer(kind, args.switch("transfers")) {
+        match open_timer(kind, args.switch("transfers"), !args.switch("no-graph")) {
             Ok(t) => backends.push(t),
             Err(LowbitError::BackendUnavailable { reason, .. }) if !required.contains(&kind) => {
                 eprintln!("skipping {kind}: {reason}");
@@ -463,7 +473,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
                                 bytes: case.bytes,
                                 copy_bw,
                                 compute_peak: be.compute_peak(&case.op),
-                                timing,
+                                timing: t.timing.unwrap_or(timing),
                                 peers: Vec::new(),
                             };
                             for name in &peer_names {

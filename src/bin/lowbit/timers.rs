@@ -10,7 +10,10 @@
 //! * `--transfers`: any backend through the host-slice `Backend` trait (`incl. transfers`).
 //!
 //! At small M the GPU timers rotate through [`COLD_COPIES`] copies of the weights so that they
-//! come from DRAM, not from an L2 still warm from the previous run.
+//! come from DRAM, not from an L2 still warm from the previous run. There the CUDA timer
+//! captures one run per copy into a CUDA graph and times replays of it (`device (CUDA graph
+//! replay)`), as token-by-token decoding would run: a single launch of a few microseconds is
+//! otherwise timed together with the host's launch latency (`--no-graph` keeps that).
 
 use std::time::Instant;
 
@@ -69,6 +72,8 @@ pub struct Sampled {
     pub median_s: f64,
     pub min_s: f64,
     pub runs: usize,
+    /// How these runs were timed, where it differs from the backend's usual timing.
+    pub timing: Option<&'static str>,
 }
 
 /// Runs `one` (which returns the seconds of one run) once to warm up, then `iters` times, or
@@ -94,6 +99,7 @@ pub fn sample(iters: usize, mut one: impl FnMut() -> Result<f64>) -> Result<Samp
         median_s: times[times.len() / 2],
         min_s: times[0],
         runs: times.len(),
+        timing: None,
     })
 }
 
@@ -296,7 +302,7 @@ pub use cuda::CudaTimer;
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use lowbit_kernels::backend::cuda::cudarc::driver::CudaSlice;
+    use lowbit_kernels::backend::cuda::cudarc::driver::{CudaSlice, DriverError, sys};
     use lowbit_kernels::backend::cuda::microbench::{Ceilings, time_events};
     use lowbit_kernels::backend::cuda::{
         CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily,
@@ -308,11 +314,61 @@ mod cuda {
     /// The mma family runs the projections for M above this (see `KernelFamily::Mma`).
     const MMA_MIN_M: usize = 16;
 
+    /// Graph replays per timed sample at small M (each replay runs once per weight copy).
+    const GRAPH_REPLAYS: u64 = 4;
+
     /// CUDA device-resident ops timed with CUDA events.
     pub struct CudaTimer {
         dev: CudaDevice,
         ceilings: Option<Ceilings>,
         weights: Vec<CudaSlice<u32>>,
+        /// Time M <= COLD_MAX_M as CUDA graph replays.
+        pub graphs: bool,
+    }
+
+    fn driver(context: &str) -> impl FnOnce(DriverError) -> LowbitError + '_ {
+        move |e| LowbitError::Driver {
+            backend: BackendKind::Cuda,
+            context: context.into(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Captures `run(0..runs)` into one CUDA graph (after one uncaptured warm-up of each, so
+    /// that compilation and scratch allocation stay outside it) and times replays with CUDA
+    /// events: `GRAPH_REPLAYS` replays back to back per sample, divided by the runs.
+    fn time_graph(
+        dev: &CudaDevice,
+        runs: usize,
+        iters: usize,
+        mut run: impl FnMut(usize) -> Result<()>,
+    ) -> Result<Sampled> {
+        (0..runs).try_for_each(&mut run)?;
+        dev.synchronize()?;
+        let stream = dev.stream();
+        stream
+            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .map_err(driver("cuStreamBeginCapture"))?;
+        let queued = (0..runs).try_for_each(&mut run);
+        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        queued?;
+        let graph = graph
+            .map_err(driver("cuStreamEndCapture"))?
+            .ok_or_else(|| LowbitError::Driver {
+                backend: BackendKind::Cuda,
+                context: "cuStreamEndCapture".into(),
+                message: "no graph was captured".into(),
+            })?;
+        graph.upload().map_err(driver("cuGraphUpload"))?;
+        let per = (GRAPH_REPLAYS as usize * runs) as f64;
+        let mut s = sample(iters, || {
+            let d = time_events(dev, GRAPH_REPLAYS, || {
+                graph.launch().map_err(driver("cuGraphLaunch"))
+            })?;
+            Ok(d.as_secs_f64() / per)
+        })?;
+        s.timing = Some("device (CUDA graph replay)");
+        Ok(s)
     }
 
     impl CudaTimer {
@@ -326,6 +382,7 @@ mod cuda {
                 dev,
                 ceilings,
                 weights: Vec::new(),
+                graphs: true,
             })
         }
     }
@@ -391,32 +448,36 @@ mod cuda {
                         Op::Quantize(_) => 0,
                     };
                     let mut out = dev.alloc_zeros::<f32>(out_len)?;
+                    let mut run = |w: &CudaSlice<u32>| {
+                        let input = match (&words, &x) {
+                            (Some(wd), _) => DeviceAct::Packed(wd),
+                            (None, Some(xf)) => DeviceAct::F32(xf),
+                            (None, None) => return Err(no_input()),
+                        };
+                        let sc = if inputs.packed {
+                            DeviceScale::Param(A_SCALE)
+                        } else {
+                            DeviceScale::Compute(&mut scale)
+                        };
+                        let out = DeviceOut::F32(&mut out);
+                        let e = Epilogue::default();
+                        match op {
+                            Op::Lowrank(s) => {
+                                dev.lowrank(s, input, FORMAT, sc, w, W_SCALE, 1, e, out)
+                            }
+                            Op::Decoder(s) => {
+                                dev.decoder_tail(s, input, FORMAT, sc, w, W_SCALE, 1, e, out)
+                            }
+                            Op::Quantize(_) => Ok(()),
+                        }
+                    };
+                    if self.graphs && rotate > 1 {
+                        return time_graph(dev, rotate, iters, |i| run(&weights[i]));
+                    }
                     sample(iters, || {
                         let w = &weights[k % rotate.max(1)];
                         k += 1;
-                        let d = time_events(dev, 1, || {
-                            let input = match (&words, &x) {
-                                (Some(wd), _) => DeviceAct::Packed(wd),
-                                (None, Some(xf)) => DeviceAct::F32(xf),
-                                (None, None) => return Err(no_input()),
-                            };
-                            let sc = if inputs.packed {
-                                DeviceScale::Param(A_SCALE)
-                            } else {
-                                DeviceScale::Compute(&mut scale)
-                            };
-                            let out = DeviceOut::F32(&mut out);
-                            let e = Epilogue::default();
-                            match op {
-                                Op::Lowrank(s) => {
-                                    dev.lowrank(s, input, FORMAT, sc, w, W_SCALE, 1, e, out)
-                                }
-                                Op::Decoder(s) => {
-                                    dev.decoder_tail(s, input, FORMAT, sc, w, W_SCALE, 1, e, out)
-                                }
-                                Op::Quantize(_) => Ok(()),
-                            }
-                        })?;
+                        let d = time_events(dev, 1, || run(w))?;
                         Ok(d.as_secs_f64())
                     })
                 }
