@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
+#   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
+#                             [ncu] [final]      (default: peers small dp4a wgpu ncu)
+# tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
+# benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
+# dp4a: the dp4a family, K-resident low-rank with LOWBIT_CUDA_LOWRANK_NT off/auto/2/4/8 and the
+# decoder, with the SM clock sampled; tiles: the tiled dp4a shapes of
+# LOWBIT_CUDA_TILE_{LOWRANK,DECODER}; wgpu: the LOWBIT_WGPU_TILE shapes; ncu: warp-state
+# sections of the dp4a lowrank kernel; memcheck: compute-sanitizer on the CUDA differential
+# tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
+# CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
+# Full logs and JSON go to $OUT; a summary table is printed last.
+set -uo pipefail
+b=.gpu-bundle
+out=${OUT:-/tmp/out}; mkdir -p "$out"
+export WGPU_BACKEND=vulkan RUST_BACKTRACE=1
+for deb in "$b"/debs/*.deb; do [ -f "$deb" ] && dpkg -x "$deb" /; done; ldconfig
+find "$b" -name '*.gz' -exec gunzip -f {} + 2>/dev/null
+chmod +x "$b"/tests/* "$b"/bench/* "$b"/bin/* 2>/dev/null
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader
+L=$b/bin/lowbit
+what=${*:-peers small dp4a wgpu ncu}
+if [[ " $what " == *" tests "* ]]; then
+  for t in "$b"/tests/*; do
+    [ -x "$t" ] || continue
+    echo "=== test $(basename "$t")"
+    LOWBIT_REQUIRE=cuda,wgpu "$t" --test-threads=8 > "$out/test-$(basename "$t").log" 2>&1
+    echo "exit $?"; grep -E "^test result|FAILED|panicked|SKIPPED" "$out/test-$(basename "$t").log" | head -20
+  done
+fi
+has() { [[ " $what " == *" $1 "* ]]; }
+if has memcheck; then
+  d=$(ls "$b"/tests/differential-* | head -1)
+  for filter in cuda_extra cuda_dp4a; do
+    echo "=== memcheck differential $filter"
+    LOWBIT_REQUIRE=cuda timeout 200 compute-sanitizer --tool memcheck "$d" "$filter" --test-threads=4 \
+      > "$out/memcheck-${filter//:/}.log" 2>&1
+    echo "exit $?"; grep -E "^test result|ERROR SUMMARY|FAILED" "$out/memcheck-${filter//:/}.log" | head -5
+  done
+fi
+if has verify; then
+  "$L" verify --backend all > "$out/verify.log" 2>&1; echo "verify exit $?"; tail -n 4 "$out/verify.log"
+fi
+peers=()
+# Peers of an earlier run of the same card type, when carried along (.gpu-bundle/peers/prev.json).
+[ -f "$b/peers/prev.json" ] && peers=(--peers "$b/peers/prev.json")
+if has peers; then
+  python3 "$b/peers/torch_peer.py" "$out/peers.json" > "$out/peers.log" 2>&1 && peers=(--peers "$out/peers.json")
+  tail -n 12 "$out/peers.log"
+fi
+sum=$out/summary.txt; : > "$sum"
+bench() {  # label, then lowbit bench args
+  local label=$1; shift
+  echo "=== $label" | tee -a "$sum"
+  "$L" bench "$@" "${peers[@]}" 2>>"$out/bench.err" | tee -a "$out/bench.log" \
+    | grep -E "^(cuda|wgpu) " | cut -c1-230 | tee -a "$sum"
+}
+if has small; then
+  bench "cuda small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,16 --json "$out/small_graph.json"
+  bench "cuda small M, single launch" --backend cuda --op lowrank,decoder-tail --m 1,16 --no-graph
+fi
+if has dp4a; then
+  nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader -lms 100 > "$out/clocks.txt" 2>&1 &
+  smi=$!
+  for nt in off auto 2 4 8; do
+    LOWBIT_CUDA_KERNELS=dp4a LOWBIT_CUDA_LOWRANK_NT=$nt \
+      bench "dp4a lowrank, K-resident NT=$nt" --backend cuda --op lowrank --variant packed --m 512,2048,8192
+  done
+  LOWBIT_CUDA_KERNELS=dp4a bench "dp4a all" --backend cuda --op lowrank,decoder-tail --m 1,16,512,2048,8192 --json "$out/dp4a.json"
+  kill $smi
+  sort "$out/clocks.txt" | uniq -c | sort -rn | head -8
+fi
+if has tiles; then
+  for t in 128x128x8/2 64x256x8/2 256x64x8/2 128x64x4/3 128x64x4/2 64x128x4/3; do
+    LOWBIT_CUDA_KERNELS=dp4a LOWBIT_CUDA_TILE_LOWRANK=$t LOWBIT_CUDA_TILE_DECODER=$t \
+      bench "dp4a tile $t" --backend cuda --op lowrank,decoder-tail --variant packed --m 2048,8192
+  done
+fi
+if has wgpu; then
+  for t in 16x8x16 16x8x8 16x8x32 16x4x16 32x4x16 8x8x16 16x16x16; do
+    LOWBIT_WGPU_TILE=$t bench "wgpu tile $t" --backend wgpu --op lowrank,decoder-tail --variant packed --m 512,2048,8192
+  done
+fi
+if has ncu && command -v ncu >/dev/null; then
+  LOWBIT_CUDA_KERNELS=dp4a timeout 120 ncu --section WarpStateStats --section SchedulerStats \
+    --section SpeedOfLight --section Occupancy -k regex:lowrank_packed -c 1 \
+    "$L" bench --backend cuda --op lowrank --variant packed --m 2048 --iters 1 > "$out/ncu.txt" 2>&1
+  grep -E "Duration|Throughput|Stall|Issue|Eligible|Active Warps|Achieved|Registers|No Eligible|One or More" "$out/ncu.txt" | head -40
+fi
+if has final; then
+  bench "final cuda (default family)" --backend cuda --op all --variant all --m 1,16,512,2048,8192 --json "$out/final_cuda.json"
+  LOWBIT_CUDA_KERNELS=dp4a bench "final cuda dp4a" --backend cuda --op lowrank,decoder-tail --variant all --m 1,16,512,2048,8192 --json "$out/final_dp4a.json"
+  bench "final wgpu" --backend wgpu --op all --variant all --m 1,16,512,2048,8192 --json "$out/final_wgpu.json"
+fi
+echo "=== summary"; cat "$sum"
