@@ -88,21 +88,6 @@ __device__ __forceinline__ float lb_dequant(int acc, float w_scale, float a_scal
     return relu ? fmaxf(v, 0.0f) : v;
 }
 
-// (float)v for |v| < 2^22 without the conversion unit (a quarter of the dp4a rate on sm_90):
-// the bits of 1.5*2^23 plus v are the float 1.5*2^23 + v exactly, and the subtraction is
-// exact, so the result equals (float)v bit for bit.
-__device__ __forceinline__ float lb_i2f_small(int v) {
-    return __fsub_rn(__int_as_float(0x4B400000 + v), 12582912.0f);
-}
-
-// lb_dequant with the conversion above when `small` (every accumulator below 2^22).
-__device__ __forceinline__ float lb_dequant_fast(int acc, float w_scale, float a_scale, int relu,
-                                                 int small) {
-    const float a = small ? lb_i2f_small(acc) : (float)acc;
-    float v = __fmul_rn(__fmul_rn(a, w_scale), a_scale);
-    return relu ? fmaxf(v, 0.0f) : v;
-}
-
 // f32 -> bf16 bits, round to nearest even (NaN stays NaN).
 __device__ __forceinline__ unsigned short lb_bf16_bits(float v) {
     u32 b = __float_as_uint(v);
@@ -255,7 +240,6 @@ struct LbProblem {
     int c_vec;              // float4 output stores legal
     int is_decoder;
     int out_dtype;          // 0 f32, 1 f16, 2 bf16 (round to nearest even)
-    int acc_small;          // every |accumulator| < 2^22 (K * qmax_a * qmax_w bound)
 };
 
 // Where block `z` works: head, A/B bases and its K range [kw0, kw1) in words.
@@ -385,8 +369,7 @@ __device__ __forceinline__ void lb_tile_epilogue(const LbProblem& p, const int (
                 const long long o = lb_out_row(p, m, o_head) + n;
                 float v[4];
 #pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    v[j] = lb_dequant_fast(acc[i][g * 4 + j], p.w_scale, as, p.relu, p.acc_small);
+                for (int j = 0; j < 4; ++j) v[j] = lb_dequant(acc[i][g * 4 + j], p.w_scale, as, p.relu);
                 if (p.c_vec && p.out_dtype == 0 && n + 4 <= p.ncols) {
                     *(float4*)((float*)p.out + o) = make_float4(v[0], v[1], v[2], v[3]);
                 } else {

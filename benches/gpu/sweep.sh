@@ -4,8 +4,7 @@
 #                             [ncu] [final]      (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
-# dp4a: the dp4a family, K-resident low-rank with LOWBIT_CUDA_LOWRANK_NT off/auto/2/4/8 and the
-# decoder, with the SM clock sampled; tiles: the tiled dp4a shapes of
+# dp4a: the dp4a family on both projections, with the SM clock sampled; tiles: the tiled dp4a shapes of
 # LOWBIT_CUDA_TILE_{LOWRANK,DECODER}; wgpu: the LOWBIT_WGPU_TILE shapes; ncu: warp-state
 # sections of the dp4a lowrank kernel; memcheck: compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
@@ -34,7 +33,7 @@ if has memcheck; then
   d=$(ls "$b"/tests/differential-* | head -1)
   for filter in cuda_extra cuda_dp4a; do
     echo "=== memcheck differential $filter"
-    LOWBIT_REQUIRE=cuda timeout 200 compute-sanitizer --tool memcheck "$d" "$filter" --test-threads=4 \
+    LOWBIT_REQUIRE=cuda timeout 150 compute-sanitizer --tool memcheck "$d" "$filter" --test-threads=4 \
       > "$out/memcheck-${filter//:/}.log" 2>&1
     echo "exit $?"; grep -E "^test result|ERROR SUMMARY|FAILED" "$out/memcheck-${filter//:/}.log" | head -5
   done
@@ -63,10 +62,6 @@ fi
 if has dp4a; then
   nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader -lms 100 > "$out/clocks.txt" 2>&1 &
   smi=$!
-  for nt in off auto 2 4 8; do
-    LOWBIT_CUDA_KERNELS=dp4a LOWBIT_CUDA_LOWRANK_NT=$nt \
-      bench "dp4a lowrank, K-resident NT=$nt" --backend cuda --op lowrank --variant packed --m 512,2048,8192
-  done
   LOWBIT_CUDA_KERNELS=dp4a bench "dp4a all" --backend cuda --op lowrank,decoder-tail --m 1,16,512,2048,8192 --json "$out/dp4a.json"
   kill $smi
   sort "$out/clocks.txt" | uniq -c | sort -rn | head -8

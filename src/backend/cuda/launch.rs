@@ -102,7 +102,6 @@ pub(crate) struct LbProblem {
     pub c_vec: i32,
     pub is_decoder: i32,
     pub out_dtype: i32,
-    pub acc_small: i32,
 }
 
 // SAFETY: plain-old-data with the C layout of `LbProblem`.
@@ -204,13 +203,6 @@ fn non_null(op: &'static str, what: &'static str, p: u64) -> Result<()> {
     } else {
         Ok(())
     }
-}
-
-/// Whether every accumulator of a K-long dot product stays below 2^22 in magnitude (the
-/// kernels' epilogue then converts it to f32 without the conversion unit; same bits).
-fn acc_small(k: usize, format: LowBitActivationFormat, w_qmax: u32) -> i32 {
-    let qa = u128::from(format.qmax().unwrap_or(127));
-    i32::from((k as u128) * qa * u128::from(w_qmax) < 1 << 22)
 }
 
 fn d(k: &str, v: impl ToString) -> (String, String) {
@@ -617,7 +609,6 @@ impl CudaDevice {
             c_vec: i32::from(shape.latent_out.is_multiple_of(4) && aligned16(out)),
             is_decoder: 0,
             out_dtype: dtype_code(epilogue.dtype),
-            acc_small: acc_small(shape.embd, format, w_qmax),
             ..Default::default()
         };
         let heads = shape.heads as u32;
@@ -758,7 +749,6 @@ impl CudaDevice {
             c_vec: i32::from(dim.is_multiple_of(4) && aligned16(out)),
             is_decoder: 1,
             out_dtype: dtype_code(epilogue.dtype),
-            acc_small: acc_small(shape.k(), format, w_qmax),
             ..Default::default()
         };
         let heads = shape.heads;
@@ -1000,7 +990,7 @@ mod tests {
 
     #[test]
     fn problem_struct_layout_matches_the_c_side() {
-        // 6 pointers + 4 i64 + 2 f32 + 18 i32 = 160 bytes (see common.cuh).
+        // 6 pointers + 4 i64 + 2 f32 + 17 i32 = 156 bytes, padded to 160 (see common.cuh).
         assert_eq!(std::mem::size_of::<LbProblem>(), 160);
         assert_eq!(std::mem::align_of::<LbProblem>(), 8);
     }
