@@ -212,6 +212,9 @@ pub(crate) struct Inner {
     compiles: AtomicUsize,
     timing: Mutex<Option<Timing>>,
     dummy: wgpu::Buffer,
+    /// Scratch buffers of the ops (keyed by purpose), kept and grown across calls: a fresh
+    /// 256 MiB buffer per call cost the H100 milliseconds of GPU time.
+    scratch: Mutex<HashMap<&'static str, wgpu::Buffer>>,
 }
 
 /// A wgpu device and queue with the crate's compiled pipelines. Cheap to clone (shared).
@@ -426,6 +429,7 @@ impl WgpuDevice {
                 compiles: AtomicUsize::new(0),
                 timing: Mutex::new(None),
                 dummy,
+                scratch: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -562,6 +566,34 @@ impl WgpuDevice {
             device_id: self.inner.id,
             _t: PhantomData,
         })
+    }
+
+    /// Scratch of `len` elements for one op's launches, reused across calls (grown when too
+    /// small). Safe to share between ops: each op is one submission that writes its scratch
+    /// before reading it, and wgpu orders submissions on the queue; a replaced buffer lives
+    /// until the submissions using it are done. Its contents on entry are undefined.
+    pub(crate) fn scratch<T: Pod>(&self, key: &'static str, len: usize) -> Result<GpuBuffer<T>> {
+        let bytes = (len.saturating_mul(std::mem::size_of::<T>()) as u64).div_ceil(4) * 4;
+        let mut cache = lock(&self.inner.scratch);
+        let buffer = match cache.get(key) {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let fresh = self.alloc::<T>(len)?.buffer;
+                cache.insert(key, fresh.clone());
+                fresh
+            }
+        };
+        Ok(GpuBuffer {
+            buffer,
+            len,
+            device_id: self.inner.id,
+            _t: PhantomData,
+        })
+    }
+
+    /// Frees the scratch buffers the ops keep between calls (they are made again on demand).
+    pub fn release_scratch(&self) {
+        lock(&self.inner.scratch).clear();
     }
 
     /// A new buffer holding `data`.

@@ -229,7 +229,7 @@ impl WgpuDevice {
             len.div_ceil((WG * ABSMEAN_ITEMS) as usize),
         )?;
         Ok(AbsmeanScratch {
-            partials: self.alloc(groups as usize)?,
+            partials: self.scratch("absmean partials", groups as usize)?,
             groups,
         })
     }
@@ -745,7 +745,7 @@ impl WgpuDevice {
         let half_out = epilogue.dtype != OutputDType::F32;
         let scratch: Option<GpuBuffer<u32>> = if half_out {
             self.check_binding(OP, "raw accumulators", (shape.out_len() * 4) as u64)?;
-            Some(self.alloc(shape.out_len())?)
+            Some(self.scratch("raw accumulators", shape.out_len())?)
         } else {
             None
         };
@@ -796,7 +796,7 @@ impl WgpuDevice {
         let prepack: Option<GpuBuffer<u32>> =
             if flavour == Flavour::F32 && self.f32_prepack(nx.saturating_mul(heads)) {
                 self.check_binding(OP, "packed activations", (shape.x_words_len() * 4) as u64)?;
-                Some(self.alloc(shape.x_words_len())?)
+                Some(self.scratch("packed activations", shape.x_words_len())?)
             } else {
                 None
             };
@@ -1051,11 +1051,11 @@ impl WgpuDevice {
         let prepack: Option<GpuBuffer<u32>> =
             if flavour == Flavour::F32 && self.f32_prepack(F32_PREPACK_READERS) {
                 self.check_binding(OP, "packed activations", (shape.y_words_len() * 4) as u64)?;
-                Some(self.alloc(shape.y_words_len())?)
+                Some(self.scratch("packed activations", shape.y_words_len())?)
             } else {
                 None
             };
-        let partials: GpuBuffer<u32> = self.alloc(plane * planes as usize)?;
+        let partials: GpuBuffer<u32> = self.scratch("split-K partials", plane * planes as usize)?;
         let absmean = match plan.as_ref().and_then(|p| p.compute) {
             Some(_) => Some(self.absmean_scratch(OP, shape.y_len())?),
             None => None,
