@@ -934,3 +934,19 @@ impl WgpuDevice {
         Ok(Duration::from_nanos(ns as u64))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TileConfig;
+
+    #[test]
+    fn tile_config_parses_and_rejects() {
+        assert_eq!(TileConfig::parse("16x8x8").unwrap(), TileConfig::LARGE);
+        assert_eq!(TileConfig::parse(" 8x8x32 ").unwrap(), TileConfig::SMALL);
+        for bad in [
+            "", "16x8", "16x8x8x1", "12x8x8", "16x8x2", "2x1x4", "16x8x64", "axbxc",
+        ] {
+            assert!(TileConfig::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
