@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
-#                             [ncu] [final]      (default: peers small dp4a wgpu ncu)
+#                             [ncu] [ncusmall] [final]   (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
 # dp4a: the dp4a family on both projections, with the SM clock sampled; tiles: the tiled dp4a shapes of
 # LOWBIT_CUDA_TILE_{LOWRANK,DECODER}; wgpu: the LOWBIT_WGPU_TILE shapes; ncu: warp-state
-# sections of the dp4a lowrank kernel; memcheck: compute-sanitizer on the CUDA differential
+# sections of the dp4a lowrank kernel; ncusmall: the same (and stall samples) for the small-M
+# kernels at M = 16 and 1; memcheck: compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
 # Full logs and JSON go to $OUT; a summary table is printed last.
@@ -87,5 +88,17 @@ if has final; then
   bench "final cuda (default family)" --backend cuda --op all --variant all --m 1,16,512,2048,8192 --json "$out/final_cuda.json"
   LOWBIT_CUDA_KERNELS=dp4a bench "final cuda dp4a" --backend cuda --op lowrank,decoder-tail --variant all --m 1,16,512,2048,8192 --json "$out/final_dp4a.json"
   bench "final wgpu" --backend wgpu --op all --variant all --m 1,16,512,2048,8192 --json "$out/final_wgpu.json"
+fi
+if has ncusmall && command -v ncu >/dev/null; then
+  for spec in "lowrank_packed lowrank 16" "lowrank_packed lowrank 1" "decoder_packed decoder-tail 1"; do
+    set -- $spec
+    echo "=== ncu $1 M=$3"
+    LOWBIT_CUDA_KERNELS=dp4a timeout 100 ncu --section SpeedOfLight --section WarpStateStats \
+      --section SchedulerStats --section LaunchStats --section Occupancy \
+      --metrics smsp__pcsamp_warps_issue_stalled_long_scoreboard,smsp__pcsamp_warps_issue_stalled_barrier \
+      -k "regex:$1" -c 1 "$L" bench --backend cuda --op "$2" --variant packed --m "$3" --iters 1 \
+      --no-graph > "$out/ncu_$1_$3.txt" 2>&1
+    grep -v "^==PROF==" "$out/ncu_$1_$3.txt" | grep -E "Duration|DRAM Throughput|Compute \(SM\)|Registers|Achieved Occupancy|Issued Warp|No Eligible|stalled" | head -12
+  done
 fi
 echo "=== summary"; cat "$sum"
