@@ -488,7 +488,11 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
 #define LB_SM_KLANES (LB_SM_KWARPS * 4)
 #define LB_SM_COLS (LB_SM_CW * 32)
 #ifndef LB_SM_BATCH
+#if LB_SMALL_M >= 16
+#define LB_SM_BATCH 4  // 16 rows of accumulators leave registers for 4 in-flight rows
+#else
 #define LB_SM_BATCH 8
+#endif
 #endif
 // 16-byte quads of A per thread per chunk.
 #define LB_SM_AITERS ((LB_SMALL_M * LB_SM_KC / 4 + LB_THREADS - 1) / LB_THREADS)
@@ -517,8 +521,20 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) acc[m][j] = 0;
 
-    // Warm L2 with this thread's first batch of weight rows while A is being staged.
-    for (int u = 0; u < LB_SM_BATCH; ++u) {
+    // Batches of LB_SM_BATCH weight rows (rows r0 + u*LB_SM_KLANES of the chunk at k0, zero
+    // past kn): every load of a batch is issued before the first is used.
+    uint4 b[LB_SM_BATCH];
+    auto load_b = [&](int k0, int r0, int kn) {
+#pragma unroll
+        for (int u = 0; u < LB_SM_BATCH; ++u) {
+            const int r = r0 + u * LB_SM_KLANES;
+            b[u] = r < kn ? lb_b_word4(sp.b, p.ldb, k0 + r, c0, p.bcols, p.b_vec != 0)
+                          : make_uint4(0u, 0u, 0u, 0u);
+        }
+    };
+    // The first batch is in flight while A is staged; the second is warmed in L2.
+    if (sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
+    for (int u = LB_SM_BATCH; u < 2 * LB_SM_BATCH; ++u) {
         const int r = sp.kw0 + kli + u * LB_SM_KLANES;
         if (r < sp.kw1 && c0 < p.bcols) lb_prefetch_l2(sp.b + (long long)r * p.ldb + c0);
     }
@@ -549,16 +565,8 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
         }
         __syncthreads();
         const int kn = min(LB_SM_KC, sp.kw1 - k0);
-        // Batches of LB_SM_BATCH weight rows: every load of a batch is issued before the
-        // first is used, so each thread keeps LB_SM_BATCH 16-byte loads in flight.
+        // `b` holds the batch at r0 (loaded before this chunk's A, or after the last batch).
         for (int r0 = kli; r0 < kn; r0 += LB_SM_BATCH * LB_SM_KLANES) {
-            uint4 b[LB_SM_BATCH];
-#pragma unroll
-            for (int u = 0; u < LB_SM_BATCH; ++u) {
-                const int r = r0 + u * LB_SM_KLANES;
-                b[u] = r < kn ? lb_b_word4(sp.b, p.ldb, k0 + r, c0, p.bcols, p.b_vec != 0)
-                              : make_uint4(0u, 0u, 0u, 0u);
-            }
 #pragma unroll
             for (int u = 0; u < LB_SM_BATCH; ++u) {
                 const int r = min(r0 + u * LB_SM_KLANES, kn - 1);  // b[u] is zero past kn
@@ -571,7 +579,12 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
                     acc[m][3] = dot4<UNS>(a, b[u].w, acc[m][3]);
                 }
             }
+            const int next = r0 + LB_SM_BATCH * LB_SM_KLANES;
+            if (next < kn) load_b(k0, next, kn);
         }
+        // The next chunk's first batch flies while its A is staged.
+        if (k0 + LB_SM_KC < sp.kw1)
+            load_b(k0 + LB_SM_KC, kli, min(LB_SM_KC, sp.kw1 - k0 - LB_SM_KC));
         __syncthreads();
     }
 

@@ -235,7 +235,14 @@ fn small_defines(mode: u32, uns: bool, rows: usize, cw: u32) -> Vec<(String, Str
     v.extend([
         d("LB_MIN_BLOCKS", 2),
         d("LB_SMALL_M", rows.next_power_of_two()),
-        d("LB_SM_KC", t::SMALL_KC),
+        d(
+            "LB_SM_KC",
+            if rows > 8 {
+                t::SMALL_KC_16
+            } else {
+                t::SMALL_KC
+            },
+        ),
         d("LB_SM_CW", cw),
     ]);
     v

@@ -128,6 +128,8 @@ impl DpTile {
 pub const SMALL_M_MAX: usize = 16;
 /// Small-M path: K words of A staged in smem per chunk.
 pub const SMALL_KC: u32 = 256;
+/// ... and for 9 to 16 rows (fewer staging registers beside 16 rows of accumulators).
+pub const SMALL_KC_16: u32 = 128;
 /// Small-M path, warps along the output columns (the rest split K): low-rank (wide N, short
 /// K) and decoder (narrow D, long K).
 pub const SMALL_CW_LOWRANK: u32 = 4;
