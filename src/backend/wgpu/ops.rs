@@ -657,6 +657,31 @@ impl WgpuDevice {
     /// Checks a projection's activation input (`rows × k` elements, `k_words` per row) and
     /// returns the kernel flavour and whether it is the float path.
     #[allow(clippy::too_many_arguments)]
+    /// The checks both projections run before any work (output, weights, activations, then
+    /// the scale): the input's flavour and, on the integer paths, the scale plan.
+    #[allow(clippy::too_many_arguments)]
+    fn check_projection<'a>(
+        &'a self,
+        op: &'static str,
+        input: DeviceAct<'_>,
+        format: LowBitActivationFormat,
+        scale: DeviceScale<'a>,
+        w: &DeviceWeights,
+        epilogue: Epilogue,
+        out: &DeviceOutput,
+        lens: ProjectionLens,
+        check_acc: impl Fn(u32) -> Result<()>,
+    ) -> Result<(Flavour, Option<ScalePlan<'a>>)> {
+        self.check_output(op, out, epilogue, lens.out)?;
+        self.check_weights(op, w, lens.weight_words)?;
+        let flavour = self.check_act(op, input, format, lens.act, lens.act_words, check_acc)?;
+        let plan = match flavour {
+            Flavour::Float => None,
+            f => Some(self.plan_scale(op, scale, f == Flavour::F32)?),
+        };
+        Ok((flavour, plan))
+    }
+
     fn check_act(
         &self,
         op: &'static str,
@@ -718,20 +743,16 @@ impl WgpuDevice {
     ) -> Result<()> {
         const OP: &str = "wgpu::lowrank";
         shape.validate()?;
-        self.check_output(OP, out, epilogue, shape.out_len())?;
-        self.check_weights(OP, w, shape.w_words_len())?;
-        let flavour = self.check_act(
-            OP,
-            input,
-            format,
-            shape.x_len(),
-            shape.x_words_len(),
-            |qa| shape.check_accumulator(qa, w.qmax),
-        )?;
-        let plan = match flavour {
-            Flavour::Float => None,
-            f => Some(self.plan_scale(OP, scale, f == Flavour::F32)?),
+        let lens = ProjectionLens {
+            out: shape.out_len(),
+            weight_words: shape.w_words_len(),
+            act: shape.x_len(),
+            act_words: shape.x_words_len(),
         };
+        let (flavour, plan) =
+            self.check_projection(OP, input, format, scale, w, epilogue, out, lens, |qa| {
+                shape.check_accumulator(qa, w.qmax)
+            })?;
         let u = |what, v| to_u32(OP, what, v);
         let m = shape.m();
         let heads = u("heads", shape.heads)?;
@@ -948,20 +969,16 @@ impl WgpuDevice {
     ) -> Result<()> {
         const OP: &str = "wgpu::decoder_tail";
         shape.validate()?;
-        self.check_output(OP, out, epilogue, shape.out_len())?;
-        self.check_weights(OP, w, shape.w_words_len())?;
-        let flavour = self.check_act(
-            OP,
-            input,
-            format,
-            shape.y_len(),
-            shape.y_words_len(),
-            |qa| shape.check_accumulator(qa, w.qmax),
-        )?;
-        let plan = match flavour {
-            Flavour::Float => None,
-            f => Some(self.plan_scale(OP, scale, f == Flavour::F32)?),
+        let lens = ProjectionLens {
+            out: shape.out_len(),
+            weight_words: shape.w_words_len(),
+            act: shape.y_len(),
+            act_words: shape.y_words_len(),
         };
+        let (flavour, plan) =
+            self.check_projection(OP, input, format, scale, w, epilogue, out, lens, |qa| {
+                shape.check_accumulator(qa, w.qmax)
+            })?;
         let u = |what, v| to_u32(OP, what, v);
         let m = shape.m();
         let heads = u("heads", shape.heads)?;
@@ -1234,6 +1251,14 @@ impl WgpuDevice {
 }
 
 /// Which projection kernel an input selects.
+/// Element counts a projection's buffers must have.
+struct ProjectionLens {
+    out: usize,
+    weight_words: usize,
+    act: usize,
+    act_words: usize,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Flavour {
     Packed,
