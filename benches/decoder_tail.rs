@@ -14,7 +14,8 @@ use lowbit_kernels::backend::ProjectionArgs;
 use lowbit_kernels::backend::cpu::CpuBackend;
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::{ActInput, DecoderTailShape, Epilogue, ScaleSource};
-use lowbit_kernels::pack::{pack_decoder_weight_codes_i8x4, pack_rows_i32_to_i8x4};
+use lowbit_kernels::pack::pack_decoder_weight_codes_i8x4;
+#[cfg(feature = "wgpu")]
 use lowbit_kernels::quant::{activation_code, activation_scale};
 use lowbit_kernels::reference;
 use lowbit_kernels::testing::Rng;
@@ -51,18 +52,14 @@ impl DecoderData {
     pub fn new((m, h, l, d): (usize, usize, usize, usize)) -> Self {
         let shape = DecoderTailShape::bdh(m, h, l, d).expect("bench shape");
         let mut rng = Rng::new(8);
-        let y = rng.normals(shape.y_len(), 1.0);
-        let a_scale = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
-        let y_codes: Vec<i32> = y
-            .iter()
-            .map(|&v| activation_code(v, a_scale, Fmt::Int8))
-            .collect();
-        let y_words = pack_rows_i32_to_i8x4("bench", &y_codes, h * m, l).unwrap();
-        let a_scale_u8 = activation_scale(&y, Fmt::Uint8PosExp).unwrap().unwrap();
-        let y_codes_u8 = y
-            .iter()
-            .map(|&v| activation_code(v, a_scale_u8, Fmt::Uint8PosExp))
-            .collect();
+        let common::Activations {
+            f32s: y,
+            codes: y_codes,
+            words: y_words,
+            scale: a_scale,
+            codes_u8: y_codes_u8,
+            scale_u8: a_scale_u8,
+        } = common::Activations::new(rng.normals(shape.y_len(), 1.0), h * m, l);
         let w_codes = rng.ternary(shape.w_len());
         let w_words = pack_decoder_weight_codes_i8x4(&w_codes, h, l, d).unwrap();
         Self {

@@ -14,8 +14,7 @@ use lowbit_kernels::backend::ProjectionArgs;
 use lowbit_kernels::backend::cpu::CpuBackend;
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::{ActInput, Epilogue, LowrankShape, ScaleSource};
-use lowbit_kernels::pack::{pack_lowrank_weight_codes_i8x4, pack_rows_i32_to_i8x4};
-use lowbit_kernels::quant::{activation_code, activation_scale};
+use lowbit_kernels::pack::pack_lowrank_weight_codes_i8x4;
 use lowbit_kernels::reference;
 use lowbit_kernels::testing::Rng;
 
@@ -51,18 +50,14 @@ impl LowrankData {
     pub fn new((m, h, d, n): (usize, usize, usize, usize)) -> Self {
         let shape = LowrankShape::bdh(m, h, d, n).expect("bench shape");
         let mut rng = Rng::new(7);
-        let x = rng.normals(shape.x_len(), 1.0);
-        let a_scale = activation_scale(&x, Fmt::Int8).unwrap().unwrap();
-        let x_codes: Vec<i32> = x
-            .iter()
-            .map(|&v| activation_code(v, a_scale, Fmt::Int8))
-            .collect();
-        let x_words = pack_rows_i32_to_i8x4("bench", &x_codes, m, d).unwrap();
-        let a_scale_u8 = activation_scale(&x, Fmt::Uint8PosExp).unwrap().unwrap();
-        let x_codes_u8 = x
-            .iter()
-            .map(|&v| activation_code(v, a_scale_u8, Fmt::Uint8PosExp))
-            .collect();
+        let common::Activations {
+            f32s: x,
+            codes: x_codes,
+            words: x_words,
+            scale: a_scale,
+            codes_u8: x_codes_u8,
+            scale_u8: a_scale_u8,
+        } = common::Activations::new(rng.normals(shape.x_len(), 1.0), m, d);
         let w_codes = rng.ternary(shape.w_len());
         let w_words = pack_lowrank_weight_codes_i8x4(&w_codes, h, d, n).unwrap();
         Self {
@@ -316,24 +311,13 @@ fn wgpu_benches(c: &mut Criterion) {
         {
             continue;
         }
-        let x_host = rng.normals(shape.x_len(), 1.0);
-        let a_scale = activation_scale(&x_host, Fmt::Int8).unwrap().unwrap();
-        let codes: Vec<i32> = x_host
-            .iter()
-            .map(|&v| activation_code(v, a_scale, Fmt::Int8))
-            .collect();
-        let a_scale_u8 = activation_scale(&x_host, Fmt::Uint8PosExp)
-            .unwrap()
-            .unwrap();
-        let codes_u8: Vec<i32> = x_host
-            .iter()
-            .map(|&v| activation_code(v, a_scale_u8, Fmt::Uint8PosExp))
-            .collect();
+        let act = common::Activations::new(rng.normals(shape.x_len(), 1.0), m, d);
+        let (a_scale, a_scale_u8) = (act.scale, act.scale_u8);
         let uploaded = (|| {
             Ok::<_, lowbit_kernels::LowbitError>((
-                dev.upload(&x_host)?,
-                dev.upload(&pack_rows_i32_to_i8x4("bench", &codes, m, d)?)?,
-                dev.upload(&codes_u8)?,
+                dev.upload(&act.f32s)?,
+                dev.upload(&act.words)?,
+                dev.upload(&act.codes_u8)?,
                 dev.alloc::<f32>(1)?,
                 dev.alloc_output(OutputDType::F32, shape.out_len())?,
             ))

@@ -1,6 +1,46 @@
 //! Helpers shared by the bench executables (each bench file is its own crate and includes
-//! this module with `mod common;`): GPU-timestamp timing and device set-up for the wgpu groups.
+//! this module with `mod common;`): the activation forms the projection benches feed, and
+//! GPU-timestamp timing and device set-up for the wgpu groups.
 #![allow(dead_code)]
+
+use lowbit_kernels::config::LowBitActivationFormat as Fmt;
+use lowbit_kernels::pack::pack_rows_i32_to_i8x4;
+use lowbit_kernels::quant::{activation_code, activation_scale};
+
+/// One activation tensor in every form a projection bench feeds it: the f32 values, their
+/// int8 codes and i8x4 words at the int8 absmean scale, and uint8pos codes at theirs.
+pub struct Activations {
+    pub f32s: Vec<f32>,
+    pub codes: Vec<i32>,
+    pub words: Vec<u32>,
+    pub scale: f32,
+    pub codes_u8: Vec<i32>,
+    pub scale_u8: f32,
+}
+
+impl Activations {
+    /// `values` as `rows` rows of `k` (the dimension the words pack).
+    pub fn new(values: Vec<f32>, rows: usize, k: usize) -> Self {
+        let codes_at = |s: f32, fmt: Fmt| -> Vec<i32> {
+            values.iter().map(|&v| activation_code(v, s, fmt)).collect()
+        };
+        let scale = activation_scale(&values, Fmt::Int8).unwrap().unwrap();
+        let codes = codes_at(scale, Fmt::Int8);
+        let words = pack_rows_i32_to_i8x4("bench", &codes, rows, k).unwrap();
+        let scale_u8 = activation_scale(&values, Fmt::Uint8PosExp)
+            .unwrap()
+            .unwrap();
+        let codes_u8 = codes_at(scale_u8, Fmt::Uint8PosExp);
+        Self {
+            f32s: values,
+            codes,
+            words,
+            scale,
+            codes_u8,
+            scale_u8,
+        }
+    }
+}
 
 #[cfg(feature = "wgpu")]
 use std::time::Duration;

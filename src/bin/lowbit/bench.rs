@@ -322,6 +322,8 @@ fn weights(op: &str, dims: &Dims, rng: &mut Rng) -> lowbit_kernels::Result<Vec<u
 }
 
 /// Opens the timer of `kind`: the backend's own fastest API, or the host-slice trait.
+/// `graphs`: CUDA times M <= 16 as graph replays.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 fn open_timer(
     kind: BackendKind,
     transfers: bool,
