@@ -477,6 +477,37 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
 
 #endif  // LB_BM
 
+// ---- split-K fixup of the small-M paths ----------------------------------------------------
+// Called by every block of a split-K launch after its integer atomics into the zeroed [M][ncols]
+// accumulator `p.partial`: the last block to arrive at counter `ctr` (one per column tile and
+// row block, `nsplits` blocks each) dequantizes rows m0..m0+rows-1, columns tile0..+cols-1,
+// writes them, and zeroes the accumulator and the counter for the next launch on this stream.
+// Integer sums are order-free, so the output is the same bits on every run.
+__device__ __forceinline__ void lb_split_fixup(const LbProblem& p, int m0, int rows, int tile0,
+                                               int cols, int ctr, unsigned nsplits) {
+    __shared__ unsigned last_flag;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned prev = atomicAdd(&p.counters[ctr], 1u);
+        last_flag = (prev == nsplits - 1) ? 1u : 0u;
+    }
+    __syncthreads();
+    if (!last_flag) return;
+    __threadfence();
+    const float as = lb_scale(p.scale_ptr, p.scale_param);
+    for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
+        const int m = m0 + idx / cols, c = tile0 + idx % cols;
+        if (c >= p.ncols) continue;
+        int* a = p.partial + (long long)m * p.ncols + c;
+        const int v = __ldcg(a);
+        *a = 0;
+        lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(v, p.w_scale, as, p.relu),
+                 p.out_dtype);
+    }
+    if (threadIdx.x == 0) p.counters[ctr] = 0u;
+}
+
 // ---- small-M path -------------------------------------------------------------------------
 #if defined(LB_SMALL_M)
 // M <= LB_SMALL_M rows; weights streamed once. A warp is 8 column quads x 4 k-lanes; a block
@@ -501,7 +532,6 @@ template <int MODE, bool UNS>
 __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     __shared__ __align__(16) u32 As[LB_SM_KC][LB_SMALL_M];
     __shared__ int red[LB_SM_KWARPS][LB_SMALL_M][LB_SM_COLS];
-    __shared__ unsigned last_flag;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int kl = lane >> 3, cq = lane & 7;
@@ -620,28 +650,7 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
             atomicAdd(p.partial + (long long)m * p.ncols + c, v);
     }
     if (p.partial == nullptr) return;
-
-    // The last block of the column tile to arrive dequantizes the accumulator, writes the
-    // output, and zeroes the accumulator and the counter for the next launch on this stream.
-    __threadfence();
-    __syncthreads();
-    if (tid == 0) {
-        unsigned prev = atomicAdd(&p.counters[blockIdx.x], 1u);
-        last_flag = (prev == gridDim.y - 1) ? 1u : 0u;
-    }
-    __syncthreads();
-    if (!last_flag) return;
-    __threadfence();
-    for (int idx = tid; idx < rows * LB_SM_COLS; idx += LB_THREADS) {
-        const int m = idx / LB_SM_COLS, c = tile0 + idx % LB_SM_COLS;
-        if (c >= p.ncols) continue;
-        int* a = p.partial + (long long)m * p.ncols + c;
-        const int v = __ldcg(a);
-        *a = 0;
-        lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(v, p.w_scale, as, p.relu),
-                 p.out_dtype);
-    }
-    if (tid == 0) p.counters[blockIdx.x] = 0u;
+    lb_split_fixup(p, 0, rows, tile0, LB_SM_COLS, blockIdx.x, gridDim.y);
 }
 #endif  // LB_SMALL_M
 

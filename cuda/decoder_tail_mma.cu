@@ -10,7 +10,13 @@
 // mma_prep_a into zero-padded rows of round_up(Lw, 4) words.
 // Glossary: mma.cuh, common.cuh.
 
-#if defined(LB_MMA_PREP)
+#if defined(LB_MMA_SMALL)
+// M <= 16 (any M for ternary2 weights): lb_mma_small, split = (head, K slice).
+extern "C" __global__ void __launch_bounds__(LB_MS_THREADS) decoder_mma_small(LbProblem p) {
+    lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
+}
+
+#elif defined(LB_MMA_PREP)
 #ifndef LB_MODE
 #define LB_MODE LB_A_CODES
 #endif

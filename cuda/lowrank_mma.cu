@@ -12,6 +12,12 @@
 // Grid: (CTAs per row block, ceil(M / 128)). Dynamic smem: A [128][kpw + 4] words, then the
 // ring [STAGES][BKW][BN + 4] words. Glossary: mma.cuh, common.cuh.
 
+#if defined(LB_MMA_SMALL)
+// M <= 16 (any M for ternary2 weights, a row block of 16 per grid z): lb_mma_small, split = head.
+extern "C" __global__ void __launch_bounds__(LB_MS_THREADS) lowrank_mma_small(LbProblem p) {
+    lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
+}
+#else
 template <bool UNS>
 __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
     extern __shared__ __align__(16) u32 lb_dyn_smem[];
@@ -105,3 +111,4 @@ __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
 extern "C" __global__ void __launch_bounds__(LB_THREADS, 2) lowrank_mma(LbMma p) {
     lb_lowrank_mma<LB_UNS != 0>(p);
 }
+#endif

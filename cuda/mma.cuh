@@ -276,3 +276,203 @@ __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, i
                 }
         }
 }
+
+// ---- small M on the tensor cores ----------------------------------------------------------
+#if defined(LB_MMA_SMALL)
+// Rows m0..m0+15 (grid z = row block of 16) are one m16 A fragment, staged in smem for the
+// CTA's K range. A warp owns 32 columns (4 n8 fragments in lb_col order) x a K slice of at
+// most LB_MS_KSW words; a CTA is LB_MS_CW column warps x LB_MS_KW k-warps sharing that A.
+// Every weight word is loaded once, straight into registers, a batch of 64 k words (4 "pairs"
+// of two k-steps) at a time; the first batch is in flight while A is staged. Grid: (column
+// tiles of 32*CW, splits, row blocks); lowrank split = head, decoder split = head x K slice.
+//   T2    ternary weights, 2 bits each, in the fragment layout of src/pack.rs
+//         (`pack_ternary2_fragments`): t2 row R of a head holds k words 16*(R/4) + R%4 + 4j,
+//         j = 0..3, of every column, lane b of k word slot j at bits 8b+2j (stored as v+1).
+//         A thread's 16-byte load (4 columns of one t2 row) is its B registers for two
+//         k-steps of its four fragments; lb_t2_expand turns a slot into an i8x4 word.
+// Decoder split-K: the k-warps are summed in smem, the splits by integer atomics into the
+// zeroed [M][D] accumulator, and lb_split_fixup writes the output (same bits every run).
+#ifndef LB_MS_CW
+#define LB_MS_CW 4
+#endif
+#ifndef LB_MS_KW
+#define LB_MS_KW 1
+#endif
+#ifndef LB_MS_KSW
+#define LB_MS_KSW 64
+#endif
+#ifndef LB_MS_T2
+#define LB_MS_T2 0
+#endif
+#define LB_MS_THREADS (32 * LB_MS_CW * LB_MS_KW)
+#define LB_MS_COLS (32 * LB_MS_CW)
+#define LB_MS_LDA (LB_MS_KSW * LB_MS_KW + 4)  // A row stride in words (16-byte bank spread)
+#define LB_MS_PAIRS 4                          // k-step pairs (16 k words each) per batch
+
+// i8x4 word of slot j of a t2 word: per byte ((field + 0x7f) ^ 0x80) = field - 1, no carries.
+__device__ __forceinline__ u32 lb_t2_expand(u32 x, int j) {
+    return (((x >> (2 * j)) & 0x03030303u) + 0x7f7f7f7fu) ^ 0x80808080u;
+}
+
+template <int MODE, bool UNS, bool T2>
+__device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
+    constexpr int NJ = T2 ? 1 : 4;  // 16-byte loads per thread per pair
+    __shared__ __align__(16) u32 As[16 * LB_MS_LDA];
+    __shared__ int red[LB_MS_KW > 1 ? (LB_MS_KW - 1) * 16 * LB_MS_COLS : 1];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int wc = warp % LB_MS_CW, wk = warp / LB_MS_CW;
+    const int tile0 = blockIdx.x * LB_MS_COLS;
+    const int c0 = tile0 + wc * 32 + 2 * g + (g & 1) * 14;  // this thread's 4 B columns
+    const int m0 = blockIdx.z * 16;
+    const LbSplit sp = lb_split(p, blockIdx.y, 16 * LB_MS_KW);
+    // K slice of this warp: wl words (a multiple of 16) from wbeg, valid below wend.
+    const int wl = (sp.kw1 - sp.kw0 + 16 * LB_MS_KW - 1) / (16 * LB_MS_KW) * 16;
+    const int wbeg = sp.kw0 + wk * wl;
+    const int wend = min(wbeg + wl, sp.kw1);
+    const bool bvec = p.b_vec != 0;
+
+    uint4 bq[LB_MS_PAIRS][NJ];
+    auto load_b = [&](int kb) {
+#pragma unroll
+        for (int pr = 0; pr < LB_MS_PAIRS; ++pr) {
+            const int kwb = wbeg + kb + 16 * pr;
+#pragma unroll
+            for (int j = 0; j < NJ; ++j) {
+                if (T2) {
+                    // Past the slice: fields 1 (weight 0), since A there may belong to
+                    // another k-warp.
+                    bq[pr][j] = kwb < wend ? lb_b_word4(sp.b, p.ldb, (kwb / 16) * 4 + t, c0,
+                                                        p.bcols, bvec)
+                                           : make_uint4(0x55555555u, 0x55555555u, 0x55555555u,
+                                                        0x55555555u);
+                } else {
+                    const int r = kwb + t + 4 * j;
+                    bq[pr][j] = r < wend ? lb_b_word4(sp.b, p.ldb, r, c0, p.bcols, bvec)
+                                         : make_uint4(0u, 0u, 0u, 0u);
+                }
+            }
+        }
+    };
+    load_b(0);
+
+    // Stage A: 16 rows x wl*KW words from kw0 (zero past M and past the split's K).
+    {
+        const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
+        const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
+                                                 : min((long long)sp.kw1 * 4, p.a_kvalid);
+        const int qpr = wl * LB_MS_KW / 4;
+        for (int i = tid; i < 16 * qpr; i += LB_MS_THREADS) {
+            const int r = i / qpr, q = (i - r * qpr) * 4;
+            const int m = m0 + r, k = sp.kw0 + q;
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (m < p.m_total && k < sp.kw1)
+                v = lb_a_word4<MODE>(lb_a_ptr(p, lb_a_row(p, m, sp.a_head)), k, kv, s, p.fmt,
+                                     p.a_vec != 0);
+            *(uint4*)(As + r * LB_MS_LDA + q) = v;
+        }
+    }
+    __syncthreads();
+
+    int acc[4][4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[q][e] = 0;
+    // ldmatrix x4 lanes: rows lane%16, words +4 for lanes 16-31 (a0..a3 as in lb_mma_chunk).
+    const u32* a_lane = As + (lane & 15) * LB_MS_LDA + (lane >> 4) * 4 + wk * wl;
+    for (int kb = 0; kb < wl; kb += 16 * LB_MS_PAIRS) {
+        if (kb > 0) load_b(kb);
+#pragma unroll
+        for (int pr = 0; pr < LB_MS_PAIRS; ++pr) {
+            if (wbeg + kb + 16 * pr >= wend) break;  // uniform over the warp
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                u32 af[4];
+                lb_ldsm4(af, a_lane + kb + 16 * pr + 8 * s);
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                    const u32 x = q == 0 ? bq[pr][0].x
+                                         : (q == 1 ? bq[pr][0].y : (q == 2 ? bq[pr][0].z : bq[pr][0].w));
+                    u32 b0, b1;
+                    if (T2) {
+                        b0 = lb_t2_expand(x, 2 * s);
+                        b1 = lb_t2_expand(x, 2 * s + 1);
+                    } else {
+                        const uint4 lo = bq[pr][(2 * s) % NJ], hi = bq[pr][(2 * s + 1) % NJ];
+                        b0 = q == 0 ? lo.x : (q == 1 ? lo.y : (q == 2 ? lo.z : lo.w));
+                        b1 = q == 0 ? hi.x : (q == 1 ? hi.y : (q == 2 ? hi.z : hi.w));
+                    }
+                    lb_mma<UNS>(acc[q], af, b0, b1);
+                }
+            }
+        }
+    }
+
+    // Sum the k-warps (integer: any order gives the same bits). Thread (g, t) holds, for
+    // fragment q and register 2*rh + e, row g + 8*rh and column 16*e + 4*t + q of its warp.
+    if (LB_MS_KW > 1) {
+        if (wk > 0) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                    red[((wk - 1) * 16 + g + 8 * (r >> 1)) * LB_MS_COLS + wc * 32 + 16 * (r & 1) +
+                        4 * t + q] = acc[q][r];
+        }
+        __syncthreads();
+        if (wk == 0) {
+            for (int w = 1; w < LB_MS_KW; ++w)
+#pragma unroll
+                for (int q = 0; q < 4; ++q)
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        acc[q][r] += red[((w - 1) * 16 + g + 8 * (r >> 1)) * LB_MS_COLS + wc * 32 +
+                                         16 * (r & 1) + 4 * t + q];
+        }
+    }
+    if (wk == 0) {
+        const float as = lb_scale(p.scale_ptr, p.scale_param);
+        const int o_head = p.is_decoder ? 0 : sp.head;
+#pragma unroll
+        for (int rh = 0; rh < 2; ++rh) {
+            const int m = m0 + g + 8 * rh;
+            if (m >= p.m_total) continue;
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int c = tile0 + wc * 32 + 16 * e + 4 * t;
+                const int v[4] = {acc[0][2 * rh + e], acc[1][2 * rh + e], acc[2][2 * rh + e],
+                                  acc[3][2 * rh + e]};
+                if (p.partial != nullptr) {  // split-K: order-free integer atomics
+                    int* dst = p.partial + (long long)m * p.ncols + c;
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (c + j < p.ncols) atomicAdd(dst + j, v[j]);
+                    continue;
+                }
+                const long long o = lb_out_row(p, m, o_head) + c;
+                float f[4];
+#pragma unroll
+                for (int j = 0; j < 4; ++j) f[j] = lb_dequant(v[j], p.w_scale, as, p.relu);
+                if (p.c_vec && c + 4 <= p.ncols) {
+                    if (p.out_dtype == 0) {
+                        *(float4*)((float*)p.out + o) = make_float4(f[0], f[1], f[2], f[3]);
+                    } else {
+                        *(uint2*)((unsigned short*)p.out + o) =
+                            make_uint2(lb_pack2(f[0], f[1], p.out_dtype),
+                                       lb_pack2(f[2], f[3], p.out_dtype));
+                    }
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; ++j)
+                        if (c + j < p.ncols) lb_store(p.out, o + j, f[j], p.out_dtype);
+                }
+            }
+        }
+    }
+    if (p.partial == nullptr) return;
+    lb_split_fixup(p, m0, min(16, p.m_total - m0), tile0, LB_MS_COLS,
+                   blockIdx.x + gridDim.x * blockIdx.z, gridDim.y);
+}
+#endif  // LB_MMA_SMALL

@@ -38,6 +38,10 @@ pub enum KernelId {
     DecoderMma,
     DecoderMmaReduce,
     MmaPrepA,
+    /// CUDA int8 tensor cores, M ≤ 16 (or ternary2 fragment weights at any M): one m16 row
+    /// fragment, the weights streamed once into registers.
+    LowrankMmaSmall,
+    DecoderMmaSmall,
 }
 
 impl KernelId {
@@ -46,11 +50,13 @@ impl KernelId {
     pub const MICROBENCH: [Self; 2] = [Self::Dp4aCeiling, Self::CopyBandwidth];
 
     /// The CUDA int8 tensor-core (mma) family (not part of [`KernelId::ALL`] either).
-    pub const CUDA_MMA: [Self; 4] = [
+    pub const CUDA_MMA: [Self; 6] = [
         Self::LowrankMma,
         Self::DecoderMma,
         Self::DecoderMmaReduce,
         Self::MmaPrepA,
+        Self::LowrankMmaSmall,
+        Self::DecoderMmaSmall,
     ];
 
     pub const ALL: [Self; 14] = [
@@ -84,8 +90,10 @@ impl KernelId {
             | Self::DecoderReduce => "decoder_tail",
             Self::RhoInt8Pack | Self::RhoInt8Unpack => "rho",
             Self::Dp4aCeiling | Self::CopyBandwidth => "microbench",
-            Self::LowrankMma => "lowrank_mma",
-            Self::DecoderMma | Self::DecoderMmaReduce | Self::MmaPrepA => "decoder_tail_mma",
+            Self::LowrankMma | Self::LowrankMmaSmall => "lowrank_mma",
+            Self::DecoderMma | Self::DecoderMmaReduce | Self::MmaPrepA | Self::DecoderMmaSmall => {
+                "decoder_tail_mma"
+            }
         }
     }
 
@@ -112,6 +120,8 @@ impl KernelId {
             Self::DecoderMma => "decoder_tail_mma",
             Self::DecoderMmaReduce => "decoder_mma_reduce",
             Self::MmaPrepA => "mma_prep_a",
+            Self::LowrankMmaSmall => "lowrank_mma_small",
+            Self::DecoderMmaSmall => "decoder_mma_small",
         }
     }
 }

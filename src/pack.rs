@@ -338,3 +338,103 @@ pub fn pack_rows_i32_to_i8x4(
         .collect::<Result<Vec<i8>>>()?;
     pack_middle_axis(op, &narrowed, rows, k, 1)
 }
+
+// ---- ternary2 fragment layout (device weights at 2 bits) ------------------------------------
+//
+// Ternary (or binary) weight words re-laid for the CUDA small-M tensor-core kernels
+// (`lb_mma_small` in cuda/mma.cuh): per head block of `head_rows` i8x4 rows (k words) and
+// `cols` columns, t2 row `R` (`ternary2_rows(head_rows)` of them) holds k words
+// `16·(R/4) + R%4 + 4j`, j = 0..3, of every column; lane `b` of the word in slot `j` sits at
+// bits `8b + 2j` as `v + 1`. Rows past `head_rows` hold weight 0 (`0b01`). One u32 is 16
+// weights: a quarter of the i8x4 bytes.
+
+/// t2 rows per head block of `head_rows` i8x4 rows.
+pub fn ternary2_rows(head_rows: usize) -> usize {
+    head_rows.div_ceil(16) * 4
+}
+
+/// Repacks i8x4 weight words `[heads][head_rows][cols]` whose lanes are all in {-1, 0, 1}
+/// into the ternary2 fragment layout `[heads][ternary2_rows(head_rows)][cols]`.
+pub fn pack_ternary2_fragments(
+    words: &[u32],
+    heads: usize,
+    head_rows: usize,
+    cols: usize,
+) -> Result<Vec<u32>> {
+    const OP: &str = "pack_ternary2_fragments";
+    let n = checked_product(OP, &[heads, head_rows, cols])?;
+    if words.len() != n {
+        return Err(LowbitError::len(OP, "weight words", n, words.len()));
+    }
+    let rows2 = ternary2_rows(head_rows);
+    let mut out = vec![0u32; checked_product(OP, &[heads, rows2, cols])?];
+    for h in 0..heads {
+        for r2 in 0..rows2 {
+            for c in 0..cols {
+                let mut v = 0u32;
+                for j in 0..4 {
+                    let kw = 16 * (r2 / 4) + r2 % 4 + 4 * j;
+                    let lanes = if kw < head_rows {
+                        let i = (h * head_rows + kw) * cols + c;
+                        unpack_i8x4(words[i]).map(|l| (i, l))
+                    } else {
+                        [(0, 0); 4]
+                    };
+                    for (b, (i, l)) in lanes.into_iter().enumerate() {
+                        if !(-1..=1).contains(&l) {
+                            return Err(LowbitError::InvalidArgument {
+                                op: OP,
+                                what: "weight",
+                                reason: format!(
+                                    "lane {b} of word {i} is {l}: ternary2 holds only -1, 0, 1"
+                                ),
+                            });
+                        }
+                        v |= ((l + 1) as u32) << (8 * b + 2 * j);
+                    }
+                }
+                out[(h * rows2 + r2) * cols + c] = v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The inverse of [`pack_ternary2_fragments`]: i8x4 words `[heads][head_rows][cols]`.
+/// A field `0b11` is an error.
+pub fn unpack_ternary2_fragments(
+    t2: &[u32],
+    heads: usize,
+    head_rows: usize,
+    cols: usize,
+) -> Result<Vec<u32>> {
+    const OP: &str = "unpack_ternary2_fragments";
+    let rows2 = ternary2_rows(head_rows);
+    let n2 = checked_product(OP, &[heads, rows2, cols])?;
+    if t2.len() != n2 {
+        return Err(LowbitError::len(OP, "ternary2 words", n2, t2.len()));
+    }
+    let mut out = vec![0u32; checked_product(OP, &[heads, head_rows, cols])?];
+    for h in 0..heads {
+        for kw in 0..head_rows {
+            let (r2, j) = (16 * (kw / 16) / 4 + kw % 4, (kw % 16) / 4);
+            for c in 0..cols {
+                let i2 = (h * rows2 + r2) * cols + c;
+                let mut lanes = [0i8; 4];
+                for (b, lane) in lanes.iter_mut().enumerate() {
+                    let f = (t2[i2] >> (8 * b + 2 * j)) & 3;
+                    if f == 3 {
+                        return Err(LowbitError::InvalidArgument {
+                            op: OP,
+                            what: "ternary2 word",
+                            reason: format!("word {i2} holds the invalid field 0b11"),
+                        });
+                    }
+                    *lane = f as i8 - 1;
+                }
+                out[(h * head_rows + kw) * cols + c] = pack_i8x4(lanes);
+            }
+        }
+    }
+    Ok(out)
+}

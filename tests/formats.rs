@@ -11,9 +11,10 @@ use lowbit_kernels::error::LowbitError;
 use lowbit_kernels::pack::{
     PackedTernaryBuffer, pack_binary_1bit, pack_decoder_input_codes_i8x4,
     pack_decoder_weight_codes_i8x4, pack_lowrank_input_codes_i8x4, pack_lowrank_weight_codes_i8x4,
-    pack_ternary_2bit, unpack_binary_1bit, unpack_decoder_input_codes_i8x4,
-    unpack_decoder_weight_codes_i8x4, unpack_lowrank_input_codes_i8x4,
-    unpack_lowrank_weight_codes_i8x4, unpack_ternary_2bit,
+    pack_ternary_2bit, pack_ternary2_fragments, ternary2_rows, unpack_binary_1bit,
+    unpack_decoder_input_codes_i8x4, unpack_decoder_weight_codes_i8x4,
+    unpack_lowrank_input_codes_i8x4, unpack_lowrank_weight_codes_i8x4, unpack_ternary_2bit,
+    unpack_ternary2_fragments,
 };
 use lowbit_kernels::rho::{
     PackedRhoBlockEncoding, RhoCompressionStats, pack_rho_block_state_with,
@@ -374,4 +375,39 @@ fn artifact_loader_never_panics() {
     // Only the untruncated file loads.
     assert_eq!(truncated.ok, 3);
     assert!(corrupted.err > 0);
+}
+
+/// Ternary2 fragments: the round trip over odd head lengths (past 16-word groups, padded
+/// rows), the bit position of every lane against the layout rule, and the two errors.
+#[test]
+fn ternary2_fragments_round_trip_and_layout() {
+    let mut rng = Rng::new(77);
+    for (heads, d, n) in [(1, 1, 1), (3, 33, 5), (2, 64, 8), (4, 70, 3), (1, 257, 2)] {
+        let codes = rng.ternary(heads * d * n);
+        let words = pack_lowrank_weight_codes_i8x4(&codes, heads, d, n).unwrap();
+        let kw = d.div_ceil(4);
+        let t2 = pack_ternary2_fragments(&words, heads, kw, n).unwrap();
+        assert_eq!(t2.len(), heads * ternary2_rows(kw) * n);
+        assert_eq!(unpack_ternary2_fragments(&t2, heads, kw, n).unwrap(), words);
+        for h in 0..heads {
+            for r2 in 0..ternary2_rows(kw) {
+                for c in 0..n {
+                    let v = t2[(h * ternary2_rows(kw) + r2) * n + c];
+                    for j in 0..4 {
+                        let w = 16 * (r2 / 4) + r2 % 4 + 4 * j;
+                        for b in 0..4 {
+                            let k = 4 * w + b;
+                            let want = if k < d { codes[(h * d + k) * n + c] } else { 0 };
+                            let field = (v >> (8 * b + 2 * j)) & 3;
+                            assert_eq!(field as i8 - 1, want, "h{h} r{r2} c{c} j{j} b{b}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // An int8 lane, a short buffer, and the invalid field 0b11 are errors.
+    assert!(pack_ternary2_fragments(&[0x0000_0002], 1, 1, 1).is_err());
+    assert!(pack_ternary2_fragments(&[0; 3], 1, 2, 2).is_err());
+    assert!(unpack_ternary2_fragments(&[0x5555_5557; 4], 1, 1, 1).is_err());
 }

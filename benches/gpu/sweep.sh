@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
-#                             [ncu] [ncusmall] [final]   (default: peers small dp4a wgpu ncu)
+#                             [ncu] [ncusmall] [ncumma] [t2] [final]
+#                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
 # dp4a: the dp4a family on both projections, with the SM clock sampled; tiles: the tiled dp4a shapes of
 # LOWBIT_CUDA_TILE_{LOWRANK,DECODER}; wgpu: the LOWBIT_WGPU_TILE shapes; ncu: warp-state
 # sections of the dp4a lowrank kernel; ncusmall: the same (and stall samples) for the small-M
-# kernels at M = 16 and 1; memcheck: compute-sanitizer on the CUDA differential
+# kernels at M = 16 and 1; ncumma: the tensor-core kernels at M = 2048 and the small-M ones;
+# t2: ternary2 weights (--weights ternary2) at M = 1, 16, 512, 2048; memcheck: compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
 # Full logs and JSON go to $OUT; a summary table is printed last.
@@ -32,7 +34,7 @@ fi
 has() { [[ " $what " == *" $1 "* ]]; }
 if has memcheck; then
   d=$(ls "$b"/tests/differential-* | head -1)
-  for filter in cuda_extra cuda_dp4a; do
+  for filter in ${MEMCHECK_FILTERS:-cuda_extra cuda_dp4a cuda_t2 cuda_mma::small cuda_mma::ternary2}; do
     echo "=== memcheck differential $filter"
     LOWBIT_REQUIRE=cuda timeout 150 compute-sanitizer --tool memcheck "$d" "$filter" --test-threads=4 \
       > "$out/memcheck-${filter//:/}.log" 2>&1
@@ -59,6 +61,10 @@ bench() {  # label, then lowbit bench args
 if has small; then
   bench "cuda small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,16 --json "$out/small_graph.json"
   bench "cuda small M, single launch" --backend cuda --op lowrank,decoder-tail --m 1,16 --no-graph
+  LOWBIT_CUDA_KERNELS=dp4a bench "cuda small M, dp4a, graph" --backend cuda --op lowrank,decoder-tail --m 1,16
+fi
+if has t2; then
+  bench "cuda ternary2 weights" --backend cuda --op lowrank,decoder-tail --m 1,16,512,2048 --weights ternary2 --json "$out/t2.json"
 fi
 if has dp4a; then
   nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader -lms 100 > "$out/clocks.txt" 2>&1 &
@@ -83,6 +89,20 @@ if has ncu && command -v ncu >/dev/null; then
     --section SpeedOfLight --section Occupancy -k regex:lowrank_packed -c 1 \
     "$L" bench --backend cuda --op lowrank --variant packed --m 2048 --iters 1 > "$out/ncu.txt" 2>&1
   grep -E "Duration|Throughput|Stall|Issue|Eligible|Active Warps|Achieved|Registers|No Eligible|One or More" "$out/ncu.txt" | head -40
+fi
+if has ncumma && command -v ncu >/dev/null; then
+  for spec in "lowrank_mma lowrank 2048 i8x4" "decoder_tail_mma decoder-tail 2048 i8x4" \
+      "lowrank_mma_small lowrank 1 ternary2" "decoder_mma_small decoder-tail 1 ternary2" \
+      "decoder_mma_small decoder-tail 16 i8x4" "decoder_packed decoder-tail 1 i8x4"; do
+    set -- $spec
+    echo "=== ncu $1 M=$3"
+    fam=; [ "$1" = decoder_packed ] && fam=dp4a
+    LOWBIT_CUDA_KERNELS=$fam timeout 100 ncu --section SpeedOfLight --section WarpStateStats --section SchedulerStats \
+      --section Occupancy --section MemoryWorkloadAnalysis -k "regex:^$1\$" -c 1 \
+      --metrics smsp__pcsamp_warps_issue_stalled_membar,smsp__pcsamp_warps_issue_stalled_long_scoreboard,smsp__pcsamp_warps_issue_stalled_barrier,smsp__pcsamp_warps_issue_stalled_lg_throttle \
+      "$L" bench --backend cuda --op "$2" --variant packed --m "$3" --iters 1 --no-graph --weights "$4" > "$out/ncu_$1_$3_$4.txt" 2>&1
+    grep -v "^==PROF==" "$out/ncu_$1_$3_$4.txt" | grep -E "Duration|DRAM Throughput|Compute \(SM\)|Registers|Achieved Occupancy|Issued Warp|No Eligible|stalled|Grid Size|Block Size" | head -16
+  done
 fi
 if has final; then
   bench "final cuda (default family)" --backend cuda --op all --variant all --m 1,16,512,2048,8192 --json "$out/final_cuda.json"

@@ -105,6 +105,11 @@ impl DecoderTailShape {
     pub fn w_words_len(&self) -> usize {
         self.heads * self.w_head_words() * self.dim
     }
+    /// u32 words of the weight in the ternary2 fragment layout
+    /// ([`crate::pack::pack_ternary2_fragments`]).
+    pub fn w_ternary2_len(&self) -> usize {
+        self.heads * crate::pack::ternary2_rows(self.w_head_words()) * self.dim
+    }
     pub fn out_len(&self) -> usize {
         self.batch * self.time * self.dim
     }

@@ -108,6 +108,11 @@ impl LowrankShape {
     pub fn w_words_len(&self) -> usize {
         self.heads * self.k_words() * self.latent
     }
+    /// u32 words of the weight in the ternary2 fragment layout
+    /// ([`crate::pack::pack_ternary2_fragments`]).
+    pub fn w_ternary2_len(&self) -> usize {
+        self.heads * crate::pack::ternary2_rows(self.k_words()) * self.latent
+    }
     pub fn out_len(&self) -> usize {
         self.batch * self.heads * self.time * self.latent_out
     }

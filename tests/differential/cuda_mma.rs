@@ -35,10 +35,35 @@ fn mma_backend() -> Option<&'static CudaBackend> {
     }
 }
 
+/// A backend on the mma family that uploads ternary/binary weights as ternary2 fragments.
+fn t2_backend() -> Option<&'static CudaBackend> {
+    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    let opened = B.get_or_init(|| {
+        CudaDevice::new(0)
+            .and_then(|d| d.with_family(KernelFamily::Mma))
+            .map(|d| CudaBackend::from_device(d).with_ternary2_weights(true))
+            .map_err(|e| e.to_string())
+    });
+    match opened {
+        Ok(b) => Some(b),
+        Err(reason) => {
+            if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
+                panic!("{msg}");
+            }
+            None
+        }
+    }
+}
+
 /// Runs one case on the mma backend and fails with every recorded failure; `stem` must have
 /// been compiled by then (the case really ran on the tensor cores).
 fn run_mma(stem: &str, case: fn(&mut Ctx)) {
     let Some(b) = mma_backend() else { return };
+    run_on_mma(b, &format!("{stem}.cu"), case);
+}
+
+/// As [`run_mma`] on backend `b`; some compiled module's description must contain `needle`.
+fn run_on_mma(b: &'static CudaBackend, needle: &str, case: fn(&mut Ctx)) {
     assert_eq!(b.device().family(), KernelFamily::Mma);
     println!("[cuda mma] device: {}", b.device().name());
     let mut ctx = Ctx {
@@ -65,8 +90,8 @@ fn run_mma(stem: &str, case: fn(&mut Ctx)) {
         b.device()
             .compile_logs()
             .iter()
-            .any(|(m, _)| m.starts_with(&format!("{stem}.cu"))),
-        "no {stem} module was compiled: the case did not reach the tensor cores"
+            .any(|(m, _)| m.contains(needle)),
+        "no module matching {needle:?} was compiled: the case did not reach that kernel"
     );
 }
 
@@ -179,6 +204,118 @@ fn decoder_max_accumulator(ctx: &mut Ctx) {
     crate::max_accumulator_case(ctx, "mma decoder_tail", &dec([1, 1, 17, 66312], [66312, 1]));
 }
 
+/// M ≤ 16 on the small-M tensor-core kernel (i8x4 weights): one row fragment, rows past M
+/// and columns past N masked, every input variant.
+fn small_ops() -> Vec<Op> {
+    vec![
+        lr([1, 1, 1, 18], [3, 18, 9], 9),
+        lr([3, 3, 5, 250], [3, 250, 130], 100),
+        lr([2, 1, 8, 512], [2, 512, 70], 70),
+        dec([1, 3, 1, 18], [3 * 18, 9]),
+        dec([3, 2, 5, 1030], [2 * 1032, 130]),
+        dec([16, 4, 1, 2048], [4 * 2048, 256]),
+    ]
+}
+
+fn small_random(ctx: &mut Ctx) {
+    crate::int_cases(ctx, "mma small-M", &small_ops(), 131);
+    crate::epilogue_cases(ctx, "mma small-M", &small_ops(), 132);
+    crate::edge_cases(ctx, "mma small-M", &small_ops(), 133);
+}
+
+/// Ternary2 weights at every M (row blocks of 16): the same cases, odd shapes, the largest
+/// low-rank K (D = 512) and a long decoder K split over many CTAs.
+fn ternary2_ops() -> Vec<Op> {
+    let mut v = small_ops();
+    v.extend([
+        lr([1, 1, 17, 33], [2, 33, 130], 129),
+        lr([4, 4, 10, 256], [4, 256, 260], 260),
+        dec([1, 2, 17, 129], [260, 33]),
+        dec([2, 4, 20, 2048], [4 * 2048, 256]),
+    ]);
+    v
+}
+
+fn ternary2_random(ctx: &mut Ctx) {
+    crate::int_cases(ctx, "ternary2", &ternary2_ops(), 141);
+    crate::epilogue_cases(ctx, "ternary2", &ternary2_ops(), 142);
+    crate::edge_cases(ctx, "ternary2", &ternary2_ops(), 143);
+}
+
+#[test]
+fn small_m_on_the_tensor_cores() {
+    let Some(b) = mma_backend() else { return };
+    run_on_mma(b, "LB_MMA_SMALL=1", small_random);
+}
+
+#[test]
+fn ternary2_weights() {
+    let Some(b) = t2_backend() else { return };
+    run_on_mma(b, "LB_MS_T2=1", ternary2_random);
+}
+
+/// Ternary2 weights through the device API: the wrong length, the float path, a low-rank D
+/// past 512 and a non-ternary lane are typed errors, and nothing is written.
+#[test]
+fn ternary2_errors() {
+    use lowbit_kernels::LowbitError;
+    use lowbit_kernels::backend::cuda::DeviceWeights;
+    use lowbit_kernels::pack::pack_ternary2_fragments;
+    let Some(b) = mma_backend() else { return };
+    let dev = b.device();
+    let shape = LowrankShape::bdh(4, 2, 64, 32).unwrap();
+    let x = dev.upload(&vec![0.5f32; shape.x_len()]).unwrap();
+    let t2 = dev
+        .upload(&vec![0x5555_5555u32; shape.w_ternary2_len()])
+        .unwrap();
+    let short = dev
+        .upload(&vec![0x5555_5555u32; shape.w_ternary2_len() - 1])
+        .unwrap();
+    let mut o = dev.upload(&vec![f32::NAN; shape.out_len()]).unwrap();
+    let run = |w: &_, fmt, o: &mut _| {
+        dev.lowrank(
+            &shape,
+            DeviceAct::F32(&x),
+            fmt,
+            DeviceScale::Param(0.1),
+            DeviceWeights::Ternary2(w),
+            0.5,
+            1,
+            Epilogue::default(),
+            DeviceOut::F32(o),
+        )
+    };
+    assert!(matches!(
+        run(&short, Fmt::Int8, &mut o),
+        Err(LowbitError::LengthMismatch { .. })
+    ));
+    assert!(matches!(
+        run(&t2, Fmt::Fp16, &mut o),
+        Err(LowbitError::Unsupported { .. })
+    ));
+    assert!(dev.download(&o).unwrap().iter().all(|v| v.is_nan()));
+    let wide = LowrankShape::bdh(4, 1, 516, 8).unwrap();
+    let xw = dev.upload(&vec![0.5f32; wide.x_len()]).unwrap();
+    let tw = dev
+        .upload(&vec![0x5555_5555u32; wide.w_ternary2_len()])
+        .unwrap();
+    let mut ow = dev.upload(&vec![f32::NAN; wide.out_len()]).unwrap();
+    let r = dev.lowrank(
+        &wide,
+        DeviceAct::F32(&xw),
+        Fmt::Int8,
+        DeviceScale::Param(0.1),
+        DeviceWeights::Ternary2(&tw),
+        0.5,
+        1,
+        Epilogue::default(),
+        DeviceOut::F32(&mut ow),
+    );
+    assert!(matches!(r, Err(LowbitError::Unsupported { .. })), "{r:?}");
+    // An int8 lane cannot be packed.
+    assert!(pack_ternary2_fragments(&[0x0000_0102], 1, 1, 1).is_err());
+}
+
 #[test]
 fn lowrank_random_shapes() {
     run_mma("lowrank_mma", lowrank_random);
@@ -229,6 +366,12 @@ fn routing() {
     let dd = |m| DecoderTailShape::bdh(m, 4, 64, 256).unwrap();
     assert!(dev.mma_decoder_ok(&dd(17)));
     assert!(!dev.mma_decoder_ok(&dd(16)));
+    // M ≤ 16: the small-M tensor-core kernel (low-rank D ≤ 512).
+    assert!(dev.mma_small_lowrank_ok(&l(16, 512)));
+    assert!(!dev.mma_small_lowrank_ok(&l(16, 513)));
+    assert!(!dev.mma_small_lowrank_ok(&l(17, 256)));
+    assert!(dev.mma_small_decoder_ok(&dd(1)));
+    assert!(!dev.mma_small_decoder_ok(&dd(17)));
     // The dp4a family never routes here.
     let dp4a = CudaDevice::new(0)
         .unwrap()
@@ -236,6 +379,8 @@ fn routing() {
         .unwrap();
     assert!(!dp4a.mma_lowrank_ok(&l(2048, 256)));
     assert!(!dp4a.mma_decoder_ok(&dd(2048)));
+    assert!(!dp4a.mma_small_lowrank_ok(&l(1, 256)));
+    assert!(!dp4a.mma_small_decoder_ok(&dd(1)));
 }
 
 /// Split-K over many CTAs and the persistent low-rank grid give the same bits on every run,

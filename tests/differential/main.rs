@@ -42,6 +42,11 @@ macro_rules! backend_tests {
             fn cuda_dp4a() {
                 crate::run_cuda_dp4a(super::$case);
             }
+            /// CUDA with ternary/binary weights kept at 2 bits on the device (ternary2).
+            #[test]
+            fn cuda_t2() {
+                crate::run_cuda_t2(super::$case);
+            }
             #[test]
             fn wgpu() {
                 crate::run(lowbit_kernels::BackendKind::Wgpu, super::$case);
@@ -94,6 +99,45 @@ pub fn run_cpu_portable(case: fn(&mut Ctx)) {
     static PORTABLE: OnceLock<CpuBackend> = OnceLock::new();
     let b = PORTABLE.get_or_init(|| CpuBackend::with_kernel(CpuKernel::Portable));
     run_on(b, BackendKind::Cpu, case);
+}
+
+/// Runs one case on a CUDA backend that uploads ternary/binary weights as ternary2 fragments
+/// (the tensor-core small-M kernel at every M); skips loudly without the int8 tensor cores.
+pub fn run_cuda_t2(case: fn(&mut Ctx)) {
+    #[cfg(feature = "cuda")]
+    {
+        use lowbit_kernels::backend::cuda::CudaBackend;
+        static T2: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+        let opened = T2.get_or_init(|| {
+            let b = CudaBackend::new(0)
+                .map_err(|e| e.to_string())?
+                .with_ternary2_weights(true);
+            if b.ternary2_weights() {
+                Ok(b)
+            } else {
+                Err(format!(
+                    "{} has no int8 tensor cores (ternary2 weights need sm_80+)",
+                    b.device().name()
+                ))
+            }
+        });
+        match opened {
+            Ok(b) => run_on(b, BackendKind::Cuda, case),
+            Err(reason) => {
+                if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
+                    panic!("{msg}");
+                }
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = case;
+        if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, "built without the cuda feature")
+        {
+            panic!("{msg}");
+        }
+    }
 }
 
 /// Runs one case on a CUDA backend forced onto the dp4a kernels (the tiled and small-M paths),

@@ -42,6 +42,25 @@ impl RawAct {
     }
 }
 
+/// Projection weights on the device, as a raw address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawWeights {
+    /// i8x4 words (`shape.w_words_len()`), any weight format.
+    Words(u64),
+    /// Ternary weights at 2 bits in the fragment layout of
+    /// [`crate::pack::pack_ternary2_fragments`] (`shape.w_ternary2_len()` words); runs on the
+    /// int8 tensor cores (sm_80+) at any M.
+    Ternary2(u64),
+}
+
+impl RawWeights {
+    pub(crate) fn ptr(self) -> u64 {
+        match self {
+            Self::Words(p) | Self::Ternary2(p) => p,
+        }
+    }
+}
+
 /// Where the activation scale comes from, as raw addresses.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum RawScale {
@@ -555,6 +574,32 @@ impl CudaDevice {
         epilogue: Epilogue,
         out: u64,
     ) -> Result<()> {
+        let w = RawWeights::Words(w_words);
+        // SAFETY: forwarded contract.
+        unsafe {
+            self.lowrank_weights_raw(
+                shape, input, format, scale, w, w_scale, w_qmax, epilogue, out,
+            )
+        }
+    }
+
+    /// [`CudaDevice::lowrank_raw`] with weights in either device layout.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::lowrank_raw`]; ternary2 weights cover `shape.w_ternary2_len()` words.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn lowrank_weights_raw(
+        &self,
+        shape: &LowrankShape,
+        input: RawAct,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        weights: RawWeights,
+        w_scale: f32,
+        w_qmax: u32,
+        epilogue: Epilogue,
+        out: u64,
+    ) -> Result<()> {
         let _op = self.op_guard();
         const OP: &str = "cuda::lowrank";
         shape.validate()?;
@@ -568,11 +613,16 @@ impl CudaDevice {
             epilogue,
             |qa, qw| shape.check_accumulator(qa, qw),
         )?;
-        let (x, w) = (input.ptr(), w_words);
+        let (x, w) = (input.ptr(), weights.ptr());
         non_null(OP, "input", x)?;
         non_null(OP, "weight words", w)?;
         non_null(OP, "output", out)?;
+        let t2 = matches!(weights, RawWeights::Ternary2(_));
+        if t2 {
+            self.ternary2_ok(OP, path, shape.k_words(), true)?;
+        }
         if let Path::Int { mode, uns } = path
+            && !t2
             && self.mma_lowrank_ok(shape)
         {
             // SAFETY: forwarded contract (tensor-core family, `mma.rs`).
@@ -647,6 +697,9 @@ impl CudaDevice {
                     p.a_vec = i32::from(kw.is_multiple_of(4));
                     mode = 0;
                 }
+                if t2 || (small && self.mma_small_lowrank_ok(shape)) {
+                    return self.lowrank_mma_small(p, shape, mode, uns, t2);
+                }
                 let id = [
                     KernelId::LowrankPacked,
                     KernelId::LowrankCodes,
@@ -694,6 +747,33 @@ impl CudaDevice {
         epilogue: Epilogue,
         out: u64,
     ) -> Result<()> {
+        let w = RawWeights::Words(w_words);
+        // SAFETY: forwarded contract.
+        unsafe {
+            self.decoder_tail_weights_raw(
+                shape, input, format, scale, w, w_scale, w_qmax, epilogue, out,
+            )
+        }
+    }
+
+    /// [`CudaDevice::decoder_tail_raw`] with weights in either device layout.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::decoder_tail_raw`]; ternary2 weights cover `shape.w_ternary2_len()`
+    /// words.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn decoder_tail_weights_raw(
+        &self,
+        shape: &DecoderTailShape,
+        input: RawAct,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        weights: RawWeights,
+        w_scale: f32,
+        w_qmax: u32,
+        epilogue: Epilogue,
+        out: u64,
+    ) -> Result<()> {
         let _op = self.op_guard();
         const OP: &str = "cuda::decoder_tail";
         shape.validate()?;
@@ -707,11 +787,16 @@ impl CudaDevice {
             epilogue,
             |qa, qw| shape.check_accumulator(qa, qw),
         )?;
-        let (y, w) = (input.ptr(), w_words);
+        let (y, w) = (input.ptr(), weights.ptr());
         non_null(OP, "input", y)?;
         non_null(OP, "weight words", w)?;
         non_null(OP, "output", out)?;
+        let t2 = matches!(weights, RawWeights::Ternary2(_));
+        if t2 {
+            self.ternary2_ok(OP, path, shape.k_words(), false)?;
+        }
         if let Path::Int { mode, uns } = path
+            && !t2
             && self.mma_decoder_ok(shape)
         {
             // SAFETY: forwarded contract (tensor-core family, `mma.rs`).
@@ -783,6 +868,9 @@ impl CudaDevice {
             p.a_kvalid = lw as i64;
             p.a_vec = i32::from(lw.is_multiple_of(4));
             mode = 0;
+        }
+        if t2 || (small && self.mma_small_decoder_ok(shape)) {
+            return self.decoder_mma_small(p, shape, mode, uns, t2);
         }
         let id = [
             KernelId::DecoderPacked,

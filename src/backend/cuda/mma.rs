@@ -16,7 +16,7 @@
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, sys};
 
 use super::device::{CudaDevice, KernelFamily, drv};
-use super::launch::{RawAct, RawScale, dtype_code, fmt_code};
+use super::launch::{LbProblem, Path, RawAct, RawScale, dtype_code, fmt_code};
 use super::tuning as t;
 use crate::config::LowBitActivationFormat;
 use crate::error::{LowbitError, Result};
@@ -41,6 +41,20 @@ pub const DECODER_NI: usize = 8;
 pub const DECODER_MAX_STAGES: usize = 4;
 /// Decoder split-K: at least this many chunks per split.
 pub const DECODER_MIN_CHUNKS: usize = 2;
+
+/// Small-M kernels (`lb_mma_small`): one m16 row fragment per CTA; warps of 32 columns.
+/// Low-rank: 4 column warps, the whole K in one warp (at most this many k words, D ≤ 512).
+pub const SMALL_LOWRANK_CW: u32 = 4;
+pub const SMALL_LOWRANK_MAX_KW: usize = 128;
+/// Decoder: 2 column warps x 4 k-warps of at most `SMALL_DECODER_KSW` k words (one register
+/// batch each), so a CTA covers 64 columns x 256 words of one head.
+pub const SMALL_DECODER_CW: u32 = 2;
+pub const SMALL_DECODER_KW: u32 = 4;
+pub const SMALL_DECODER_KSW: usize = 64;
+/// Decoder: CTAs per SM the split count aims at.
+pub const SMALL_DECODER_CTAS_PER_SM: usize = 2;
+/// Rows of the small kernels' row block (the mma's M).
+pub const SMALL_ROWS: usize = 16;
 
 const PAD_A: usize = 4;
 const PAD_B: usize = 4;
@@ -139,6 +153,37 @@ pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
     vec![d("LB_MMA_PREP", 1), d("LB_MODE", mode), eps()]
 }
 
+/// Defines of the small-M kernels: input mode, unsigned A lanes, ternary2 weights, column
+/// warps, k-warps and k words per k-warp.
+pub fn small_defines(
+    mode: u32,
+    uns: bool,
+    t2: bool,
+    cw: u32,
+    kw: u32,
+    ksw: usize,
+) -> Vec<(String, String)> {
+    vec![
+        d("LB_MMA_SMALL", 1),
+        d("LB_MODE", mode),
+        d("LB_UNS", u32::from(uns)),
+        d("LB_MS_T2", u32::from(t2)),
+        d("LB_MS_CW", cw),
+        d("LB_MS_KW", kw),
+        d("LB_MS_KSW", ksw),
+        eps(),
+    ]
+}
+
+/// The small low-rank kernel's k words per warp for `kw` words of K.
+fn small_lowrank_ksw(kw: usize) -> usize {
+    if kw.next_multiple_of(16) <= 64 {
+        64
+    } else {
+        SMALL_LOWRANK_MAX_KW
+    }
+}
+
 /// Every module variant of the family (kernel, defines), for a warm-up or a compile check.
 pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     let mut v = Vec::new();
@@ -152,6 +197,25 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         }
     }
     v.push((KernelId::DecoderMmaReduce, reduce_defines()));
+    for mode in 0..3u32 {
+        for uns in [false, true] {
+            for t2 in [false, true] {
+                for ksw in [64, SMALL_LOWRANK_MAX_KW] {
+                    let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw);
+                    v.push((KernelId::LowrankMmaSmall, defs));
+                }
+                let defs = small_defines(
+                    mode,
+                    uns,
+                    t2,
+                    SMALL_DECODER_CW,
+                    SMALL_DECODER_KW,
+                    SMALL_DECODER_KSW,
+                );
+                v.push((KernelId::DecoderMmaSmall, defs));
+            }
+        }
+    }
     v
 }
 
@@ -177,6 +241,15 @@ fn too_big(op: &'static str, what: &str, n: usize) -> LowbitError {
 
 fn i32_of(op: &'static str, what: &str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| too_big(op, what, n))
+}
+
+/// A grid dimension: y and z are limited to 65535 blocks.
+fn grid_dim(op: &'static str, what: &str, n: usize) -> Result<u32> {
+    if n <= 65_535 {
+        Ok(n.max(1) as u32)
+    } else {
+        Err(too_big(op, what, n))
+    }
 }
 
 impl CudaDevice {
@@ -222,6 +295,143 @@ impl CudaDevice {
         self.family == KernelFamily::Mma
             && shape.m() > t::SMALL_M_MAX
             && self.decoder_stages().is_some()
+    }
+
+    /// Does the small-M tensor-core kernel run this low-rank projection (M ≤ 16)?
+    pub fn mma_small_lowrank_ok(&self, shape: &LowrankShape) -> bool {
+        self.family == KernelFamily::Mma
+            && shape.m() <= t::SMALL_M_MAX
+            && shape.k_words().next_multiple_of(16) <= SMALL_LOWRANK_MAX_KW
+    }
+
+    /// Does the small-M tensor-core kernel run this decoder tail (M ≤ 16)?
+    pub fn mma_small_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
+        self.family == KernelFamily::Mma && shape.m() <= t::SMALL_M_MAX
+    }
+
+    /// Can ternary2 weights run here: an integer path, the int8 tensor cores, and (low-rank)
+    /// K of at most `SMALL_LOWRANK_MAX_KW` words.
+    pub(crate) fn ternary2_ok(
+        &self,
+        op: &'static str,
+        path: Path,
+        kw: usize,
+        lowrank: bool,
+    ) -> Result<()> {
+        let unsupported = |reason: String| LowbitError::Unsupported {
+            backend: crate::error::BackendKind::Cuda,
+            op,
+            reason,
+        };
+        if path == Path::Float {
+            return Err(unsupported(
+                "ternary2 weights run on the integer paths only (not the fp16 float path)".into(),
+            ));
+        }
+        if !self.caps.int8_mma {
+            let (ma, mi) = self.caps.compute_capability;
+            return Err(unsupported(format!(
+                "ternary2 weights run on the int8 tensor cores: {} is sm_{ma}{mi}, they need \
+                 sm_80+ (use i8x4 weight words)",
+                self.caps.name
+            )));
+        }
+        if lowrank && kw.next_multiple_of(16) > SMALL_LOWRANK_MAX_KW {
+            return Err(unsupported(format!(
+                "ternary2 low-rank weights need D <= {} (D is {} words)",
+                SMALL_LOWRANK_MAX_KW * 4,
+                kw
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues the small-M low-rank kernel on `p` (built and validated by `lowrank_raw`; `mode`
+    /// says how A arrives). With `t2`, `p.b` holds ternary2 weights and M may be any size.
+    pub(crate) fn lowrank_mma_small(
+        &self,
+        mut p: LbProblem,
+        shape: &LowrankShape,
+        mode: u32,
+        uns: bool,
+        t2: bool,
+    ) -> Result<()> {
+        const OP: &str = "cuda::lowrank (mma small-M)";
+        let kw = shape.k_words();
+        if t2 {
+            p.b_head_rows = i32_of(OP, "ternary2 rows", crate::pack::ternary2_rows(kw))?;
+        }
+        let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, small_lowrank_ksw(kw));
+        let f = self.function(KernelId::LowrankMmaSmall, defs)?;
+        let cols = SMALL_LOWRANK_CW as usize * 32;
+        let grid = (
+            grid_dim(OP, "column tiles", shape.latent_out.div_ceil(cols))?,
+            grid_dim(OP, "heads", shape.heads)?,
+            grid_dim(OP, "row blocks", shape.m().div_ceil(SMALL_ROWS))?,
+        );
+        self.launch_small(&f, grid, SMALL_LOWRANK_CW, &p, "lowrank_mma_small")
+    }
+
+    /// Queues the small-M decoder kernel on `p` (built and validated by `decoder_tail_raw`).
+    pub(crate) fn decoder_mma_small(
+        &self,
+        mut p: LbProblem,
+        shape: &DecoderTailShape,
+        mode: u32,
+        uns: bool,
+        t2: bool,
+    ) -> Result<()> {
+        const OP: &str = "cuda::decoder_tail (mma small-M)";
+        if t2 {
+            let rows = crate::pack::ternary2_rows(shape.w_head_words());
+            p.b_head_rows = i32_of(OP, "ternary2 rows", rows)?;
+        }
+        let (cw, kws) = (SMALL_DECODER_CW, SMALL_DECODER_KW as usize);
+        let defs = small_defines(mode, uns, t2, cw, kws as u32, SMALL_DECODER_KSW);
+        let f = self.function(KernelId::DecoderMmaSmall, defs)?;
+        let lw = shape.k_words();
+        let col_tiles = shape.dim.div_ceil(cw as usize * 32);
+        let row_blocks = shape.m().div_ceil(SMALL_ROWS);
+        // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
+        // SMALL_DECODER_CTAS_PER_SM CTAs per SM.
+        let (step, most) = (16 * kws, SMALL_DECODER_KSW * kws);
+        let units = col_tiles * shape.heads * row_blocks;
+        let target = SMALL_DECODER_CTAS_PER_SM * self.caps.multiprocessors.max(1) as usize;
+        let sp = target
+            .div_ceil(units)
+            .clamp(lw.div_ceil(most), lw.div_ceil(step).max(1));
+        let splits = shape.heads * sp;
+        p.splits_per_head = i32_of(OP, "splits", sp)?;
+        if splits > 1 {
+            let mut scratch = self.scratch();
+            // A zeroed [M][D] i32 accumulator and one counter per (column tile, row block);
+            // the kernel leaves both zeroed.
+            p.partial = self.scratch_buf(&mut scratch.small_acc, shape.m() * shape.dim)?;
+            p.counters = self.scratch_buf(&mut scratch.split_counters, col_tiles * row_blocks)?;
+        }
+        let grid = (
+            grid_dim(OP, "column tiles", col_tiles)?,
+            grid_dim(OP, "splits", splits)?,
+            grid_dim(OP, "row blocks", row_blocks)?,
+        );
+        self.launch_small(&f, grid, cw * kws as u32, &p, "decoder_mma_small")
+    }
+
+    fn launch_small(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        warps: u32,
+        p: &LbProblem,
+        what: &str,
+    ) -> Result<()> {
+        let mut b = self.stream.launch_builder(f);
+        b.arg(p);
+        // SAFETY: `p` mirrors the kernel's only parameter; its addresses were checked by the
+        // caller to cover the shape's extent (loads past the valid extents are masked).
+        unsafe { b.launch(launch_cfg(grid, 32 * warps, 0)) }
+            .map_err(drv(format!("cuLaunchKernel ({what})")))?;
+        Ok(())
     }
 
     fn prepare(&self, f: &CudaFunction, smem: usize) -> Result<usize> {

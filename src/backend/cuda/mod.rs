@@ -20,8 +20,8 @@ pub mod tuning;
 /// The cudarc this backend is built on (name its types through this re-export).
 pub use cudarc;
 pub use device::{CudaDevice, KernelFamily};
-pub use launch::{RawAct, RawScale};
-pub use ops::{DeviceAct, DeviceOut, DeviceScale};
+pub use launch::{RawAct, RawScale, RawWeights};
+pub use ops::{DeviceAct, DeviceOut, DeviceScale, DeviceWeights};
 pub use probe::probe;
 
 use cudarc::driver::{CudaSlice, DeviceRepr};
@@ -47,16 +47,29 @@ pub fn open_default() -> Result<Box<dyn Backend>> {
 #[derive(Debug)]
 pub struct CudaBackend {
     dev: CudaDevice,
+    ternary2: bool,
 }
 
 impl CudaBackend {
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(Self {
-            dev: CudaDevice::new(ordinal)?,
-        })
+        Ok(Self::from_device(CudaDevice::new(ordinal)?))
     }
     pub fn from_device(dev: CudaDevice) -> Self {
-        Self { dev }
+        Self {
+            dev,
+            ternary2: false,
+        }
+    }
+    /// Uploads weights whose lanes are all in {-1, 0, 1} (ternary or binary) as ternary2
+    /// fragments ([`DeviceWeights::Ternary2`]) for the integer paths, on devices with the
+    /// int8 tensor cores; other weights go up as i8x4 words.
+    pub fn with_ternary2_weights(mut self, on: bool) -> Self {
+        self.ternary2 = on && self.dev.caps().int8_mma;
+        self
+    }
+    /// Whether [`CudaBackend::with_ternary2_weights`] is in effect.
+    pub fn ternary2_weights(&self) -> bool {
+        self.ternary2
     }
     pub fn device(&self) -> &CudaDevice {
         &self.dev
@@ -213,13 +226,14 @@ impl CudaBackend {
         elems: usize,
         words: usize,
         w_words: usize,
+        w_layout: (usize, usize, usize),
         out_len: usize,
         acc: impl Fn(u32, u32) -> Result<()>,
         run: impl FnOnce(
             &CudaDevice,
             DeviceAct<'_>,
             DeviceScale<'_>,
-            &CudaSlice<u32>,
+            DeviceWeights<'_>,
             DeviceOut<'_>,
         ) -> Result<()>,
     ) -> Result<ProjectionOutput> {
@@ -240,7 +254,17 @@ impl CudaBackend {
         )?;
         check_len(op, "weight words", args.w_words, w_words)?;
         let input = self.upload_input(op, args.input, args.format, elems, words)?;
-        let w = self.dev.upload(args.w_words)?;
+        // Ternary2 when asked for, on the integer paths, and every lane is ternary.
+        let (heads, rows, cols) = w_layout;
+        let t2 = (self.ternary2 && path != launch::Path::Float)
+            .then(|| crate::pack::pack_ternary2_fragments(args.w_words, heads, rows, cols).ok())
+            .flatten();
+        let w = self.dev.upload(t2.as_deref().unwrap_or(args.w_words))?;
+        let w = if t2.is_some() {
+            DeviceWeights::Ternary2(&w)
+        } else {
+            DeviceWeights::Words(&w)
+        };
         let float = path == launch::Path::Float;
         let mut scale = if float {
             HostScale::Param(1.0)
@@ -254,7 +278,7 @@ impl CudaBackend {
                     &self.dev,
                     input.act(),
                     scale.device(),
-                    &w,
+                    w,
                     DeviceOut::F32(&mut out),
                 )?;
                 self.dev.download(&out)?
@@ -266,7 +290,7 @@ impl CudaBackend {
                     &self.dev,
                     input.act(),
                     scale.device(),
-                    &w,
+                    w,
                     DeviceOut::Bits16(&mut out),
                 )?;
                 let bits = self.dev.download(&out)?;
@@ -361,6 +385,7 @@ impl Backend for CudaBackend {
             shape.x_len(),
             shape.x_words_len(),
             shape.w_words_len(),
+            (shape.heads, shape.k_words(), shape.latent),
             shape.out_len(),
             |qa, qw| shape.check_accumulator(qa, qw),
             |dev, act, scale, w, out| {
@@ -382,6 +407,7 @@ impl Backend for CudaBackend {
             shape.y_len(),
             shape.y_words_len(),
             shape.w_words_len(),
+            (shape.heads, shape.w_head_words(), shape.dim),
             shape.out_len(),
             |qa, qw| shape.check_accumulator(qa, qw),
             |dev, act, scale, w, out| {

@@ -4,7 +4,7 @@
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use super::device::CudaDevice;
-use super::launch::{RawAct, RawScale};
+use super::launch::{RawAct, RawScale, RawWeights};
 use crate::config::LowBitActivationFormat;
 use crate::error::{LowbitError, Result};
 use crate::ops::quantize::QuantizeShape;
@@ -31,6 +31,23 @@ pub enum DeviceScale<'a> {
     Buffer(&'a CudaSlice<f32>),
     /// Computed on the device from the f32 input (absmean) and written to this buffer.
     Compute(&'a mut CudaSlice<f32>),
+}
+
+/// Projection weights on the device.
+#[derive(Clone, Copy, Debug)]
+pub enum DeviceWeights<'a> {
+    /// i8x4 words (`[H, ceil(D/4), N]` / `[H·ceil(Lart/4), D]`), any weight format.
+    Words(&'a CudaSlice<u32>),
+    /// Ternary (or binary) weights at 2 bits in the fragment layout of
+    /// [`crate::pack::pack_ternary2_fragments`] (`w_ternary2_len()` words, a quarter of the
+    /// bytes): the int8 tensor-core small-M kernel at any M (sm_80+).
+    Ternary2(&'a CudaSlice<u32>),
+}
+
+impl<'a> From<&'a CudaSlice<u32>> for DeviceWeights<'a> {
+    fn from(w: &'a CudaSlice<u32>) -> Self {
+        Self::Words(w)
+    }
 }
 
 /// Output buffer of a projection: f32, or the bits of f16/bf16 (per the epilogue's dtype).
@@ -226,13 +243,13 @@ impl CudaDevice {
 
     /// Low-rank projection into `out` (`shape.out_len()` elements of the epilogue's dtype).
     #[allow(clippy::too_many_arguments)]
-    pub fn lowrank(
+    pub fn lowrank<'w>(
         &self,
         shape: &LowrankShape,
         input: DeviceAct<'_>,
         format: LowBitActivationFormat,
         scale: DeviceScale<'_>,
-        w_words: &CudaSlice<u32>,
+        weights: impl Into<DeviceWeights<'w>>,
         w_scale: f32,
         w_qmax: u32,
         epilogue: Epilogue,
@@ -242,25 +259,45 @@ impl CudaDevice {
         shape.validate()?;
         self.check_act(OP, &input, shape.x_len(), shape.x_words_len())?;
         self.check_scale_buf(OP, &scale)?;
-        self.check_slice(OP, "weight words", w_words)?;
-        expect_len(OP, "weight words", w_words, shape.w_words_len())?;
+        let (wbuf, wlen, t2) = match weights.into() {
+            DeviceWeights::Words(b) => (b, shape.w_words_len(), false),
+            DeviceWeights::Ternary2(b) => (b, shape.w_ternary2_len(), true),
+        };
+        self.check_slice(OP, "weight words", wbuf)?;
+        expect_len(
+            OP,
+            if t2 {
+                "ternary2 weight words"
+            } else {
+                "weight words"
+            },
+            wbuf,
+            wlen,
+        )?;
         let (op, _go) = self.out_ptr(OP, &mut out, epilogue, shape.out_len())?;
-        let (wp, _gw) = w_words.device_ptr(&self.stream);
+        let (wp, _gw) = wbuf.device_ptr(&self.stream);
+        let w = if t2 {
+            RawWeights::Ternary2(wp)
+        } else {
+            RawWeights::Words(wp)
+        };
         self.with_act_scale(input, scale, |a, s| {
             // SAFETY: every buffer is of this context with the extent its shape needs.
-            unsafe { self.lowrank_raw(shape, a, format, s, wp, w_scale, w_qmax, epilogue, op) }
+            unsafe {
+                self.lowrank_weights_raw(shape, a, format, s, w, w_scale, w_qmax, epilogue, op)
+            }
         })
     }
 
     /// Decoder tail into `out` (`shape.out_len()` elements of the epilogue's dtype).
     #[allow(clippy::too_many_arguments)]
-    pub fn decoder_tail(
+    pub fn decoder_tail<'w>(
         &self,
         shape: &DecoderTailShape,
         input: DeviceAct<'_>,
         format: LowBitActivationFormat,
         scale: DeviceScale<'_>,
-        w_words: &CudaSlice<u32>,
+        weights: impl Into<DeviceWeights<'w>>,
         w_scale: f32,
         w_qmax: u32,
         epilogue: Epilogue,
@@ -270,13 +307,33 @@ impl CudaDevice {
         shape.validate()?;
         self.check_act(OP, &input, shape.y_len(), shape.y_words_len())?;
         self.check_scale_buf(OP, &scale)?;
-        self.check_slice(OP, "weight words", w_words)?;
-        expect_len(OP, "weight words", w_words, shape.w_words_len())?;
+        let (wbuf, wlen, t2) = match weights.into() {
+            DeviceWeights::Words(b) => (b, shape.w_words_len(), false),
+            DeviceWeights::Ternary2(b) => (b, shape.w_ternary2_len(), true),
+        };
+        self.check_slice(OP, "weight words", wbuf)?;
+        expect_len(
+            OP,
+            if t2 {
+                "ternary2 weight words"
+            } else {
+                "weight words"
+            },
+            wbuf,
+            wlen,
+        )?;
         let (op, _go) = self.out_ptr(OP, &mut out, epilogue, shape.out_len())?;
-        let (wp, _gw) = w_words.device_ptr(&self.stream);
+        let (wp, _gw) = wbuf.device_ptr(&self.stream);
+        let w = if t2 {
+            RawWeights::Ternary2(wp)
+        } else {
+            RawWeights::Words(wp)
+        };
         self.with_act_scale(input, scale, |a, s| {
             // SAFETY: every buffer is of this context with the extent its shape needs.
-            unsafe { self.decoder_tail_raw(shape, a, format, s, wp, w_scale, w_qmax, epilogue, op) }
+            unsafe {
+                self.decoder_tail_weights_raw(shape, a, format, s, w, w_scale, w_qmax, epilogue, op)
+            }
         })
     }
 

@@ -18,13 +18,15 @@ use crate::timers::{CpuTimer, Inputs, Op, Timer, TraitTimer};
 pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowrank|decoder-tail|quantize|all]
              [--variant packed|f32|all] [--m 1,16,512,2048,8192] [--d 256] [--h 4] [--n 8192]
              [--iters K] [--json FILE] [--peers FILE] [--transfers] [--no-graph]
+             [--weights i8x4|ternary2]
   Times each op at BDH shapes (tokens M, embedding D, heads H, latent N):
     lowrank       x[1,1,M,D] . W[H,D,N]   -> [1,H,M,N]   (2*M*H*D*N int ops)
     decoder-tail  y[1,H,M,N] . W[H*N,D]   -> [1,1,M,D]   (2*M*H*N*D int ops)
     quantize      y[1,H,M,N] f32 -> int8x4 words, scale computed on the backend
   variants: packed = prepacked int8x4 input + host scale (the GEMM alone);
             f32 = f32 input quantized inside the op, scale computed by the backend.
-  Weights are ternary, uploaded once. Each backend is timed through its own API: the CPU's
+  Weights are ternary, uploaded once, as i8x4 words (one byte per weight), or with
+  --weights ternary2 (CUDA on sm_80+ only) as 2-bit ternary2 fragments (variants *-t2). Each backend is timed through its own API: the CPU's
   `*_into` functions (wall clock), CUDA's device-resident ops (CUDA events), wgpu's
   device-resident ops (GPU timestamps, else wall clock around a blocking poll); at M <= 16 the
   GPUs rotate through 8 weight copies so the weights come from DRAM, not a warm L2, and CUDA
@@ -252,6 +254,7 @@ struct CaseData {
 fn case_data(
     op: &str,
     packed: bool,
+    ternary2: bool,
     m: usize,
     dims: &Dims,
     rng: &mut Rng,
@@ -264,7 +267,11 @@ fn case_data(
             let (xl, xw, ww, ol, ops) = (
                 s.x_len(),
                 s.x_words_len(),
-                s.w_words_len(),
+                if ternary2 {
+                    s.w_ternary2_len()
+                } else {
+                    s.w_words_len()
+                },
                 s.out_len(),
                 s.int_ops(),
             );
@@ -276,7 +283,11 @@ fn case_data(
             let (yl, yw, ww, ol, ops) = (
                 s.y_len(),
                 s.y_words_len(),
-                s.w_words_len(),
+                if ternary2 {
+                    s.w_ternary2_len()
+                } else {
+                    s.w_words_len()
+                },
                 s.out_len(),
                 s.int_ops(),
             );
@@ -294,7 +305,7 @@ fn case_data(
     } else {
         (Vec::new(), f32s(rng, act_len))
     };
-    // Input + weights (int8x4 words) + output, once each; quantize writes words.
+    // Input + weights (i8x4 or ternary2 words) + output, once each; quantize writes words.
     let in_bytes = 4 * (words.len() + f32s.len());
     let bytes = (in_bytes + 4 * w_words + 4 * out_len) as u64;
     Ok(CaseData {
@@ -308,16 +319,21 @@ fn case_data(
 }
 
 /// Weight words of `op` (ternary codes packed as int8x4), or none for quantize.
-fn weights(op: &str, dims: &Dims, rng: &mut Rng) -> lowbit_kernels::Result<Vec<u32>> {
+/// The op's ternary weight words and their layout (heads, i8x4 rows per head, columns).
+type Weights = (Vec<u32>, (usize, usize, usize));
+
+fn weights(op: &str, dims: &Dims, rng: &mut Rng) -> lowbit_kernels::Result<Weights> {
     let Dims { d, h, n } = *dims;
     match op {
         "lowrank" => {
             lowbit_kernels::pack_lowrank_weight_codes_i8x4(&rng.ternary(h * d * n), h, d, n)
+                .map(|w| (w, (h, d.div_ceil(4), n)))
         }
         "decoder-tail" => {
             lowbit_kernels::pack_decoder_weight_codes_i8x4(&rng.ternary(h * n * d), h, n, d)
+                .map(|w| (w, (h, n.div_ceil(4), d)))
         }
-        _ => Ok(Vec::new()),
+        _ => Ok((Vec::new(), (0, 0, 0))),
     }
 }
 
@@ -328,7 +344,14 @@ fn open_timer(
     kind: BackendKind,
     transfers: bool,
     graphs: bool,
+    ternary2: bool,
 ) -> lowbit_kernels::Result<Box<dyn Timer>> {
+    if ternary2 && (transfers || kind != BackendKind::Cuda || cfg!(not(feature = "cuda"))) {
+        return Err(LowbitError::BackendUnavailable {
+            backend: kind,
+            reason: "--weights ternary2 is timed on CUDA's device API only".into(),
+        });
+    }
     if transfers {
         return Ok(Box::new(TraitTimer::new(backend::open(kind)?)));
     }
@@ -338,6 +361,7 @@ fn open_timer(
         BackendKind::Cuda => {
             let mut t = crate::timers::CudaTimer::new(0)?;
             t.graphs = graphs;
+            t.ternary2 = ternary2;
             Ok(Box::new(t))
         }
         #[cfg(feature = "wgpu")]
@@ -351,7 +375,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
     let args = Args::parse(
         tokens,
         &[
-            "backend", "op", "variant", "m", "d", "h", "n", "iters", "json", "peers",
+            "backend", "op", "variant", "m", "d", "h", "n", "iters", "json", "peers", "weights",
         ],
         &["transfers", "no-graph"],
     )?;
@@ -384,6 +408,11 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         return Err("--d, --h and --n must be positive".into());
     }
     let iters: usize = args.number("iters", 0)?;
+    let ternary2 = match args.value("weights") {
+        None | Some("i8x4") => false,
+        Some("ternary2") => true,
+        Some(v) => return Err(format!("--weights: unknown {v:?} (i8x4, ternary2)")),
+    };
     let peers = match args.value("peers") {
         Some(p) => load_peers(p)?,
         None => Vec::new(),
@@ -399,7 +428,8 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
     let mut backends: Vec<Box<dyn Timer>> = Vec::new();
     let mut failed = false;
     for &kind in &kinds {
-        match open_timer(kind, args.switch("transfers"), !args.switch("no-graph")) {
+        let graphs = !args.switch("no-graph");
+        match open_timer(kind, args.switch("transfers"), graphs, ternary2) {
             Ok(t) => backends.push(t),
             Err(LowbitError::BackendUnavailable { reason, .. }) if !required.contains(&kind) => {
                 eprintln!("skipping {kind}: {reason}");
@@ -424,11 +454,11 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         progress.show(&format!("{kind}: measuring ceilings"));
         let (copy_bw, timing) = (be.copy_bandwidth(), be.timing());
         for &op in &ops {
-            let weights = match weights(op, &dims, &mut rng).and_then(|w| {
+            let weights = match weights(op, &dims, &mut rng).and_then(|(w, layout)| {
                 if w.is_empty() {
                     Ok(())
                 } else {
-                    be.set_weights(&w)
+                    be.set_weights(&w, layout)
                 }
             }) {
                 Ok(()) => true,
@@ -450,8 +480,8 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
                     if !weights {
                         continue;
                     }
-                    let res =
-                        case_data(op, variant == "packed", m, &dims, &mut rng).and_then(|c| {
+                    let res = case_data(op, variant == "packed", ternary2, m, &dims, &mut rng)
+                        .and_then(|c| {
                             let inputs = Inputs {
                                 words: &c.words,
                                 f32s: &c.f32s,
@@ -465,7 +495,11 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
                                 backend: kind,
                                 device: be.name(),
                                 op,
-                                variant,
+                                variant: match (ternary2, variant) {
+                                    (true, "packed") => "packed-t2",
+                                    (true, _) => "f32-t2",
+                                    _ => variant,
+                                },
                                 m,
                                 shape: case.shape,
                                 iters: t.runs,

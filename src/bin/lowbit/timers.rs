@@ -144,8 +144,9 @@ pub trait Timer {
     fn ceiling_name(&self) -> Option<&'static str> {
         None
     }
-    /// Packed weight words of the next ops (uploaded once, reused across M and variants).
-    fn set_weights(&mut self, words: &[u32]) -> Result<()>;
+    /// Packed weight words of the next ops (uploaded once, reused across M and variants);
+    /// `layout` = (heads, i8x4 rows per head, columns).
+    fn set_weights(&mut self, words: &[u32], layout: (usize, usize, usize)) -> Result<()>;
     fn time(&mut self, op: &Op, inputs: &Inputs<'_>, iters: usize) -> Result<Sampled>;
 }
 
@@ -201,7 +202,7 @@ impl Timer for CpuTimer {
     fn compute_peak(&self, _op: &Op) -> Option<f64> {
         None
     }
-    fn set_weights(&mut self, words: &[u32]) -> Result<()> {
+    fn set_weights(&mut self, words: &[u32], _layout: (usize, usize, usize)) -> Result<()> {
         self.weights = words.to_vec();
         Ok(())
     }
@@ -275,7 +276,7 @@ impl Timer for TraitTimer {
     fn compute_peak(&self, _op: &Op) -> Option<f64> {
         None
     }
-    fn set_weights(&mut self, words: &[u32]) -> Result<()> {
+    fn set_weights(&mut self, words: &[u32], _layout: (usize, usize, usize)) -> Result<()> {
         self.weights = words.to_vec();
         Ok(())
     }
@@ -305,7 +306,7 @@ mod cuda {
     use lowbit_kernels::backend::cuda::cudarc::driver::{CudaSlice, DriverError, sys};
     use lowbit_kernels::backend::cuda::microbench::{Ceilings, time_events};
     use lowbit_kernels::backend::cuda::{
-        CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily,
+        CudaDevice, DeviceAct, DeviceOut, DeviceScale, DeviceWeights, KernelFamily,
     };
     use lowbit_kernels::{BackendKind, Epilogue, LowbitError, Result};
 
@@ -324,6 +325,8 @@ mod cuda {
         weights: Vec<CudaSlice<u32>>,
         /// Time M <= COLD_MAX_M as CUDA graph replays.
         pub graphs: bool,
+        /// Upload the (ternary) weights as ternary2 fragments.
+        pub ternary2: bool,
     }
 
     fn driver(context: &str) -> impl FnOnce(DriverError) -> LowbitError + '_ {
@@ -383,6 +386,7 @@ mod cuda {
                 ceilings,
                 weights: Vec::new(),
                 graphs: true,
+                ternary2: false,
             })
         }
     }
@@ -413,8 +417,17 @@ mod cuda {
         fn ceiling_name(&self) -> Option<&'static str> {
             Some("dp4a ceiling (dp4a rows only)")
         }
-        fn set_weights(&mut self, words: &[u32]) -> Result<()> {
+        fn set_weights(&mut self, words: &[u32], layout: (usize, usize, usize)) -> Result<()> {
             self.weights.clear();
+            let t2;
+            let words = if self.ternary2 {
+                t2 = lowbit_kernels::pack::pack_ternary2_fragments(
+                    words, layout.0, layout.1, layout.2,
+                )?;
+                &t2[..]
+            } else {
+                words
+            };
             for _ in 0..COLD_COPIES {
                 self.weights.push(self.dev.upload(words)?);
             }
@@ -448,7 +461,13 @@ mod cuda {
                         Op::Quantize(_) => 0,
                     };
                     let mut out = dev.alloc_zeros::<f32>(out_len)?;
+                    let t2 = self.ternary2;
                     let mut run = |w: &CudaSlice<u32>| {
+                        let w = if t2 {
+                            DeviceWeights::Ternary2(w)
+                        } else {
+                            DeviceWeights::Words(w)
+                        };
                         let input = match (&words, &x) {
                             (Some(wd), _) => DeviceAct::Packed(wd),
                             (None, Some(xf)) => DeviceAct::F32(xf),
@@ -587,7 +606,7 @@ mod wgpu_timer {
         fn compute_peak(&self, _op: &Op) -> Option<f64> {
             None
         }
-        fn set_weights(&mut self, words: &[u32]) -> Result<()> {
+        fn set_weights(&mut self, words: &[u32], _layout: (usize, usize, usize)) -> Result<()> {
             self.weights.clear();
             for _ in 0..COLD_COPIES {
                 self.weights
