@@ -14,7 +14,7 @@
 
 #if defined(LB_MMA_SMALL)
 // M <= 16 (any M for ternary2 weights, a row block of 16 per grid z): lb_mma_small, split = head.
-extern "C" __global__ void __launch_bounds__(LB_MS_THREADS) lowrank_mma_small(LbProblem p) {
+extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small(LbProblem p) {
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
 }
 #else

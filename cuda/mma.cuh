@@ -290,8 +290,12 @@ __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, i
 //         j = 0..3, of every column, lane b of k word slot j at bits 8b+2j (stored as v+1).
 //         A thread's 16-byte load (4 columns of one t2 row) is its B registers for two
 //         k-steps of its four fragments; lb_t2_expand turns a slot into an i8x4 word.
-// Decoder split-K: the k-warps are summed in smem, the splits by integer atomics into the
-// zeroed [M][D] accumulator, and lb_split_fixup writes the output (same bits every run).
+// Decoder split-K: the k-warps are summed in smem; the splits either by integer atomics into
+// the zeroed [M][D] accumulator, lb_split_fixup writing the output, or (LB_MS_CLUSTER > 0,
+// sm_90) inside one thread-block cluster of LB_MS_CLUSTER CTAs along grid y that holds every
+// split of the column tile: each CTA leaves its partial tile in smem and, after a cluster
+// barrier, sums a slice of the tile over all ranks in rank order through distributed shared
+// memory and writes it. No global round trips after the mma; the same bits every run.
 #ifndef LB_MS_CW
 #define LB_MS_CW 4
 #endif
@@ -304,21 +308,54 @@ __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, i
 #ifndef LB_MS_T2
 #define LB_MS_T2 0
 #endif
+#ifndef LB_MS_CLUSTER
+#define LB_MS_CLUSTER 0
+#endif
+#if LB_MS_CLUSTER > 0 && __CUDA_ARCH__ < 900  // clusters are sm_90+ (Rust never asks earlier)
+#undef LB_MS_CLUSTER
+#define LB_MS_CLUSTER 0
+#endif
 #define LB_MS_THREADS (32 * LB_MS_CW * LB_MS_KW)
 #define LB_MS_COLS (32 * LB_MS_CW)
 #define LB_MS_LDA (LB_MS_KSW * LB_MS_KW + 4)  // A row stride in words (16-byte bank spread)
-#define LB_MS_PAIRS 4                          // k-step pairs (16 k words each) per batch
+// Dynamic smem bytes: 16 * LB_MS_LDA * 4 (mirrored by small_smem in src/backend/cuda/mma.rs).
+// k-step pairs (16 k words each) per register batch: 4 (1 or 4 16-byte loads each); 2 for
+// i8x4 weights on the split decoder, whose 256 threads cannot hold 16 loads without spills.
+#define LB_MS_PAIRS (LB_MS_T2 || LB_MS_KW == 1 ? 4 : 2)
 
 // i8x4 word of slot j of a t2 word: per byte ((field + 0x7f) ^ 0x80) = field - 1, no carries.
 __device__ __forceinline__ u32 lb_t2_expand(u32 x, int j) {
     return (((x >> (2 * j)) & 0x03030303u) + 0x7f7f7f7fu) ^ 0x80808080u;
 }
 
+#if LB_MS_CLUSTER > 0
+__device__ __forceinline__ void lb_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+                     : "memory");
+}
+__device__ __forceinline__ unsigned lb_cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+// The int at smem address `p` of cluster rank `rank`.
+__device__ __forceinline__ int lb_dsmem_ld(const int* p, unsigned rank) {
+    unsigned a;
+    int v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(lb_smem(p)), "r"(rank));
+    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
+    return v;
+}
+#endif
+
 template <int MODE, bool UNS, bool T2>
 __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     constexpr int NJ = T2 ? 1 : 4;  // 16-byte loads per thread per pair
-    __shared__ __align__(16) u32 As[16 * LB_MS_LDA];
-    __shared__ int red[LB_MS_KW > 1 ? (LB_MS_KW - 1) * 16 * LB_MS_COLS : 1];
+    static_assert((LB_MS_KW - 1) * LB_MS_COLS <= LB_MS_LDA, "k-warp partials overlay A");
+    // Dynamic smem: A [16][LDA] words; after the mma the k-warp partials overlay it.
+    extern __shared__ __align__(16) u32 lb_dyn_smem[];
+    u32* As = lb_dyn_smem;
+    int* red = (int*)lb_dyn_smem;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -326,7 +363,12 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     const int tile0 = blockIdx.x * LB_MS_COLS;
     const int c0 = tile0 + wc * 32 + 2 * g + (g & 1) * 14;  // this thread's 4 B columns
     const int m0 = blockIdx.z * 16;
-    const LbSplit sp = lb_split(p, blockIdx.y, 16 * LB_MS_KW);
+    LbSplit sp = lb_split(p, blockIdx.y, 16 * LB_MS_KW);
+    if ((int)blockIdx.y >= p.heads * p.splits_per_head) {  // cluster padding: no K
+        sp.head = sp.a_head = 0;
+        sp.kw0 = sp.kw1 = 0;
+        sp.b = p.b;
+    }
     // K slice of this warp: wl words (a multiple of 16) from wbeg, valid below wend.
     const int wl = (sp.kw1 - sp.kw0 + 16 * LB_MS_KW - 1) / (16 * LB_MS_KW) * 16;
     const int wbeg = sp.kw0 + wk * wl;
@@ -357,20 +399,35 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     };
     load_b(0);
 
-    // Stage A: 16 rows x wl*KW words from kw0 (zero past M and past the split's K).
+    // Stage A: the valid rows (< M) x wl*KW words from kw0, zero past the split's K. Every
+    // load of the thread is issued before the first store. Rows past M are left as they are:
+    // they only feed accumulator rows that are never written.
     {
+        constexpr int AITERS = (16 * LB_MS_KSW * LB_MS_KW / 4 + LB_MS_THREADS - 1) / LB_MS_THREADS;
         const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
         const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
                                                  : min((long long)sp.kw1 * 4, p.a_kvalid);
         const int qpr = wl * LB_MS_KW / 4;
-        for (int i = tid; i < 16 * qpr; i += LB_MS_THREADS) {
-            const int r = i / qpr, q = (i - r * qpr) * 4;
-            const int m = m0 + r, k = sp.kw0 + q;
-            uint4 v = make_uint4(0u, 0u, 0u, 0u);
-            if (m < p.m_total && k < sp.kw1)
-                v = lb_a_word4<MODE>(lb_a_ptr(p, lb_a_row(p, m, sp.a_head)), k, kv, s, p.fmt,
-                                     p.a_vec != 0);
-            *(uint4*)(As + r * LB_MS_LDA + q) = v;
+        const int nq = min(16, p.m_total - m0) * qpr;
+        uint4 st[AITERS];
+#pragma unroll
+        for (int i = 0; i < AITERS; ++i) {
+            const int idx = tid + i * LB_MS_THREADS;
+            st[i] = make_uint4(0u, 0u, 0u, 0u);
+            if (idx < nq) {
+                const int r = idx / qpr, k = sp.kw0 + (idx - r * qpr) * 4;
+                if (k < sp.kw1)
+                    st[i] = lb_a_word4<MODE>(lb_a_ptr(p, lb_a_row(p, m0 + r, sp.a_head)), k, kv, s,
+                                             p.fmt, p.a_vec != 0);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < AITERS; ++i) {
+            const int idx = tid + i * LB_MS_THREADS;
+            if (idx < nq) {
+                const int r = idx / qpr;
+                *(uint4*)(As + r * LB_MS_LDA + (idx - r * qpr) * 4) = st[i];
+            }
         }
     }
     __syncthreads();
@@ -413,6 +470,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     // Sum the k-warps (integer: any order gives the same bits). Thread (g, t) holds, for
     // fragment q and register 2*rh + e, row g + 8*rh and column 16*e + 4*t + q of its warp.
     if (LB_MS_KW > 1) {
+        __syncthreads();  // every warp is done with A
         if (wk > 0) {
 #pragma unroll
             for (int q = 0; q < 4; ++q)
@@ -432,6 +490,34 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
                                          16 * (r & 1) + 4 * t + q];
         }
     }
+#if LB_MS_CLUSTER > 0
+    {
+        __shared__ int cpart[16 * LB_MS_COLS];
+        if (wk == 0) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                    cpart[(g + 8 * (r >> 1)) * LB_MS_COLS + wc * 32 + 16 * (r & 1) + 4 * t + q] =
+                        acc[q][r];
+        }
+        lb_cluster_sync();
+        const float as = lb_scale(p.scale_ptr, p.scale_param);
+        const unsigned rank = lb_cluster_rank();
+        for (int i = rank + LB_MS_CLUSTER * tid; i < 16 * LB_MS_COLS;
+             i += LB_MS_CLUSTER * LB_MS_THREADS) {
+            int v = 0;
+#pragma unroll
+            for (int q = 0; q < LB_MS_CLUSTER; ++q) v += lb_dsmem_ld(cpart + i, q);
+            const int m = m0 + i / LB_MS_COLS, c = tile0 + i % LB_MS_COLS;
+            if (m < p.m_total && c < p.ncols)
+                lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(v, p.w_scale, as, p.relu),
+                         p.out_dtype);
+        }
+        lb_cluster_sync();  // every remote read is done before any CTA's smem goes away
+        return;
+    }
+#endif
     if (wk == 0) {
         const float as = lb_scale(p.scale_ptr, p.scale_param);
         const int o_head = p.is_decoder ? 0 : sp.head;

@@ -59,12 +59,13 @@ bench() {  # label, then lowbit bench args
     | grep -E "^(cuda|wgpu) " | cut -c1-230 | tee -a "$sum"
 }
 if has small; then
-  bench "cuda small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,16 --json "$out/small_graph.json"
+  bench "cuda small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,4,8,16 --json "$out/small_graph.json"
   bench "cuda small M, single launch" --backend cuda --op lowrank,decoder-tail --m 1,16 --no-graph
-  LOWBIT_CUDA_KERNELS=dp4a bench "cuda small M, dp4a, graph" --backend cuda --op lowrank,decoder-tail --m 1,16
+  LOWBIT_CUDA_KERNELS=dp4a bench "cuda small M, dp4a, graph" --backend cuda --op lowrank,decoder-tail --m 1,4,8,16
 fi
 if has t2; then
-  bench "cuda ternary2 weights" --backend cuda --op lowrank,decoder-tail --m 1,16,512,2048 --weights ternary2 --json "$out/t2.json"
+  bench "cuda ternary2 weights" --backend cuda --op lowrank,decoder-tail --m 1,4,16,512,2048 --weights ternary2 --json "$out/t2.json"
+  LOWBIT_CUDA_SMALL_CLUSTER=0 bench "cuda ternary2 weights, no cluster" --backend cuda --op decoder-tail --m 1,16 --weights ternary2
 fi
 if has dp4a; then
   nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader -lms 100 > "$out/clocks.txt" 2>&1 &

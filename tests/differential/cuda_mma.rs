@@ -214,6 +214,8 @@ fn small_ops() -> Vec<Op> {
         dec([1, 3, 1, 18], [3 * 18, 9]),
         dec([3, 2, 5, 1030], [2 * 1032, 130]),
         dec([16, 4, 1, 2048], [4 * 2048, 256]),
+        // K past one cluster (sm_90): the atomic split-K path with its fixup.
+        dec([1, 1, 3, 40000], [40000, 40]),
     ]
 }
 
@@ -244,7 +246,22 @@ fn ternary2_random(ctx: &mut Ctx) {
 
 #[test]
 fn small_m_on_the_tensor_cores() {
-    let Some(b) = mma_backend() else { return };
+    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
+    let opened = B.get_or_init(|| {
+        CudaDevice::new(0)
+            .and_then(|d| d.with_family(KernelFamily::Mma))
+            .map(|d| CudaBackend::from_device(d.with_small_mma(true)))
+            .map_err(|e| e.to_string())
+    });
+    let b = match opened {
+        Ok(b) => b,
+        Err(reason) => {
+            if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
+                panic!("{msg}");
+            }
+            return;
+        }
+    };
     run_on_mma(b, "LB_MMA_SMALL=1", small_random);
 }
 
@@ -366,12 +383,22 @@ fn routing() {
     let dd = |m| DecoderTailShape::bdh(m, 4, 64, 256).unwrap();
     assert!(dev.mma_decoder_ok(&dd(17)));
     assert!(!dev.mma_decoder_ok(&dd(16)));
-    // M ≤ 16: the small-M tensor-core kernel (low-rank D ≤ 512).
+    // M in 4..=16: the small-M tensor-core low-rank kernel (D ≤ 512); the decoder stays on
+    // dp4a unless forced.
     assert!(dev.mma_small_lowrank_ok(&l(16, 512)));
+    assert!(dev.mma_small_lowrank_ok(&l(4, 256)));
+    assert!(!dev.mma_small_lowrank_ok(&l(1, 256)));
     assert!(!dev.mma_small_lowrank_ok(&l(16, 513)));
     assert!(!dev.mma_small_lowrank_ok(&l(17, 256)));
-    assert!(dev.mma_small_decoder_ok(&dd(1)));
-    assert!(!dev.mma_small_decoder_ok(&dd(17)));
+    assert!(!dev.mma_small_decoder_ok(&dd(1)));
+    let forced = CudaDevice::new(0)
+        .unwrap()
+        .with_family(KernelFamily::Mma)
+        .unwrap()
+        .with_small_mma(true);
+    assert!(forced.mma_small_lowrank_ok(&l(1, 256)));
+    assert!(forced.mma_small_decoder_ok(&dd(16)));
+    assert!(!forced.mma_small_decoder_ok(&dd(17)));
     // The dp4a family never routes here.
     let dp4a = CudaDevice::new(0)
         .unwrap()

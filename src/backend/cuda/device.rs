@@ -136,6 +136,10 @@ pub struct CudaDevice {
     pub(crate) family: KernelFamily,
     /// Tiled dp4a block shapes of the low-rank projection and the decoder tail.
     pub(crate) tiles: (super::tuning::DpTile, super::tuning::DpTile),
+    /// M ≤ 16 with i8x4 weights: the tensor-core small-M kernel for every M and both ops
+    /// (`LOWBIT_CUDA_SMALL_MMA=1`, or [`CudaDevice::with_small_mma`]) instead of where it
+    /// measured faster (low-rank at M ≥ 4).
+    pub(crate) small_mma_all: bool,
     cache: Mutex<ModuleCache>,
     scratch: Mutex<Scratch>,
     /// Held while one op queues its launches: the scratch buffers an op fills in one launch
@@ -237,6 +241,7 @@ impl CudaDevice {
             caps,
             family,
             tiles,
+            small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
             op_lock: Mutex::new(()),

@@ -46,11 +46,23 @@ pub const DECODER_MIN_CHUNKS: usize = 2;
 /// Low-rank: 4 column warps, the whole K in one warp (at most this many k words, D ≤ 512).
 pub const SMALL_LOWRANK_CW: u32 = 4;
 pub const SMALL_LOWRANK_MAX_KW: usize = 128;
+/// The smallest M the low-rank projection takes the small-M tensor-core kernel at (H100:
+/// 5.8 µs against the dp4a kernel's 5.1 µs at M = 1, 5.8 against 6.0 at M = 4).
+pub const SMALL_LOWRANK_MMA_MIN_M: usize = 4;
+/// The small decoder reduces inside a cluster above this M (H100, ternary2: 9.6 against
+/// 12.6 µs at M = 16, but 7.8 against 6.7 µs at M = 1 where the atomic path's 4x more CTAs
+/// stream faster).
+pub const SMALL_CLUSTER_MIN_M: usize = 9;
 /// Decoder: 2 column warps x 4 k-warps of at most `SMALL_DECODER_KSW` k words (one register
 /// batch each), so a CTA covers 64 columns x 256 words of one head.
 pub const SMALL_DECODER_CW: u32 = 2;
 pub const SMALL_DECODER_KW: u32 = 4;
 pub const SMALL_DECODER_KSW: usize = 64;
+/// Decoder on sm_90: CTAs of one thread-block cluster hold every split of a 32-column tile
+/// (1 column warp x 16 k-warps of `SMALL_DECODER_KSW` words, so K ≤ 8·16·64 words) and
+/// reduce through distributed shared memory.
+pub const SMALL_CLUSTER: usize = 8;
+pub const SMALL_CLUSTER_KW: u32 = 16;
 /// Decoder: CTAs per SM the split count aims at.
 pub const SMALL_DECODER_CTAS_PER_SM: usize = 2;
 /// Rows of the small kernels' row block (the mma's M).
@@ -163,6 +175,26 @@ pub fn small_defines(
     kw: u32,
     ksw: usize,
 ) -> Vec<(String, String)> {
+    let mut v = small_base_defines(mode, uns, t2, cw, kw, ksw);
+    v.push(eps());
+    v
+}
+
+/// Defines of the small decoder reducing its splits inside a cluster (sm_90).
+pub fn small_cluster_defines(mode: u32, uns: bool, t2: bool) -> Vec<(String, String)> {
+    let mut v = small_base_defines(mode, uns, t2, 1, SMALL_CLUSTER_KW, SMALL_DECODER_KSW);
+    v.extend([d("LB_MS_CLUSTER", SMALL_CLUSTER), eps()]);
+    v
+}
+
+fn small_base_defines(
+    mode: u32,
+    uns: bool,
+    t2: bool,
+    cw: u32,
+    kw: u32,
+    ksw: usize,
+) -> Vec<(String, String)> {
     vec![
         d("LB_MMA_SMALL", 1),
         d("LB_MODE", mode),
@@ -171,8 +203,12 @@ pub fn small_defines(
         d("LB_MS_CW", cw),
         d("LB_MS_KW", kw),
         d("LB_MS_KSW", ksw),
-        eps(),
     ]
+}
+
+/// Dynamic smem of a small-M kernel: A `[16][kws·ksw + 4]` words.
+pub fn small_smem(kws: u32, ksw: usize) -> usize {
+    SMALL_ROWS * (kws as usize * ksw + PAD_A) * 4
 }
 
 /// The small low-rank kernel's k words per warp for `kw` words of K.
@@ -212,6 +248,8 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     SMALL_DECODER_KW,
                     SMALL_DECODER_KSW,
                 );
+                v.push((KernelId::DecoderMmaSmall, defs));
+                let defs = small_cluster_defines(mode, uns, t2);
                 v.push((KernelId::DecoderMmaSmall, defs));
             }
         }
@@ -297,16 +335,28 @@ impl CudaDevice {
             && self.decoder_stages().is_some()
     }
 
-    /// Does the small-M tensor-core kernel run this low-rank projection (M ≤ 16)?
+    /// Does the small-M tensor-core kernel run this low-rank projection with i8x4 weights?
+    /// M in `SMALL_LOWRANK_MMA_MIN_M..=16` (M = 1 is faster on the dp4a small-M kernel), or
+    /// any M ≤ 16 with [`CudaDevice::with_small_mma`].
     pub fn mma_small_lowrank_ok(&self, shape: &LowrankShape) -> bool {
         self.family == KernelFamily::Mma
             && shape.m() <= t::SMALL_M_MAX
+            && (self.small_mma_all || shape.m() >= SMALL_LOWRANK_MMA_MIN_M)
             && shape.k_words().next_multiple_of(16) <= SMALL_LOWRANK_MAX_KW
     }
 
-    /// Does the small-M tensor-core kernel run this decoder tail (M ≤ 16)?
+    /// Does the small-M tensor-core kernel run this decoder tail with i8x4 weights? Only with
+    /// [`CudaDevice::with_small_mma`]: on the H100 the dp4a small-M kernel measured faster
+    /// (BENCHMARKS.md). Ternary2 weights always run on it.
     pub fn mma_small_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
-        self.family == KernelFamily::Mma && shape.m() <= t::SMALL_M_MAX
+        self.family == KernelFamily::Mma && shape.m() <= t::SMALL_M_MAX && self.small_mma_all
+    }
+
+    /// Routes every M ≤ 16 projection with i8x4 weights to the tensor-core small-M kernel
+    /// (what `LOWBIT_CUDA_SMALL_MMA=1` does when the device is opened).
+    pub fn with_small_mma(mut self, all: bool) -> Self {
+        self.small_mma_all = all;
+        self
     }
 
     /// Can ternary2 weights run here: an integer path, the int8 tensor cores, and (low-rank)
@@ -361,7 +411,8 @@ impl CudaDevice {
         if t2 {
             p.b_head_rows = i32_of(OP, "ternary2 rows", crate::pack::ternary2_rows(kw))?;
         }
-        let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, small_lowrank_ksw(kw));
+        let ksw = small_lowrank_ksw(kw);
+        let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -369,7 +420,8 @@ impl CudaDevice {
             grid_dim(OP, "heads", shape.heads)?,
             grid_dim(OP, "row blocks", shape.m().div_ceil(SMALL_ROWS))?,
         );
-        self.launch_small(&f, grid, SMALL_LOWRANK_CW, &p, "lowrank_mma_small")
+        let smem = small_smem(1, ksw);
+        self.launch_small(&f, grid, SMALL_LOWRANK_CW, smem, &p, "lowrank_mma_small")
     }
 
     /// Queues the small-M decoder kernel on `p` (built and validated by `decoder_tail_raw`).
@@ -386,12 +438,27 @@ impl CudaDevice {
             let rows = crate::pack::ternary2_rows(shape.w_head_words());
             p.b_head_rows = i32_of(OP, "ternary2 rows", rows)?;
         }
+        let lw = shape.k_words();
+        let row_blocks = shape.m().div_ceil(SMALL_ROWS);
+        if let Some(sp) = self.small_cluster_splits(shape) {
+            // sm_90: one cluster per 32-column tile holds every split; no partials.
+            let f = self.function(
+                KernelId::DecoderMmaSmall,
+                small_cluster_defines(mode, uns, t2),
+            )?;
+            p.splits_per_head = i32_of(OP, "splits", sp)?;
+            let grid = (
+                grid_dim(OP, "column tiles", shape.dim.div_ceil(32))?,
+                SMALL_CLUSTER as u32,
+                grid_dim(OP, "row blocks", row_blocks)?,
+            );
+            let smem = small_smem(SMALL_CLUSTER_KW, SMALL_DECODER_KSW);
+            return self.launch_small(&f, grid, SMALL_CLUSTER_KW, smem, &p, "decoder_mma_small");
+        }
         let (cw, kws) = (SMALL_DECODER_CW, SMALL_DECODER_KW as usize);
         let defs = small_defines(mode, uns, t2, cw, kws as u32, SMALL_DECODER_KSW);
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
-        let lw = shape.k_words();
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
-        let row_blocks = shape.m().div_ceil(SMALL_ROWS);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
         // SMALL_DECODER_CTAS_PER_SM CTAs per SM.
         let (step, most) = (16 * kws, SMALL_DECODER_KSW * kws);
@@ -414,7 +481,24 @@ impl CudaDevice {
             grid_dim(OP, "splits", splits)?,
             grid_dim(OP, "row blocks", row_blocks)?,
         );
-        self.launch_small(&f, grid, cw * kws as u32, &p, "decoder_mma_small")
+        let smem = small_smem(kws as u32, SMALL_DECODER_KSW);
+        self.launch_small(&f, grid, cw * kws as u32, smem, &p, "decoder_mma_small")
+    }
+
+    /// Splits per head when the small decoder reduces inside one cluster: sm_90, M at least
+    /// `SMALL_CLUSTER_MIN_M`, and every split of the column tile (at most `SMALL_CLUSTER`,
+    /// each at most 16·64 words) fits.
+    /// `LOWBIT_CUDA_SMALL_CLUSTER=0` turns it off (the atomic split-K path then runs).
+    fn small_cluster_splits(&self, shape: &DecoderTailShape) -> Option<usize> {
+        if self.caps.compute_capability.0 < 9
+            || shape.m() < SMALL_CLUSTER_MIN_M
+            || std::env::var("LOWBIT_CUDA_SMALL_CLUSTER").is_ok_and(|v| v.trim() == "0")
+        {
+            return None;
+        }
+        let most = SMALL_CLUSTER_KW as usize * SMALL_DECODER_KSW;
+        let sp = SMALL_CLUSTER / shape.heads.max(1);
+        (sp >= 1 && shape.k_words().div_ceil(sp) <= most).then_some(sp)
     }
 
     fn launch_small(
@@ -422,14 +506,18 @@ impl CudaDevice {
         f: &CudaFunction,
         grid: (u32, u32, u32),
         warps: u32,
+        smem: usize,
         p: &LbProblem,
         what: &str,
     ) -> Result<()> {
+        if smem > 48 * 1024 {
+            self.prepare_dynamic(f, 32 * warps, smem)?;
+        }
         let mut b = self.stream.launch_builder(f);
         b.arg(p);
         // SAFETY: `p` mirrors the kernel's only parameter; its addresses were checked by the
         // caller to cover the shape's extent (loads past the valid extents are masked).
-        unsafe { b.launch(launch_cfg(grid, 32 * warps, 0)) }
+        unsafe { b.launch(launch_cfg(grid, 32 * warps, smem)) }
             .map_err(drv(format!("cuLaunchKernel ({what})")))?;
         Ok(())
     }
