@@ -12,12 +12,7 @@
 
 #if defined(LB_MMA_SMALL)
 // M <= 16 (any M for ternary2 weights): lb_mma_small, split = (head, K slice).
-#if LB_MS_CLUSTER > 0
-extern "C" __global__ void __cluster_dims__(1, LB_MS_CLUSTER, 1) __launch_bounds__(LB_MS_THREADS)
-    decoder_mma_small(LbProblem p) {
-#else
 extern "C" __global__ void __launch_bounds__(LB_MS_THREADS) decoder_mma_small(LbProblem p) {
-#endif
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
 }
 

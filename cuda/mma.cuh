@@ -290,12 +290,10 @@ __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, i
 //         j = 0..3, of every column, lane b of k word slot j at bits 8b+2j (stored as v+1).
 //         A thread's 16-byte load (4 columns of one t2 row) is its B registers for two
 //         k-steps of its four fragments; lb_t2_expand turns a slot into an i8x4 word.
-// Decoder split-K: the k-warps are summed in smem; the splits either by integer atomics into
-// the zeroed [M][D] accumulator, lb_split_fixup writing the output, or (LB_MS_CLUSTER > 0,
-// sm_90) inside one thread-block cluster of LB_MS_CLUSTER CTAs along grid y that holds every
-// split of the column tile: each CTA leaves its partial tile in smem and, after a cluster
-// barrier, sums a slice of the tile over all ranks in rank order through distributed shared
-// memory and writes it. No global round trips after the mma; the same bits every run.
+// Decoder split-K: the k-warps are summed in smem, element-parallel over the valid rows; the
+// splits by integer atomics into the zeroed [M][D] accumulator, lb_split_fixup writing the
+// output (the same bits every run). (Summing the splits of a thread-block cluster through
+// distributed shared memory first measured slower on the H200 at every M ≤ 16.)
 #ifndef LB_MS_CW
 #define LB_MS_CW 4
 #endif
@@ -307,13 +305,6 @@ __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, i
 #endif
 #ifndef LB_MS_T2
 #define LB_MS_T2 0
-#endif
-#ifndef LB_MS_CLUSTER
-#define LB_MS_CLUSTER 0
-#endif
-#if LB_MS_CLUSTER > 0 && __CUDA_ARCH__ < 900  // clusters are sm_90+ (Rust never asks earlier)
-#undef LB_MS_CLUSTER
-#define LB_MS_CLUSTER 0
 #endif
 #define LB_MS_THREADS (32 * LB_MS_CW * LB_MS_KW)
 #define LB_MS_COLS (32 * LB_MS_CW)
@@ -328,30 +319,9 @@ __device__ __forceinline__ u32 lb_t2_expand(u32 x, int j) {
     return (((x >> (2 * j)) & 0x03030303u) + 0x7f7f7f7fu) ^ 0x80808080u;
 }
 
-#if LB_MS_CLUSTER > 0
-__device__ __forceinline__ void lb_cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
-                     : "memory");
-}
-__device__ __forceinline__ unsigned lb_cluster_rank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-// The int at smem address `p` of cluster rank `rank`.
-__device__ __forceinline__ int lb_dsmem_ld(const int* p, unsigned rank) {
-    unsigned a;
-    int v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(a) : "r"(lb_smem(p)), "r"(rank));
-    asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(v) : "r"(a) : "memory");
-    return v;
-}
-#endif
-
 template <int MODE, bool UNS, bool T2>
 __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     constexpr int NJ = T2 ? 1 : 4;  // 16-byte loads per thread per pair
-    static_assert((LB_MS_KW - 1) * LB_MS_COLS <= LB_MS_LDA, "k-warp partials overlay A");
     // Dynamic smem: A [16][LDA] words; after the mma the k-warp partials overlay it.
     extern __shared__ __align__(16) u32 lb_dyn_smem[];
     u32* As = lb_dyn_smem;
@@ -363,12 +333,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     const int tile0 = blockIdx.x * LB_MS_COLS;
     const int c0 = tile0 + wc * 32 + 2 * g + (g & 1) * 14;  // this thread's 4 B columns
     const int m0 = blockIdx.z * 16;
-    LbSplit sp = lb_split(p, blockIdx.y, 16 * LB_MS_KW);
-    if ((int)blockIdx.y >= p.heads * p.splits_per_head) {  // cluster padding: no K
-        sp.head = sp.a_head = 0;
-        sp.kw0 = sp.kw1 = 0;
-        sp.b = p.b;
-    }
+    const LbSplit sp = lb_split(p, blockIdx.y, 16 * LB_MS_KW);
     // K slice of this warp: wl words (a multiple of 16) from wbeg, valid below wend.
     const int wl = (sp.kw1 - sp.kw0 + 16 * LB_MS_KW - 1) / (16 * LB_MS_KW) * 16;
     const int wbeg = sp.kw0 + wk * wl;
@@ -467,59 +432,10 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         }
     }
 
-    // Sum the k-warps (integer: any order gives the same bits). Thread (g, t) holds, for
-    // fragment q and register 2*rh + e, row g + 8*rh and column 16*e + 4*t + q of its warp.
-    if (LB_MS_KW > 1) {
-        __syncthreads();  // every warp is done with A
-        if (wk > 0) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-#pragma unroll
-                for (int r = 0; r < 4; ++r)
-                    red[((wk - 1) * 16 + g + 8 * (r >> 1)) * LB_MS_COLS + wc * 32 + 16 * (r & 1) +
-                        4 * t + q] = acc[q][r];
-        }
-        __syncthreads();
-        if (wk == 0) {
-            for (int w = 1; w < LB_MS_KW; ++w)
-#pragma unroll
-                for (int q = 0; q < 4; ++q)
-#pragma unroll
-                    for (int r = 0; r < 4; ++r)
-                        acc[q][r] += red[((w - 1) * 16 + g + 8 * (r >> 1)) * LB_MS_COLS + wc * 32 +
-                                         16 * (r & 1) + 4 * t + q];
-        }
-    }
-#if LB_MS_CLUSTER > 0
-    {
-        __shared__ int cpart[16 * LB_MS_COLS];
-        if (wk == 0) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-#pragma unroll
-                for (int r = 0; r < 4; ++r)
-                    cpart[(g + 8 * (r >> 1)) * LB_MS_COLS + wc * 32 + 16 * (r & 1) + 4 * t + q] =
-                        acc[q][r];
-        }
-        lb_cluster_sync();
-        const float as = lb_scale(p.scale_ptr, p.scale_param);
-        const unsigned rank = lb_cluster_rank();
-        for (int i = rank + LB_MS_CLUSTER * tid; i < 16 * LB_MS_COLS;
-             i += LB_MS_CLUSTER * LB_MS_THREADS) {
-            int v = 0;
-#pragma unroll
-            for (int q = 0; q < LB_MS_CLUSTER; ++q) v += lb_dsmem_ld(cpart + i, q);
-            const int m = m0 + i / LB_MS_COLS, c = tile0 + i % LB_MS_COLS;
-            if (m < p.m_total && c < p.ncols)
-                lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(v, p.w_scale, as, p.relu),
-                         p.out_dtype);
-        }
-        lb_cluster_sync();  // every remote read is done before any CTA's smem goes away
-        return;
-    }
-#endif
-    if (wk == 0) {
-        const float as = lb_scale(p.scale_ptr, p.scale_param);
+    const float as = lb_scale(p.scale_ptr, p.scale_param);
+    const int rows = min(16, p.m_total - m0);  // valid rows of this row block
+    if (LB_MS_KW == 1) {
+        // One k-warp (the low-rank projection): each thread stores its fragments.
         const int o_head = p.is_decoder ? 0 : sp.head;
 #pragma unroll
         for (int rh = 0; rh < 2; ++rh) {
@@ -530,13 +446,6 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
                 const int c = tile0 + wc * 32 + 16 * e + 4 * t;
                 const int v[4] = {acc[0][2 * rh + e], acc[1][2 * rh + e], acc[2][2 * rh + e],
                                   acc[3][2 * rh + e]};
-                if (p.partial != nullptr) {  // split-K: order-free integer atomics
-                    int* dst = p.partial + (long long)m * p.ncols + c;
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        if (c + j < p.ncols) atomicAdd(dst + j, v[j]);
-                    continue;
-                }
                 const long long o = lb_out_row(p, m, o_head) + c;
                 float f[4];
 #pragma unroll
@@ -556,9 +465,41 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
                 }
             }
         }
+        return;
+    }
+
+    // Several k-warps (the decoder): every warp leaves its valid rows in smem (overlaying A,
+    // [KW][16][COLS]); then element i of the valid rows x COLS tile is summed over the k-warps
+    // by thread i (integer: any order gives the same bits). Thread (g, t) holds, for fragment
+    // q and register 2*rh + e, row g + 8*rh and column 16*e + 4*t + q of its warp.
+    static_assert(LB_MS_KW == 1 || LB_MS_KW * LB_MS_COLS <= LB_MS_LDA, "k-warp partials overlay A");
+    __syncthreads();  // every warp is done with A
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+        const int row = g + 8 * (r >> 1);
+        if (row < rows) {
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+                red[(wk * 16 + row) * LB_MS_COLS + wc * 32 + 16 * (r & 1) + 4 * t + q] = acc[q][r];
+        }
+    }
+    __syncthreads();
+    const int n = rows * LB_MS_COLS;
+    for (int i = tid; i < n; i += LB_MS_THREADS) {
+        int v = 0;
+#pragma unroll
+        for (int w = 0; w < LB_MS_KW; ++w) v += red[w * 16 * LB_MS_COLS + i];
+        const int m = m0 + i / LB_MS_COLS, c = tile0 + i % LB_MS_COLS;
+        if (c >= p.ncols) continue;
+        if (p.partial != nullptr)  // split-K: order-free integer atomics
+            atomicAdd(p.partial + (long long)m * p.ncols + c, v);
+        else
+            lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(v, p.w_scale, as, p.relu),
+                     p.out_dtype);
     }
     if (p.partial == nullptr) return;
-    lb_split_fixup(p, m0, min(16, p.m_total - m0), tile0, LB_MS_COLS,
-                   blockIdx.x + gridDim.x * blockIdx.z, gridDim.y);
+    lb_split_fixup(p, m0, rows, tile0, LB_MS_COLS, blockIdx.x + gridDim.x * blockIdx.z,
+                   gridDim.y);
 }
+
 #endif  // LB_MMA_SMALL

@@ -9,7 +9,8 @@
 # LOWBIT_CUDA_TILE_{LOWRANK,DECODER}; wgpu: the LOWBIT_WGPU_TILE shapes; ncu: warp-state
 # sections of the dp4a lowrank kernel; ncusmall: the same (and stall samples) for the small-M
 # kernels at M = 16 and 1; ncumma: the tensor-core kernels at M = 2048 and the small-M ones;
-# t2: ternary2 weights (--weights ternary2) at M = 1, 16, 512, 2048; memcheck: compute-sanitizer on the CUDA differential
+# t2: ternary2 weights (--weights ternary2) at M = 1, 4, 16, 512, 2048; memcheck:
+# compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
 # Full logs and JSON go to $OUT; a summary table is printed last.
@@ -65,7 +66,6 @@ if has small; then
 fi
 if has t2; then
   bench "cuda ternary2 weights" --backend cuda --op lowrank,decoder-tail --m 1,4,16,512,2048 --weights ternary2 --json "$out/t2.json"
-  LOWBIT_CUDA_SMALL_CLUSTER=0 bench "cuda ternary2 weights, no cluster" --backend cuda --op decoder-tail --m 1,16 --weights ternary2
 fi
 if has dp4a; then
   nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader -lms 100 > "$out/clocks.txt" 2>&1 &
@@ -123,3 +123,5 @@ if has ncusmall && command -v ncu >/dev/null; then
   done
 fi
 echo "=== summary"; cat "$sum"
+# Everything but the summary in one archive (the device tool returns a few files only).
+(cd "$out" && tar czf logs.tgz --remove-files $(ls | grep -v -e '^summary.txt$' -e '^logs.tgz$') 2>/dev/null)

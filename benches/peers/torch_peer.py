@@ -13,7 +13,9 @@ triton.testing.do_bench (CUDA events, median):
   compiled_quant the same pipeline under torch.compile
 For M <= 16 also, as lowbit bench times its own small-M rows: a CUDA graph of 8 products, one
 per copy of the weights (so they come from DRAM, not L2), replayed 4 times back to back between
-CUDA events, per product (bf16_mm_graph, int_mm_graph).
+CUDA events, per product (bf16_mm_graph, int_mm_graph). The same graph of a one-element
+in-place add gives the card's floor per dependent kernel (launch_floor_graph_ms): no small-M
+kernel, ours or a peer's, can take less.
 Throughput is counted as 2*M*K*N int (or flop) ops of the real M.
 
 Usage: python3 torch_peer.py OUT.json   (also copies the JSON to $OUT/ when set)
@@ -86,6 +88,9 @@ def main():
         "torch": torch.__version__,
         "cases": [],
     }
+    tiny = [torch.zeros(1, device=dev) for _ in range(GRAPH_COPIES)]
+    res["launch_floor_graph_ms"] = bench_graph(lambda t: t.add_(1), tiny)
+    print(f"TORCH-PEER launch_floor_graph_ms={res['launch_floor_graph_ms']:.4g}", flush=True)
     for op, k, n in [("lowrank", D, H * N), ("decoder_tail", H * N, D)]:
         w_rm = torch.randint(-1, 2, (k, n), dtype=torch.int8, device=dev)
         w_i8 = w_rm.t().contiguous().t()  # column-major [k, n]: cuBLASLt's int8 TN layout

@@ -214,7 +214,6 @@ fn small_ops() -> Vec<Op> {
         dec([1, 3, 1, 18], [3 * 18, 9]),
         dec([3, 2, 5, 1030], [2 * 1032, 130]),
         dec([16, 4, 1, 2048], [4 * 2048, 256]),
-        // K past one cluster (sm_90): the atomic split-K path with its fixup.
         dec([1, 1, 3, 40000], [40000, 40]),
     ]
 }
@@ -383,14 +382,18 @@ fn routing() {
     let dd = |m| DecoderTailShape::bdh(m, 4, 64, 256).unwrap();
     assert!(dev.mma_decoder_ok(&dd(17)));
     assert!(!dev.mma_decoder_ok(&dd(16)));
-    // M in 4..=16: the small-M tensor-core low-rank kernel (D ≤ 512); the decoder stays on
-    // dp4a unless forced.
+    // M in 4..=16: the small-M tensor-core low-rank kernel (D ≤ 512); the decoder in 8..=16
+    // (dp4a below, unless forced).
     assert!(dev.mma_small_lowrank_ok(&l(16, 512)));
     assert!(dev.mma_small_lowrank_ok(&l(4, 256)));
     assert!(!dev.mma_small_lowrank_ok(&l(1, 256)));
     assert!(!dev.mma_small_lowrank_ok(&l(16, 513)));
     assert!(!dev.mma_small_lowrank_ok(&l(17, 256)));
     assert!(!dev.mma_small_decoder_ok(&dd(1)));
+    assert!(!dev.mma_small_decoder_ok(&dd(7)));
+    assert!(dev.mma_small_decoder_ok(&dd(8)));
+    assert!(dev.mma_small_decoder_ok(&dd(16)));
+    assert!(!dev.mma_small_decoder_ok(&dd(17)));
     let forced = CudaDevice::new(0)
         .unwrap()
         .with_family(KernelFamily::Mma)

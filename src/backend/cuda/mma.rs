@@ -43,26 +43,24 @@ pub const DECODER_MAX_STAGES: usize = 4;
 pub const DECODER_MIN_CHUNKS: usize = 2;
 
 /// Small-M kernels (`lb_mma_small`): one m16 row fragment per CTA; warps of 32 columns.
-/// Low-rank: 4 column warps, the whole K in one warp (at most this many k words, D ≤ 512).
-pub const SMALL_LOWRANK_CW: u32 = 4;
+/// Low-rank: 8 column warps, the whole K in one warp (at most this many k words, D ≤ 512).
+/// H200, BDH shape: 8 warps 4.99 µs against 5.25 (4 warps) and 5.57 (2) at M = 16 with i8x4
+/// weights, 3.41 against 3.74 and 4.48 with ternary2 weights.
+pub const SMALL_LOWRANK_CW: u32 = 8;
 pub const SMALL_LOWRANK_MAX_KW: usize = 128;
 /// The smallest M the low-rank projection takes the small-M tensor-core kernel at (H100:
 /// 5.8 µs against the dp4a kernel's 5.1 µs at M = 1, 5.8 against 6.0 at M = 4).
 pub const SMALL_LOWRANK_MMA_MIN_M: usize = 4;
-/// The small decoder reduces inside a cluster above this M (H100, ternary2: 9.6 against
-/// 12.6 µs at M = 16, but 7.8 against 6.7 µs at M = 1 where the atomic path's 4x more CTAs
-/// stream faster).
-pub const SMALL_CLUSTER_MIN_M: usize = 9;
+/// The smallest M the decoder tail takes the small-M tensor-core kernel at with i8x4 weights
+/// (H200: 8.02 µs against the dp4a kernel's 8.46 at M = 8, 7.19 against 6.67 at M = 4).
+pub const SMALL_DECODER_MMA_MIN_M: usize = 8;
 /// Decoder: 2 column warps x 4 k-warps of at most `SMALL_DECODER_KSW` k words (one register
-/// batch each), so a CTA covers 64 columns x 256 words of one head.
+/// batch each), so a CTA covers 64 columns x 256 words of one head. (H200, BDH shape, M = 1 /
+/// 16, ternary2: 5.3 / 7.8 µs; 1x4 warps 5.3 / 9.3, 1x8 5.7 / 8.5, 1x16 8.0 / 10.2, 2x8
+/// 5.7 / 7.5; i8x4 at M = 16: 9.2 against 10.9, 9.9, 10.7 and 10.9.)
 pub const SMALL_DECODER_CW: u32 = 2;
 pub const SMALL_DECODER_KW: u32 = 4;
 pub const SMALL_DECODER_KSW: usize = 64;
-/// Decoder on sm_90: CTAs of one thread-block cluster hold every split of a 32-column tile
-/// (1 column warp x 16 k-warps of `SMALL_DECODER_KSW` words, so K ≤ 8·16·64 words) and
-/// reduce through distributed shared memory.
-pub const SMALL_CLUSTER: usize = 8;
-pub const SMALL_CLUSTER_KW: u32 = 16;
 /// Decoder: CTAs per SM the split count aims at.
 pub const SMALL_DECODER_CTAS_PER_SM: usize = 2;
 /// Rows of the small kernels' row block (the mma's M).
@@ -180,13 +178,6 @@ pub fn small_defines(
     v
 }
 
-/// Defines of the small decoder reducing its splits inside a cluster (sm_90).
-pub fn small_cluster_defines(mode: u32, uns: bool, t2: bool) -> Vec<(String, String)> {
-    let mut v = small_base_defines(mode, uns, t2, 1, SMALL_CLUSTER_KW, SMALL_DECODER_KSW);
-    v.extend([d("LB_MS_CLUSTER", SMALL_CLUSTER), eps()]);
-    v
-}
-
 fn small_base_defines(
     mode: u32,
     uns: bool,
@@ -248,8 +239,6 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     SMALL_DECODER_KW,
                     SMALL_DECODER_KSW,
                 );
-                v.push((KernelId::DecoderMmaSmall, defs));
-                let defs = small_cluster_defines(mode, uns, t2);
                 v.push((KernelId::DecoderMmaSmall, defs));
             }
         }
@@ -345,11 +334,13 @@ impl CudaDevice {
             && shape.k_words().next_multiple_of(16) <= SMALL_LOWRANK_MAX_KW
     }
 
-    /// Does the small-M tensor-core kernel run this decoder tail with i8x4 weights? Only with
-    /// [`CudaDevice::with_small_mma`]: on the H100 the dp4a small-M kernel measured faster
-    /// (BENCHMARKS.md). Ternary2 weights always run on it.
+    /// Does the small-M tensor-core kernel run this decoder tail with i8x4 weights? M in
+    /// `SMALL_DECODER_MMA_MIN_M..=16` (below, the dp4a small-M kernel measured faster), or
+    /// any M ≤ 16 with [`CudaDevice::with_small_mma`]. Ternary2 weights always run on it.
     pub fn mma_small_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
-        self.family == KernelFamily::Mma && shape.m() <= t::SMALL_M_MAX && self.small_mma_all
+        self.family == KernelFamily::Mma
+            && shape.m() <= t::SMALL_M_MAX
+            && (self.small_mma_all || shape.m() >= SMALL_DECODER_MMA_MIN_M)
     }
 
     /// Routes every M ≤ 16 projection with i8x4 weights to the tensor-core small-M kernel
@@ -412,16 +403,17 @@ impl CudaDevice {
             p.b_head_rows = i32_of(OP, "ternary2 rows", crate::pack::ternary2_rows(kw))?;
         }
         let ksw = small_lowrank_ksw(kw);
-        let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw);
+        let cw = SMALL_LOWRANK_CW;
+        let defs = small_defines(mode, uns, t2, cw, 1, ksw);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
-        let cols = SMALL_LOWRANK_CW as usize * 32;
+        let cols = cw as usize * 32;
         let grid = (
             grid_dim(OP, "column tiles", shape.latent_out.div_ceil(cols))?,
             grid_dim(OP, "heads", shape.heads)?,
             grid_dim(OP, "row blocks", shape.m().div_ceil(SMALL_ROWS))?,
         );
         let smem = small_smem(1, ksw);
-        self.launch_small(&f, grid, SMALL_LOWRANK_CW, smem, &p, "lowrank_mma_small")
+        self.launch_small(&f, grid, cw, smem, &p, "lowrank_mma_small")
     }
 
     /// Queues the small-M decoder kernel on `p` (built and validated by `decoder_tail_raw`).
@@ -440,21 +432,6 @@ impl CudaDevice {
         }
         let lw = shape.k_words();
         let row_blocks = shape.m().div_ceil(SMALL_ROWS);
-        if let Some(sp) = self.small_cluster_splits(shape) {
-            // sm_90: one cluster per 32-column tile holds every split; no partials.
-            let f = self.function(
-                KernelId::DecoderMmaSmall,
-                small_cluster_defines(mode, uns, t2),
-            )?;
-            p.splits_per_head = i32_of(OP, "splits", sp)?;
-            let grid = (
-                grid_dim(OP, "column tiles", shape.dim.div_ceil(32))?,
-                SMALL_CLUSTER as u32,
-                grid_dim(OP, "row blocks", row_blocks)?,
-            );
-            let smem = small_smem(SMALL_CLUSTER_KW, SMALL_DECODER_KSW);
-            return self.launch_small(&f, grid, SMALL_CLUSTER_KW, smem, &p, "decoder_mma_small");
-        }
         let (cw, kws) = (SMALL_DECODER_CW, SMALL_DECODER_KW as usize);
         let defs = small_defines(mode, uns, t2, cw, kws as u32, SMALL_DECODER_KSW);
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
@@ -483,22 +460,6 @@ impl CudaDevice {
         );
         let smem = small_smem(kws as u32, SMALL_DECODER_KSW);
         self.launch_small(&f, grid, cw * kws as u32, smem, &p, "decoder_mma_small")
-    }
-
-    /// Splits per head when the small decoder reduces inside one cluster: sm_90, M at least
-    /// `SMALL_CLUSTER_MIN_M`, and every split of the column tile (at most `SMALL_CLUSTER`,
-    /// each at most 16·64 words) fits.
-    /// `LOWBIT_CUDA_SMALL_CLUSTER=0` turns it off (the atomic split-K path then runs).
-    fn small_cluster_splits(&self, shape: &DecoderTailShape) -> Option<usize> {
-        if self.caps.compute_capability.0 < 9
-            || shape.m() < SMALL_CLUSTER_MIN_M
-            || std::env::var("LOWBIT_CUDA_SMALL_CLUSTER").is_ok_and(|v| v.trim() == "0")
-        {
-            return None;
-        }
-        let most = SMALL_CLUSTER_KW as usize * SMALL_DECODER_KSW;
-        let sp = SMALL_CLUSTER / shape.heads.max(1);
-        (sp >= 1 && shape.k_words().div_ceil(sp) <= most).then_some(sp)
     }
 
     fn launch_small(
