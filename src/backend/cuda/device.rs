@@ -138,7 +138,7 @@ pub struct CudaDevice {
     pub(crate) tiles: (super::tuning::DpTile, super::tuning::DpTile),
     /// M ≤ 16 with i8x4 weights: the tensor-core small-M kernel for every M and both ops
     /// (`LOWBIT_CUDA_SMALL_MMA=1`, or [`CudaDevice::with_small_mma`]) instead of where it
-    /// measured faster (low-rank at M ≥ 4).
+    /// measured faster (low-rank at M ≥ 4, decoder at M ≥ 8).
     pub(crate) small_mma_all: bool,
     cache: Mutex<ModuleCache>,
     scratch: Mutex<Scratch>,

@@ -173,19 +173,6 @@ pub fn small_defines(
     kw: u32,
     ksw: usize,
 ) -> Vec<(String, String)> {
-    let mut v = small_base_defines(mode, uns, t2, cw, kw, ksw);
-    v.push(eps());
-    v
-}
-
-fn small_base_defines(
-    mode: u32,
-    uns: bool,
-    t2: bool,
-    cw: u32,
-    kw: u32,
-    ksw: usize,
-) -> Vec<(String, String)> {
     vec![
         d("LB_MMA_SMALL", 1),
         d("LB_MODE", mode),
@@ -194,6 +181,7 @@ fn small_base_defines(
         d("LB_MS_CW", cw),
         d("LB_MS_KW", kw),
         d("LB_MS_KSW", ksw),
+        eps(),
     ]
 }
 
