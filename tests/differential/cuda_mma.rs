@@ -13,46 +13,30 @@ use lowbit_kernels::backend::cuda::{
 };
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
-use lowbit_kernels::testing::{self, Rng, compare_f32};
+use lowbit_kernels::testing::{Rng, compare_f32};
 use lowbit_kernels::{BackendKind, reference};
 
+type Cell = OnceLock<Result<CudaBackend, String>>;
+
+/// A CUDA device forced onto the mma family, set up by `setup`.
+fn open_mma(setup: fn(CudaDevice) -> CudaBackend) -> Result<CudaBackend, String> {
+    CudaDevice::new(0)
+        .and_then(|d| d.with_family(KernelFamily::Mma))
+        .map(setup)
+        .map_err(|e| e.to_string())
+}
+
 fn mma_backend() -> Option<&'static CudaBackend> {
-    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    let opened = B.get_or_init(|| {
-        CudaDevice::new(0)
-            .and_then(|d| d.with_family(KernelFamily::Mma))
-            .map(CudaBackend::from_device)
-            .map_err(|e| e.to_string())
-    });
-    match opened {
-        Ok(b) => Some(b),
-        Err(reason) => {
-            if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
-                panic!("{msg}");
-            }
-            None
-        }
-    }
+    static B: Cell = OnceLock::new();
+    crate::cuda_backend(&B, || open_mma(CudaBackend::from_device))
 }
 
 /// A backend on the mma family that uploads ternary/binary weights as ternary2 fragments.
 fn t2_backend() -> Option<&'static CudaBackend> {
-    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    let opened = B.get_or_init(|| {
-        CudaDevice::new(0)
-            .and_then(|d| d.with_family(KernelFamily::Mma))
-            .map(|d| CudaBackend::from_device(d).with_ternary2_weights(true))
-            .map_err(|e| e.to_string())
-    });
-    match opened {
-        Ok(b) => Some(b),
-        Err(reason) => {
-            if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
-                panic!("{msg}");
-            }
-            None
-        }
-    }
+    static B: Cell = OnceLock::new();
+    crate::cuda_backend(&B, || {
+        open_mma(|d| CudaBackend::from_device(d).with_ternary2_weights(true))
+    })
 }
 
 /// Runs one case on the mma backend and fails with every recorded failure; `stem` must have
@@ -245,22 +229,11 @@ fn ternary2_random(ctx: &mut Ctx) {
 
 #[test]
 fn small_m_on_the_tensor_cores() {
-    static B: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-    let opened = B.get_or_init(|| {
-        CudaDevice::new(0)
-            .and_then(|d| d.with_family(KernelFamily::Mma))
-            .map(|d| CudaBackend::from_device(d.with_small_mma(true)))
-            .map_err(|e| e.to_string())
+    static B: Cell = OnceLock::new();
+    let opened = crate::cuda_backend(&B, || {
+        open_mma(|d| CudaBackend::from_device(d.with_small_mma(true)))
     });
-    let b = match opened {
-        Ok(b) => b,
-        Err(reason) => {
-            if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
-                panic!("{msg}");
-            }
-            return;
-        }
-    };
+    let Some(b) = opened else { return };
     run_on_mma(b, "LB_MMA_SMALL=1", small_random);
 }
 

@@ -101,6 +101,24 @@ pub fn run_cpu_portable(case: fn(&mut Ctx)) {
     run_on(b, BackendKind::Cpu, case);
 }
 
+/// The CUDA backend in `cell`, opened once by `open`; `None` after a loud `SKIPPED` when it
+/// could not be opened (a panic instead under `LOWBIT_REQUIRE=cuda`).
+#[cfg(feature = "cuda")]
+pub fn cuda_backend(
+    cell: &'static OnceLock<Result<lowbit_kernels::backend::cuda::CudaBackend, String>>,
+    open: impl FnOnce() -> Result<lowbit_kernels::backend::cuda::CudaBackend, String>,
+) -> Option<&'static lowbit_kernels::backend::cuda::CudaBackend> {
+    match cell.get_or_init(open) {
+        Ok(b) => Some(b),
+        Err(reason) => {
+            if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
+                panic!("{msg}");
+            }
+            None
+        }
+    }
+}
+
 /// Runs one case on a CUDA backend that uploads ternary/binary weights as ternary2 fragments
 /// (the tensor-core small-M kernel at every M); skips loudly without the int8 tensor cores.
 pub fn run_cuda_t2(case: fn(&mut Ctx)) {
@@ -108,7 +126,7 @@ pub fn run_cuda_t2(case: fn(&mut Ctx)) {
     {
         use lowbit_kernels::backend::cuda::CudaBackend;
         static T2: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-        let opened = T2.get_or_init(|| {
+        let opened = cuda_backend(&T2, || {
             let b = CudaBackend::new(0)
                 .map_err(|e| e.to_string())?
                 .with_ternary2_weights(true);
@@ -121,13 +139,8 @@ pub fn run_cuda_t2(case: fn(&mut Ctx)) {
                 ))
             }
         });
-        match opened {
-            Ok(b) => run_on(b, BackendKind::Cuda, case),
-            Err(reason) => {
-                if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
-                    panic!("{msg}");
-                }
-            }
+        if let Some(b) = opened {
+            run_on(b, BackendKind::Cuda, case);
         }
     }
     #[cfg(not(feature = "cuda"))]
@@ -147,19 +160,14 @@ pub fn run_cuda_dp4a(case: fn(&mut Ctx)) {
     {
         use lowbit_kernels::backend::cuda::{CudaBackend, CudaDevice, KernelFamily};
         static DP4A: OnceLock<Result<CudaBackend, String>> = OnceLock::new();
-        let opened = DP4A.get_or_init(|| {
+        let opened = cuda_backend(&DP4A, || {
             CudaDevice::new(0)
                 .and_then(|d| d.with_family(KernelFamily::Dp4a))
                 .map(CudaBackend::from_device)
                 .map_err(|e| e.to_string())
         });
-        match opened {
-            Ok(b) => run_on(b, BackendKind::Cuda, case),
-            Err(reason) => {
-                if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, reason) {
-                    panic!("{msg}");
-                }
-            }
+        if let Some(b) = opened {
+            run_on(b, BackendKind::Cuda, case);
         }
     }
     #[cfg(not(feature = "cuda"))]
