@@ -333,6 +333,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     const int tile0 = blockIdx.x * LB_MS_COLS;
     const int c0 = tile0 + wc * 32 + 2 * g + (g & 1) * 14;  // this thread's 4 B columns
     const int m0 = blockIdx.z * 16;
+    const int rows = min(16, p.m_total - m0);  // valid rows of this row block
     const LbSplit sp = lb_split(p, blockIdx.y, 16 * LB_MS_KW);
     // K slice of this warp: wl words (a multiple of 16) from wbeg, valid below wend.
     const int wl = (sp.kw1 - sp.kw0 + 16 * LB_MS_KW - 1) / (16 * LB_MS_KW) * 16;
@@ -373,7 +374,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
                                                  : min((long long)sp.kw1 * 4, p.a_kvalid);
         const int qpr = wl * LB_MS_KW / 4;
-        const int nq = min(16, p.m_total - m0) * qpr;
+        const int nq = rows * qpr;
         uint4 st[AITERS];
 #pragma unroll
         for (int i = 0; i < AITERS; ++i) {
@@ -433,7 +434,6 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     }
 
     const float as = lb_scale(p.scale_ptr, p.scale_param);
-    const int rows = min(16, p.m_total - m0);  // valid rows of this row block
     if (LB_MS_KW == 1) {
         // One k-warp (the low-rank projection): each thread stores its fragments.
         const int o_head = p.is_decoder ? 0 : sp.head;

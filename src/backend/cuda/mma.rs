@@ -186,9 +186,12 @@ pub fn small_defines(
 }
 
 /// Dynamic smem of a small-M kernel: A `[16][kws·ksw + 4]` words.
-pub fn small_smem(kws: u32, ksw: usize) -> usize {
+pub const fn small_smem(kws: u32, ksw: usize) -> usize {
     SMALL_ROWS * (kws as usize * ksw + PAD_A) * 4
 }
+// Both small-M kernels stay within the 48 KB of dynamic smem a launch gets without opt-in.
+const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= 48 * 1024);
+const _: () = assert!(small_smem(SMALL_DECODER_KW, SMALL_DECODER_KSW) <= 48 * 1024);
 
 /// The small low-rank kernel's k words per warp for `kw` words of K.
 fn small_lowrank_ksw(kw: usize) -> usize {
@@ -391,17 +394,16 @@ impl CudaDevice {
             p.b_head_rows = i32_of(OP, "ternary2 rows", crate::pack::ternary2_rows(kw))?;
         }
         let ksw = small_lowrank_ksw(kw);
-        let cw = SMALL_LOWRANK_CW;
-        let defs = small_defines(mode, uns, t2, cw, 1, ksw);
+        let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
-        let cols = cw as usize * 32;
+        let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
             grid_dim(OP, "column tiles", shape.latent_out.div_ceil(cols))?,
             grid_dim(OP, "heads", shape.heads)?,
             grid_dim(OP, "row blocks", shape.m().div_ceil(SMALL_ROWS))?,
         );
         let smem = small_smem(1, ksw);
-        self.launch_small(&f, grid, cw, smem, &p, "lowrank_mma_small")
+        self.launch_small(&f, grid, SMALL_LOWRANK_CW, smem, &p, "lowrank_mma_small")
     }
 
     /// Queues the small-M decoder kernel on `p` (built and validated by `decoder_tail_raw`).
@@ -459,9 +461,6 @@ impl CudaDevice {
         p: &LbProblem,
         what: &str,
     ) -> Result<()> {
-        if smem > 48 * 1024 {
-            self.prepare_dynamic(f, 32 * warps, smem)?;
-        }
         let mut b = self.stream.launch_builder(f);
         b.arg(p);
         // SAFETY: `p` mirrors the kernel's only parameter; its addresses were checked by the
