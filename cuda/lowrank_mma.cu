@@ -18,6 +18,54 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
 }
 #else
+#ifndef LB_OUT
+#define LB_OUT 0  // output dtype of the interior epilogue: 0 f32, 1 f16, 2 bf16 (= p.out_dtype)
+#endif
+#ifndef LB_RELU
+#define LB_RELU 0  // fused ReLU (= p.relu)
+#endif
+
+// 16-byte weight pieces per chunk row, rows per pass of the CTA and passes per chunk.
+#define LB_LR_Q (LB_MMA_BN / 4)
+#define LB_LR_RPP (LB_THREADS / LB_LR_Q)
+#define LB_LR_PASSES (LB_MMA_BKW / LB_LR_RPP)
+static_assert(LB_THREADS % LB_LR_Q == 0 && LB_MMA_BKW % LB_LR_RPP == 0, "chunk pieces per thread");
+
+// The warp tile's outputs with the epilogue fixed at compile time, for tiles whose columns
+// are all valid and 16-byte aligned (c_vec): no per-element branches. Rows >= M are skipped.
+__device__ __forceinline__ void lb_lowrank_store(const LbMma& p, const LbAcc& acc, const int* s_row,
+                                                 int r0, int m_left, long long hoff, int col0,
+                                                 float a_scale) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+        for (int rh = 0; rh < 2; ++rh) {
+            const int r = r0 + mi * 16 + rh * 8 + g;
+            if (r >= m_left) continue;
+            const long long o = s_row[r] + hoff + col0 + 4 * t;
+#pragma unroll
+            for (int h = 0; h < LB_MMA_NI / 4; ++h)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    float f[4];
+#pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        f[j] = __fmul_rn(__fmul_rn((float)acc[mi][4 * h + j][2 * rh + e], p.w_scale),
+                                         a_scale);
+                        if (LB_RELU) f[j] = fmaxf(f[j], 0.0f);
+                    }
+                    const long long oe = o + 32 * h + 16 * e;
+                    if (LB_OUT == 0) {
+                        __stcs((float4*)((float*)p.out + oe), make_float4(f[0], f[1], f[2], f[3]));
+                    } else {
+                        __stcs((uint2*)((unsigned short*)p.out + oe),
+                               make_uint2(lb_pack2(f[0], f[1], LB_OUT), lb_pack2(f[2], f[3], LB_OUT)));
+                    }
+                }
+        }
+}
+
 template <bool UNS>
 __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
     extern __shared__ __align__(16) u32 lb_dyn_smem[];
@@ -48,12 +96,35 @@ __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
         s_row[tid] = off;
     }
 
-    auto load_b = [&](int u) {
-        if (u < units) {
-            const int tile = t_begin + u / nkc, kc = u % nkc;
-            const int h = tile / p.tiles_n, n0 = (tile % p.tiles_n) * LB_MMA_BN;
-            lb_load_b(p, Bs + (u % LB_MMA_STAGES) * LB_MMA_BKW * LB_MMA_LDB,
-                      p.b + (long long)h * p.b_head_rows * p.ldb, kc * LB_MMA_BKW, n0);
+    // Weight chunks are loaded in unit order (tile, then chunk), tracked by counters rather
+    // than divisions. Interior chunks (all k and columns valid, 16-byte legal) take the
+    // precomputed piece addresses of this thread: rows b_row + RPP*i, columns b_col..+3.
+    const int b_row = tid / LB_LR_Q, b_col = (tid % LB_LR_Q) * 4;
+    const int tile_cols = p.tiles_n * LB_MMA_BN;
+    int l_u = 0, l_kc = 0, l_h = t_begin / p.tiles_n, l_n0 = (t_begin % p.tiles_n) * LB_MMA_BN;
+    auto load_next = [&]() {
+        if (l_u < units) {
+            u32* dst = Bs + (l_u % LB_MMA_STAGES) * LB_MMA_BKW * LB_MMA_LDB;
+            const u32* bh = p.b + (long long)l_h * p.b_head_rows * p.ldb;
+            const int k0 = l_kc * LB_MMA_BKW;
+            if (p.b_vec && k0 + LB_MMA_BKW <= p.kw && l_n0 + LB_MMA_BN <= p.bcols) {
+                const u32* src = bh + (long long)(k0 + b_row) * p.ldb + l_n0 + b_col;
+                u32* d = dst + b_row * LB_MMA_LDB + b_col;
+#pragma unroll
+                for (int i = 0; i < LB_LR_PASSES; ++i)
+                    lb_cp16(d + i * LB_LR_RPP * LB_MMA_LDB, src + i * LB_LR_RPP * p.ldb, 16);
+            } else {
+                lb_load_b(p, dst, bh, k0, l_n0);
+            }
+            ++l_u;
+            if (++l_kc == nkc) {
+                l_kc = 0;
+                l_n0 += LB_MMA_BN;
+                if (l_n0 == tile_cols) {
+                    l_n0 = 0;
+                    ++l_h;
+                }
+            }
         }
         lb_commit();  // always, so that group u is unit u
     };
@@ -75,14 +146,14 @@ __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
     };
 
 #pragma unroll
-    for (int u = 0; u < LB_MMA_STAGES - 1; ++u) load_b(u);
+    for (int u = 0; u < LB_MMA_STAGES - 1; ++u) load_next();
 
     LbAcc acc;
     lb_acc_zero(acc);
     int cur_ah = -1;
+    int h = t_begin / p.tiles_n, n0 = (t_begin % p.tiles_n) * LB_MMA_BN, kc = 0;
+    const u32* a_warp = As + (wm * 64) * lda_s;
     for (int u = 0; u < units; ++u) {
-        const int tile = t_begin + u / nkc, kc = u - (u / nkc) * nkc;
-        const int h = tile / p.tiles_n;
         if (kc == 0) {
             const int ah = p.a_heads == 1 ? 0 : h;
             if (ah != cur_ah) {  // uniform over the CTA
@@ -93,16 +164,26 @@ __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
         }
         lb_wait<LB_MMA_STAGES - 2>();
         __syncthreads();  // chunk u (and a new A) visible; stage (u-1) % STAGES free
-        load_b(u + LB_MMA_STAGES - 1);
-        lb_mma_chunk<UNS>(acc, As + (wm * 64) * lda_s + kc * LB_MMA_BKW, lda_s,
+        load_next();
+        lb_mma_chunk<UNS>(acc, a_warp + kc * LB_MMA_BKW, lda_s,
                           Bs + (u % LB_MMA_STAGES) * LB_MMA_BKW * LB_MMA_LDB + wn * LB_MMA_NI * 8,
                           lane);
-        if (kc == nkc - 1) {
-            const int n0 = (tile % p.tiles_n) * LB_MMA_BN + wn * LB_MMA_NI * 8;
-            const int hoff = h * head_stride;
-            lb_mma_store(p, acc, m0 + wm * 64, n0, (int*)nullptr, a_scale,
-                         [&](int m) { return (long long)(s_row[m - m0] + hoff); });
+        if (++kc == nkc) {
+            const int col0 = n0 + wn * LB_MMA_NI * 8;
+            const long long hoff = (long long)h * head_stride;
+            if (p.c_vec && n0 + LB_MMA_BN <= p.ncols) {
+                lb_lowrank_store(p, acc, s_row, wm * 64, p.m_total - m0, hoff, col0, a_scale);
+            } else {
+                lb_mma_store(p, acc, m0 + wm * 64, col0, (int*)nullptr, a_scale,
+                             [&](int m) { return (long long)s_row[m - m0] + hoff; });
+            }
             lb_acc_zero(acc);
+            kc = 0;
+            n0 += LB_MMA_BN;
+            if (n0 == tile_cols) {
+                n0 = 0;
+                ++h;
+            }
         }
     }
     lb_wait<0>();

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
-#                             [ncu] [ncusmall] [ncumma] [t2] [final]
+#                             [ncu] [ncusmall] [ncumma] [ncularge] [t2] [final]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -9,6 +9,7 @@
 # LOWBIT_CUDA_TILE_{LOWRANK,DECODER}; wgpu: the LOWBIT_WGPU_TILE shapes; ncu: warp-state
 # sections of the dp4a lowrank kernel; ncusmall: the same (and stall samples) for the small-M
 # kernels at M = 16 and 1; ncumma: the tensor-core kernels at M = 2048 and the small-M ones;
+# ncularge: stall reasons, pipe and memory counters of the large-M projections (M = 2048);
 # t2: ternary2 weights (--weights ternary2) at M = 1, 4, 16, 512, 2048; memcheck:
 # compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
@@ -103,6 +104,19 @@ if has ncumma && command -v ncu >/dev/null; then
       --metrics smsp__pcsamp_warps_issue_stalled_membar,smsp__pcsamp_warps_issue_stalled_long_scoreboard,smsp__pcsamp_warps_issue_stalled_barrier,smsp__pcsamp_warps_issue_stalled_lg_throttle \
       "$L" bench --backend cuda --op "$2" --variant packed --m "$3" --iters 1 --no-graph --weights "$4" > "$out/ncu_$1_$3_$4.txt" 2>&1
     grep -v "^==PROF==" "$out/ncu_$1_$3_$4.txt" | grep -E "Duration|DRAM Throughput|Compute \(SM\)|Registers|Achieved Occupancy|Issued Warp|No Eligible|stalled|Grid Size|Block Size" | head -16
+  done
+fi
+if has ncularge && command -v ncu >/dev/null; then
+  stalls='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
+  extra=dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__warps_active.avg.pct_of_peak_sustained_active
+  for spec in ${NCU_LARGE:-"lowrank_mma lowrank 2048 mma" "decoder_tail_mma decoder-tail 2048 mma" "lowrank_packed lowrank 2048 dp4a" "decoder_packed decoder-tail 2048 dp4a"}; do
+    set -- $spec
+    echo "=== ncu $1 M=$3 ($4)"
+    LOWBIT_CUDA_KERNELS=$4 timeout 150 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --metrics "$stalls,$extra" -k "regex:^$1\$" -c 1 \
+      "$L" bench --backend cuda --op "$2" --variant packed --m "$3" --iters 1 --no-graph > "$out/ncul_$1_$3.txt" 2>&1
+    grep -v "^==PROF==" "$out/ncul_$1_$3.txt" | grep -E "Duration|Throughput|Registers|Achieved Occupancy|Grid Size|stalled|dram__|lts__|pipe|inst_executed|warps_active" \
+      | awk '$NF+0 >= 0.05 || !/stalled/' | head -48
   done
 fi
 if has final; then

@@ -21,7 +21,7 @@ use super::tuning as t;
 use crate::config::LowBitActivationFormat;
 use crate::error::{LowbitError, Result};
 use crate::kernels::KernelId;
-use crate::ops::{DecoderTailShape, Epilogue, LowrankShape};
+use crate::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
 use crate::quant::EPS;
 
 /// Threads per CTA (8 warps: 2 along rows x 4 along columns, each a 64-row warp tile).
@@ -129,10 +129,13 @@ fn eps() -> (String, String) {
     d("LB_EPS", format!("{EPS:e}f"))
 }
 
-/// Defines of the low-rank kernel (A words signed, or unsigned for uint8pos).
-pub fn lowrank_defines(uns: bool) -> Vec<(String, String)> {
+/// Defines of the low-rank kernel (A words signed, or unsigned for uint8pos): its
+/// interior-tile epilogue (output dtype, ReLU) is compiled in, branch-free.
+pub fn lowrank_defines(uns: bool, epilogue: Epilogue) -> Vec<(String, String)> {
     vec![
         d("LB_UNS", u32::from(uns)),
+        d("LB_OUT", dtype_code(epilogue.dtype)),
+        d("LB_RELU", u32::from(epilogue.relu)),
         d("LB_THREADS", MMA_THREADS),
         d("LB_MMA_BKW", MMA_BKW),
         d("LB_MMA_NI", LOWRANK_NI),
@@ -209,7 +212,12 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         v.push((KernelId::MmaPrepA, prep_defines(mode)));
     }
     for uns in [false, true] {
-        v.push((KernelId::LowrankMma, lowrank_defines(uns)));
+        for dtype in [OutputDType::F32, OutputDType::F16, OutputDType::Bf16] {
+            for relu in [false, true] {
+                let ep = Epilogue { dtype, relu };
+                v.push((KernelId::LowrankMma, lowrank_defines(uns, ep)));
+            }
+        }
         for stages in 3..=DECODER_MAX_STAGES {
             v.push((KernelId::DecoderMma, decoder_defines(uns, stages)));
         }
@@ -566,7 +574,7 @@ impl CudaDevice {
         };
         i32_of(OP, "tiles", total_tiles)?;
         i32_of(OP, "row tiles", m_tiles)?;
-        let f = self.function(KernelId::LowrankMma, lowrank_defines(uns))?;
+        let f = self.function(KernelId::LowrankMma, lowrank_defines(uns, epilogue))?;
         let smem = lowrank_smem(kpw);
         let slots = self.prepare(&f, smem)?;
         // SAFETY: forwarded contract (x holds x_len f32 when F32).
@@ -754,7 +762,22 @@ mod tests {
         let report = std::env::var("LOWBIT_PTXAS_REPORT").is_ok();
         for cc in [(8, 0), (9, 0)] {
             for (id, defines) in mma_module_variants() {
+                // LOWBIT_MMA_VARIANT=TEXT compiles only the variants whose description has it.
+                if let Ok(only) = std::env::var("LOWBIT_MMA_VARIANT")
+                    && !compile::describe(id.stem(), &defines).contains(&only)
+                {
+                    continue;
+                }
                 let c = compile::compile(id.stem(), cc, &defines).unwrap_or_else(|e| panic!("{e}"));
+                // LOWBIT_DUMP_CUBIN=DIR keeps the images, for cuobjdump/nvdisasm.
+                if let Ok(dir) = std::env::var("LOWBIT_DUMP_CUBIN") {
+                    let name = compile::describe(id.stem(), &defines)
+                        .chars()
+                        .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+                        .collect::<String>();
+                    std::fs::write(format!("{dir}/sm{}{}_{name}.cubin", cc.0, cc.1), &c.image)
+                        .unwrap();
+                }
                 assert!(!c.image.is_empty());
                 assert!(
                     !c.log.contains("bytes spill stores")
