@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
-#                             [ncu] [ncusmall] [ncumma] [ncularge] [t2] [final]
+#                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [final]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -9,6 +9,7 @@
 # LOWBIT_CUDA_TILE_{LOWRANK,DECODER}; wgpu: the LOWBIT_WGPU_TILE shapes; ncu: warp-state
 # sections of the dp4a lowrank kernel; ncusmall: the same (and stall samples) for the small-M
 # kernels at M = 16 and 1; ncumma: the tensor-core kernels at M = 2048 and the small-M ones;
+# rings: the low-rank mma weight rings of LOWBIT_CUDA_MMA_LOWRANK (criterion MMA-SUMMARY lines);
 # ncularge: stall reasons, pipe and memory counters of the large-M projections (M = 2048);
 # t2: ternary2 weights (--weights ternary2) at M = 1, 4, 16, 512, 2048; memcheck:
 # compute-sanitizer on the CUDA differential
@@ -81,6 +82,13 @@ if has tiles; then
       bench "dp4a tile $t" --backend cuda --op lowrank,decoder-tail --variant packed --m 2048,8192
   done
 fi
+if has rings; then
+  for r in 32x2 32x3 32x4 64x2; do
+    echo "=== ring $r" | tee -a "$sum"
+    LOWBIT_CUDA_MMA_LOWRANK=$r "$b"/bench/lowrank-* --bench cuda_mma 2>&1 | grep -E '^MMA-SUMMARY' \
+      | sed 's/cuda_mma.lowrank.//; s/floor_us.*//' | tee -a "$sum"
+  done
+fi
 if has wgpu; then
   for t in 16x8x16 16x8x8 16x8x32 16x4x16 32x4x16 8x8x16 16x16x16; do
     LOWBIT_WGPU_TILE=$t bench "wgpu tile $t" --backend wgpu --op lowrank,decoder-tail --variant packed --m 512,2048,8192
@@ -109,7 +117,9 @@ fi
 if has ncularge && command -v ncu >/dev/null; then
   stalls='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
   extra=dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__warps_active.avg.pct_of_peak_sustained_active
-  for spec in ${NCU_LARGE:-"lowrank_mma lowrank 2048 mma" "decoder_tail_mma decoder-tail 2048 mma" "lowrank_packed lowrank 2048 dp4a" "decoder_packed decoder-tail 2048 dp4a"}; do
+  # NCU_LARGE: "kernel op M family" entries separated by ';'
+  IFS=';' read -ra specs <<< "${NCU_LARGE:-lowrank_mma lowrank 2048 mma;decoder_tail_mma decoder-tail 2048 mma;lowrank_packed lowrank 2048 dp4a;decoder_packed decoder-tail 2048 dp4a}"
+  for spec in "${specs[@]}"; do
     set -- $spec
     echo "=== ncu $1 M=$3 ($4)"
     LOWBIT_CUDA_KERNELS=$4 timeout 150 ncu --section SpeedOfLight --section Occupancy --section LaunchStats \

@@ -136,6 +136,8 @@ pub struct CudaDevice {
     pub(crate) family: KernelFamily,
     /// Tiled dp4a block shapes of the low-rank projection and the decoder tail.
     pub(crate) tiles: (super::tuning::DpTile, super::tuning::DpTile),
+    /// The low-rank mma kernel's weight ring (`LOWBIT_CUDA_MMA_LOWRANK`).
+    pub(crate) lowrank_ring: super::mma::MmaRing,
     /// M ≤ 16 with i8x4 weights: the tensor-core small-M kernel for every M and both ops
     /// (`LOWBIT_CUDA_SMALL_MMA=1`, or [`CudaDevice::with_small_mma`]) instead of where it
     /// measured faster (low-rank at M ≥ 4, decoder at M ≥ 8).
@@ -235,12 +237,19 @@ impl CudaDevice {
             tile(super::tuning::TILE_ENV_LOWRANK)?,
             tile(super::tuning::TILE_ENV_DECODER)?,
         );
+        let lowrank_ring =
+            super::mma::MmaRing::from_env().map_err(|reason| LowbitError::InvalidArgument {
+                op: "open",
+                what: super::mma::RING_ENV_LOWRANK,
+                reason,
+            })?;
         Ok(Self {
             ctx,
             stream,
             caps,
             family,
             tiles,
+            lowrank_ring,
             small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),

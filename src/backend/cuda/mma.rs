@@ -30,9 +30,8 @@ pub const MMA_THREADS: u32 = 256;
 pub const MMA_BM: usize = 128;
 /// k words (4 k each) per pipeline chunk.
 pub const MMA_BKW: usize = 32;
-/// Low-rank: n8 fragments per warp (CTA tile 128 x 128), ring depth; two CTAs per SM.
+/// Low-rank: n8 fragments per warp (CTA tile 128 x 128); two CTAs per SM.
 pub const LOWRANK_NI: usize = 4;
-pub const LOWRANK_STAGES: usize = 3;
 /// Low-rank: the longest K kept in smem, in words (D ≤ 512); longer D takes the dp4a path.
 pub const LOWRANK_MAX_KPW: usize = 128;
 /// Decoder: n8 fragments per warp (CTA tile 128 x 256); ring depth chosen from the device's
@@ -111,9 +110,65 @@ fn bn(ni: usize) -> usize {
     8 * ni * 4
 }
 
+/// Environment variable that overrides the low-rank kernel's weight ring
+/// (`BKWxSTAGES`, e.g. `64x2`): for tuning sweeps on a new card.
+pub const RING_ENV_LOWRANK: &str = "LOWBIT_CUDA_MMA_LOWRANK";
+
+/// The low-rank kernel's weight ring: `bkw` k words per chunk, `stages` chunks in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MmaRing {
+    pub bkw: usize,
+    pub stages: usize,
+}
+
+impl MmaRing {
+    /// What the low-rank kernel uses unless [`RING_ENV_LOWRANK`] says otherwise: with two
+    /// chunks per BDH tile (D = 256) two stages measured 1–3 % faster than three or four on
+    /// the H200 (`benches/gpu/sweep.sh`'s ring sweep, BENCHMARKS.md).
+    pub const DEFAULT: Self = Self {
+        bkw: MMA_BKW,
+        stages: 2,
+    };
+
+    /// Rings the NVRTC test compiles (no spills) besides the default. (64x2 spills 8 bytes
+    /// under the two-CTA register cap; it stays selectable for sweeps.)
+    pub const CANDIDATES: [Self; 2] = [Self { bkw: 32, stages: 3 }, Self { bkw: 32, stages: 4 }];
+
+    /// Parses `BKWxSTAGES`: BKW 32 or 64 (whole k32 steps, whole 16-byte pieces per thread),
+    /// 2 to 4 stages.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let nums: Vec<usize> = text
+            .trim()
+            .split('x')
+            .map(|v| {
+                v.trim()
+                    .parse()
+                    .map_err(|_| format!("`{v}` is not a number"))
+            })
+            .collect::<std::result::Result<_, _>>()?;
+        let [bkw, stages] = nums[..] else {
+            return Err(format!("`{text}` is not BKWxSTAGES"));
+        };
+        if ![32, 64].contains(&bkw) || !(2..=4).contains(&stages) {
+            return Err(format!("`{text}`: BKW must be 32 or 64 and STAGES 2 to 4"));
+        }
+        Ok(Self { bkw, stages })
+    }
+
+    /// The ring of [`RING_ENV_LOWRANK`] (unset or empty: [`MmaRing::DEFAULT`]).
+    pub fn from_env() -> std::result::Result<Self, String> {
+        match std::env::var(RING_ENV_LOWRANK) {
+            Ok(v) if !v.trim().is_empty() => {
+                Self::parse(&v).map_err(|e| format!("{RING_ENV_LOWRANK}: {e}"))
+            }
+            _ => Ok(Self::DEFAULT),
+        }
+    }
+}
+
 /// Dynamic smem of the low-rank kernel for `kpw` resident k words.
-pub fn lowrank_smem(kpw: usize) -> usize {
-    (MMA_BM * (kpw + PAD_A) + LOWRANK_STAGES * MMA_BKW * (bn(LOWRANK_NI) + PAD_B)) * 4
+pub fn lowrank_smem(kpw: usize, ring: MmaRing) -> usize {
+    (MMA_BM * (kpw + PAD_A) + ring.stages * ring.bkw * (bn(LOWRANK_NI) + PAD_B)) * 4
 }
 
 /// Dynamic smem of the decoder kernel with `stages` ring stages.
@@ -131,15 +186,15 @@ fn eps() -> (String, String) {
 
 /// Defines of the low-rank kernel (A words signed, or unsigned for uint8pos): its
 /// interior-tile epilogue (output dtype, ReLU) is compiled in, branch-free.
-pub fn lowrank_defines(uns: bool, epilogue: Epilogue) -> Vec<(String, String)> {
+pub fn lowrank_defines(uns: bool, epilogue: Epilogue, ring: MmaRing) -> Vec<(String, String)> {
     vec![
         d("LB_UNS", u32::from(uns)),
         d("LB_OUT", dtype_code(epilogue.dtype)),
         d("LB_RELU", u32::from(epilogue.relu)),
         d("LB_THREADS", MMA_THREADS),
-        d("LB_MMA_BKW", MMA_BKW),
+        d("LB_MMA_BKW", ring.bkw),
         d("LB_MMA_NI", LOWRANK_NI),
-        d("LB_MMA_STAGES", LOWRANK_STAGES),
+        d("LB_MMA_STAGES", ring.stages),
         eps(),
     ]
 }
@@ -215,8 +270,17 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         for dtype in [OutputDType::F32, OutputDType::F16, OutputDType::Bf16] {
             for relu in [false, true] {
                 let ep = Epilogue { dtype, relu };
-                v.push((KernelId::LowrankMma, lowrank_defines(uns, ep)));
+                v.push((
+                    KernelId::LowrankMma,
+                    lowrank_defines(uns, ep, MmaRing::DEFAULT),
+                ));
             }
+        }
+        for ring in MmaRing::CANDIDATES {
+            v.push((
+                KernelId::LowrankMma,
+                lowrank_defines(uns, Epilogue::default(), ring),
+            ));
         }
         for stages in 3..=DECODER_MAX_STAGES {
             v.push((KernelId::DecoderMma, decoder_defines(uns, stages)));
@@ -309,11 +373,11 @@ impl CudaDevice {
 
     /// Does the mma family run this low-rank projection (else the dp4a kernels do)?
     pub fn mma_lowrank_ok(&self, shape: &LowrankShape) -> bool {
-        let kpw = shape.k_words().next_multiple_of(MMA_BKW);
+        let kpw = shape.k_words().next_multiple_of(self.lowrank_ring.bkw);
         self.family == KernelFamily::Mma
             && shape.m() > t::SMALL_M_MAX
             && kpw <= LOWRANK_MAX_KPW
-            && lowrank_smem(kpw) <= self.smem_optin()
+            && lowrank_smem(kpw, self.lowrank_ring) <= self.smem_optin()
     }
 
     /// Does the mma family run this decoder tail (else the dp4a kernels do)?
@@ -536,7 +600,8 @@ impl CudaDevice {
             RawAct::Packed(p) | RawAct::Codes(p) | RawAct::F32(p) => p,
         };
         let kw = shape.k_words();
-        let kpw = kw.next_multiple_of(MMA_BKW);
+        let ring = self.lowrank_ring;
+        let kpw = kw.next_multiple_of(ring.bkw);
         let lda = if mode == 0 { kw } else { shape.embd };
         let m = shape.m();
         let bn = bn(LOWRANK_NI);
@@ -574,8 +639,8 @@ impl CudaDevice {
         };
         i32_of(OP, "tiles", total_tiles)?;
         i32_of(OP, "row tiles", m_tiles)?;
-        let f = self.function(KernelId::LowrankMma, lowrank_defines(uns, epilogue))?;
-        let smem = lowrank_smem(kpw);
+        let f = self.function(KernelId::LowrankMma, lowrank_defines(uns, epilogue, ring))?;
+        let smem = lowrank_smem(kpw, ring);
         let slots = self.prepare(&f, smem)?;
         // SAFETY: forwarded contract (x holds x_len f32 when F32).
         let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
@@ -746,9 +811,22 @@ mod tests {
     fn smem_budgets() {
         // BDH D = 256: two low-rank CTAs fit an H100 SM (228 KB), the decoder's 4-stage ring
         // fits its 227 KB per block.
-        assert!(2 * lowrank_smem(64) <= 228 * 1024);
+        let ring = MmaRing::DEFAULT;
+        assert!(2 * lowrank_smem(64, ring) <= 228 * 1024);
         assert!(decoder_smem(4) <= 227 * 1024);
-        assert!(lowrank_smem(LOWRANK_MAX_KPW) <= 227 * 1024);
+        assert!(lowrank_smem(LOWRANK_MAX_KPW, ring) <= 227 * 1024);
+    }
+
+    #[test]
+    fn lowrank_ring_parses() {
+        assert_eq!(MmaRing::parse("32x2"), Ok(MmaRing::DEFAULT));
+        assert_eq!(
+            MmaRing::parse(" 64 x 2 "),
+            Ok(MmaRing { bkw: 64, stages: 2 })
+        );
+        for bad in ["", "32", "32x3x1", "16x3", "32x1", "32x5", "ax3"] {
+            assert!(MmaRing::parse(bad).is_err(), "{bad}");
+        }
     }
 
     /// Compiles every module variant with NVRTC (no GPU needed) for sm_80 and sm_90; skips
