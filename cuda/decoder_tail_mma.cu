@@ -104,23 +104,54 @@ __device__ __forceinline__ void lb_decoder_mma(const LbMma& p) {
         }
     }
 
+    // Units are loaded in order, (head, chunk) tracked by counters. Interior chunks (every k
+    // valid; for the weights also every column, 16-byte legal) skip the per-piece checks:
+    // A rows past M are zero-filled, weight pieces are rows b_row + RPP*i, columns b_col..+3.
+    constexpr int QB = LB_MMA_BN / 4, RPP = LB_THREADS / QB;
+    static_assert(LB_THREADS % QB == 0 && LB_MMA_BKW % RPP == 0, "weight pieces per thread");
+    const int b_row = tid / QB, b_col = (tid % QB) * 4;
+    const int a_q = (tid % QA) * 4;  // this thread's A quad (the same in every piece)
+    static_assert(LB_THREADS % QA == 0, "A quad per thread");
+    int l_h = c0 / cph, l_kc = c0 - (c0 / cph) * cph;
     auto load = [&](int u) {
         if (u < units) {
-            const int c = c0 + u;
-            const int h = c / cph, k0 = (c - h * cph) * LB_MMA_BKW;
+            const int h = l_h, k0 = l_kc * LB_MMA_BKW;
             u32* as = As + (u % LB_MMA_STAGES) * A_STAGE;
+            u32* bs = Bs + (u % LB_MMA_STAGES) * B_STAGE;
             const long long hoff = (long long)h * p.time * p.lda;
+            const u32* bh = p.b + (long long)h * p.b_head_rows * p.ldb;
+            if (k0 + LB_MMA_BKW <= p.kw) {
 #pragma unroll
-            for (int i = 0; i < PA; ++i) {
-                const int idx = tid + i * LB_THREADS;
-                const int r = idx / QA, q = (idx % QA) * 4;
-                const int k = k0 + q;
-                const int valid = (a_base[i] >= 0 && k < p.kw) ? min(4, p.kw - k) * 4 : 0;
-                const u32* src = valid ? A + a_base[i] + hoff + k : A;
-                lb_cp16(as + r * LDA_S + q, src, valid);
+                for (int i = 0; i < PA; ++i) {
+                    const int r = (tid + i * LB_THREADS) / QA;
+                    const bool ok = a_base[i] >= 0;
+                    lb_cp16(as + r * LDA_S + a_q, ok ? A + a_base[i] + hoff + k0 + a_q : A,
+                            ok ? 16 : 0);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < PA; ++i) {
+                    const int idx = tid + i * LB_THREADS;
+                    const int r = idx / QA, q = (idx % QA) * 4;
+                    const int k = k0 + q;
+                    const int valid = (a_base[i] >= 0 && k < p.kw) ? min(4, p.kw - k) * 4 : 0;
+                    const u32* src = valid ? A + a_base[i] + hoff + k : A;
+                    lb_cp16(as + r * LDA_S + q, src, valid);
+                }
             }
-            lb_load_b(p, Bs + (u % LB_MMA_STAGES) * B_STAGE,
-                      p.b + (long long)h * p.b_head_rows * p.ldb, k0, n0);
+            if (p.b_vec && k0 + LB_MMA_BKW <= p.kw && n0 + LB_MMA_BN <= p.bcols) {
+                const u32* src = bh + (long long)(k0 + b_row) * p.ldb + n0 + b_col;
+                u32* d = bs + b_row * LB_MMA_LDB + b_col;
+#pragma unroll
+                for (int i = 0; i < LB_MMA_BKW / RPP; ++i)
+                    lb_cp16(d + i * RPP * LB_MMA_LDB, src + i * RPP * p.ldb, 16);
+            } else {
+                lb_load_b(p, bs, bh, k0, n0);
+            }
+            if (++l_kc == cph) {
+                l_kc = 0;
+                ++l_h;
+            }
         }
         lb_commit();
     };
