@@ -105,11 +105,8 @@ __device__ __forceinline__ void lb_decoder_mma(const LbMma& p) {
     }
 
     // Units are loaded in order, (head, chunk) tracked by counters. Interior chunks (every k
-    // valid; for the weights also every column, 16-byte legal) skip the per-piece checks:
-    // A rows past M are zero-filled, weight pieces are rows b_row + RPP*i, columns b_col..+3.
-    constexpr int QB = LB_MMA_BN / 4, RPP = LB_THREADS / QB;
-    static_assert(LB_THREADS % QB == 0 && LB_MMA_BKW % RPP == 0, "weight pieces per thread");
-    const int b_row = tid / QB, b_col = (tid % QB) * 4;
+    // valid) skip the per-piece checks of A (rows past M are zero-filled) and, in lb_load_b,
+    // of the weights.
     const int a_q = (tid % QA) * 4;  // this thread's A quad (the same in every piece)
     static_assert(LB_THREADS % QA == 0, "A quad per thread");
     int l_h = c0 / cph, l_kc = c0 - (c0 / cph) * cph;
@@ -117,9 +114,7 @@ __device__ __forceinline__ void lb_decoder_mma(const LbMma& p) {
         if (u < units) {
             const int h = l_h, k0 = l_kc * LB_MMA_BKW;
             u32* as = As + (u % LB_MMA_STAGES) * A_STAGE;
-            u32* bs = Bs + (u % LB_MMA_STAGES) * B_STAGE;
             const long long hoff = (long long)h * p.time * p.lda;
-            const u32* bh = p.b + (long long)h * p.b_head_rows * p.ldb;
             if (k0 + LB_MMA_BKW <= p.kw) {
 #pragma unroll
                 for (int i = 0; i < PA; ++i) {
@@ -139,15 +134,8 @@ __device__ __forceinline__ void lb_decoder_mma(const LbMma& p) {
                     lb_cp16(as + r * LDA_S + q, src, valid);
                 }
             }
-            if (p.b_vec && k0 + LB_MMA_BKW <= p.kw && n0 + LB_MMA_BN <= p.bcols) {
-                const u32* src = bh + (long long)(k0 + b_row) * p.ldb + n0 + b_col;
-                u32* d = bs + b_row * LB_MMA_LDB + b_col;
-#pragma unroll
-                for (int i = 0; i < LB_MMA_BKW / RPP; ++i)
-                    lb_cp16(d + i * RPP * LB_MMA_LDB, src + i * RPP * p.ldb, 16);
-            } else {
-                lb_load_b(p, bs, bh, k0, n0);
-            }
+            lb_load_b(p, Bs + (u % LB_MMA_STAGES) * B_STAGE,
+                      p.b + (long long)h * p.b_head_rows * p.ldb, k0, n0);
             if (++l_kc == cph) {
                 l_kc = 0;
                 ++l_h;

@@ -25,12 +25,6 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 #define LB_RELU 0  // fused ReLU (= p.relu)
 #endif
 
-// 16-byte weight pieces per chunk row, rows per pass of the CTA and passes per chunk.
-#define LB_LR_Q (LB_MMA_BN / 4)
-#define LB_LR_RPP (LB_THREADS / LB_LR_Q)
-#define LB_LR_PASSES (LB_MMA_BKW / LB_LR_RPP)
-static_assert(LB_THREADS % LB_LR_Q == 0 && LB_MMA_BKW % LB_LR_RPP == 0, "chunk pieces per thread");
-
 // The warp tile's outputs with the epilogue fixed at compile time, for tiles whose columns
 // are all valid and 16-byte aligned (c_vec): no per-element branches. Rows >= M are skipped.
 __device__ __forceinline__ void lb_lowrank_store(const LbMma& p, const LbAcc& acc, const int* s_row,
@@ -50,18 +44,9 @@ __device__ __forceinline__ void lb_lowrank_store(const LbMma& p, const LbAcc& ac
                 for (int e = 0; e < 2; ++e) {
                     float f[4];
 #pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        f[j] = __fmul_rn(__fmul_rn((float)acc[mi][4 * h + j][2 * rh + e], p.w_scale),
-                                         a_scale);
-                        if (LB_RELU) f[j] = fmaxf(f[j], 0.0f);
-                    }
-                    const long long oe = o + 32 * h + 16 * e;
-                    if (LB_OUT == 0) {
-                        __stcs((float4*)((float*)p.out + oe), make_float4(f[0], f[1], f[2], f[3]));
-                    } else {
-                        __stcs((uint2*)((unsigned short*)p.out + oe),
-                               make_uint2(lb_pack2(f[0], f[1], LB_OUT), lb_pack2(f[2], f[3], LB_OUT)));
-                    }
+                    for (int j = 0; j < 4; ++j)
+                        f[j] = lb_dequant(acc[mi][4 * h + j][2 * rh + e], p.w_scale, a_scale, LB_RELU);
+                    lb_stcs4(p.out, o + 32 * h + 16 * e, f, LB_OUT);
                 }
         }
 }
@@ -97,25 +82,13 @@ __device__ __forceinline__ void lb_lowrank_mma(const LbMma& p) {
     }
 
     // Weight chunks are loaded in unit order (tile, then chunk), tracked by counters rather
-    // than divisions. Interior chunks (all k and columns valid, 16-byte legal) take the
-    // precomputed piece addresses of this thread: rows b_row + RPP*i, columns b_col..+3.
-    const int b_row = tid / LB_LR_Q, b_col = (tid % LB_LR_Q) * 4;
+    // than divisions.
     const int tile_cols = p.tiles_n * LB_MMA_BN;
     int l_u = 0, l_kc = 0, l_h = t_begin / p.tiles_n, l_n0 = (t_begin % p.tiles_n) * LB_MMA_BN;
     auto load_next = [&]() {
         if (l_u < units) {
-            u32* dst = Bs + (l_u % LB_MMA_STAGES) * LB_MMA_BKW * LB_MMA_LDB;
-            const u32* bh = p.b + (long long)l_h * p.b_head_rows * p.ldb;
-            const int k0 = l_kc * LB_MMA_BKW;
-            if (p.b_vec && k0 + LB_MMA_BKW <= p.kw && l_n0 + LB_MMA_BN <= p.bcols) {
-                const u32* src = bh + (long long)(k0 + b_row) * p.ldb + l_n0 + b_col;
-                u32* d = dst + b_row * LB_MMA_LDB + b_col;
-#pragma unroll
-                for (int i = 0; i < LB_LR_PASSES; ++i)
-                    lb_cp16(d + i * LB_LR_RPP * LB_MMA_LDB, src + i * LB_LR_RPP * p.ldb, 16);
-            } else {
-                lb_load_b(p, dst, bh, k0, l_n0);
-            }
+            lb_load_b(p, Bs + (l_u % LB_MMA_STAGES) * LB_MMA_BKW * LB_MMA_LDB,
+                      p.b + (long long)l_h * p.b_head_rows * p.ldb, l_kc * LB_MMA_BKW, l_n0);
             ++l_u;
             if (++l_kc == nkc) {
                 l_kc = 0;

@@ -178,10 +178,23 @@ __device__ __forceinline__ void lb_mma_chunk(LbAcc& acc, const u32* as, int lda_
 
 // Queues the cp.async of one weight chunk: k words [k0, k0 + BKW) of the head block `b`
 // (rows past `kw` zero), columns [n0, n0 + BN) (columns past `bcols` zero), into `dst`.
+// Interior chunks (every k and column valid, 16-byte legal) skip the per-piece checks: a
+// thread's pieces are rows tid/Q + RPP*i, columns 4*(tid%Q)..+3.
 __device__ __forceinline__ void lb_load_b(const LbMma& p, u32* dst, const u32* b, int k0, int n0) {
     const int tid = threadIdx.x;
     if (p.b_vec) {
         constexpr int Q = LB_MMA_BN / 4;  // 16-byte pieces per row
+        constexpr int RPP = LB_THREADS / Q;  // rows per pass of the CTA
+        static_assert(LB_THREADS % Q == 0 && LB_MMA_BKW % RPP == 0, "whole pieces per thread");
+        if (k0 + LB_MMA_BKW <= p.kw && n0 + LB_MMA_BN <= p.bcols) {
+            const int r = tid / Q, c = (tid % Q) * 4;
+            const u32* src = b + (long long)(k0 + r) * p.ldb + n0 + c;
+            u32* d = dst + r * LB_MMA_LDB + c;
+#pragma unroll
+            for (int i = 0; i < LB_MMA_BKW / RPP; ++i)
+                lb_cp16(d + i * RPP * LB_MMA_LDB, src + i * RPP * p.ldb, 16);
+            return;
+        }
 #pragma unroll
         for (int i = 0; i < LB_MMA_BKW * Q / LB_THREADS; ++i) {
             const int idx = tid + i * LB_THREADS;
@@ -215,6 +228,17 @@ __device__ __forceinline__ u32 lb_pack2(float lo, float hi, int dtype) {
     return r;
 }
 
+// Streams 4 consecutive outputs to element offset `o` of `out` (16-byte aligned for f32,
+// 8-byte for 16-bit dtypes) as one store.
+__device__ __forceinline__ void lb_stcs4(void* out, long long o, const float (&f)[4], int dtype) {
+    if (dtype == 0) {
+        __stcs((float4*)((float*)out + o), make_float4(f[0], f[1], f[2], f[3]));
+    } else {
+        __stcs((uint2*)((unsigned short*)out + o),
+               make_uint2(lb_pack2(f[0], f[1], dtype), lb_pack2(f[2], f[3], dtype)));
+    }
+}
+
 // Writes 4 consecutive outputs (element offset o = row offset + col; column col..col+3):
 // dequantized into `out`, or as i32 into `part` when it is not null. `vec`: all 4 columns are
 // valid and 16-byte (8-byte for 16-bit outputs) stores are legal.
@@ -235,12 +259,7 @@ __device__ __forceinline__ void lb_mma_put4(const LbMma& p, int* part, long long
 #pragma unroll
     for (int j = 0; j < 4; ++j) f[j] = lb_dequant(v[j], p.w_scale, a_scale, p.relu);
     if (vec) {
-        if (p.out_dtype == 0) {
-            __stcs((float4*)((float*)p.out + o), make_float4(f[0], f[1], f[2], f[3]));
-        } else {
-            __stcs((uint2*)((unsigned short*)p.out + o),
-                   make_uint2(lb_pack2(f[0], f[1], p.out_dtype), lb_pack2(f[2], f[3], p.out_dtype)));
-        }
+        lb_stcs4(p.out, o, f, p.out_dtype);
     } else {
 #pragma unroll
         for (int j = 0; j < 4; ++j)
