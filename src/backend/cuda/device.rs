@@ -226,23 +226,21 @@ impl CudaDevice {
             message,
         })?;
         let family = KernelFamily::select(&caps)?;
-        let tile = |var: &'static str| {
-            super::tuning::DpTile::from_env(var).map_err(|reason| LowbitError::InvalidArgument {
+        // A tuning variable's bad value is an error naming it.
+        let bad_env = |var: &'static str| {
+            move |reason| LowbitError::InvalidArgument {
                 op: "open",
                 what: var,
                 reason,
-            })
+            }
         };
+        let tile = |var: &'static str| super::tuning::DpTile::from_env(var).map_err(bad_env(var));
         let tiles = (
             tile(super::tuning::TILE_ENV_LOWRANK)?,
             tile(super::tuning::TILE_ENV_DECODER)?,
         );
         let lowrank_ring =
-            super::mma::MmaRing::from_env().map_err(|reason| LowbitError::InvalidArgument {
-                op: "open",
-                what: super::mma::RING_ENV_LOWRANK,
-                reason,
-            })?;
+            super::mma::MmaRing::from_env().map_err(bad_env(super::mma::RING_ENV_LOWRANK))?;
         Ok(Self {
             ctx,
             stream,

@@ -137,18 +137,10 @@ impl MmaRing {
     /// Parses `BKWxSTAGES`: BKW 32 or 64 (whole k32 steps, whole 16-byte pieces per thread),
     /// 2 to 4 stages.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let nums: Vec<usize> = text
-            .trim()
-            .split('x')
-            .map(|v| {
-                v.trim()
-                    .parse()
-                    .map_err(|_| format!("`{v}` is not a number"))
-            })
-            .collect::<std::result::Result<_, _>>()?;
-        let [bkw, stages] = nums[..] else {
+        let [bkw, stages] = t::parse_dims(text)?[..] else {
             return Err(format!("`{text}` is not BKWxSTAGES"));
         };
+        let (bkw, stages) = (bkw as usize, stages as usize);
         if ![32, 64].contains(&bkw) || !(2..=4).contains(&stages) {
             return Err(format!("`{text}`: BKW must be 32 or 64 and STAGES 2 to 4"));
         }
@@ -157,12 +149,7 @@ impl MmaRing {
 
     /// The ring of [`RING_ENV_LOWRANK`] (unset or empty: [`MmaRing::DEFAULT`]).
     pub fn from_env() -> std::result::Result<Self, String> {
-        match std::env::var(RING_ENV_LOWRANK) {
-            Ok(v) if !v.trim().is_empty() => {
-                Self::parse(&v).map_err(|e| format!("{RING_ENV_LOWRANK}: {e}"))
-            }
-            _ => Ok(Self::DEFAULT),
-        }
+        t::from_env(RING_ENV_LOWRANK, Self::DEFAULT, Self::parse)
     }
 }
 

@@ -55,14 +55,7 @@ impl DpTile {
             Some((d, b)) => (d, Some(b)),
             None => (text.trim(), None),
         };
-        let nums: Vec<u32> = dims
-            .split('x')
-            .map(|v| {
-                v.trim()
-                    .parse::<u32>()
-                    .map_err(|_| format!("`{v}` is not a number"))
-            })
-            .collect::<Result<_, _>>()?;
+        let nums = parse_dims(dims)?;
         let [bm, bn, tm] = nums[..] else {
             return Err(format!("`{text}` is not BMxBNxTM[/MIN_BLOCKS]"));
         };
@@ -117,10 +110,32 @@ impl DpTile {
 
     /// The tile for `var` (unset or empty: [`DpTile::DEFAULT`]).
     pub fn from_env(var: &str) -> Result<Self, String> {
-        match std::env::var(var) {
-            Ok(v) if !v.trim().is_empty() => Self::parse(&v).map_err(|e| format!("{var}: {e}")),
-            _ => Ok(Self::DEFAULT),
-        }
+        from_env(var, Self::DEFAULT, Self::parse)
+    }
+}
+
+/// The numbers of `AxBx...` (each trimmed).
+pub(crate) fn parse_dims(text: &str) -> Result<Vec<u32>, String> {
+    text.trim()
+        .split('x')
+        .map(|v| {
+            v.trim()
+                .parse::<u32>()
+                .map_err(|_| format!("`{v}` is not a number"))
+        })
+        .collect()
+}
+
+/// A tuning setting from environment variable `var`: `parse` of its value, or `default` when
+/// it is unset or empty; a parse error names the variable.
+pub(crate) fn from_env<T>(
+    var: &str,
+    default: T,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, String> {
+    match std::env::var(var) {
+        Ok(v) if !v.trim().is_empty() => parse(&v).map_err(|e| format!("{var}: {e}")),
+        _ => Ok(default),
     }
 }
 
