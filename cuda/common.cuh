@@ -95,16 +95,46 @@ __device__ __forceinline__ unsigned short lb_bf16_bits(float v) {
     return (unsigned short)((b + 0x7fffu + ((b >> 16) & 1u)) >> 16);
 }
 
+// f32 -> f16 bits, round to nearest even.
+__device__ __forceinline__ unsigned short lb_f16_bits(float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+
 // out[i] = v in the epilogue's dtype (0 f32, 1 f16, 2 bf16).
 __device__ __forceinline__ void lb_store(void* out, long long i, float v, int dtype) {
     if (dtype == 0) {
         ((float*)out)[i] = v;
-    } else if (dtype == 1) {
-        unsigned short h;
-        asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-        ((unsigned short*)out)[i] = h;
     } else {
-        ((unsigned short*)out)[i] = lb_bf16_bits(v);
+        ((unsigned short*)out)[i] = dtype == 1 ? lb_f16_bits(v) : lb_bf16_bits(v);
+    }
+}
+
+// Two outputs as f16x2 / bf16x2 bits (round to nearest even; `lo` in the low half).
+__device__ __forceinline__ u32 lb_pack2(float lo, float hi, int dtype) {
+#if __CUDA_ARCH__ >= 800
+    u32 r;
+    if (dtype == 1) {
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    } else {
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    }
+    return r;
+#else
+    if (dtype == 1) return (u32)lb_f16_bits(lo) | ((u32)lb_f16_bits(hi) << 16);
+    return (u32)lb_bf16_bits(lo) | ((u32)lb_bf16_bits(hi) << 16);
+#endif
+}
+
+// Streams 4 consecutive outputs to element offset `o` of `out` (16-byte aligned for f32,
+// 8-byte for 16-bit dtypes) as one store.
+__device__ __forceinline__ void lb_stcs4(void* out, long long o, const float (&f)[4], int dtype) {
+    if (dtype == 0) {
+        __stcs((float4*)((float*)out + o), make_float4(f[0], f[1], f[2], f[3]));
+    } else {
+        __stcs((uint2*)((unsigned short*)out + o),
+               make_uint2(lb_pack2(f[0], f[1], dtype), lb_pack2(f[2], f[3], dtype)));
     }
 }
 
@@ -144,44 +174,40 @@ __device__ __forceinline__ u32 lb_a_word<LB_A_F32>(const void* row, long kw, lon
     return lb_pack4(c[0], c[1], c[2], c[3]);
 }
 
+// Four consecutive words kw..kw+3 with no checks: the row is 16-byte aligned, kw % 4 == 0,
+// every lane is in range and, for codes/f32, K % 4 == 0 (each word is one 16-byte load).
+template <int MODE>
+__device__ __forceinline__ uint4 lb_a_word4_vec(const void* row, long kw, float s, int fmt) {
+    if (MODE == LB_A_PACKED) return __ldg((const uint4*)((const u32*)row + kw));
+    u32 w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (MODE == LB_A_CODES) {
+            int4 c = __ldg((const int4*)((const int*)row + (kw + i) * 4));
+            w[i] = lb_pack4(c.x, c.y, c.z, c.w);
+        } else {
+            float4 f = __ldg((const float4*)((const float*)row + (kw + i) * 4));
+            w[i] = lb_pack4(lb_code(f.x, s, fmt), lb_code(f.y, s, fmt), lb_code(f.z, s, fmt),
+                            lb_code(f.w, s, fmt));
+        }
+    }
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // Four consecutive words kw..kw+3 (kw % 4 == 0). `vec` says 16-byte loads are legal: the row
-// is 16-byte aligned and, for codes/f32, K % 4 == 0 (each word is then one 16-byte load).
+// is 16-byte aligned and, for codes/f32, K % 4 == 0.
 template <int MODE>
 __device__ __forceinline__ uint4 lb_a_word4(const void* row, long kw, long kvalid, float s,
                                             int fmt, bool vec) {
+    const long kend = MODE == LB_A_PACKED ? kw + 4 : (kw + 4) * 4;
+    if (vec && kend <= kvalid) return lb_a_word4_vec<MODE>(row, kw, s, fmt);
     uint4 r;
-    if (MODE == LB_A_PACKED) {
-        if (vec && kw + 4 <= kvalid) {
-            return __ldg((const uint4*)((const u32*)row + kw));
-        }
-    } else if (vec && (kw + 4) * 4 <= kvalid) {
-        u32 w[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            if (MODE == LB_A_CODES) {
-                int4 c = __ldg((const int4*)((const int*)row + (kw + i) * 4));
-                w[i] = lb_pack4(c.x, c.y, c.z, c.w);
-            } else {
-                float4 f = __ldg((const float4*)((const float*)row + (kw + i) * 4));
-                w[i] = lb_pack4(lb_code(f.x, s, fmt), lb_code(f.y, s, fmt), lb_code(f.z, s, fmt),
-                                lb_code(f.w, s, fmt));
-            }
-        }
-        r.x = w[0];
-        r.y = w[1];
-        r.z = w[2];
-        r.w = w[3];
-        return r;
-    }
     r.x = lb_a_word<MODE>(row, kw + 0, kvalid, s, fmt);
     r.y = lb_a_word<MODE>(row, kw + 1, kvalid, s, fmt);
     r.z = lb_a_word<MODE>(row, kw + 2, kvalid, s, fmt);
     r.w = lb_a_word<MODE>(row, kw + 3, kvalid, s, fmt);
     return r;
 }
-
-
-
 
 // ---- B words ------------------------------------------------------------------------------
 __device__ __forceinline__ void lb_prefetch_l2(const void* p) {
@@ -311,6 +337,9 @@ __device__ __forceinline__ void cp_async_wait() {
 // Block tile LB_BM x LB_BN outputs, LB_BK words of K per stage, two smem stages; each thread
 // owns LB_TM (4 or 8) rows x 8 columns (two groups of 4, LB_BN/2 apart, so float4 stores
 // coalesce).
+#ifndef LB_FAST
+#define LB_FAST 0
+#endif
 #define LB_TX (LB_BN / 8)
 #define LB_TY (LB_BM / LB_TM)
 #define LB_A_CHUNKS (LB_BM * LB_BK / 4 / LB_THREADS)
@@ -343,18 +372,58 @@ __device__ __forceinline__ void lb_tile_step(int (&acc)[LB_TM][8], const u32* a,
     }
 }
 
+// A thread's LB_TM x 8 tile with every row < M and both column groups valid and 16-byte
+// aligned (c_vec), dequantized with the epilogue fixed at compile time. `m` is its first row,
+// `n` the first column of group 0; rows advance by counters, with no divisions.
+template <int DT, bool RELU>
+__device__ __forceinline__ void lb_tile_store(const LbProblem& p, const int (&acc)[LB_TM][8], int m,
+                                              int n, int o_head, float as) {
+    int t = m % p.time;
+    long long o = lb_out_row(p, m, o_head) + n;
+    // From the last token of one batch to the first of the next (other heads' rows between).
+    const long long skip = (long long)(p.o_heads - 1) * p.time * p.ldc;
+#pragma unroll
+    for (int i = 0; i < LB_TM; ++i) {
+#pragma unroll
+        for (int g = 0; g < 2; ++g) {
+            float f[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) f[j] = lb_dequant(acc[i][g * 4 + j], p.w_scale, as, RELU);
+            lb_stcs4(p.out, o + g * (LB_BN / 2), f, DT);
+        }
+        o += p.ldc;
+        if (++t == p.time) {
+            t = 0;
+            o += skip;
+        }
+    }
+}
+
 // A thread's LB_TM x 8 tile at (m0 + ty*LB_TM, n0 + tx*4 | n0 + LB_BN/2 + tx*4): i32 partials
 // of split blockIdx.z (split-K), or (acc * w_scale) * a_scale in the output dtype.
 __device__ __forceinline__ void lb_tile_epilogue(const LbProblem& p, const int (&acc)[LB_TM][8],
                                                  int m0, int n0, int ty, int tx, int o_head) {
     const float as = p.partial ? 0.0f : lb_scale(p.scale_ptr, p.scale_param);
+    const int mt = m0 + ty * LB_TM, nt = n0 + tx * 4;
+    if (!p.partial && p.c_vec && mt + LB_TM <= p.m_total && n0 + LB_BN <= p.ncols) {
+        const int e = p.out_dtype * 2 + (p.relu ? 1 : 0);  // uniform over the block
+        switch (e) {
+            case 0: lb_tile_store<0, false>(p, acc, mt, nt, o_head, as); break;
+            case 1: lb_tile_store<0, true>(p, acc, mt, nt, o_head, as); break;
+            case 2: lb_tile_store<1, false>(p, acc, mt, nt, o_head, as); break;
+            case 3: lb_tile_store<1, true>(p, acc, mt, nt, o_head, as); break;
+            case 4: lb_tile_store<2, false>(p, acc, mt, nt, o_head, as); break;
+            default: lb_tile_store<2, true>(p, acc, mt, nt, o_head, as); break;
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < LB_TM; ++i) {
-        int m = m0 + ty * LB_TM + i;
+        int m = mt + i;
         if (m >= p.m_total) break;
 #pragma unroll
         for (int g = 0; g < 2; ++g) {
-            int n = n0 + g * (LB_BN / 2) + tx * 4;
+            int n = nt + g * (LB_BN / 2);
             if (p.partial) {
                 int* dst = p.partial + ((long long)blockIdx.z * p.m_total + m) * p.ncols + n;
                 if (p.c_vec && n + 4 <= p.ncols) {
@@ -367,16 +436,11 @@ __device__ __forceinline__ void lb_tile_epilogue(const LbProblem& p, const int (
                 }
             } else {
                 const long long o = lb_out_row(p, m, o_head) + n;
-                float v[4];
 #pragma unroll
-                for (int j = 0; j < 4; ++j) v[j] = lb_dequant(acc[i][g * 4 + j], p.w_scale, as, p.relu);
-                if (p.c_vec && p.out_dtype == 0 && n + 4 <= p.ncols) {
-                    *(float4*)((float*)p.out + o) = make_float4(v[0], v[1], v[2], v[3]);
-                } else {
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        if (n + j < p.ncols) lb_store(p.out, o + j, v[j], p.out_dtype);
-                }
+                for (int j = 0; j < 4; ++j)
+                    if (n + j < p.ncols)
+                        lb_store(p.out, o + j, lb_dequant(acc[i][g * 4 + j], p.w_scale, as, p.relu),
+                                 p.out_dtype);
             }
         }
     }
@@ -397,28 +461,41 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
     const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
     const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
                                              : min((long long)sp.kw1 * 4, p.a_kvalid);
-    // Chunk i of a stage: row (tid + i*THREADS) % BM (lanes on consecutive rows, so the
-    // transposing smem stores hit distinct banks), words kc..kc+3.
+    // Chunk i of a stage: A row a_r (lanes on consecutive rows, so the transposing smem
+    // stores hit distinct banks), words a_kc(i)..+3; B row b_r(i), columns b_c..b_c+3.
+    // LB_FAST (chosen per launch: 16-byte loads legal, whole stages of K in every split) loads
+    // without checks: rows past M read row M-1 and columns past the weights the last quad, and
+    // the epilogue never stores what they feed.
     const int a_r = tid % LB_BM;
-    const int a_m = m0 + a_r;
+    const int a_m = LB_FAST ? min(m0 + a_r, p.m_total - 1) : m0 + a_r;
     const long long a_row = a_m < p.m_total ? lb_a_row(p, a_m, sp.a_head) : -1;
+    const void* a_ptr = lb_a_ptr(p, a_row < 0 ? 0 : a_row);
+    auto a_kc = [&](int i) { return ((tid + i * LB_THREADS) / LB_BM) * 4; };
+    auto b_r = [&](int i) { return (tid + i * LB_THREADS) / (LB_BN / 4); };
+    const int b_c = (tid % (LB_BN / 4)) * 4;
+    const u32* b_ptr = sp.b + (LB_FAST ? min(n0 + b_c, p.bcols - 4) : n0 + b_c);
+
+    // LB_FAST: the weight rows of chunk 0 of the next stage, and the step between chunks.
+    const u32* b_run = b_ptr + (long long)(sp.kw0 + b_r(0)) * p.ldb;
+    const long long b_step = (long long)(b_r(1 % LB_B_CHUNKS) - b_r(0)) * p.ldb;
 
     uint4 stage[LB_A_CHUNKS];
     auto load_a = [&](int kw) {
 #pragma unroll
         for (int i = 0; i < LB_A_CHUNKS; ++i) {
-            const int kc = ((tid + i * LB_THREADS) / LB_BM) * 4;
-            const int k = kw + kc;
-            if (a_row < 0 || k >= sp.kw1)
+            const int k = kw + a_kc(i);
+            if (LB_FAST)
+                stage[i] = lb_a_word4_vec<MODE>(a_ptr, k, s, p.fmt);
+            else if (a_row < 0 || k >= sp.kw1)
                 stage[i] = make_uint4(0u, 0u, 0u, 0u);
             else
-                stage[i] = lb_a_word4<MODE>(lb_a_ptr(p, a_row), k, kv, s, p.fmt, p.a_vec != 0);
+                stage[i] = lb_a_word4<MODE>(a_ptr, k, kv, s, p.fmt, p.a_vec != 0);
         }
     };
     auto store_a = [&](int buf) {
 #pragma unroll
         for (int i = 0; i < LB_A_CHUNKS; ++i) {
-            const int kc = ((tid + i * LB_THREADS) / LB_BM) * 4;
+            const int kc = a_kc(i);
             As[buf][kc + 0][a_r] = stage[i].x;
             As[buf][kc + 1][a_r] = stage[i].y;
             As[buf][kc + 2][a_r] = stage[i].z;
@@ -428,19 +505,19 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
     auto load_b = [&](int buf, int kw) {
 #pragma unroll
         for (int i = 0; i < LB_B_CHUNKS; ++i) {
-            int c = tid + i * LB_THREADS;
-            int r = c / (LB_BN / 4), col = (c % (LB_BN / 4)) * 4;
-            int k = kw + r, n = n0 + col;
-            u32* dst = &Bs[buf][r][col];
-            if (k >= sp.kw1) {
+            const int r = b_r(i), k = kw + r, n = n0 + b_c;
+            u32* dst = &Bs[buf][r][b_c];
+            if (LB_FAST)
+                cp_async16(dst, b_run + i * b_step);
+            else if (k < sp.kw1 && p.b_vec && n + 4 <= p.bcols)
+                cp_async16(dst, b_ptr + (long long)k * p.ldb);
+            else if (k >= sp.kw1)
                 *(uint4*)dst = make_uint4(0u, 0u, 0u, 0u);
-            } else if (p.b_vec && n + 4 <= p.bcols) {
-                cp_async16(dst, sp.b + (long long)k * p.ldb + n);
-            } else {
-                *(uint4*)dst = lb_b_word4(sp.b, p.ldb, k, n, p.bcols, false);
-            }
+            else  // b_ptr is column n: columns past the weights are zero
+                *(uint4*)dst = lb_b_word4(b_ptr, p.ldb, k, 0, p.bcols - n, false);
         }
         cp_async_commit();
+        if (LB_FAST) b_run += LB_BK * p.ldb;
     };
 
     int acc[LB_TM][8];

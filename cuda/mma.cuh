@@ -217,28 +217,6 @@ __device__ __forceinline__ void lb_load_b(const LbMma& p, u32* dst, const u32* b
     }
 }
 
-// Two outputs as f16x2 / bf16x2 bits (round to nearest even; `lo` in the low half).
-__device__ __forceinline__ u32 lb_pack2(float lo, float hi, int dtype) {
-    u32 r;
-    if (dtype == 1) {
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    } else {
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    }
-    return r;
-}
-
-// Streams 4 consecutive outputs to element offset `o` of `out` (16-byte aligned for f32,
-// 8-byte for 16-bit dtypes) as one store.
-__device__ __forceinline__ void lb_stcs4(void* out, long long o, const float (&f)[4], int dtype) {
-    if (dtype == 0) {
-        __stcs((float4*)((float*)out + o), make_float4(f[0], f[1], f[2], f[3]));
-    } else {
-        __stcs((uint2*)((unsigned short*)out + o),
-               make_uint2(lb_pack2(f[0], f[1], dtype), lb_pack2(f[2], f[3], dtype)));
-    }
-}
-
 // Writes 4 consecutive outputs (element offset o = row offset + col; column col..col+3):
 // dequantized into `out`, or as i32 into `part` when it is not null. `vec`: all 4 columns are
 // valid and 16-byte (8-byte for 16-bit outputs) stores are legal.

@@ -27,6 +27,8 @@ fn large(ctx: &mut Ctx) {
     let ops = [
         op([1, 4, 70, 300], [1200, 256]),
         op([2, 3, 9, 257], [3 * 260, 130]),
+        // Whole K stages and 16-byte rows (the tiled kernels' unchecked loads), edge tiles.
+        op([2, 2, 37, 256], [512, 132]),
     ];
     crate::large_cases(ctx, "decoder_tail large", &ops, 12);
 }

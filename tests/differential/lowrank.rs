@@ -61,6 +61,9 @@ fn epilogue(ctx: &mut Ctx) {
         &[
             op([2, 1, 5, 18], [3, 18, 9], 7),
             op([1, 2, 17, 33], [2, 33, 130], 130),
+            // Whole K stages and 16-byte rows (the tiled kernels' unchecked loads) with edge
+            // tiles in M and N, and a thread's rows crossing a batch boundary (T = 37).
+            op([2, 1, 37, 256], [3, 256, 132], 132),
         ],
         3,
     );

@@ -267,3 +267,49 @@ unsafe fn program_log(prog: sys::nvrtcProgram) -> Result<String> {
         Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
     }
 }
+
+/// The compile-everything tests' loop body: compiles one variant unless
+/// `LOWBIT_NVRTC_VARIANT=TEXT` is set and its description lacks TEXT (then `None`); keeps the
+/// image under `LOWBIT_DUMP_CUBIN=DIR` (for nvdisasm); fails on ptxas spills when
+/// `forbid_spills`; prints ptxas' resource lines under `LOWBIT_PTXAS_REPORT=1`.
+#[cfg(test)]
+pub(crate) fn compile_checked(
+    stem: &str,
+    cc: (u32, u32),
+    defines: &[(String, String)],
+    forbid_spills: bool,
+) -> Option<Compiled> {
+    let name = describe(stem, defines);
+    if let Ok(only) = std::env::var("LOWBIT_NVRTC_VARIANT")
+        && !name.contains(&only)
+    {
+        return None;
+    }
+    let c = compile(stem, cc, defines).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.image.is_empty(), "{name}: empty image");
+    if let Ok(dir) = std::env::var("LOWBIT_DUMP_CUBIN") {
+        let file: String = name
+            .chars()
+            .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
+            .collect();
+        std::fs::write(format!("{dir}/sm{}{}_{file}.cubin", cc.0, cc.1), &c.image).unwrap();
+    }
+    assert!(
+        !forbid_spills
+            || !c.log.contains("bytes spill stores")
+            || c.log.contains(" 0 bytes spill stores"),
+        "{name}: spills\n{}",
+        c.log
+    );
+    if std::env::var("LOWBIT_PTXAS_REPORT").is_ok() {
+        println!("== sm_{}{} {name}", cc.0, cc.1);
+        for line in c
+            .log
+            .lines()
+            .filter(|l| l.contains("registers") || l.contains("spill") || l.contains("Compiling"))
+        {
+            println!("   {line}");
+        }
+    }
+    Some(c)
+}

@@ -817,53 +817,16 @@ mod tests {
     }
 
     /// Compiles every module variant with NVRTC (no GPU needed) for sm_80 and sm_90; skips
-    /// loudly when libnvrtc is absent. `LOWBIT_PTXAS_REPORT=1` prints ptxas' resource lines.
+    /// loudly when libnvrtc is absent (see [`compile::compile_checked`] for its variables).
     #[test]
     fn every_mma_module_variant_compiles() {
         if !compile::nvrtc_present() {
             eprintln!("SKIPPED: libnvrtc not found; CUDA mma sources not compiled");
             return;
         }
-        let report = std::env::var("LOWBIT_PTXAS_REPORT").is_ok();
         for cc in [(8, 0), (9, 0)] {
             for (id, defines) in mma_module_variants() {
-                // LOWBIT_MMA_VARIANT=TEXT compiles only the variants whose description has it.
-                if let Ok(only) = std::env::var("LOWBIT_MMA_VARIANT")
-                    && !compile::describe(id.stem(), &defines).contains(&only)
-                {
-                    continue;
-                }
-                let c = compile::compile(id.stem(), cc, &defines).unwrap_or_else(|e| panic!("{e}"));
-                // LOWBIT_DUMP_CUBIN=DIR keeps the images, for cuobjdump/nvdisasm.
-                if let Ok(dir) = std::env::var("LOWBIT_DUMP_CUBIN") {
-                    let name = compile::describe(id.stem(), &defines)
-                        .chars()
-                        .map(|ch| if ch.is_ascii_alphanumeric() { ch } else { '_' })
-                        .collect::<String>();
-                    std::fs::write(format!("{dir}/sm{}{}_{name}.cubin", cc.0, cc.1), &c.image)
-                        .unwrap();
-                }
-                assert!(!c.image.is_empty());
-                assert!(
-                    !c.log.contains("bytes spill stores")
-                        || c.log.contains(" 0 bytes spill stores"),
-                    "{}: spills\n{}",
-                    compile::describe(id.stem(), &defines),
-                    c.log
-                );
-                if report {
-                    println!(
-                        "== sm_{}{} {}",
-                        cc.0,
-                        cc.1,
-                        compile::describe(id.stem(), &defines)
-                    );
-                    for line in c.log.lines().filter(|l| {
-                        l.contains("registers") || l.contains("spill") || l.contains("Compiling")
-                    }) {
-                        println!("   {line}");
-                    }
-                }
+                compile::compile_checked(id.stem(), cc, &defines, true);
             }
         }
     }
