@@ -214,6 +214,32 @@ __device__ __forceinline__ void lb_prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// ---- programmatic dependent launch (sm_90+) ------------------------------------------------
+// The small-M kernels are launched with programmatic stream serialization where the device
+// supports it (launch.rs, launch_lb): such a kernel may start while the previous kernel of
+// the stream still runs. Until griddepcontrol.wait returns (every earlier kernel finished,
+// its writes visible) it only prefetches its weights into L2, which is coherent with writes
+// still in flight, so every input is read in stream order. Then it lets the next kernel of
+// the stream start, whose weight prefetches overlap this kernel's work. `pdl`
+// (LbProblem::pdl): 0 a plain launch (nothing to do), 1 the next kernel may start once this
+// one is past its wait, 2 as soon as this one starts. `b`: rows [r0, r1) x words [c0, c1),
+// row stride `ldb` words: the block's weights.
+__device__ __forceinline__ void lb_pdl_prologue(int pdl, const u32* b, long long ldb, int r0, int r1,
+                                                int c0, int c1) {
+#if __CUDA_ARCH__ >= 900
+    if (pdl == 0) return;
+    if (pdl == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    const int lpr = (c1 - c0 + 31) / 32;  // 128-byte lines per row
+    if (lpr > 0)
+        for (int i = threadIdx.x; i < (r1 - r0) * lpr; i += blockDim.x) {
+            const int r = i / lpr;
+            lb_prefetch_l2(b + (long long)(r0 + r) * ldb + c0 + 32 * (i - r * lpr));
+        }
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (pdl == 1) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 // Four consecutive B words of row `r` starting at column c (zero past ncols).
 __device__ __forceinline__ uint4 lb_b_word4(const u32* b, long ldb, long r, long c, long ncols,
                                             bool vec) {
@@ -266,6 +292,7 @@ struct LbProblem {
     int c_vec;              // float4 output stores legal
     int is_decoder;
     int out_dtype;          // 0 f32, 1 f16, 2 bf16 (round to nearest even)
+    int pdl;                // small-M launch: 0 plain, 1 PDL (next kernel after the wait), 2 PDL early
 };
 
 // Where block `z` works: head, A/B bases and its K range [kw0, kw1) in words.
@@ -618,6 +645,7 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     const int tile0 = blockIdx.x * LB_SM_COLS;
     const int c0 = tile0 + col_local;
     const LbSplit sp = lb_split(p, blockIdx.y, 4);
+    lb_pdl_prologue(p.pdl, sp.b, p.ldb, sp.kw0, sp.kw1, tile0, min(tile0 + LB_SM_COLS, p.bcols));
     const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
     const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
                                              : min((long long)sp.kw1 * 4, p.a_kvalid);

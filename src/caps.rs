@@ -7,6 +7,8 @@ use std::sync::OnceLock;
 pub const DP4A_MIN_SM: (u32, u32) = (6, 1);
 /// Integer `mma.sync` (s8 m16n8k32) needs compute capability 8.0.
 pub const INT8_MMA_MIN_SM: (u32, u32) = (8, 0);
+/// Programmatic dependent launch (`griddepcontrol`, a launch attribute) needs 9.0.
+pub const PROGRAMMATIC_LAUNCH_MIN_SM: (u32, u32) = (9, 0);
 
 /// The result of probing one backend.
 #[derive(Clone, Debug, PartialEq)]
@@ -97,6 +99,8 @@ pub struct CudaDeviceCaps {
     pub dp4a: bool,
     /// `compute_capability >= INT8_MMA_MIN_SM`.
     pub int8_mma: bool,
+    /// `compute_capability >= PROGRAMMATIC_LAUNCH_MIN_SM`.
+    pub programmatic_launch: bool,
 }
 
 /// The CUDA driver, NVRTC and every device.

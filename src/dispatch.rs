@@ -704,6 +704,7 @@ mod tests {
             memory_bytes: 1 << 30,
             dp4a: cc >= DP4A_MIN_SM,
             int8_mma: cc >= INT8_MMA_MIN_SM,
+            programmatic_launch: cc >= crate::caps::PROGRAMMATIC_LAUNCH_MIN_SM,
         }
     }
 

@@ -8,7 +8,7 @@ use lowbit_kernels::backend::cuda::cudarc::driver::{
     CudaContext, CudaSlice, DevicePtr, DevicePtrMut,
 };
 use lowbit_kernels::backend::cuda::{
-    CudaDevice, DeviceAct, DeviceOut, DeviceScale, RawAct, RawScale,
+    CudaDevice, DeviceAct, DeviceOut, DeviceScale, Pdl, RawAct, RawScale,
 };
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::quantize::QuantizeShape;
@@ -240,6 +240,95 @@ fn device_resident_chaining() {
     let expected =
         reference::decoder_tail_codes(&dec.shape, &c2, &dec.w_codes, a2, dec.w_scale).unwrap();
     assert_exact("decoder output", &expected, &out);
+}
+
+/// Token-by-token decoding queued back to back with no sync: x -> relu(lowrank(x)) ->
+/// decoder_tail -> x, 8 steps, at M = 1 and 8 (the dp4a and tensor-core small-M kernels), with
+/// each programmatic dependent launch mode (off below sm_90). Every kernel reads the
+/// previous kernel's output and every buffer starts as NaN, so a kernel that read its input
+/// before its predecessor finished would show: each step is checked bit for bit against the
+/// reference on the device's own inputs.
+#[test]
+fn small_m_chain_back_to_back() {
+    const STEPS: usize = 8;
+    let (heads, d, n) = (4, 256, 512);
+    let (s_x, s_h) = (0.05f32, 0.01f32);
+    for pdl in [Pdl::AfterWait, Pdl::Early, Pdl::Off] {
+        let Some(dev) = device() else { return };
+        let dev = dev.with_programmatic_launch(pdl);
+        println!("programmatic launch: {:?}", dev.programmatic_launch());
+        for m in [1, 8] {
+            let mut rng = Rng::new(40 + m as u64);
+            let lr = lowrank_problem(&mut rng, m, heads, d, n);
+            let mut dec = decoder_problem(&mut rng, m, heads, n, d);
+            dec.w_scale = 0.001;
+            let (wl, wd) = (
+                dev.upload(&lr.w_words).unwrap(),
+                dev.upload(&dec.w_words).unwrap(),
+            );
+            let mut xs = vec![dev.upload(&rng.normals(lr.shape.x_len(), 1.0)).unwrap()];
+            let mut hs = Vec::new();
+            for _ in 0..STEPS {
+                let mut h = dev.upload(&vec![f32::NAN; lr.shape.out_len()]).unwrap();
+                let relu = Epilogue {
+                    relu: true,
+                    ..Default::default()
+                };
+                let x = xs.last().unwrap();
+                dev.lowrank(
+                    &lr.shape,
+                    DeviceAct::F32(x),
+                    Fmt::Int8,
+                    DeviceScale::Param(s_x),
+                    &wl,
+                    lr.w_scale,
+                    1,
+                    relu,
+                    DeviceOut::F32(&mut h),
+                )
+                .unwrap();
+                let mut y = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
+                dev.decoder_tail(
+                    &dec.shape,
+                    DeviceAct::F32(&h),
+                    Fmt::Int8,
+                    DeviceScale::Param(s_h),
+                    &wd,
+                    dec.w_scale,
+                    127,
+                    Epilogue::default(),
+                    DeviceOut::F32(&mut y),
+                )
+                .unwrap();
+                hs.push(h);
+                xs.push(y);
+            }
+            for i in 0..STEPS {
+                let x = dev.download(&xs[i]).unwrap();
+                let h = dev.download(&hs[i]).unwrap();
+                let c = codes_of(&x, Fmt::Int8, s_x);
+                let eh: Vec<f32> = reference::lowrank_projection_codes(
+                    &lr.shape,
+                    &c,
+                    &lr.w_codes,
+                    s_x,
+                    lr.w_scale,
+                )
+                .unwrap()
+                .into_iter()
+                .map(|v| v.max(0.0))
+                .collect();
+                assert_exact(&format!("pdl {pdl:?} M {m} step {i} hidden"), &eh, &h);
+                let ch = codes_of(&h, Fmt::Int8, s_h);
+                let ey =
+                    reference::decoder_tail_codes(&dec.shape, &ch, &dec.w_codes, s_h, dec.w_scale)
+                        .unwrap();
+                let y = dev.download(&xs[i + 1]).unwrap();
+                assert_exact(&format!("pdl {pdl:?} M {m} step {i} output"), &ey, &y);
+                assert!(ey.iter().any(|&v| v != 0.0), "step {i}: degenerate data");
+            }
+        }
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use crate::{Ctx, Op};
 use lowbit_kernels::backend::cuda::{
-    CudaBackend, CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily,
+    CudaBackend, CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily, Pdl,
 };
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
@@ -234,6 +234,21 @@ fn small_m_on_the_tensor_cores() {
         open_mma(|d| CudaBackend::from_device(d.with_small_mma(true)))
     });
     let Some(b) = opened else { return };
+    run_on_mma(b, "LB_MMA_SMALL=1", small_random);
+}
+
+/// The same small-M cases with programmatic dependent launch off (on by default where the
+/// device has it).
+#[test]
+fn small_m_without_programmatic_launch() {
+    static B: Cell = OnceLock::new();
+    let opened = crate::cuda_backend(&B, || {
+        open_mma(|d| {
+            CudaBackend::from_device(d.with_small_mma(true).with_programmatic_launch(Pdl::Off))
+        })
+    });
+    let Some(b) = opened else { return };
+    assert_eq!(b.device().programmatic_launch(), Pdl::Off);
     run_on_mma(b, "LB_MMA_SMALL=1", small_random);
 }
 

@@ -124,6 +124,25 @@ pub(crate) struct Scratch {
     pub mma_words: Option<CudaSlice<u32>>,
 }
 
+/// Environment variable that sets [`Pdl`] on devices that support it: `0` off, `1` (the
+/// default) or `early`.
+pub const PDL_ENV: &str = "LOWBIT_CUDA_PDL";
+
+/// Programmatic dependent launch of the small-M kernels (sm_90+): each may start while the
+/// previous kernel of the stream runs, prefetch its weights into L2, and wait for it before
+/// touching anything else. The value is what the kernels see (`LbProblem::pdl`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Pdl {
+    /// Plain launches, no prefetch.
+    Off = 0,
+    /// A kernel lets the next one start once it is past its wait (one kernel in flight
+    /// ahead of the one working).
+    AfterWait = 1,
+    /// A kernel lets the next one start as soon as it starts (several may prefetch ahead).
+    Early = 2,
+}
+
 /// A CUDA device (or a caller's context + stream) ready to run the kernels.
 ///
 /// Everything is queued on one stream. A device opened with [`CudaDevice::new`] switches off
@@ -142,6 +161,8 @@ pub struct CudaDevice {
     /// (`LOWBIT_CUDA_SMALL_MMA=1`, or [`CudaDevice::with_small_mma`]) instead of where it
     /// measured faster (low-rank at M ≥ 4, decoder at M ≥ 8).
     pub(crate) small_mma_all: bool,
+    /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
+    pub(crate) pdl: Pdl,
     cache: Mutex<ModuleCache>,
     scratch: Mutex<Scratch>,
     /// Held while one op queues its launches: the scratch buffers an op fills in one launch
@@ -241,6 +262,17 @@ impl CudaDevice {
         );
         let lowrank_ring =
             super::mma::MmaRing::from_env().map_err(bad_env(super::mma::RING_ENV_LOWRANK))?;
+        let pdl = match std::env::var(PDL_ENV).unwrap_or_default().trim() {
+            _ if !caps.programmatic_launch => Pdl::Off,
+            "" | "1" => Pdl::AfterWait,
+            "early" => Pdl::Early,
+            "0" => Pdl::Off,
+            other => {
+                return Err(bad_env(PDL_ENV)(format!(
+                    "`{other}` is not 0 (off), 1 (on, the default) or early"
+                )));
+            }
+        };
         Ok(Self {
             ctx,
             stream,
@@ -249,6 +281,7 @@ impl CudaDevice {
             tiles,
             lowrank_ring,
             small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
+            pdl,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
             op_lock: Mutex::new(()),
@@ -261,6 +294,21 @@ impl CudaDevice {
     /// The stream every op of this device is ordered on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+    /// How the small-M kernels are launched.
+    pub fn programmatic_launch(&self) -> Pdl {
+        self.pdl
+    }
+    /// Sets how the small-M kernels are launched ([`Pdl::Off`] on devices without
+    /// programmatic dependent launch); the default is [`Pdl::AfterWait`] where supported,
+    /// or what `LOWBIT_CUDA_PDL` says.
+    pub fn with_programmatic_launch(mut self, pdl: Pdl) -> Self {
+        self.pdl = if self.caps.programmatic_launch {
+            pdl
+        } else {
+            Pdl::Off
+        };
+        self
     }
     pub fn caps(&self) -> &CudaDeviceCaps {
         &self.caps
@@ -447,6 +495,7 @@ mod tests {
             memory_bytes: 1,
             dp4a: cc >= crate::caps::DP4A_MIN_SM,
             int8_mma: cc >= crate::caps::INT8_MMA_MIN_SM,
+            programmatic_launch: cc >= crate::caps::PROGRAMMATIC_LAUNCH_MIN_SM,
         }
     }
 

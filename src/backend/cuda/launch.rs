@@ -6,7 +6,7 @@
 
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::device::{CudaDevice, drv};
+use super::device::{CudaDevice, Pdl, drv};
 use super::tuning as t;
 use crate::config::LowBitActivationFormat;
 use crate::error::{LowbitError, Result};
@@ -121,6 +121,8 @@ pub(crate) struct LbProblem {
     pub c_vec: i32,
     pub is_decoder: i32,
     pub out_dtype: i32,
+    /// [`Pdl`] as launched (set by `launch_problem` / `launch_small`).
+    pub pdl: i32,
 }
 
 // SAFETY: plain-old-data with the C layout of `LbProblem`.
@@ -329,13 +331,82 @@ fn pick_splits(units: usize, slots: usize, max_sp: usize) -> usize {
 }
 
 impl CudaDevice {
-    fn launch_problem(&self, f: &CudaFunction, grid: (u32, u32, u32), p: &LbProblem) -> Result<()> {
-        let mut b = self.stream.launch_builder(f);
-        b.arg(p);
+    /// `small`: a small-M kernel (`lb_small_m`, which may overlap the previous kernel).
+    fn launch_problem(
+        &self,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        p: &LbProblem,
+        small: bool,
+    ) -> Result<()> {
+        let p = LbProblem {
+            pdl: if small { self.pdl as i32 } else { 0 },
+            ..*p
+        };
         // SAFETY: `p` mirrors the kernel's only parameter; every address in it was checked
         // by the caller to cover the shape's extent.
-        unsafe { b.launch(cfg(grid, t::THREADS)) }.map_err(drv("cuLaunchKernel (projection)"))?;
-        Ok(())
+        unsafe { self.launch_lb(f, cfg(grid, t::THREADS), &p, "projection", small) }
+    }
+
+    /// Queues `f` with `p` as its only parameter. With `pdl`, unless the device's [`Pdl`] is
+    /// off, the launch allows programmatic stream serialization: the kernel may start before
+    /// the previous kernel of the stream ends, so it must run `lb_pdl_prologue`
+    /// (`cuda/common.cuh`: L2 prefetches of its weights, then `griddepcontrol.wait`) before it
+    /// touches any other memory, and `p` must say so (its `pdl` field).
+    ///
+    /// # Safety
+    /// `p` must be the kernel's parameter, every address in it covering what the kernel
+    /// reads and writes at this grid.
+    pub(crate) unsafe fn launch_lb<P: DeviceRepr>(
+        &self,
+        f: &CudaFunction,
+        c: LaunchConfig,
+        p: &P,
+        what: &str,
+        pdl: bool,
+    ) -> Result<()> {
+        use cudarc::driver::sys;
+        let context = format!("cuLaunchKernel ({what})");
+        if !pdl || self.pdl == Pdl::Off {
+            let mut b = self.stream.launch_builder(f);
+            b.arg(p);
+            // SAFETY: per the caller's contract.
+            unsafe { b.launch(c) }.map_err(drv(context))?;
+            return Ok(());
+        }
+        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
+        let mut attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: c.grid_dim.0,
+            gridDimY: c.grid_dim.1,
+            gridDimZ: c.grid_dim.2,
+            blockDimX: c.block_dim.0,
+            blockDimY: c.block_dim.1,
+            blockDimZ: c.block_dim.2,
+            sharedMemBytes: c.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        let mut params = [p as *const P as *mut std::ffi::c_void];
+        // SAFETY: `params` holds the address of the kernel's one parameter, alive for the
+        // call (the driver copies it); the rest per the caller's contract.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+        .map_err(drv(context))
     }
 
     /// Allows `smem` bytes of dynamic shared memory for `f`; returns its resident blocks on
@@ -695,7 +766,7 @@ impl CudaDevice {
                     ceil_u32(m, t::FLOAT_TILE),
                     heads,
                 );
-                self.launch_problem(&f, grid, &p)
+                self.launch_problem(&f, grid, &p, false)
             }
             Path::Int { mode, uns } => {
                 let small = m <= t::SMALL_M_MAX;
@@ -742,7 +813,7 @@ impl CudaDevice {
                         heads,
                     )
                 };
-                self.launch_problem(&f, grid, &p)
+                self.launch_problem(&f, grid, &p, small)
             }
         }
     }
@@ -866,7 +937,7 @@ impl CudaDevice {
             Path::Float => {
                 let f = self.function(KernelId::DecoderFloat, plain_defines("LB_FLOAT"))?;
                 let grid = (ceil_u32(dim, t::FLOAT_TILE), ceil_u32(m, t::FLOAT_TILE), 1);
-                return self.launch_problem(&f, grid, &p);
+                return self.launch_problem(&f, grid, &p, false);
             }
             Path::Int { mode, uns } => (mode, uns),
         };
@@ -944,10 +1015,10 @@ impl CudaDevice {
         }
         drop(scratch);
         if small {
-            self.launch_problem(&f, (col_tiles as u32, splits as u32, 1), &p)
+            self.launch_problem(&f, (col_tiles as u32, splits as u32, 1), &p, true)
         } else {
             let grid = (col_tiles as u32, ceil_u32(m, tile.bm), splits as u32);
-            self.launch_problem(&f, grid, &p)?;
+            self.launch_problem(&f, grid, &p, false)?;
             if let (Some(r), true) = (reduce, splits > 1) {
                 let s = splits as i32;
                 let mut b = self.stream.launch_builder(&r);
@@ -1104,7 +1175,7 @@ mod tests {
 
     #[test]
     fn problem_struct_layout_matches_the_c_side() {
-        // 6 pointers + 4 i64 + 2 f32 + 17 i32 = 156 bytes, padded to 160 (see common.cuh).
+        // 6 pointers + 4 i64 + 2 f32 + 18 i32 = 160 bytes (see common.cuh).
         assert_eq!(std::mem::size_of::<LbProblem>(), 160);
         assert_eq!(std::mem::align_of::<LbProblem>(), 8);
     }

@@ -520,13 +520,13 @@ impl CudaDevice {
         p: &LbProblem,
         what: &str,
     ) -> Result<()> {
-        let mut b = self.stream.launch_builder(f);
-        b.arg(p);
+        let p = LbProblem {
+            pdl: self.pdl as i32,
+            ..*p
+        };
         // SAFETY: `p` mirrors the kernel's only parameter; its addresses were checked by the
         // caller to cover the shape's extent (loads past the valid extents are masked).
-        unsafe { b.launch(launch_cfg(grid, 32 * warps, smem)) }
-            .map_err(drv(format!("cuLaunchKernel ({what})")))?;
-        Ok(())
+        unsafe { self.launch_lb(f, launch_cfg(grid, 32 * warps, smem), &p, what, true) }
     }
 
     fn prepare(&self, f: &CudaFunction, smem: usize) -> Result<usize> {

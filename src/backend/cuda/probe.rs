@@ -4,7 +4,10 @@
 use cudarc::driver::{result, sys};
 
 use super::compile;
-use crate::caps::{BackendProbe, CudaCaps, CudaDeviceCaps, DP4A_MIN_SM, INT8_MMA_MIN_SM};
+use crate::caps::{
+    BackendProbe, CudaCaps, CudaDeviceCaps, DP4A_MIN_SM, INT8_MMA_MIN_SM,
+    PROGRAMMATIC_LAUNCH_MIN_SM,
+};
 
 /// True when libcuda can be loaded (never panics).
 pub fn driver_present() -> bool {
@@ -78,5 +81,6 @@ pub fn device_caps(ordinal: usize) -> Result<CudaDeviceCaps, String> {
         memory_bytes,
         dp4a: cc >= DP4A_MIN_SM,
         int8_mma: cc >= INT8_MMA_MIN_SM,
+        programmatic_launch: cc >= PROGRAMMATIC_LAUNCH_MIN_SM,
     })
 }

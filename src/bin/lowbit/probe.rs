@@ -384,13 +384,14 @@ fn caps_rows(caps: &Capabilities) -> Vec<Vec<String>> {
                     d.name.clone(),
                     "available".into(),
                     format!(
-                        "sm_{}{} SMs={} mem={:.1}GiB dp4a={} int8_mma={} {versions}",
+                        "sm_{}{} SMs={} mem={:.1}GiB dp4a={} int8_mma={} pdl={} {versions}",
                         d.compute_capability.0,
                         d.compute_capability.1,
                         d.multiprocessors,
                         d.memory_bytes as f64 / (1u64 << 30) as f64,
                         yes_no(d.dp4a),
                         yes_no(d.int8_mma),
+                        yes_no(d.programmatic_launch),
                     ),
                 ]);
             }
@@ -497,6 +498,7 @@ pub fn caps_json(caps: &Capabilities) -> Json {
                                 ("memory_bytes", d.memory_bytes.into()),
                                 ("dp4a", d.dp4a.into()),
                                 ("int8_mma", d.int8_mma.into()),
+                                ("programmatic_launch", d.programmatic_launch.into()),
                             ])
                         })
                         .collect(),
