@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
-#                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [final]
+#                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [final]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -11,7 +11,8 @@
 # kernels at M = 16 and 1; ncumma: the tensor-core kernels at M = 2048 and the small-M ones;
 # rings: the low-rank mma weight rings of LOWBIT_CUDA_MMA_LOWRANK (criterion MMA-SUMMARY lines);
 # ncularge: stall reasons, pipe and memory counters of the large-M projections (M = 2048);
-# t2: ternary2 weights (--weights ternary2) at M = 1, 4, 16, 512, 2048; memcheck:
+# t2: ternary2 weights (--weights ternary2) at M = 1, 4, 16, 512, 2048; pdl: M <= 16 under each
+# LOWBIT_CUDA_PDL mode (1 default, early, 0 plain launches), i8x4 and ternary2; memcheck:
 # compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
@@ -68,6 +69,12 @@ if has small; then
 fi
 if has t2; then
   bench "cuda ternary2 weights" --backend cuda --op lowrank,decoder-tail --m 1,4,16,512,2048 --weights ternary2 --json "$out/t2.json"
+fi
+if has pdl; then
+  for mode in 1 early 0; do
+    LOWBIT_CUDA_PDL=$mode bench "small M, LOWBIT_CUDA_PDL=$mode" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,4,8,16
+    LOWBIT_CUDA_PDL=$mode bench "ternary2, LOWBIT_CUDA_PDL=$mode" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,16 --weights ternary2
+  done
 fi
 if has dp4a; then
   nvidia-smi --query-gpu=clocks.sm,power.draw --format=csv,noheader -lms 100 > "$out/clocks.txt" 2>&1 &
