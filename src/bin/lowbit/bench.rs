@@ -31,7 +31,9 @@ pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowran
   device-resident ops (GPU timestamps, else wall clock around a blocking poll); at M <= 16 the
   GPUs rotate through 8 weight copies so the weights come from DRAM, not a warm L2, and CUDA
   times them as replays of a CUDA graph of 8 runs (4 replays per sample, so the host's launch
-  latency is not counted; --no-graph times single launches instead).
+  latency is not counted; --no-graph times single launches instead; 'PDL' in the timing
+  column: on sm_90+ each run's kernels may start while the previous run's finish, see
+  LOWBIT_CUDA_PDL).
   --transfers times every backend through the host-slice Backend trait instead (upload +
   kernels + download). Time is the median of K runs (default: >= 3 runs and >= 0.3 s).
   GB/s counts input + weights + output once; '% bw' is that over the device's measured copy

@@ -12,8 +12,10 @@
 //! At small M the GPU timers rotate through [`COLD_COPIES`] copies of the weights so that they
 //! come from DRAM, not from an L2 still warm from the previous run. There the CUDA timer
 //! captures one run per copy into a CUDA graph and times replays of it (`device (CUDA graph
-//! replay)`), as token-by-token decoding would run: a single launch of a few microseconds is
-//! otherwise timed together with the host's launch latency (`--no-graph` keeps that).
+//! replay)`, `..., PDL)` where the small-M kernels of a replay overlap under programmatic
+//! dependent launch), as token-by-token decoding would run: a single launch of a few
+//! microseconds is otherwise timed together with the host's launch latency (`--no-graph` keeps
+//! that).
 
 use std::time::Instant;
 
@@ -306,7 +308,7 @@ mod cuda {
     use lowbit_kernels::backend::cuda::cudarc::driver::{CudaSlice, DriverError, sys};
     use lowbit_kernels::backend::cuda::microbench::{Ceilings, time_events};
     use lowbit_kernels::backend::cuda::{
-        CudaDevice, DeviceAct, DeviceOut, DeviceScale, DeviceWeights, KernelFamily,
+        CudaDevice, DeviceAct, DeviceOut, DeviceScale, DeviceWeights, KernelFamily, Pdl,
     };
     use lowbit_kernels::{BackendKind, Epilogue, LowbitError, Result};
 
@@ -370,7 +372,12 @@ mod cuda {
             })?;
             Ok(d.as_secs_f64() / per)
         })?;
-        s.timing = Some("device (CUDA graph replay)");
+        // The small-M kernels of one replay overlap under programmatic dependent launch.
+        s.timing = Some(match dev.programmatic_launch() {
+            Pdl::Off => "device (CUDA graph replay)",
+            Pdl::AfterWait => "device (CUDA graph replay, PDL)",
+            Pdl::Early => "device (CUDA graph replay, PDL early)",
+        });
         Ok(s)
     }
 
