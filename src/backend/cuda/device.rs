@@ -143,6 +143,20 @@ pub enum Pdl {
     Early = 2,
 }
 
+impl Pdl {
+    /// A `LOWBIT_CUDA_PDL` value: empty or `1` (the default), `early`, or `0`.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "" | "1" => Ok(Self::AfterWait),
+            "early" => Ok(Self::Early),
+            "0" => Ok(Self::Off),
+            other => Err(format!(
+                "`{other}` is not 0 (off), 1 (on, the default) or early"
+            )),
+        }
+    }
+}
+
 /// A CUDA device (or a caller's context + stream) ready to run the kernels.
 ///
 /// Everything is queued on one stream. A device opened with [`CudaDevice::new`] switches off
@@ -262,16 +276,12 @@ impl CudaDevice {
         );
         let lowrank_ring =
             super::mma::MmaRing::from_env().map_err(bad_env(super::mma::RING_ENV_LOWRANK))?;
-        let pdl = match std::env::var(PDL_ENV).unwrap_or_default().trim() {
-            _ if !caps.programmatic_launch => Pdl::Off,
-            "" | "1" => Pdl::AfterWait,
-            "early" => Pdl::Early,
-            "0" => Pdl::Off,
-            other => {
-                return Err(bad_env(PDL_ENV)(format!(
-                    "`{other}` is not 0 (off), 1 (on, the default) or early"
-                )));
-            }
+        let pdl =
+            Pdl::parse(&std::env::var(PDL_ENV).unwrap_or_default()).map_err(bad_env(PDL_ENV))?;
+        let pdl = if caps.programmatic_launch {
+            pdl
+        } else {
+            Pdl::Off
         };
         Ok(Self {
             ctx,
@@ -496,6 +506,17 @@ mod tests {
             dp4a: cc >= crate::caps::DP4A_MIN_SM,
             int8_mma: cc >= crate::caps::INT8_MMA_MIN_SM,
             programmatic_launch: cc >= crate::caps::PROGRAMMATIC_LAUNCH_MIN_SM,
+        }
+    }
+
+    #[test]
+    fn pdl_values_parse() {
+        assert_eq!(Pdl::parse(""), Ok(Pdl::AfterWait));
+        assert_eq!(Pdl::parse(" 1 "), Ok(Pdl::AfterWait));
+        assert_eq!(Pdl::parse("early"), Ok(Pdl::Early));
+        assert_eq!(Pdl::parse("0"), Ok(Pdl::Off));
+        for bad in ["2", "on", "Early", "true"] {
+            assert!(Pdl::parse(bad).is_err(), "{bad}");
         }
     }
 
