@@ -121,7 +121,7 @@ pub(crate) struct LbProblem {
     pub c_vec: i32,
     pub is_decoder: i32,
     pub out_dtype: i32,
-    /// [`Pdl`] as launched (set by `launch_problem` / `launch_small`).
+    /// [`Pdl`] as launched (set by `CudaDevice::launch_lb`).
     pub pdl: i32,
 }
 
@@ -339,35 +339,36 @@ impl CudaDevice {
         p: &LbProblem,
         small: bool,
     ) -> Result<()> {
-        let p = LbProblem {
-            pdl: if small { self.pdl as i32 } else { 0 },
-            ..*p
-        };
         // SAFETY: `p` mirrors the kernel's only parameter; every address in it was checked
         // by the caller to cover the shape's extent.
-        unsafe { self.launch_lb(f, cfg(grid, t::THREADS), &p, "projection", small) }
+        unsafe { self.launch_lb(f, cfg(grid, t::THREADS), p, "projection", small) }
     }
 
-    /// Queues `f` with `p` as its only parameter. With `pdl`, unless the device's [`Pdl`] is
-    /// off, the launch allows programmatic stream serialization: the kernel may start before
-    /// the previous kernel of the stream ends, so it must run `lb_pdl_prologue`
-    /// (`cuda/common.cuh`: L2 prefetches of its weights, then `griddepcontrol.wait`) before it
-    /// touches any other memory, and `p` must say so (its `pdl` field).
+    /// Queues `f` with `p` as its only parameter. For a small-M kernel (`small`), unless the
+    /// device's [`Pdl`] is off, the launch allows programmatic stream serialization: the
+    /// kernel may start before the previous kernel of the stream ends, so it runs
+    /// `lb_pdl_prologue` (`cuda/common.cuh`: L2 prefetches of its weights, then
+    /// `griddepcontrol.wait`) before it touches any other memory; `p.pdl` is set to say so.
     ///
     /// # Safety
     /// `p` must be the kernel's parameter, every address in it covering what the kernel
     /// reads and writes at this grid.
-    pub(crate) unsafe fn launch_lb<P: DeviceRepr>(
+    pub(crate) unsafe fn launch_lb(
         &self,
         f: &CudaFunction,
         c: LaunchConfig,
-        p: &P,
+        p: &LbProblem,
         what: &str,
-        pdl: bool,
+        small: bool,
     ) -> Result<()> {
         use cudarc::driver::sys;
+        let pdl = if small { self.pdl } else { Pdl::Off };
+        let p = &LbProblem {
+            pdl: pdl as i32,
+            ..*p
+        };
         let context = format!("cuLaunchKernel ({what})");
-        if !pdl || self.pdl == Pdl::Off {
+        if pdl == Pdl::Off {
             let mut b = self.stream.launch_builder(f);
             b.arg(p);
             // SAFETY: per the caller's contract.
@@ -394,7 +395,7 @@ impl CudaDevice {
             attrs: &mut attr,
             numAttrs: 1,
         };
-        let mut params = [p as *const P as *mut std::ffi::c_void];
+        let mut params = [p as *const LbProblem as *mut std::ffi::c_void];
         // SAFETY: `params` holds the address of the kernel's one parameter, alive for the
         // call (the driver copies it); the rest per the caller's contract.
         unsafe {
@@ -1111,9 +1112,11 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
             ] {
                 // Large-M f32 input is packed first (prepack_f32), so only the small-M
                 // kernels read f32.
-                for tile in t::DpTile::CANDIDATES.into_iter().filter(|_| mode != 2) {
-                    for fast in [false, true] {
-                        v.push((ids[mode as usize], tiled_defines(mode, uns, tile, fast)));
+                if mode != 2 {
+                    for tile in t::DpTile::CANDIDATES {
+                        for fast in [false, true] {
+                            v.push((ids[mode as usize], tiled_defines(mode, uns, tile, fast)));
+                        }
                     }
                 }
                 let mut rows = 1;

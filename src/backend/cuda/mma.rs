@@ -520,13 +520,9 @@ impl CudaDevice {
         p: &LbProblem,
         what: &str,
     ) -> Result<()> {
-        let p = LbProblem {
-            pdl: self.pdl as i32,
-            ..*p
-        };
         // SAFETY: `p` mirrors the kernel's only parameter; its addresses were checked by the
         // caller to cover the shape's extent (loads past the valid extents are masked).
-        unsafe { self.launch_lb(f, launch_cfg(grid, 32 * warps, smem), &p, what, true) }
+        unsafe { self.launch_lb(f, launch_cfg(grid, 32 * warps, smem), p, what, true) }
     }
 
     fn prepare(&self, f: &CudaFunction, smem: usize) -> Result<usize> {
