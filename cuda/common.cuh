@@ -268,7 +268,7 @@ struct LbProblem {
     void* out;              // output: f32, or f16/bf16 bits (out_dtype)
     int* partial;           // i32 partials [splits][M][ncols], or null (write `out` directly)
     const float* scale_ptr; // device activation scale, or null (use scale_param)
-    unsigned* counters;     // small-M split fixup counters (one per column tile), or null
+    unsigned long long* acc; // small-M split-K accumulator [M][ncols] (lb_split_add), or null
     long long lda;          // elements per A row (words for packed, K for codes/f32)
     long long a_kvalid;     // valid elements per A row (same unit as lda)
     long long ldb;          // words per B row (N or D)
@@ -581,35 +581,26 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
 
 #endif  // LB_BM
 
-// ---- split-K fixup of the small-M paths ----------------------------------------------------
-// Called by every block of a split-K launch after its integer atomics into the zeroed [M][ncols]
-// accumulator `p.partial`: the last block to arrive at counter `ctr` (one per column tile and
-// row block, `nsplits` blocks each) dequantizes rows m0..m0+rows-1, columns tile0..+cols-1,
-// writes them, and zeroes the accumulator and the counter for the next launch on this stream.
-// Integer sums are order-free, so the output is the same bits on every run.
-__device__ __forceinline__ void lb_split_fixup(const LbProblem& p, int m0, int rows, int tile0,
-                                               int cols, int ctr, unsigned nsplits) {
-    __shared__ unsigned last_flag;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned prev = atomicAdd(&p.counters[ctr], 1u);
-        last_flag = (prev == nsplits - 1) ? 1u : 0u;
-    }
-    __syncthreads();
-    if (!last_flag) return;
-    __threadfence();
-    const float as = lb_scale(p.scale_ptr, p.scale_param);
-    for (int idx = threadIdx.x; idx < rows * cols; idx += blockDim.x) {
-        const int m = m0 + idx / cols, c = tile0 + idx % cols;
-        if (c >= p.ncols) continue;
-        int* a = p.partial + (long long)m * p.ncols + c;
-        const int v = __ldcg(a);
-        *a = 0;
-        lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(v, p.w_scale, as, p.relu),
-                 p.out_dtype);
-    }
-    if (threadIdx.x == 0) p.counters[ctr] = 0u;
+// ---- split-K on the small-M paths ---------------------------------------------------------
+// Every block of a split-K launch adds its i32 partial v of element e = m * ncols + c to the
+// zeroed u64 accumulator `p.acc` as (1 << 48) + (u32)v: bits 48 and up count the splits that
+// have added, the low 32 bits are the i32 sum (wrapping, like the reference; the low 48 bits
+// cannot carry into the count below 65536 splits). The add that brings the count to `nsplits`
+// returns every other split's share: its thread writes the output and zeroes the element for
+// the next launch on this stream. One atomic round trip, no fence, counter or re-read; integer
+// sums are order-free, so the same bits on every run.
+#define LB_SPLIT_ONE (1ull << 48)
+__device__ __forceinline__ unsigned long long lb_split_add(const LbProblem& p, long long e, int v) {
+    const unsigned long long inc = LB_SPLIT_ONE + (unsigned long long)(u32)v;
+    return atomicAdd(p.acc + e, inc) + inc;
+}
+// Element e's running total `tot` (lb_split_add): the last split's thread stores output index o.
+__device__ __forceinline__ void lb_split_finish(const LbProblem& p, long long e, long long o,
+                                                unsigned long long tot, unsigned nsplits,
+                                                float as) {
+    if ((tot >> 48) != nsplits) return;
+    p.acc[e] = 0ull;
+    lb_store(p.out, o, lb_dequant((int)(u32)tot, p.w_scale, as, p.relu), p.out_dtype);
 }
 
 // ---- small-M path -------------------------------------------------------------------------
@@ -742,20 +733,49 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     const int o_head = p.is_decoder ? 0 : sp.head;
     const int rows = min(p.m_total, LB_SMALL_M);
     const float as = lb_scale(p.scale_ptr, p.scale_param);
-    for (int idx = tid; idx < rows * LB_SM_COLS; idx += LB_THREADS) {
-        const int m = idx / LB_SM_COLS, cl = idx % LB_SM_COLS, c = tile0 + cl;
-        if (c >= p.ncols) continue;
-        int v = 0;
+    // Element i of this thread: row m, column c of the rows x COLS tile; false past M or ncols.
+    constexpr int EPT = (LB_SMALL_M * LB_SM_COLS + LB_THREADS - 1) / LB_THREADS;
+    auto elem = [&](int i, int& m, int& c) {
+        const int idx = tid + i * LB_THREADS;
+        m = idx / LB_SM_COLS;
+        c = tile0 + idx % LB_SM_COLS;
+        return m < rows && c < p.ncols;
+    };
+    int v[EPT];
 #pragma unroll
-        for (int w = 0; w < LB_SM_KWARPS; ++w) v += red[w][m][cl];
-        if (p.partial == nullptr)
-            lb_store(p.out, lb_out_row(p, m, o_head) + c, lb_dequant(v, p.w_scale, as, p.relu),
-                     p.out_dtype);
-        else  // split-K: integer atomics into the [M][ncols] accumulator (order-free)
-            atomicAdd(p.partial + (long long)m * p.ncols + c, v);
+    for (int i = 0; i < EPT; ++i) {
+        int m, c;
+        v[i] = 0;
+        if (elem(i, m, c)) {
+#pragma unroll
+            for (int w = 0; w < LB_SM_KWARPS; ++w) v[i] += red[w][m][c - tile0];
+        }
     }
-    if (p.partial == nullptr) return;
-    lb_split_fixup(p, 0, rows, tile0, LB_SM_COLS, blockIdx.x, gridDim.y);
+    if (p.acc == nullptr) {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) {
+            int m, c;
+            if (elem(i, m, c))
+                lb_store(p.out, lb_out_row(p, m, o_head) + c, lb_dequant(v[i], p.w_scale, as, p.relu),
+                         p.out_dtype);
+        }
+        return;
+    }
+    // Split-K (the decoder: output row m at m * ldc): every add is issued before the first
+    // total is looked at.
+    unsigned long long tot[EPT];
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+        int m, c;
+        tot[i] = elem(i, m, c) ? lb_split_add(p, (long long)m * p.ncols + c, v[i]) : 0ull;
+    }
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+        int m, c;
+        if (elem(i, m, c))
+            lb_split_finish(p, (long long)m * p.ncols + c, (long long)m * p.ldc + c, tot[i],
+                            gridDim.y, as);
+    }
 }
 #endif  // LB_SMALL_M
 

@@ -2,9 +2,9 @@
 // along L per head), dequantized as (acc * w_scale) * a_scale.
 //
 // K = H*L is long (32768 at BDH sizes) and the output narrow (D = 256), so K is split: each
-// block of grid z (tiled) / y (small-M) covers one slice of one head; i32 partials go to a
-// workspace [splits][M][D] and are summed in split order (decoder_reduce, or the last block
-// of a column tile on the small-M path), so the result is the same bits run to run.
+// block of grid z (tiled) / y (small-M) covers one slice of one head. Tiled: i32 partials go
+// to a workspace [splits][M][D], summed in split order by decoder_reduce; small-M: integer
+// atomics (lb_split_add). Either way the result is the same bits run to run.
 // Glossary: see common.cuh.
 
 #ifndef LB_UNS

@@ -288,7 +288,7 @@ __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, i
 //         A thread's 16-byte load (4 columns of one t2 row) is its B registers for two
 //         k-steps of its four fragments; lb_t2_expand turns a slot into an i8x4 word.
 // Decoder split-K: the k-warps are summed in smem, element-parallel over the valid rows; the
-// splits by integer atomics into the zeroed [M][D] accumulator, lb_split_fixup writing the
+// splits by integer atomics into the zeroed [M][D] accumulator, lb_split_finish writing the
 // output (the same bits every run). (Summing the splits of a thread-block cluster through
 // distributed shared memory first measured slower on the H200 at every M ≤ 16.)
 #ifndef LB_MS_CW
@@ -374,7 +374,8 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
         const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
                                                  : min((long long)sp.kw1 * 4, p.a_kvalid);
-        const int qpr = wl * LB_MS_KW / 4;
+        // 16-byte quads per row; an empty split (wl = 0) stages zeros into column 0 instead.
+        const int qpr = max(wl * LB_MS_KW / 4, 1);
         const int nq = rows * qpr;
         uint4 st[AITERS];
 #pragma unroll
@@ -390,11 +391,8 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         }
 #pragma unroll
         for (int i = 0; i < AITERS; ++i) {
-            const int idx = tid + i * LB_MS_THREADS;
-            if (idx < nq) {
-                const int r = idx / qpr;
-                *(uint4*)(As + r * LB_MS_LDA + (idx - r * qpr) * 4) = st[i];
-            }
+            const int idx = tid + i * LB_MS_THREADS, r = idx / qpr;
+            if (r < rows) *(uint4*)(As + r * LB_MS_LDA + (idx - r * qpr) * 4) = st[i];
         }
     }
     __syncthreads();
@@ -485,22 +483,48 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         }
     }
     __syncthreads();
-    const int n = rows * LB_MS_COLS;
-    for (int i = tid; i < n; i += LB_MS_THREADS) {
-        int v = 0;
+    // Element i of this thread: row m0 + r, column c of the valid rows x COLS tile.
+    constexpr int EPT = (16 * LB_MS_COLS + LB_MS_THREADS - 1) / LB_MS_THREADS;
+    auto elem = [&](int i, int& r, int& c) {
+        const int idx = tid + i * LB_MS_THREADS;
+        r = idx / LB_MS_COLS;
+        c = tile0 + idx % LB_MS_COLS;
+        return r < rows && c < p.ncols;
+    };
+    int v[EPT];
 #pragma unroll
-        for (int w = 0; w < LB_MS_KW; ++w) v += red[w * 16 * LB_MS_COLS + i];
-        const int m = m0 + i / LB_MS_COLS, c = tile0 + i % LB_MS_COLS;
-        if (c >= p.ncols) continue;
-        if (p.partial != nullptr)  // split-K: order-free integer atomics
-            atomicAdd(p.partial + (long long)m * p.ncols + c, v);
-        else
-            lb_store(p.out, (long long)m * p.ldc + c, lb_dequant(v, p.w_scale, as, p.relu),
-                     p.out_dtype);
+    for (int i = 0; i < EPT; ++i) {
+        int r, c;
+        v[i] = 0;
+        if (elem(i, r, c)) {
+#pragma unroll
+            for (int w = 0; w < LB_MS_KW; ++w) v[i] += red[(w * 16 + r) * LB_MS_COLS + c - tile0];
+        }
     }
-    if (p.partial == nullptr) return;
-    lb_split_fixup(p, m0, rows, tile0, LB_MS_COLS, blockIdx.x + gridDim.x * blockIdx.z,
-                   gridDim.y);
+    if (p.acc == nullptr) {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i) {
+            int r, c;
+            if (elem(i, r, c))
+                lb_store(p.out, (long long)(m0 + r) * p.ldc + c,
+                         lb_dequant(v[i], p.w_scale, as, p.relu), p.out_dtype);
+        }
+        return;
+    }
+    // Split-K: every add is issued before the first total is looked at.
+    unsigned long long tot[EPT];
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+        int r, c;
+        tot[i] = elem(i, r, c) ? lb_split_add(p, (long long)(m0 + r) * p.ncols + c, v[i]) : 0ull;
+    }
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) {
+        int r, c;
+        if (elem(i, r, c))
+            lb_split_finish(p, (long long)(m0 + r) * p.ncols + c, (long long)(m0 + r) * p.ldc + c,
+                            tot[i], gridDim.y, as);
+    }
 }
 
 #endif  // LB_MMA_SMALL

@@ -31,6 +31,9 @@ pub enum KernelId {
     Dp4aCeiling,
     /// CUDA microbenchmark: 16-byte device-to-device copy (copy bandwidth).
     CopyBandwidth,
+    /// CUDA microbenchmark: each block streams its share of one buffer once, launched like the
+    /// small-M kernels (the weight-stream floor of a chain of dependent ops).
+    StreamRead,
     /// CUDA int8 tensor cores (sm_80+): low-rank projection on i8x4 words.
     LowrankMma,
     /// CUDA int8 tensor cores: decoder tail (i8x4 rows), its split-K reduction, and the
@@ -47,7 +50,7 @@ pub enum KernelId {
 impl KernelId {
     /// CUDA-only microbenchmark kernels (not part of [`KernelId::ALL`], which lists the op
     /// kernels every GPU backend implements).
-    pub const MICROBENCH: [Self; 2] = [Self::Dp4aCeiling, Self::CopyBandwidth];
+    pub const MICROBENCH: [Self; 3] = [Self::Dp4aCeiling, Self::CopyBandwidth, Self::StreamRead];
 
     /// The CUDA int8 tensor-core (mma) family (not part of [`KernelId::ALL`] either).
     pub const CUDA_MMA: [Self; 6] = [
@@ -89,7 +92,7 @@ impl KernelId {
             | Self::DecoderFloat
             | Self::DecoderReduce => "decoder_tail",
             Self::RhoInt8Pack | Self::RhoInt8Unpack => "rho",
-            Self::Dp4aCeiling | Self::CopyBandwidth => "microbench",
+            Self::Dp4aCeiling | Self::CopyBandwidth | Self::StreamRead => "microbench",
             Self::LowrankMma | Self::LowrankMmaSmall => "lowrank_mma",
             Self::DecoderMma | Self::DecoderMmaReduce | Self::MmaPrepA | Self::DecoderMmaSmall => {
                 "decoder_tail_mma"
@@ -116,6 +119,7 @@ impl KernelId {
             Self::RhoInt8Unpack => "rho_int8_unpack",
             Self::Dp4aCeiling => "dp4a_ceiling",
             Self::CopyBandwidth => "copy_bandwidth",
+            Self::StreamRead => "stream_read",
             Self::LowrankMma => "lowrank_mma",
             Self::DecoderMma => "decoder_tail_mma",
             Self::DecoderMmaReduce => "decoder_mma_reduce",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
-#                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [final]
+#                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
+#                             [final]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -12,7 +13,8 @@
 # rings: the low-rank mma weight rings of LOWBIT_CUDA_MMA_LOWRANK (criterion MMA-SUMMARY lines);
 # ncularge: stall reasons, pipe and memory counters of the large-M projections (M = 2048);
 # t2: ternary2 weights (--weights ternary2) at M = 1, 4, 16, 512, 2048; pdl: M <= 16 under each
-# LOWBIT_CUDA_PDL mode (1 default, early, 0 plain launches), i8x4 and ternary2; memcheck:
+# LOWBIT_CUDA_PDL mode (1 default, early, 0 plain launches), i8x4 and ternary2; shapes: M <= 16
+# under LOWBIT_CUDA_SMALL grid shapes, with the weight-stream floor; memcheck:
 # compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
@@ -60,7 +62,7 @@ bench() {  # label, then lowbit bench args
   local label=$1; shift
   echo "=== $label" | tee -a "$sum"
   "$L" bench "$@" "${peers[@]}" 2>>"$out/bench.err" | tee -a "$out/bench.log" \
-    | grep -E "^(cuda|wgpu) " | cut -c1-230 | tee -a "$sum"
+    | grep -E "^(cuda|wgpu) |^cuda: weight-stream" | cut -c1-230 | tee -a "$sum"
 }
 if has small; then
   bench "cuda small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,4,8,16 --json "$out/small_graph.json"
@@ -74,6 +76,14 @@ if has pdl; then
   for mode in 1 early 0; do
     LOWBIT_CUDA_PDL=$mode bench "small M, LOWBIT_CUDA_PDL=$mode" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,4,8,16
     LOWBIT_CUDA_PDL=$mode bench "ternary2, LOWBIT_CUDA_PDL=$mode" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,16 --weights ternary2
+  done
+fi
+if has shapes; then  # small-M grid shapes (LOWBIT_CUDA_SMALL=CWxB), with the weight-stream floor
+  for s in ${SMALL_SHAPES:-4x2 8x2 8x1 4x1}; do
+    LOWBIT_CUDA_SMALL=$s bench "small M, LOWBIT_CUDA_SMALL=$s" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,4,8,16
+  done
+  for s in ${SMALL_SHAPES_T2:-4x2 4x1}; do
+    LOWBIT_CUDA_SMALL=$s bench "ternary2, LOWBIT_CUDA_SMALL=$s" --backend cuda --op decoder-tail --variant packed --m 1,16 --weights ternary2
   done
 fi
 if has dp4a; then

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use lowbit_kernels::backend::cuda::cudarc::driver::{
     CudaContext, CudaSlice, DevicePtr, DevicePtrMut,
 };
+use lowbit_kernels::backend::cuda::microbench::stream_floor;
 use lowbit_kernels::backend::cuda::{
-    CudaDevice, DeviceAct, DeviceOut, DeviceScale, Pdl, RawAct, RawScale,
+    CudaDevice, DeviceAct, DeviceOut, DeviceScale, Pdl, RawAct, RawScale, SmallShape,
 };
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::quantize::QuantizeShape;
@@ -400,6 +401,92 @@ fn small_m_path_is_bit_exact() {
                 &format!("small-M decoder m={m} {fmt:?}"),
                 &exp,
                 &dev.download(&o).unwrap(),
+            );
+        }
+    }
+}
+
+/// Every small-M grid shape (`LOWBIT_CUDA_SMALL`: the low-rank block's column warps, the
+/// decoder's split count through its blocks per SM) on both families gives the reference's
+/// bits, from NaN-poisoned outputs, run after run on the same accumulator.
+#[test]
+fn small_m_grid_shapes_are_bit_exact() {
+    let mut rng = Rng::new(12);
+    for (cw, b) in [(8, 1), (1, 3), (2, 8), (4, 2)] {
+        let shape = SmallShape {
+            lowrank_cw: cw,
+            blocks_per_sm: b,
+        };
+        for mma in [false, true] {
+            let Some(dev) = device() else { return };
+            let dev = dev.with_small_shape(shape).with_small_mma(mma);
+            for m in [1, 5, 16] {
+                let what = format!("{cw}x{b} small mma {mma} m={m}");
+                let lr = lowrank_problem(&mut rng, m, 4, 256, 1030);
+                let x = rng.normals(lr.shape.x_len(), 1.0);
+                let s = activation_scale(&x, Fmt::Int8).unwrap().unwrap();
+                let codes = codes_of(&x, Fmt::Int8, s);
+                let exp = reference::lowrank_projection_codes(
+                    &lr.shape,
+                    &codes,
+                    &lr.w_codes,
+                    s,
+                    lr.w_scale,
+                )
+                .unwrap();
+                let out = run_lowrank_codes(&dev, &lr, &codes, Fmt::Int8, s);
+                assert_exact(&format!("{what} lowrank"), &exp, &out);
+
+                let dec = decoder_problem(&mut rng, m, 4, 1030, 256);
+                let y = rng.normals(dec.shape.y_len(), 1.0);
+                let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
+                let codes = codes_of(&y, Fmt::Int8, s);
+                let exp =
+                    reference::decoder_tail_codes(&dec.shape, &codes, &dec.w_codes, s, dec.w_scale)
+                        .unwrap();
+                let (yd, wd) = (
+                    dev.upload(&codes).unwrap(),
+                    dev.upload(&dec.w_words).unwrap(),
+                );
+                for run in 0..2 {
+                    let mut o = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
+                    dev.decoder_tail(
+                        &dec.shape,
+                        DeviceAct::Codes(&yd),
+                        Fmt::Int8,
+                        DeviceScale::Param(s),
+                        &wd,
+                        dec.w_scale,
+                        127,
+                        Epilogue::default(),
+                        DeviceOut::F32(&mut o),
+                    )
+                    .unwrap();
+                    let out = dev.download(&o).unwrap();
+                    assert_exact(&format!("{what} decoder run {run}"), &exp, &out);
+                }
+            }
+        }
+    }
+}
+
+/// The weight-stream floor microbenchmark runs (under each launch mode) and names bad
+/// arguments.
+#[test]
+fn stream_floor_runs_and_rejects_bad_arguments() {
+    for pdl in [Pdl::AfterWait, Pdl::Off] {
+        let Some(dev) = device() else { return };
+        let dev = dev.with_programmatic_launch(pdl);
+        let m = stream_floor(&dev, (1 << 20) + 5, 3, 1, 3).unwrap();
+        assert_eq!(m.work, (1 << 20) as f64);
+        assert!(m.seconds > 0.0 && m.seconds.is_finite(), "{m:?}");
+        for (bytes, copies, bps) in [(8, 3, 1), (1 << 20, 0, 1), (1 << 20, 3, 0)] {
+            assert!(
+                matches!(
+                    stream_floor(&dev, bytes, copies, bps, 3),
+                    Err(LowbitError::InvalidArgument { .. })
+                ),
+                "{bytes} {copies} {bps}"
             );
         }
     }

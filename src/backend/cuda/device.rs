@@ -109,15 +109,15 @@ struct ModuleCache {
 }
 
 /// Scratch owned by the device, reused by every launch on its stream (so stream order
-/// keeps uses apart). Counters are zero between launches: the kernels reset them.
+/// keeps uses apart). Counters and the small-M accumulator are zero between launches: the kernels reset them.
 #[derive(Default)]
 pub(crate) struct Scratch {
     pub red_partials: Option<CudaSlice<f64>>,
     pub red_counter: Option<CudaSlice<u32>>,
-    pub split_counters: Option<CudaSlice<u32>>,
     pub partials: Option<CudaSlice<i32>>,
-    /// Small-M decoder split-K accumulator `[M][D]` (kept zeroed by the kernel).
-    pub small_acc: Option<CudaSlice<i32>>,
+    /// Small-M decoder split-K accumulator `[M][D]`: per element, the splits that have added
+    /// (bits 48 and up) and their i32 sum (low bits); kept zeroed by the kernels.
+    pub small_acc: Option<CudaSlice<u64>>,
     /// f32 inputs quantized + packed once before the tiled GEMM.
     pub act_words: Option<CudaSlice<u32>>,
     /// mma family: activations packed into aligned i8x4 rows (`mma.rs`).
@@ -177,6 +177,8 @@ pub struct CudaDevice {
     pub(crate) small_mma_all: bool,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
     pub(crate) pdl: Pdl,
+    /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
+    pub(crate) small: super::tuning::SmallShape,
     cache: Mutex<ModuleCache>,
     scratch: Mutex<Scratch>,
     /// Held while one op queues its launches: the scratch buffers an op fills in one launch
@@ -278,6 +280,8 @@ impl CudaDevice {
             super::mma::MmaRing::from_env().map_err(bad_env(super::mma::RING_ENV_LOWRANK))?;
         let pdl =
             Pdl::parse(&std::env::var(PDL_ENV).unwrap_or_default()).map_err(bad_env(PDL_ENV))?;
+        let small =
+            super::tuning::SmallShape::from_env().map_err(bad_env(super::tuning::SMALL_ENV))?;
         let pdl = if caps.programmatic_launch {
             pdl
         } else {
@@ -292,6 +296,7 @@ impl CudaDevice {
             lowrank_ring,
             small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
             pdl,
+            small,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
             op_lock: Mutex::new(()),
@@ -319,6 +324,15 @@ impl CudaDevice {
             Pdl::Off
         };
         self
+    }
+    /// The small-M grid shape (overrides `LOWBIT_CUDA_SMALL`; any shape is bit-exact).
+    pub fn with_small_shape(mut self, shape: super::tuning::SmallShape) -> Self {
+        self.small = shape;
+        self
+    }
+    /// The small-M grid shape in use.
+    pub fn small_shape(&self) -> super::tuning::SmallShape {
+        self.small
     }
     pub fn caps(&self) -> &CudaDeviceCaps {
         &self.caps

@@ -97,7 +97,7 @@ pub(crate) struct LbProblem {
     pub out: u64,
     pub partial: u64,
     pub scale_ptr: u64,
-    pub counters: u64,
+    pub acc: u64,
     pub lda: i64,
     pub a_kvalid: i64,
     pub ldb: i64,
@@ -309,6 +309,14 @@ fn ceil_u32(a: usize, b: u32) -> u32 {
 
 fn aligned16(p: u64) -> bool {
     p.is_multiple_of(16)
+}
+
+/// The splits per head that hold work when `kw` words of K are cut into `sp` splits as
+/// `lb_split` (`cuda/common.cuh`) cuts them: chunks of ceil(kw / sp) words rounded up to `kb`.
+/// Asking for this many instead of `sp` gives the same chunks without the empty blocks.
+pub(crate) fn nonempty_splits(kw: usize, sp: usize, kb: usize) -> usize {
+    let chunk = kw.div_ceil(sp.max(1)).next_multiple_of(kb.max(1)).max(1);
+    kw.div_ceil(chunk).max(1)
 }
 
 /// The wave-efficient number of splits per head: `units` blocks per split step, `slots`
@@ -797,13 +805,13 @@ impl CudaDevice {
                 ][mode as usize];
                 let tile = self.tiles.0;
                 let f = if small {
-                    self.function(id, small_defines(mode, uns, m, t::SMALL_CW_LOWRANK))?
+                    self.function(id, small_defines(mode, uns, m, self.small.lowrank_cw))?
                 } else {
                     self.function(id, tiled_defines(mode, uns, tile, tiled_fast(&p, mode)))?
                 };
                 let grid = if small {
                     (
-                        ceil_u32(shape.latent_out, t::SMALL_CW_LOWRANK * 32),
+                        ceil_u32(shape.latent_out, self.small.lowrank_cw * 32),
                         heads,
                         1,
                     )
@@ -996,9 +1004,12 @@ impl CudaDevice {
         let max_sp = lw
             .div_ceil(kchunk)
             .clamp(1, t::MAX_SPLITS_PER_HEAD as usize);
-        // Small M: one wave of streaming blocks; tiled: the wave-efficient split count.
+        // Small M: one wave of streaming blocks (at most `SmallShape::blocks_per_sm` per SM);
+        // tiled: the wave-efficient split count.
         let sp = if small {
-            (slots / units.max(1)).clamp(1, max_sp)
+            let wave = slots
+                .min(self.small.blocks_per_sm as usize * self.caps.multiprocessors.max(1) as usize);
+            nonempty_splits(lw, (wave / units.max(1)).clamp(1, max_sp), 4)
         } else {
             pick_splits(units, slots, max_sp)
         };
@@ -1007,9 +1018,8 @@ impl CudaDevice {
         let mut scratch = self.scratch();
         if splits > 1 {
             if small {
-                // A zeroed [M][D] i32 accumulator (the kernel leaves it zeroed again).
-                p.partial = self.scratch_buf(&mut scratch.small_acc, m * dim)?;
-                p.counters = self.scratch_buf(&mut scratch.split_counters, col_tiles)?;
+                // A zeroed [M][D] accumulator (the kernel leaves it zeroed again).
+                p.acc = self.scratch_buf(&mut scratch.small_acc, m * dim)?;
             } else {
                 p.partial = self.scratch_buf(&mut scratch.partials, splits * m * dim)?;
             }
@@ -1145,6 +1155,7 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         vec![("LB_CHAINS".to_string(), t::CEILING_CHAINS.to_string())],
     ));
     v.push((KernelId::CopyBandwidth, Vec::new()));
+    v.push((KernelId::StreamRead, Vec::new()));
     v
 }
 
@@ -1180,6 +1191,23 @@ mod tests {
     fn problem_struct_layout_matches_the_c_side() {
         // 6 pointers + 4 i64 + 2 f32 + 18 i32 = 160 bytes (see common.cuh).
         assert_eq!(std::mem::size_of::<LbProblem>(), 160);
+    }
+
+    #[test]
+    fn nonempty_splits_match_the_kernel_cut() {
+        // lb_split: chunk = round_up(ceil(kw / sp), kb); split z covers [z * chunk, ...).
+        for kw in [1, 4, 63, 64, 65, 512, 2048, 2049] {
+            for sp in 1..40 {
+                for kb in [4, 16, 64] {
+                    let n = nonempty_splits(kw, sp, kb);
+                    let chunk = kw.div_ceil(sp).next_multiple_of(kb);
+                    assert!(n <= sp && (n - 1) * chunk < kw, "{kw} {sp} {kb}: {n}");
+                    assert!(n * chunk >= kw, "{kw} {sp} {kb}: {n} leaves K uncovered");
+                    // Asking for n gives the same chunk, so the same cut.
+                    assert_eq!(kw.div_ceil(n).next_multiple_of(kb), chunk, "{kw} {sp} {kb}");
+                }
+            }
+        }
         assert_eq!(std::mem::align_of::<LbProblem>(), 8);
     }
 

@@ -1,13 +1,17 @@
 //! Ceilings the kernels are judged by, measured on the device with CUDA events:
 //! the dp4a ceiling (independent `__dp4a` chains, 8 int ops per dp4a) and the device copy
-//! bandwidth (a 16-byte copy kernel, bytes read + written). Also [`time_events`], the event
-//! timer the benches use.
+//! bandwidth (a 16-byte copy kernel, bytes read + written), and the weight-stream floor of
+//! a chain of dependent small-M ops ([`stream_floor`]). Also [`time_events`] and
+//! [`capture_graph`], the timers the benches use.
 
 use std::time::Duration;
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, sys};
+use cudarc::driver::{
+    CudaGraph, CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg, sys,
+};
 
 use super::device::{CudaDevice, drv};
+use super::launch::LbProblem;
 use super::tuning as t;
 use crate::error::{LowbitError, Result};
 use crate::kernels::KernelId;
@@ -123,6 +127,104 @@ pub fn copy_bandwidth(dev: &CudaDevice, bytes: usize, reps: usize) -> Result<Mea
     Ok(Measured {
         seconds,
         work: 2.0 * (n16 * 16) as f64,
+    })
+}
+
+/// Captures `run(0..runs)` on `dev`'s stream into a CUDA graph, after one uncaptured warm-up
+/// of each (so that compilation and scratch allocation stay outside it), and uploads it.
+pub fn capture_graph(
+    dev: &CudaDevice,
+    runs: usize,
+    mut run: impl FnMut(usize) -> Result<()>,
+) -> Result<CudaGraph> {
+    (0..runs).try_for_each(&mut run)?;
+    dev.synchronize()?;
+    let stream = dev.stream();
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .map_err(drv("cuStreamBeginCapture"))?;
+    let queued = (0..runs).try_for_each(&mut run);
+    let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    queued?;
+    let graph = graph
+        .map_err(drv("cuStreamEndCapture"))?
+        .ok_or_else(|| LowbitError::Driver {
+            backend: crate::BackendKind::Cuda,
+            context: "cuStreamEndCapture".into(),
+            message: "no graph was captured".into(),
+        })?;
+    graph.upload().map_err(drv("cuGraphUpload"))?;
+    Ok(graph)
+}
+
+/// Graph replays per timed sample of [`stream_floor`].
+const FLOOR_REPLAYS: u64 = 4;
+
+/// The weight-stream floor of a chain of dependent small-M ops: `copies` buffers of `bytes`
+/// (rounded down to 16; at least 16, below 8 GiB), one `stream_read` launch per buffer in a
+/// CUDA graph, each block reading its contiguous share once, launched like the small-M
+/// kernels (programmatic dependent launch as the device's [`super::device::Pdl`]), on
+/// `blocks_per_sm` blocks per SM. Median over `reps` samples of the seconds per launch; work
+/// is the bytes read per launch. Enough copies (their bytes several times the L2) make
+/// every launch read DRAM.
+pub fn stream_floor(
+    dev: &CudaDevice,
+    bytes: usize,
+    copies: usize,
+    blocks_per_sm: u32,
+    reps: usize,
+) -> Result<Measured> {
+    let words = bytes / 16 * 4;
+    if words == 0 || bytes >= 8 << 30 || copies == 0 || blocks_per_sm == 0 {
+        return Err(LowbitError::InvalidArgument {
+            op: "stream_floor",
+            what: "bytes, copies, blocks_per_sm",
+            reason: format!(
+                "{bytes} bytes (16 to 8 GiB), {copies} copies and {blocks_per_sm} blocks per SM \
+                 (each at least 1)"
+            ),
+        });
+    }
+    let f = dev.function(KernelId::StreamRead, Vec::new())?;
+    let blocks = blocks_per_sm * dev.caps().multiprocessors.max(1);
+    let pattern: Vec<u32> = (0..words as u32)
+        .map(|i| i.wrapping_mul(0x9e37_79b9))
+        .collect();
+    let bufs = (0..copies)
+        .map(|_| dev.upload(&pattern))
+        .collect::<Result<Vec<_>>>()?;
+    let out: CudaSlice<u32> = dev.alloc_zeros(blocks as usize * 8)?;
+    let stream = dev.stream().clone();
+    let launch = |i: usize| {
+        let (b, _gb) = bufs[i].device_ptr(&stream);
+        let (o, _go) = out.device_ptr(&stream);
+        let p = LbProblem {
+            b,
+            out: o,
+            ldb: words as i64,
+            ..LbProblem::default()
+        };
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `p.b` holds `p.ldb` words; `out` one word per warp of the grid.
+        unsafe { dev.launch_lb(&f, cfg, &p, "stream_read", true) }
+    };
+    let graph = capture_graph(dev, copies, launch)?;
+    let per = (FLOOR_REPLAYS as usize * copies) as f64;
+    let mut v = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let d = time_events(dev, FLOOR_REPLAYS, || {
+            graph.launch().map_err(drv("cuGraphLaunch"))
+        })?;
+        v.push(d.as_secs_f64() / per);
+    }
+    v.sort_by(f64::total_cmp);
+    Ok(Measured {
+        seconds: v[v.len() / 2],
+        work: (words * 4) as f64,
     })
 }
 

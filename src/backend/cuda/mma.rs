@@ -60,8 +60,6 @@ pub const SMALL_DECODER_MMA_MIN_M: usize = 8;
 pub const SMALL_DECODER_CW: u32 = 2;
 pub const SMALL_DECODER_KW: u32 = 4;
 pub const SMALL_DECODER_KSW: usize = 64;
-/// Decoder: CTAs per SM the split count aims at.
-pub const SMALL_DECODER_CTAS_PER_SM: usize = 2;
 /// Rows of the small kernels' row block (the mma's M).
 pub const SMALL_ROWS: usize = 16;
 
@@ -486,21 +484,20 @@ impl CudaDevice {
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
-        // SMALL_DECODER_CTAS_PER_SM CTAs per SM.
+        // the small-M blocks per SM (`SmallShape`).
         let (step, most) = (16 * kws, SMALL_DECODER_KSW * kws);
         let units = col_tiles * shape.heads * row_blocks;
-        let target = SMALL_DECODER_CTAS_PER_SM * self.caps.multiprocessors.max(1) as usize;
+        let target = self.small.blocks_per_sm as usize * self.caps.multiprocessors.max(1) as usize;
         let sp = target
             .div_ceil(units)
             .clamp(lw.div_ceil(most), lw.div_ceil(step).max(1));
+        let sp = super::launch::nonempty_splits(lw, sp, step);
         let splits = shape.heads * sp;
         p.splits_per_head = i32_of(OP, "splits", sp)?;
         if splits > 1 {
             let mut scratch = self.scratch();
-            // A zeroed [M][D] i32 accumulator and one counter per (column tile, row block);
-            // the kernel leaves both zeroed.
-            p.partial = self.scratch_buf(&mut scratch.small_acc, shape.m() * shape.dim)?;
-            p.counters = self.scratch_buf(&mut scratch.split_counters, col_tiles * row_blocks)?;
+            // A zeroed [M][D] accumulator (the kernel leaves it zeroed again).
+            p.acc = self.scratch_buf(&mut scratch.small_acc, shape.m() * shape.dim)?;
         }
         let grid = (
             grid_dim(OP, "column tiles", col_tiles)?,

@@ -6,7 +6,8 @@
 //!   the device-resident op API ([`DeviceAct`], [`DeviceScale`]) and the `unsafe` raw-address
 //!   entry points (`*_raw`, [`RawAct`], [`RawScale`]). Everything is ordered on one stream.
 //! * [`CudaBackend`] — the host-slice [`Backend`] used by the tests.
-//! * [`microbench`] — dp4a ceiling and copy bandwidth, timed with CUDA events.
+//! * [`microbench`] — dp4a ceiling, copy bandwidth and the weight-stream floor, timed with
+//!   CUDA events.
 
 pub mod compile;
 pub mod device;
@@ -23,6 +24,7 @@ pub use device::{CudaDevice, KernelFamily, Pdl};
 pub use launch::{RawAct, RawScale, RawWeights};
 pub use ops::{DeviceAct, DeviceOut, DeviceScale, DeviceWeights};
 pub use probe::probe;
+pub use tuning::SmallShape;
 
 use cudarc::driver::{CudaSlice, DeviceRepr};
 

@@ -151,10 +151,48 @@ pub const SMALL_KC_16: u32 = 128;
 pub const SMALL_CW_LOWRANK: u32 = 4;
 pub const SMALL_CW_DECODER: u32 = 2;
 
+/// Environment variable overriding [`SmallShape`] (`CWxB`, e.g. `8x1`): for tuning sweeps.
+pub const SMALL_ENV: &str = "LOWBIT_CUDA_SMALL";
+
+/// Grid shape of the small-M kernels: the column warps of the dp4a low-rank block (of its 8
+/// warps; the rest split K) and the blocks per SM the decoder's split-K count aims at (both
+/// families). Fewer blocks than the device holds leave room for the next kernel of a chain to
+/// start under programmatic dependent launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SmallShape {
+    pub lowrank_cw: u32,
+    pub blocks_per_sm: u32,
+}
+
+impl SmallShape {
+    pub const DEFAULT: Self = Self {
+        lowrank_cw: SMALL_CW_LOWRANK,
+        blocks_per_sm: SPLIT_BLOCKS_PER_SM,
+    };
+
+    /// `CWxB`: CW in 1, 2, 4, 8; B in 1..=8.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        match parse_dims(text)?[..] {
+            [cw @ (1 | 2 | 4 | 8), b @ 1..=8] => Ok(Self {
+                lowrank_cw: cw,
+                blocks_per_sm: b,
+            }),
+            _ => Err(format!(
+                "`{text}`: expected CWxB with CW in 1, 2, 4, 8 and B in 1..=8"
+            )),
+        }
+    }
+
+    /// The shape for [`SMALL_ENV`] (unset or empty: [`SmallShape::DEFAULT`]).
+    pub fn from_env() -> Result<Self, String> {
+        from_env(SMALL_ENV, Self::DEFAULT, Self::parse)
+    }
+}
+
 /// Float path tile (fixed in the source: 64x64 outputs, 16x16 threads).
 pub const FLOAT_TILE: u32 = 64;
 
-/// Decoder split-K: aim for this many resident blocks per SM when choosing the split count.
+/// Small-M decoder split-K: blocks per SM the split count aims at (`SmallShape`).
 pub const SPLIT_BLOCKS_PER_SM: u32 = 2;
 /// Decoder split-K: never more than this many splits per head.
 pub const MAX_SPLITS_PER_HEAD: u32 = 64;
@@ -183,6 +221,10 @@ mod tests {
             t.check().unwrap_or_else(|e| panic!("{e}"));
         }
         assert_eq!(DpTile::parse("128x128x8").unwrap(), DpTile::DEFAULT);
+        assert_eq!(SmallShape::parse(" 4 x 2 "), Ok(SmallShape::DEFAULT));
+        for bad in ["", "4", "3x2", "4x0", "4x9", "4x2x1", "ax2"] {
+            assert!(SmallShape::parse(bad).is_err(), "{bad}");
+        }
         assert_eq!(
             DpTile::parse("128x64x4/3").unwrap(),
             DpTile {

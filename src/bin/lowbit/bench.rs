@@ -33,7 +33,8 @@ pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowran
   times them as replays of a CUDA graph of 8 runs (4 replays per sample, so the host's launch
   latency is not counted; --no-graph times single launches instead; 'PDL' in the timing
   column: on sm_90+ each run's kernels may start while the previous run's finish, see
-  LOWBIT_CUDA_PDL).
+  LOWBIT_CUDA_PDL). After such rows CUDA prints the weight-stream floor of each weight size:
+  the same graph replay of kernels that only read their weights once (1 and 2 blocks/SM).
   --transfers times every backend through the host-slice Backend trait instead (upload +
   kernels + download). Time is the median of K runs (default: >= 3 runs and >= 0.3 s).
   GB/s counts input + weights + output once; '% bw' is that over the device's measured copy
@@ -596,6 +597,9 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
             facts.push(format!("{what} {:.1} TOPS", peak / 1e12));
         }
         println!("{}: {}; {}", be.kind(), be.name(), facts.join(", "));
+        for note in be.footnotes() {
+            println!("{}: {note}", be.kind());
+        }
     }
     if !peer_names.is_empty() {
         println!("vs NAME = peer time / lowbit time (> 1: lowbit is faster)");

@@ -150,6 +150,10 @@ pub trait Timer {
     /// `layout` = (heads, i8x4 rows per head, columns).
     fn set_weights(&mut self, words: &[u32], layout: (usize, usize, usize)) -> Result<()>;
     fn time(&mut self, op: &Op, inputs: &Inputs<'_>, iters: usize) -> Result<Sampled>;
+    /// Lines for the footer after every row was timed (measured then, if at all).
+    fn footnotes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The CPU through `CpuBackend::*_into` (outputs preallocated outside the timed region).
@@ -305,8 +309,10 @@ pub use cuda::CudaTimer;
 
 #[cfg(feature = "cuda")]
 mod cuda {
-    use lowbit_kernels::backend::cuda::cudarc::driver::{CudaSlice, DriverError, sys};
-    use lowbit_kernels::backend::cuda::microbench::{Ceilings, time_events};
+    use lowbit_kernels::backend::cuda::cudarc::driver::{CudaSlice, DriverError};
+    use lowbit_kernels::backend::cuda::microbench::{
+        Ceilings, capture_graph, stream_floor, time_events,
+    };
     use lowbit_kernels::backend::cuda::{
         CudaDevice, DeviceAct, DeviceOut, DeviceScale, DeviceWeights, KernelFamily, Pdl,
     };
@@ -325,6 +331,8 @@ mod cuda {
         dev: CudaDevice,
         ceilings: Option<Ceilings>,
         weights: Vec<CudaSlice<u32>>,
+        /// Weight bytes of the ops timed as graph replays (for the stream floor).
+        graph_weight_bytes: std::collections::BTreeSet<usize>,
         /// Time M <= COLD_MAX_M as CUDA graph replays.
         pub graphs: bool,
         /// Upload the (ternary) weights as ternary2 fragments.
@@ -339,32 +347,15 @@ mod cuda {
         }
     }
 
-    /// Captures `run(0..runs)` into one CUDA graph (after one uncaptured warm-up of each, so
-    /// that compilation and scratch allocation stay outside it) and times replays with CUDA
-    /// events: `GRAPH_REPLAYS` replays back to back per sample, divided by the runs.
+    /// Captures `run(0..runs)` into one CUDA graph ([`capture_graph`]) and times replays with
+    /// CUDA events: `GRAPH_REPLAYS` replays back to back per sample, divided by the runs.
     fn time_graph(
         dev: &CudaDevice,
         runs: usize,
         iters: usize,
-        mut run: impl FnMut(usize) -> Result<()>,
+        run: impl FnMut(usize) -> Result<()>,
     ) -> Result<Sampled> {
-        (0..runs).try_for_each(&mut run)?;
-        dev.synchronize()?;
-        let stream = dev.stream();
-        stream
-            .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .map_err(driver("cuStreamBeginCapture"))?;
-        let queued = (0..runs).try_for_each(&mut run);
-        let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0));
-        queued?;
-        let graph = graph
-            .map_err(driver("cuStreamEndCapture"))?
-            .ok_or_else(|| LowbitError::Driver {
-                backend: BackendKind::Cuda,
-                context: "cuStreamEndCapture".into(),
-                message: "no graph was captured".into(),
-            })?;
-        graph.upload().map_err(driver("cuGraphUpload"))?;
+        let graph = capture_graph(dev, runs, run)?;
         let per = (GRAPH_REPLAYS as usize * runs) as f64;
         let mut s = sample(iters, || {
             let d = time_events(dev, GRAPH_REPLAYS, || {
@@ -392,6 +383,7 @@ mod cuda {
                 dev,
                 ceilings,
                 weights: Vec::new(),
+                graph_weight_bytes: Default::default(),
                 graphs: true,
                 ternary2: false,
             })
@@ -423,6 +415,42 @@ mod cuda {
         }
         fn ceiling_name(&self) -> Option<&'static str> {
             Some("dp4a ceiling (dp4a rows only)")
+        }
+        /// The weight-stream floor ([`stream_floor`]) of each weight size timed as graph
+        /// replays, on 1 and 2 blocks per SM: what a chain of dependent ops reading only
+        /// their weights would take, timed the same way.
+        fn footnotes(&mut self) -> Vec<String> {
+            let pdl = match self.dev.programmatic_launch() {
+                Pdl::Off => "plain launches",
+                Pdl::AfterWait => "PDL",
+                Pdl::Early => "PDL early",
+            };
+            let mut lines = Vec::new();
+            for &bytes in &self.graph_weight_bytes {
+                let mut line = format!(
+                    "weight-stream floor, {:.2} MB per kernel ({COLD_COPIES} copies, CUDA graph replay, {pdl}):",
+                    bytes as f64 / 1e6
+                );
+                for bps in [1, 2] {
+                    match stream_floor(&self.dev, bytes, COLD_COPIES, bps, 10) {
+                        Ok(m) => {
+                            line.push_str(&format!(
+                                " {:.2} us at {bps} block(s)/SM",
+                                m.seconds * 1e6
+                            ));
+                            if let Some(c) = self.ceilings {
+                                line.push_str(&format!(
+                                    " ({:.1}% of copy bw)",
+                                    100.0 * m.rate() / c.copy_bytes
+                                ));
+                            }
+                        }
+                        Err(e) => line.push_str(&format!(" {bps} block(s)/SM failed: {e}")),
+                    }
+                }
+                lines.push(line);
+            }
+            lines
         }
         fn set_weights(&mut self, words: &[u32], layout: (usize, usize, usize)) -> Result<()> {
             self.weights.clear();
@@ -498,6 +526,7 @@ mod cuda {
                         }
                     };
                     if self.graphs && rotate > 1 {
+                        self.graph_weight_bytes.insert(4 * weights[0].len());
                         return time_graph(dev, rotate, iters, |i| run(&weights[i]));
                     }
                     sample(iters, || {
