@@ -2,7 +2,7 @@
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
-#                             [final]
+#                             [smallfinal] [final]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -14,7 +14,8 @@
 # ncularge: stall reasons, pipe and memory counters of the large-M projections (M = 2048);
 # t2: ternary2 weights (--weights ternary2) at M = 1, 4, 16, 512, 2048; pdl: M <= 16 under each
 # LOWBIT_CUDA_PDL mode (1 default, early, 0 plain launches), i8x4 and ternary2; shapes: M <= 16
-# under LOWBIT_CUDA_SMALL grid shapes, with the weight-stream floor; memcheck:
+# under LOWBIT_CUDA_SMALL grid shapes, with the weight-stream floor; smallfinal: every M <= 16
+# row of the small-M table (graph replays, ternary2, bf16 + ReLU, single launches); memcheck:
 # compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
@@ -77,6 +78,14 @@ if has pdl; then
     LOWBIT_CUDA_PDL=$mode bench "small M, LOWBIT_CUDA_PDL=$mode" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,4,8,16
     LOWBIT_CUDA_PDL=$mode bench "ternary2, LOWBIT_CUDA_PDL=$mode" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,16 --weights ternary2
   done
+fi
+if has smallfinal; then  # every M <= 16 row of BENCHMARKS.md's small-M table (run peers first)
+  bench "small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,4,8,16 --json "$out/small_graph.json"
+  bench "small M, ternary2" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,4,16 --weights ternary2
+  bench "small M, bf16 + ReLU" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,16 --out bf16 --relu
+  bench "small M, ternary2, bf16 + ReLU" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,16 --weights ternary2 --out bf16 --relu
+  LOWBIT_CUDA_SMALL=4x2x2 bench "small M, previous grid shape" --backend cuda --op lowrank --m 1
+  bench "small M, single launch" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,16 --no-graph
 fi
 if has shapes; then  # small-M grid shapes (LOWBIT_CUDA_SMALL=CWxB), with the weight-stream floor
   for s in ${SMALL_SHAPES:-4x2 8x2 8x1 4x1}; do

@@ -18,7 +18,8 @@ in-place add gives the card's floor per dependent kernel (launch_floor_graph_ms)
 kernel, ours or a peer's, can take less.
 Throughput is counted as 2*M*K*N int (or flop) ops of the real M.
 
-Usage: python3 torch_peer.py OUT.json   (also copies the JSON to $OUT/ when set)
+Usage: python3 torch_peer.py OUT.json   (also copies the JSON to $OUT/ when set;
+TORCH_PEER_MS=1,16 times only those M)
 """
 import json
 import os
@@ -28,7 +29,8 @@ import torch
 import triton.testing
 
 EPS = 1e-8
-MS = [1, 16, 512, 2048, 8192]
+# TORCH_PEER_MS=1,16 limits the M values (e.g. for a small-M run on a short lease).
+MS = [int(v) for v in os.environ.get("TORCH_PEER_MS", "1,16,512,2048,8192").split(",")]
 H, D, N = 4, 256, 8192
 
 

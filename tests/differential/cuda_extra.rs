@@ -412,16 +412,17 @@ fn small_m_path_is_bit_exact() {
 #[test]
 fn small_m_grid_shapes_are_bit_exact() {
     let mut rng = Rng::new(12);
-    for (cw, b) in [(8, 1), (1, 3), (2, 8), (4, 2)] {
+    for (cw, b, m1) in [(8, 1, 2), (1, 3, 4), (2, 8, 4), (4, 2, 2)] {
         let shape = SmallShape {
             lowrank_cw: cw,
             blocks_per_sm: b,
+            m1_blocks: m1,
         };
         for mma in [false, true] {
             let Some(dev) = device() else { return };
             let dev = dev.with_small_shape(shape).with_small_mma(mma);
             for m in [1, 5, 16] {
-                let what = format!("{cw}x{b} small mma {mma} m={m}");
+                let what = format!("{cw}x{b}x{m1} small mma {mma} m={m}");
                 let lr = lowrank_problem(&mut rng, m, 4, 256, 1030);
                 let x = rng.normals(lr.shape.x_len(), 1.0);
                 let s = activation_scale(&x, Fmt::Int8).unwrap().unwrap();

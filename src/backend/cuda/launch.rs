@@ -269,10 +269,24 @@ fn tiled_fast(p: &LbProblem, mode: u32) -> bool {
         && words_valid >= p.kw_head as i64
 }
 
-fn small_defines(mode: u32, uns: bool, rows: usize, cw: u32) -> Vec<(String, String)> {
+/// The dp4a small-M kernel for `rows` rows, `cw` column warps; one row is compiled for
+/// `m1_blocks` resident blocks per SM (register cap 256 / m1_blocks per thread; 4 weight rows
+/// in flight per thread from 4 blocks on; the low-rank projection's `SmallShape::m1_blocks`,
+/// 2 for the decoder, which measured slower with 4), more rows for 2.
+fn small_defines(
+    mode: u32,
+    uns: bool,
+    rows: usize,
+    cw: u32,
+    m1_blocks: u32,
+) -> Vec<(String, String)> {
     let mut v = int_defines(mode, uns);
+    let blocks = if rows == 1 { m1_blocks } else { 2 };
+    if blocks >= 4 {
+        v.push(d("LB_SM_BATCH", 4));
+    }
     v.extend([
-        d("LB_MIN_BLOCKS", 2),
+        d("LB_MIN_BLOCKS", blocks),
         d("LB_SMALL_M", rows.next_power_of_two()),
         d(
             "LB_SM_KC",
@@ -805,7 +819,10 @@ impl CudaDevice {
                 ][mode as usize];
                 let tile = self.tiles.0;
                 let f = if small {
-                    self.function(id, small_defines(mode, uns, m, self.small.lowrank_cw))?
+                    self.function(
+                        id,
+                        small_defines(mode, uns, m, self.small.lowrank_cw, self.small.m1_blocks),
+                    )?
                 } else {
                     self.function(id, tiled_defines(mode, uns, tile, tiled_fast(&p, mode)))?
                 };
@@ -976,7 +993,7 @@ impl CudaDevice {
             KernelId::DecoderF32,
         ][mode as usize];
         let f = if small {
-            self.function(id, small_defines(mode, uns, m, t::SMALL_CW_DECODER))?
+            self.function(id, small_defines(mode, uns, m, t::SMALL_CW_DECODER, 2))?
         } else {
             self.function(
                 id,
@@ -1116,9 +1133,10 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     for mode in 0..3u32 {
         // Packed words with unsigned lanes come from the f32 pre-pass of uint8pos inputs.
         for uns in [false, true] {
-            for (ids, cw) in [
-                (lowrank, t::SMALL_CW_LOWRANK),
-                (decoder, t::SMALL_CW_DECODER),
+            // One-row low-rank kernels for 2 and 4 blocks per SM (`SmallShape::m1_blocks`).
+            for (ids, cw, m1s) in [
+                (lowrank, t::SMALL_CW_LOWRANK, &[2, 4][..]),
+                (decoder, t::SMALL_CW_DECODER, &[2][..]),
             ] {
                 // Large-M f32 input is packed first (prepack_f32), so only the small-M
                 // kernels read f32.
@@ -1131,7 +1149,11 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 }
                 let mut rows = 1;
                 while rows <= t::SMALL_M_MAX {
-                    v.push((ids[mode as usize], small_defines(mode, uns, rows, cw)));
+                    for &m1 in m1s {
+                        if m1 == 2 || rows == 1 {
+                            v.push((ids[mode as usize], small_defines(mode, uns, rows, cw, m1)));
+                        }
+                    }
                     rows *= 2;
                 }
             }

@@ -484,10 +484,15 @@ impl CudaDevice {
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
-        // the small-M blocks per SM (`SmallShape`).
+        // the small-M blocks per SM (`SmallShape`; half for ternary2, a quarter of the bytes).
         let (step, most) = (16 * kws, SMALL_DECODER_KSW * kws);
         let units = col_tiles * shape.heads * row_blocks;
-        let target = self.small.blocks_per_sm as usize * self.caps.multiprocessors.max(1) as usize;
+        let per_sm = if t2 {
+            (self.small.blocks_per_sm / 2).max(1)
+        } else {
+            self.small.blocks_per_sm
+        };
+        let target = per_sm as usize * self.caps.multiprocessors.max(1) as usize;
         let sp = target
             .div_ceil(units)
             .clamp(lw.div_ceil(most), lw.div_ceil(step).max(1));

@@ -148,38 +148,51 @@ pub const SMALL_KC: u32 = 256;
 pub const SMALL_KC_16: u32 = 128;
 /// Small-M path, warps along the output columns (the rest split K): low-rank (wide N, short
 /// K) and decoder (narrow D, long K).
-pub const SMALL_CW_LOWRANK: u32 = 4;
+pub const SMALL_CW_LOWRANK: u32 = 2;
 pub const SMALL_CW_DECODER: u32 = 2;
 
-/// Environment variable overriding [`SmallShape`] (`CWxB`, e.g. `8x1`): for tuning sweeps.
+/// Environment variable overriding [`SmallShape`] (`CWxB[xM1]`, e.g. `8x1`): for tuning
+/// sweeps.
 pub const SMALL_ENV: &str = "LOWBIT_CUDA_SMALL";
 
 /// Grid shape of the small-M kernels: the column warps of the dp4a low-rank block (of its 8
-/// warps; the rest split K) and the blocks per SM the decoder's split-K count aims at (both
-/// families). Fewer blocks than the device holds leave room for the next kernel of a chain to
-/// start under programmatic dependent launch.
+/// warps; the rest split K), the blocks per SM the decoder's split-K count aims at (both
+/// families; half as many, at least 1, for ternary2 weights), and the resident blocks per SM
+/// the one-row dp4a low-rank kernel is compiled for (2 or 4: more blocks, fewer registers).
+/// The default measured fastest on the H200 at the BDH shape (BENCHMARKS.md): low-rank M = 1
+/// 4.00 µs at `2x2x4` against 4.16 at `4x2x2`; decoder `x2` 7.1 µs at M = 16 against 10.2 at
+/// `x4`; ternary2 decoder at 1 block per SM 3.70 / 6.12 µs (M = 1 / 16) against 4.18 / 6.69.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SmallShape {
     pub lowrank_cw: u32,
     pub blocks_per_sm: u32,
+    pub m1_blocks: u32,
 }
 
 impl SmallShape {
     pub const DEFAULT: Self = Self {
         lowrank_cw: SMALL_CW_LOWRANK,
         blocks_per_sm: SPLIT_BLOCKS_PER_SM,
+        m1_blocks: 4,
     };
 
-    /// `CWxB`: CW in 1, 2, 4, 8; B in 1..=8.
+    /// `CWxB` or `CWxBxM1`: CW in 1, 2, 4, 8; B in 1..=8; M1 2 or 4 (default 4).
     pub fn parse(text: &str) -> Result<Self, String> {
-        match parse_dims(text)?[..] {
-            [cw @ (1 | 2 | 4 | 8), b @ 1..=8] => Ok(Self {
+        let (cw, b, m1) = match parse_dims(text)?[..] {
+            [cw, b] => (cw, b, Self::DEFAULT.m1_blocks),
+            [cw, b, m1] => (cw, b, m1),
+            _ => (0, 0, 0),
+        };
+        if matches!(cw, 1 | 2 | 4 | 8) && (1..=8).contains(&b) && matches!(m1, 2 | 4) {
+            Ok(Self {
                 lowrank_cw: cw,
                 blocks_per_sm: b,
-            }),
-            _ => Err(format!(
-                "`{text}`: expected CWxB with CW in 1, 2, 4, 8 and B in 1..=8"
-            )),
+                m1_blocks: m1,
+            })
+        } else {
+            Err(format!(
+                "`{text}`: expected CWxB[xM1] with CW in 1, 2, 4, 8, B in 1..=8 and M1 2 or 4"
+            ))
         }
     }
 
@@ -221,8 +234,18 @@ mod tests {
             t.check().unwrap_or_else(|e| panic!("{e}"));
         }
         assert_eq!(DpTile::parse("128x128x8").unwrap(), DpTile::DEFAULT);
-        assert_eq!(SmallShape::parse(" 4 x 2 "), Ok(SmallShape::DEFAULT));
-        for bad in ["", "4", "3x2", "4x0", "4x9", "4x2x1", "ax2"] {
+        assert_eq!(SmallShape::parse(" 2 x 2 "), Ok(SmallShape::DEFAULT));
+        assert_eq!(
+            SmallShape::parse("2x4x4"),
+            Ok(SmallShape {
+                lowrank_cw: 2,
+                blocks_per_sm: 4,
+                m1_blocks: 4
+            })
+        );
+        for bad in [
+            "", "4", "3x2", "4x0", "4x9", "4x2x1", "4x2x3", "4x2x4x1", "ax2",
+        ] {
             assert!(SmallShape::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(

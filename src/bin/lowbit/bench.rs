@@ -7,6 +7,7 @@ use std::io::Write as _;
 
 use lowbit_kernels::backend;
 use lowbit_kernels::ops::quantize::QuantizeShape;
+use lowbit_kernels::ops::{Epilogue, OutputDType};
 use lowbit_kernels::testing::Rng;
 use lowbit_kernels::{BackendKind, DecoderTailShape, LowbitError, LowrankShape};
 
@@ -18,7 +19,7 @@ use crate::timers::{CpuTimer, Inputs, Op, Timer, TraitTimer};
 pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowrank|decoder-tail|quantize|all]
              [--variant packed|f32|all] [--m 1,16,512,2048,8192] [--d 256] [--h 4] [--n 8192]
              [--iters K] [--json FILE] [--peers FILE] [--transfers] [--no-graph]
-             [--weights i8x4|ternary2]
+             [--weights i8x4|ternary2] [--out f32|f16|bf16] [--relu]
   Times each op at BDH shapes (tokens M, embedding D, heads H, latent N):
     lowrank       x[1,1,M,D] . W[H,D,N]   -> [1,H,M,N]   (2*M*H*D*N int ops)
     decoder-tail  y[1,H,M,N] . W[H*N,D]   -> [1,1,M,D]   (2*M*H*N*D int ops)
@@ -34,7 +35,9 @@ pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowran
   latency is not counted; --no-graph times single launches instead; 'PDL' in the timing
   column: on sm_90+ each run's kernels may start while the previous run's finish, see
   LOWBIT_CUDA_PDL). After such rows CUDA prints the weight-stream floor of each weight size:
-  the same graph replay of kernels that only read their weights once (1 and 2 blocks/SM).
+  the same graph replay of kernels that only read their weights once (1, 2, 4 blocks/SM).
+  --out f16|bf16 and --relu (CUDA's device API only) time the projections with that fused
+  epilogue (variants *-bf16, *-relu); the output bytes count 2 per element then.
   --transfers times every backend through the host-slice Backend trait instead (upload +
   kernels + download). Time is the median of K runs (default: >= 3 runs and >= 0.3 s).
   GB/s counts input + weights + output once; '% bw' is that over the device's measured copy
@@ -83,7 +86,7 @@ struct BenchRow {
     backend: BackendKind,
     device: String,
     op: &'static str,
-    variant: &'static str,
+    variant: String,
     m: usize,
     shape: String,
     iters: usize,
@@ -258,6 +261,7 @@ fn case_data(
     op: &str,
     packed: bool,
     ternary2: bool,
+    epilogue: Epilogue,
     m: usize,
     dims: &Dims,
     rng: &mut Rng,
@@ -310,7 +314,12 @@ fn case_data(
     };
     // Input + weights (i8x4 or ternary2 words) + output, once each; quantize writes words.
     let in_bytes = 4 * (words.len() + f32s.len());
-    let bytes = (in_bytes + 4 * w_words + 4 * out_len) as u64;
+    let out_elem = if quantize || epilogue.dtype == OutputDType::F32 {
+        4
+    } else {
+        2
+    };
+    let bytes = (in_bytes + 4 * w_words + out_elem * out_len) as u64;
     Ok(CaseData {
         op,
         shape,
@@ -348,12 +357,19 @@ fn open_timer(
     transfers: bool,
     graphs: bool,
     ternary2: bool,
+    epilogue: Epilogue,
 ) -> lowbit_kernels::Result<Box<dyn Timer>> {
-    if ternary2 && (transfers || kind != BackendKind::Cuda || cfg!(not(feature = "cuda"))) {
-        return Err(LowbitError::BackendUnavailable {
-            backend: kind,
-            reason: "--weights ternary2 is timed on CUDA's device API only".into(),
-        });
+    let cuda_device = !transfers && kind == BackendKind::Cuda && cfg!(feature = "cuda");
+    for (asked, what) in [
+        (ternary2, "--weights ternary2"),
+        (epilogue != Epilogue::default(), "--out f16|bf16 and --relu"),
+    ] {
+        if asked && !cuda_device {
+            return Err(LowbitError::BackendUnavailable {
+                backend: kind,
+                reason: format!("{what}: timed on CUDA's device API only"),
+            });
+        }
     }
     if transfers {
         return Ok(Box::new(TraitTimer::new(backend::open(kind)?)));
@@ -365,6 +381,7 @@ fn open_timer(
             let mut t = crate::timers::CudaTimer::new(0)?;
             t.graphs = graphs;
             t.ternary2 = ternary2;
+            t.epilogue = epilogue;
             Ok(Box::new(t))
         }
         #[cfg(feature = "wgpu")]
@@ -379,8 +396,9 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         tokens,
         &[
             "backend", "op", "variant", "m", "d", "h", "n", "iters", "json", "peers", "weights",
+            "out",
         ],
-        &["transfers", "no-graph"],
+        &["transfers", "no-graph", "relu"],
     )?;
     args.at_most_positional(0)?;
     let kinds = parse_backends(args.value("backend"))?;
@@ -416,6 +434,15 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         Some("ternary2") => true,
         Some(v) => return Err(format!("--weights: unknown {v:?} (i8x4, ternary2)")),
     };
+    let epilogue = Epilogue {
+        dtype: match args.value("out") {
+            None | Some("f32") => OutputDType::F32,
+            Some("f16") => OutputDType::F16,
+            Some("bf16") => OutputDType::Bf16,
+            Some(v) => return Err(format!("--out: unknown {v:?} (f32, f16, bf16)")),
+        },
+        relu: args.switch("relu"),
+    };
     let peers = match args.value("peers") {
         Some(p) => load_peers(p)?,
         None => Vec::new(),
@@ -432,7 +459,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
     let mut failed = false;
     for &kind in &kinds {
         let graphs = !args.switch("no-graph");
-        match open_timer(kind, args.switch("transfers"), graphs, ternary2) {
+        match open_timer(kind, args.switch("transfers"), graphs, ternary2, epilogue) {
             Ok(t) => backends.push(t),
             Err(LowbitError::BackendUnavailable { reason, .. }) if !required.contains(&kind) => {
                 eprintln!("skipping {kind}: {reason}");
@@ -483,7 +510,8 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
                     if !weights {
                         continue;
                     }
-                    let res = case_data(op, variant == "packed", ternary2, m, &dims, &mut rng)
+                    let packed = variant == "packed";
+                    let res = case_data(op, packed, ternary2, epilogue, m, &dims, &mut rng)
                         .and_then(|c| {
                             let inputs = Inputs {
                                 words: &c.words,
@@ -498,11 +526,16 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
                                 backend: kind,
                                 device: be.name(),
                                 op,
-                                variant: match (ternary2, variant) {
-                                    (true, "packed") => "packed-t2",
-                                    (true, _) => "f32-t2",
-                                    _ => variant,
-                                },
+                                variant: format!(
+                                    "{variant}{}{}{}",
+                                    if ternary2 { "-t2" } else { "" },
+                                    match epilogue.dtype {
+                                        OutputDType::F32 => "",
+                                        OutputDType::F16 => "-f16",
+                                        OutputDType::Bf16 => "-bf16",
+                                    },
+                                    if epilogue.relu { "-relu" } else { "" }
+                                ),
                                 m,
                                 shape: case.shape,
                                 iters: t.runs,
@@ -642,7 +675,7 @@ fn row_json(r: &BenchRow) -> Json {
         ("backend", r.backend.as_str().into()),
         ("device", r.device.clone().into()),
         ("op", r.op.into()),
-        ("variant", r.variant.into()),
+        ("variant", r.variant.as_str().into()),
         ("m", r.m.into()),
         ("shape", r.shape.clone().into()),
         ("iters", r.iters.into()),

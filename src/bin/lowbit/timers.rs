@@ -316,6 +316,7 @@ mod cuda {
     use lowbit_kernels::backend::cuda::{
         CudaDevice, DeviceAct, DeviceOut, DeviceScale, DeviceWeights, KernelFamily, Pdl,
     };
+    use lowbit_kernels::ops::OutputDType;
     use lowbit_kernels::{BackendKind, Epilogue, LowbitError, Result};
 
     use super::{A_SCALE, COLD_COPIES, COLD_MAX_M, FORMAT, Inputs, Op, Sampled, W_SCALE, sample};
@@ -337,6 +338,8 @@ mod cuda {
         pub graphs: bool,
         /// Upload the (ternary) weights as ternary2 fragments.
         pub ternary2: bool,
+        /// The projections' fused epilogue (output dtype, ReLU).
+        pub epilogue: Epilogue,
     }
 
     fn driver(context: &str) -> impl FnOnce(DriverError) -> LowbitError + '_ {
@@ -386,6 +389,7 @@ mod cuda {
                 graph_weight_bytes: Default::default(),
                 graphs: true,
                 ternary2: false,
+                epilogue: Epilogue::default(),
             })
         }
     }
@@ -417,7 +421,7 @@ mod cuda {
             Some("dp4a ceiling (dp4a rows only)")
         }
         /// The weight-stream floor ([`stream_floor`]) of each weight size timed as graph
-        /// replays, on 1 and 2 blocks per SM: what a chain of dependent ops reading only
+        /// replays, on 1, 2 and 4 blocks per SM: what a chain of dependent ops reading only
         /// their weights would take, timed the same way.
         fn footnotes(&mut self) -> Vec<String> {
             let pdl = match self.dev.programmatic_launch() {
@@ -431,7 +435,7 @@ mod cuda {
                     "weight-stream floor, {:.2} MB per kernel ({COLD_COPIES} copies, CUDA graph replay, {pdl}):",
                     bytes as f64 / 1e6
                 );
-                for bps in [1, 2] {
+                for bps in [1, 2, 4] {
                     match stream_floor(&self.dev, bytes, COLD_COPIES, bps, 10) {
                         Ok(m) => {
                             line.push_str(&format!(
@@ -495,7 +499,12 @@ mod cuda {
                         Op::Decoder(s) => s.out_len(),
                         Op::Quantize(_) => 0,
                     };
-                    let mut out = dev.alloc_zeros::<f32>(out_len)?;
+                    let e = self.epilogue;
+                    let (mut out32, mut out16) = if e.dtype == OutputDType::F32 {
+                        (Some(dev.alloc_zeros::<f32>(out_len)?), None)
+                    } else {
+                        (None, Some(dev.alloc_zeros::<u16>(out_len)?))
+                    };
                     let t2 = self.ternary2;
                     let mut run = |w: &CudaSlice<u32>| {
                         let w = if t2 {
@@ -513,8 +522,11 @@ mod cuda {
                         } else {
                             DeviceScale::Compute(&mut scale)
                         };
-                        let out = DeviceOut::F32(&mut out);
-                        let e = Epilogue::default();
+                        let out = match (&mut out32, &mut out16) {
+                            (Some(o), _) => DeviceOut::F32(o),
+                            (None, Some(o)) => DeviceOut::Bits16(o),
+                            (None, None) => return Err(no_input()),
+                        };
                         match op {
                             Op::Lowrank(s) => {
                                 dev.lowrank(s, input, FORMAT, sc, w, W_SCALE, 1, e, out)
