@@ -301,6 +301,19 @@ fn small_defines(
     v
 }
 
+/// Column warps and blocks per SM of the dp4a small-M low-rank kernel for `rows` rows of
+/// input `mode`: the shape's for one row of packed words; every other kernel (more rows, or
+/// codes and f32, whose staging needs the registers: f32 at M = 1 on the H200 took 9.73 µs
+/// at 4 blocks per SM, 8.89 at 2) runs 2 blocks per SM on proportionally more column warps,
+/// the same grid per wave.
+fn lowrank_small_cw(shape: t::SmallShape, mode: u32, rows: usize) -> (u32, u32) {
+    if mode == 0 && rows == 1 {
+        (shape.lowrank_cw, shape.m1_blocks)
+    } else {
+        ((shape.lowrank_cw * shape.m1_blocks / 2).clamp(1, 8), 2)
+    }
+}
+
 fn plain_defines(flag: &str) -> Vec<(String, String)> {
     vec![d(flag, 1), d("LB_EPS", format!("{EPS:e}f"))]
 }
@@ -818,20 +831,14 @@ impl CudaDevice {
                     KernelId::LowrankF32,
                 ][mode as usize];
                 let tile = self.tiles.0;
+                let (cw, m1) = lowrank_small_cw(self.small, mode, m);
                 let f = if small {
-                    self.function(
-                        id,
-                        small_defines(mode, uns, m, self.small.lowrank_cw, self.small.m1_blocks),
-                    )?
+                    self.function(id, small_defines(mode, uns, m, cw, m1))?
                 } else {
                     self.function(id, tiled_defines(mode, uns, tile, tiled_fast(&p, mode)))?
                 };
                 let grid = if small {
-                    (
-                        ceil_u32(shape.latent_out, self.small.lowrank_cw * 32),
-                        heads,
-                        1,
-                    )
+                    (ceil_u32(shape.latent_out, cw * 32), heads, 1)
                 } else {
                     (
                         ceil_u32(shape.latent_out, self.tiles.0.bn),
@@ -1133,11 +1140,7 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     for mode in 0..3u32 {
         // Packed words with unsigned lanes come from the f32 pre-pass of uint8pos inputs.
         for uns in [false, true] {
-            // One-row low-rank kernels for 2 and 4 blocks per SM (`SmallShape::m1_blocks`).
-            for (ids, cw, m1s) in [
-                (lowrank, t::SMALL_CW_LOWRANK, &[2, 4][..]),
-                (decoder, t::SMALL_CW_DECODER, &[2][..]),
-            ] {
+            for (ids, decoder_cw) in [(lowrank, None), (decoder, Some(t::SMALL_CW_DECODER))] {
                 // Large-M f32 input is packed first (prepack_f32), so only the small-M
                 // kernels read f32.
                 if mode != 2 {
@@ -1147,11 +1150,25 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                         }
                     }
                 }
+                // Low-rank: the default shape's kernels and those of one-row blocks at 2 per SM
+                // (`LOWBIT_CUDA_SMALL=..x2`).
                 let mut rows = 1;
                 while rows <= t::SMALL_M_MAX {
-                    for &m1 in m1s {
-                        if m1 == 2 || rows == 1 {
-                            v.push((ids[mode as usize], small_defines(mode, uns, rows, cw, m1)));
+                    for m1_blocks in [t::SmallShape::DEFAULT.m1_blocks, 2] {
+                        let shape = t::SmallShape {
+                            m1_blocks,
+                            ..t::SmallShape::DEFAULT
+                        };
+                        let (cw, blocks) = match decoder_cw {
+                            Some(cw) => (cw, 2),
+                            None => lowrank_small_cw(shape, mode, rows),
+                        };
+                        let k = (
+                            ids[mode as usize],
+                            small_defines(mode, uns, rows, cw, blocks),
+                        );
+                        if !v.contains(&k) {
+                            v.push(k);
                         }
                     }
                     rows *= 2;
@@ -1213,6 +1230,19 @@ mod tests {
     fn problem_struct_layout_matches_the_c_side() {
         // 6 pointers + 4 i64 + 2 f32 + 18 i32 = 160 bytes (see common.cuh).
         assert_eq!(std::mem::size_of::<LbProblem>(), 160);
+    }
+
+    #[test]
+    fn one_row_lowrank_keeps_its_wave_for_every_input() {
+        let s = t::SmallShape::DEFAULT;
+        assert_eq!(lowrank_small_cw(s, 0, 1), (s.lowrank_cw, s.m1_blocks));
+        for (mode, rows) in [(0, 2), (0, 16), (1, 1), (2, 1), (2, 3)] {
+            let (cw, m1) = lowrank_small_cw(s, mode, rows);
+            assert_eq!(m1, 2);
+            assert_eq!(cw * m1, (s.lowrank_cw * s.m1_blocks).min(16));
+        }
+        let two = t::SmallShape { m1_blocks: 2, ..s };
+        assert_eq!(lowrank_small_cw(two, 2, 1), (two.lowrank_cw, 2));
     }
 
     #[test]
