@@ -109,7 +109,8 @@ struct ModuleCache {
 }
 
 /// Scratch owned by the device, reused by every launch on its stream (so stream order
-/// keeps uses apart). Counters and the small-M accumulator are zero between launches: the kernels reset them.
+/// keeps uses apart). Counters and the small-M accumulator are zero between launches: the
+/// kernels reset them.
 #[derive(Default)]
 pub(crate) struct Scratch {
     pub red_partials: Option<CudaSlice<f64>>,

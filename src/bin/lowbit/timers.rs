@@ -342,6 +342,12 @@ mod cuda {
         pub epilogue: Epilogue,
     }
 
+    /// The projections' output buffer, per the epilogue's dtype.
+    enum OutBuf {
+        F32(CudaSlice<f32>),
+        Bits16(CudaSlice<u16>),
+    }
+
     fn driver(context: &str) -> impl FnOnce(DriverError) -> LowbitError + '_ {
         move |e| LowbitError::Driver {
             backend: BackendKind::Cuda,
@@ -500,10 +506,10 @@ mod cuda {
                         Op::Quantize(_) => 0,
                     };
                     let e = self.epilogue;
-                    let (mut out32, mut out16) = if e.dtype == OutputDType::F32 {
-                        (Some(dev.alloc_zeros::<f32>(out_len)?), None)
+                    let mut out = if e.dtype == OutputDType::F32 {
+                        OutBuf::F32(dev.alloc_zeros(out_len)?)
                     } else {
-                        (None, Some(dev.alloc_zeros::<u16>(out_len)?))
+                        OutBuf::Bits16(dev.alloc_zeros(out_len)?)
                     };
                     let t2 = self.ternary2;
                     let mut run = |w: &CudaSlice<u32>| {
@@ -522,10 +528,9 @@ mod cuda {
                         } else {
                             DeviceScale::Compute(&mut scale)
                         };
-                        let out = match (&mut out32, &mut out16) {
-                            (Some(o), _) => DeviceOut::F32(o),
-                            (None, Some(o)) => DeviceOut::Bits16(o),
-                            (None, None) => return Err(no_input()),
+                        let out = match &mut out {
+                            OutBuf::F32(o) => DeviceOut::F32(o),
+                            OutBuf::Bits16(o) => DeviceOut::Bits16(o),
                         };
                         match op {
                             Op::Lowrank(s) => {
