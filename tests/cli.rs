@@ -267,6 +267,38 @@ fn bench_small_cpu_sweep() {
     let bad = lowbit(&["bench", "--op", "matmul"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad).1.contains("unknown op"));
+    let bad = lowbit(&["bench", "--out", "f64"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad).1.contains("--out: unknown"));
+
+    // A fused epilogue is timed on CUDA's device API only: the CPU is skipped, saying why.
+    let o = lowbit(&[
+        "bench",
+        "--backend",
+        "cpu",
+        "--out",
+        "bf16",
+        "--relu",
+        "--op",
+        "lowrank",
+        "--m",
+        "1",
+        "--d",
+        "20",
+        "--h",
+        "2",
+        "--n",
+        "33",
+        "--iters",
+        "2",
+    ]);
+    let (out, err) = text(&o);
+    assert!(err.contains("CUDA's device API only"), "{out}{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("cpu ")).count(),
+        0,
+        "{out}"
+    );
 }
 
 #[test]
