@@ -87,11 +87,11 @@ if has smallfinal; then  # every M <= 16 row of BENCHMARKS.md's small-M table (r
   LOWBIT_CUDA_SMALL=4x2x2 bench "small M, previous grid shape" --backend cuda --op lowrank --m 1
   bench "small M, single launch" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,16 --no-graph
 fi
-if has shapes; then  # small-M grid shapes (LOWBIT_CUDA_SMALL=CWxB), with the weight-stream floor
-  for s in ${SMALL_SHAPES:-4x2 8x2 8x1 4x1}; do
+if has shapes; then  # small-M grid shapes (LOWBIT_CUDA_SMALL=CWxBxM1), with the weight-stream floor
+  for s in ${SMALL_SHAPES:-2x2x4 4x2x2 2x4x4 4x4x4 8x1x2}; do
     LOWBIT_CUDA_SMALL=$s bench "small M, LOWBIT_CUDA_SMALL=$s" --backend cuda --op lowrank,decoder-tail --variant packed --m 1,4,8,16
   done
-  for s in ${SMALL_SHAPES_T2:-4x2 4x1}; do
+  for s in ${SMALL_SHAPES_T2:-2x2x4 2x4x4}; do
     LOWBIT_CUDA_SMALL=$s bench "ternary2, LOWBIT_CUDA_SMALL=$s" --backend cuda --op decoder-tail --variant packed --m 1,16 --weights ternary2
   done
 fi
