@@ -213,17 +213,11 @@ pub fn stream_floor(
         unsafe { dev.launch_lb(&f, cfg, &p, "stream_read", true) }
     };
     let graph = capture_graph(dev, copies, launch)?;
-    let per = (FLOOR_REPLAYS as usize * copies) as f64;
-    let mut v = Vec::with_capacity(reps.max(1));
-    for _ in 0..reps.max(1) {
-        let d = time_events(dev, FLOOR_REPLAYS, || {
-            graph.launch().map_err(drv("cuGraphLaunch"))
-        })?;
-        v.push(d.as_secs_f64() / per);
-    }
-    v.sort_by(f64::total_cmp);
+    let replays = median_seconds(dev, reps, || {
+        (0..FLOOR_REPLAYS).try_for_each(|_| graph.launch().map_err(drv("cuGraphLaunch")))
+    })?;
     Ok(Measured {
-        seconds: v[v.len() / 2],
+        seconds: replays / (FLOOR_REPLAYS as usize * copies) as f64,
         work: (words * 4) as f64,
     })
 }
