@@ -182,6 +182,9 @@ fn verify_json_and_skipped_backends() {
     }
 }
 
+/// `lowbit bench` at a tiny shape, 2 timed runs per case.
+const SMALL_BENCH: [&str; 8] = ["--d", "20", "--h", "2", "--n", "33", "--iters", "2"];
+
 #[test]
 fn bench_small_cpu_sweep() {
     let dir = scratch("bench");
@@ -193,25 +196,14 @@ fn bench_small_cpu_sweep() {
             {"op": "decoder_tail", "m": 3, "name": "torch_fp16", "us": 5.0}]"#,
     )
     .unwrap();
-    let o = lowbit(&[
-        "bench",
-        "--backend",
-        "cpu",
-        "--m",
-        "1,3",
-        "--d",
-        "20",
-        "--h",
-        "2",
-        "--n",
-        "33",
-        "--iters",
-        "2",
-        "--json",
-        p(&json),
-        "--peers",
-        p(&peers),
-    ]);
+    let o = lowbit(
+        &[
+            &["bench", "--backend", "cpu", "--m", "1,3"][..],
+            &SMALL_BENCH,
+            &["--json", p(&json), "--peers", p(&peers)],
+        ]
+        .concat(),
+    );
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}{err}");
     assert!(out.contains("TOPS") && out.contains("GB/s") && out.contains("vs torch_fp16"));
@@ -233,23 +225,14 @@ fn bench_small_cpu_sweep() {
                 "int_mm_ms": 0.5, "bf16_mm_ms": 0.25}]}"#,
         )
         .unwrap();
-        let o = lowbit(&[
-            "bench",
-            "--backend",
-            "wgpu",
-            "--m",
-            "1,3",
-            "--d",
-            "20",
-            "--h",
-            "2",
-            "--n",
-            "33",
-            "--iters",
-            "2",
-            "--peers",
-            p(&peers),
-        ]);
+        let o = lowbit(
+            &[
+                &["bench", "--backend", "wgpu", "--m", "1,3"][..],
+                &SMALL_BENCH,
+                &["--peers", p(&peers)],
+            ]
+            .concat(),
+        );
         let (out, err) = text(&o);
         assert!(o.status.success(), "{out}{err}");
         assert_eq!(
@@ -272,26 +255,24 @@ fn bench_small_cpu_sweep() {
     assert!(text(&bad).1.contains("--out: unknown"));
 
     // A fused epilogue is timed on CUDA's device API only: the CPU is skipped, saying why.
-    let o = lowbit(&[
-        "bench",
-        "--backend",
-        "cpu",
-        "--out",
-        "bf16",
-        "--relu",
-        "--op",
-        "lowrank",
-        "--m",
-        "1",
-        "--d",
-        "20",
-        "--h",
-        "2",
-        "--n",
-        "33",
-        "--iters",
-        "2",
-    ]);
+    let o = lowbit(
+        &[
+            &[
+                "bench",
+                "--backend",
+                "cpu",
+                "--out",
+                "bf16",
+                "--relu",
+                "--op",
+                "lowrank",
+                "--m",
+                "1",
+            ][..],
+            &SMALL_BENCH,
+        ]
+        .concat(),
+    );
     let (out, err) = text(&o);
     assert!(err.contains("CUDA's device API only"), "{out}{err}");
     assert_eq!(

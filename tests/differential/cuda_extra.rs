@@ -99,6 +99,31 @@ fn run_lowrank_codes(dev: &CudaDevice, p: &Lowrank, codes: &[i32], fmt: Fmt, s: 
     dev.download(&out).unwrap()
 }
 
+/// Runs a decoder tail on uploaded int8 codes `y` and weights `w` into a NaN-poisoned output
+/// and returns it.
+fn run_decoder_codes(
+    dev: &CudaDevice,
+    p: &Decoder,
+    y: &CudaSlice<i32>,
+    w: &CudaSlice<u32>,
+    s: f32,
+) -> Vec<f32> {
+    let mut out = dev.upload(&vec![f32::NAN; p.shape.out_len()]).unwrap();
+    dev.decoder_tail(
+        &p.shape,
+        DeviceAct::Codes(y),
+        Fmt::Int8,
+        DeviceScale::Param(s),
+        w,
+        p.w_scale,
+        127,
+        Epilogue::default(),
+        DeviceOut::F32(&mut out),
+    )
+    .unwrap();
+    dev.download(&out).unwrap()
+}
+
 #[test]
 fn wraps_a_callers_context_and_stream() {
     let Some(_probe) = device() else { return };
@@ -450,20 +475,7 @@ fn small_m_grid_shapes_are_bit_exact() {
                     dev.upload(&dec.w_words).unwrap(),
                 );
                 for run in 0..2 {
-                    let mut o = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
-                    dev.decoder_tail(
-                        &dec.shape,
-                        DeviceAct::Codes(&yd),
-                        Fmt::Int8,
-                        DeviceScale::Param(s),
-                        &wd,
-                        dec.w_scale,
-                        127,
-                        Epilogue::default(),
-                        DeviceOut::F32(&mut o),
-                    )
-                    .unwrap();
-                    let out = dev.download(&o).unwrap();
+                    let out = run_decoder_codes(&dev, &dec, &yd, &wd, s);
                     assert_exact(&format!("{what} decoder run {run}"), &exp, &out);
                 }
             }
@@ -511,20 +523,7 @@ fn split_k_is_deterministic() {
         let wd = dev.upload(&dec.w_words).unwrap();
         let mut first: Option<Vec<u32>> = None;
         for run in 0..5 {
-            let mut o = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
-            dev.decoder_tail(
-                &dec.shape,
-                DeviceAct::Codes(&yd),
-                Fmt::Int8,
-                DeviceScale::Param(s),
-                &wd,
-                dec.w_scale,
-                127,
-                Epilogue::default(),
-                DeviceOut::F32(&mut o),
-            )
-            .unwrap();
-            let out = dev.download(&o).unwrap();
+            let out = run_decoder_codes(&dev, &dec, &yd, &wd, s);
             assert_exact(&format!("split-K m={m} run {run}"), &expected, &out);
             let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
             match &first {
