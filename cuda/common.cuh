@@ -602,6 +602,27 @@ __device__ __forceinline__ void lb_split_finish(const LbProblem& p, long long e,
     p.acc[e] = 0ull;
     lb_store(p.out, o, lb_dequant((int)(u32)tot, p.w_scale, as, p.relu), p.out_dtype);
 }
+// The end of a small-M kernel: this thread's element i < EPT, of i32 value v[i], lives where
+// `at(i, e, o)` is true (e: its index in p.acc, o: in the output). Without p.acc it is
+// stored; with it (split-K) every add is issued before the first total is looked at.
+template <int EPT, typename At>
+__device__ __forceinline__ void lb_small_finish(const LbProblem& p, const int (&v)[EPT], At at,
+                                                float as) {
+    long long e, o;
+    if (p.acc == nullptr) {
+#pragma unroll
+        for (int i = 0; i < EPT; ++i)
+            if (at(i, e, o))
+                lb_store(p.out, o, lb_dequant(v[i], p.w_scale, as, p.relu), p.out_dtype);
+        return;
+    }
+    unsigned long long tot[EPT];
+#pragma unroll
+    for (int i = 0; i < EPT; ++i) tot[i] = at(i, e, o) ? lb_split_add(p, e, v[i]) : 0ull;
+#pragma unroll
+    for (int i = 0; i < EPT; ++i)
+        if (at(i, e, o)) lb_split_finish(p, e, o, tot[i], gridDim.y, as);
+}
 
 // ---- small-M path -------------------------------------------------------------------------
 #if defined(LB_SMALL_M)
@@ -751,31 +772,14 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
             for (int w = 0; w < LB_SM_KWARPS; ++w) v[i] += red[w][m][c - tile0];
         }
     }
-    if (p.acc == nullptr) {
-#pragma unroll
-        for (int i = 0; i < EPT; ++i) {
-            int m, c;
-            if (elem(i, m, c))
-                lb_store(p.out, lb_out_row(p, m, o_head) + c, lb_dequant(v[i], p.w_scale, as, p.relu),
-                         p.out_dtype);
-        }
-        return;
-    }
-    // Split-K (the decoder: output row m at m * ldc): every add is issued before the first
-    // total is looked at.
-    unsigned long long tot[EPT];
-#pragma unroll
-    for (int i = 0; i < EPT; ++i) {
+    // Split-K is the decoder's (o_head 0, output row m at m * ldc).
+    lb_small_finish(p, v, [&](int i, long long& e, long long& o) {
         int m, c;
-        tot[i] = elem(i, m, c) ? lb_split_add(p, (long long)m * p.ncols + c, v[i]) : 0ull;
-    }
-#pragma unroll
-    for (int i = 0; i < EPT; ++i) {
-        int m, c;
-        if (elem(i, m, c))
-            lb_split_finish(p, (long long)m * p.ncols + c, (long long)m * p.ldc + c, tot[i],
-                            gridDim.y, as);
-    }
+        if (!elem(i, m, c)) return false;
+        e = (long long)m * p.ncols + c;
+        o = (p.acc ? (long long)m * p.ldc : lb_out_row(p, m, o_head)) + c;
+        return true;
+    }, as);
 }
 #endif  // LB_SMALL_M
 

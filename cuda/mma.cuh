@@ -501,30 +501,13 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
             for (int w = 0; w < LB_MS_KW; ++w) v[i] += red[(w * 16 + r) * LB_MS_COLS + c - tile0];
         }
     }
-    if (p.acc == nullptr) {
-#pragma unroll
-        for (int i = 0; i < EPT; ++i) {
-            int r, c;
-            if (elem(i, r, c))
-                lb_store(p.out, (long long)(m0 + r) * p.ldc + c,
-                         lb_dequant(v[i], p.w_scale, as, p.relu), p.out_dtype);
-        }
-        return;
-    }
-    // Split-K: every add is issued before the first total is looked at.
-    unsigned long long tot[EPT];
-#pragma unroll
-    for (int i = 0; i < EPT; ++i) {
+    lb_small_finish(p, v, [&](int i, long long& e, long long& o) {
         int r, c;
-        tot[i] = elem(i, r, c) ? lb_split_add(p, (long long)(m0 + r) * p.ncols + c, v[i]) : 0ull;
-    }
-#pragma unroll
-    for (int i = 0; i < EPT; ++i) {
-        int r, c;
-        if (elem(i, r, c))
-            lb_split_finish(p, (long long)(m0 + r) * p.ncols + c, (long long)(m0 + r) * p.ldc + c,
-                            tot[i], gridDim.y, as);
-    }
+        if (!elem(i, r, c)) return false;
+        e = (long long)(m0 + r) * p.ncols + c;
+        o = (long long)(m0 + r) * p.ldc + c;
+        return true;
+    }, as);
 }
 
 #endif  // LB_MMA_SMALL
