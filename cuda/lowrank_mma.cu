@@ -12,18 +12,225 @@
 // Grid: (CTAs per row block, ceil(M / 128)). Dynamic smem: A [128][kpw + 4] words, then the
 // ring [STAGES][BKW][BN + 4] words. Glossary: mma.cuh, common.cuh.
 
-#if defined(LB_MMA_SMALL)
-// M <= 16 (any M for ternary2 weights, a row block of 16 per grid z): lb_mma_small, split = head.
-extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small(LbProblem p) {
-    lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
-}
-#else
 #ifndef LB_OUT
 #define LB_OUT 0  // output dtype of the interior epilogue: 0 f32, 1 f16, 2 bf16 (= p.out_dtype)
 #endif
 #ifndef LB_RELU
 #define LB_RELU 0  // fused ReLU (= p.relu)
 #endif
+
+#if defined(LB_MMA_SMALL)
+// M <= 16 (any M for ternary2 weights, a row block of 16 per grid z): lb_mma_small, split = head.
+extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small(LbProblem p) {
+    lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
+}
+#elif defined(LB_WGMMA)
+// sm_90a only (compiled for `sm_90a`): the projection on warpgroup mma (wgmma), the weights
+// resident. CTA (x, y) owns head h = x / tiles_n and the LB_WG_BN = 256 weight columns of
+// tile x % tiles_n, all kpw k words, in smem for its whole life (the weights are read once).
+// Its four warpgroups form two pairs; pair P walks the 64-row tiles 2y + P, + 2 gridDim.y, ...
+// of A with its own cp.async double buffer and named barrier, and warpgroup j of the pair
+// computes and stores columns 128j..128j+127 of the tile. The pairs drift apart, so one's
+// output stores overlap the other's loads and mma, with four warps per scheduler to hide the
+// epilogue's latency. Dynamic smem: the weight tile, then [pair][2][64][kpw] words.
+//
+// Glossary (see also mma.cuh, common.cuh)
+//   wgmma     wgmma.mma_async.sync.aligned.m64n128k32.s32.{s8|u8}.s8: D[64x128] (i32, 64
+//             registers per thread) += A[64x32] B[128x32]^T, both operands read from smem
+//             through 64-bit matrix descriptors, issued by one warpgroup (4 warps)
+//   core      a core matrix: 8 rows x 16 bytes (16 k of one row each) stored as 128 contiguous
+//             bytes. A tile of R rows x kpw words is R/8 x KG cores (KG = kpw / 4), core
+//             (rg, kg) at byte (rg * KG + kg) * 128: the no-swizzle K-major layout, with
+//             LBO = 128 (next core along k) and SBO = KG * 128 (next 8 rows)
+//   D frag    register i of a thread (warp w of the warpgroup, lane l) is row 16w + l/4 + 8
+//             ((i/2) % 2), smem column c = 128j + 8 (i/4) + 2 (l%4) + i%2
+//   perm      smem weight row c holds output column lb_wg_col(c) = 8G (c/8G) + 2G ((c%8)/2) +
+//             2 ((c/8)%G) + c%2 (G = LB_WG_G): each thread's 2G outputs per row and 8G-column
+//             group are contiguous, one 16-byte store (a bijection: the sums are unchanged)
+
+#define LB_WG_BN 256
+#define LB_WG_BM 64
+#define LB_WG_THREADS 512
+
+// Output columns per thread and row in each 8G-column group: 4 f32 or 8 f16/bf16 (16 bytes).
+#define LB_WG_G (LB_OUT == 0 ? 2 : 4)
+
+__device__ __forceinline__ int lb_wg_col(int c) {
+    return 8 * LB_WG_G * (c / (8 * LB_WG_G)) + 2 * LB_WG_G * ((c & 7) >> 1) +
+           2 * ((c >> 3) & (LB_WG_G - 1)) + (c & 1);
+}
+
+__device__ __forceinline__ u64 lb_wg_desc(const void* smem, unsigned sbo) {
+    return (u64)((lb_smem(smem) & 0x3FFFF) >> 4) | ((u64)(128 >> 4) << 16) |
+           ((u64)((sbo >> 4) & 0x3FFF) << 32);
+}
+
+__device__ __forceinline__ void lb_fence_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+
+// Named barrier `id` (1, 2: one per pair) over 256 threads.
+__device__ __forceinline__ void lb_pair_bar(int id) {
+    asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
+}
+
+#define LB_R4(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3])
+#define LB_R16(i) LB_R4(i), LB_R4(i + 4), LB_R4(i + 8), LB_R4(i + 12)
+#define LB_R64(i) LB_R16(i), LB_R16(i + 16), LB_R16(i + 32), LB_R16(i + 48)
+#define LB_WG_D \
+    "{%0, %1, %2, %3, %4, %5, %6, %7," \
+    "%8, %9, %10, %11, %12, %13, %14, %15," \
+    "%16, %17, %18, %19, %20, %21, %22, %23," \
+    "%24, %25, %26, %27, %28, %29, %30, %31," \
+    "%32, %33, %34, %35, %36, %37, %38, %39," \
+    "%40, %41, %42, %43, %44, %45, %46, %47," \
+    "%48, %49, %50, %51, %52, %53, %54, %55," \
+    "%56, %57, %58, %59, %60, %61, %62, %63}"
+
+// D (+)= A . B^T for one k32 step; `acc` 0 on a tile's first step (D is then overwritten).
+#define LB_WGMMA_ASM(TY)                                                                     \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                \
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32." TY ".s8 " LB_WG_D            \
+                 ", %64, %65, p;\n}\n"                                                       \
+                 : LB_R64(0)                                                                 \
+                 : "l"(da), "l"(db), "r"(acc)                                                \
+                 : "memory")
+template <bool UNS>
+__device__ __forceinline__ void lb_wgmma(int (&d)[64], u64 da, u64 db, int acc) {
+    if (UNS) {
+        LB_WGMMA_ASM("u8");
+    } else {
+        LB_WGMMA_ASM("s8");
+    }
+}
+
+template <bool UNS>
+__device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
+    extern __shared__ __align__(128) u32 lb_dyn_smem[];
+    const int KG = p.kpw / 4;  // 16-byte cores per row
+    const unsigned sbo = KG * 128;
+    const int tile_bytes = LB_WG_BM * KG * 16;
+    unsigned char* Bs = (unsigned char*)lb_dyn_smem;  // LB_WG_BN x kpw words
+    unsigned char* As = Bs + LB_WG_BN * KG * 16;     // [pair][stage] 64 x kpw words
+
+    const int tid = threadIdx.x, pair = tid >> 8, jn = (tid >> 7) & 1, pt = tid & 255;
+    const int h = blockIdx.x / p.tiles_n, n0 = (blockIdx.x % p.tiles_n) * LB_WG_BN;
+    const int ah = p.a_heads == 1 ? 0 : h;
+
+    // The weight tile, gathered into k-major cores by 4-byte cp.asyncs: smem row c is column
+    // n0 + lb_wg_col(c), core kg holds its words 4kg..4kg+3 (zero past N, latent_out, kw).
+    {
+        const int c = pt, n = n0 + lb_wg_col(c);
+        const bool col_ok = n < p.ncols && n < p.bcols;
+        const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + n;
+        unsigned char* row = Bs + (c >> 3) * KG * 128 + (c & 7) * 16;
+        for (int q = pair; q < 4 * KG; q += 2) {
+            const bool ok = col_ok && q < p.kw;
+            lb_cp4((u32*)(row + (q >> 2) * 128 + (q & 3) * 4), ok ? w + (long long)q * p.ldb : w,
+                   ok ? 4 : 0);
+        }
+        lb_commit();
+    }
+
+    const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
+    const int first = blockIdx.y * 2 + pair, step = gridDim.y * 2;
+    unsigned char* Ap = As + pair * 2 * tile_bytes;
+    const u32* A = (const u32*)p.a;
+    const long long ah_off = (long long)ah * p.time * p.lda;
+
+    // Stage the 64 rows of A tile `tile` into the pair's buffer `s`: per warp instruction 8
+    // rows x 4 cores (64 contiguous bytes of each row); each quarter warp writes 128
+    // contiguous bytes. Rows are (b, t) of head ah: (b * Hin + ah) * T + t = m (+ ah T) for Hin = 1.
+    auto load_a = [&](int tile, int s) {
+        unsigned char* dst = Ap + s * tile_bytes;
+        const int lane = pt & 31, r8 = lane & 7, kq = lane >> 3;
+        const int kg4s = KG / 4;
+        for (int slot = pt >> 5; slot < 8 * kg4s; slot += 8) {
+            const int rg = slot / kg4s, kg = (slot - rg * kg4s) * 4 + kq;
+            const int r = rg * 8 + r8, m = tile * LB_WG_BM + r, q = kg * 4;
+            int valid = 0;
+            const u32* src = A;
+            if (m < p.m_total && q < p.kw) {
+                long long row = m;
+                if (p.a_heads != 1) {
+                    const int b = m / p.time;
+                    row += (long long)b * (p.a_heads - 1) * p.time;
+                }
+                src = A + row * p.lda + ah_off + q;
+                valid = min(4, p.kw - q) * 4;
+            }
+            lb_cp16((u32*)(dst + (rg * KG + kg) * 128 + r8 * 16), src, valid);
+        }
+        lb_commit();
+    };
+
+    if (first < m_tiles) load_a(first, 0);
+    lb_wait<0>();
+    lb_fence_async_smem();
+    __syncthreads();  // the weight tile is written (and visible to the async proxy)
+
+    const float a_scale = lb_scale(p.scale_ptr, p.scale_param);
+    const int warp = (tid >> 5) & 3, lane = tid & 31;
+    // 16-byte stores: f32 rows of 4k elements, f16/bf16 rows of 8k, the whole tile valid.
+    const bool vec = p.c_vec && (LB_OUT == 0 || p.ldc % 8 == 0) && n0 + LB_WG_BN <= p.ncols;
+    const unsigned char* b_s = Bs + jn * 16 * sbo;  // this warpgroup's 128 weight rows
+    const int cb = 128 * jn;                          // and their first smem column
+    int d[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) d[i] = 0;
+    int s = 0;
+    for (int tile = first; tile < m_tiles; tile += step, s ^= 1) {
+        lb_wait<0>();
+        lb_fence_async_smem();
+        lb_pair_bar(1 + pair);  // the tile's A visible; the other buffer's readers are done
+        if (tile + step < m_tiles) load_a(tile + step, s ^ 1);
+
+        const unsigned char* a_s = Ap + s * tile_bytes;
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        for (int k = 0; k < KG / 2; ++k)
+            lb_wgmma<UNS>(d, lb_wg_desc(a_s + k * 256, sbo), lb_wg_desc(b_s + k * 256, sbo), k > 0);
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int m = tile * LB_WG_BM + 16 * warp + (lane >> 2) + 8 * half;
+            if (m >= p.m_total) continue;
+            const int b = m / p.time, t = m - b * p.time;
+            const long long o = ((long long)(b * p.o_heads + h) * p.time + t) * p.ldc + n0;
+#pragma unroll
+            for (int g = 0; g < 16 / LB_WG_G; ++g) {  // 8G-column groups
+                float f[2 * LB_WG_G];
+#pragma unroll
+                for (int e = 0; e < 2 * LB_WG_G; ++e)
+                    f[e] = lb_dequant(d[(LB_WG_G * g + (e >> 1)) * 4 + 2 * half + (e & 1)],
+                                      p.w_scale, a_scale, LB_RELU);
+                const int col = cb + 8 * LB_WG_G * g + 2 * LB_WG_G * (lane & 3);
+                if (vec) {
+                    if (LB_OUT == 0) {
+                        __stcs((float4*)((float*)p.out + o + col),
+                               make_float4(f[0], f[1], f[2], f[3]));
+                    } else {
+                        __stcs((uint4*)((unsigned short*)p.out + o + col),
+                               make_uint4(lb_pack2(f[0], f[1], LB_OUT), lb_pack2(f[2], f[3], LB_OUT),
+                                          lb_pack2(f[4 % (2 * LB_WG_G)], f[5 % (2 * LB_WG_G)], LB_OUT),
+                                          lb_pack2(f[6 % (2 * LB_WG_G)], f[7 % (2 * LB_WG_G)], LB_OUT)));
+                    }
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 2 * LB_WG_G; ++e)
+                        if (n0 + col + e < p.ncols) lb_store(p.out, o + col + e, f[e], LB_OUT);
+                }
+            }
+        }
+    }
+    lb_wait<0>();
+}
+
+extern "C" __global__ void __launch_bounds__(LB_WG_THREADS, 1) lowrank_wgmma(LbMma p) {
+    lb_lowrank_wgmma<LB_UNS != 0>(p);
+}
+#else
 
 // The warp tile's outputs with the epilogue fixed at compile time, for tiles whose columns
 // are all valid and 16-byte aligned (c_vec): no per-element branches. Rows >= M are skipped.

@@ -45,6 +45,8 @@ pub enum KernelId {
     /// fragment, the weights streamed once into registers.
     LowrankMmaSmall,
     DecoderMmaSmall,
+    /// CUDA warpgroup mma (sm_90a only): low-rank projection, the weight tile resident.
+    LowrankWgmma,
 }
 
 impl KernelId {
@@ -53,13 +55,14 @@ impl KernelId {
     pub const MICROBENCH: [Self; 3] = [Self::Dp4aCeiling, Self::CopyBandwidth, Self::StreamRead];
 
     /// The CUDA int8 tensor-core (mma) family (not part of [`KernelId::ALL`] either).
-    pub const CUDA_MMA: [Self; 6] = [
+    pub const CUDA_MMA: [Self; 7] = [
         Self::LowrankMma,
         Self::DecoderMma,
         Self::DecoderMmaReduce,
         Self::MmaPrepA,
         Self::LowrankMmaSmall,
         Self::DecoderMmaSmall,
+        Self::LowrankWgmma,
     ];
 
     pub const ALL: [Self; 14] = [
@@ -93,7 +96,7 @@ impl KernelId {
             | Self::DecoderReduce => "decoder_tail",
             Self::RhoInt8Pack | Self::RhoInt8Unpack => "rho",
             Self::Dp4aCeiling | Self::CopyBandwidth | Self::StreamRead => "microbench",
-            Self::LowrankMma | Self::LowrankMmaSmall => "lowrank_mma",
+            Self::LowrankMma | Self::LowrankMmaSmall | Self::LowrankWgmma => "lowrank_mma",
             Self::DecoderMma | Self::DecoderMmaReduce | Self::MmaPrepA | Self::DecoderMmaSmall => {
                 "decoder_tail_mma"
             }
@@ -126,6 +129,7 @@ impl KernelId {
             Self::MmaPrepA => "mma_prep_a",
             Self::LowrankMmaSmall => "lowrank_mma_small",
             Self::DecoderMmaSmall => "decoder_mma_small",
+            Self::LowrankWgmma => "lowrank_wgmma",
         }
     }
 }

@@ -31,6 +31,15 @@ fn mma_backend() -> Option<&'static CudaBackend> {
     crate::cuda_backend(&B, || open_mma(CudaBackend::from_device))
 }
 
+/// The mma family with the warpgroup-mma low-rank kernel switched off: on sm_90 the
+/// `mma.sync` low-rank kernel runs only here.
+fn sync_backend() -> Option<&'static CudaBackend> {
+    static B: Cell = OnceLock::new();
+    crate::cuda_backend(&B, || {
+        open_mma(|d| CudaBackend::from_device(d.with_wgmma(false)))
+    })
+}
+
 /// A backend on the mma family that uploads ternary/binary weights as ternary2 fragments.
 fn t2_backend() -> Option<&'static CudaBackend> {
     static B: Cell = OnceLock::new();
@@ -336,6 +345,44 @@ fn lowrank_every_epilogue() {
 fn lowrank_edge_data() {
     run_mma("lowrank_mma", lowrank_edges);
 }
+/// The `mma.sync` low-rank kernel (on sm_90 the default low-rank kernel is `lowrank_wgmma`).
+#[test]
+fn lowrank_on_mma_sync() {
+    let Some(b) = sync_backend() else { return };
+    let cases: [fn(&mut Ctx); 4] = [
+        lowrank_random,
+        lowrank_large,
+        lowrank_epilogues,
+        lowrank_edges,
+    ];
+    for case in cases {
+        run_on_mma(b, "lowrank_mma.cu [LB_UNS", case);
+    }
+}
+
+/// Where the device runs it (sm_90a), every low-rank case above also went through
+/// `lowrank_wgmma`, plus BDH-like shapes with several warpgroup row tiles per CTA.
+#[test]
+fn lowrank_on_wgmma() {
+    let Some(b) = mma_backend() else { return };
+    if !b.device().wgmma() {
+        println!(
+            "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
+            b.device().name()
+        );
+        return;
+    }
+    run_on_mma(b, "LB_WGMMA=1", |ctx| {
+        let ops = [
+            lr([2, 1, 500, 256], [2, 256, 600], 600),
+            lr([1, 4, 130, 256], [4, 256, 256], 256),
+            lr([3, 1, 97, 384], [1, 384, 300], 257),
+        ];
+        crate::large_cases(ctx, "wgmma lowrank", &ops, 105);
+        crate::epilogue_cases(ctx, "wgmma lowrank", &ops[..2], 106);
+    });
+}
+
 #[test]
 fn decoder_random_shapes() {
     run_mma("decoder_tail_mma", decoder_random);
@@ -367,6 +414,19 @@ fn routing() {
     assert!(dev.mma_lowrank_ok(&l(17, 512)));
     assert!(!dev.mma_lowrank_ok(&l(16, 256)));
     assert!(!dev.mma_lowrank_ok(&l(17, 513)));
+    if dev.wgmma() {
+        // sm_90a: the warpgroup-mma kernel up to D = 384, mma.sync above.
+        assert!(dev.wgmma_lowrank_ok(&l(17, 256)));
+        assert!(dev.wgmma_lowrank_ok(&l(17, 384)));
+        assert!(!dev.wgmma_lowrank_ok(&l(17, 385)));
+        assert!(!dev.wgmma_lowrank_ok(&l(16, 256)));
+        let off = CudaDevice::new(0)
+            .unwrap()
+            .with_family(KernelFamily::Mma)
+            .unwrap()
+            .with_wgmma(false);
+        assert!(!off.wgmma_lowrank_ok(&l(17, 256)));
+    }
     let dd = |m| DecoderTailShape::bdh(m, 4, 64, 256).unwrap();
     assert!(dev.mma_decoder_ok(&dd(17)));
     assert!(!dev.mma_decoder_ok(&dd(16)));

@@ -151,6 +151,27 @@ pub fn target_for(cc: (u32, u32)) -> Result<(String, bool)> {
     }
 }
 
+/// A module compiled with this define uses sm_90a-only instructions (`wgmma`): its target is
+/// `sm_90a`, a cubin that runs on compute capability 9.0 only.
+pub const ARCH_SPECIFIC_DEFINE: &str = "LB_WGMMA";
+
+/// The `sm_90a` target, when the device is compute capability 9.0 and this NVRTC knows sm_90.
+pub fn sm90a_target(cc: (u32, u32)) -> Result<(String, bool)> {
+    if cc == (9, 0) && supported_archs()?.contains(&90) {
+        Ok(("sm_90a".to_string(), true))
+    } else {
+        Err(LowbitError::Unsupported {
+            backend: BackendKind::Cuda,
+            op: "compile",
+            reason: format!(
+                "wgmma kernels need compute capability 9.0 (sm_90a) and an NVRTC that knows it; \
+                 the device is {}.{}",
+                cc.0, cc.1
+            ),
+        })
+    }
+}
+
 /// Compiles `cuda/{stem}.cu` (after `common.cuh`) for `cc` with `defines` (`NAME=VALUE`).
 pub fn compile(stem: &str, cc: (u32, u32), defines: &[(String, String)]) -> Result<Compiled> {
     let body = source(stem).ok_or_else(|| LowbitError::InvalidArgument {
@@ -158,7 +179,11 @@ pub fn compile(stem: &str, cc: (u32, u32), defines: &[(String, String)]) -> Resu
         what: "stem",
         reason: format!("no CUDA source for stem `{stem}`"),
     })?;
-    let (target, is_cubin) = target_for(cc)?;
+    let (target, is_cubin) = if defines.iter().any(|(k, _)| k == ARCH_SPECIFIC_DEFINE) {
+        sm90a_target(cc)?
+    } else {
+        target_for(cc)?
+    };
     let src = format!("{COMMON}\n#line 1 \"{stem}.cu\"\n{body}");
     let kernel = describe(stem, defines);
     let to_c = |s: String| {

@@ -176,6 +176,9 @@ pub struct CudaDevice {
     /// (`LOWBIT_CUDA_SMALL_MMA=1`, or [`CudaDevice::with_small_mma`]) instead of where it
     /// measured faster (low-rank at M ≥ 4, decoder at M ≥ 8).
     pub(crate) small_mma_all: bool,
+    /// The low-rank projection runs on `lowrank_wgmma` where it can (sm_90a; off with
+    /// `LOWBIT_CUDA_WGMMA=0` or [`CudaDevice::with_wgmma`]).
+    pub(crate) wgmma: bool,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
     pub(crate) pdl: Pdl,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
@@ -283,6 +286,8 @@ impl CudaDevice {
             Pdl::parse(&std::env::var(PDL_ENV).unwrap_or_default()).map_err(bad_env(PDL_ENV))?;
         let small =
             super::tuning::SmallShape::from_env().map_err(bad_env(super::tuning::SMALL_ENV))?;
+        let wgmma = super::mma::wgmma_capable(caps.compute_capability)
+            && !std::env::var(super::mma::WGMMA_ENV).is_ok_and(|v| v.trim() == "0");
         let pdl = if caps.programmatic_launch {
             pdl
         } else {
@@ -296,6 +301,7 @@ impl CudaDevice {
             tiles,
             lowrank_ring,
             small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
+            wgmma,
             pdl,
             small,
             cache: Mutex::new(ModuleCache::default()),

@@ -12,6 +12,11 @@
 //! The weights are used as they are packed (`[H, ceil(D/4), N]` and `[H·ceil(Lart/4), D]`
 //! words): a word is four consecutive k of one column, which is exactly one B-fragment
 //! register of m16n8k32, so no repacked copy is needed.
+//!
+//! On compute capability 9.0 the low-rank projection at M > 16 (D ≤ 384) runs on warpgroup
+//! mma instead (`lowrank_wgmma`, compiled for `sm_90a`; [`WGMMA_ENV`] or
+//! [`CudaDevice::with_wgmma`] switch it off): each CTA keeps one head's 256-column weight tile
+//! in smem, gathered word by word into wgmma's k-major layout, and streams the rows of A.
 
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, sys};
 
@@ -65,6 +70,47 @@ pub const SMALL_ROWS: usize = 16;
 
 const PAD_A: usize = 4;
 const PAD_B: usize = 4;
+
+/// Low-rank on warpgroup mma (`lowrank_wgmma`, sm_90a): weight columns resident per CTA, rows
+/// per warpgroup tile (two warpgroups, each double-buffering its A tiles), and the longest K
+/// kept, in words (D ≤ 384: the CTA's smem is `wgmma_smem`).
+pub const WGMMA_BN: usize = 256;
+pub const WGMMA_BM: usize = 64;
+pub const WGMMA_MAX_KPW: usize = 96;
+/// Threads of `lowrank_wgmma`: four warpgroups (two pairs, each pair on its own row tiles).
+pub const WGMMA_THREADS: u32 = 512;
+/// `LOWBIT_CUDA_WGMMA=0` keeps the low-rank projection on the `mma.sync` kernel on sm_90.
+pub const WGMMA_ENV: &str = "LOWBIT_CUDA_WGMMA";
+
+/// Dynamic smem of `lowrank_wgmma` for `kpw` (a multiple of 16) resident k words.
+pub const fn wgmma_smem(kpw: usize) -> usize {
+    (WGMMA_BN + 4 * WGMMA_BM) * kpw * 4
+}
+
+/// Defines of `lowrank_wgmma` (the `LB_WGMMA` define also makes its target `sm_90a`).
+pub fn wgmma_defines(uns: bool, epilogue: Epilogue) -> Vec<(String, String)> {
+    vec![
+        d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
+        d("LB_UNS", u32::from(uns)),
+        d("LB_OUT", dtype_code(epilogue.dtype)),
+        d("LB_RELU", u32::from(epilogue.relu)),
+        eps(),
+    ]
+}
+
+/// The sm_90a-only variants (compiled only for compute capability 9.0).
+pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
+    let mut v = Vec::new();
+    for uns in [false, true] {
+        for dtype in [OutputDType::F32, OutputDType::F16, OutputDType::Bf16] {
+            for relu in [false, true] {
+                let ep = Epilogue { dtype, relu };
+                v.push((KernelId::LowrankWgmma, wgmma_defines(uns, ep)));
+            }
+        }
+    }
+    v
+}
 
 /// Mirror of `struct LbMma` in `cuda/mma.cuh` (same field order and types).
 #[repr(C)]
@@ -294,6 +340,11 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     v
 }
 
+/// Can a device of compute capability `cc` run the sm_90a kernels with this NVRTC?
+pub(crate) fn wgmma_capable(cc: (u32, u32)) -> bool {
+    super::compile::sm90a_target(cc).is_ok()
+}
+
 fn aligned16(p: u64) -> bool {
     p.is_multiple_of(16)
 }
@@ -363,6 +414,27 @@ impl CudaDevice {
             && shape.m() > t::SMALL_M_MAX
             && kpw <= LOWRANK_MAX_KPW
             && lowrank_smem(kpw, self.lowrank_ring) <= self.smem_optin()
+    }
+
+    /// Does `lowrank_wgmma` run this low-rank projection (sm_90a, K ≤ `WGMMA_MAX_KPW` words,
+    /// not switched off by [`WGMMA_ENV`] or [`CudaDevice::with_wgmma`])?
+    pub fn wgmma_lowrank_ok(&self, shape: &LowrankShape) -> bool {
+        let kpw = shape.k_words().next_multiple_of(16);
+        self.wgmma
+            && self.mma_lowrank_ok(shape)
+            && kpw <= WGMMA_MAX_KPW
+            && wgmma_smem(kpw) <= self.smem_optin()
+    }
+
+    /// Switches the warpgroup-mma low-rank kernel on (where the device can run it) or off.
+    pub fn with_wgmma(mut self, on: bool) -> Self {
+        self.wgmma = on && wgmma_capable(self.caps.compute_capability);
+        self
+    }
+
+    /// Does this device run the low-rank projection on `lowrank_wgmma` when it can?
+    pub fn wgmma(&self) -> bool {
+        self.wgmma
     }
 
     /// Does the mma family run this decoder tail (else the dp4a kernels do)?
@@ -624,6 +696,10 @@ impl CudaDevice {
         };
         i32_of(OP, "tiles", total_tiles)?;
         i32_of(OP, "row tiles", m_tiles)?;
+        if self.wgmma_lowrank_ok(shape) {
+            // SAFETY: forwarded contract.
+            return unsafe { self.lowrank_wgmma_raw(shape, p, scale, format, epilogue, mode, uns) };
+        }
         let f = self.function(KernelId::LowrankMma, lowrank_defines(uns, epilogue, ring))?;
         let smem = lowrank_smem(kpw, ring);
         let slots = self.prepare(&f, smem)?;
@@ -651,6 +727,65 @@ impl CudaDevice {
         // (the caller's contract), loads past the valid extents are masked in the kernel.
         unsafe { b.launch(launch_cfg(grid, MMA_THREADS, smem)) }
             .map_err(drv("cuLaunchKernel (lowrank_mma)"))?;
+        Ok(())
+    }
+
+    /// Queues `lowrank_wgmma` for the problem `p` that `lowrank_mma_raw` built (A not yet
+    /// packed). Inputs that are not aligned i8x4 rows are packed first by `mma_prep_a`.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::lowrank_raw`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn lowrank_wgmma_raw(
+        &self,
+        shape: &LowrankShape,
+        mut p: LbMma,
+        scale: RawScale,
+        format: LowBitActivationFormat,
+        epilogue: Epilogue,
+        mode: u32,
+        uns: bool,
+    ) -> Result<()> {
+        const OP: &str = "cuda::lowrank (wgmma)";
+        let kw = shape.k_words();
+        let kpw = kw.next_multiple_of(16);
+        let tiles_n = shape.latent_out.div_ceil(WGMMA_BN);
+        let col_ctas = shape.heads * tiles_n;
+        let m_tiles = shape.m().div_ceil(WGMMA_BM);
+        p.kpw = i32_of(OP, "D words", kpw)?;
+        p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
+        let f = self.function(KernelId::LowrankWgmma, wgmma_defines(uns, epilogue))?;
+        let smem = wgmma_smem(kpw);
+        let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
+        let x = p.a;
+        // SAFETY: forwarded contract (x holds x_len f32 when F32).
+        let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
+        p.scale_ptr = sp;
+        p.scale_param = sv;
+        if mode != 0 || p.a_vec == 0 {
+            // Codes / f32 / misaligned words: aligned i8x4 rows first (16-byte cp.asyncs).
+            let rows = shape.batch * shape.in_heads * shape.time;
+            // SAFETY: x holds rows * D codes or f32, or rows * lda words (contract).
+            let (dst, ldo) = unsafe { self.mma_prep(&p, mode, rows, kw)? };
+            p.a = dst;
+            p.lda = ldo as i64;
+            p.a_kvalid = ldo as i64;
+            p.a_vec = 1;
+        }
+        // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
+        // the 64-row tiles are dealt over several CTAs per column tile as well.
+        let row_ctas = (slots / col_ctas.max(1)).clamp(1, m_tiles.div_ceil(2).max(1));
+        let grid = (
+            u32::try_from(col_ctas).map_err(|_| too_big(OP, "column tiles", col_ctas))?,
+            grid_dim(OP, "row CTAs", row_ctas)?,
+            1,
+        );
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(&p);
+        // SAFETY: `p` mirrors the kernel's parameter; every address covers the shape's extent
+        // (the caller's contract), loads past the valid extents are zero-filled in the kernel.
+        unsafe { b.launch(launch_cfg(grid, WGMMA_THREADS, smem)) }
+            .map_err(drv("cuLaunchKernel (lowrank_wgmma)"))?;
         Ok(())
     }
 
@@ -826,6 +961,13 @@ mod tests {
             for (id, defines) in mma_module_variants() {
                 compile::compile_checked(id.stem(), cc, &defines, true);
             }
+        }
+        if wgmma_capable((9, 0)) {
+            for (id, defines) in wgmma_module_variants() {
+                compile::compile_checked(id.stem(), (9, 0), &defines, true);
+            }
+        } else {
+            eprintln!("SKIPPED: this NVRTC does not know sm_90; wgmma sources not compiled");
         }
     }
 }
