@@ -32,16 +32,19 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 // of A with its own cp.async double buffer and named barrier, and warpgroup j of the pair
 // computes and stores columns 128j..128j+127 of the tile. The pairs drift apart, so one's
 // output stores overlap the other's loads and mma, with four warps per scheduler to hide the
-// epilogue's latency. Dynamic smem: the weight tile, then [pair][2][64][kpw] words.
+// epilogue's latency. Dynamic smem (from a 1024-byte aligned base): the weight tile, then
+// [pair][stage] A tiles, each in 128-byte swizzled planes.
 //
 // Glossary (see also mma.cuh, common.cuh)
 //   wgmma     wgmma.mma_async.sync.aligned.m64n128k32.s32.{s8|u8}.s8: D[64x128] (i32, 64
 //             registers per thread) += A[64x32] B[128x32]^T, both operands read from smem
 //             through 64-bit matrix descriptors, issued by one warpgroup (4 warps)
-//   core      a core matrix: 8 rows x 16 bytes (16 k of one row each) stored as 128 contiguous
-//             bytes. A tile of R rows x kpw words is R/8 x KG cores (KG = kpw / 4), core
-//             (rg, kg) at byte (rg * KG + kg) * 128: the no-swizzle K-major layout, with
-//             LBO = 128 (next core along k) and SBO = KG * 128 (next 8 rows)
+//   plane     an operand tile of R rows is stored as kpw/32 planes of R x 128 bytes (128 k of
+//             each row), plane p at byte p * R * 128: row r at r * 128, its 16-byte chunk c
+//             (16 k) at ((c ^ (r % 8)) * 16): wgmma's 128-byte-swizzle K-major layout (atoms of
+//             8 rows x 128 bytes, SBO = 1024), so a warp's cp.asyncs read whole 128-byte lines
+//             and write 128 contiguous bytes per quarter warp. k32 step s reads plane s / 4 from
+//             byte 32 (s % 4) of each row
 //   D frag    register i of a thread (warp w of the warpgroup, lane l) is row 16w + l/4 + 8
 //             ((i/2) % 2), smem column c = 128j + 8 (i/4) + 2 (l%4) + i%2
 //   perm      smem weight row c holds output column lb_wg_col(c) = 8G (c/8G) + 2G ((c%8)/2) +
@@ -60,9 +63,11 @@ __device__ __forceinline__ int lb_wg_col(int c) {
            2 * ((c >> 3) & (LB_WG_G - 1)) + (c & 1);
 }
 
-__device__ __forceinline__ u64 lb_wg_desc(const void* smem, unsigned sbo) {
-    return (u64)((lb_smem(smem) & 0x3FFFF) >> 4) | ((u64)(128 >> 4) << 16) |
-           ((u64)((sbo >> 4) & 0x3FFF) << 32);
+// Descriptor of a 128-byte-swizzled K-major operand at `smem` (1024-byte aligned atoms):
+// start address, LBO 16 (unused for this layout), SBO 1024, swizzle mode 1 (128 bytes).
+__device__ __forceinline__ u64 lb_wg_desc(const void* smem) {
+    return (u64)((lb_smem(smem) & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) |
+           ((u64)1 << 62);
 }
 
 __device__ __forceinline__ void lb_fence_async_smem() {
@@ -107,27 +112,28 @@ __device__ __forceinline__ void lb_wgmma(int (&d)[64], u64 da, u64 db, int acc) 
 template <bool UNS>
 __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     extern __shared__ __align__(128) u32 lb_dyn_smem[];
-    const int KG = p.kpw / 4;  // 16-byte cores per row
-    const unsigned sbo = KG * 128;
-    const int tile_bytes = LB_WG_BM * KG * 16;
-    unsigned char* Bs = (unsigned char*)lb_dyn_smem;  // LB_WG_BN x kpw words
-    unsigned char* As = Bs + LB_WG_BN * KG * 16;     // [pair][stage] 64 x kpw words
+    const int np = p.kpw / 32;  // 128-byte planes per row
+    const int a_plane = LB_WG_BM * 128, b_plane = LB_WG_BN * 128;
+    const int tile_bytes = np * a_plane;
+    const unsigned base = lb_smem(lb_dyn_smem);
+    unsigned char* Bs = (unsigned char*)lb_dyn_smem + (((base + 1023) & ~1023u) - base);
+    unsigned char* As = Bs + np * b_plane;  // [pair][stage] tiles
 
     const int tid = threadIdx.x, pair = tid >> 8, jn = (tid >> 7) & 1, pt = tid & 255;
     const int h = blockIdx.x / p.tiles_n, n0 = (blockIdx.x % p.tiles_n) * LB_WG_BN;
     const int ah = p.a_heads == 1 ? 0 : h;
 
-    // The weight tile, gathered into k-major cores by 4-byte cp.asyncs: smem row c is column
-    // n0 + lb_wg_col(c), core kg holds its words 4kg..4kg+3 (zero past N, latent_out, kw).
+    // The weight tile, gathered word by word by 4-byte cp.asyncs: smem row c is column
+    // n0 + lb_wg_col(c) (zero past N, latent_out and kw).
     {
         const int c = pt, n = n0 + lb_wg_col(c);
         const bool col_ok = n < p.ncols && n < p.bcols;
         const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + n;
-        unsigned char* row = Bs + (c >> 3) * KG * 128 + (c & 7) * 16;
-        for (int q = pair; q < 4 * KG; q += 2) {
+        unsigned char* row = Bs + c * 128;
+        for (int q = pair; q < p.kpw; q += 2) {
             const bool ok = col_ok && q < p.kw;
-            lb_cp4((u32*)(row + (q >> 2) * 128 + (q & 3) * 4), ok ? w + (long long)q * p.ldb : w,
-                   ok ? 4 : 0);
+            const int off = (q >> 5) * b_plane + ((((q >> 2) & 7) ^ (c & 7)) << 4) + (q & 3) * 4;
+            lb_cp4((u32*)(row + off), ok ? w + (long long)q * p.ldb : w, ok ? 4 : 0);
         }
         lb_commit();
     }
@@ -138,28 +144,27 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     const u32* A = (const u32*)p.a;
     const long long ah_off = (long long)ah * p.time * p.lda;
 
-    // Stage the 64 rows of A tile `tile` into the pair's buffer `s`: per warp instruction 8
-    // rows x 4 cores (64 contiguous bytes of each row); each quarter warp writes 128
-    // contiguous bytes. Rows are (b, t) of head ah: (b * Hin + ah) * T + t = m (+ ah T) for Hin = 1.
+    // This thread's share of an A tile: chunk c = pt % 8 of rows r0 = pt / 8 and r0 + 32, in
+    // every plane (8 consecutive threads read one row's 128 bytes of a plane).
+    const int ck = pt & 7, r0 = pt >> 3;
+    const int s_off = r0 * 128 + ((ck ^ (r0 & 7)) << 4);
     auto load_a = [&](int tile, int s) {
-        unsigned char* dst = Ap + s * tile_bytes;
-        const int lane = pt & 31, r8 = lane & 7, kq = lane >> 3;
-        const int kg4s = KG / 4;
-        for (int slot = pt >> 5; slot < 8 * kg4s; slot += 8) {
-            const int rg = slot / kg4s, kg = (slot - rg * kg4s) * 4 + kq;
-            const int r = rg * 8 + r8, m = tile * LB_WG_BM + r, q = kg * 4;
-            int valid = 0;
+        unsigned char* dst = Ap + s * tile_bytes + s_off;
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int m = tile * LB_WG_BM + r0 + 32 * rr;
             const u32* src = A;
-            if (m < p.m_total && q < p.kw) {
+            bool row_ok = m < p.m_total;
+            if (row_ok) {
                 long long row = m;
-                if (p.a_heads != 1) {
-                    const int b = m / p.time;
-                    row += (long long)b * (p.a_heads - 1) * p.time;
-                }
-                src = A + row * p.lda + ah_off + q;
-                valid = min(4, p.kw - q) * 4;
+                if (p.a_heads != 1) row += (long long)(m / p.time) * (p.a_heads - 1) * p.time;
+                src = A + row * p.lda + ah_off;
             }
-            lb_cp16((u32*)(dst + (rg * KG + kg) * 128 + r8 * 16), src, valid);
+            for (int pl = 0; pl < np; ++pl) {
+                const int q = pl * 32 + ck * 4;
+                const int valid = row_ok && q < p.kw ? min(4, p.kw - q) * 4 : 0;
+                lb_cp16((u32*)(dst + pl * a_plane + rr * 32 * 128), valid ? src + q : A, valid);
+            }
         }
         lb_commit();
     };
@@ -173,8 +178,8 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     const int warp = (tid >> 5) & 3, lane = tid & 31;
     // 16-byte stores: f32 rows of 4k elements, f16/bf16 rows of 8k, the whole tile valid.
     const bool vec = p.c_vec && (LB_OUT == 0 || p.ldc % 8 == 0) && n0 + LB_WG_BN <= p.ncols;
-    const unsigned char* b_s = Bs + jn * 16 * sbo;  // this warpgroup's 128 weight rows
-    const int cb = 128 * jn;                          // and their first smem column
+    const int cb = 128 * jn;  // this warpgroup's first smem column (weight row)
+    const u64 da0 = lb_wg_desc(Ap), db0 = lb_wg_desc(Bs + cb * 128);
     int d[64];
 #pragma unroll
     for (int i = 0; i < 64; ++i) d[i] = 0;
@@ -185,10 +190,13 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         lb_pair_bar(1 + pair);  // the tile's A visible; the other buffer's readers are done
         if (tile + step < m_tiles) load_a(tile + step, s ^ 1);
 
-        const unsigned char* a_s = Ap + s * tile_bytes;
+        const u64 da = da0 + (u64)((s * tile_bytes) >> 4);
         asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-        for (int k = 0; k < KG / 2; ++k)
-            lb_wgmma<UNS>(d, lb_wg_desc(a_s + k * 256, sbo), lb_wg_desc(b_s + k * 256, sbo), k > 0);
+        for (int k = 0; k < 4 * np; ++k) {  // descriptor start addresses in 16-byte units
+            const int pl = k >> 2, kb = (k & 3) * 2;
+            lb_wgmma<UNS>(d, da + (u64)(pl * (a_plane >> 4) + kb), db0 + (u64)(pl * (b_plane >> 4) + kb),
+                          k > 0);
+        }
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 

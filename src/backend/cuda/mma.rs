@@ -82,9 +82,10 @@ pub const WGMMA_THREADS: u32 = 512;
 /// `LOWBIT_CUDA_WGMMA=0` keeps the low-rank projection on the `mma.sync` kernel on sm_90.
 pub const WGMMA_ENV: &str = "LOWBIT_CUDA_WGMMA";
 
-/// Dynamic smem of `lowrank_wgmma` for `kpw` (a multiple of 16) resident k words.
+/// Dynamic smem of `lowrank_wgmma` for `kpw` (a multiple of 32) resident k words, with 1 KB
+/// to align the swizzled tiles.
 pub const fn wgmma_smem(kpw: usize) -> usize {
-    (WGMMA_BN + 4 * WGMMA_BM) * kpw * 4
+    (WGMMA_BN + 4 * WGMMA_BM) * kpw * 4 + 1024
 }
 
 /// Defines of `lowrank_wgmma` (the `LB_WGMMA` define also makes its target `sm_90a`).
@@ -419,7 +420,7 @@ impl CudaDevice {
     /// Does `lowrank_wgmma` run this low-rank projection (sm_90a, K ≤ `WGMMA_MAX_KPW` words,
     /// not switched off by [`WGMMA_ENV`] or [`CudaDevice::with_wgmma`])?
     pub fn wgmma_lowrank_ok(&self, shape: &LowrankShape) -> bool {
-        let kpw = shape.k_words().next_multiple_of(16);
+        let kpw = shape.k_words().next_multiple_of(32);
         self.wgmma
             && self.mma_lowrank_ok(shape)
             && kpw <= WGMMA_MAX_KPW
@@ -748,7 +749,7 @@ impl CudaDevice {
     ) -> Result<()> {
         const OP: &str = "cuda::lowrank (wgmma)";
         let kw = shape.k_words();
-        let kpw = kw.next_multiple_of(16);
+        let kpw = kw.next_multiple_of(32);
         let tiles_n = shape.latent_out.div_ceil(WGMMA_BN);
         let col_ctas = shape.heads * tiles_n;
         let m_tiles = shape.m().div_ceil(WGMMA_BM);
