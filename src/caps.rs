@@ -9,6 +9,8 @@ pub const DP4A_MIN_SM: (u32, u32) = (6, 1);
 pub const INT8_MMA_MIN_SM: (u32, u32) = (8, 0);
 /// Programmatic dependent launch (`griddepcontrol`, a launch attribute) needs 9.0.
 pub const PROGRAMMATIC_LAUNCH_MIN_SM: (u32, u32) = (9, 0);
+/// Warpgroup mma (`wgmma`) is an `sm_90a` arch-specific feature: compute capability exactly 9.0.
+pub const WGMMA_SM: (u32, u32) = (9, 0);
 
 /// The result of probing one backend.
 #[derive(Clone, Debug, PartialEq)]
@@ -101,6 +103,8 @@ pub struct CudaDeviceCaps {
     pub int8_mma: bool,
     /// `compute_capability >= PROGRAMMATIC_LAUNCH_MIN_SM`.
     pub programmatic_launch: bool,
+    /// `compute_capability == WGMMA_SM`.
+    pub wgmma: bool,
 }
 
 /// The CUDA driver, NVRTC and every device.

@@ -705,6 +705,7 @@ mod tests {
             dp4a: cc >= DP4A_MIN_SM,
             int8_mma: cc >= INT8_MMA_MIN_SM,
             programmatic_launch: cc >= crate::caps::PROGRAMMATIC_LAUNCH_MIN_SM,
+            wgmma: cc == crate::caps::WGMMA_SM,
         }
     }
 

@@ -341,9 +341,10 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     v
 }
 
-/// Can a device of compute capability `cc` run the sm_90a kernels with this NVRTC?
+/// Can a device of compute capability `cc` run the sm_90a kernels (`crate::caps::WGMMA_SM`)
+/// with this NVRTC?
 pub(crate) fn wgmma_capable(cc: (u32, u32)) -> bool {
-    super::compile::sm90a_target(cc).is_ok()
+    cc == crate::caps::WGMMA_SM && super::compile::sm90a_target(cc).is_ok()
 }
 
 fn aligned16(p: u64) -> bool {
@@ -936,6 +937,9 @@ mod tests {
         assert!(2 * lowrank_smem(64, ring) <= 228 * 1024);
         assert!(decoder_smem(4) <= 227 * 1024);
         assert!(lowrank_smem(LOWRANK_MAX_KPW, ring) <= 227 * 1024);
+        // lowrank_wgmma: one CTA per SM up to the longest resident K (D = 384).
+        assert_eq!(wgmma_smem(64), 129 * 1024);
+        assert!(wgmma_smem(WGMMA_MAX_KPW) <= 227 * 1024);
     }
 
     #[test]

@@ -82,5 +82,6 @@ pub fn device_caps(ordinal: usize) -> Result<CudaDeviceCaps, String> {
         dp4a: cc >= DP4A_MIN_SM,
         int8_mma: cc >= INT8_MMA_MIN_SM,
         programmatic_launch: cc >= PROGRAMMATIC_LAUNCH_MIN_SM,
+        wgmma: cc == crate::caps::WGMMA_SM,
     })
 }

@@ -384,7 +384,7 @@ fn caps_rows(caps: &Capabilities) -> Vec<Vec<String>> {
                     d.name.clone(),
                     "available".into(),
                     format!(
-                        "sm_{}{} SMs={} mem={:.1}GiB dp4a={} int8_mma={} pdl={} {versions}",
+                        "sm_{}{} SMs={} mem={:.1}GiB dp4a={} int8_mma={} pdl={} wgmma={} {versions}",
                         d.compute_capability.0,
                         d.compute_capability.1,
                         d.multiprocessors,
@@ -392,6 +392,7 @@ fn caps_rows(caps: &Capabilities) -> Vec<Vec<String>> {
                         yes_no(d.dp4a),
                         yes_no(d.int8_mma),
                         yes_no(d.programmatic_launch),
+                        yes_no(d.wgmma),
                     ),
                 ]);
             }
@@ -499,6 +500,7 @@ pub fn caps_json(caps: &Capabilities) -> Json {
                                 ("dp4a", d.dp4a.into()),
                                 ("int8_mma", d.int8_mma.into()),
                                 ("programmatic_launch", d.programmatic_launch.into()),
+                                ("wgmma", d.wgmma.into()),
                             ])
                         })
                         .collect(),

@@ -1,0 +1,53 @@
+# Write floor of the low-rank epilogue on this card (BENCHMARKS.md, "Low-rank on warpgroup mma"):
+# torch fill_, 16-byte stores in address order, and the epilogue's pattern (each CTA a strip of
+# every output row, a warp 8 rows x 64 bytes), f32 and bf16 outputs at BDH sizes, CUDA events.
+# Usage on the GPU machine: python3 benches/gpu/write_floor.py
+import cupy as cp, numpy as np, torch
+src = r'''
+extern "C" __global__ void lin(uint4* out, long long n16, int cs) {
+  for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n16; i += (long long)gridDim.x * blockDim.x) {
+    uint4 v = make_uint4(i, 1, 2, 3);
+    if (cs) __stcs(out + i, v); else out[i] = v;
+  }
+}
+// CTA x owns a strip of SB bytes per row (cols), walks all rows in tiles of 64 per warpgroup;
+// each warp store: 8 rows x (4 lanes x 16 B). rowbytes = bytes per output row.
+extern "C" __global__ void strip(char* out, int rows, long long rowbytes, int sb, int cs) {
+  const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, warp = wt >> 5, lane = tid & 31;
+  const long long x0 = (long long)blockIdx.x * sb;
+  for (int tile = wg; tile * 64 < rows; tile += 2) {
+    for (int half = 0; half < 2; ++half) {
+      int r = tile * 64 + 16 * warp + (lane >> 2) + 8 * half;
+      if (r >= rows) continue;
+      char* o = out + r * rowbytes + x0 + 16 * (lane & 3);
+      for (int g = 0; g < sb / 64; ++g) {
+        uint4 v = make_uint4(r, g, 2, 3);
+        if (cs) __stcs((uint4*)(o + 64 * g), v); else *(uint4*)(o + 64 * g) = v;
+      }
+    }
+  }
+}
+'''
+m = cp.RawModule(code=src)
+lin, strip = m.get_function("lin"), m.get_function("strip")
+def t(f, reps=20):
+    f(); cp.cuda.Device().synchronize()
+    s, e = cp.cuda.Event(), cp.cuda.Event()
+    ts = []
+    for _ in range(reps):
+        s.record(); f(); e.record(); e.synchronize(); ts.append(cp.cuda.get_elapsed_time(s, e))
+    return float(np.median(ts)) * 1e3
+for M, esz in [(2048, 4), (2048, 2), (8192, 2), (512, 2)]:
+    nbytes = M * 32768 * esz
+    buf = cp.empty(nbytes // 4, dtype=cp.uint32)
+    tt = torch.empty(nbytes // 4, dtype=torch.int32, device="cuda")
+    us_fill = t(lambda: tt.fill_(7))
+    res = [f"M={M} esz={esz} {nbytes/1e6:.0f} MB: torch fill {us_fill:.1f}us ({nbytes/us_fill/1e3:.2f} TB/s)"]
+    for cs in (0, 1):
+        us = t(lambda: lin((132 * 8,), (256,), (buf, np.int64(nbytes // 16), np.int32(cs))))
+        res.append(f"lin cs={cs} {us:.1f}us ({nbytes/us/1e3:.2f})")
+    sb = 256 * esz
+    for cs in (0, 1):
+        us = t(lambda: strip((32768 * esz // sb,), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb), np.int32(cs))))
+        res.append(f"strip{sb}B cs={cs} {us:.1f}us ({nbytes/us/1e3:.2f})")
+    print(" | ".join(res), flush=True)
