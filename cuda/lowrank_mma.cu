@@ -51,9 +51,11 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 //             2 ((c/8)%G) + c%2 (G = LB_WG_G): each thread's 2G outputs per row and 8G-column
 //             group are contiguous, one 16-byte store (a bijection: the sums are unchanged)
 
-#define LB_WG_BN 256
-#define LB_WG_BM 64
-#define LB_WG_THREADS 512
+// Tile shape and threads come from Rust (WGMMA_BN, WGMMA_BM, WGMMA_THREADS in mma.rs); the
+// code below is written for these values only.
+#if LB_WG_BN != 256 || LB_WG_BM != 64 || LB_WG_THREADS != 512
+#error "lowrank_wgmma: LB_WG_BN, LB_WG_BM, LB_WG_THREADS must be 256, 64, 512"
+#endif
 
 // Output columns per thread and row in each 8G-column group: 4 f32 or 8 f16/bf16 (16 bytes).
 #define LB_WG_G (LB_OUT == 0 ? 2 : 4)

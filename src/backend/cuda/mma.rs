@@ -72,8 +72,9 @@ const PAD_A: usize = 4;
 const PAD_B: usize = 4;
 
 /// Low-rank on warpgroup mma (`lowrank_wgmma`, sm_90a): weight columns resident per CTA, rows
-/// per warpgroup tile (two warpgroups, each double-buffering its A tiles), and the longest K
-/// kept, in words (D ≤ 384: the CTA's smem is `wgmma_smem`).
+/// per A tile (two pairs of warpgroups, each pair double-buffering its A tiles), and the
+/// longest K kept, in words (D ≤ 384: the CTA's smem is `wgmma_smem`). Passed to the kernel
+/// as `LB_WG_BN`, `LB_WG_BM`, `LB_WG_THREADS`, which it checks.
 pub const WGMMA_BN: usize = 256;
 pub const WGMMA_BM: usize = 64;
 pub const WGMMA_MAX_KPW: usize = 96;
@@ -95,6 +96,9 @@ pub fn wgmma_defines(uns: bool, epilogue: Epilogue) -> Vec<(String, String)> {
         d("LB_UNS", u32::from(uns)),
         d("LB_OUT", dtype_code(epilogue.dtype)),
         d("LB_RELU", u32::from(epilogue.relu)),
+        d("LB_WG_BN", WGMMA_BN),
+        d("LB_WG_BM", WGMMA_BM),
+        d("LB_WG_THREADS", WGMMA_THREADS),
         eps(),
     ]
 }
