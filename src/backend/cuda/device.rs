@@ -286,14 +286,10 @@ impl CudaDevice {
             Pdl::parse(&std::env::var(PDL_ENV).unwrap_or_default()).map_err(bad_env(PDL_ENV))?;
         let small =
             super::tuning::SmallShape::from_env().map_err(bad_env(super::tuning::SMALL_ENV))?;
-        let wgmma_env = std::env::var(super::mma::WGMMA_ENV).unwrap_or_default();
-        let wgmma_env = wgmma_env.trim();
-        if !["", "0", "1"].contains(&wgmma_env) {
-            return Err(bad_env(super::mma::WGMMA_ENV)(format!(
-                "`{wgmma_env}`: expected 0 or 1"
-            )));
-        }
-        let wgmma = super::mma::wgmma_capable(caps.compute_capability) && wgmma_env != "0";
+        let wgmma =
+            super::mma::parse_wgmma(&std::env::var(super::mma::WGMMA_ENV).unwrap_or_default())
+                .map_err(bad_env(super::mma::WGMMA_ENV))?
+                && super::mma::wgmma_capable(caps.compute_capability);
         let pdl = if caps.programmatic_launch {
             pdl
         } else {

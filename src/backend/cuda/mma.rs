@@ -83,6 +83,15 @@ pub const WGMMA_THREADS: u32 = 512;
 /// `LOWBIT_CUDA_WGMMA=0` keeps the low-rank projection on the `mma.sync` kernel on sm_90.
 pub const WGMMA_ENV: &str = "LOWBIT_CUDA_WGMMA";
 
+/// [`WGMMA_ENV`]'s value: unset, empty or `1` on (where the device can), `0` off.
+pub fn parse_wgmma(text: &str) -> std::result::Result<bool, String> {
+    match text.trim() {
+        "" | "1" => Ok(true),
+        "0" => Ok(false),
+        other => Err(format!("`{other}`: expected 0 or 1")),
+    }
+}
+
 /// Dynamic smem of `lowrank_wgmma` for `kpw` (a multiple of 32) resident k words, with 1 KB
 /// to align the swizzled tiles.
 pub const fn wgmma_smem(kpw: usize) -> usize {
@@ -944,6 +953,21 @@ mod tests {
         // lowrank_wgmma: one CTA per SM up to the longest resident K (D = 384).
         assert_eq!(wgmma_smem(64), 129 * 1024);
         assert!(wgmma_smem(WGMMA_MAX_KPW) <= 227 * 1024);
+    }
+
+    #[test]
+    fn wgmma_switch_parses() {
+        assert_eq!(parse_wgmma(""), Ok(true));
+        assert_eq!(parse_wgmma(" 1 "), Ok(true));
+        assert_eq!(parse_wgmma("0"), Ok(false));
+        assert!(
+            parse_wgmma("direct")
+                .unwrap_err()
+                .contains("expected 0 or 1")
+        );
+        // Only compute capability 9.0 runs the sm_90a kernels.
+        assert!(!wgmma_capable((8, 0)));
+        assert!(!wgmma_capable((10, 0)));
     }
 
     #[test]
