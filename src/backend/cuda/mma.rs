@@ -718,20 +718,9 @@ impl CudaDevice {
         let f = self.function(KernelId::LowrankMma, lowrank_defines(uns, epilogue, ring))?;
         let smem = lowrank_smem(kpw, ring);
         let slots = self.prepare(&f, smem)?;
-        // SAFETY: forwarded contract (x holds x_len f32 when F32).
-        let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
-        p.scale_ptr = sp;
-        p.scale_param = sv;
-        if mode != 0 {
-            // Codes / f32: quantize or pack each element once (not once per CTA).
-            let rows = shape.batch * shape.in_heads * shape.time;
-            // SAFETY: x holds rows * D codes or f32 (contract).
-            let (dst, ldo) = unsafe { self.mma_prep(&p, mode, rows, kw)? };
-            p.a = dst;
-            p.lda = ldo as i64;
-            p.a_kvalid = ldo as i64;
-            p.a_vec = 1;
-        }
+        // SAFETY: forwarded contract. Codes / f32 are quantized or packed once (not once per
+        // CTA); this kernel reads misaligned words itself.
+        unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, false)? };
         // Each CTA owns one row block and a contiguous run of column tiles; as many CTAs as
         // fit the device at once (one wave), never more than there are tiles.
         let per_row = (slots / m_tiles).clamp(1, total_tiles);
@@ -742,6 +731,37 @@ impl CudaDevice {
         // (the caller's contract), loads past the valid extents are masked in the kernel.
         unsafe { b.launch(launch_cfg(grid, MMA_THREADS, smem)) }
             .map_err(drv("cuLaunchKernel (lowrank_mma)"))?;
+        Ok(())
+    }
+
+    /// The low-rank kernels' common set-up: resolves the activation scale into `p` and, for
+    /// codes or f32 input (or misaligned words when `pack_misaligned`), queues `mma_prep_a`
+    /// and points `p` at the packed, zero-padded i8x4 rows.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::lowrank_raw`]; `p.a` is the caller's input.
+    unsafe fn lowrank_scale_and_a(
+        &self,
+        p: &mut LbMma,
+        shape: &LowrankShape,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        mode: u32,
+        pack_misaligned: bool,
+    ) -> Result<()> {
+        // SAFETY: forwarded contract (x holds x_len f32 when F32).
+        let (sp, sv) = unsafe { self.resolve_scale(p.a, shape.x_len(), format, scale)? };
+        p.scale_ptr = sp;
+        p.scale_param = sv;
+        if mode != 0 || (pack_misaligned && p.a_vec == 0) {
+            let rows = shape.batch * shape.in_heads * shape.time;
+            // SAFETY: x holds rows * D codes or f32, or rows * lda words (contract).
+            let (dst, ldo) = unsafe { self.mma_prep(p, mode, rows, shape.k_words())? };
+            p.a = dst;
+            p.lda = ldo as i64;
+            p.a_kvalid = ldo as i64;
+            p.a_vec = 1;
+        }
         Ok(())
     }
 
@@ -772,21 +792,9 @@ impl CudaDevice {
         let f = self.function(KernelId::LowrankWgmma, wgmma_defines(uns, epilogue))?;
         let smem = wgmma_smem(kpw);
         let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
-        let x = p.a;
-        // SAFETY: forwarded contract (x holds x_len f32 when F32).
-        let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
-        p.scale_ptr = sp;
-        p.scale_param = sv;
-        if mode != 0 || p.a_vec == 0 {
-            // Codes / f32 / misaligned words: aligned i8x4 rows first (16-byte cp.asyncs).
-            let rows = shape.batch * shape.in_heads * shape.time;
-            // SAFETY: x holds rows * D codes or f32, or rows * lda words (contract).
-            let (dst, ldo) = unsafe { self.mma_prep(&p, mode, rows, kw)? };
-            p.a = dst;
-            p.lda = ldo as i64;
-            p.a_kvalid = ldo as i64;
-            p.a_vec = 1;
-        }
+        // SAFETY: forwarded contract. This kernel's 16-byte cp.asyncs need aligned i8x4 rows,
+        // so misaligned words are packed too.
+        unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, true)? };
         // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
         // the 64-row tiles are dealt over several CTAs per column tile as well.
         let row_ctas = (slots / col_ctas.max(1)).clamp(1, m_tiles.div_ceil(2).max(1));
