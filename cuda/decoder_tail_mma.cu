@@ -68,6 +68,226 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
     }
 }
 
+#elif defined(LB_WGMMA)
+// sm_90a only (compiled for `sm_90a`): the decoder tail on warpgroup mma with the product
+// transposed, out^T[d][m] = sum_k W^T[d][k] y^T[k][m], so that the weights are wgmma's A
+// operand from registers: a packed weight word (4 k of one column d) is exactly one A fragment
+// register, so the weights need no re-layout. CTA (x, y, z) covers output columns n0 = 256x..,
+// rows m0 = 128y.. and the z-th contiguous run of the (head, 32-word chunk) list, as
+// decoder_tail_mma does; its four warpgroups take 64 columns each, all 128 rows. Per chunk, a
+// ring slot of LB_DW_STAGES holds the y tile (128 rows x 128 bytes, one 128-byte swizzled
+// plane) and the weight tile (32 k words x 256 columns as they lie), both loaded by 16-byte
+// cp.asyncs STAGES - 2 chunks ahead; each thread reads its fragment words from the weight tile
+// into a register double buffer right before its four wgmma k32 steps, while the previous
+// chunk's wgmma still runs. One split writes the output, several i32 partials [z][M][D] for
+// decoder_mma_reduce.
+//
+// Glossary (see also mma.cuh, common.cuh)
+//   wgmma RS  wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.{s8|u8}, A (weights) from
+//             registers, B (y rows) from smem: D[64 columns x 128 rows], 64 i32 per thread
+//   colmap    wgmma row r of warp w (16 rows) is output column 16w + 2 (r % 8) + r / 8 of the
+//             warpgroup's 64: a thread's rows g and g + 8 are adjacent columns dc, dc + 1, so
+//             its A registers come in 8-byte loads and its outputs go out in 8-byte stores
+//   D frag    register i: column dc + (i/2) % 2, row 8 (i/4) + 2t + i%2 of the tile
+//   Ws        weight tile [32][LB_DW_LDW] words: rows padded by 8 words, so a warp's 8-byte
+//             fragment loads (4 rows x 64 bytes) take the minimum two wavefronts
+
+#if LB_DW_BN != 256 || LB_DW_BM != 128 || LB_DW_THREADS != 512 || LB_DW_STAGES < 3
+#error "decoder_wgmma: LB_DW_BN, LB_DW_BM, LB_DW_THREADS must be 256, 128, 512; STAGES >= 3"
+#endif
+#define LB_DW_LDW (LB_DW_BN + 8)
+#define LB_DW_YBYTES (LB_DW_BM * 128)
+// Ring slot: y tile, then weight tile; a multiple of 1024 bytes (y tiles stay atom-aligned).
+#define LB_DW_SLOT (LB_DW_YBYTES + 32 * LB_DW_LDW * 4)
+static_assert(LB_DW_SLOT % 1024 == 0, "decoder_wgmma: ring slots 1024-byte aligned");
+
+template <bool UNS>
+__device__ __forceinline__ void lb_dw_mma(int (&d)[64], const u32 (&r)[16], u64 db) {
+    lb_wg_fence();
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+        lb_wgmma_rs<UNS>(d, r[4 * s], r[4 * s + 1], r[4 * s + 2], r[4 * s + 3], db + 2 * s, 1);
+    lb_wg_commit();
+}
+
+template <bool UNS>
+__device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
+    extern __shared__ __align__(128) u32 lb_dyn_smem[];
+    constexpr int S = LB_DW_STAGES;
+    const unsigned base = lb_smem(lb_dyn_smem);
+    unsigned char* ring = (unsigned char*)lb_dyn_smem + (((base + 1023) & ~1023u) - base);
+
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    const int n0 = blockIdx.x * LB_DW_BN, m0 = blockIdx.y * LB_DW_BM;
+    const int cph = (p.kw + 31) / 32;
+    const int total = p.heads * cph;
+    const int c0 = (int)((long long)blockIdx.z * total / gridDim.z);
+    const int units = (int)((long long)(blockIdx.z + 1) * total / gridDim.z) - c0;
+    const u32* A = (const u32*)p.a;
+
+    // y: this thread's 16-byte chunk ck of rows r0 and r0 + 64 of each tile.
+    const int ck = tid & 7, r0 = tid >> 3;
+    const int s_off = r0 * 128 + ((ck ^ (r0 & 7)) << 4);
+    long long y_row[2];
+    const u32* y_src[2];  // row start + ck * 4 (the chunk's offset is added per load)
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int m = m0 + r0 + 64 * rr;
+        y_row[rr] = -1;
+        if (m < p.m_total) {
+            const int b = m / p.time, tt = m - b * p.time;
+            y_row[rr] = ((long long)b * p.a_heads * p.time + tt) * p.lda;
+        }
+        y_src[rr] = y_row[rr] >= 0 ? A + y_row[rr] + ck * 4 : A;
+    }
+    // Weights: 16-byte pieces (columns 4c..4c+3 of rows tid / 64 + 8i) or, without b_vec,
+    // single words (column tid % 256 of rows tid / 256 + 2i).
+    const bool wfull = p.b_vec && n0 + LB_DW_BN <= p.bcols;
+    const int wr = tid >> 6, wc = (tid & 63) * 4;
+    const u32* w_src = p.b + (long long)wr * p.ldb + n0 + wc;
+    const int w_dst = wr * LB_DW_LDW + wc;
+    const long long ldb8 = 8 * p.ldb;
+    // The next chunk to load: (head, chunk) and its offsets in y and in the weights, stepped
+    // incrementally (interior chunks then cost a few adds).
+    int lh = c0 / cph, lkc = c0 - lh * cph;
+    long long y_off = (long long)lh * p.time * p.lda + lkc * 32;
+    long long w_off = ((long long)lh * p.b_head_rows + lkc * 32) * p.ldb;
+    const long long y_head = (long long)p.time * p.lda - (long long)cph * 32;
+    const long long w_head = ((long long)p.b_head_rows - (long long)cph * 32) * p.ldb;
+    auto load = [&](int u) {
+        if (u < units) {
+            unsigned char* slot = ring + (u % S) * LB_DW_SLOT;
+            u32* ws = (u32*)(slot + LB_DW_YBYTES);
+            const int k0 = lkc * 32;
+            if (wfull && k0 + 32 <= p.kw) {  // interior chunk: only rows past M are masked
+#pragma unroll
+                for (int rr = 0; rr < 2; ++rr)
+                    lb_cp16((u32*)(slot + s_off + rr * 64 * 128), y_src[rr] + y_off,
+                            y_row[rr] >= 0 ? 16 : 0);
+                const u32* w = w_src + w_off;
+#pragma unroll
+                for (int i = 0; i < 4; ++i) lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW, w + i * ldb8, 16);
+            } else {
+                const int q = k0 + ck * 4;
+                const int valid = q < p.kw ? min(4, p.kw - q) * 4 : 0;
+#pragma unroll
+                for (int rr = 0; rr < 2; ++rr) {
+                    const bool ok = y_row[rr] >= 0 && valid > 0;
+                    lb_cp16((u32*)(slot + s_off + rr * 64 * 128), ok ? y_src[rr] + y_off : A,
+                            ok ? valid : 0);
+                }
+                const u32* wsrc = p.b + w_off + n0;
+                const int kleft = p.kw - k0;
+                if (p.b_vec) {
+                    const int vb = n0 + wc < p.bcols ? min(4, p.bcols - n0 - wc) * 4 : 0;
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const bool ok = wr + 8 * i < kleft && vb > 0;
+                        lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW,
+                                ok ? wsrc + (wr + 8 * i) * p.ldb + wc : p.b, ok ? vb : 0);
+                    }
+                } else {
+                    const int c = tid & 255, r = tid >> 8;
+#pragma unroll 4
+                    for (int i = 0; i < 16; ++i) {
+                        const bool ok = r + 2 * i < kleft && n0 + c < p.bcols;
+                        lb_cp4(ws + (r + 2 * i) * LB_DW_LDW + c,
+                               ok ? wsrc + (r + 2 * i) * p.ldb + c : p.b, ok ? 4 : 0);
+                    }
+                }
+            }
+            y_off += 32;
+            w_off += 32 * p.ldb;
+            if (++lkc == cph) {
+                lkc = 0;
+                y_off += y_head;
+                w_off += w_head;
+            }
+        }
+        lb_commit();  // always, so that group u is chunk u
+    };
+
+#pragma unroll
+    for (int u = 0; u < S - 2; ++u) load(u);
+
+    int d[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) d[i] = 0;
+    const u64 db0 = lb_wg_desc(ring);
+    // This thread's fragment words in a weight tile: word row 4i + t, columns dc, dc + 1.
+    const int dcol = 64 * wg + 16 * warp + 2 * g;
+    const int dc = n0 + dcol;
+    const int frag = t * LB_DW_LDW + dcol;
+    // Chunk u: its slot landed and is visible to wgmma; every warpgroup is past chunk u - 2's
+    // wgmma (wait_group 1 below), so slot (u - 2) % S takes chunk u + S - 2, and `cur` (last
+    // read by chunk u - 2's wgmma) takes this chunk's fragment.
+    auto step = [&](int u, u32(&cur)[16]) {
+        lb_wait<S - 3>();
+        lb_fence_async_smem();
+        __syncthreads();
+        load(u + S - 2);
+        const unsigned char* slot = ring + (u % S) * LB_DW_SLOT;
+        const u32* ws = (const u32*)(slot + LB_DW_YBYTES) + frag;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            const uint2 v = *(const uint2*)(ws + 4 * i * LB_DW_LDW);
+            cur[2 * i] = v.x;
+            cur[2 * i + 1] = v.y;
+        }
+        lb_dw_mma<UNS>(d, cur, db0 + (u64)(((u % S) * LB_DW_SLOT) >> 4));
+        lb_wg_wait<1>();  // chunk u - 1's wgmma done
+    };
+    u32 w0[16], w1[16];
+    for (int u = 0; u < units; u += 2) {  // (a path from w0's step to w0's would serialize)
+        step(u, w0);
+        if (u + 1 == units) break;
+        step(u + 1, w1);
+    }
+    lb_wg_wait<0>();
+    lb_wait<0>();
+
+    // d[4j + 2c + e]: column dc + c, row m0 + 8j + 2t + e.
+    const bool d0 = dc < p.ncols, d1 = dc + 1 < p.ncols;
+    const bool split = gridDim.z > 1;
+    const float as = split ? 0.0f : lb_scale(p.scale_ptr, p.scale_param);
+    const bool vec = (split ? p.p_vec : p.c_vec) && d1;
+    const long long zoff = (long long)blockIdx.z * p.m_total;
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int m = m0 + 8 * j + 2 * t + e;
+            if (m >= p.m_total || !d0) continue;
+            const int v0 = d[4 * j + e], v1 = d[4 * j + 2 + e];
+            if (split) {
+                int* dst = p.partial + (zoff + m) * p.ncols + dc;
+                if (vec) {
+                    __stcg((int2*)dst, make_int2(v0, v1));
+                } else {
+                    dst[0] = v0;
+                    if (d1) dst[1] = v1;
+                }
+            } else {
+                const long long o = (long long)m * p.ldc + dc;
+                const float f0 = lb_dequant(v0, p.w_scale, as, p.relu);
+                const float f1 = lb_dequant(v1, p.w_scale, as, p.relu);
+                if (vec && p.out_dtype == 0) {
+                    *(float2*)((float*)p.out + o) = make_float2(f0, f1);
+                } else if (vec) {
+                    *(u32*)((unsigned short*)p.out + o) = lb_pack2(f0, f1, p.out_dtype);
+                } else {
+                    lb_store(p.out, o, f0, p.out_dtype);
+                    if (d1) lb_store(p.out, o + 1, f1, p.out_dtype);
+                }
+            }
+        }
+}
+
+extern "C" __global__ void __launch_bounds__(LB_DW_THREADS, 1) decoder_wgmma(LbMma p) {
+    lb_decoder_wgmma<LB_UNS != 0>(p);
+}
+
 #else
 template <bool UNS>
 __device__ __forceinline__ void lb_decoder_mma(const LbMma& p) {

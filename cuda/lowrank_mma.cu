@@ -65,50 +65,9 @@ __device__ __forceinline__ int lb_wg_col(int c) {
            2 * ((c >> 3) & (LB_WG_G - 1)) + (c & 1);
 }
 
-// Descriptor of a 128-byte-swizzled K-major operand at `smem` (1024-byte aligned atoms):
-// start address, LBO 16 (unused for this layout), SBO 1024, swizzle mode 1 (128 bytes).
-__device__ __forceinline__ u64 lb_wg_desc(const void* smem) {
-    return (u64)((lb_smem(smem) & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) |
-           ((u64)1 << 62);
-}
-
-__device__ __forceinline__ void lb_fence_async_smem() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-
 // Named barrier `id` (1, 2: one per pair) over 256 threads.
 __device__ __forceinline__ void lb_pair_bar(int id) {
     asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
-}
-
-#define LB_R4(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3])
-#define LB_R16(i) LB_R4(i), LB_R4(i + 4), LB_R4(i + 8), LB_R4(i + 12)
-#define LB_R64(i) LB_R16(i), LB_R16(i + 16), LB_R16(i + 32), LB_R16(i + 48)
-#define LB_WG_D \
-    "{%0, %1, %2, %3, %4, %5, %6, %7," \
-    "%8, %9, %10, %11, %12, %13, %14, %15," \
-    "%16, %17, %18, %19, %20, %21, %22, %23," \
-    "%24, %25, %26, %27, %28, %29, %30, %31," \
-    "%32, %33, %34, %35, %36, %37, %38, %39," \
-    "%40, %41, %42, %43, %44, %45, %46, %47," \
-    "%48, %49, %50, %51, %52, %53, %54, %55," \
-    "%56, %57, %58, %59, %60, %61, %62, %63}"
-
-// D (+)= A . B^T for one k32 step; `acc` 0 on a tile's first step (D is then overwritten).
-#define LB_WGMMA_ASM(TY)                                                                     \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                \
-                 "wgmma.mma_async.sync.aligned.m64n128k32.s32." TY ".s8 " LB_WG_D            \
-                 ", %64, %65, p;\n}\n"                                                       \
-                 : LB_R64(0)                                                                 \
-                 : "l"(da), "l"(db), "r"(acc)                                                \
-                 : "memory")
-template <bool UNS>
-__device__ __forceinline__ void lb_wgmma(int (&d)[64], u64 da, u64 db, int acc) {
-    if (UNS) {
-        LB_WGMMA_ASM("u8");
-    } else {
-        LB_WGMMA_ASM("s8");
-    }
 }
 
 template <bool UNS>
@@ -193,14 +152,14 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         if (tile + step < m_tiles) load_a(tile + step, s ^ 1);
 
         const u64 da = da0 + (u64)((s * tile_bytes) >> 4);
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+        lb_wg_fence();
         for (int k = 0; k < 4 * np; ++k) {  // descriptor start addresses in 16-byte units
             const int pl = k >> 2, kb = (k & 3) * 2;
             lb_wgmma<UNS>(d, da + (u64)(pl * (a_plane >> 4) + kb), db0 + (u64)(pl * (b_plane >> 4) + kb),
                           k > 0);
         }
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        lb_wg_commit();
+        lb_wg_wait<0>();
 
 #pragma unroll
         for (int half = 0; half < 2; ++half) {

@@ -274,6 +274,80 @@ __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, i
         }
 }
 
+// ---- warpgroup mma (sm_90a; modules compiled with LB_WGMMA) --------------------------------
+#if defined(LB_WGMMA)
+// Descriptor of a 128-byte-swizzled K-major operand at `smem` (1024-byte aligned atoms):
+// start address, LBO 16 (unused for this layout), SBO 1024, swizzle mode 1 (128 bytes).
+__device__ __forceinline__ u64 lb_wg_desc(const void* smem) {
+    return (u64)((lb_smem(smem) & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) |
+           ((u64)1 << 62);
+}
+
+// Makes this thread's generic-proxy smem writes (cp.async included) visible to wgmma.
+__device__ __forceinline__ void lb_fence_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void lb_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void lb_wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void lb_wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+#define LB_R4(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3])
+#define LB_R16(i) LB_R4(i), LB_R4(i + 4), LB_R4(i + 8), LB_R4(i + 12)
+#define LB_R64(i) LB_R16(i), LB_R16(i + 16), LB_R16(i + 32), LB_R16(i + 48)
+#define LB_WG_D \
+    "{%0, %1, %2, %3, %4, %5, %6, %7," \
+    "%8, %9, %10, %11, %12, %13, %14, %15," \
+    "%16, %17, %18, %19, %20, %21, %22, %23," \
+    "%24, %25, %26, %27, %28, %29, %30, %31," \
+    "%32, %33, %34, %35, %36, %37, %38, %39," \
+    "%40, %41, %42, %43, %44, %45, %46, %47," \
+    "%48, %49, %50, %51, %52, %53, %54, %55," \
+    "%56, %57, %58, %59, %60, %61, %62, %63}"
+
+// D[64x128] (+)= A[64x32] . B[128x32]^T for one k32 step, both operands in smem (`da`, `db`);
+// `acc` 0 on a tile's first step (D is then overwritten). A is u8 when UNS.
+#define LB_WGMMA_ASM(TY)                                                                     \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                \
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32." TY ".s8 " LB_WG_D            \
+                 ", %64, %65, p;\n}\n"                                                       \
+                 : LB_R64(0)                                                                 \
+                 : "l"(da), "l"(db), "r"(acc)                                                \
+                 : "memory")
+template <bool UNS>
+__device__ __forceinline__ void lb_wgmma(int (&d)[64], u64 da, u64 db, int acc) {
+    if (UNS) {
+        LB_WGMMA_ASM("u8");
+    } else {
+        LB_WGMMA_ASM("s8");
+    }
+}
+
+// The same with A (s8) from registers: a[0..3] = (row g, word t), (g+8, t), (g, t+4),
+// (g+8, t+4) of the warp's 16 rows (the mma.sync A fragment); B is u8 when UNS. The registers
+// must stay unchanged until the wgmma has completed (wgmma.wait_group).
+#define LB_WGMMA_RS_ASM(TY)                                                                  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %68, 0;\n"                                \
+                 "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8." TY " " LB_WG_D            \
+                 ", {%64, %65, %66, %67}, %69, p;\n}\n"                                      \
+                 : LB_R64(0)                                                                 \
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(acc), "l"(db)                     \
+                 : "memory")
+template <bool UNS>
+__device__ __forceinline__ void lb_wgmma_rs(int (&d)[64], u32 a0, u32 a1, u32 a2, u32 a3, u64 db,
+                                            int acc) {
+    if (UNS) {
+        LB_WGMMA_RS_ASM("u8");
+    } else {
+        LB_WGMMA_RS_ASM("s8");
+    }
+}
+#endif  // LB_WGMMA
+
 // ---- small M on the tensor cores ----------------------------------------------------------
 #if defined(LB_MMA_SMALL)
 // Rows m0..m0+15 (grid z = row block of 16) are one m16 A fragment, staged in smem for the

@@ -47,6 +47,8 @@ pub enum KernelId {
     DecoderMmaSmall,
     /// CUDA warpgroup mma (sm_90a only): low-rank projection, the weight tile resident.
     LowrankWgmma,
+    /// CUDA warpgroup mma (sm_90a only): decoder tail, the weights as register A fragments.
+    DecoderWgmma,
 }
 
 impl KernelId {
@@ -55,7 +57,7 @@ impl KernelId {
     pub const MICROBENCH: [Self; 3] = [Self::Dp4aCeiling, Self::CopyBandwidth, Self::StreamRead];
 
     /// The CUDA int8 tensor-core (mma) family (not part of [`KernelId::ALL`] either).
-    pub const CUDA_MMA: [Self; 7] = [
+    pub const CUDA_MMA: [Self; 8] = [
         Self::LowrankMma,
         Self::DecoderMma,
         Self::DecoderMmaReduce,
@@ -63,6 +65,7 @@ impl KernelId {
         Self::LowrankMmaSmall,
         Self::DecoderMmaSmall,
         Self::LowrankWgmma,
+        Self::DecoderWgmma,
     ];
 
     pub const ALL: [Self; 14] = [
@@ -97,9 +100,11 @@ impl KernelId {
             Self::RhoInt8Pack | Self::RhoInt8Unpack => "rho",
             Self::Dp4aCeiling | Self::CopyBandwidth | Self::StreamRead => "microbench",
             Self::LowrankMma | Self::LowrankMmaSmall | Self::LowrankWgmma => "lowrank_mma",
-            Self::DecoderMma | Self::DecoderMmaReduce | Self::MmaPrepA | Self::DecoderMmaSmall => {
-                "decoder_tail_mma"
-            }
+            Self::DecoderMma
+            | Self::DecoderMmaReduce
+            | Self::MmaPrepA
+            | Self::DecoderMmaSmall
+            | Self::DecoderWgmma => "decoder_tail_mma",
         }
     }
 
@@ -130,6 +135,7 @@ impl KernelId {
             Self::LowrankMmaSmall => "lowrank_mma_small",
             Self::DecoderMmaSmall => "decoder_mma_small",
             Self::LowrankWgmma => "lowrank_wgmma",
+            Self::DecoderWgmma => "decoder_wgmma",
         }
     }
 }

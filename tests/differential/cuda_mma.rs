@@ -31,8 +31,8 @@ fn mma_backend() -> Option<&'static CudaBackend> {
     crate::cuda_backend(&B, || open_mma(CudaBackend::from_device))
 }
 
-/// The mma family with the warpgroup-mma low-rank kernel switched off: on sm_90 the
-/// `mma.sync` low-rank kernel runs only here.
+/// The mma family with the warpgroup-mma kernels switched off: on sm_90 the `mma.sync`
+/// low-rank and decoder kernels run only here.
 fn sync_backend() -> Option<&'static CudaBackend> {
     static B: Cell = OnceLock::new();
     crate::cuda_backend(&B, || {
@@ -403,6 +403,48 @@ fn decoder_edge_data() {
 fn decoder_largest_accumulator() {
     run_mma("decoder_tail_mma", decoder_max_accumulator);
 }
+/// The `mma.sync` decoder kernel (on sm_90 the default decoder kernel is `decoder_wgmma`).
+#[test]
+fn decoder_on_mma_sync() {
+    let Some(b) = sync_backend() else { return };
+    let cases: [fn(&mut Ctx); 5] = [
+        decoder_random,
+        decoder_large,
+        decoder_epilogues,
+        decoder_edges,
+        decoder_max_accumulator,
+    ];
+    for case in cases {
+        run_on_mma(b, "decoder_tail_mma.cu [LB_UNS", case);
+    }
+}
+
+/// Where the device runs it (sm_90a), every decoder case above also went through
+/// `decoder_wgmma`, plus BDH-like shapes: several row tiles and column tiles, a D that is not
+/// a multiple of 8, one split (the output written directly) and many.
+#[test]
+fn decoder_on_wgmma() {
+    let Some(b) = mma_backend() else { return };
+    if !b.device().wgmma() {
+        println!(
+            "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
+            b.device().name()
+        );
+        return;
+    }
+    run_on_mma(b, "decoder_tail_mma.cu [LB_WGMMA=1", |ctx| {
+        let ops = [
+            // Four heads of L = 2048 (the BDH head width / 4), 520 rows: five row tiles.
+            dec([2, 4, 260, 2048], [4 * 2048, 256]),
+            // D = 300: two column tiles, the second partial; L < Lart, odd L.
+            dec([1, 2, 150, 1031], [2 * 1040, 300]),
+            // 17000 rows, one head, K = 64: more row tiles than CTAs fit, so one split.
+            dec([1, 1, 17000, 64], [64, 36]),
+        ];
+        crate::large_cases(ctx, "wgmma decoder_tail", &ops, 115);
+        crate::epilogue_cases(ctx, "wgmma decoder_tail", &ops[..2], 116);
+    });
+}
 
 /// Which shapes the family takes: M > 16, and for the low-rank projection D ≤ 512.
 #[test]
@@ -430,6 +472,16 @@ fn routing() {
     let dd = |m| DecoderTailShape::bdh(m, 4, 64, 256).unwrap();
     assert!(dev.mma_decoder_ok(&dd(17)));
     assert!(!dev.mma_decoder_ok(&dd(16)));
+    assert_eq!(dev.wgmma_decoder_ok(&dd(17)), dev.wgmma());
+    assert!(!dev.wgmma_decoder_ok(&dd(16)));
+    if dev.wgmma() {
+        let off = CudaDevice::new(0)
+            .unwrap()
+            .with_family(KernelFamily::Mma)
+            .unwrap()
+            .with_wgmma(false);
+        assert!(!off.wgmma_decoder_ok(&dd(17)));
+    }
     // M in 4..=16: the small-M tensor-core low-rank kernel (D ≤ 512); the decoder in 8..=16
     // (dp4a below, unless forced).
     assert!(dev.mma_small_lowrank_ok(&l(16, 512)));

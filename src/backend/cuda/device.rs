@@ -176,7 +176,7 @@ pub struct CudaDevice {
     /// (`LOWBIT_CUDA_SMALL_MMA=1`, or [`CudaDevice::with_small_mma`]) instead of where it
     /// measured faster (low-rank at M ≥ 4, decoder at M ≥ 8).
     pub(crate) small_mma_all: bool,
-    /// The low-rank projection runs on `lowrank_wgmma` where it can (sm_90a; off with
+    /// Both ops run on the warpgroup-mma kernels where they can (sm_90a; off with
     /// `LOWBIT_CUDA_WGMMA=0` or [`CudaDevice::with_wgmma`]).
     pub(crate) wgmma: bool,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).

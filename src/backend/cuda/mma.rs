@@ -13,10 +13,13 @@
 //! words): a word is four consecutive k of one column, which is exactly one B-fragment
 //! register of m16n8k32, so no repacked copy is needed.
 //!
-//! On compute capability 9.0 the low-rank projection at M > 16 (D ≤ 384) runs on warpgroup
-//! mma instead (`lowrank_wgmma`, compiled for `sm_90a`; [`WGMMA_ENV`] or
-//! [`CudaDevice::with_wgmma`] switch it off): each CTA keeps one head's 256-column weight tile
-//! in smem, gathered word by word into wgmma's k-major layout, and streams the rows of A.
+//! On compute capability 9.0 both ops at M > 16 run on warpgroup mma instead (compiled for
+//! `sm_90a`; [`WGMMA_ENV`] or [`CudaDevice::with_wgmma`] switch them off):
+//! - `lowrank_wgmma` (D ≤ 384): each CTA keeps one head's 256-column weight tile in smem,
+//!   gathered word by word into wgmma's k-major layout, and streams the rows of A;
+//! - `decoder_wgmma`: the product transposed (out^T = W^T y^T), so the packed weight words
+//!   are wgmma's register A fragments as they lie, and only y goes through smem; split-K
+//!   and the reduction as `decoder_tail_mma`.
 
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, sys};
 
@@ -80,8 +83,36 @@ pub const WGMMA_BM: usize = 64;
 pub const WGMMA_MAX_KPW: usize = 96;
 /// Threads of `lowrank_wgmma`: four warpgroups (two pairs, each pair on its own row tiles).
 pub const WGMMA_THREADS: u32 = 512;
-/// `LOWBIT_CUDA_WGMMA=0` keeps the low-rank projection on the `mma.sync` kernel on sm_90.
+/// `LOWBIT_CUDA_WGMMA=0` keeps both ops on the `mma.sync` kernels on sm_90.
 pub const WGMMA_ENV: &str = "LOWBIT_CUDA_WGMMA";
+
+/// Decoder tail on warpgroup mma (`decoder_wgmma`, sm_90a): output columns and rows per CTA
+/// (four warpgroups of 64 columns, each on all the rows), its threads, and the depth of its
+/// ring (a slot holds one chunk's y tile and weight tile, `DEC_WGMMA_SLOT` bytes). Passed to
+/// the kernel as `LB_DW_*`, which it checks.
+pub const DEC_WGMMA_BN: usize = 256;
+pub const DEC_WGMMA_BM: usize = 128;
+pub const DEC_WGMMA_THREADS: u32 = 512;
+pub const DEC_WGMMA_STAGES: usize = 4;
+const DEC_WGMMA_SLOT: usize = DEC_WGMMA_BM * 128 + MMA_BKW * (DEC_WGMMA_BN + 8) * 4;
+
+/// Dynamic smem of `decoder_wgmma`: the ring, with 1 KB to align the swizzled tiles.
+pub const fn dec_wgmma_smem() -> usize {
+    DEC_WGMMA_STAGES * DEC_WGMMA_SLOT + 1024
+}
+
+/// Defines of `decoder_wgmma` (`LB_WGMMA` makes its target `sm_90a`).
+pub fn dec_wgmma_defines(uns: bool) -> Vec<(String, String)> {
+    vec![
+        d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
+        d("LB_UNS", u32::from(uns)),
+        d("LB_DW_BN", DEC_WGMMA_BN),
+        d("LB_DW_BM", DEC_WGMMA_BM),
+        d("LB_DW_THREADS", DEC_WGMMA_THREADS),
+        d("LB_DW_STAGES", DEC_WGMMA_STAGES),
+        eps(),
+    ]
+}
 
 /// [`WGMMA_ENV`]'s value: unset, empty or `1` on (where the device can), `0` off.
 pub fn parse_wgmma(text: &str) -> std::result::Result<bool, String> {
@@ -122,6 +153,7 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 v.push((KernelId::LowrankWgmma, wgmma_defines(uns, ep)));
             }
         }
+        v.push((KernelId::DecoderWgmma, dec_wgmma_defines(uns)));
     }
     v
 }
@@ -441,13 +473,19 @@ impl CudaDevice {
             && wgmma_smem(kpw) <= self.smem_optin()
     }
 
-    /// Switches the warpgroup-mma low-rank kernel on (where the device can run it) or off.
+    /// Does `decoder_wgmma` run this decoder tail (sm_90a, M > 16, not switched off by
+    /// [`WGMMA_ENV`] or [`CudaDevice::with_wgmma`])?
+    pub fn wgmma_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
+        self.wgmma && self.mma_decoder_ok(shape) && dec_wgmma_smem() <= self.smem_optin()
+    }
+
+    /// Switches the warpgroup-mma kernels (both ops) on, where the device can run them, or off.
     pub fn with_wgmma(mut self, on: bool) -> Self {
         self.wgmma = on && wgmma_capable(self.caps.compute_capability);
         self
     }
 
-    /// Does this device run the low-rank projection on `lowrank_wgmma` when it can?
+    /// Does this device run the ops on the warpgroup-mma kernels when it can?
     pub fn wgmma(&self) -> bool {
         self.wgmma
     }
@@ -882,10 +920,30 @@ impl CudaDevice {
         };
         i32_of(OP, "k chunks", chunks)?;
         i32_of(OP, "row tiles", m_tiles)?;
-        let f = self.function(KernelId::DecoderMma, decoder_defines(uns, stages))?;
-        let smem = decoder_smem(stages);
-        let slots = self.prepare(&f, smem)?;
+        // decoder_wgmma (sm_90a) or decoder_tail_mma: the CTA tile, kernel and smem.
+        let wg = self.wgmma_decoder_ok(shape);
+        let (n_tiles, m_tiles, threads, smem, f, what) = if wg {
+            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns))?;
+            let n_tiles = dim.div_ceil(DEC_WGMMA_BN);
+            let m_tiles = m.div_ceil(DEC_WGMMA_BM);
+            let what = "cuLaunchKernel (decoder_wgmma)";
+            (
+                n_tiles,
+                m_tiles,
+                DEC_WGMMA_THREADS,
+                dec_wgmma_smem(),
+                f,
+                what,
+            )
+        } else {
+            let f = self.function(KernelId::DecoderMma, decoder_defines(uns, stages))?;
+            let what = "cuLaunchKernel (decoder_tail_mma)";
+            (n_tiles, m_tiles, MMA_THREADS, decoder_smem(stages), f, what)
+        };
+        let slots = self.prepare_dynamic(&f, threads, smem)?;
         let direct = mode == 0 && lw.is_multiple_of(4) && aligned16(y);
+        // Split K so that the CTAs fill the device once (each split at least
+        // DECODER_MIN_CHUNKS chunks of MMA_BKW words).
         let units = n_tiles * m_tiles;
         let splits = if units >= slots {
             1
@@ -919,8 +977,7 @@ impl CudaDevice {
         b.arg(&p);
         let grid = (n_tiles as u32, m_tiles as u32, splits as u32);
         // SAFETY: as above; the partials hold splits * M * D i32.
-        unsafe { b.launch(launch_cfg(grid, MMA_THREADS, smem)) }
-            .map_err(drv("cuLaunchKernel (decoder_tail_mma)"))?;
+        unsafe { b.launch(launch_cfg(grid, threads, smem)) }.map_err(drv(what))?;
         if let Some(r) = reduce {
             let s = splits as i32;
             let quads = (m * dim).div_ceil(4);
