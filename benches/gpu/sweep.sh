@@ -16,7 +16,7 @@
 # LOWBIT_CUDA_PDL mode (1 default, early, 0 plain launches), i8x4 and ternary2; shapes: M <= 16
 # under LOWBIT_CUDA_SMALL grid shapes, with the weight-stream floor; smallfinal: every M <= 16
 # row of the small-M table (graph replays, ternary2, bf16 + ReLU, single launches); wgmma: the
-# low-rank epilogue's write floor (write_floor.py) and M = 512..8192 with LOWBIT_CUDA_WGMMA=1 / 0; memcheck:
+# low-rank epilogue's write floor (write_floor.py) and both ops at M = 512..8192 with LOWBIT_CUDA_WGMMA=1 / 0; memcheck:
 # compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
@@ -84,7 +84,8 @@ if has wgmma; then  # BENCHMARKS.md's warpgroup-mma table: write floor, then wgm
   python3 benches/gpu/write_floor.py 2>&1 | tee -a "$sum"
   bench "large M, f32 out" --backend cuda --op lowrank,decoder-tail --variant all --m 512,2048,8192 --json "$out/large_f32.json"
   bench "large M, bf16 + ReLU" --backend cuda --op lowrank,decoder-tail --variant all --m 512,2048,8192 --out bf16 --relu --json "$out/large_bf16.json"
-  LOWBIT_CUDA_WGMMA=0 bench "large M, mma.sync low-rank, f32 out" --backend cuda --op lowrank --variant all --m 512,2048,8192
+  bench "large M, bf16 out" --backend cuda --op decoder-tail --variant all --m 512,2048,8192 --out bf16
+  LOWBIT_CUDA_WGMMA=0 bench "large M, mma.sync kernels, f32 out" --backend cuda --op lowrank,decoder-tail --variant all --m 512,2048,8192
   LOWBIT_CUDA_WGMMA=0 bench "large M, mma.sync low-rank, bf16 + ReLU" --backend cuda --op lowrank --variant all --m 512,2048,8192 --out bf16 --relu
 fi
 if has smallfinal; then  # every M <= 16 row of BENCHMARKS.md's small-M table (run peers first)
@@ -152,7 +153,7 @@ if has ncularge && command -v ncu >/dev/null; then
   stalls='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
   extra=dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct,sm__pipe_tensor_op_imma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,sm__warps_active.avg.pct_of_peak_sustained_active
   # NCU_LARGE: "kernel op M family" entries separated by ';'
-  IFS=';' read -ra specs <<< "${NCU_LARGE:-lowrank_wgmma lowrank 2048 mma;decoder_tail_mma decoder-tail 2048 mma;lowrank_packed lowrank 2048 dp4a;decoder_packed decoder-tail 2048 dp4a}"
+  IFS=';' read -ra specs <<< "${NCU_LARGE:-lowrank_wgmma lowrank 2048 mma;decoder_wgmma decoder-tail 2048 mma;lowrank_packed lowrank 2048 dp4a;decoder_packed decoder-tail 2048 dp4a}"
   for spec in "${specs[@]}"; do
     set -- $spec
     echo "=== ncu $1 M=$3 ($4)"

@@ -1018,6 +1018,9 @@ mod tests {
         // lowrank_wgmma: one CTA per SM up to the longest resident K (D = 384).
         assert_eq!(wgmma_smem(64), 129 * 1024);
         assert!(wgmma_smem(WGMMA_MAX_KPW) <= 227 * 1024);
+        // decoder_wgmma: four slots of a 16 KB y tile and a 33 KB weight tile, one CTA per SM.
+        assert_eq!(dec_wgmma_smem(), 4 * 49 * 1024 + 1024);
+        assert!(dec_wgmma_smem() <= 227 * 1024);
     }
 
     #[test]
