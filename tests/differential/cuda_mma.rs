@@ -40,6 +40,20 @@ fn sync_backend() -> Option<&'static CudaBackend> {
     })
 }
 
+/// The mma backend where its device runs the sm_90a warpgroup-mma kernels; elsewhere `None`,
+/// after saying so.
+fn wgmma_backend() -> Option<&'static CudaBackend> {
+    let b = mma_backend()?;
+    if !b.device().wgmma() {
+        println!(
+            "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
+            b.device().name()
+        );
+        return None;
+    }
+    Some(b)
+}
+
 /// A backend on the mma family that uploads ternary/binary weights as ternary2 fragments.
 fn t2_backend() -> Option<&'static CudaBackend> {
     static B: Cell = OnceLock::new();
@@ -349,29 +363,23 @@ fn lowrank_edge_data() {
 #[test]
 fn lowrank_on_mma_sync() {
     let Some(b) = sync_backend() else { return };
-    let cases: [fn(&mut Ctx); 4] = [
-        lowrank_random,
-        lowrank_large,
-        lowrank_epilogues,
-        lowrank_edges,
-    ];
-    for case in cases {
-        run_on_mma(b, "lowrank_mma.cu [LB_UNS", case);
-    }
+    run_all_on(
+        b,
+        "lowrank_mma.cu [LB_UNS",
+        &[
+            lowrank_random,
+            lowrank_large,
+            lowrank_epilogues,
+            lowrank_edges,
+        ],
+    );
 }
 
 /// Where the device runs it (sm_90a), every low-rank case above also went through
 /// `lowrank_wgmma`, plus BDH-like shapes with several warpgroup row tiles per CTA.
 #[test]
 fn lowrank_on_wgmma() {
-    let Some(b) = mma_backend() else { return };
-    if !b.device().wgmma() {
-        println!(
-            "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
-            b.device().name()
-        );
-        return;
-    }
+    let Some(b) = wgmma_backend() else { return };
     run_on_mma(b, "LB_WGMMA=1", |ctx| {
         let ops = [
             lr([2, 1, 500, 256], [2, 256, 600], 600),
@@ -407,16 +415,17 @@ fn decoder_largest_accumulator() {
 #[test]
 fn decoder_on_mma_sync() {
     let Some(b) = sync_backend() else { return };
-    let cases: [fn(&mut Ctx); 5] = [
-        decoder_random,
-        decoder_large,
-        decoder_epilogues,
-        decoder_edges,
-        decoder_max_accumulator,
-    ];
-    for case in cases {
-        run_on_mma(b, "decoder_tail_mma.cu [LB_UNS", case);
-    }
+    run_all_on(
+        b,
+        "decoder_tail_mma.cu [LB_UNS",
+        &[
+            decoder_random,
+            decoder_large,
+            decoder_epilogues,
+            decoder_edges,
+            decoder_max_accumulator,
+        ],
+    );
 }
 
 /// Where the device runs it (sm_90a), every decoder case above also went through
@@ -424,14 +433,7 @@ fn decoder_on_mma_sync() {
 /// a multiple of 8, one split (the output written directly) and many.
 #[test]
 fn decoder_on_wgmma() {
-    let Some(b) = mma_backend() else { return };
-    if !b.device().wgmma() {
-        println!(
-            "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
-            b.device().name()
-        );
-        return;
-    }
+    let Some(b) = wgmma_backend() else { return };
     run_on_mma(b, "decoder_tail_mma.cu [LB_WGMMA=1", |ctx| {
         let ops = [
             // Four heads of L = 2048 (the BDH head width / 4), 520 rows: five row tiles.
@@ -444,6 +446,13 @@ fn decoder_on_wgmma() {
         crate::large_cases(ctx, "wgmma decoder_tail", &ops, 115);
         crate::epilogue_cases(ctx, "wgmma decoder_tail", &ops[..2], 116);
     });
+}
+
+/// [`run_on_mma`] for each of `cases` in turn.
+fn run_all_on(b: &'static CudaBackend, needle: &str, cases: &[fn(&mut Ctx)]) {
+    for &case in cases {
+        run_on_mma(b, needle, case);
+    }
 }
 
 /// Which shapes the family takes: M > 16, and for the low-rank projection D ≤ 512.
