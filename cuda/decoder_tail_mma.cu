@@ -81,6 +81,10 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 // into a register double buffer right before its four wgmma k32 steps, while the previous
 // chunk's wgmma still runs. One split writes the output, several i32 partials [z][M][D] for
 // decoder_mma_reduce.
+// With LB_DW_ZC = Z > 1 the grid has Z splits, one cluster per tile, which sum their
+// accumulators through distributed shared memory instead of partials: each CTA stores its
+// tile into its own ring, and after a cluster barrier CTA z adds rows z * 128 / Z.. of the Z
+// tiles in rank order and writes them to the output.
 //
 // Glossary (see also mma.cuh, common.cuh)
 //   wgmma RS  wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.{s8|u8}, A (weights) from
@@ -95,6 +99,10 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #if LB_DW_BN != 256 || LB_DW_BM != 128 || LB_DW_THREADS != 512 || LB_DW_STAGES < 3
 #error "decoder_wgmma: LB_DW_BN, LB_DW_BM, LB_DW_THREADS must be 256, 128, 512; STAGES >= 3"
 #endif
+#if LB_DW_ZC != 1 && LB_DW_ZC != 2 && LB_DW_ZC != 4 && LB_DW_ZC != 8
+#error "decoder_wgmma: LB_DW_ZC must be 1, 2, 4 or 8"
+#endif
+#define LB_DW_ACC_LD (LB_DW_BN + 8)  // accumulator tile rows in smem (Z mode), in ints
 #define LB_DW_LDW (LB_DW_BN + 8)
 #define LB_DW_YBYTES (LB_DW_BM * 128)
 // Ring slot: y tile, then weight tile; a multiple of 1024 bytes (y tiles stay atom-aligned).
@@ -246,6 +254,42 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     }
     lb_wg_wait<0>();
     lb_wait<0>();
+#if LB_DW_ZC > 1
+    {
+        // Every warp is past the ring: it takes this CTA's accumulator tile.
+        __syncthreads();
+        int* acc = (int*)ring;
+#pragma unroll
+        for (int j = 0; j < 16; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                *(int2*)(acc + (8 * j + 2 * t + e) * LB_DW_ACC_LD + dcol) =
+                    make_int2(d[4 * j + e], d[4 * j + 2 + e]);
+        lb_cluster_sync();
+        constexpr int RB = LB_DW_BM / LB_DW_ZC;  // rows this CTA sums
+        const unsigned zr = lb_cluster_ctaid_z();
+        const float as = lb_scale(p.scale_ptr, p.scale_param);
+        const int c4 = (tid & 63) * 4, col = n0 + c4;
+        const bool vec = p.c_vec && col + 3 < p.ncols;
+        const unsigned base_addr = lb_smem(acc) + 4 * c4;
+        for (int r = zr * RB + (tid >> 6); r < (int)(zr + 1) * RB; r += LB_DW_THREADS / 64) {
+            const int m = m0 + r;
+            int v[4] = {0, 0, 0, 0};
+#pragma unroll
+            for (int q = 0; q < LB_DW_ZC; ++q) {
+                const int4 x = lb_ld_dsmem4(base_addr + 4 * r * LB_DW_ACC_LD, q);
+                v[0] += x.x;
+                v[1] += x.y;
+                v[2] += x.z;
+                v[3] += x.w;
+            }
+            if (m < p.m_total && col < p.ncols)
+                lb_mma_put4(p, nullptr, (long long)m * p.ldc + col, col, v, as, vec);
+        }
+        lb_cluster_sync();  // no CTA leaves while a peer reads its tile
+        return;
+    }
+#endif
 
     // d[4j + 2c + e]: column dc + c, row m0 + 8j + 2t + e.
     const bool d0 = dc < p.ncols, d1 = dc + 1 < p.ncols;
@@ -284,7 +328,12 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         }
 }
 
-extern "C" __global__ void __launch_bounds__(LB_DW_THREADS, 1) decoder_wgmma(LbMma p) {
+#if LB_DW_ZC > 1
+#define LB_DW_CLUSTER_DIMS __cluster_dims__(1, 1, LB_DW_ZC)
+#else
+#define LB_DW_CLUSTER_DIMS
+#endif
+extern "C" __global__ void LB_DW_CLUSTER_DIMS __launch_bounds__(LB_DW_THREADS, 1) decoder_wgmma(LbMma p) {
     lb_decoder_wgmma<LB_UNS != 0>(p);
 }
 

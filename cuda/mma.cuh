@@ -346,6 +346,28 @@ __device__ __forceinline__ void lb_wgmma_rs(int (&d)[64], u32 a0, u32 a1, u32 a2
         LB_WGMMA_RS_ASM("s8");
     }
 }
+
+// ---- thread-block clusters (sm_90) ---------------------------------------------------------
+// Every thread of every CTA of the cluster; release / acquire across the cluster.
+__device__ __forceinline__ void lb_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+                     : "memory");
+}
+__device__ __forceinline__ unsigned lb_cluster_ctaid_z() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctaid.z;\n" : "=r"(r));
+    return r;
+}
+// The 16 bytes at shared-window offset `addr` of cluster CTA `rank`'s shared memory.
+__device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
+    int4 v;
+    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %4, %5;\n"
+                 "ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [ra];\n}\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr), "r"(rank)
+                 : "memory");
+    return v;
+}
 #endif  // LB_WGMMA
 
 // ---- small M on the tensor cores ----------------------------------------------------------

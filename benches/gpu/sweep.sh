@@ -16,7 +16,8 @@
 # LOWBIT_CUDA_PDL mode (1 default, early, 0 plain launches), i8x4 and ternary2; shapes: M <= 16
 # under LOWBIT_CUDA_SMALL grid shapes, with the weight-stream floor; smallfinal: every M <= 16
 # row of the small-M table (graph replays, ternary2, bf16 + ReLU, single launches); wgmma: the
-# low-rank epilogue's write floor (write_floor.py) and both ops at M = 512..8192 with LOWBIT_CUDA_WGMMA=1 / 0; memcheck:
+# low-rank epilogue's write floor (write_floor.py) and both ops at M = 512..8192 with LOWBIT_CUDA_WGMMA=1 / 0,
+# the decoder under each LOWBIT_CUDA_WGMMA_ZCLUSTER; memcheck:
 # compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
@@ -87,6 +88,9 @@ if has wgmma; then  # BENCHMARKS.md's warpgroup-mma table: write floor, then wgm
   bench "large M, bf16 out" --backend cuda --op decoder-tail --variant all --m 512,2048,8192 --out bf16
   LOWBIT_CUDA_WGMMA=0 bench "large M, mma.sync kernels, f32 out" --backend cuda --op lowrank,decoder-tail --variant all --m 512,2048,8192
   LOWBIT_CUDA_WGMMA=0 bench "large M, mma.sync low-rank, bf16 + ReLU" --backend cuda --op lowrank --variant all --m 512,2048,8192 --out bf16 --relu
+  for z in 1 2 4 8; do
+    LOWBIT_CUDA_WGMMA_ZCLUSTER=$z bench "decoder, split clusters up to $z" --backend cuda --op decoder-tail --variant packed --m 512,2048,8192
+  done
 fi
 if has smallfinal; then  # every M <= 16 row of BENCHMARKS.md's small-M table (run peers first)
   bench "small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,4,8,16 --json "$out/small_graph.json"

@@ -70,7 +70,7 @@ fn run_mma(stem: &str, case: fn(&mut Ctx)) {
 }
 
 /// As [`run_mma`] on backend `b`; some compiled module's description must contain `needle`.
-fn run_on_mma(b: &'static CudaBackend, needle: &str, case: fn(&mut Ctx)) {
+fn run_on_mma(b: &'static CudaBackend, needle: &str, case: impl FnOnce(&mut Ctx)) {
     assert_eq!(b.device().family(), KernelFamily::Mma);
     println!("[cuda mma] device: {}", b.device().name());
     let mut ctx = Ctx {
@@ -446,6 +446,35 @@ fn decoder_on_wgmma() {
         crate::large_cases(ctx, "wgmma decoder_tail", &ops, 115);
         crate::epilogue_cases(ctx, "wgmma decoder_tail", &ops[..2], 116);
     });
+}
+
+/// `decoder_wgmma` with all of a tile's splits in one cluster, summed through distributed
+/// shared memory straight into the output: 2 splits (the default setting) and 8. On 132 SMs
+/// these shapes split so: 50 tiles (6400 rows; 3200 rows x two column tiles of D = 301, odd
+/// L < Lart, two heads) into 2, 16 tiles into 8. Every input variant and weight kind, every
+/// epilogue on the odd shape.
+#[test]
+fn decoder_wgmma_split_clusters() {
+    if wgmma_backend().is_none() {
+        return;
+    }
+    let two = [
+        dec([1, 1, 6400, 512], [512, 256]),
+        dec([2, 2, 1600, 253], [2 * 256, 301]),
+    ];
+    let eight = [dec([1, 1, 2048, 2048], [2048, 256])];
+    for (zc, ops) in [(2, &two[..]), (8, &eight[..])] {
+        let dev = CudaDevice::new(0)
+            .and_then(|d| d.with_family(KernelFamily::Mma))
+            .and_then(|d| d.with_decoder_zcluster(zc))
+            .unwrap_or_else(|e| panic!("split cluster {zc}: {e}"));
+        let b: &'static CudaBackend = Box::leak(Box::new(CudaBackend::from_device(dev)));
+        run_on_mma(b, &format!("LB_DW_ZC={zc} "), |ctx| {
+            let name = format!("wgmma decoder_tail, {zc} splits in a cluster");
+            crate::large_cases(ctx, &name, ops, 117);
+            crate::epilogue_cases(ctx, &name, &ops[ops.len() - 1..], 118);
+        });
+    }
 }
 
 /// [`run_on_mma`] for each of `cases` in turn.

