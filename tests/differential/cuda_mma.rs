@@ -451,8 +451,8 @@ fn decoder_on_wgmma() {
 /// `decoder_wgmma` with all of a tile's splits in one cluster, summed through distributed
 /// shared memory straight into the output: 2 splits (the default setting) and 8. On 132 SMs
 /// these shapes split so: 50 tiles (6400 rows; 3200 rows x two column tiles of D = 301, odd
-/// L < Lart, two heads) into 2, 16 tiles into 8. Every input variant and weight kind, every
-/// epilogue on the odd shape.
+/// L < Lart, two heads) into 2, 16 tiles into 8. Every input variant and weight kind; every
+/// epilogue on the odd shape and on the 8-split one.
 #[test]
 fn decoder_wgmma_split_clusters() {
     if wgmma_backend().is_none() {
