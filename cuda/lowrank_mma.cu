@@ -29,23 +29,25 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 // resident. CTA (x, y) owns head h = x / tiles_n and the LB_WG_BN = 256 weight columns of
 // tile x % tiles_n, all kpw k words, in smem for its whole life (the weights are read once).
 // Its four warpgroups form two pairs; pair P walks the 64-row tiles 2y + P, + 2 gridDim.y, ...
-// of A with its own cp.async double buffer and named barrier, and warpgroup j of the pair
-// computes and stores columns 128j..128j+127 of the tile. The pairs drift apart, so one's
-// output stores overlap the other's loads and mma, with four warps per scheduler to hide the
-// epilogue's latency. Dynamic smem (from a 1024-byte aligned base): the weight tile, then
-// [pair][stage] A tiles, each in 128-byte swizzled planes.
+// of A with its own LB_WG_NB cp.async buffers and named barrier, and warpgroup j of the pair
+// computes and stores columns 128j..128j+127 of the tile as two 64-column halves, each half's
+// mma running while the other half is stored (see the comment above the tile loop). The pairs
+// drift apart too, with four warps per scheduler to hide the epilogue's latency. Dynamic smem
+// (from a 1024-byte aligned base): the weight tile, then [pair][buffer] A tiles, each in
+// 128-byte swizzled planes.
 //
 // Glossary (see also mma.cuh, common.cuh)
-//   wgmma     wgmma.mma_async.sync.aligned.m64n128k32.s32.{s8|u8}.s8: D[64x128] (i32, 64
-//             registers per thread) += A[64x32] B[128x32]^T, both operands read from smem
-//             through 64-bit matrix descriptors, issued by one warpgroup (4 warps)
+//   wgmma     wgmma.mma_async.sync.aligned.m64n64k32.s32.{s8|u8}.s8: D[64x64] (i32, 32
+//             registers per thread) += A[64x32] B[64x32]^T, both operands read from smem
+//             through 64-bit matrix descriptors, issued by one warpgroup (4 warps); the two
+//             halves of a warpgroup's 64 x 128 tile are d[0..31] and d[32..63]
 //   plane     an operand tile of R rows is stored as kpw/32 planes of R x 128 bytes (128 k of
 //             each row), plane p at byte p * R * 128: row r at r * 128, its 16-byte chunk c
 //             (16 k) at ((c ^ (r % 8)) * 16): wgmma's 128-byte-swizzle K-major layout (atoms of
 //             8 rows x 128 bytes, SBO = 1024), so a warp's cp.asyncs read whole 128-byte lines
 //             and write 128 contiguous bytes per quarter warp. k32 step s reads plane s / 4 from
 //             byte 32 (s % 4) of each row
-//   D frag    register i of a thread (warp w of the warpgroup, lane l) is row 16w + l/4 + 8
+//   D frag    register i of d[64] (warp w of the warpgroup, lane l) is row 16w + l/4 + 8
 //             ((i/2) % 2), smem column c = 128j + 8 (i/4) + 2 (l%4) + i%2
 //   perm      smem weight row c holds output column lb_wg_col(c) = 8G (c/8G) + 2G ((c%8)/2) +
 //             2 ((c/8)%G) + c%2 (G = LB_WG_G): each thread's 2G outputs per row and 8G-column
@@ -53,8 +55,9 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 
 // Tile shape and threads come from Rust (WGMMA_BN, WGMMA_BM, WGMMA_THREADS in mma.rs); the
 // code below is written for these values only.
-#if LB_WG_BN != 256 || LB_WG_BM != 64 || LB_WG_THREADS != 512
-#error "lowrank_wgmma: LB_WG_BN, LB_WG_BM, LB_WG_THREADS must be 256, 64, 512"
+#if LB_WG_BN != 256 || LB_WG_BM != 64 || LB_WG_THREADS != 512 || LB_WG_NB < 2 || LB_WG_NB > 3 || \
+    LB_WG_NP < 1 || LB_WG_NP > 3 || (LB_WG_SPLIT != 0 && LB_WG_SPLIT != 1)
+#error "lowrank_wgmma: LB_WG_BN, LB_WG_BM, LB_WG_THREADS must be 256, 64, 512; NB 2 or 3; NP 1 to 3"
 #endif
 
 // Output columns per thread and row in each 8G-column group: 4 f32 or 8 f16/bf16 (16 bytes).
@@ -73,14 +76,17 @@ __device__ __forceinline__ void lb_pair_bar(int id) {
 template <bool UNS>
 __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     extern __shared__ __align__(128) u32 lb_dyn_smem[];
-    const int np = p.kpw / 32;  // 128-byte planes per row
+    constexpr int np = LB_WG_NP;  // 128-byte planes per row (kpw / 32)
     const int a_plane = LB_WG_BM * 128, b_plane = LB_WG_BN * 128;
     const int tile_bytes = np * a_plane;
     const unsigned base = lb_smem(lb_dyn_smem);
     unsigned char* Bs = (unsigned char*)lb_dyn_smem + (((base + 1023) & ~1023u) - base);
     unsigned char* As = Bs + np * b_plane;  // [pair][stage] tiles
 
-    const int tid = threadIdx.x, pair = tid >> 8, jn = (tid >> 7) & 1, pt = tid & 255;
+    // pair and jn through a shuffle: ptxas then knows them warp-uniform, so the tile loop
+    // (which keeps wgmma groups in flight across iterations) is not a divergent path.
+    const int tid = threadIdx.x, pt = tid & 255;
+    const int pair = __shfl_sync(0xffffffffu, tid >> 8, 0), jn = __shfl_sync(0xffffffffu, (tid >> 7) & 1, 0);
     const int h = blockIdx.x / p.tiles_n, n0 = (blockIdx.x % p.tiles_n) * LB_WG_BN;
     const int ah = p.a_heads == 1 ? 0 : h;
 
@@ -101,39 +107,43 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
 
     const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
     const int first = blockIdx.y * 2 + pair, step = gridDim.y * 2;
-    unsigned char* Ap = As + pair * 2 * tile_bytes;
+    unsigned char* Ap = As + pair * LB_WG_NB * tile_bytes;
     const u32* A = (const u32*)p.a;
     const long long ah_off = (long long)ah * p.time * p.lda;
 
     // This thread's share of an A tile: chunk c = pt % 8 of rows r0 = pt / 8 and r0 + 32, in
-    // every plane (8 consecutive threads read one row's 128 bytes of a plane).
+    // every plane (8 consecutive threads read one row's 128 bytes of a plane). One cp.async
+    // group per call, empty past the last tile.
     const int ck = pt & 7, r0 = pt >> 3;
     const int s_off = r0 * 128 + ((ck ^ (r0 & 7)) << 4);
     auto load_a = [&](int tile, int s) {
         unsigned char* dst = Ap + s * tile_bytes + s_off;
+        if (tile < m_tiles) {
 #pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-            const int m = tile * LB_WG_BM + r0 + 32 * rr;
-            const u32* src = A;
-            bool row_ok = m < p.m_total;
-            if (row_ok) {
-                long long row = m;
-                if (p.a_heads != 1) row += (long long)(m / p.time) * (p.a_heads - 1) * p.time;
-                src = A + row * p.lda + ah_off;
-            }
-            for (int pl = 0; pl < np; ++pl) {
-                const int q = pl * 32 + ck * 4;
-                const int valid = row_ok && q < p.kw ? min(4, p.kw - q) * 4 : 0;
-                lb_cp16((u32*)(dst + pl * a_plane + rr * 32 * 128), valid ? src + q : A, valid);
+            for (int rr = 0; rr < 2; ++rr) {
+                const int m = tile * LB_WG_BM + r0 + 32 * rr;
+                const u32* src = A;
+                bool row_ok = m < p.m_total;
+                if (row_ok) {
+                    long long row = m;
+                    if (p.a_heads != 1) row += (long long)(m / p.time) * (p.a_heads - 1) * p.time;
+                    src = A + row * p.lda + ah_off;
+                }
+                for (int pl = 0; pl < np; ++pl) {
+                    const int q = pl * 32 + ck * 4;
+                    const int valid = row_ok && q < p.kw ? min(4, p.kw - q) * 4 : 0;
+                    lb_cp16((u32*)(dst + pl * a_plane + rr * 32 * 128), valid ? src + q : A, valid);
+                }
             }
         }
         lb_commit();
     };
 
-    if (first < m_tiles) load_a(first, 0);
-    lb_wait<0>();
+    load_a(first, 0);
+    load_a(first + step, 1);
+    lb_wait<1>();
     lb_fence_async_smem();
-    __syncthreads();  // the weight tile is written (and visible to the async proxy)
+    __syncthreads();  // the weight tile and the pair's first A tile are written and visible
 
     const float a_scale = lb_scale(p.scale_ptr, p.scale_param);
     const int warp = (tid >> 5) & 3, lane = tid & 31;
@@ -141,57 +151,126 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     const bool vec = p.c_vec && (LB_OUT == 0 || p.ldc % 8 == 0) && n0 + LB_WG_BN <= p.ncols;
     const int cb = 128 * jn;  // this warpgroup's first smem column (weight row)
     const u64 da0 = lb_wg_desc(Ap), db0 = lb_wg_desc(Bs + cb * 128);
+    const int tile16 = tile_bytes >> 4, a16 = a_plane >> 4, b16 = b_plane >> 4;
     int d[64];
-#pragma unroll
-    for (int i = 0; i < 64; ++i) d[i] = 0;
-    int s = 0;
-    for (int tile = first; tile < m_tiles; tile += step, s ^= 1) {
-        lb_wait<0>();
-        lb_fence_async_smem();
-        lb_pair_bar(1 + pair);  // the tile's A visible; the other buffer's readers are done
-        if (tile + step < m_tiles) load_a(tile + step, s ^ 1);
 
-        const u64 da = da0 + (u64)((s * tile_bytes) >> 4);
+    // Column half H (64 columns; H = 2: all 128) of the tile in A buffer s: one wgmma group.
+    auto mma = [&](int s, int H) {
+        const u64 da = da0 + (u64)(s * tile16), db = db0 + (u64)((H & 1) * 64 * 128 >> 4);
         lb_wg_fence();
-        for (int k = 0; k < 4 * np; ++k) {  // descriptor start addresses in 16-byte units
-            const int pl = k >> 2, kb = (k & 3) * 2;
-            lb_wgmma<UNS>(d, da + (u64)(pl * (a_plane >> 4) + kb), db0 + (u64)(pl * (b_plane >> 4) + kb),
-                          k > 0);
+        // Descriptor start addresses in 16-byte units.
+        if (H == 2) {
+#pragma unroll
+            for (int k = 0; k < 4 * np; ++k)
+                lb_wgmma<UNS>(d, da + (u64)((k >> 2) * a16 + (k & 3) * 2),
+                              db + (u64)((k >> 2) * b16 + (k & 3) * 2), k > 0);
+        } else if (H == 0) {
+#pragma unroll
+            for (int k = 0; k < 4 * np; ++k)
+                lb_wgmma_n64<UNS, 0>(d, da + (u64)((k >> 2) * a16 + (k & 3) * 2),
+                                     db + (u64)((k >> 2) * b16 + (k & 3) * 2), k > 0);
+        } else {
+#pragma unroll
+            for (int k = 0; k < 4 * np; ++k)
+                lb_wgmma_n64<UNS, 1>(d, da + (u64)((k >> 2) * a16 + (k & 3) * 2),
+                                     db + (u64)((k >> 2) * b16 + (k & 3) * 2), k > 0);
         }
         lb_wg_commit();
-        lb_wg_wait<0>();
-
+    };
+    // Stores column half H (H = 2: both) of the tile: this thread's rows and the half's
+    // 8G-column groups.
+    auto store = [&](int tile, int H) {
+        int o[2];  // this thread's output rows (b, h, t), -1 past M
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int m = tile * LB_WG_BM + 16 * warp + (lane >> 2) + 8 * half;
-            if (m >= p.m_total) continue;
+        for (int rh = 0; rh < 2; ++rh) {
+            const int m = tile * LB_WG_BM + 16 * warp + (lane >> 2) + 8 * rh;
             const int b = m / p.time, t = m - b * p.time;
-            const long long o = ((long long)(b * p.o_heads + h) * p.time + t) * p.ldc + n0;
+            o[rh] = m < p.m_total ? (b * p.o_heads + h) * p.time + t : -1;
+        }
 #pragma unroll
-            for (int g = 0; g < 16 / LB_WG_G; ++g) {  // 8G-column groups
-                float f[2 * LB_WG_G];
+        for (int gi = 0; gi < (H == 2 ? 16 : 8) / LB_WG_G; ++gi) {
+            const int g = (H & 1) * 8 / LB_WG_G + gi;
+            // Every register is read on a uniform path, then stored under the bounds: ptxas
+            // would otherwise wait for every wgmma in flight (serializing them all, C7518).
+            const int col = cb + 8 * LB_WG_G * g + 2 * LB_WG_G * (lane & 3);
+#pragma unroll
+            for (int rh = 0; rh < 2; ++rh) {
+                float v[2 * LB_WG_G];
 #pragma unroll
                 for (int e = 0; e < 2 * LB_WG_G; ++e)
-                    f[e] = lb_dequant(d[(LB_WG_G * g + (e >> 1)) * 4 + 2 * half + (e & 1)],
+                    v[e] = lb_dequant(d[(LB_WG_G * g + (e >> 1)) * 4 + 2 * rh + (e & 1)],
                                       p.w_scale, a_scale, LB_RELU);
-                const int col = cb + 8 * LB_WG_G * g + 2 * LB_WG_G * (lane & 3);
+                if (o[rh] < 0) continue;
+                const long long oc = (long long)o[rh] * p.ldc + n0 + col;
                 if (vec) {
                     if (LB_OUT == 0) {
-                        __stcs((float4*)((float*)p.out + o + col),
-                               make_float4(f[0], f[1], f[2], f[3]));
+                        __stcs((float4*)((float*)p.out + oc), make_float4(v[0], v[1], v[2], v[3]));
                     } else {
-                        __stcs((uint4*)((unsigned short*)p.out + o + col),
-                               make_uint4(lb_pack2(f[0], f[1], LB_OUT), lb_pack2(f[2], f[3], LB_OUT),
-                                          lb_pack2(f[4 % (2 * LB_WG_G)], f[5 % (2 * LB_WG_G)], LB_OUT),
-                                          lb_pack2(f[6 % (2 * LB_WG_G)], f[7 % (2 * LB_WG_G)], LB_OUT)));
+                        __stcs((uint4*)((unsigned short*)p.out + oc),
+                               make_uint4(lb_pack2(v[0], v[1], LB_OUT), lb_pack2(v[2], v[3], LB_OUT),
+                                          lb_pack2(v[4 % (2 * LB_WG_G)], v[5 % (2 * LB_WG_G)], LB_OUT),
+                                          lb_pack2(v[6 % (2 * LB_WG_G)], v[7 % (2 * LB_WG_G)], LB_OUT)));
                     }
                 } else {
 #pragma unroll
                     for (int e = 0; e < 2 * LB_WG_G; ++e)
-                        if (n0 + col + e < p.ncols) lb_store(p.out, o + col + e, f[e], LB_OUT);
+                        if (n0 + col + e < p.ncols) lb_store(p.out, oc + e, v[e], LB_OUT);
                 }
             }
         }
+    };
+
+    // Tile j lives in A buffer j % NB. Each loop below is straight-line code (a constant
+    // `more` per call: accumulators in flight across a branch make ptxas serialize every
+    // wgmma, C7518), and every wait is for all groups (ptxas serializes them too when a
+    // wait_group<1> retires a group issued before a loop's back edge, C7514).
+    //
+    // LB_WG_SPLIT (16-bit outputs): each column half is its own wgmma group, issued when the
+    // previous one is complete, so that it runs while the previous half is stored: (j, 1)
+    // during the stores of (j, 0), (j + 1, 0) during those of (j, 1). With NB = 3 the buffer
+    // of j - 1 (both its groups complete in both warpgroups by the pair barrier of j + 1)
+    // takes j + 2 there; with NB = 2 the buffer of j takes j + 2 after a second barrier.
+    // Otherwise (f32, whose stores alone take the write floor's time): one group per tile,
+    // stored once complete; at the barrier of j + 1 the buffer of j (NB = 2) or j - 1 takes j + 2.
+    auto body = [&](int tile, int s, bool more) {
+        const int sn = s + 1 == LB_WG_NB ? 0 : s + 1;  // the next tile's buffer
+        const int free_buf = LB_WG_NB == 3 ? (s == 0 ? 2 : s - 1) : s;
+        lb_wg_wait<0>();  // half 0 (LB_WG_SPLIT) or all of this tile
+        if (LB_WG_SPLIT) {
+            mma(s, 1);
+            store(tile, 0);
+            if (more) {
+                lb_wait<0>();
+                lb_fence_async_smem();
+                lb_pair_bar(1 + pair);  // the next tile's A visible to both warpgroups
+                if (LB_WG_NB == 3) load_a(tile + 2 * step, free_buf);
+            }
+            lb_wg_wait<0>();  // half 1 of this tile
+            if (more) {
+                if (LB_WG_NB == 2) {
+                    lb_pair_bar(1 + pair);  // both warpgroups are past this tile's mma
+                    load_a(tile + 2 * step, free_buf);
+                }
+                mma(sn, 0);
+            }
+            store(tile, 1);
+        } else {
+            store(tile, 2);
+            if (more) {
+                lb_wait<0>();
+                lb_fence_async_smem();
+                lb_pair_bar(1 + pair);  // the next tile's A visible, this tile's mma done
+                load_a(tile + 2 * step, free_buf);
+                mma(sn, 2);
+            }
+        }
+        return sn;
+    };
+    if (first < m_tiles) {
+        mma(0, LB_WG_SPLIT ? 0 : 2);
+        int tile = first, s = 0;
+        for (; tile + step < m_tiles; tile += step) s = body(tile, s, true);
+        body(tile, s, false);
     }
     lb_wait<0>();
 }

@@ -327,6 +327,30 @@ __device__ __forceinline__ void lb_wgmma(int (&d)[64], u64 da, u64 db, int acc) 
     }
 }
 
+// D[64x64] (+)= A[64x32] . B[64x32]^T into d[32 H ..][32]: half H of an m64n128 tile's
+// registers (the same rows and columns as there, B from its 64 rows 64 H..).
+#define LB_R32(i) LB_R16(i), LB_R16(i + 16)
+#define LB_WG_D32 \
+    "{%0, %1, %2, %3, %4, %5, %6, %7," \
+    "%8, %9, %10, %11, %12, %13, %14, %15," \
+    "%16, %17, %18, %19, %20, %21, %22, %23," \
+    "%24, %25, %26, %27, %28, %29, %30, %31}"
+#define LB_WGMMA64_ASM(TY)                                                                   \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"                                \
+                 "wgmma.mma_async.sync.aligned.m64n64k32.s32." TY ".s8 " LB_WG_D32            \
+                 ", %32, %33, p;\n}\n"                                                       \
+                 : LB_R32(32 * H)                                                            \
+                 : "l"(da), "l"(db), "r"(acc)                                                \
+                 : "memory")
+template <bool UNS, int H>
+__device__ __forceinline__ void lb_wgmma_n64(int (&d)[64], u64 da, u64 db, int acc) {
+    if (UNS) {
+        LB_WGMMA64_ASM("u8");
+    } else {
+        LB_WGMMA64_ASM("s8");
+    }
+}
+
 // The same with A (s8) from registers: a[0..3] = (row g, word t), (g+8, t), (g, t+4),
 // (g+8, t+4) of the warp's 16 rows (the mma.sync A fragment); B is u8 when UNS. The registers
 // must stay unchanged until the wgmma has completed (wgmma.wait_group).

@@ -391,6 +391,34 @@ fn lowrank_on_wgmma() {
     });
 }
 
+/// `lowrank_wgmma`'s tile pipeline over several tiles per warpgroup pair: with one CTA per
+/// column tile each pair walks every other 64-row tile (4 and 3 here), reusing its A buffers
+/// (three at D = 256, two at D = 384); with three CTAs, a pair's tiles are 6 apart. Every
+/// input variant and epilogue (16-bit outputs take the split pipeline, f32 the whole-tile
+/// one), tiles crossing batches with Hin = H, a partial last tile and column tile.
+#[test]
+fn lowrank_wgmma_pipeline() {
+    if wgmma_backend().is_none() {
+        return;
+    }
+    let ops = [
+        lr([3, 4, 150, 256], [4, 256, 300], 300),
+        lr([1, 1, 333, 384], [2, 384, 256], 256),
+    ];
+    for ctas in [1, 3] {
+        let dev = CudaDevice::new(0)
+            .and_then(|d| d.with_family(KernelFamily::Mma))
+            .and_then(|d| d.with_lowrank_row_ctas(ctas))
+            .unwrap_or_else(|e| panic!("{ctas} row CTAs: {e}"));
+        let b: &'static CudaBackend = Box::leak(Box::new(CudaBackend::from_device(dev)));
+        run_on_mma(b, "LB_WGMMA=1", |ctx| {
+            let name = format!("wgmma lowrank, {ctas} row CTAs");
+            crate::large_cases(ctx, &name, &ops, 107);
+            crate::epilogue_cases(ctx, &name, &ops, 108);
+        });
+    }
+}
+
 #[test]
 fn decoder_random_shapes() {
     run_mma("decoder_tail_mma", decoder_random);

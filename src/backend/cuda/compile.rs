@@ -328,11 +328,12 @@ pub(crate) fn compile_checked(
     );
     if std::env::var("LOWBIT_PTXAS_REPORT").is_ok() {
         println!("== sm_{}{} {name}", cc.0, cc.1);
-        for line in c
-            .log
-            .lines()
-            .filter(|l| l.contains("registers") || l.contains("spill") || l.contains("Compiling"))
-        {
+        for line in c.log.lines().filter(|l| {
+            l.contains("registers")
+                || l.contains("spill")
+                || l.contains("Compiling")
+                || l.contains("serialized")
+        }) {
             println!("   {line}");
         }
     }

@@ -181,6 +181,9 @@ pub struct CudaDevice {
     pub(crate) wgmma: bool,
     /// `decoder_wgmma`'s largest split cluster (`LOWBIT_CUDA_WGMMA_ZCLUSTER`).
     pub(crate) dw_zcluster: usize,
+    /// `lowrank_wgmma`'s CTAs per column tile, when set ([`CudaDevice::with_lowrank_row_ctas`];
+    /// else as many as fill the SMs).
+    pub(crate) wg_row_ctas: Option<usize>,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
     pub(crate) pdl: Pdl,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
@@ -311,6 +314,7 @@ impl CudaDevice {
             small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
             wgmma,
             dw_zcluster,
+            wg_row_ctas: None,
             pdl,
             small,
             cache: Mutex::new(ModuleCache::default()),
