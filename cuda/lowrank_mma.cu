@@ -86,7 +86,8 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     // pair and jn through a shuffle: ptxas then knows them warp-uniform, so the tile loop
     // (which keeps wgmma groups in flight across iterations) is not a divergent path.
     const int tid = threadIdx.x, pt = tid & 255;
-    const int pair = __shfl_sync(0xffffffffu, tid >> 8, 0), jn = __shfl_sync(0xffffffffu, (tid >> 7) & 1, 0);
+    const int pair = __shfl_sync(0xffffffffu, tid >> 8, 0);
+    const int jn = __shfl_sync(0xffffffffu, (tid >> 7) & 1, 0);
     const int h = blockIdx.x / p.tiles_n, n0 = (blockIdx.x % p.tiles_n) * LB_WG_BN;
     const int ah = p.a_heads == 1 ? 0 : h;
 

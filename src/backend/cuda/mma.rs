@@ -161,9 +161,9 @@ const WGMMA_SMEM_BUDGET: usize = 227 * 1024;
 
 /// A-tile buffers per warpgroup pair of `lowrank_wgmma` for `kpw` resident k words, split
 /// ([`wgmma_split`]) or not: three where the split pipeline has them within
-/// [`WGMMA_SMEM_BUDGET`] (D ≤ 256: the buffer of the tile before last takes the next but
-/// one), else two (split, the pair then meets once more per tile). Passed to the kernel as
-/// `LB_WG_NB`.
+/// [`WGMMA_SMEM_BUDGET`] (D ≤ 256: tile j + 2 loads into tile j − 1's buffer while tile j is
+/// computed and stored), else two (split, the pair then meets once more per tile). Passed to
+/// the kernel as `LB_WG_NB`.
 pub const fn wgmma_buffers(kpw: usize, split: bool) -> usize {
     if split && wgmma_smem_with(kpw, 3) <= WGMMA_SMEM_BUDGET {
         3
@@ -535,13 +535,14 @@ impl CudaDevice {
     }
 
     /// Does `lowrank_wgmma` run this low-rank projection (sm_90a, K ≤ `WGMMA_MAX_KPW` words,
-    /// fewer than 2^31 output rows, not switched off by [`WGMMA_ENV`] or [`CudaDevice::with_wgmma`])?
+    /// fewer than 2^31 output rows, not switched off by [`WGMMA_ENV`] or
+    /// [`CudaDevice::with_wgmma`])?
     pub fn wgmma_lowrank_ok(&self, shape: &LowrankShape) -> bool {
         let kpw = shape.k_words().next_multiple_of(32);
         self.wgmma
             && self.mma_lowrank_ok(shape)
             && kpw <= WGMMA_MAX_KPW
-            && wgmma_smem(kpw, true) <= self.smem_optin()
+            && wgmma_smem(kpw, true) <= self.smem_optin() // the larger of the two layouts
             // The kernel indexes output rows (B·H·T of them) in 32 bits.
             && shape.m().checked_mul(shape.heads).is_some_and(|r| r <= i32::MAX as usize)
     }
@@ -1199,9 +1200,9 @@ mod tests {
     /// Spill stores a wgmma kernel may have (bytes, per ptxas). `decoder_wgmma` holds 64
     /// accumulators and two 16-word fragment buffers per thread at 128 registers (512
     /// threads): ptxas spills a few words (12-16 bytes, in the edge-chunk loads).
-    /// `lowrank_wgmma` holds one column half's 32 accumulators in flight while it stores the
-    /// other's (16-bit outputs): at D = 384 ptxas spills a few words (4-20 bytes), at
-    /// D ≤ 256 none. More than the budget is a regression.
+    /// `lowrank_wgmma` (16-bit outputs) holds one column half's 32 accumulators in flight
+    /// while it stores the other's: at D = 384 ptxas spills a few words (4-20 bytes, f32
+    /// output too), at D ≤ 256 none. More than the budget is a regression.
     fn wgmma_spill_budget(id: KernelId) -> usize {
         match id {
             KernelId::DecoderWgmma => 64,
@@ -1254,7 +1255,7 @@ mod tests {
                     c.log
                 );
                 // ptxas falls back to waiting for every wgmma when it cannot prove the
-                // accumulators of one in flight untouched (C7510-C7520): a silent 2x.
+                // accumulators of one in flight untouched (C7514, C7518, ...): silently slow.
                 assert!(
                     !c.log.contains("are serialized"),
                     "{defines:?}: wgmma serialized\n{}",
