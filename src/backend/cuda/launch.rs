@@ -1220,7 +1220,7 @@ mod tests {
                 let hot =
                     defines.contains(&d("LB_MODE", 0)) && defines.iter().any(|(k, _)| k == "LB_BM");
                 if seen.insert((cc, id.stem(), defines.clone())) {
-                    compile::compile_checked(id.stem(), cc, &defines, hot);
+                    compile::compile_checked(id.stem(), cc, &defines, hot.then_some(0));
                 }
             }
         }

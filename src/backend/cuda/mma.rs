@@ -1211,25 +1211,6 @@ mod tests {
         }
     }
 
-    /// The "N bytes spill stores" of a ptxas report (the largest, if several functions).
-    fn spill_store_bytes(log: &str) -> usize {
-        log.lines()
-            .filter_map(|l| {
-                let i = l.find(" bytes spill stores")?;
-                l[..i].rsplit(' ').next()?.parse::<usize>().ok()
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
-    #[test]
-    fn spill_report_parses() {
-        let log =
-            "ptxas         .     8 bytes stack frame, 12 bytes spill stores, 16 bytes spill loads";
-        assert_eq!(spill_store_bytes(log), 12);
-        assert_eq!(spill_store_bytes("Used 128 registers"), 0);
-    }
-
     /// Compiles every module variant with NVRTC (no GPU needed) for sm_80 and sm_90; skips
     /// loudly when libnvrtc is absent (see [`compile::compile_checked`] for its variables).
     #[test]
@@ -1240,27 +1221,12 @@ mod tests {
         }
         for cc in [(8, 0), (9, 0)] {
             for (id, defines) in mma_module_variants() {
-                compile::compile_checked(id.stem(), cc, &defines, true);
+                compile::compile_checked(id.stem(), cc, &defines, Some(0));
             }
         }
         if wgmma_capable((9, 0)) {
             for (id, defines) in wgmma_module_variants() {
-                let Some(c) = compile::compile_checked(id.stem(), (9, 0), &defines, false) else {
-                    continue;
-                };
-                let spilled = spill_store_bytes(&c.log);
-                assert!(
-                    spilled <= wgmma_spill_budget(id),
-                    "{defines:?}: {spilled} bytes of spill stores\n{}",
-                    c.log
-                );
-                // ptxas falls back to waiting for every wgmma when it cannot prove the
-                // accumulators of one in flight untouched (C7514, C7518, ...): silently slow.
-                assert!(
-                    !c.log.contains("are serialized"),
-                    "{defines:?}: wgmma serialized\n{}",
-                    c.log
-                );
+                compile::compile_checked(id.stem(), (9, 0), &defines, Some(wgmma_spill_budget(id)));
             }
         } else {
             eprintln!("SKIPPED: this NVRTC does not know sm_90; wgmma sources not compiled");
