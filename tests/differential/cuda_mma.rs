@@ -19,7 +19,7 @@ use lowbit_kernels::{BackendKind, reference};
 type Cell = OnceLock<Result<CudaBackend, String>>;
 
 /// A CUDA device forced onto the mma family, set up by `setup`.
-fn open_mma(setup: fn(CudaDevice) -> CudaBackend) -> Result<CudaBackend, String> {
+fn open_mma(setup: impl FnOnce(CudaDevice) -> CudaBackend) -> Result<CudaBackend, String> {
     CudaDevice::new(0)
         .and_then(|d| d.with_family(KernelFamily::Mma))
         .map(setup)
@@ -406,11 +406,9 @@ fn lowrank_wgmma_pipeline() {
         lr([1, 1, 333, 384], [2, 384, 256], 256),
     ];
     for ctas in [1, 3] {
-        let dev = CudaDevice::new(0)
-            .and_then(|d| d.with_family(KernelFamily::Mma))
-            .and_then(|d| d.with_lowrank_row_ctas(ctas))
-            .unwrap_or_else(|e| panic!("{ctas} row CTAs: {e}"));
-        let b: &'static CudaBackend = Box::leak(Box::new(CudaBackend::from_device(dev)));
+        let b = tuned_mma_backend(&format!("{ctas} row CTAs"), |d| {
+            d.with_lowrank_row_ctas(ctas)
+        });
         run_on_mma(b, "LB_WGMMA=1", |ctx| {
             let name = format!("wgmma lowrank, {ctas} row CTAs");
             crate::large_cases(ctx, &name, &ops, 107);
@@ -492,17 +490,27 @@ fn decoder_wgmma_split_clusters() {
     ];
     let eight = [dec([1, 1, 2048, 2048], [2048, 256])];
     for (zc, ops) in [(2, &two[..]), (8, &eight[..])] {
-        let dev = CudaDevice::new(0)
-            .and_then(|d| d.with_family(KernelFamily::Mma))
-            .and_then(|d| d.with_decoder_zcluster(zc))
-            .unwrap_or_else(|e| panic!("split cluster {zc}: {e}"));
-        let b: &'static CudaBackend = Box::leak(Box::new(CudaBackend::from_device(dev)));
+        let b = tuned_mma_backend(&format!("split cluster {zc}"), |d| {
+            d.with_decoder_zcluster(zc)
+        });
         run_on_mma(b, &format!("LB_DW_ZC={zc} "), |ctx| {
             let name = format!("wgmma decoder_tail, {zc} splits in a cluster");
             crate::large_cases(ctx, &name, ops, 117);
             crate::epilogue_cases(ctx, &name, &ops[ops.len() - 1..], 118);
         });
     }
+}
+
+/// A backend of its own on device 0's mma family with `tune` applied (for the tests of one
+/// setting; leaked, like the shared backends).
+fn tuned_mma_backend(
+    what: &str,
+    tune: impl FnOnce(CudaDevice) -> lowbit_kernels::Result<CudaDevice>,
+) -> &'static CudaBackend {
+    let b =
+        open_mma(|d| CudaBackend::from_device(tune(d).unwrap_or_else(|e| panic!("{what}: {e}"))))
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    Box::leak(Box::new(b))
 }
 
 /// [`run_on_mma`] for each of `cases` in turn.
