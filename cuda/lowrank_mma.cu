@@ -159,22 +159,12 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     auto mma = [&](int s, int H) {
         const u64 da = da0 + (u64)(s * tile16), db = db0 + (u64)((H & 1) * 64 * 128 >> 4);
         lb_wg_fence();
-        // Descriptor start addresses in 16-byte units.
         if (H == 2) {
-#pragma unroll
-            for (int k = 0; k < 4 * np; ++k)
-                lb_wgmma<UNS>(d, da + (u64)((k >> 2) * a16 + (k & 3) * 2),
-                              db + (u64)((k >> 2) * b16 + (k & 3) * 2), k > 0);
+            lb_wgmma_steps<UNS, 2, np>(d, da, db, a16, b16);
         } else if (H == 0) {
-#pragma unroll
-            for (int k = 0; k < 4 * np; ++k)
-                lb_wgmma_n64<UNS, 0>(d, da + (u64)((k >> 2) * a16 + (k & 3) * 2),
-                                     db + (u64)((k >> 2) * b16 + (k & 3) * 2), k > 0);
+            lb_wgmma_steps<UNS, 0, np>(d, da, db, a16, b16);
         } else {
-#pragma unroll
-            for (int k = 0; k < 4 * np; ++k)
-                lb_wgmma_n64<UNS, 1>(d, da + (u64)((k >> 2) * a16 + (k & 3) * 2),
-                                     db + (u64)((k >> 2) * b16 + (k & 3) * 2), k > 0);
+            lb_wgmma_steps<UNS, 1, np>(d, da, db, a16, b16);
         }
         lb_wg_commit();
     };

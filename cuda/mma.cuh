@@ -351,6 +351,23 @@ __device__ __forceinline__ void lb_wgmma_n64(int (&d)[64], u64 da, u64 db, int a
     }
 }
 
+// The K steps of one tile, in 16-byte descriptor units from `da` and `db` (operands in
+// 128-byte planes of a16 / b16 units, four k32 steps per plane): into all of d (H = 2,
+// m64n128) or its half H (m64n64).
+template <bool UNS, int H, int NP>
+__device__ __forceinline__ void lb_wgmma_steps(int (&d)[64], u64 da, u64 db, int a16, int b16) {
+#pragma unroll
+    for (int k = 0; k < 4 * NP; ++k) {
+        const u64 a = da + (u64)((k >> 2) * a16 + (k & 3) * 2);
+        const u64 b = db + (u64)((k >> 2) * b16 + (k & 3) * 2);
+        if constexpr (H == 2) {
+            lb_wgmma<UNS>(d, a, b, k > 0);
+        } else {
+            lb_wgmma_n64<UNS, H>(d, a, b, k > 0);
+        }
+    }
+}
+
 // The same with A (s8) from registers: a[0..3] = (row g, word t), (g+8, t), (g, t+4),
 // (g+8, t+4) of the warp's 16 rows (the mma.sync A fragment); B is u8 when UNS. The registers
 // must stay unchanged until the wgmma has completed (wgmma.wait_group).
