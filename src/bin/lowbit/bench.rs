@@ -19,7 +19,7 @@ use crate::timers::{CpuTimer, Inputs, Op, Timer, TraitTimer};
 pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowrank|decoder-tail|quantize|all]
              [--variant packed|f32|all] [--m 1,16,512,2048,8192] [--d 256] [--h 4] [--n 8192]
              [--iters K] [--json FILE] [--peers FILE] [--transfers] [--no-graph]
-             [--weights i8x4|ternary2] [--out f32|f16|bf16] [--relu]
+             [--idle] [--weights i8x4|ternary2] [--out f32|f16|bf16] [--relu]
   Times each op at BDH shapes (tokens M, embedding D, heads H, latent N):
     lowrank       x[1,1,M,D] . W[H,D,N]   -> [1,H,M,N]   (2*M*H*D*N int ops)
     decoder-tail  y[1,H,M,N] . W[H*N,D]   -> [1,1,M,D]   (2*M*H*N*D int ops)
@@ -34,7 +34,10 @@ pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowran
   times them as replays of a CUDA graph of 8 runs (4 replays per sample, so the host's launch
   latency is not counted; --no-graph times single launches instead; 'PDL' in the timing
   column: on sm_90+ each run's kernels may start while the previous run's finish, see
-  LOWBIT_CUDA_PDL). After such rows CUDA prints the weight-stream floor of each weight size:
+  LOWBIT_CUDA_PDL). Above M = 16 CUDA zeroes 256 MB on the stream before each timed run, as
+  triton.testing.do_bench does for the torch peers: the L2 starts cold and the host's launch
+  latency is hidden behind the memset ('after a 256 MB L2 flush'); --idle times each run on an
+  idle stream instead (the host's launch latency counted). After such rows CUDA prints the weight-stream floor of each weight size:
   the same graph replay of kernels that only read their weights once (1, 2, 4 blocks/SM).
   --out f16|bf16 and --relu (CUDA's device API only) time the projections with that fused
   epilogue (variants *-bf16, *-relu); the output bytes count 2 per element then.
@@ -350,12 +353,14 @@ fn weights(op: &str, dims: &Dims, rng: &mut Rng) -> lowbit_kernels::Result<Weigh
 }
 
 /// Opens the timer of `kind`: the backend's own fastest API, or the host-slice trait.
-/// `graphs`: CUDA times M <= 16 as graph replays.
+/// `graphs`: CUDA times M <= 16 as graph replays; `idle`: CUDA times larger M on an idle
+/// stream instead of after an L2 flush.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 fn open_timer(
     kind: BackendKind,
     transfers: bool,
     graphs: bool,
+    idle: bool,
     ternary2: bool,
     epilogue: Epilogue,
 ) -> lowbit_kernels::Result<Box<dyn Timer>> {
@@ -380,6 +385,7 @@ fn open_timer(
         BackendKind::Cuda => {
             let mut t = crate::timers::CudaTimer::new(0)?;
             t.graphs = graphs;
+            t.idle = idle;
             t.ternary2 = ternary2;
             t.epilogue = epilogue;
             Ok(Box::new(t))
@@ -398,7 +404,7 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
             "backend", "op", "variant", "m", "d", "h", "n", "iters", "json", "peers", "weights",
             "out",
         ],
-        &["transfers", "no-graph", "relu"],
+        &["transfers", "no-graph", "idle", "relu"],
     )?;
     args.at_most_positional(0)?;
     let kinds = parse_backends(args.value("backend"))?;
@@ -459,7 +465,15 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
     let mut failed = false;
     for &kind in &kinds {
         let graphs = !args.switch("no-graph");
-        match open_timer(kind, args.switch("transfers"), graphs, ternary2, epilogue) {
+        let idle = args.switch("idle");
+        match open_timer(
+            kind,
+            args.switch("transfers"),
+            graphs,
+            idle,
+            ternary2,
+            epilogue,
+        ) {
             Ok(t) => backends.push(t),
             Err(LowbitError::BackendUnavailable { reason, .. }) if !required.contains(&kind) => {
                 eprintln!("skipping {kind}: {reason}");

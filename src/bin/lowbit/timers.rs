@@ -3,7 +3,10 @@
 //! * CPU: `CpuBackend::*_into` with preallocated outputs (wall clock; `host`);
 //! * CUDA: the device-resident ops on buffers uploaded once, timed with CUDA events
 //!   (`device (CUDA events)`), with the dp4a and copy-bandwidth ceilings of
-//!   `backend::cuda::microbench` for the `% peak` / `% bw` columns;
+//!   `backend::cuda::microbench` for the `% peak` / `% bw` columns. Above M = 16 each timed
+//!   run follows a 256 MB memset on the stream, as `triton.testing.do_bench` (the torch
+//!   peers' timer) does: a cold L2 and the host's launch latency hidden, for both sides
+//!   (`... after a 256 MB L2 flush`; `--idle` times on an idle stream instead);
 //! * wgpu: the device-resident ops, timed with GPU timestamp queries where the adapter has
 //!   them (`device (GPU timestamps)`), else wall clock with a blocking poll inside the timed
 //!   region (`device (wall + poll)`);
@@ -340,7 +343,18 @@ mod cuda {
         pub ternary2: bool,
         /// The projections' fused epilogue (output dtype, ReLU).
         pub epilogue: Epilogue,
+        /// Time M > COLD_MAX_M on an idle stream (the host's launch latency counted) instead
+        /// of after an L2 flush.
+        pub idle: bool,
+        /// The [`FLUSH_BYTES`] zeroed before each timed run at M > COLD_MAX_M.
+        flush: Option<CudaSlice<u8>>,
     }
+
+    /// Bytes zeroed on the stream before each timed run at M > COLD_MAX_M, as
+    /// `triton.testing.do_bench` (which times the torch peers) zeroes 256 MB before each of
+    /// its runs: the L2 starts cold, and the host's launch latency is hidden behind the
+    /// memset, for our kernels as for the peer's.
+    const FLUSH_BYTES: usize = 256 << 20;
 
     /// The projections' output buffer, per the epilogue's dtype.
     enum OutBuf {
@@ -396,6 +410,8 @@ mod cuda {
                 graphs: true,
                 ternary2: false,
                 epilogue: Epilogue::default(),
+                idle: false,
+                flush: None,
             })
         }
     }
@@ -479,7 +495,24 @@ mod cuda {
             Ok(())
         }
         fn time(&mut self, op: &Op, inputs: &Inputs<'_>, iters: usize) -> Result<Sampled> {
+            if !self.idle && self.flush.is_none() && op.m() > COLD_MAX_M {
+                self.flush = Some(self.dev.alloc_zeros::<u8>(FLUSH_BYTES)?);
+            }
+            let mut flush = self.flush.as_mut().filter(|_| !self.idle);
+            let timing = if flush.is_some() {
+                Some("device (CUDA events, after a 256 MB L2 flush)")
+            } else {
+                None
+            };
             let dev = &self.dev;
+            let mut timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+                if let Some(buf) = flush.as_deref_mut() {
+                    dev.stream()
+                        .memset_zeros(buf)
+                        .map_err(driver("cuMemsetD8Async"))?;
+                }
+                Ok(time_events(dev, 1, f)?.as_secs_f64())
+            };
             let rotate = if op.m() <= COLD_MAX_M {
                 self.weights.len()
             } else {
@@ -546,20 +579,21 @@ mod cuda {
                         self.graph_weight_bytes.insert(4 * weights[0].len());
                         return time_graph(dev, rotate, iters, |i| run(&weights[i]));
                     }
-                    sample(iters, || {
+                    let mut s = sample(iters, || {
                         let w = &weights[k % rotate.max(1)];
                         k += 1;
-                        let d = time_events(dev, 1, || run(w))?;
-                        Ok(d.as_secs_f64())
-                    })
+                        timed(&mut || run(w))
+                    })?;
+                    s.timing = timing;
+                    Ok(s)
                 }
                 Op::Quantize(shape) => {
                     let Some(x) = &x else {
                         return Err(no_input());
                     };
                     let mut out = dev.alloc_zeros::<u32>(shape.words_len())?;
-                    sample(iters, || {
-                        let d = time_events(dev, 1, || {
+                    let mut s = sample(iters, || {
+                        timed(&mut || {
                             dev.quantize_pack_i8x4(
                                 x,
                                 *shape,
@@ -567,9 +601,10 @@ mod cuda {
                                 DeviceScale::Compute(&mut scale),
                                 &mut out,
                             )
-                        })?;
-                        Ok(d.as_secs_f64())
-                    })
+                        })
+                    })?;
+                    s.timing = timing;
+                    Ok(s)
                 }
             }
         }
