@@ -240,6 +240,23 @@ __device__ __forceinline__ void lb_pdl_prologue(int pdl, const u32* b, long long
 #endif
 }
 
+// The large-M chain `absmean_scale -> mma_prep_a -> projection` (mma.rs) launches its later
+// kernels with programmatic stream serialization too: each lets the next one start at once and
+// waits for the previous one (here) before reading anything it may have written, the
+// projection after prefetching its weights into L2 (lb_pdl_prologue, pdl 2).
+__device__ __forceinline__ void lb_pdl_launch_next() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void lb_pdl_chain(int pdl) {
+#if __CUDA_ARCH__ >= 900
+    if (pdl == 0) return;
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 // Four consecutive B words of row `r` starting at column c (zero past ncols).
 __device__ __forceinline__ uint4 lb_b_word4(const u32* b, long ldb, long r, long c, long ncols,
                                             bool vec) {

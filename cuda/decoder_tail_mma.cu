@@ -24,6 +24,7 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS) decoder_mma_small(Lb
 // for misaligned words); ldo = round_up(kw, 4) words per row.
 extern "C" __global__ void __launch_bounds__(256) mma_prep_a(LbMma p, u32* dst, long long rows,
                                                              int ldo) {
+    lb_pdl_chain(p.pdl);
     const float s = LB_MODE == LB_A_F32 ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
     const int qpr = ldo / 4;
     const long long total = rows * qpr;

@@ -90,6 +90,9 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     const int jn = __shfl_sync(0xffffffffu, (tid >> 7) & 1, 0);
     const int h = blockIdx.x / p.tiles_n, n0 = (blockIdx.x % p.tiles_n) * LB_WG_BN;
     const int ah = p.a_heads == 1 ? 0 : h;
+    if (p.pdl)  // in a chain after mma_prep_a: only the weights' L2 prefetch overlaps it
+        lb_pdl_prologue(2, p.b + (long long)h * p.b_head_rows * p.ldb, p.ldb, 0, p.kw, n0,
+                        min(n0 + LB_WG_BN, min(p.ncols, p.bcols)));
 
     // The weight tile, gathered word by word by 4-byte cp.asyncs: smem row c is column
     // n0 + lb_wg_col(c) (zero past N, latent_out and kw).

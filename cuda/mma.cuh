@@ -79,7 +79,9 @@ struct LbMma {
     int b_vec;              // 16-byte weight cp.async legal (ldb % 4 == 0, aligned)
     int c_vec;              // vector output stores legal (ldc % 4 == 0, aligned)
     int p_vec;              // vector partial stores legal (ncols % 4 == 0)
+    int pdl;                // launched in a programmatic chain (lb_pdl_chain): 0 no, 1 yes
 };
+static_assert(sizeof(LbMma) == 160, "LbMma: the layout of mma.rs");
 
 __device__ __forceinline__ unsigned lb_smem(const void* p) {
     return (unsigned)__cvta_generic_to_shared(p);

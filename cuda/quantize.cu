@@ -14,6 +14,7 @@ extern "C" __global__ void __launch_bounds__(LB_RED_THREADS)
                   float* scale_out) {
     __shared__ double red[LB_RED_THREADS];
     __shared__ unsigned is_last;
+    lb_pdl_launch_next();  // a kernel launched after this one in a PDL chain waits for it
     const int tid = threadIdx.x;
     double sum = 0.0;
     for (long long i = blockIdx.x * (long long)LB_RED_THREADS + tid; i < n;

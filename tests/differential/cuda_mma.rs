@@ -501,6 +501,109 @@ fn decoder_wgmma_split_clusters() {
     }
 }
 
+/// The large-M chain `absmean_scale -> mma_prep_a -> lowrank_wgmma` (under programmatic
+/// dependent launch where the device has it, and with it off) queued back to back without a
+/// synchronization: f32 input with a computed scale, codes with a host scale (whose
+/// `mma_prep_a` follows the previous projection directly, overwriting the scratch that
+/// projection reads), f32 with a device scale, on shapes of different sizes. Every output is
+/// poisoned first and must equal the reference bit for bit.
+#[test]
+fn lowrank_chain_back_to_back() {
+    if wgmma_backend().is_none() {
+        return;
+    }
+    let mut rng = Rng::new(121);
+    let shapes = [
+        LowrankShape::bdh(700, 4, 256, 520).unwrap(),
+        LowrankShape::new([2, 1, 150, 256], [2, 256, 300], 300).unwrap(),
+        LowrankShape::bdh(1100, 4, 256, 264).unwrap(),
+    ];
+    for pdl in [None, Some(Pdl::Off)] {
+        let b = tuned_mma_backend("chain", |d| {
+            Ok(match pdl {
+                Some(p) => d.with_programmatic_launch(p),
+                None => d,
+            })
+        });
+        let dev = b.device();
+        println!("[cuda mma] chain: {:?}", dev.programmatic_launch());
+        // (shape, x, w codes, w words, host scale of the codes run)
+        let cases: Vec<_> = (0..6)
+            .map(|i| {
+                let shape = shapes[i % shapes.len()];
+                let x = rng.normals(shape.x_len(), 1.0 + i as f32);
+                let w = rng.ternary(shape.w_len());
+                let (h, d, n) = (shape.heads, shape.embd, shape.latent);
+                let words = lowbit_kernels::pack_lowrank_weight_codes_i8x4(&w, h, d, n).unwrap();
+                (shape, x, w, words)
+            })
+            .collect();
+        let host_scale = |x: &[f32]| reference_scale(x);
+        let codes_of = |x: &[f32], s: f32| -> Vec<i32> {
+            x.iter()
+                .map(|&v| lowbit_kernels::quant::activation_code(v, s, Fmt::Int8))
+                .collect()
+        };
+        let xs: Vec<_> = cases.iter().map(|c| dev.upload(&c.1).unwrap()).collect();
+        let cs: Vec<_> = cases
+            .iter()
+            .map(|c| dev.upload(&codes_of(&c.1, host_scale(&c.1))).unwrap())
+            .collect();
+        let ws: Vec<_> = cases.iter().map(|c| dev.upload(&c.3).unwrap()).collect();
+        let mut outs: Vec<_> = cases
+            .iter()
+            .map(|c| dev.upload(&vec![f32::NAN; c.0.out_len()]).unwrap())
+            .collect();
+        let mut computed: Vec<_> = (0..cases.len())
+            .map(|_| dev.upload(&[f32::NAN]).unwrap())
+            .collect();
+        let given: Vec<_> = cases
+            .iter()
+            .map(|c| dev.upload(&[host_scale(&c.1)]).unwrap())
+            .collect();
+        for (i, ((c, o), sd)) in cases.iter().zip(&mut outs).zip(&mut computed).enumerate() {
+            let (input, scale) = match i % 3 {
+                0 => (DeviceAct::F32(&xs[i]), DeviceScale::Compute(sd)),
+                1 => (
+                    DeviceAct::Codes(&cs[i]),
+                    DeviceScale::Param(host_scale(&c.1)),
+                ),
+                _ => (DeviceAct::F32(&xs[i]), DeviceScale::Buffer(&given[i])),
+            };
+            let ep = Epilogue::default();
+            dev.lowrank(
+                &c.0,
+                input,
+                Fmt::Int8,
+                scale,
+                &ws[i],
+                0.05,
+                1,
+                ep,
+                DeviceOut::F32(o),
+            )
+            .unwrap();
+        }
+        for (i, c) in cases.iter().enumerate() {
+            let a = if i % 3 == 0 {
+                dev.download(&computed[i]).unwrap()[0]
+            } else {
+                host_scale(&c.1)
+            };
+            let exp = reference::lowrank_projection_codes(&c.0, &codes_of(&c.1, a), &c.2, a, 0.05)
+                .unwrap();
+            let r = compare_f32(&exp, &dev.download(&outs[i]).unwrap());
+            assert!(r.bit_exact(), "chain {pdl:?}, call {i}: {r}");
+        }
+        assert!(
+            dev.compile_logs()
+                .iter()
+                .any(|(m, _)| m.contains("LB_WGMMA=1")),
+            "the chain did not reach lowrank_wgmma"
+        );
+    }
+}
+
 /// A backend of its own on device 0's mma family with `tune` applied (for the tests of one
 /// setting; leaked, like the shared backends).
 fn tuned_mma_backend(

@@ -131,7 +131,9 @@ pub const PDL_ENV: &str = "LOWBIT_CUDA_PDL";
 
 /// Programmatic dependent launch of the small-M kernels (sm_90+): each may start while the
 /// previous kernel of the stream runs, prefetch its weights into L2, and wait for it before
-/// touching anything else. The value is what the kernels see (`LbProblem::pdl`).
+/// touching anything else. The value is what the kernels see (`LbProblem::pdl`). Unless it
+/// is [`Pdl::Off`], the large-M low-rank chain `absmean_scale -> mma_prep_a -> lowrank_wgmma`
+/// (codes or f32 input) runs the same way: each kernel lets the next start at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
 pub enum Pdl {
@@ -330,7 +332,7 @@ impl CudaDevice {
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }
-    /// How the small-M kernels are launched.
+    /// How the small-M kernels (and, unless off, the large-M low-rank chain) are launched.
     pub fn programmatic_launch(&self) -> Pdl {
         self.pdl
     }

@@ -396,7 +396,6 @@ impl CudaDevice {
         what: &str,
         small: bool,
     ) -> Result<()> {
-        use cudarc::driver::sys;
         let pdl = if small { self.pdl } else { Pdl::Off };
         let p = &LbProblem {
             pdl: pdl as i32,
@@ -410,6 +409,28 @@ impl CudaDevice {
             unsafe { b.launch(c) }.map_err(drv(context))?;
             return Ok(());
         }
+        let mut params = [p as *const LbProblem as *mut std::ffi::c_void];
+        // SAFETY: `params` holds the address of the kernel's one parameter; the rest per the
+        // caller's contract.
+        unsafe { self.launch_programmatic(f, c, &mut params, &context) }
+    }
+
+    /// Queues `f` with programmatic stream serialization allowed (`cuLaunchKernelEx`): it may
+    /// start before the previous kernel of the stream ends, so it must `griddepcontrol.wait`
+    /// before it reads or writes anything that kernel (or an earlier one) may touch.
+    ///
+    /// # Safety
+    /// `params` holds the address of each of the kernel's parameters, in order, alive for the
+    /// call (the driver copies them); every address in them covers what the kernel reads and
+    /// writes at this grid; the kernel waits as above.
+    pub(crate) unsafe fn launch_programmatic(
+        &self,
+        f: &CudaFunction,
+        c: LaunchConfig,
+        params: &mut [*mut std::ffi::c_void],
+        context: &str,
+    ) -> Result<()> {
+        use cudarc::driver::sys;
         self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
         let mut attr = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
@@ -430,9 +451,7 @@ impl CudaDevice {
             attrs: &mut attr,
             numAttrs: 1,
         };
-        let mut params = [p as *const LbProblem as *mut std::ffi::c_void];
-        // SAFETY: `params` holds the address of the kernel's one parameter, alive for the
-        // call (the driver copies it); the rest per the caller's contract.
+        // SAFETY: per the caller's contract.
         unsafe {
             sys::cuLaunchKernelEx(
                 &config,
@@ -442,7 +461,7 @@ impl CudaDevice {
             )
         }
         .result()
-        .map_err(drv(context))
+        .map_err(drv(context.to_string()))
     }
 
     /// Allows `smem` bytes of dynamic shared memory for `f`; returns its resident blocks on

@@ -21,9 +21,11 @@
 //!   are wgmma's register A fragments as they lie, and only y goes through smem; split-K
 //!   and the reduction as `decoder_tail_mma`.
 
+use std::ffi::c_void;
+
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, sys};
 
-use super::device::{CudaDevice, KernelFamily, drv};
+use super::device::{CudaDevice, KernelFamily, Pdl, drv};
 use super::launch::{LbProblem, Path, RawAct, RawScale, dtype_code, fmt_code};
 use super::tuning as t;
 use crate::config::LowBitActivationFormat;
@@ -262,6 +264,7 @@ pub(crate) struct LbMma {
     pub b_vec: i32,
     pub c_vec: i32,
     pub p_vec: i32,
+    pub pdl: i32,
 }
 
 // SAFETY: plain-old-data with the C layout of `LbMma`.
@@ -760,6 +763,8 @@ impl CudaDevice {
 
     /// Queues `mma_prep_a`: `rows` input rows of `p` (codes, f32 or misaligned words, per
     /// `mode`) packed into the scratch as zero-padded i8x4 rows of `round_up(kw, 4)` words.
+    /// Under programmatic dependent launch ([`CudaDevice::chained`]) it may start while the
+    /// previous kernel (the absmean reduction) ends, and lets the next one start at once.
     /// Returns the scratch address and that row length.
     ///
     /// # Safety
@@ -780,12 +785,34 @@ impl CudaDevice {
         let grid = (rows * ldo / 4)
             .div_ceil(256)
             .clamp(1, self.caps.multiprocessors.max(1) as usize * 16) as u32;
-        let mut b = self.stream.launch_builder(&prep);
-        b.arg(p).arg(&dst).arg(&rows64).arg(&ldo32);
-        // SAFETY: `dst` holds rows * ldo words; the input covers its extent (contract).
-        unsafe { b.launch(launch_cfg((grid, 1, 1), 256, 0)) }
-            .map_err(drv("cuLaunchKernel (mma_prep_a)"))?;
+        let c = launch_cfg((grid, 1, 1), 256, 0);
+        const WHAT: &str = "cuLaunchKernel (mma_prep_a)";
+        if self.chained() {
+            let p = LbMma { pdl: 1, ..*p };
+            let mut params = [
+                &p as *const LbMma as *mut c_void,
+                &dst as *const u64 as *mut c_void,
+                &rows64 as *const i64 as *mut c_void,
+                &ldo32 as *const i32 as *mut c_void,
+            ];
+            // SAFETY: `params` are the kernel's four parameters, alive for the call; `dst`
+            // holds rows * ldo words, the input covers its extent (contract); the kernel
+            // waits (`lb_pdl_chain`) before it reads or writes.
+            unsafe { self.launch_programmatic(&prep, c, &mut params, WHAT)? };
+        } else {
+            let mut b = self.stream.launch_builder(&prep);
+            b.arg(p).arg(&dst).arg(&rows64).arg(&ldo32);
+            // SAFETY: `dst` holds rows * ldo words; the input covers its extent (contract).
+            unsafe { b.launch(c) }.map_err(drv(WHAT))?;
+        }
         Ok((dst, ldo))
+    }
+
+    /// Whether the large-M chain `absmean_scale -> mma_prep_a -> lowrank_wgmma` runs under
+    /// programmatic dependent launch: where the device's [`Pdl`] is on (sm_90+, unless
+    /// `LOWBIT_CUDA_PDL=0`).
+    fn chained(&self) -> bool {
+        self.pdl != Pdl::Off
     }
 
     /// Queues the low-rank projection on the tensor cores. The request was validated by
@@ -932,9 +959,13 @@ impl CudaDevice {
         let f = self.function(KernelId::LowrankWgmma, wgmma_defines(uns, epilogue, kpw))?;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue));
         let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
+        let a_in = p.a;
         // SAFETY: forwarded contract. This kernel's 16-byte cp.asyncs need aligned i8x4 rows,
         // so misaligned words are packed too.
         unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, true)? };
+        // After this device's own mma_prep_a, the projection starts while it ends (its
+        // weights prefetched into L2, then `griddepcontrol.wait`).
+        p.pdl = i32::from(self.chained() && p.a != a_in);
         // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
         // the 64-row tiles are dealt over several CTAs per column tile as well.
         let row_ctas = self
@@ -946,12 +977,19 @@ impl CudaDevice {
             grid_dim(OP, "row CTAs", row_ctas)?,
             1,
         );
+        let c = launch_cfg(grid, WGMMA_THREADS, smem);
+        const WHAT: &str = "cuLaunchKernel (lowrank_wgmma)";
+        if p.pdl != 0 {
+            let mut params = [&p as *const LbMma as *mut c_void];
+            // SAFETY: as below; the kernel waits (`lb_pdl_prologue`) before anything but
+            // its weights' L2 prefetch.
+            return unsafe { self.launch_programmatic(&f, c, &mut params, WHAT) };
+        }
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p);
         // SAFETY: `p` mirrors the kernel's parameter; every address covers the shape's extent
         // (the caller's contract), loads past the valid extents are zero-filled in the kernel.
-        unsafe { b.launch(launch_cfg(grid, WGMMA_THREADS, smem)) }
-            .map_err(drv("cuLaunchKernel (lowrank_wgmma)"))?;
+        unsafe { b.launch(c) }.map_err(drv(WHAT))?;
         Ok(())
     }
 
@@ -1121,8 +1159,9 @@ mod tests {
 
     #[test]
     fn problem_struct_layout_matches_the_c_side() {
-        // 5 pointers + 4 i64 + 2 f32 + 18 i32 = 152 bytes.
-        assert_eq!(std::mem::size_of::<LbMma>(), 152);
+        // 5 pointers + 4 i64 + 2 f32 + 19 i32 = 156 bytes, padded to 160 (mma.cuh asserts
+        // the same size).
+        assert_eq!(std::mem::size_of::<LbMma>(), 160);
         assert_eq!(std::mem::align_of::<LbMma>(), 8);
     }
 
