@@ -1,8 +1,9 @@
 // quantize.cu — per-tensor activation quantization (SPEC.md).
 //   absmean_scale       scale = max(max(2*mean, EPS)/qmax, EPS), mean of |x| (of max(x,0) for
 //                       uint8pos), summed in f64 in a fixed order: per thread a fixed strided
-//                       run, a fixed tree per block, and the last block to finish sums the block
-//                       partials in block order — the same bits on every run.
+//                       run (of float4s where x is 16-byte aligned), a fixed tree per block,
+//                       and the last block to finish sums the block partials in block order —
+//                       the same bits on every run.
 //   quantize_codes      x -> one i32 code per element
 //   quantize_pack_i8x4  x[rows, k] -> words[rows, ceil(k/4)] (zero-padded last word)
 // Glossary: see common.cuh.
@@ -16,11 +17,23 @@ extern "C" __global__ void __launch_bounds__(LB_RED_THREADS)
     __shared__ unsigned is_last;
     lb_pdl_launch_next();  // a kernel launched after this one in a PDL chain waits for it
     const int tid = threadIdx.x;
+    const bool pos = fmt == LB_FMT_U8POS;
+    // 16-byte loads where x is aligned (the block's loads in flight at once), then the tail.
+    const long long n4 = ((unsigned long long)x & 15) == 0 ? n / 4 : 0;
+    const long long first = blockIdx.x * (long long)LB_RED_THREADS + tid;
+    const long long stride = (long long)gridDim.x * LB_RED_THREADS;
     double sum = 0.0;
-    for (long long i = blockIdx.x * (long long)LB_RED_THREADS + tid; i < n;
-         i += (long long)gridDim.x * LB_RED_THREADS) {
-        float v = x[i];
-        sum += (double)(fmt == LB_FMT_U8POS ? fmaxf(v, 0.0f) : fabsf(v));
+#pragma unroll 4
+    for (long long i = first; i < n4; i += stride) {
+        const float4 v = ((const float4*)x)[i];
+        sum += (double)(pos ? fmaxf(v.x, 0.0f) : fabsf(v.x));
+        sum += (double)(pos ? fmaxf(v.y, 0.0f) : fabsf(v.y));
+        sum += (double)(pos ? fmaxf(v.z, 0.0f) : fabsf(v.z));
+        sum += (double)(pos ? fmaxf(v.w, 0.0f) : fabsf(v.w));
+    }
+    for (long long i = 4 * n4 + first; i < n; i += stride) {
+        const float v = x[i];
+        sum += (double)(pos ? fmaxf(v, 0.0f) : fabsf(v));
     }
     red[tid] = sum;
     __syncthreads();

@@ -213,11 +213,13 @@ pub const SPLIT_BLOCKS_PER_SM: u32 = 2;
 pub const MAX_SPLITS_PER_HEAD: u32 = 64;
 
 /// Absmean reduction: threads per block and the most blocks (the grid depends only on the
-/// length, so the summation order — and the bits — are fixed).
+/// length, the order within a thread on the length and the input's 16-byte alignment, so a
+/// given buffer's bits are fixed).
 pub const RED_THREADS: u32 = 256;
 pub const RED_MAX_BLOCKS: u32 = 1024;
-/// Elements per thread the reduction grid is sized for.
-pub const RED_ITEMS: u32 = 16;
+/// Elements per thread the reduction grid is sized for (two float4 loads: more blocks, each
+/// thread's loads in flight at once).
+pub const RED_ITEMS: u32 = 8;
 
 /// Elementwise kernels (quantize, rho): threads per block and the grid cap.
 pub const EW_THREADS: u32 = 256;
