@@ -101,9 +101,14 @@ pub(crate) struct ModuleKey {
 }
 
 #[derive(Default)]
-struct ModuleCache {
+pub(crate) struct ModuleCache {
     modules: HashMap<ModuleKey, Arc<CudaModule>>,
     functions: HashMap<(ModuleKey, KernelId), CudaFunction>,
+    /// Per function handle (valid while its module is cached, i.e. for the device's life):
+    /// the largest dynamic smem allowed by `cuFuncSetAttribute` so far.
+    pub smem_allowed: HashMap<usize, usize>,
+    /// Resident blocks on the device per (function handle, threads, dynamic smem).
+    pub resident: HashMap<(usize, u32, usize), usize>,
     compilations: usize,
     logs: Vec<(String, String)>,
 }
@@ -488,6 +493,11 @@ impl CudaDevice {
 
     pub(crate) fn scratch(&self) -> MutexGuard<'_, Scratch> {
         lock(&self.scratch)
+    }
+
+    /// The compiled modules and what is known about their functions.
+    pub(crate) fn module_cache(&self) -> MutexGuard<'_, ModuleCache> {
+        lock(&self.cache)
     }
 
     /// Device pointer of a scratch buffer of at least `len` zeroed-at-creation elements.

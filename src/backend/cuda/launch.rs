@@ -465,7 +465,8 @@ impl CudaDevice {
     }
 
     /// Allows `smem` bytes of dynamic shared memory for `f`; returns its resident blocks on
-    /// the whole device.
+    /// the whole device. Each driver call runs once per function and size: the device
+    /// remembers the largest size allowed so far and the count per (function, threads, smem).
     pub(crate) fn prepare_dynamic(
         &self,
         f: &CudaFunction,
@@ -473,24 +474,41 @@ impl CudaDevice {
         smem: usize,
     ) -> Result<usize> {
         use cudarc::driver::sys;
-        f.set_attribute(
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .map_err(drv("cuFuncSetAttribute (dynamic smem)"))?;
+        let id = f.cu_function() as usize;
+        {
+            let mut cache = self.module_cache();
+            if cache.smem_allowed.get(&id).is_none_or(|&s| s < smem) {
+                f.set_attribute(
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .map_err(drv("cuFuncSetAttribute (dynamic smem)"))?;
+                cache.smem_allowed.insert(id, smem);
+            }
+        }
+        self.resident_blocks(f, threads, smem)
+    }
+
+    /// Resident blocks of `f` on the whole device at `threads` and `smem` bytes of dynamic
+    /// shared memory (the occupancy query runs once per function and size).
+    fn resident_blocks(&self, f: &CudaFunction, threads: u32, smem: usize) -> Result<usize> {
+        let key = (f.cu_function() as usize, threads, smem);
+        let mut cache = self.module_cache();
+        if let Some(&blocks) = cache.resident.get(&key) {
+            return Ok(blocks);
+        }
         let per_sm = f
             .occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)
             .map_err(drv("cuOccupancyMaxActiveBlocksPerMultiprocessor"))?
             .max(1);
-        Ok(per_sm as usize * self.caps.multiprocessors.max(1) as usize)
+        let blocks = per_sm as usize * self.caps.multiprocessors.max(1) as usize;
+        cache.resident.insert(key, blocks);
+        Ok(blocks)
     }
 
     fn resident_slots(&self, f: &CudaFunction) -> usize {
-        let per_sm = f
-            .occupancy_max_active_blocks_per_multiprocessor(t::THREADS, 0, None)
-            .unwrap_or(1)
-            .max(1);
-        per_sm as usize * self.caps.multiprocessors.max(1) as usize
+        self.resident_blocks(f, t::THREADS, 0)
+            .unwrap_or(self.caps.multiprocessors.max(1) as usize)
     }
 
     /// Queues the absmean reduction of `n` floats at `x` into the one-float buffer `out`.
