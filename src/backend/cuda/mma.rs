@@ -163,7 +163,7 @@ const WGMMA_SMEM_BUDGET: usize = 227 * 1024;
 
 /// A-tile buffers per warpgroup pair of `lowrank_wgmma` for `kpw` resident k words, split
 /// ([`wgmma_split`]) or not: three where the split pipeline has them within
-/// [`WGMMA_SMEM_BUDGET`] (D ≤ 256: tile j + 2 loads into tile j − 1's buffer while tile j is
+/// `WGMMA_SMEM_BUDGET` (D ≤ 256: tile j + 2 loads into tile j − 1's buffer while tile j is
 /// computed and stored), else two (split, the pair then meets once more per tile). Passed to
 /// the kernel as `LB_WG_NB`.
 pub const fn wgmma_buffers(kpw: usize, split: bool) -> usize {
