@@ -34,11 +34,12 @@ pub const USAGE: &str = "lowbit bench [--backend cpu|cuda|wgpu|all] [--op lowran
   times them as replays of a CUDA graph of 8 runs (4 replays per sample, so the host's launch
   latency is not counted; --no-graph times single launches instead; 'PDL' in the timing
   column: on sm_90+ each run's kernels may start while the previous run's finish, see
-  LOWBIT_CUDA_PDL). Above M = 16 CUDA zeroes 256 MB on the stream before each timed run, as
+  LOWBIT_CUDA_PDL). After such rows CUDA prints the weight-stream floor of each weight size:
+  the same graph replay of kernels that only read their weights once (1, 2, 4 blocks/SM).
+  Above M = 16 CUDA zeroes 256 MB on the stream before each timed run, as
   triton.testing.do_bench does for the torch peers: the L2 starts cold and the host's launch
   latency is hidden behind the memset ('after a 256 MB L2 flush'); --idle times each run on an
-  idle stream instead (the host's launch latency counted). After such rows CUDA prints the weight-stream floor of each weight size:
-  the same graph replay of kernels that only read their weights once (1, 2, 4 blocks/SM).
+  idle stream instead (the host's launch latency counted).
   --out f16|bf16 and --relu (CUDA's device API only) time the projections with that fused
   epilogue (variants *-bf16, *-relu); the output bytes count 2 per element then.
   --transfers times every backend through the host-slice Backend trait instead (upload +
