@@ -250,11 +250,7 @@ __device__ __forceinline__ void lb_pdl_launch_next() {
 #endif
 }
 __device__ __forceinline__ void lb_pdl_chain(int pdl) {
-#if __CUDA_ARCH__ >= 900
-    if (pdl == 0) return;
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+    lb_pdl_prologue(pdl ? 2 : 0, nullptr, 0, 0, 0, 0, 0);  // nothing to prefetch
 }
 
 // Four consecutive B words of row `r` starting at column c (zero past ncols).
