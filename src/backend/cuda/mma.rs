@@ -903,7 +903,8 @@ impl CudaDevice {
 
     /// The low-rank kernels' common set-up: resolves the activation scale into `p` and, for
     /// codes or f32 input (or misaligned words when `pack_misaligned`), queues `mma_prep_a`
-    /// and points `p` at the packed, zero-padded i8x4 rows.
+    /// and points `p` at the packed, zero-padded i8x4 rows. Returns whether it queued
+    /// `mma_prep_a`.
     ///
     /// # Safety
     /// As [`CudaDevice::lowrank_raw`]; `p.a` is the caller's input.
@@ -915,12 +916,13 @@ impl CudaDevice {
         scale: RawScale,
         mode: u32,
         pack_misaligned: bool,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         // SAFETY: forwarded contract (x holds x_len f32 when F32).
         let (sp, sv) = unsafe { self.resolve_scale(p.a, shape.x_len(), format, scale)? };
         p.scale_ptr = sp;
         p.scale_param = sv;
-        if mode != 0 || (pack_misaligned && p.a_vec == 0) {
+        let pack = mode != 0 || (pack_misaligned && p.a_vec == 0);
+        if pack {
             let rows = shape.batch * shape.in_heads * shape.time;
             // SAFETY: x holds rows * D codes or f32, or rows * lda words (contract).
             let (dst, ldo) = unsafe { self.mma_prep(p, mode, rows, shape.k_words())? };
@@ -929,7 +931,7 @@ impl CudaDevice {
             p.a_kvalid = ldo as i64;
             p.a_vec = 1;
         }
-        Ok(())
+        Ok(pack)
     }
 
     /// Queues `lowrank_wgmma` for the problem `p` that `lowrank_mma_raw` built (A not yet
@@ -959,13 +961,12 @@ impl CudaDevice {
         let f = self.function(KernelId::LowrankWgmma, wgmma_defines(uns, epilogue, kpw))?;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue));
         let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
-        let a_in = p.a;
         // SAFETY: forwarded contract. This kernel's 16-byte cp.asyncs need aligned i8x4 rows,
         // so misaligned words are packed too.
-        unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, true)? };
+        let packed = unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, true)? };
         // After this device's own mma_prep_a, the projection starts while it ends (its
         // weights prefetched into L2, then `griddepcontrol.wait`).
-        p.pdl = i32::from(self.chained() && p.a != a_in);
+        p.pdl = i32::from(self.chained() && packed);
         // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
         // the 64-row tiles are dealt over several CTAs per column tile as well.
         let row_ctas = self
