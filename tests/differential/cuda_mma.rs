@@ -527,7 +527,7 @@ fn lowrank_chain_back_to_back() {
         });
         let dev = b.device();
         println!("[cuda mma] chain: {:?}", dev.programmatic_launch());
-        // (shape, x, w codes, w words, host scale of the codes run)
+        // (shape, x, w codes, w words, host scale of x)
         let cases: Vec<_> = (0..6)
             .map(|i| {
                 let shape = shapes[i % shapes.len()];
@@ -535,10 +535,10 @@ fn lowrank_chain_back_to_back() {
                 let w = rng.ternary(shape.w_len());
                 let (h, d, n) = (shape.heads, shape.embd, shape.latent);
                 let words = lowbit_kernels::pack_lowrank_weight_codes_i8x4(&w, h, d, n).unwrap();
-                (shape, x, w, words)
+                let s = reference_scale(&x);
+                (shape, x, w, words, s)
             })
             .collect();
-        let host_scale = |x: &[f32]| reference_scale(x);
         let codes_of = |x: &[f32], s: f32| -> Vec<i32> {
             x.iter()
                 .map(|&v| lowbit_kernels::quant::activation_code(v, s, Fmt::Int8))
@@ -547,7 +547,7 @@ fn lowrank_chain_back_to_back() {
         let xs: Vec<_> = cases.iter().map(|c| dev.upload(&c.1).unwrap()).collect();
         let cs: Vec<_> = cases
             .iter()
-            .map(|c| dev.upload(&codes_of(&c.1, host_scale(&c.1))).unwrap())
+            .map(|c| dev.upload(&codes_of(&c.1, c.4)).unwrap())
             .collect();
         let ws: Vec<_> = cases.iter().map(|c| dev.upload(&c.3).unwrap()).collect();
         let mut outs: Vec<_> = cases
@@ -557,17 +557,11 @@ fn lowrank_chain_back_to_back() {
         let mut computed: Vec<_> = (0..cases.len())
             .map(|_| dev.upload(&[f32::NAN]).unwrap())
             .collect();
-        let given: Vec<_> = cases
-            .iter()
-            .map(|c| dev.upload(&[host_scale(&c.1)]).unwrap())
-            .collect();
+        let given: Vec<_> = cases.iter().map(|c| dev.upload(&[c.4]).unwrap()).collect();
         for (i, ((c, o), sd)) in cases.iter().zip(&mut outs).zip(&mut computed).enumerate() {
             let (input, scale) = match i % 3 {
                 0 => (DeviceAct::F32(&xs[i]), DeviceScale::Compute(sd)),
-                1 => (
-                    DeviceAct::Codes(&cs[i]),
-                    DeviceScale::Param(host_scale(&c.1)),
-                ),
+                1 => (DeviceAct::Codes(&cs[i]), DeviceScale::Param(c.4)),
                 _ => (DeviceAct::F32(&xs[i]), DeviceScale::Buffer(&given[i])),
             };
             let ep = Epilogue::default();
@@ -588,7 +582,7 @@ fn lowrank_chain_back_to_back() {
             let a = if i % 3 == 0 {
                 dev.download(&computed[i]).unwrap()[0]
             } else {
-                host_scale(&c.1)
+                c.4
             };
             let exp = reference::lowrank_projection_codes(&c.0, &codes_of(&c.1, a), &c.2, a, 0.05)
                 .unwrap();

@@ -505,12 +505,11 @@ mod cuda {
                     }
                 }
             }
-            let mut flush = self.flush.as_mut().filter(|_| !self.idle);
-            let timing = if flush.is_some() {
-                Some("device (CUDA events, after a 256 MB L2 flush)")
-            } else {
-                None
-            };
+            // Allocated only when not idle.
+            let mut flush = self.flush.as_mut();
+            let timing = flush
+                .is_some()
+                .then_some("device (CUDA events, after a 256 MB L2 flush)");
             let dev = &self.dev;
             let mut timed = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
                 if let Some(buf) = flush.as_deref_mut() {
