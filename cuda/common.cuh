@@ -82,6 +82,34 @@ __device__ __forceinline__ float lb_scale(const float* scale_ptr, float scale_pa
     return scale_ptr != nullptr ? __ldg(scale_ptr) : scale_param;
 }
 
+// ---- absmean scale (absmean_scale in quantize.cu, mma_prep_scale_a) ------------------------
+// |x|, or max(x, 0) for uint8pos, widened for the f64 sum.
+__device__ __forceinline__ double lb_abs_term(float v, bool pos) {
+    return (double)(pos ? fmaxf(v, 0.0f) : fabsf(v));
+}
+
+// Sum of each thread's `v` over the block in a fixed tree (the same bits on every run),
+// returned to every thread. blockDim.x is a power of two; `red` holds blockDim.x doubles and
+// is free again on return.
+__device__ __forceinline__ double lb_block_sum(double v, double* red) {
+    const int tid = threadIdx.x;
+    red[tid] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (tid < w) red[tid] += red[tid + w];
+        __syncthreads();
+    }
+    const double r = red[0];
+    __syncthreads();
+    return r;
+}
+
+// SPEC.md: max(max(2 * mean, EPS) / qmax, EPS), mean = sum / n rounded to f32.
+__device__ __forceinline__ float lb_absmean_scale(double sum, long long n, int fmt) {
+    const float mean = (float)(sum / (double)n);
+    return fmaxf(__fdiv_rn(fmaxf(2.0f * mean, LB_EPS), lb_qmax(fmt)), LB_EPS);
+}
+
 // (acc * w_scale) * a_scale, each product rounded (never fused), then the optional ReLU.
 __device__ __forceinline__ float lb_dequant(int acc, float w_scale, float a_scale, int relu) {
     float v = __fmul_rn(__fmul_rn((float)acc, w_scale), a_scale);

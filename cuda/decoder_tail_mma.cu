@@ -38,6 +38,98 @@ extern "C" __global__ void __launch_bounds__(256) mma_prep_a(LbMma p, u32* dst, 
     }
 }
 
+#if LB_MODE == LB_A_F32
+// The 16 floats of item i (words 4q..4q+3 of row i / qpr), zero past the row's kvalid.
+__device__ __forceinline__ void lb_prep_floats(const LbMma& p, long long i, int qpr, float (&f)[16]) {
+    const long long r = i / qpr;
+    const long k0 = (long)(i - r * qpr) * 16;
+    const float* row = (const float*)p.a + r * p.lda;
+    if (p.a_vec && k0 + 16 <= p.a_kvalid) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float4 v = __ldg((const float4*)(row + k0) + j);
+            f[4 * j] = v.x;
+            f[4 * j + 1] = v.y;
+            f[4 * j + 2] = v.z;
+            f[4 * j + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < 16; ++e) f[e] = k0 + e < p.a_kvalid ? __ldg(row + k0 + e) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ void lb_prep_put(u32* dst, int ldo, long long i, int qpr,
+                                            const float (&f)[16], float s, int fmt) {
+    const long long r = i / qpr;
+    u32 w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        w[j] = lb_pack4(lb_code(f[4 * j], s, fmt), lb_code(f[4 * j + 1], s, fmt),
+                        lb_code(f[4 * j + 2], s, fmt), lb_code(f[4 * j + 3], s, fmt));
+    *(uint4*)(dst + r * ldo + (i - r * qpr) * 4) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// absmean_scale -> mma_prep_a for f32 rows in one cooperative launch (every block resident),
+// the scale computed here. Item i is words 4q..4q+3 (16 floats) of row i / qpr, zero past the
+// row's kvalid (the rows are the whole input: n = rows * kvalid). Each block sums |x|
+// (max(x, 0) for uint8pos) over its items in f64 into partials[block]; at a grid barrier
+// (bar[0] counts arrivals) every block sums the partials in block order, so that all derive
+// the same scale bits (block 0 stores it), and then quantizes its items, the first still in
+// registers. The last block past the barrier (bar[1] counts departures) zeroes both counters
+// for the next launch. The projection after it may start at once (it waits for this grid).
+extern "C" __global__ void __launch_bounds__(256, 2)
+    mma_prep_scale_a(LbMma p, u32* dst, long long rows, int ldo, long long n, double* partials,
+                     unsigned* bar, float* scale_out) {
+    __shared__ double red[256];
+    lb_pdl_launch_next();
+    const bool pos = p.fmt == LB_FMT_U8POS;
+    const int qpr = ldo / 4;
+    const long long total = rows * qpr;
+    const long long first = blockIdx.x * 256LL + threadIdx.x, stride = gridDim.x * 256LL;
+    float f[16];
+    double sum = 0.0;
+    if (first < total) {
+        lb_prep_floats(p, first, qpr, f);
+#pragma unroll
+        for (int e = 0; e < 16; ++e) sum += lb_abs_term(f[e], pos);
+    }
+    for (long long i = first + stride; i < total; i += stride) {
+        float g[16];
+        lb_prep_floats(p, i, qpr, g);
+#pragma unroll
+        for (int e = 0; e < 16; ++e) sum += lb_abs_term(g[e], pos);
+    }
+    sum = lb_block_sum(sum, red);
+    if (threadIdx.x == 0) {
+        partials[blockIdx.x] = sum;
+        __threadfence();
+        atomicAdd(bar, 1u);
+        unsigned seen;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(bar) : "memory");
+        } while (seen < gridDim.x);
+    }
+    __syncthreads();
+    double all = 0.0;
+    for (unsigned b = threadIdx.x; b < gridDim.x; b += 256) all += __ldcg(partials + b);
+    const float s = lb_absmean_scale(lb_block_sum(all, red), n, p.fmt);
+    if (threadIdx.x == 0) {
+        if (blockIdx.x == 0) *scale_out = s;
+        if (atomicAdd(bar + 1, 1u) == gridDim.x - 1) {
+            bar[0] = 0u;
+            bar[1] = 0u;
+        }
+    }
+    if (first < total) lb_prep_put(dst, ldo, first, qpr, f, s, p.fmt);
+    for (long long i = first + stride; i < total; i += stride) {
+        float g[16];
+        lb_prep_floats(p, i, qpr, g);
+        lb_prep_put(dst, ldo, i, qpr, g, s, p.fmt);
+    }
+}
+#endif
+
 #elif defined(LB_MMA_REDUCE)
 // out[m][n] = dequant(sum over z ascending of partial[z][m][n]); out rows are ldc = ncols.
 extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, int splits) {

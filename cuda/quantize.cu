@@ -26,23 +26,15 @@ extern "C" __global__ void __launch_bounds__(LB_RED_THREADS)
 #pragma unroll 4
     for (long long i = first; i < n4; i += stride) {
         const float4 v = ((const float4*)x)[i];
-        sum += (double)(pos ? fmaxf(v.x, 0.0f) : fabsf(v.x));
-        sum += (double)(pos ? fmaxf(v.y, 0.0f) : fabsf(v.y));
-        sum += (double)(pos ? fmaxf(v.z, 0.0f) : fabsf(v.z));
-        sum += (double)(pos ? fmaxf(v.w, 0.0f) : fabsf(v.w));
+        sum += lb_abs_term(v.x, pos);
+        sum += lb_abs_term(v.y, pos);
+        sum += lb_abs_term(v.z, pos);
+        sum += lb_abs_term(v.w, pos);
     }
-    for (long long i = 4 * n4 + first; i < n; i += stride) {
-        const float v = x[i];
-        sum += (double)(pos ? fmaxf(v, 0.0f) : fabsf(v));
-    }
-    red[tid] = sum;
-    __syncthreads();
-    for (int w = LB_RED_THREADS / 2; w > 0; w >>= 1) {
-        if (tid < w) red[tid] += red[tid + w];
-        __syncthreads();
-    }
+    for (long long i = 4 * n4 + first; i < n; i += stride) sum += lb_abs_term(x[i], pos);
+    sum = lb_block_sum(sum, red);
     if (tid == 0) {
-        partials[blockIdx.x] = red[0];
+        partials[blockIdx.x] = sum;
         __threadfence();
         unsigned prev = atomicAdd(counter, 1u);
         is_last = prev == gridDim.x - 1 ? 1u : 0u;
@@ -52,15 +44,9 @@ extern "C" __global__ void __launch_bounds__(LB_RED_THREADS)
     __threadfence();
     double s = 0.0;
     for (unsigned b = tid; b < gridDim.x; b += LB_RED_THREADS) s += __ldcg(partials + b);
-    red[tid] = s;
-    __syncthreads();
-    for (int w = LB_RED_THREADS / 2; w > 0; w >>= 1) {
-        if (tid < w) red[tid] += red[tid + w];
-        __syncthreads();
-    }
+    s = lb_block_sum(s, red);
     if (tid == 0) {
-        float mean = (float)(red[0] / (double)n);
-        *scale_out = fmaxf(__fdiv_rn(fmaxf(2.0f * mean, LB_EPS), lb_qmax(fmt)), LB_EPS);
+        *scale_out = lb_absmean_scale(s, n, fmt);
         *counter = 0u;  // ready for the next launch on this stream
     }
 }

@@ -97,6 +97,8 @@ pub struct CudaDeviceCaps {
     pub compute_capability: (u32, u32),
     pub multiprocessors: u32,
     pub memory_bytes: u64,
+    /// L2 cache size in bytes.
+    pub l2_bytes: u64,
     /// `compute_capability >= DP4A_MIN_SM`.
     pub dp4a: bool,
     /// `compute_capability >= INT8_MMA_MIN_SM`.

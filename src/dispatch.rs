@@ -701,6 +701,7 @@ mod tests {
             name: format!("test sm_{}{}", cc.0, cc.1),
             compute_capability: cc,
             multiprocessors: 1,
+            l2_bytes: 0,
             memory_bytes: 1 << 30,
             dp4a: cc >= DP4A_MIN_SM,
             int8_mma: cc >= INT8_MMA_MIN_SM,

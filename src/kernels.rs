@@ -41,6 +41,9 @@ pub enum KernelId {
     DecoderMma,
     DecoderMmaReduce,
     MmaPrepA,
+    /// CUDA int8 tensor cores: `MmaPrepA` for f32 input with the absmean scale computed in
+    /// the same (cooperative) launch.
+    MmaPrepScaleA,
     /// CUDA int8 tensor cores, M ≤ 16 (or ternary2 fragment weights at any M): one m16 row
     /// fragment, the weights streamed once into registers.
     LowrankMmaSmall,
@@ -57,11 +60,12 @@ impl KernelId {
     pub const MICROBENCH: [Self; 3] = [Self::Dp4aCeiling, Self::CopyBandwidth, Self::StreamRead];
 
     /// The CUDA int8 tensor-core (mma) family (not part of [`KernelId::ALL`] either).
-    pub const CUDA_MMA: [Self; 8] = [
+    pub const CUDA_MMA: [Self; 9] = [
         Self::LowrankMma,
         Self::DecoderMma,
         Self::DecoderMmaReduce,
         Self::MmaPrepA,
+        Self::MmaPrepScaleA,
         Self::LowrankMmaSmall,
         Self::DecoderMmaSmall,
         Self::LowrankWgmma,
@@ -103,6 +107,7 @@ impl KernelId {
             Self::DecoderMma
             | Self::DecoderMmaReduce
             | Self::MmaPrepA
+            | Self::MmaPrepScaleA
             | Self::DecoderMmaSmall
             | Self::DecoderWgmma => "decoder_tail_mma",
         }
@@ -132,6 +137,7 @@ impl KernelId {
             Self::DecoderMma => "decoder_tail_mma",
             Self::DecoderMmaReduce => "decoder_mma_reduce",
             Self::MmaPrepA => "mma_prep_a",
+            Self::MmaPrepScaleA => "mma_prep_scale_a",
             Self::LowrankMmaSmall => "lowrank_mma_small",
             Self::DecoderMmaSmall => "decoder_mma_small",
             Self::LowrankWgmma => "lowrank_wgmma",

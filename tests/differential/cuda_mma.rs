@@ -518,15 +518,21 @@ fn lowrank_chain_back_to_back() {
         LowrankShape::new([2, 1, 150, 256], [2, 256, 300], 300).unwrap(),
         LowrankShape::bdh(1100, 4, 256, 264).unwrap(),
     ];
-    for pdl in [None, Some(Pdl::Off)] {
+    // (PDL, scale and packing of f32 in one cooperative launch)
+    for (pdl, fused) in [(None, true), (Some(Pdl::Off), true), (None, false)] {
         let b = tuned_mma_backend("chain", |d| {
+            let d = d.with_fused_scale(fused);
             Ok(match pdl {
                 Some(p) => d.with_programmatic_launch(p),
                 None => d,
             })
         });
         let dev = b.device();
-        println!("[cuda mma] chain: {:?}", dev.programmatic_launch());
+        println!(
+            "[cuda mma] chain: {:?}, fused scale {}",
+            dev.programmatic_launch(),
+            dev.fused_scale()
+        );
         // (shape, x, w codes, w words, host scale of x)
         let cases: Vec<_> = (0..6)
             .map(|i| {
@@ -580,14 +586,21 @@ fn lowrank_chain_back_to_back() {
         }
         for (i, c) in cases.iter().enumerate() {
             let a = if i % 3 == 0 {
-                dev.download(&computed[i]).unwrap()[0]
+                let a = dev.download(&computed[i]).unwrap()[0];
+                let rel = ((a - c.4) / c.4).abs();
+                assert!(
+                    rel <= 1e-6,
+                    "chain {pdl:?} {fused}, call {i}: scale {a} vs {}",
+                    c.4
+                );
+                a
             } else {
                 c.4
             };
             let exp = reference::lowrank_projection_codes(&c.0, &codes_of(&c.1, a), &c.2, a, 0.05)
                 .unwrap();
             let r = compare_f32(&exp, &dev.download(&outs[i]).unwrap());
-            assert!(r.bit_exact(), "chain {pdl:?}, call {i}: {r}");
+            assert!(r.bit_exact(), "chain {pdl:?} {fused}, call {i}: {r}");
         }
         assert!(
             dev.compile_logs()

@@ -120,6 +120,8 @@ pub(crate) struct ModuleCache {
 pub(crate) struct Scratch {
     pub red_partials: Option<CudaSlice<f64>>,
     pub red_counter: Option<CudaSlice<u32>>,
+    /// `mma_prep_scale_a`'s grid barrier: arrivals, departures.
+    pub grid_bar: Option<CudaSlice<u32>>,
     pub partials: Option<CudaSlice<i32>>,
     /// Small-M decoder split-K accumulator `[M][D]`: per element, the splits that have added
     /// (bits 48 and up) and their i32 sum (low bits); kept zeroed by the kernels.
@@ -129,6 +131,10 @@ pub(crate) struct Scratch {
     /// mma family: activations packed into aligned i8x4 rows (`mma.rs`).
     pub mma_words: Option<CudaSlice<u32>>,
 }
+
+/// Environment variable that switches off the one-launch scale and packing of f32 input to
+/// the tensor-core kernels (`0`; empty or `1`: on, the default).
+pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
 /// Environment variable that sets [`Pdl`] on devices that support it: `0` off, `1` (the
 /// default) or `early`.
@@ -193,6 +199,10 @@ pub struct CudaDevice {
     pub(crate) wg_row_ctas: Option<usize>,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
     pub(crate) pdl: Pdl,
+    /// f32 input to the tensor-core kernels with a computed scale: the scale and the packing
+    /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
+    /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
+    pub(crate) fused_scale: bool,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
     cache: Mutex<ModuleCache>,
@@ -299,7 +309,7 @@ impl CudaDevice {
         let small =
             super::tuning::SmallShape::from_env().map_err(bad_env(super::tuning::SMALL_ENV))?;
         let wgmma =
-            super::mma::parse_wgmma(&std::env::var(super::mma::WGMMA_ENV).unwrap_or_default())
+            super::mma::parse_switch(&std::env::var(super::mma::WGMMA_ENV).unwrap_or_default())
                 .map_err(bad_env(super::mma::WGMMA_ENV))?
                 && super::mma::wgmma_capable(caps.compute_capability);
         let dw_zcluster = super::mma::parse_dw_zcluster(
@@ -323,6 +333,10 @@ impl CudaDevice {
             dw_zcluster,
             wg_row_ctas: None,
             pdl,
+            fused_scale: super::mma::parse_switch(
+                &std::env::var(FUSED_SCALE_ENV).unwrap_or_default(),
+            )
+            .map_err(bad_env(FUSED_SCALE_ENV))?,
             small,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
@@ -351,6 +365,17 @@ impl CudaDevice {
             Pdl::Off
         };
         self
+    }
+    /// Whether f32 input with a computed scale is scaled and packed for the tensor-core
+    /// kernels in one cooperative launch (overrides `LOWBIT_CUDA_FUSED_SCALE`). Off, or when
+    /// the device cannot hold that grid at once, `absmean_scale` and `mma_prep_a` run instead.
+    pub fn with_fused_scale(mut self, on: bool) -> Self {
+        self.fused_scale = on;
+        self
+    }
+    /// See [`CudaDevice::with_fused_scale`].
+    pub fn fused_scale(&self) -> bool {
+        self.fused_scale
     }
     /// The small-M grid shape (overrides `LOWBIT_CUDA_SMALL`; any shape is bit-exact).
     pub fn with_small_shape(mut self, shape: super::tuning::SmallShape) -> Self {
@@ -548,6 +573,7 @@ mod tests {
             name: "test".into(),
             compute_capability: cc,
             multiprocessors: 1,
+            l2_bytes: 0,
             memory_bytes: 1,
             dp4a: cc >= crate::caps::DP4A_MIN_SM,
             int8_mma: cc >= crate::caps::INT8_MMA_MIN_SM,

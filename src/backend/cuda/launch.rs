@@ -214,7 +214,7 @@ pub(crate) fn validate_projection(
     })
 }
 
-fn non_null(op: &'static str, what: &'static str, p: u64) -> Result<()> {
+pub(crate) fn non_null(op: &'static str, what: &'static str, p: u64) -> Result<()> {
     if p == 0 {
         Err(LowbitError::InvalidArgument {
             op,
@@ -431,14 +431,57 @@ impl CudaDevice {
         context: &str,
     ) -> Result<()> {
         use cudarc::driver::sys;
-        self.ctx.bind_to_thread().map_err(drv("cuCtxSetCurrent"))?;
-        let mut attr = sys::CUlaunchAttribute {
+        let attr = sys::CUlaunchAttribute {
             id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
             pad: [0; 4],
             value: sys::CUlaunchAttributeValue {
                 programmaticStreamSerializationAllowed: 1,
             },
         };
+        // SAFETY: per the caller's contract.
+        unsafe { self.launch_ex(f, c, params, attr) }.map_err(drv(context.to_string()))
+    }
+
+    /// Queues `f` as a cooperative launch: the driver starts it only with every block
+    /// resident at once (a grid barrier inside cannot deadlock). Returns `Ok(false)`, having
+    /// queued nothing, when the device cannot hold the grid at once.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::launch_programmatic`], without the wait.
+    pub(crate) unsafe fn launch_cooperative(
+        &self,
+        f: &CudaFunction,
+        c: LaunchConfig,
+        params: &mut [*mut std::ffi::c_void],
+        context: &str,
+    ) -> Result<bool> {
+        use cudarc::driver::sys;
+        let attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue { cooperative: 1 },
+        };
+        // SAFETY: per the caller's contract.
+        match unsafe { self.launch_ex(f, c, params, attr) } {
+            Ok(()) => Ok(true),
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE => Ok(false),
+            Err(e) => Err(drv(context.to_string())(e)),
+        }
+    }
+
+    /// `cuLaunchKernelEx` of `f` on this device's stream with one launch attribute.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::launch_programmatic`]; what `attr` asks of the kernel is its own.
+    unsafe fn launch_ex(
+        &self,
+        f: &CudaFunction,
+        c: LaunchConfig,
+        params: &mut [*mut std::ffi::c_void],
+        mut attr: cudarc::driver::sys::CUlaunchAttribute,
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        use cudarc::driver::sys;
+        self.ctx.bind_to_thread()?;
         let config = sys::CUlaunchConfig {
             gridDimX: c.grid_dim.0,
             gridDimY: c.grid_dim.1,
@@ -461,7 +504,6 @@ impl CudaDevice {
             )
         }
         .result()
-        .map_err(drv(context.to_string()))
     }
 
     /// Allows `smem` bytes of dynamic shared memory for `f`; returns its resident blocks on

@@ -26,7 +26,7 @@ use std::ffi::c_void;
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, sys};
 
 use super::device::{CudaDevice, KernelFamily, Pdl, drv};
-use super::launch::{LbProblem, Path, RawAct, RawScale, dtype_code, fmt_code};
+use super::launch::{LbProblem, Path, RawAct, RawScale, dtype_code, fmt_code, non_null};
 use super::tuning as t;
 use crate::config::LowBitActivationFormat;
 use crate::error::{LowbitError, Result};
@@ -148,8 +148,15 @@ pub fn dec_wgmma_defines(uns: bool, zc: usize) -> Vec<(String, String)> {
     ]
 }
 
-/// [`WGMMA_ENV`]'s value: unset, empty or `1` on (where the device can), `0` off.
-pub fn parse_wgmma(text: &str) -> std::result::Result<bool, String> {
+/// `mma_prep_scale_a` runs where the f32 input takes at most 1 / this of the L2: past the
+/// first item per thread (kept in registers) its quantizing pass reads the input again, from
+/// L2 when it fits. Larger inputs (the decoder's f32 y at M = 512: 67 MB) measured the same
+/// or slower than `absmean_scale` + `mma_prep_a` (762 against 719 µs at M = 8192, H200).
+pub const FUSED_SCALE_L2_SHARE: u64 = 2;
+
+/// An on/off variable's value ([`WGMMA_ENV`], `LOWBIT_CUDA_FUSED_SCALE`): unset,
+/// empty or `1` on (where the device can), `0` off.
+pub fn parse_switch(text: &str) -> std::result::Result<bool, String> {
     match text.trim() {
         "" | "1" => Ok(true),
         "0" => Ok(false),
@@ -808,7 +815,72 @@ impl CudaDevice {
         Ok((dst, ldo))
     }
 
-    /// Whether the large-M chain `absmean_scale -> mma_prep_a -> lowrank_wgmma` runs under
+    /// For f32 input (`mode` 2) with a computed scale: the absmean scale into `Compute`'s
+    /// buffer and `mma_prep`'s packing in one cooperative launch of `mma_prep_scale_a`.
+    /// Returns the scratch address, its row length and the scale buffer, or `None` with
+    /// nothing queued where the two-kernel chain must run: fused scaling off, another input
+    /// or scale, rows that are not the whole input (`rows * p.a_kvalid != n`), an input of
+    /// more than 1 / [`FUSED_SCALE_L2_SHARE`] of the L2, or a grid the device cannot hold at
+    /// once.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::mma_prep`]; `Compute`'s buffer holds one f32 of this context.
+    unsafe fn mma_prep_scaled(
+        &self,
+        p: &LbMma,
+        mode: u32,
+        rows: usize,
+        kw: usize,
+        n: usize,
+        scale: RawScale,
+    ) -> Result<Option<(u64, usize, u64)>> {
+        const WHAT: &str = "cuLaunchKernel (mma_prep_scale_a)";
+        let RawScale::Compute(scale_out) = scale else {
+            return Ok(None);
+        };
+        let whole =
+            p.lda == p.a_kvalid && (rows as u64).checked_mul(p.a_kvalid as u64) == Some(n as u64);
+        let fits = (n as u64).saturating_mul(4) <= self.caps.l2_bytes / FUSED_SCALE_L2_SHARE;
+        if !self.fused_scale || mode != 2 || !whole || !fits || n == 0 {
+            return Ok(None);
+        }
+        non_null("cuda::absmean_scale", "scale buffer", scale_out)?;
+        let f = self.function(KernelId::MmaPrepScaleA, prep_defines(mode))?;
+        let resident = self.prepare_dynamic(&f, 256, 0)?;
+        let ldo = kw.next_multiple_of(4);
+        let items = rows * (ldo / 4);
+        let blocks = items
+            .div_ceil(256)
+            .min(resident)
+            .min(t::RED_MAX_BLOCKS as usize)
+            .max(1);
+        let mut scratch = self.scratch();
+        let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
+        let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
+        let bar = self.scratch_buf(&mut scratch.grid_bar, 2)?;
+        drop(scratch);
+        let p = LbMma { pdl: 0, ..*p };
+        let (rows64, ldo32, n64) = (rows as i64, ldo as i32, n as i64);
+        let mut params = [
+            &p as *const LbMma as *mut c_void,
+            &dst as *const u64 as *mut c_void,
+            &rows64 as *const i64 as *mut c_void,
+            &ldo32 as *const i32 as *mut c_void,
+            &n64 as *const i64 as *mut c_void,
+            &partials as *const u64 as *mut c_void,
+            &bar as *const u64 as *mut c_void,
+            &scale_out as *const u64 as *mut c_void,
+        ];
+        let c = launch_cfg((blocks as u32, 1, 1), 256, 0);
+        // SAFETY: `params` are the kernel's eight parameters, alive for the call; `dst` holds
+        // rows * ldo words, the partials RED_MAX_BLOCKS ≥ blocks doubles, `bar` two zeroed
+        // counters (the kernel zeroes them again); the input covers its extent (contract).
+        let queued = unsafe { self.launch_cooperative(&f, c, &mut params, WHAT)? };
+        Ok(queued.then_some((dst, ldo, scale_out)))
+    }
+
+    /// Whether the large-M chain `absmean_scale -> mma_prep_a -> lowrank_wgmma` (or
+    /// `mma_prep_scale_a -> lowrank_wgmma`) runs under
     /// programmatic dependent launch: where the device's [`Pdl`] is on (sm_90+, unless
     /// `LOWBIT_CUDA_PDL=0`).
     fn chained(&self) -> bool {
@@ -917,15 +989,27 @@ impl CudaDevice {
         mode: u32,
         pack_misaligned: bool,
     ) -> Result<bool> {
+        let rows = shape.batch * shape.in_heads * shape.time;
+        let (n, kw) = (shape.x_len(), shape.k_words());
         // SAFETY: forwarded contract (x holds x_len f32 when F32).
-        let (sp, sv) = unsafe { self.resolve_scale(p.a, shape.x_len(), format, scale)? };
+        if let Some((dst, ldo, sp)) = unsafe { self.mma_prep_scaled(p, mode, rows, kw, n, scale)? }
+        {
+            p.scale_ptr = sp;
+            p.scale_param = 0.0;
+            p.a = dst;
+            p.lda = ldo as i64;
+            p.a_kvalid = ldo as i64;
+            p.a_vec = 1;
+            return Ok(true);
+        }
+        // SAFETY: forwarded contract (x holds x_len f32 when F32).
+        let (sp, sv) = unsafe { self.resolve_scale(p.a, n, format, scale)? };
         p.scale_ptr = sp;
         p.scale_param = sv;
         let pack = mode != 0 || (pack_misaligned && p.a_vec == 0);
         if pack {
-            let rows = shape.batch * shape.in_heads * shape.time;
             // SAFETY: x holds rows * D codes or f32, or rows * lda words (contract).
-            let (dst, ldo) = unsafe { self.mma_prep(p, mode, rows, shape.k_words())? };
+            let (dst, ldo) = unsafe { self.mma_prep(p, mode, rows, kw)? };
             p.a = dst;
             p.lda = ldo as i64;
             p.a_kvalid = ldo as i64;
@@ -1114,17 +1198,26 @@ impl CudaDevice {
             None
         };
         // SAFETY: forwarded contract (y holds y_len f32 when F32).
-        let (sp, sv) = unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
-        p.scale_ptr = sp;
-        p.scale_param = sv;
-
-        if !direct {
-            // Pack the input into zero-padded, 16-byte aligned i8x4 rows.
-            // SAFETY: y holds rows * L codes / f32, or rows * Lw words (contract).
-            let (dst, ldo) = unsafe { self.mma_prep(&p, mode, rows, lw)? };
+        let fused = unsafe { self.mma_prep_scaled(&p, mode, rows, lw, shape.y_len(), scale)? };
+        if let Some((dst, ldo, sp)) = fused {
+            p.scale_ptr = sp;
+            p.scale_param = 0.0;
             p.a = dst;
             p.lda = ldo as i64;
             p.a_kvalid = ldo as i64;
+        } else {
+            // SAFETY: forwarded contract (y holds y_len f32 when F32).
+            let (sp, sv) = unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
+            p.scale_ptr = sp;
+            p.scale_param = sv;
+            if !direct {
+                // Pack the input into zero-padded, 16-byte aligned i8x4 rows.
+                // SAFETY: y holds rows * L codes / f32, or rows * Lw words (contract).
+                let (dst, ldo) = unsafe { self.mma_prep(&p, mode, rows, lw)? };
+                p.a = dst;
+                p.lda = ldo as i64;
+                p.a_kvalid = ldo as i64;
+            }
         }
         let mut scratch = self.scratch();
         if groups > 1 {
@@ -1212,11 +1305,11 @@ mod tests {
 
     #[test]
     fn wgmma_switch_parses() {
-        assert_eq!(parse_wgmma(""), Ok(true));
-        assert_eq!(parse_wgmma(" 1 "), Ok(true));
-        assert_eq!(parse_wgmma("0"), Ok(false));
+        assert_eq!(parse_switch(""), Ok(true));
+        assert_eq!(parse_switch(" 1 "), Ok(true));
+        assert_eq!(parse_switch("0"), Ok(false));
         assert!(
-            parse_wgmma("direct")
+            parse_switch("direct")
                 .unwrap_err()
                 .contains("expected 0 or 1")
         );

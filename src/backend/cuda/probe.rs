@@ -72,6 +72,7 @@ pub fn device_caps(ordinal: usize) -> Result<CudaDeviceCaps, String> {
     // SAFETY: `dev` is a valid device handle.
     let memory_bytes = unsafe { result::device::total_mem(dev) }
         .map_err(|e| format!("cuDeviceTotalMem: {e}"))? as u64;
+    let l2_bytes = attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?.max(0) as u64;
     let cc = (major, minor);
     Ok(CudaDeviceCaps {
         ordinal,
@@ -79,6 +80,7 @@ pub fn device_caps(ordinal: usize) -> Result<CudaDeviceCaps, String> {
         compute_capability: cc,
         multiprocessors,
         memory_bytes,
+        l2_bytes,
         dp4a: cc >= DP4A_MIN_SM,
         int8_mma: cc >= INT8_MMA_MIN_SM,
         programmatic_launch: cc >= PROGRAMMATIC_LAUNCH_MIN_SM,
