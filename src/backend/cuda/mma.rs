@@ -374,6 +374,9 @@ pub fn reduce_defines() -> Vec<(String, String)> {
     vec![d("LB_MMA_REDUCE", 1), d("LB_MMA_NI", DECODER_NI), eps()]
 }
 
+/// The input packer's mode for f32 activations (`LB_A_F32` in `cuda/common.cuh`).
+const MODE_F32: u32 = 2;
+
 /// Defines of the input packer for mode 0 (misaligned words) / 1 codes / 2 f32.
 pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
     vec![d("LB_MMA_PREP", 1), d("LB_MODE", mode), eps()]
@@ -815,7 +818,7 @@ impl CudaDevice {
         Ok((dst, ldo))
     }
 
-    /// For f32 input (`mode` 2) with a computed scale: the absmean scale into `Compute`'s
+    /// For f32 input (`mode` [`MODE_F32`]) with a computed scale: the absmean scale into `Compute`'s
     /// buffer and `mma_prep`'s packing in one cooperative launch of `mma_prep_scale_a`.
     /// Returns the scratch address, its row length and the scale buffer, or `None` with
     /// nothing queued where the two-kernel chain must run: fused scaling off, another input
@@ -841,7 +844,7 @@ impl CudaDevice {
         let whole =
             p.lda == p.a_kvalid && (rows as u64).checked_mul(p.a_kvalid as u64) == Some(n as u64);
         let fits = (n as u64).saturating_mul(4) <= self.caps.l2_bytes / FUSED_SCALE_L2_SHARE;
-        if !self.fused_scale || mode != 2 || !whole || !fits || n == 0 {
+        if !self.fused_scale || mode != MODE_F32 || !whole || !fits || n == 0 {
             return Ok(None);
         }
         non_null("cuda::absmean_scale", "scale buffer", scale_out)?;
