@@ -215,6 +215,12 @@ pub(crate) struct Inner {
     /// Scratch buffers of the ops (keyed by purpose), kept and grown across calls: a fresh
     /// 256 MiB buffer per call cost the H100 milliseconds of GPU time.
     scratch: Mutex<HashMap<&'static str, wgpu::Buffer>>,
+    /// On wgpu's GL backend: held by every call of this device that uses the GL context
+    /// (taken after `timing` where both are held).
+    /// wgpu-hal's GL context lock gives up after a few seconds and panics ("Could not lock
+    /// adapter context"), and on a software GL driver one large dispatch holds it that long,
+    /// so threads sharing the device wait here instead.
+    gl_serial: Option<Mutex<()>>,
 }
 
 /// A wgpu device and queue with the crate's compiled pipelines. Cheap to clone (shared).
@@ -405,6 +411,9 @@ impl WgpuDevice {
                 _ => None,
             },
         };
+        let gl = info
+            .as_ref()
+            .is_some_and(|i| i.backend == wgpu::Backend::Gl);
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("lowbit dummy binding"),
             size: 16,
@@ -430,6 +439,7 @@ impl WgpuDevice {
                 timing: Mutex::new(None),
                 dummy,
                 scratch: Mutex::new(HashMap::new()),
+                gl_serial: gl.then(|| Mutex::new(())),
             }),
         })
     }
@@ -477,8 +487,14 @@ impl WgpuDevice {
             .contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
+    /// The GL backend's serialization guard (see `Inner::gl_serial`); `None` elsewhere.
+    fn gl_guard(&self) -> Option<MutexGuard<'_, ()>> {
+        self.inner.gl_serial.as_ref().map(lock)
+    }
+
     /// Blocks until all submitted work is done.
     pub fn synchronize(&self) -> Result<()> {
+        let _gl = self.gl_guard();
         self.inner
             .device
             .poll(wgpu::PollType::wait_indefinitely())
@@ -545,6 +561,7 @@ impl WgpuDevice {
                 ),
             });
         }
+        let _gl = self.gl_guard();
         let scope = self
             .inner
             .device
@@ -608,6 +625,7 @@ impl WgpuDevice {
         self.check_own("wgpu::write", "buffer", buf)?;
         buf.check_len("wgpu::write", "data", data.len())?;
         let bytes: &[u8] = bytemuck::cast_slice(data);
+        let _gl = self.gl_guard();
         if bytes.len().is_multiple_of(4) {
             self.inner.queue.write_buffer(&buf.buffer, 0, bytes);
         } else {
@@ -635,6 +653,7 @@ impl WgpuDevice {
     pub(crate) fn read_bytes(&self, src: &wgpu::Buffer, len: u64) -> Result<Vec<u8>> {
         let size = len.div_ceil(4) * 4;
         let d = &self.inner.device;
+        let _gl = self.gl_guard();
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
         let staging = d.create_buffer(&wgpu::BufferDescriptor {
             label: Some("lowbit readback"),
@@ -678,6 +697,7 @@ impl WgpuDevice {
             log: "no WGSL source for this stem".into(),
         })?;
         let d = &self.inner.device;
+        let _gl = self.gl_guard();
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
         let desc = wgpu::ShaderModuleDescriptor {
             label: Some(stem),
@@ -720,6 +740,7 @@ impl WgpuDevice {
         }
         let module = self.module(kernel.stem())?;
         let d = &self.inner.device;
+        let _gl = self.gl_guard();
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
         let entries: Vec<wgpu::BindGroupLayoutEntry> = shaders::bindings(kernel)
             .iter()
@@ -794,6 +815,15 @@ impl WgpuDevice {
             pipelines.push(self.pipeline(l.kernel, &l.constants)?);
         }
         let d = &self.inner.device;
+        // Query slots full: read them back first (read_bytes takes the GL guard itself).
+        let mut timing = lock(&self.inner.timing);
+        if let Some(t) = timing.as_mut()
+            && t.next + 2 > TIMESTAMP_CAPACITY
+        {
+            let spent = self.resolve_timestamps(t)?;
+            t.pending += spent;
+        }
+        let _gl = self.gl_guard();
         let scope = d.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut bind_groups = Vec::with_capacity(launches.len());
         for (l, p) in launches.iter().zip(&pipelines) {
@@ -818,13 +848,6 @@ impl WgpuDevice {
                 layout: &p.layout,
                 entries: &entries,
             }));
-        }
-        let mut timing = lock(&self.inner.timing);
-        if let Some(t) = timing.as_mut()
-            && t.next + 2 > TIMESTAMP_CAPACITY
-        {
-            let spent = self.resolve_timestamps(t)?;
-            t.pending += spent;
         }
         let mut enc = d.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(op) });
         {
@@ -874,6 +897,7 @@ impl WgpuDevice {
         let mut timing = lock(&self.inner.timing);
         if timing.is_none() {
             let d = &self.inner.device;
+            let _gl = self.gl_guard();
             let set = d.create_query_set(&wgpu::QuerySetDescriptor {
                 label: Some("lowbit timestamps"),
                 ty: wgpu::QueryType::Timestamp,
@@ -917,12 +941,15 @@ impl WgpuDevice {
         if t.next == 0 {
             return Ok(Duration::ZERO);
         }
-        let mut enc = self
-            .inner
-            .device
-            .create_command_encoder(&Default::default());
-        enc.resolve_query_set(&t.set, 0..t.next, &t.resolve, 0);
-        self.inner.queue.submit([enc.finish()]);
+        {
+            let _gl = self.gl_guard();
+            let mut enc = self
+                .inner
+                .device
+                .create_command_encoder(&Default::default());
+            enc.resolve_query_set(&t.set, 0..t.next, &t.resolve, 0);
+            self.inner.queue.submit([enc.finish()]);
+        }
         let bytes = self.read_bytes(&t.resolve, u64::from(t.next) * 8)?;
         let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
         let period = f64::from(self.inner.queue.get_timestamp_period());
