@@ -215,11 +215,11 @@ pub(crate) struct Inner {
     /// Scratch buffers of the ops (keyed by purpose), kept and grown across calls: a fresh
     /// 256 MiB buffer per call cost the H100 milliseconds of GPU time.
     scratch: Mutex<HashMap<&'static str, wgpu::Buffer>>,
-    /// On wgpu's GL backend: held by every call of this device that uses the GL context
-    /// (taken after `timing` where both are held).
+    /// On wgpu's GL backend: held by every call of this device that uses the GL context.
     /// wgpu-hal's GL context lock gives up after a few seconds and panics ("Could not lock
     /// adapter context"), and on a software GL driver one large dispatch holds it that long,
-    /// so threads sharing the device wait here instead.
+    /// so threads sharing the device wait here instead. Taken after `timing` where both are
+    /// held.
     gl_serial: Option<Mutex<()>>,
 }
 
