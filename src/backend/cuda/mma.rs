@@ -862,10 +862,9 @@ impl CudaDevice {
         let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
         let bar = self.scratch_buf(&mut scratch.grid_bar, 2)?;
         drop(scratch);
-        let p = LbMma { pdl: 0, ..*p };
         let (rows64, ldo32, n64) = (rows as i64, ldo as i32, n as i64);
         let mut params = [
-            &p as *const LbMma as *mut c_void,
+            p as *const LbMma as *mut c_void,
             &dst as *const u64 as *mut c_void,
             &rows64 as *const i64 as *mut c_void,
             &ldo32 as *const i32 as *mut c_void,
@@ -993,32 +992,66 @@ impl CudaDevice {
         pack_misaligned: bool,
     ) -> Result<bool> {
         let rows = shape.batch * shape.in_heads * shape.time;
-        let (n, kw) = (shape.x_len(), shape.k_words());
-        // SAFETY: forwarded contract (x holds x_len f32 when F32).
-        if let Some((dst, ldo, sp)) = unsafe { self.mma_prep_scaled(p, mode, rows, kw, n, scale)? }
+        let pack = mode != 0 || (pack_misaligned && p.a_vec == 0);
+        // SAFETY: forwarded contract (x holds x_len f32 when F32, rows * D codes, or rows *
+        // lda words).
+        unsafe {
+            self.scale_and_pack(
+                p,
+                mode,
+                rows,
+                shape.k_words(),
+                shape.x_len(),
+                format,
+                scale,
+                pack,
+            )
+        }
+    }
+
+    /// Both ops' input set-up: resolves the activation scale into `p` and, when `pack` (or
+    /// always, where [`CudaDevice::mma_prep_scaled`] computes the scale and packs in one
+    /// launch), packs `p.a`'s `rows` rows into zero-padded, 16-byte aligned i8x4 rows of
+    /// `round_up(kw, 4)` words that `p` then points at. `n`: the input's element count.
+    /// Returns whether it packed.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::mma_prep`]; for a computed scale of f32 input, `p.a` holds `n` f32.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scale_and_pack(
+        &self,
+        p: &mut LbMma,
+        mode: u32,
+        rows: usize,
+        kw: usize,
+        n: usize,
+        format: LowBitActivationFormat,
+        scale: RawScale,
+        pack: bool,
+    ) -> Result<bool> {
+        // SAFETY: forwarded contract.
+        let packed = if let Some((dst, ldo, sp)) =
+            unsafe { self.mma_prep_scaled(p, mode, rows, kw, n, scale)? }
         {
             p.scale_ptr = sp;
             p.scale_param = 0.0;
-            p.a = dst;
-            p.lda = ldo as i64;
-            p.a_kvalid = ldo as i64;
-            p.a_vec = 1;
-            return Ok(true);
-        }
-        // SAFETY: forwarded contract (x holds x_len f32 when F32).
-        let (sp, sv) = unsafe { self.resolve_scale(p.a, n, format, scale)? };
-        p.scale_ptr = sp;
-        p.scale_param = sv;
-        let pack = mode != 0 || (pack_misaligned && p.a_vec == 0);
-        if pack {
-            // SAFETY: x holds rows * D codes or f32, or rows * lda words (contract).
-            let (dst, ldo) = unsafe { self.mma_prep(p, mode, rows, kw)? };
+            Some((dst, ldo))
+        } else {
+            // SAFETY: forwarded contract.
+            let (sp, sv) = unsafe { self.resolve_scale(p.a, n, format, scale)? };
+            p.scale_ptr = sp;
+            p.scale_param = sv;
+            // SAFETY: forwarded contract.
+            pack.then(|| unsafe { self.mma_prep(p, mode, rows, kw) })
+                .transpose()?
+        };
+        if let Some((dst, ldo)) = packed {
             p.a = dst;
             p.lda = ldo as i64;
             p.a_kvalid = ldo as i64;
             p.a_vec = 1;
         }
-        Ok(pack)
+        Ok(packed.is_some())
     }
 
     /// Queues `lowrank_wgmma` for the problem `p` that `lowrank_mma_raw` built (A not yet
@@ -1200,28 +1233,20 @@ impl CudaDevice {
         } else {
             None
         };
-        // SAFETY: forwarded contract (y holds y_len f32 when F32).
-        let fused = unsafe { self.mma_prep_scaled(&p, mode, rows, lw, shape.y_len(), scale)? };
-        if let Some((dst, ldo, sp)) = fused {
-            p.scale_ptr = sp;
-            p.scale_param = 0.0;
-            p.a = dst;
-            p.lda = ldo as i64;
-            p.a_kvalid = ldo as i64;
-        } else {
-            // SAFETY: forwarded contract (y holds y_len f32 when F32).
-            let (sp, sv) = unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
-            p.scale_ptr = sp;
-            p.scale_param = sv;
-            if !direct {
-                // Pack the input into zero-padded, 16-byte aligned i8x4 rows.
-                // SAFETY: y holds rows * L codes / f32, or rows * Lw words (contract).
-                let (dst, ldo) = unsafe { self.mma_prep(&p, mode, rows, lw)? };
-                p.a = dst;
-                p.lda = ldo as i64;
-                p.a_kvalid = ldo as i64;
-            }
-        }
+        // SAFETY: forwarded contract (y holds y_len f32 when F32, rows * L codes, or rows * Lw
+        // words).
+        unsafe {
+            self.scale_and_pack(
+                &mut p,
+                mode,
+                rows,
+                lw,
+                shape.y_len(),
+                format,
+                scale,
+                !direct,
+            )?
+        };
         let mut scratch = self.scratch();
         if groups > 1 {
             p.partial = self.scratch_buf(&mut scratch.partials, groups * m * dim)?;
