@@ -11,7 +11,8 @@
 // Glossary: mma.cuh, common.cuh.
 
 #if defined(LB_MMA_SMALL)
-// M <= 16 (any M for ternary2 weights): lb_mma_small, split = (head, K slice).
+// M <= 16 (any M for ternary2 weights where decoder_wgmma does not run): lb_mma_small,
+// split = (head, K slice).
 extern "C" __global__ void __launch_bounds__(LB_MS_THREADS) decoder_mma_small(LbProblem p) {
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
 }
@@ -174,6 +175,8 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 // into a register double buffer right before its four wgmma k32 steps, while the previous
 // chunk's wgmma still runs. One split writes the output, several i32 partials [z][M][D] for
 // decoder_mma_reduce.
+// With LB_DW_T2 the weights are ternary2 (mma.cuh): a chunk's weight tile is its 8 t2 rows,
+// a quarter of the bytes, and each thread expands its 4 fragment words into the 16 registers.
 // With LB_DW_ZC = Z > 1 the grid has Z splits, one cluster per tile, which sum their
 // accumulators through distributed shared memory instead of partials: each CTA stores its
 // tile into its own ring, and after a cluster barrier CTA z adds rows z * 128 / Z.. of the Z
@@ -186,8 +189,9 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 //             warpgroup's 64: a thread's rows g and g + 8 are adjacent columns dc, dc + 1, so
 //             its A registers come in 8-byte loads and its outputs go out in 8-byte stores
 //   D frag    register i: column dc + (i/2) % 2, row 8 (i/4) + 2t + i%2 of the tile
-//   Ws        weight tile [32][LB_DW_LDW] words: rows padded by 8 words, so a warp's 8-byte
-//             fragment loads (4 rows x 64 bytes) take the minimum two wavefronts
+//   Ws        weight tile [LB_DW_WROWS][LB_DW_LDW] words (32 k words, or 8 t2 rows): rows
+//             padded by 8 words, so a warp's 8-byte fragment loads (4 rows x 64 bytes) take
+//             the minimum two wavefronts
 
 #if LB_DW_BN != 256 || LB_DW_BM != 128 || LB_DW_THREADS != 512 || LB_DW_STAGES < 3
 #error "decoder_wgmma: LB_DW_BN, LB_DW_BM, LB_DW_THREADS must be 256, 128, 512; STAGES >= 3"
@@ -195,12 +199,19 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #if LB_DW_ZC != 1 && LB_DW_ZC != 2 && LB_DW_ZC != 4 && LB_DW_ZC != 8
 #error "decoder_wgmma: LB_DW_ZC must be 1, 2, 4 or 8"
 #endif
+#ifndef LB_DW_T2
+#define LB_DW_T2 0
+#endif
 #define LB_DW_ACC_LD (LB_DW_BN + 8)  // accumulator tile rows in smem (Z mode), in ints
 #define LB_DW_LDW (LB_DW_BN + 8)
 #define LB_DW_YBYTES (LB_DW_BM * 128)
-// Ring slot: y tile, then weight tile; a multiple of 1024 bytes (y tiles stay atom-aligned).
-#define LB_DW_SLOT (LB_DW_YBYTES + 32 * LB_DW_LDW * 4)
-static_assert(LB_DW_SLOT % 1024 == 0, "decoder_wgmma: ring slots 1024-byte aligned");
+#define LB_DW_WROWS (LB_DW_T2 ? 8 : 32)
+// Ring slot (LB_DW_SLOT bytes, from the Rust side): y tile, then weight tile; a multiple of
+// 1024 bytes (y tiles stay atom-aligned).
+static_assert(LB_DW_SLOT % 1024 == 0 && LB_DW_SLOT >= LB_DW_YBYTES + LB_DW_WROWS * LB_DW_LDW * 4,
+              "decoder_wgmma: ring slots hold a chunk and are 1024-byte aligned");
+static_assert(LB_DW_ZC == 1 || LB_DW_STAGES * LB_DW_SLOT >= LB_DW_BM * LB_DW_ACC_LD * 4,
+              "decoder_wgmma: the ring holds the accumulator tile in cluster mode");
 
 template <bool UNS>
 __device__ __forceinline__ void lb_dw_mma(int (&d)[64], const u32 (&r)[16], u64 db) {
@@ -242,8 +253,9 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         }
         y_src[rr] = y_row[rr] >= 0 ? A + y_row[rr] + ck * 4 : A;
     }
-    // Weights: 16-byte pieces (columns 4c..4c+3 of rows tid / 64 + 8i) or, without b_vec,
-    // single words (column tid % 256 of rows tid / 256 + 2i).
+    // Weights (LB_DW_WROWS rows per chunk): 16-byte pieces (columns 4c..4c+3 of rows
+    // tid / 64 + 8i) or, without b_vec, single words (column tid % 256 of rows tid / 256 + 2i).
+    constexpr int WR = LB_DW_WROWS;
     const bool wfull = p.b_vec && n0 + LB_DW_BN <= p.bcols;
     const int wr = tid >> 6, wc = (tid & 63) * 4;
     const u32* w_src = p.b + (long long)wr * p.ldb + n0 + wc;
@@ -253,9 +265,12 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     // incrementally (interior chunks then cost a few adds).
     int lh = c0 / cph, lkc = c0 - lh * cph;
     long long y_off = (long long)lh * p.time * p.lda + lkc * 32;
-    long long w_off = ((long long)lh * p.b_head_rows + lkc * 32) * p.ldb;
+    long long w_off = ((long long)lh * p.b_head_rows + lkc * WR) * p.ldb;
     const long long y_head = (long long)p.time * p.lda - (long long)cph * 32;
-    const long long w_head = ((long long)p.b_head_rows - (long long)cph * 32) * p.ldb;
+    const long long w_head = ((long long)p.b_head_rows - (long long)cph * WR) * p.ldb;
+    // Is weight row r of the chunk at k word k0 needed (k words of it below kw)? Rows past
+    // it may lie in the next head or past the end; y is zero there, so they load as zeros.
+    auto w_needed = [&](int r, int kleft) { return LB_DW_T2 ? (r >> 2) * 16 < kleft : r < kleft; };
     auto load = [&](int u) {
         if (u < units) {
             unsigned char* slot = ring + (u % S) * LB_DW_SLOT;
@@ -268,7 +283,8 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
                             y_row[rr] >= 0 ? 16 : 0);
                 const u32* w = w_src + w_off;
 #pragma unroll
-                for (int i = 0; i < 4; ++i) lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW, w + i * ldb8, 16);
+                for (int i = 0; i < WR / 8; ++i)
+                    lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW, w + i * ldb8, 16);
             } else {
                 const int q = k0 + ck * 4;
                 const int valid = q < p.kw ? min(4, p.kw - q) * 4 : 0;
@@ -283,23 +299,23 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
                 if (p.b_vec) {
                     const int vb = n0 + wc < p.bcols ? min(4, p.bcols - n0 - wc) * 4 : 0;
 #pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        const bool ok = wr + 8 * i < kleft && vb > 0;
+                    for (int i = 0; i < WR / 8; ++i) {
+                        const bool ok = w_needed(wr + 8 * i, kleft) && vb > 0;
                         lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW,
                                 ok ? wsrc + (wr + 8 * i) * p.ldb + wc : p.b, ok ? vb : 0);
                     }
                 } else {
                     const int c = tid & 255, r = tid >> 8;
 #pragma unroll 4
-                    for (int i = 0; i < 16; ++i) {
-                        const bool ok = r + 2 * i < kleft && n0 + c < p.bcols;
+                    for (int i = 0; i < WR / 2; ++i) {
+                        const bool ok = w_needed(r + 2 * i, kleft) && n0 + c < p.bcols;
                         lb_cp4(ws + (r + 2 * i) * LB_DW_LDW + c,
                                ok ? wsrc + (r + 2 * i) * p.ldb + c : p.b, ok ? 4 : 0);
                     }
                 }
             }
             y_off += 32;
-            w_off += 32 * p.ldb;
+            w_off += WR * p.ldb;
             if (++lkc == cph) {
                 lkc = 0;
                 y_off += y_head;
@@ -316,7 +332,8 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
 #pragma unroll
     for (int i = 0; i < 64; ++i) d[i] = 0;
     const u64 db0 = lb_wg_desc(ring);
-    // This thread's fragment words in a weight tile: word row 4i + t, columns dc, dc + 1.
+    // This thread's fragment words in a weight tile: word row 4i + t (i8x4; i = 0..7), or t2
+    // row 4q + t whose slot j is word row 4 (4q + j) + t; columns dc, dc + 1.
     const int dcol = 64 * wg + 16 * warp + 2 * g;
     const int dc = n0 + dcol;
     const int frag = t * LB_DW_LDW + dcol;
@@ -330,11 +347,23 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         load(u + S - 2);
         const unsigned char* slot = ring + (u % S) * LB_DW_SLOT;
         const u32* ws = (const u32*)(slot + LB_DW_YBYTES) + frag;
+        if (LB_DW_T2) {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            const uint2 v = *(const uint2*)(ws + 4 * i * LB_DW_LDW);
-            cur[2 * i] = v.x;
-            cur[2 * i + 1] = v.y;
+            for (int q = 0; q < 2; ++q) {
+                const uint2 v = *(const uint2*)(ws + 4 * q * LB_DW_LDW);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    cur[2 * (4 * q + j)] = lb_t2_expand(v.x, j);
+                    cur[2 * (4 * q + j) + 1] = lb_t2_expand(v.y, j);
+                }
+            }
+        } else {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const uint2 v = *(const uint2*)(ws + 4 * i * LB_DW_LDW);
+                cur[2 * i] = v.x;
+                cur[2 * i + 1] = v.y;
+            }
         }
         lb_dw_mma<UNS>(d, cur, db0 + (u64)(((u % S) * LB_DW_SLOT) >> 4));
         lb_wg_wait<1>();  // chunk u - 1's wgmma done

@@ -20,6 +20,12 @@
 //   chunk    LB_MMA_BKW k words (4·BKW k), the unit of the cp.async pipeline
 //   warp tile 64 rows x (8·LB_MMA_NI) cols; warps 2 (rows) x 4 (cols): CTA tile 128 x 32·NI
 //   UNS      A bytes are unsigned (uint8pos codes up to 255): mma .u8.s8
+//   T2       ternary weights, 2 bits each, in the fragment layout of src/pack.rs
+//            (`pack_ternary2_fragments`): t2 row R of a head holds k words 16*(R/4) + R%4 + 4j,
+//            j = 0..3, of every column, lane b of k word slot j at bits 8b+2j (stored as v+1);
+//            lb_t2_expand turns a slot into an i8x4 word. Thread t of an m16n8k32 (or wgmma
+//            k32) fragment reads k words t and t + 4 of each 8: one t2 word is its slots of
+//            two k-steps
 //
 // Exactness: K padding (rows, columns or k past the valid range) is zero-filled, so every
 // accumulator is the exact i32 dot product; out = (acc * w_scale) * a_scale as in common.cuh.
@@ -276,6 +282,11 @@ __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, i
         }
 }
 
+// i8x4 word of slot j of a t2 word: per byte ((field + 0x7f) ^ 0x80) = field - 1, no carries.
+__device__ __forceinline__ u32 lb_t2_expand(u32 x, int j) {
+    return (((x >> (2 * j)) & 0x03030303u) + 0x7f7f7f7fu) ^ 0x80808080u;
+}
+
 // ---- warpgroup mma (sm_90a; modules compiled with LB_WGMMA) --------------------------------
 #if defined(LB_WGMMA)
 // Descriptor of a 128-byte-swizzled K-major operand at `smem` (1024-byte aligned atoms):
@@ -421,11 +432,8 @@ __device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
 // Every weight word is loaded once, straight into registers, a batch of 64 k words (4 "pairs"
 // of two k-steps) at a time; the first batch is in flight while A is staged. Grid: (column
 // tiles of 32*CW, splits, row blocks); lowrank split = head, decoder split = head x K slice.
-//   T2    ternary weights, 2 bits each, in the fragment layout of src/pack.rs
-//         (`pack_ternary2_fragments`): t2 row R of a head holds k words 16*(R/4) + R%4 + 4j,
-//         j = 0..3, of every column, lane b of k word slot j at bits 8b+2j (stored as v+1).
-//         A thread's 16-byte load (4 columns of one t2 row) is its B registers for two
-//         k-steps of its four fragments; lb_t2_expand turns a slot into an i8x4 word.
+//   T2    ternary2 weights (glossary above): a thread's 16-byte load (4 columns of one t2
+//         row) is its B registers for two k-steps of its four fragments.
 // Decoder split-K: the k-warps are summed in smem, element-parallel over the valid rows; the
 // splits by integer atomics into the zeroed [M][D] accumulator, lb_split_finish writing the
 // output (the same bits every run). (Summing the splits of a thread-block cluster through
@@ -449,11 +457,6 @@ __device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
 // k-step pairs (16 k words each) per register batch: 4 (1 or 4 16-byte loads each); 2 for
 // i8x4 weights on the split decoder, whose 256 threads cannot hold 16 loads without spills.
 #define LB_MS_PAIRS (LB_MS_T2 || LB_MS_KW == 1 ? 4 : 2)
-
-// i8x4 word of slot j of a t2 word: per byte ((field + 0x7f) ^ 0x80) = field - 1, no carries.
-__device__ __forceinline__ u32 lb_t2_expand(u32 x, int j) {
-    return (((x >> (2 * j)) & 0x03030303u) + 0x7f7f7f7fu) ^ 0x80808080u;
-}
 
 template <int MODE, bool UNS, bool T2>
 __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {

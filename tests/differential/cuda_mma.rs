@@ -245,9 +245,10 @@ fn ternary2_ops() -> Vec<Op> {
 }
 
 fn ternary2_random(ctx: &mut Ctx) {
+    use crate::WeightKind::Ternary;
     crate::int_cases(ctx, "ternary2", &ternary2_ops(), 141);
-    crate::epilogue_cases(ctx, "ternary2", &ternary2_ops(), 142);
-    crate::edge_cases(ctx, "ternary2", &ternary2_ops(), 143);
+    crate::epilogue_cases_with(ctx, "ternary2", &ternary2_ops(), 142, Ternary);
+    crate::edge_cases_with(ctx, "ternary2", &ternary2_ops(), 143, Ternary);
 }
 
 #[test]
@@ -471,6 +472,45 @@ fn decoder_on_wgmma() {
         ];
         crate::large_cases(ctx, "wgmma decoder_tail", &ops, 115);
         crate::epilogue_cases(ctx, "wgmma decoder_tail", &ops[..2], 116);
+    });
+}
+
+/// `decoder_wgmma` on ternary2 weights (M > 16 on sm_90): the shapes of `decoder_on_wgmma`
+/// (splits with partials, two column tiles with odd L < Lart, one split), a D that is not a
+/// multiple of 4 (word-wise weight loads), a tile whose 2 splits sum in a cluster, and a
+/// partial last chunk whose second half lies past the head's ternary2 rows. Every input
+/// variant, every epilogue and the edge data on ternary weights (the int8 ones of
+/// `large_cases` go through the i8x4 kernel).
+#[test]
+fn ternary2_decoder_on_wgmma() {
+    use crate::WeightKind::Ternary;
+    let Some(b) = t2_backend() else { return };
+    if !b.device().wgmma() {
+        println!(
+            "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
+            b.device().name()
+        );
+        return;
+    }
+    run_on_mma(b, "LB_DW_T2=1 LB_DW_ZC=1 ", |ctx| {
+        let ops = [
+            dec([2, 4, 260, 2048], [4 * 2048, 256]),
+            dec([1, 2, 150, 1031], [2 * 1040, 300]),
+            dec([1, 1, 17000, 64], [64, 36]),
+            dec([2, 2, 90, 253], [2 * 256, 301]),
+            dec([1, 3, 40, 64], [3 * 64, 64]),
+        ];
+        let name = "wgmma decoder_tail, ternary2";
+        crate::large_cases(ctx, name, &ops, 151);
+        crate::int_cases(ctx, name, &ops[3..], 152);
+        crate::epilogue_cases_with(ctx, name, &ops[1..], 153, Ternary);
+        crate::edge_cases_with(ctx, name, &ops[3..], 154, Ternary);
+    });
+    run_on_mma(b, "LB_DW_T2=1 LB_DW_ZC=2 ", |ctx| {
+        let ops = [dec([1, 1, 6400, 512], [512, 256])];
+        let name = "wgmma decoder_tail, ternary2, 2 splits in a cluster";
+        crate::large_cases(ctx, name, &ops, 155);
+        crate::epilogue_cases_with(ctx, name, &ops, 156, Ternary);
     });
 }
 

@@ -873,11 +873,16 @@ pub fn large_cases(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64) {
     }
 }
 
-/// Every epilogue (f32/f16/bf16, relu or not) on each input variant.
+/// Every epilogue (f32/f16/bf16, relu or not) on each input variant, int8 weights.
 pub fn epilogue_cases(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64) {
+    epilogue_cases_with(ctx, name, ops, seed, WeightKind::Int8);
+}
+
+/// [`epilogue_cases`] with weights of kind `wk`.
+pub fn epilogue_cases_with(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64, wk: WeightKind) {
     let mut rng = testing::Rng::new(seed);
     for op in ops {
-        let w = Weights::new(op, WeightKind::Int8, &mut rng);
+        let w = Weights::new(op, wk, &mut rng);
         let x = make_data(&mut rng, op.in_len(), Data::Normal);
         for epilogue in epilogues() {
             for (format, input, scale) in [
@@ -914,9 +919,14 @@ pub fn float_cases(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64) {
 
 /// Zeros (EPS scale), huge magnitudes, exact k+0.5 ties and their neighbours, qmax clipping.
 pub fn edge_cases(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64) {
+    edge_cases_with(ctx, name, ops, seed, WeightKind::Int8);
+}
+
+/// [`edge_cases`] with weights of kind `wk`.
+pub fn edge_cases_with(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64, wk: WeightKind) {
     let mut rng = testing::Rng::new(seed);
     for op in ops {
-        let w = Weights::new(op, WeightKind::Int8, &mut rng);
+        let w = Weights::new(op, wk, &mut rng);
         for data in [
             Data::Zeros,
             Data::Huge,

@@ -90,17 +90,35 @@ pub const WGMMA_ENV: &str = "LOWBIT_CUDA_WGMMA";
 
 /// Decoder tail on warpgroup mma (`decoder_wgmma`, sm_90a): output columns and rows per CTA
 /// (four warpgroups of 64 columns, each on all the rows), its threads, and the depth of its
-/// ring (a slot holds one chunk's y tile and weight tile, `DEC_WGMMA_SLOT` bytes). Passed to
-/// the kernel as `LB_DW_*`, which it checks.
+/// ring (a slot holds one chunk's y tile and weight tile, [`dec_wgmma_slot`] bytes) with i8x4
+/// weights and with ternary2 weights (a quarter of the weight tile: more chunks in flight).
+/// Passed to the kernel as `LB_DW_*`, which it checks.
 pub const DEC_WGMMA_BN: usize = 256;
 pub const DEC_WGMMA_BM: usize = 128;
 pub const DEC_WGMMA_THREADS: u32 = 512;
 pub const DEC_WGMMA_STAGES: usize = 4;
-const DEC_WGMMA_SLOT: usize = DEC_WGMMA_BM * 128 + MMA_BKW * (DEC_WGMMA_BN + 8) * 4;
+pub const DEC_WGMMA_T2_STAGES: usize = 8;
+
+/// Bytes of one `decoder_wgmma` ring slot: the 128-byte rows of the y tile, then the weight
+/// tile (32 k words, or 8 ternary2 rows, of `BN + 8` words), rounded up to 1 KB (the y tiles
+/// are 1 KB-aligned swizzle atoms).
+pub const fn dec_wgmma_slot(t2: bool) -> usize {
+    let wrows = if t2 { MMA_BKW / 4 } else { MMA_BKW };
+    (DEC_WGMMA_BM * 128 + wrows * (DEC_WGMMA_BN + 8) * 4).next_multiple_of(1024)
+}
+
+/// Ring slots of `decoder_wgmma`.
+pub const fn dec_wgmma_stages(t2: bool) -> usize {
+    if t2 {
+        DEC_WGMMA_T2_STAGES
+    } else {
+        DEC_WGMMA_STAGES
+    }
+}
 
 /// Dynamic smem of `decoder_wgmma`: the ring, with 1 KB to align the swizzled tiles.
-pub const fn dec_wgmma_smem() -> usize {
-    DEC_WGMMA_STAGES * DEC_WGMMA_SLOT + 1024
+pub const fn dec_wgmma_smem(t2: bool) -> usize {
+    dec_wgmma_stages(t2) * dec_wgmma_slot(t2) + 1024
 }
 
 /// `decoder_wgmma`'s split clusters: where a tile has at most this many splits (a power of
@@ -134,15 +152,17 @@ pub fn decoder_zcluster(max: usize, splits: usize) -> usize {
 }
 
 /// Defines of `decoder_wgmma` with clusters of `zc` splits summed through distributed
-/// shared memory (`LB_WGMMA` makes its target `sm_90a`).
-pub fn dec_wgmma_defines(uns: bool, zc: usize) -> Vec<(String, String)> {
+/// shared memory, on i8x4 or ternary2 (`t2`) weights (`LB_WGMMA` makes its target `sm_90a`).
+pub fn dec_wgmma_defines(uns: bool, zc: usize, t2: bool) -> Vec<(String, String)> {
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
         d("LB_UNS", u32::from(uns)),
         d("LB_DW_BN", DEC_WGMMA_BN),
         d("LB_DW_BM", DEC_WGMMA_BM),
         d("LB_DW_THREADS", DEC_WGMMA_THREADS),
-        d("LB_DW_STAGES", DEC_WGMMA_STAGES),
+        d("LB_DW_STAGES", dec_wgmma_stages(t2)),
+        d("LB_DW_SLOT", dec_wgmma_slot(t2)),
+        d("LB_DW_T2", u32::from(t2)),
         d("LB_DW_ZC", zc),
         eps(),
     ]
@@ -232,7 +252,9 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
             }
         }
         for zc in [1, 2, 4, 8] {
-            v.push((KernelId::DecoderWgmma, dec_wgmma_defines(uns, zc)));
+            for t2 in [false, true] {
+                v.push((KernelId::DecoderWgmma, dec_wgmma_defines(uns, zc, t2)));
+            }
         }
     }
     v
@@ -563,7 +585,9 @@ impl CudaDevice {
     /// Does `decoder_wgmma` run this decoder tail (sm_90a, M > 16, not switched off by
     /// [`WGMMA_ENV`] or [`CudaDevice::with_wgmma`])?
     pub fn wgmma_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
-        self.wgmma && self.mma_decoder_ok(shape) && dec_wgmma_smem() <= self.smem_optin()
+        self.wgmma
+            && self.mma_decoder_ok(shape)
+            && dec_wgmma_smem(false).max(dec_wgmma_smem(true)) <= self.smem_optin()
     }
 
     /// Switches the warpgroup-mma kernels (both ops) on, where the device can run them, or off.
@@ -624,7 +648,8 @@ impl CudaDevice {
 
     /// Does the small-M tensor-core kernel run this decoder tail with i8x4 weights? M in
     /// `SMALL_DECODER_MMA_MIN_M..=16` (below, the dp4a small-M kernel measured faster), or
-    /// any M ≤ 16 with [`CudaDevice::with_small_mma`]. Ternary2 weights always run on it.
+    /// any M ≤ 16 with [`CudaDevice::with_small_mma`]. Ternary2 weights run on it at every M
+    /// unless `decoder_wgmma` takes them ([`CudaDevice::wgmma_decoder_ok`]).
     pub fn mma_small_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
         self.family == KernelFamily::Mma
             && shape.m() <= t::SMALL_M_MAX
@@ -1115,10 +1140,12 @@ impl CudaDevice {
     }
 
     /// Queues the decoder tail on the tensor cores (validated by `decoder_tail_raw`, which
-    /// routes here when [`CudaDevice::mma_decoder_ok`]).
+    /// routes here when [`CudaDevice::mma_decoder_ok`], and with ternary2 weights (`t2`) only
+    /// when [`CudaDevice::wgmma_decoder_ok`]).
     ///
     /// # Safety
-    /// As [`CudaDevice::decoder_tail_raw`].
+    /// As [`CudaDevice::decoder_tail_raw`]; ternary2 weights cover `shape.w_ternary2_len()`
+    /// words.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn decoder_tail_mma_raw(
         &self,
@@ -1132,6 +1159,7 @@ impl CudaDevice {
         out: u64,
         mode: u32,
         uns: bool,
+        t2: bool,
     ) -> Result<()> {
         const OP: &str = "cuda::decoder_tail (mma)";
         let y = match input {
@@ -1174,7 +1202,15 @@ impl CudaDevice {
             bcols: i32_of(OP, "D", dim)?,
             kw: i32_of(OP, "L words", lw)?,
             kpw: 0,
-            b_head_rows: i32_of(OP, "Lart words", shape.w_head_words())?,
+            b_head_rows: if t2 {
+                i32_of(
+                    OP,
+                    "ternary2 rows",
+                    crate::pack::ternary2_rows(shape.w_head_words()),
+                )?
+            } else {
+                i32_of(OP, "Lart words", shape.w_head_words())?
+            },
             tiles_n: i32_of(OP, "column tiles", n_tiles)?,
             a_vec: i32::from(in_lda.is_multiple_of(4) && aligned16(y)),
             b_vec: i32::from(dim.is_multiple_of(4) && aligned16(w_words)),
@@ -1186,8 +1222,15 @@ impl CudaDevice {
         i32_of(OP, "row tiles", m_tiles)?;
         // decoder_wgmma (sm_90a) or decoder_tail_mma: the CTA tile, kernel and smem.
         let wg = self.wgmma_decoder_ok(shape);
+        if t2 && !wg {
+            return Err(LowbitError::Unsupported {
+                backend: crate::error::BackendKind::Cuda,
+                op: OP,
+                reason: "ternary2 weights at this M need the warpgroup-mma decoder (sm_90a)".into(),
+            });
+        }
         let (n_tiles, m_tiles, threads, smem, f, what) = if wg {
-            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, 1))?;
+            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, 1, t2))?;
             let n_tiles = dim.div_ceil(DEC_WGMMA_BN);
             let m_tiles = m.div_ceil(DEC_WGMMA_BM);
             let what = "cuLaunchKernel (decoder_wgmma)";
@@ -1195,7 +1238,7 @@ impl CudaDevice {
                 n_tiles,
                 m_tiles,
                 DEC_WGMMA_THREADS,
-                dec_wgmma_smem(),
+                dec_wgmma_smem(t2),
                 f,
                 what,
             )
@@ -1221,7 +1264,7 @@ impl CudaDevice {
             1
         };
         let (f, splits) = if zc > 1 {
-            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, zc))?;
+            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, zc, t2))?;
             self.prepare_dynamic(&f, threads, smem)?;
             (f, zc)
         } else {
@@ -1307,11 +1350,17 @@ mod tests {
         );
         assert_eq!(wgmma_buffers(WGMMA_MAX_KPW, true), 2);
         assert!(wgmma_smem(WGMMA_MAX_KPW, true) <= 227 * 1024);
-        // decoder_wgmma: four slots of a 16 KB y tile and a 33 KB weight tile, one CTA per SM.
-        assert_eq!(dec_wgmma_smem(), 4 * 49 * 1024 + 1024);
-        assert!(dec_wgmma_smem() <= 227 * 1024);
-        // Its split-cluster sum reuses the ring for the 128 x (256 + 8) i32 tile.
-        const { assert!(DEC_WGMMA_BM * (DEC_WGMMA_BN + 8) * 4 <= DEC_WGMMA_STAGES * DEC_WGMMA_SLOT) };
+        // decoder_wgmma: four slots of a 16 KB y tile and a 33 KB weight tile, one CTA per SM;
+        // with ternary2 weights eight slots of 16 KB + 8.25 KB.
+        assert_eq!(dec_wgmma_smem(false), 4 * 49 * 1024 + 1024);
+        assert_eq!(dec_wgmma_smem(true), 8 * 25 * 1024 + 1024);
+        for t2 in [false, true] {
+            assert!(dec_wgmma_smem(t2) <= 227 * 1024);
+            // Its split-cluster sum reuses the ring for the 128 x (256 + 8) i32 tile.
+            assert!(
+                DEC_WGMMA_BM * (DEC_WGMMA_BN + 8) * 4 <= dec_wgmma_stages(t2) * dec_wgmma_slot(t2)
+            );
+        }
     }
 
     #[test]
