@@ -20,7 +20,8 @@
 #endif
 
 #if defined(LB_MMA_SMALL)
-// M <= 16 (any M for ternary2 weights, a row block of 16 per grid z): lb_mma_small, split = head.
+// M <= 16 (any M for ternary2 weights where lowrank_wgmma does not run; a row block of 16 per
+// grid z): lb_mma_small, split = head.
 extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small(LbProblem p) {
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
 }
@@ -60,6 +61,10 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 #error "lowrank_wgmma: LB_WG_BN, LB_WG_BM, LB_WG_THREADS must be 256, 64, 512; NB 2 or 3; NP 1 to 3"
 #endif
 
+#ifndef LB_WG_T2
+#define LB_WG_T2 0  // ternary2 weights (mma.cuh's glossary), expanded into the weight tile
+#endif
+
 // Output columns per thread and row in each 8G-column group: 4 f32 or 8 f16/bf16 (16 bytes).
 #define LB_WG_G (LB_OUT == 0 ? 2 : 4)
 
@@ -91,9 +96,38 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     const int h = blockIdx.x / p.tiles_n, n0 = (blockIdx.x % p.tiles_n) * LB_WG_BN;
     const int ah = p.a_heads == 1 ? 0 : h;
     if (p.pdl)  // in a chain after mma_prep_a: only the weights' L2 prefetch overlaps it
-        lb_pdl_prologue(2, p.b + (long long)h * p.b_head_rows * p.ldb, p.ldb, 0, p.kw, n0,
+        lb_pdl_prologue(2, p.b + (long long)h * p.b_head_rows * p.ldb, p.ldb, 0,
+                        LB_WG_T2 ? (p.kw + 15) / 16 * 4 : p.kw, n0,
                         min(n0 + LB_WG_BN, min(p.ncols, p.bcols)));
 
+#if LB_WG_T2
+    // The weight tile from ternary2 rows (mma.cuh): column c's t2 words of rows 4 q16 + r,
+    // r = 0..3, are its k words 16 q16..16 q16 + 15, word 16 q16 + 4j + r in slot j of row
+    // 4 q16 + r, so each q16 gives four 16-byte smem chunks (words 16 q16 + 4j..+3). Zero past
+    // N, latent_out and kw.
+    {
+        const int c = pt, n = n0 + lb_wg_col(c);
+        const bool col_ok = n < p.ncols && n < p.bcols;
+        const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + n;
+        unsigned char* row = Bs + c * 128;
+        for (int q16 = pair; q16 < p.kpw / 16; q16 += 2) {
+            const bool ok = col_ok && 16 * q16 < p.kw;
+            u32 t[4];
+#pragma unroll
+            for (int r = 0; r < 4; ++r) t[r] = ok ? __ldg(w + (long long)(4 * q16 + r) * p.ldb) : 0u;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int q = 16 * q16 + 4 * j;
+                const int off = (q >> 5) * b_plane + ((((q >> 2) & 7) ^ (c & 7)) << 4);
+                *(uint4*)(row + off) =
+                    ok ? make_uint4(lb_t2_expand(t[0], j), lb_t2_expand(t[1], j),
+                                    lb_t2_expand(t[2], j), lb_t2_expand(t[3], j))
+                       : make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+        lb_commit();  // an empty group: the A tiles' group count stays as below
+    }
+#else
     // The weight tile, gathered word by word by 4-byte cp.asyncs: smem row c is column
     // n0 + lb_wg_col(c) (zero past N, latent_out and kw).
     {
@@ -108,6 +142,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         }
         lb_commit();
     }
+#endif
 
     const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
     const int first = blockIdx.y * 2 + pair, step = gridDim.y * 2;

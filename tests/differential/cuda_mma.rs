@@ -392,6 +392,51 @@ fn lowrank_on_wgmma() {
     });
 }
 
+/// `lowrank_wgmma` on ternary2 weights (M > 16 on sm_90), expanded into its weight tile: the
+/// shapes of `lowrank_on_wgmma` (D = 384 too), D off every multiple of 16 k words (the last
+/// t2 rows partly or wholly past D), Hin = H, latent_out < N; and with one CTA per column
+/// tile, so that each warpgroup pair walks several row tiles. Every input variant, every
+/// epilogue and the edge data on ternary weights.
+#[test]
+fn ternary2_lowrank_on_wgmma() {
+    use crate::WeightKind::Ternary;
+    let Some(b) = t2_backend() else { return };
+    if !b.device().wgmma() {
+        println!(
+            "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
+            b.device().name()
+        );
+        return;
+    }
+    let ops = [
+        lr([2, 1, 500, 256], [2, 256, 600], 600),
+        lr([1, 4, 130, 256], [4, 256, 256], 256),
+        lr([3, 1, 97, 384], [1, 384, 300], 257),
+        lr([2, 2, 70, 250], [2, 250, 130], 130),
+        lr([4, 3, 5, 33], [3, 33, 130], 100),
+    ];
+    run_on_mma(b, "LB_WG_T2=1", |ctx| {
+        let name = "wgmma lowrank, ternary2";
+        crate::large_cases(ctx, name, &ops, 161);
+        crate::int_cases(ctx, name, &ops[3..], 162);
+        crate::epilogue_cases_with(ctx, name, &ops[1..], 163, Ternary);
+        crate::edge_cases_with(ctx, name, &ops[3..], 164, Ternary);
+    });
+    let one = open_mma(|d| {
+        let d = d
+            .with_lowrank_row_ctas(1)
+            .unwrap_or_else(|e| panic!("row CTAs: {e}"));
+        CudaBackend::from_device(d).with_ternary2_weights(true)
+    })
+    .unwrap_or_else(|e| panic!("one row CTA: {e}"));
+    let one: &'static CudaBackend = Box::leak(Box::new(one));
+    run_on_mma(one, "LB_WG_T2=1", |ctx| {
+        let name = "wgmma lowrank, ternary2, 1 row CTA";
+        crate::large_cases(ctx, name, &ops[..2], 165);
+        crate::epilogue_cases_with(ctx, name, &ops[..1], 166, Ternary);
+    });
+}
+
 /// `lowrank_wgmma`'s tile pipeline over several tiles per warpgroup pair: with one CTA per
 /// column tile each pair walks every other 64-row tile (4 and 3 here), reusing its A buffers
 /// (three at D = 256, two at D = 384); with three CTAs, a pair's tiles are 6 apart. Every

@@ -49,8 +49,8 @@ pub enum RawWeights {
     Words(u64),
     /// Ternary weights at 2 bits in the fragment layout of
     /// [`crate::pack::pack_ternary2_fragments`] (`shape.w_ternary2_len()` words); runs on the
-    /// int8 tensor cores (sm_80+) at any M: the small-M kernel, or the decoder tail's
-    /// warpgroup-mma kernel at M > 16 on sm_90.
+    /// int8 tensor cores (sm_80+) at any M: the small-M kernel, or the warpgroup-mma kernels
+    /// at M > 16 on sm_90.
     Ternary2(u64),
 }
 
@@ -826,14 +826,16 @@ impl CudaDevice {
         if t2 {
             self.ternary2_ok(OP, path, shape.k_words(), true)?;
         }
+        // Ternary2 weights at M > 16 run on lowrank_wgmma where it runs, else (any M) on the
+        // small-M kernel.
         if let Path::Int { mode, uns } = path
-            && !t2
             && self.mma_lowrank_ok(shape)
+            && (!t2 || self.wgmma_lowrank_ok(shape))
         {
             // SAFETY: forwarded contract (tensor-core family, `mma.rs`).
             return unsafe {
                 self.lowrank_mma_raw(
-                    shape, input, format, scale, w, w_scale, epilogue, out, mode, uns,
+                    shape, input, format, scale, w, w_scale, epilogue, out, mode, uns, t2,
                 )
             };
         }

@@ -221,9 +221,9 @@ pub fn wgmma_split(epilogue: Epilogue) -> bool {
 }
 
 /// Defines of `lowrank_wgmma` for `kpw` (a multiple of 32) resident k words: its 128-byte
-/// planes per row `LB_WG_NP` and A buffers `LB_WG_NB` (the `LB_WGMMA` define also makes its
-/// target `sm_90a`).
-pub fn wgmma_defines(uns: bool, epilogue: Epilogue, kpw: usize) -> Vec<(String, String)> {
+/// planes per row `LB_WG_NP` and A buffers `LB_WG_NB`, on i8x4 or ternary2 (`t2`) weights
+/// (the `LB_WGMMA` define also makes its target `sm_90a`).
+pub fn wgmma_defines(uns: bool, epilogue: Epilogue, kpw: usize, t2: bool) -> Vec<(String, String)> {
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
         d("LB_UNS", u32::from(uns)),
@@ -235,6 +235,7 @@ pub fn wgmma_defines(uns: bool, epilogue: Epilogue, kpw: usize) -> Vec<(String, 
         d("LB_WG_NP", kpw / 32),
         d("LB_WG_SPLIT", u32::from(wgmma_split(epilogue))),
         d("LB_WG_NB", wgmma_buffers(kpw, wgmma_split(epilogue))),
+        d("LB_WG_T2", u32::from(t2)),
         eps(),
     ]
 }
@@ -247,7 +248,9 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
             for relu in [false, true] {
                 let ep = Epilogue { dtype, relu };
                 for kpw in (32..=WGMMA_MAX_KPW).step_by(32) {
-                    v.push((KernelId::LowrankWgmma, wgmma_defines(uns, ep, kpw)));
+                    for t2 in [false, true] {
+                        v.push((KernelId::LowrankWgmma, wgmma_defines(uns, ep, kpw, t2)));
+                    }
                 }
             }
         }
@@ -701,7 +704,8 @@ impl CudaDevice {
     }
 
     /// Queues the small-M low-rank kernel on `p` (built and validated by `lowrank_raw`; `mode`
-    /// says how A arrives). With `t2`, `p.b` holds ternary2 weights and M may be any size.
+    /// says how A arrives). With `t2`, `p.b` holds ternary2 weights and M may be any size
+    /// (at M > 16 `lowrank_wgmma` takes them where it runs).
     pub(crate) fn lowrank_mma_small(
         &self,
         mut p: LbProblem,
@@ -915,10 +919,11 @@ impl CudaDevice {
     }
 
     /// Queues the low-rank projection on the tensor cores. The request was validated by
-    /// `lowrank_raw` (which routes here when [`CudaDevice::mma_lowrank_ok`]).
+    /// `lowrank_raw` (which routes here when [`CudaDevice::mma_lowrank_ok`], and with
+    /// ternary2 weights (`t2`) only when [`CudaDevice::wgmma_lowrank_ok`]).
     ///
     /// # Safety
-    /// As [`CudaDevice::lowrank_raw`].
+    /// As [`CudaDevice::lowrank_raw`]; ternary2 weights cover `shape.w_ternary2_len()` words.
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn lowrank_mma_raw(
         &self,
@@ -932,6 +937,7 @@ impl CudaDevice {
         out: u64,
         mode: u32,
         uns: bool,
+        t2: bool,
     ) -> Result<()> {
         const OP: &str = "cuda::lowrank (mma)";
         let x = match input {
@@ -967,7 +973,11 @@ impl CudaDevice {
             bcols: i32_of(OP, "N", shape.latent)?,
             kw: i32_of(OP, "D words", kw)?,
             kpw: i32_of(OP, "D words", kpw)?,
-            b_head_rows: i32_of(OP, "D words", kw)?,
+            b_head_rows: if t2 {
+                i32_of(OP, "ternary2 rows", crate::pack::ternary2_rows(kw))?
+            } else {
+                i32_of(OP, "D words", kw)?
+            },
             tiles_n: i32_of(OP, "column tiles", tiles_n)?,
             a_vec: i32::from(lda.is_multiple_of(4) && aligned16(x)),
             b_vec: i32::from(shape.latent.is_multiple_of(4) && aligned16(w_words)),
@@ -979,7 +989,18 @@ impl CudaDevice {
         i32_of(OP, "row tiles", m_tiles)?;
         if self.wgmma_lowrank_ok(shape) {
             // SAFETY: forwarded contract.
-            return unsafe { self.lowrank_wgmma_raw(shape, p, scale, format, epilogue, mode, uns) };
+            return unsafe {
+                self.lowrank_wgmma_raw(shape, p, scale, format, epilogue, mode, uns, t2)
+            };
+        }
+        if t2 {
+            return Err(LowbitError::Unsupported {
+                backend: crate::error::BackendKind::Cuda,
+                op: OP,
+                reason: "ternary2 weights at this M need the warpgroup-mma low-rank kernel \
+                         (sm_90a)"
+                    .into(),
+            });
         }
         let f = self.function(KernelId::LowrankMma, lowrank_defines(uns, epilogue, ring))?;
         let smem = lowrank_smem(kpw, ring);
@@ -1094,6 +1115,7 @@ impl CudaDevice {
         epilogue: Epilogue,
         mode: u32,
         uns: bool,
+        t2: bool,
     ) -> Result<()> {
         const OP: &str = "cuda::lowrank (wgmma)";
         let kw = shape.k_words();
@@ -1103,7 +1125,10 @@ impl CudaDevice {
         let m_tiles = shape.m().div_ceil(WGMMA_BM);
         p.kpw = i32_of(OP, "D words", kpw)?;
         p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
-        let f = self.function(KernelId::LowrankWgmma, wgmma_defines(uns, epilogue, kpw))?;
+        let f = self.function(
+            KernelId::LowrankWgmma,
+            wgmma_defines(uns, epilogue, kpw, t2),
+        )?;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue));
         let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
         // SAFETY: forwarded contract. This kernel's 16-byte cp.asyncs need aligned i8x4 rows,

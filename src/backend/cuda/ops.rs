@@ -40,8 +40,8 @@ pub enum DeviceWeights<'a> {
     Words(&'a CudaSlice<u32>),
     /// Ternary (or binary) weights at 2 bits in the fragment layout of
     /// [`crate::pack::pack_ternary2_fragments`] (`w_ternary2_len()` words, a quarter of the
-    /// bytes): the int8 tensor-core small-M kernel at any M (sm_80+), or the decoder tail's
-    /// warpgroup-mma kernel at M > 16 on sm_90.
+    /// bytes): the int8 tensor-core small-M kernel at any M (sm_80+), or the warpgroup-mma
+    /// kernels at M > 16 on sm_90.
     Ternary2(&'a CudaSlice<u32>),
 }
 
