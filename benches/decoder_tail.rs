@@ -412,10 +412,11 @@ fn wgpu_benches(_: &mut Criterion) {}
 fn cuda_mma_benches(c: &mut Criterion) {
     use lowbit_kernels::backend::cuda::microbench;
     use lowbit_kernels::backend::cuda::{
-        CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily,
+        CudaDevice, DeviceAct, DeviceOut, DeviceScale, DeviceWeights, KernelFamily,
     };
     use lowbit_kernels::ops::OutputDType;
     use lowbit_kernels::ops::quantize::QuantizeShape;
+    use lowbit_kernels::pack::pack_ternary2_fragments;
 
     if !mma_selected("cuda_mma/decoder_tail") {
         return;
@@ -438,6 +439,9 @@ fn cuda_mma_benches(c: &mut Criterion) {
     let w_codes = rng.ternary(h * l * d);
     let w_host = pack_decoder_weight_codes_i8x4(&w_codes, h, l, d).unwrap();
     let w = dev.upload(&w_host).unwrap();
+    // The same weights at 2 bits (`ternary2` variants; sm_90 runs them on decoder_wgmma).
+    let w2_host = pack_ternary2_fragments(&w_host, h, l.div_ceil(4), d).unwrap();
+    let w2 = dev.upload(&w2_host).unwrap();
     for m in [512usize, 2048, 8192] {
         let shape = DecoderTailShape::bdh(m, h, l, d).unwrap();
         let y: Vec<f32> = rng
@@ -461,9 +465,15 @@ fn cuda_mma_benches(c: &mut Criterion) {
             .sample_size(10)
             .warm_up_time(Duration::from_millis(200))
             .measurement_time(Duration::from_millis(600));
-        for variant in ["packed_int8", "packed_int8_bf16", "f32_compute_uint8pos"] {
+        for variant in [
+            "packed_int8",
+            "packed_int8_bf16",
+            "f32_compute_uint8pos",
+            "packed_ternary2",
+        ] {
             let fused = variant.starts_with("f32");
             let bf16 = variant.ends_with("bf16");
+            let t2 = variant.contains("ternary2");
             let ep = Epilogue {
                 dtype: if bf16 {
                     OutputDType::Bf16
@@ -491,7 +501,12 @@ fn cuda_mma_benches(c: &mut Criterion) {
                 } else {
                     DeviceOut::F32(&mut out32)
                 };
-                dev.decoder_tail(&shape, input, format, sc, &w, 0.05, 1, ep, out)
+                let weights = if t2 {
+                    DeviceWeights::Ternary2(&w2)
+                } else {
+                    DeviceWeights::Words(&w)
+                };
+                dev.decoder_tail(&shape, input, format, sc, weights, 0.05, 1, ep, out)
             };
             run().unwrap();
             dev.synchronize().unwrap();
@@ -507,7 +522,8 @@ fn cuda_mma_benches(c: &mut Criterion) {
             let secs = samples[samples.len() / 2];
             let in_bytes = (shape.y_len() * if fused { 4 } else { 1 }) as f64;
             let out_bytes = (shape.out_len() * if bf16 { 2 } else { 4 }) as f64;
-            let floor = (in_bytes + out_bytes + (w_host.len() * 4) as f64) / copy.rate();
+            let w_words = if t2 { w2_host.len() } else { w_host.len() };
+            let floor = (in_bytes + out_bytes + (w_words * 4) as f64) / copy.rate();
             println!(
                 "MMA-SUMMARY {name} {variant} time_us={:.2} tops={:.1} in_gbps={:.0} floor_us={:.2} of_floor={:.2}",
                 secs * 1e6,

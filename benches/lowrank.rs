@@ -399,10 +399,11 @@ fn wgpu_benches(_: &mut Criterion) {}
 fn cuda_mma_benches(c: &mut Criterion) {
     use lowbit_kernels::backend::cuda::microbench;
     use lowbit_kernels::backend::cuda::{
-        CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily,
+        CudaDevice, DeviceAct, DeviceOut, DeviceScale, DeviceWeights, KernelFamily,
     };
     use lowbit_kernels::ops::OutputDType;
     use lowbit_kernels::ops::quantize::QuantizeShape;
+    use lowbit_kernels::pack::pack_ternary2_fragments;
 
     if !mma_selected("cuda_mma/lowrank") {
         return;
@@ -425,6 +426,9 @@ fn cuda_mma_benches(c: &mut Criterion) {
     let w_codes = rng.ternary(h * d * n);
     let w_host = pack_lowrank_weight_codes_i8x4(&w_codes, h, d, n).unwrap();
     let w = dev.upload(&w_host).unwrap();
+    // The same weights at 2 bits (`ternary2` variants; sm_90 runs them on lowrank_wgmma).
+    let w2_host = pack_ternary2_fragments(&w_host, h, d.div_ceil(4), n).unwrap();
+    let w2 = dev.upload(&w2_host).unwrap();
     for m in [512usize, 2048, 8192] {
         let shape = LowrankShape::bdh(m, h, d, n).unwrap();
         let x = dev.upload(&rng.normals(shape.x_len(), 1.0)).unwrap();
@@ -448,9 +452,11 @@ fn cuda_mma_benches(c: &mut Criterion) {
             "packed_int8",
             "f32_compute_int8_bf16_relu",
             "packed_int8_bf16_relu",
+            "packed_ternary2_bf16_relu",
         ] {
             let fused = variant.starts_with("f32");
             let bf16 = variant.ends_with("bf16_relu");
+            let t2 = variant.contains("ternary2");
             let ep = if bf16 {
                 Epilogue {
                     dtype: OutputDType::Bf16,
@@ -470,7 +476,12 @@ fn cuda_mma_benches(c: &mut Criterion) {
                 } else {
                     DeviceOut::F32(&mut out32)
                 };
-                dev.lowrank(&shape, input, Fmt::Int8, sc, &w, 0.05, 1, ep, out)
+                let weights = if t2 {
+                    DeviceWeights::Ternary2(&w2)
+                } else {
+                    DeviceWeights::Words(&w)
+                };
+                dev.lowrank(&shape, input, Fmt::Int8, sc, weights, 0.05, 1, ep, out)
             };
             run().unwrap();
             dev.synchronize().unwrap();
@@ -486,7 +497,8 @@ fn cuda_mma_benches(c: &mut Criterion) {
             let secs = samples[samples.len() / 2];
             let out_bytes = (shape.out_len() * if bf16 { 2 } else { 4 }) as f64;
             let in_bytes = (m * d * if fused { 4 } else { 1 }) as f64;
-            let bytes = out_bytes + in_bytes + (w_host.len() * 4) as f64;
+            let w_words = if t2 { w2_host.len() } else { w_host.len() };
+            let bytes = out_bytes + in_bytes + (w_words * 4) as f64;
             let floor = bytes / copy.rate();
             println!(
                 "MMA-SUMMARY {name} {variant} time_us={:.2} tops={:.1} out_gbps={:.0} floor_us={:.2} of_floor={:.2}",
