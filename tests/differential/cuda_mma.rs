@@ -43,7 +43,11 @@ fn sync_backend() -> Option<&'static CudaBackend> {
 /// The mma backend where its device runs the sm_90a warpgroup-mma kernels; elsewhere `None`,
 /// after saying so.
 fn wgmma_backend() -> Option<&'static CudaBackend> {
-    let b = mma_backend()?;
+    with_wgmma(mma_backend()?)
+}
+
+/// `b` where its device runs the warpgroup-mma kernels; elsewhere `None`, after saying so.
+fn with_wgmma(b: &'static CudaBackend) -> Option<&'static CudaBackend> {
     if !b.device().wgmma() {
         println!(
             "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
@@ -400,14 +404,9 @@ fn lowrank_on_wgmma() {
 #[test]
 fn ternary2_lowrank_on_wgmma() {
     use crate::WeightKind::Ternary;
-    let Some(b) = t2_backend() else { return };
-    if !b.device().wgmma() {
-        println!(
-            "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
-            b.device().name()
-        );
+    let Some(b) = t2_backend().and_then(with_wgmma) else {
         return;
-    }
+    };
     let ops = [
         lr([2, 1, 500, 256], [2, 256, 600], 600),
         lr([1, 4, 130, 256], [4, 256, 256], 256),
@@ -529,14 +528,9 @@ fn decoder_on_wgmma() {
 #[test]
 fn ternary2_decoder_on_wgmma() {
     use crate::WeightKind::Ternary;
-    let Some(b) = t2_backend() else { return };
-    if !b.device().wgmma() {
-        println!(
-            "SKIPPED: no wgmma on {} (needs compute capability 9.0)",
-            b.device().name()
-        );
+    let Some(b) = t2_backend().and_then(with_wgmma) else {
         return;
-    }
+    };
     run_on_mma(b, "LB_DW_T2=1 LB_DW_ZC=1 ", |ctx| {
         let ops = [
             dec([2, 4, 260, 2048], [4 * 2048, 256]),
