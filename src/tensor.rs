@@ -594,12 +594,7 @@ impl Tensor {
         if T::DTYPE != self.dtype {
             return Err(self.dtype_error::<T>(OP));
         }
-        Ok(crate::backend::wgpu::GpuBuffer {
-            buffer: w.bytes.buffer.clone(),
-            len: self.len(),
-            device_id: w.bytes.device_id,
-            _t: std::marker::PhantomData,
-        })
+        Ok(w.bytes.retyped(self.len()))
     }
 
     fn dtype_error<T: Element>(&self, op: &'static str) -> LowbitError {

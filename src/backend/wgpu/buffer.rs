@@ -1,6 +1,8 @@
 //! Device buffers: a typed view of one `wgpu::Buffer` owned by one [`super::WgpuDevice`].
 
 use std::marker::PhantomData;
+use std::mem::ManuallyDrop;
+use std::sync::{Arc, Mutex};
 
 use bytemuck::Pod;
 use half::{bf16, f16};
@@ -14,20 +16,81 @@ use crate::ops::OutputDType;
 /// and have the length the shape implies ([`LowbitError::LengthMismatch`]).
 #[derive(Debug)]
 pub struct GpuBuffer<T> {
-    pub(crate) buffer: wgpu::Buffer,
+    pub(crate) buffer: ManuallyDrop<wgpu::Buffer>,
     pub(crate) len: usize,
     pub(crate) device_id: u64,
+    /// On wgpu's GL backend, the device's [`Graveyard`]: the handle goes there when dropped.
+    pub(crate) graveyard: Option<Arc<Graveyard>>,
     pub(crate) _t: PhantomData<T>,
+}
+
+/// Buffer handles dropped on a GL device, released later under its GL serialization (in
+/// the device's next call that takes it). Releasing the last handle of a buffer takes
+/// wgpu-hal's GL context lock, which panics after a few seconds if another thread's long
+/// dispatch holds the context; the device's own calls wait for each other instead.
+#[derive(Debug, Default)]
+pub(crate) struct Graveyard(Mutex<Vec<wgpu::Buffer>>);
+
+impl Graveyard {
+    fn bury(&self, buffer: wgpu::Buffer) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(buffer);
+    }
+
+    /// The handles dropped so far, to be released by the caller (holding the GL guard).
+    pub(crate) fn take(&self) -> Vec<wgpu::Buffer> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl<T> GpuBuffer<T> {
+    pub(crate) fn new(
+        buffer: wgpu::Buffer,
+        len: usize,
+        device_id: u64,
+        graveyard: Option<Arc<Graveyard>>,
+    ) -> Self {
+        Self {
+            buffer: ManuallyDrop::new(buffer),
+            len,
+            device_id,
+            graveyard,
+            _t: PhantomData,
+        }
+    }
+
+    /// A handle of another element type to the same memory (`len` elements of `U`).
+    pub(crate) fn retyped<U>(&self, len: usize) -> GpuBuffer<U> {
+        GpuBuffer::new(
+            (*self.buffer).clone(),
+            len,
+            self.device_id,
+            self.graveyard.clone(),
+        )
+    }
 }
 
 impl<T> Clone for GpuBuffer<T> {
     /// Another handle to the same device memory (not a copy).
     fn clone(&self) -> Self {
-        Self {
-            buffer: self.buffer.clone(),
-            len: self.len,
-            device_id: self.device_id,
-            _t: PhantomData,
+        self.retyped(self.len)
+    }
+}
+
+impl<T> Drop for GpuBuffer<T> {
+    fn drop(&mut self) {
+        // SAFETY: the field is taken once, here, and not used again.
+        let buffer = unsafe { ManuallyDrop::take(&mut self.buffer) };
+        match &self.graveyard {
+            Some(g) => g.bury(buffer),
+            None => drop(buffer),
         }
     }
 }

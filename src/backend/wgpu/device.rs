@@ -2,7 +2,6 @@
 //! the pipeline cache, launches under wgpu error scopes, and GPU timestamps for benches.
 
 use std::collections::HashMap;
-use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -10,7 +9,7 @@ use std::time::Duration;
 use bytemuck::Pod;
 use wgpu::util::DeviceExt;
 
-use super::buffer::GpuBuffer;
+use super::buffer::{GpuBuffer, Graveyard};
 use super::probe;
 use super::shaders::{self, Bind};
 use crate::error::{BackendKind, LowbitError, Result};
@@ -221,6 +220,9 @@ pub(crate) struct Inner {
     /// so threads sharing the device wait here instead. Taken after `timing` where both are
     /// held.
     gl_serial: Option<Mutex<()>>,
+    /// On the GL backend: the buffer handles dropped since the last call that took
+    /// `gl_serial`, which releases them (see [`Graveyard`]).
+    graveyard: Option<Arc<Graveyard>>,
 }
 
 /// A wgpu device and queue with the crate's compiled pipelines. Cheap to clone (shared).
@@ -440,6 +442,7 @@ impl WgpuDevice {
                 dummy,
                 scratch: Mutex::new(HashMap::new()),
                 gl_serial: gl.then(|| Mutex::new(())),
+                graveyard: gl.then(|| Arc::new(Graveyard::default())),
             }),
         })
     }
@@ -488,8 +491,13 @@ impl WgpuDevice {
     }
 
     /// The GL backend's serialization guard (see `Inner::gl_serial`); `None` elsewhere.
+    /// Releases the buffer handles dropped since the last one (`Inner::graveyard`).
     fn gl_guard(&self) -> Option<MutexGuard<'_, ()>> {
-        self.inner.gl_serial.as_ref().map(lock)
+        let guard = self.inner.gl_serial.as_ref().map(lock);
+        if let Some(g) = &self.inner.graveyard {
+            drop(g.take());
+        }
+        guard
     }
 
     /// Blocks until all submitted work is done.
@@ -577,12 +585,12 @@ impl WgpuDevice {
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(driver(format!("allocating {bytes} bytes"), e));
         }
-        Ok(GpuBuffer {
-            buffer,
-            len,
-            device_id: self.inner.id,
-            _t: PhantomData,
-        })
+        Ok(self.wrap(buffer, len))
+    }
+
+    /// A typed handle of this device to `buffer`.
+    fn wrap<T>(&self, buffer: wgpu::Buffer, len: usize) -> GpuBuffer<T> {
+        GpuBuffer::new(buffer, len, self.inner.id, self.inner.graveyard.clone())
     }
 
     /// Scratch of `len` elements for one op's launches, reused across calls (grown when too
@@ -595,22 +603,21 @@ impl WgpuDevice {
         let buffer = match cache.get(key) {
             Some(b) if b.size() >= bytes => b.clone(),
             _ => {
-                let fresh = self.alloc::<T>(len)?.buffer;
-                cache.insert(key, fresh.clone());
+                let fresh = (*self.alloc::<T>(len)?.buffer).clone();
+                let old = cache.insert(key, fresh.clone());
+                let _gl = self.gl_guard();
+                drop(old);
                 fresh
             }
         };
-        Ok(GpuBuffer {
-            buffer,
-            len,
-            device_id: self.inner.id,
-            _t: PhantomData,
-        })
+        Ok(self.wrap(buffer, len))
     }
 
     /// Frees the scratch buffers the ops keep between calls (they are made again on demand).
     pub fn release_scratch(&self) {
-        lock(&self.inner.scratch).clear();
+        let old: Vec<_> = lock(&self.inner.scratch).drain().collect();
+        let _gl = self.gl_guard();
+        drop(old);
     }
 
     /// A new buffer holding `data`.
@@ -921,7 +928,9 @@ impl WgpuDevice {
 
     /// Stops recording GPU time.
     pub fn stop_timing(&self) {
-        *lock(&self.inner.timing) = None;
+        let old = lock(&self.inner.timing).take();
+        let _gl = self.gl_guard();
+        drop(old);
     }
 
     /// GPU time of the launches since the last call (waits for them), or `None` when timing
@@ -964,7 +973,38 @@ impl WgpuDevice {
 
 #[cfg(test)]
 mod tests {
-    use super::TileConfig;
+    use super::{TileConfig, WgpuDevice, WgpuOptions};
+
+    /// On GL, a dropped buffer handle only goes to the device's graveyard (dropping it on
+    /// another thread takes no GL lock); the next call that takes the GL guard releases it.
+    /// Elsewhere there is no graveyard.
+    #[test]
+    fn gl_drops_wait_for_the_gl_guard() {
+        let opts = WgpuOptions {
+            backends: Some(wgpu::Backends::GL),
+            ..Default::default()
+        };
+        let dev = match WgpuDevice::new(opts) {
+            Ok(d) => d,
+            Err(e) => {
+                println!("SKIPPED: no GL adapter ({e})");
+                return;
+            }
+        };
+        let Some(yard) = dev.inner.graveyard.clone() else {
+            panic!("{} is a GL device without a graveyard", dev.name());
+        };
+        let a = dev.upload(&[1u32, 2, 3]).unwrap();
+        let b = a.clone();
+        std::thread::spawn(move || drop(a)).join().unwrap();
+        assert_eq!(yard.len(), 1);
+        // The memory lives on through `b`; this call takes the guard and releases `a`.
+        assert_eq!(dev.download(&b).unwrap(), [1, 2, 3]);
+        assert_eq!(yard.len(), 0);
+        drop(b);
+        dev.synchronize().unwrap();
+        assert_eq!(yard.len(), 0);
+    }
 
     #[test]
     fn tile_config_parses_and_rejects() {

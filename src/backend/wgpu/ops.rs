@@ -262,7 +262,7 @@ impl WgpuDevice {
                 ("EPS", f64::from(EPS)),
             ]
         };
-        let buffers = vec![
+        let buffers: Vec<(u32, &wgpu::Buffer)> = vec![
             (1, &x.buffer),
             (2, &scratch.partials.buffer),
             (3, &out.buffer),
