@@ -217,8 +217,8 @@ pub(crate) struct Inner {
     /// On wgpu's GL backend: held by every call of this device that uses the GL context.
     /// wgpu-hal's GL context lock gives up after a few seconds and panics ("Could not lock
     /// adapter context"), and on a software GL driver one large dispatch holds it that long,
-    /// so threads sharing the device wait here instead. Taken after `timing` where both are
-    /// held.
+    /// so threads sharing the device wait here instead. Taken after `timing` or `scratch`
+    /// where both are held.
     gl_serial: Option<Mutex<()>>,
     /// On the GL backend: the buffer handles dropped since the last call that took
     /// `gl_serial`, which releases them (see [`Graveyard`]).
