@@ -132,6 +132,21 @@ pub(crate) struct Scratch {
     pub mma_words: Option<CudaSlice<u32>>,
 }
 
+/// A tuning variable's bad value: an error naming it.
+fn bad_env(var: &'static str) -> impl Fn(String) -> LowbitError {
+    move |reason| LowbitError::InvalidArgument {
+        op: "open",
+        what: var,
+        reason,
+    }
+}
+
+/// On/off variable `var` ([`super::mma::parse_switch`]; `unset` when unset or empty), or an
+/// error naming it.
+pub(crate) fn env_switch(var: &'static str, unset: bool) -> Result<bool> {
+    super::mma::parse_switch(&std::env::var(var).unwrap_or_default(), unset).map_err(bad_env(var))
+}
+
 /// Environment variable that switches off the one-launch scale and packing of f32 input to
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
@@ -289,14 +304,6 @@ impl CudaDevice {
             message,
         })?;
         let family = KernelFamily::select(&caps)?;
-        // A tuning variable's bad value is an error naming it.
-        let bad_env = |var: &'static str| {
-            move |reason| LowbitError::InvalidArgument {
-                op: "open",
-                what: var,
-                reason,
-            }
-        };
         let tile = |var: &'static str| super::tuning::DpTile::from_env(var).map_err(bad_env(var));
         let tiles = (
             tile(super::tuning::TILE_ENV_LOWRANK)?,
@@ -308,10 +315,8 @@ impl CudaDevice {
             Pdl::parse(&std::env::var(PDL_ENV).unwrap_or_default()).map_err(bad_env(PDL_ENV))?;
         let small =
             super::tuning::SmallShape::from_env().map_err(bad_env(super::tuning::SMALL_ENV))?;
-        let wgmma =
-            super::mma::parse_switch(&std::env::var(super::mma::WGMMA_ENV).unwrap_or_default())
-                .map_err(bad_env(super::mma::WGMMA_ENV))?
-                && super::mma::wgmma_capable(caps.compute_capability);
+        let wgmma = env_switch(super::mma::WGMMA_ENV, true)?
+            && super::mma::wgmma_capable(caps.compute_capability);
         let dw_zcluster = super::mma::parse_dw_zcluster(
             &std::env::var(super::mma::DEC_WGMMA_ZCLUSTER_ENV).unwrap_or_default(),
         )
@@ -333,10 +338,7 @@ impl CudaDevice {
             dw_zcluster,
             wg_row_ctas: None,
             pdl,
-            fused_scale: super::mma::parse_switch(
-                &std::env::var(FUSED_SCALE_ENV).unwrap_or_default(),
-            )
-            .map_err(bad_env(FUSED_SCALE_ENV))?,
+            fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),

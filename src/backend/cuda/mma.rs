@@ -174,11 +174,12 @@ pub fn dec_wgmma_defines(uns: bool, zc: usize, t2: bool) -> Vec<(String, String)
 /// or slower than `absmean_scale` + `mma_prep_a` (762 against 719 µs at M = 8192, H200).
 pub const FUSED_SCALE_L2_SHARE: u64 = 2;
 
-/// An on/off variable's value ([`WGMMA_ENV`], `LOWBIT_CUDA_FUSED_SCALE`): unset,
-/// empty or `1` on (where the device can), `0` off.
-pub fn parse_switch(text: &str) -> std::result::Result<bool, String> {
+/// An on/off variable's value ([`WGMMA_ENV`], `LOWBIT_CUDA_FUSED_SCALE`,
+/// `LOWBIT_CUDA_TERNARY2`): `1` on, `0` off, unset or empty `unset`.
+pub fn parse_switch(text: &str, unset: bool) -> std::result::Result<bool, String> {
     match text.trim() {
-        "" | "1" => Ok(true),
+        "" => Ok(unset),
+        "1" => Ok(true),
         "0" => Ok(false),
         other => Err(format!("`{other}`: expected 0 or 1")),
     }
@@ -525,6 +526,15 @@ fn i32_of(op: &'static str, what: &str, n: usize) -> Result<i32> {
     i32::try_from(n).map_err(|_| too_big(op, what, n))
 }
 
+/// Weight rows per head of `p.b`: `words` i8x4 rows (`what`), or their ternary2 rows.
+fn weight_head_rows(op: &'static str, what: &str, words: usize, t2: bool) -> Result<i32> {
+    if t2 {
+        i32_of(op, "ternary2 rows", crate::pack::ternary2_rows(words))
+    } else {
+        i32_of(op, what, words)
+    }
+}
+
 /// A grid dimension: y and z are limited to 65535 blocks.
 fn grid_dim(op: &'static str, what: &str, n: usize) -> Result<u32> {
     if n <= 65_535 {
@@ -716,9 +726,7 @@ impl CudaDevice {
     ) -> Result<()> {
         const OP: &str = "cuda::lowrank (mma small-M)";
         let kw = shape.k_words();
-        if t2 {
-            p.b_head_rows = i32_of(OP, "ternary2 rows", crate::pack::ternary2_rows(kw))?;
-        }
+        p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
         let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
@@ -742,10 +750,7 @@ impl CudaDevice {
         t2: bool,
     ) -> Result<()> {
         const OP: &str = "cuda::decoder_tail (mma small-M)";
-        if t2 {
-            let rows = crate::pack::ternary2_rows(shape.w_head_words());
-            p.b_head_rows = i32_of(OP, "ternary2 rows", rows)?;
-        }
+        p.b_head_rows = weight_head_rows(OP, "Lart words", shape.w_head_words(), t2)?;
         let lw = shape.k_words();
         let row_blocks = shape.m().div_ceil(SMALL_ROWS);
         let (cw, kws) = (SMALL_DECODER_CW, SMALL_DECODER_KW as usize);
@@ -973,11 +978,7 @@ impl CudaDevice {
             bcols: i32_of(OP, "N", shape.latent)?,
             kw: i32_of(OP, "D words", kw)?,
             kpw: i32_of(OP, "D words", kpw)?,
-            b_head_rows: if t2 {
-                i32_of(OP, "ternary2 rows", crate::pack::ternary2_rows(kw))?
-            } else {
-                i32_of(OP, "D words", kw)?
-            },
+            b_head_rows: weight_head_rows(OP, "D words", kw, t2)?,
             tiles_n: i32_of(OP, "column tiles", tiles_n)?,
             a_vec: i32::from(lda.is_multiple_of(4) && aligned16(x)),
             b_vec: i32::from(shape.latent.is_multiple_of(4) && aligned16(w_words)),
@@ -1227,15 +1228,7 @@ impl CudaDevice {
             bcols: i32_of(OP, "D", dim)?,
             kw: i32_of(OP, "L words", lw)?,
             kpw: 0,
-            b_head_rows: if t2 {
-                i32_of(
-                    OP,
-                    "ternary2 rows",
-                    crate::pack::ternary2_rows(shape.w_head_words()),
-                )?
-            } else {
-                i32_of(OP, "Lart words", shape.w_head_words())?
-            },
+            b_head_rows: weight_head_rows(OP, "Lart words", shape.w_head_words(), t2)?,
             tiles_n: i32_of(OP, "column tiles", n_tiles)?,
             a_vec: i32::from(in_lda.is_multiple_of(4) && aligned16(y)),
             b_vec: i32::from(dim.is_multiple_of(4) && aligned16(w_words)),
@@ -1407,14 +1400,21 @@ mod tests {
 
     #[test]
     fn wgmma_switch_parses() {
-        assert_eq!(parse_switch(""), Ok(true));
-        assert_eq!(parse_switch(" 1 "), Ok(true));
-        assert_eq!(parse_switch("0"), Ok(false));
+        assert_eq!(parse_switch("", true), Ok(true));
+        assert_eq!(parse_switch(" 1 ", true), Ok(true));
+        assert_eq!(parse_switch("0", true), Ok(false));
         assert!(
-            parse_switch("direct")
+            parse_switch("direct", true)
                 .unwrap_err()
                 .contains("expected 0 or 1")
         );
+        // Off when unset (LOWBIT_CUDA_TERNARY2).
+        for (text, on) in [("", false), ("0", false), (" 1 ", true)] {
+            assert_eq!(parse_switch(text, false), Ok(on), "{text:?}");
+        }
+        for bad in ["2", "yes", "on"] {
+            assert!(parse_switch(bad, false).is_err(), "{bad}");
+        }
         // Only compute capability 9.0 runs the sm_90a kernels.
         assert!(!wgmma_capable((8, 0)));
         assert!(!wgmma_capable((10, 0)));

@@ -44,25 +44,9 @@ use crate::testing::{POISON_F32, POISON_U32};
 /// ([`CudaBackend::with_ternary2_weights`]); unset, empty or `0`: i8x4 words.
 pub const TERNARY2_ENV: &str = "LOWBIT_CUDA_TERNARY2";
 
-/// [`TERNARY2_ENV`]'s value: unset, empty or `0` off, `1` on.
-pub fn parse_ternary2(text: &str) -> std::result::Result<bool, String> {
-    match text.trim() {
-        "" | "0" => Ok(false),
-        "1" => Ok(true),
-        other => Err(format!("`{other}`: expected 0 or 1")),
-    }
-}
-
 /// Opens CUDA device 0 as a [`crate::Backend`] (ternary2 weights per [`TERNARY2_ENV`]).
 pub fn open_default() -> Result<Box<dyn Backend>> {
-    let t2 =
-        parse_ternary2(&std::env::var(TERNARY2_ENV).unwrap_or_default()).map_err(|reason| {
-            LowbitError::InvalidArgument {
-                op: "open",
-                what: TERNARY2_ENV,
-                reason,
-            }
-        })?;
+    let t2 = device::env_switch(TERNARY2_ENV, false)?;
     Ok(Box::new(CudaBackend::new(0)?.with_ternary2_weights(t2)))
 }
 
@@ -460,18 +444,5 @@ impl Backend for CudaBackend {
         let mut out = self.poisoned(shape.len(), POISON_F32)?;
         self.dev.rho_int8_unpack(shape, &w, &s, &mut out)?;
         self.dev.download(&out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn ternary2_switch_parses_and_rejects() {
-        for (text, on) in [("", false), ("0", false), (" 1 ", true)] {
-            assert_eq!(super::parse_ternary2(text), Ok(on), "{text:?}");
-        }
-        for bad in ["2", "yes", "on"] {
-            assert!(super::parse_ternary2(bad).is_err(), "{bad}");
-        }
     }
 }
