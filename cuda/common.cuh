@@ -247,13 +247,14 @@ __device__ __forceinline__ void lb_prefetch_l2(const void* p) {
 // supports it (launch.rs, launch_lb): such a kernel may start while the previous kernel of
 // the stream still runs. Until griddepcontrol.wait returns (every earlier kernel finished,
 // its writes visible) it only prefetches its weights into L2, which is coherent with writes
-// still in flight, so every input is read in stream order. Then it lets the next kernel of
-// the stream start, whose weight prefetches overlap this kernel's work. `pdl`
-// (LbProblem::pdl): 0 a plain launch (nothing to do), 1 the next kernel may start once this
-// one is past its wait, 2 as soon as this one starts. `b`: rows [r0, r1) x words [c0, c1),
-// row stride `ldb` words: the block's weights.
-__device__ __forceinline__ void lb_pdl_prologue(int pdl, const u32* b, long long ldb, int r0, int r1,
-                                                int c0, int c1) {
+// still in flight, and works out addresses, so every input is read in stream order. Then it
+// lets the next kernel of the stream start, whose weight prefetches overlap this kernel's
+// work. `pdl` (LbProblem::pdl): 0 a plain launch (nothing to do), 1 the next kernel may start
+// once this one is past its wait, 2 as soon as this one starts. `b`: rows [r0, r1) x words
+// [c0, c1), row stride `ldb` words: the block's weights. lb_pdl_prologue = lb_pdl_prefetch,
+// then lb_pdl_wait.
+__device__ __forceinline__ void lb_pdl_prefetch(int pdl, const u32* b, long long ldb, int r0,
+                                                int r1, int c0, int c1) {
 #if __CUDA_ARCH__ >= 900
     if (pdl == 0) return;
     if (pdl == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
@@ -263,9 +264,19 @@ __device__ __forceinline__ void lb_pdl_prologue(int pdl, const u32* b, long long
             const int r = i / lpr;
             lb_prefetch_l2(b + (long long)(r0 + r) * ldb + c0 + 32 * (i - r * lpr));
         }
+#endif
+}
+__device__ __forceinline__ void lb_pdl_wait(int pdl) {
+#if __CUDA_ARCH__ >= 900
+    if (pdl == 0) return;
     asm volatile("griddepcontrol.wait;" ::: "memory");
     if (pdl == 1) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+__device__ __forceinline__ void lb_pdl_prologue(int pdl, const u32* b, long long ldb, int r0, int r1,
+                                                int c0, int c1) {
+    lb_pdl_prefetch(pdl, b, ldb, r0, r1, c0, c1);
+    lb_pdl_wait(pdl);
 }
 
 // The large-M chain `absmean_scale -> mma_prep_a -> projection` (mma.rs) launches its later
@@ -281,17 +292,21 @@ __device__ __forceinline__ void lb_pdl_chain(int pdl) {
     lb_pdl_prologue(pdl ? 2 : 0, nullptr, 0, 0, 0, 0, 0);  // nothing to prefetch
 }
 
-// Four consecutive B words of row `r` starting at column c (zero past ncols).
-__device__ __forceinline__ uint4 lb_b_word4(const u32* b, long ldb, long r, long c, long ncols,
-                                            bool vec) {
-    const u32* p = b + r * ldb + c;
-    if (vec && c + 4 <= ncols) return __ldg((const uint4*)p);
+// Four consecutive B words at `p`, column c of a row of ncols (zero past ncols); `fast`: all
+// four are in range and p is 16-byte aligned (one 16-byte load).
+__device__ __forceinline__ uint4 lb_b_word4_at(const u32* p, long c, long ncols, bool fast) {
+    if (fast) return __ldg((const uint4*)p);
     uint4 v;
     v.x = c + 0 < ncols ? __ldg(p + 0) : 0u;
     v.y = c + 1 < ncols ? __ldg(p + 1) : 0u;
     v.z = c + 2 < ncols ? __ldg(p + 2) : 0u;
     v.w = c + 3 < ncols ? __ldg(p + 3) : 0u;
     return v;
+}
+// Four consecutive B words of row `r` starting at column c (zero past ncols).
+__device__ __forceinline__ uint4 lb_b_word4(const u32* b, long ldb, long r, long c, long ncols,
+                                            bool vec) {
+    return lb_b_word4_at(b + r * ldb + c, c, ncols, vec && c + 4 <= ncols);
 }
 
 // ---- problem description shared by the projection kernels ---------------------------------
@@ -631,11 +646,25 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
 // the next launch on this stream. One atomic round trip, no fence, counter or re-read; integer
 // sums are order-free, so the same bits on every run.
 #define LB_SPLIT_ONE (1ull << 48)
-__device__ __forceinline__ unsigned long long lb_split_add(const LbProblem& p, long long e, int v) {
-    const unsigned long long inc = LB_SPLIT_ONE + (unsigned long long)(u32)v;
-    return atomicAdd(p.acc + e, inc) + inc;
+// The u64 add of split-K element e, issued only where `ok`; returns the old value (0 where not
+// `ok`). Inline PTX under a predicate: written as `if (ok) tot = atomicAdd(..) + inc`, NVRTC
+// branched around each add and waited for its return inside the branch, so a thread's EPT
+// round trips ran one after another (ncu's SASS of decoder_mma_small at M = 16: four in a row).
+__device__ __forceinline__ unsigned long long lb_split_add(const LbProblem& p, bool ok, long long e,
+                                                           unsigned long long inc) {
+    unsigned long long old = 0ull;
+    asm volatile(
+        "{\n\t.reg .pred q;\n\tsetp.ne.b32 q, %3, 0;\n\t@q atom.relaxed.gpu.global.add.u64 %0, [%1], %2;\n\t}"
+        : "+l"(old)
+        : "l"(p.acc + (ok ? e : 0)), "l"(inc), "r"((int)ok)
+        : "memory");
+    return old;
 }
-// Element e's running total `tot` (lb_split_add): the last split's thread stores output index o.
+__device__ __forceinline__ unsigned long long lb_split_inc(int v) {
+    return LB_SPLIT_ONE + (unsigned long long)(u32)v;
+}
+// Element e's running total `tot` (its add's old value + its increment): the last split's
+// thread stores output index o.
 __device__ __forceinline__ void lb_split_finish(const LbProblem& p, long long e, long long o,
                                                 unsigned long long tot, unsigned nsplits,
                                                 float as) {
@@ -649,7 +678,7 @@ __device__ __forceinline__ void lb_split_finish(const LbProblem& p, long long e,
 template <int EPT, typename At>
 __device__ __forceinline__ void lb_small_finish(const LbProblem& p, const int (&v)[EPT], At at,
                                                 float as) {
-    long long e, o;
+    long long e = 0, o = 0;
     if (p.acc == nullptr) {
 #pragma unroll
         for (int i = 0; i < EPT; ++i)
@@ -657,12 +686,15 @@ __device__ __forceinline__ void lb_small_finish(const LbProblem& p, const int (&
                 lb_store(p.out, o, lb_dequant(v[i], p.w_scale, as, p.relu), p.out_dtype);
         return;
     }
-    unsigned long long tot[EPT];
+    unsigned long long old[EPT];
 #pragma unroll
-    for (int i = 0; i < EPT; ++i) tot[i] = at(i, e, o) ? lb_split_add(p, e, v[i]) : 0ull;
+    for (int i = 0; i < EPT; ++i) {
+        const bool ok = at(i, e, o);
+        old[i] = lb_split_add(p, ok, e, lb_split_inc(v[i]));
+    }
 #pragma unroll
     for (int i = 0; i < EPT; ++i)
-        if (at(i, e, o)) lb_split_finish(p, e, o, tot[i], gridDim.y, as);
+        if (at(i, e, o)) lb_split_finish(p, e, o, old[i] + lb_split_inc(v[i]), gridDim.y, as);
 }
 
 // ---- small-M path -------------------------------------------------------------------------

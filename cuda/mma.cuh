@@ -23,9 +23,10 @@
 //   T2       ternary weights, 2 bits each, in the fragment layout of src/pack.rs
 //            (`pack_ternary2_fragments`): t2 row R of a head holds k words 16*(R/4) + R%4 + 4j,
 //            j = 0..3, of every column, lane b of k word slot j at bits 8b+2j (stored as v+1);
-//            lb_t2_expand turns a slot into an i8x4 word. Thread t of an m16n8k32 (or wgmma
-//            k32) fragment reads k words t and t + 4 of each 8: one t2 word is its slots of
-//            two k-steps
+//            lb_t2_expand turns a slot into an i8x4 word, lb_t2_field into its u8x4 fields
+//            (weight + 1, which the small-M kernel multiplies as they lie). Thread t of an
+//            m16n8k32 (or wgmma k32) fragment reads k words t and t + 4 of each 8: one t2 word
+//            is its slots of two k-steps
 //
 // Exactness: K padding (rows, columns or k past the valid range) is zero-filled, so every
 // accumulator is the exact i32 dot product; out = (acc * w_scale) * a_scale as in common.cuh.
@@ -118,22 +119,20 @@ __device__ __forceinline__ void lb_ldsm4(u32 (&r)[4], const u32* p) {
                  : "memory");
 }
 
-template <bool UNS>
+// A bytes unsigned with UNS, B bytes unsigned with BU.
+#define LB_MMA_ASM(AT, BT)                                                                        \
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32." AT "." BT                               \
+                 ".s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"          \
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])                                 \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+template <bool UNS, bool BU = false>
 __device__ __forceinline__ void lb_mma(int (&c)[4], const u32 (&a)[4], u32 b0, u32 b1) {
-    if (UNS) {
-        asm volatile(
-            "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-            "{%8, %9}, {%0, %1, %2, %3};\n"
-            : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    } else {
-        asm volatile(
-            "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-            "{%8, %9}, {%0, %1, %2, %3};\n"
-            : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
+    if (UNS && BU) LB_MMA_ASM("u8", "u8");
+    else if (UNS) LB_MMA_ASM("u8", "s8");
+    else if (BU) LB_MMA_ASM("s8", "u8");
+    else LB_MMA_ASM("s8", "s8");
 }
+#undef LB_MMA_ASM
 
 typedef int LbAcc[4][LB_MMA_NI][4];
 
@@ -282,9 +281,11 @@ __device__ __forceinline__ void lb_mma_store(const LbMma& p, const LbAcc& acc, i
         }
 }
 
+// u8x4 word of the fields of slot j of a t2 word: weight + 1 per byte (0..2).
+__device__ __forceinline__ u32 lb_t2_field(u32 x, int j) { return (x >> (2 * j)) & 0x03030303u; }
 // i8x4 word of slot j of a t2 word: per byte ((field + 0x7f) ^ 0x80) = field - 1, no carries.
 __device__ __forceinline__ u32 lb_t2_expand(u32 x, int j) {
-    return (((x >> (2 * j)) & 0x03030303u) + 0x7f7f7f7fu) ^ 0x80808080u;
+    return (lb_t2_field(x, j) + 0x7f7f7f7fu) ^ 0x80808080u;
 }
 
 // ---- warpgroup mma (sm_90a; modules compiled with LB_WGMMA) --------------------------------
@@ -480,10 +481,14 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     const int wend = min(wbeg + wl, sp.kw1);
     const bool bvec = p.b_vec != 0;
     // ternary2 rows hold 16 k words each, in 4 t-rows.
-    lb_pdl_prologue(p.pdl, sp.b, p.ldb, T2 ? sp.kw0 / 16 * 4 : sp.kw0,
+    lb_pdl_prefetch(p.pdl, sp.b, p.ldb, T2 ? sp.kw0 / 16 * 4 : sp.kw0,
                     T2 ? min((sp.kw1 + 15) / 16 * 4, p.b_head_rows) : sp.kw1, tile0,
                     min(tile0 + LB_MS_COLS, p.bcols));
 
+    // This thread's weight column at the first row of its K slice (a t2 row holds 16 k words
+    // in 4 t-rows), and whether its 4 columns are one 16-byte load: worked out before the wait.
+    const bool bfast = bvec && c0 + 4 <= p.bcols;
+    const u32* bcol = sp.b + (long long)(wbeg / 16 * 4 + t) * p.ldb + c0;  // T2 only
     uint4 bq[LB_MS_PAIRS][NJ];
     auto load_b = [&](int kb) {
 #pragma unroll
@@ -494,11 +499,13 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
                 if (T2) {
                     // Past the slice: fields 1 (weight 0), since A there may belong to
                     // another k-warp.
-                    bq[pr][j] = kwb < wend ? lb_b_word4(sp.b, p.ldb, (kwb / 16) * 4 + t, c0,
-                                                        p.bcols, bvec)
+                    bq[pr][j] = kwb < wend ? lb_b_word4_at(bcol + (long long)(kb / 4 + 4 * pr) * p.ldb,
+                                                           c0, p.bcols, bfast)
                                            : make_uint4(0x55555555u, 0x55555555u, 0x55555555u,
                                                         0x55555555u);
                 } else {
+                    // (Addressed from sp.b here: 16 pointers worked out before the wait
+                    // took 154 registers, too many for the next kernel's CTA to fit.)
                     const int r = kwb + t + 4 * j;
                     bq[pr][j] = r < wend ? lb_b_word4(sp.b, p.ldb, r, c0, p.bcols, bvec)
                                          : make_uint4(0u, 0u, 0u, 0u);
@@ -506,40 +513,51 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
             }
         }
     };
-    load_b(0);
 
-    // Stage A: the valid rows (< M) x wl*KW words from kw0, zero past the split's K. Every
-    // load of the thread is issued before the first store. Rows past M are left as they are:
-    // they only feed accumulator rows that are never written.
+    // A staging: the valid rows (< M) x wl*KW words from kw0, zero past the split's K. Rows
+    // past M are left as they are: they only feed accumulator rows that are never written.
+    // Where each of the thread's 16-byte quads comes from and goes is worked out before
+    // lb_pdl_wait (it reads nothing an earlier kernel writes), so under PDL that arithmetic
+    // (divisions by the row length and by T) overlaps the previous kernel; after the wait
+    // come only the loads, all issued before the first smem store.
+    constexpr int AITERS = (16 * LB_MS_KSW * LB_MS_KW / 4 + LB_MS_THREADS - 1) / LB_MS_THREADS;
+    const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
+                                             : min((long long)sp.kw1 * 4, p.a_kvalid);
+    const void* a_row[AITERS];
+    int a_k[AITERS], a_dst[AITERS];  // k word (-1: zeros), smem word offset (-1: none)
     {
-        constexpr int AITERS = (16 * LB_MS_KSW * LB_MS_KW / 4 + LB_MS_THREADS - 1) / LB_MS_THREADS;
-        const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
-        const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
-                                                 : min((long long)sp.kw1 * 4, p.a_kvalid);
         // 16-byte quads per row; an empty split (wl = 0) stages zeros into column 0 instead.
         const int qpr = max(wl * LB_MS_KW / 4, 1);
         const int nq = rows * qpr;
-        uint4 st[AITERS];
 #pragma unroll
         for (int i = 0; i < AITERS; ++i) {
             const int idx = tid + i * LB_MS_THREADS;
-            st[i] = make_uint4(0u, 0u, 0u, 0u);
-            if (idx < nq) {
-                const int r = idx / qpr, k = sp.kw0 + (idx - r * qpr) * 4;
-                if (k < sp.kw1)
-                    st[i] = lb_a_word4<MODE>(lb_a_ptr(p, lb_a_row(p, m0 + r, sp.a_head)), k, kv, s,
-                                             p.fmt, p.a_vec != 0);
-            }
+            const int r = idx / qpr, q = idx - r * qpr, k = sp.kw0 + q * 4;
+            const bool in = idx < nq;
+            a_dst[i] = in ? r * LB_MS_LDA + q * 4 : -1;
+            a_k[i] = in && k < sp.kw1 ? k : -1;
+            a_row[i] = lb_a_ptr(p, lb_a_row(p, m0 + (in ? r : 0), sp.a_head));
         }
+    }
+    lb_pdl_wait(p.pdl);
+    load_b(0);
+    {
+        const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
+        uint4 st[AITERS];
 #pragma unroll
-        for (int i = 0; i < AITERS; ++i) {
-            const int idx = tid + i * LB_MS_THREADS, r = idx / qpr;
-            if (r < rows) *(uint4*)(As + r * LB_MS_LDA + (idx - r * qpr) * 4) = st[i];
-        }
+        for (int i = 0; i < AITERS; ++i)
+            st[i] = a_k[i] >= 0 ? lb_a_word4<MODE>(a_row[i], a_k[i], kv, s, p.fmt, p.a_vec != 0)
+                                : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+        for (int i = 0; i < AITERS; ++i)
+            if (a_dst[i] >= 0) *(uint4*)(As + a_dst[i]) = st[i];
     }
     __syncthreads();
 
-    int acc[4][4];
+    // T2: the mma multiplies A by the unsigned fields (weight + 1) as they lie, no expansion;
+    // rs[e], an mma with all-ones B, sums A over the same k (its row g or g + 8, like acc[q][e])
+    // and is taken off at the end: the same i32 sums (mod 2^32) in a third of the instructions.
+    int acc[4][4], rs[4] = {0, 0, 0, 0};
 #pragma unroll
     for (int q = 0; q < 4; ++q)
 #pragma unroll
@@ -559,19 +577,24 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
                 for (int q = 0; q < 4; ++q) {
                     const u32 x = q == 0 ? bq[pr][0].x
                                          : (q == 1 ? bq[pr][0].y : (q == 2 ? bq[pr][0].z : bq[pr][0].w));
-                    u32 b0, b1;
                     if (T2) {
-                        b0 = lb_t2_expand(x, 2 * s);
-                        b1 = lb_t2_expand(x, 2 * s + 1);
+                        lb_mma<UNS, true>(acc[q], af, lb_t2_field(x, 2 * s), lb_t2_field(x, 2 * s + 1));
                     } else {
                         const uint4 lo = bq[pr][(2 * s) % NJ], hi = bq[pr][(2 * s + 1) % NJ];
-                        b0 = q == 0 ? lo.x : (q == 1 ? lo.y : (q == 2 ? lo.z : lo.w));
-                        b1 = q == 0 ? hi.x : (q == 1 ? hi.y : (q == 2 ? hi.z : hi.w));
+                        const u32 b0 = q == 0 ? lo.x : (q == 1 ? lo.y : (q == 2 ? lo.z : lo.w));
+                        const u32 b1 = q == 0 ? hi.x : (q == 1 ? hi.y : (q == 2 ? hi.z : hi.w));
+                        lb_mma<UNS>(acc[q], af, b0, b1);
                     }
-                    lb_mma<UNS>(acc[q], af, b0, b1);
                 }
+                if (T2) lb_mma<UNS, true>(rs, af, 0x01010101u, 0x01010101u);
             }
         }
+    }
+    if (T2) {
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[q][e] = (int)((u32)acc[q][e] - (u32)rs[e]);
     }
 
     const float as = lb_scale(p.scale_ptr, p.scale_param);
