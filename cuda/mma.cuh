@@ -564,8 +564,8 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         for (int e = 0; e < 4; ++e) acc[q][e] = 0;
     // ldmatrix x4 lanes: rows lane%16, words +4 for lanes 16-31 (a0..a3 as in lb_mma_chunk).
     const u32* a_lane = As + (lane & 15) * LB_MS_LDA + (lane >> 4) * 4 + wk * wl;
-    for (int kb = 0; kb < wl; kb += 16 * LB_MS_PAIRS) {
-        if (kb > 0) load_b(kb);
+    // The mma of the register batch of 16 * PAIRS k words at kb.
+    auto batch = [&](int kb) {
 #pragma unroll
         for (int pr = 0; pr < LB_MS_PAIRS; ++pr) {
             if (wbeg + kb + 16 * pr >= wend) break;  // uniform over the warp
@@ -588,6 +588,19 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
                 }
                 if (T2) lb_mma<UNS, true>(rs, af, 0x01010101u, 0x01010101u);
             }
+        }
+    };
+    // A k-warp's slice (wl <= KSW words) is KSW / (16 * PAIRS) batches at most. One batch
+    // (ternary2, and i8x4 low-rank at D <= 256) is straight-line code with no reload; the
+    // split decoder's two i8x4 batches keep a runtime loop (unrolled, it measured 0.6 us
+    // slower at M = 8 and 16 on the H200; one straight batch made ternary2 0.4-0.5 us faster).
+    static_assert(LB_MS_KSW % (16 * LB_MS_PAIRS) == 0, "whole register batches per k-warp");
+    if (LB_MS_KSW == 16 * LB_MS_PAIRS) {
+        batch(0);
+    } else {
+        for (int kb = 0; kb < wl; kb += 16 * LB_MS_PAIRS) {
+            if (kb > 0) load_b(kb);
+            batch(kb);
         }
     }
     if (T2) {
@@ -633,22 +646,24 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     }
 
     // Several k-warps (the decoder): every warp leaves its valid rows in smem (overlaying A,
-    // [KW][16][COLS]); then element i of the valid rows x COLS tile is summed over the k-warps
-    // by thread i (integer: any order gives the same bits). Thread (g, t) holds, for fragment
-    // q and register 2*rh + e, row g + 8*rh and column 16*e + 4*t + q of its warp.
+    // [KW][16][COLS]), a 16-byte store per row half: thread (g, t) holds, for register
+    // 2*rh + e, row g + 8*rh and columns 16*e + 4*t + q (q = 0..3) of its warp. Then element i
+    // of the valid rows x COLS tile is summed over the k-warps by thread i (integer: any order
+    // gives the same bits).
     static_assert(LB_MS_KW == 1 || LB_MS_KW * LB_MS_COLS <= LB_MS_LDA, "k-warp partials overlay A");
     __syncthreads();  // every warp is done with A
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
         const int row = g + 8 * (r >> 1);
-        if (row < rows) {
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-                red[(wk * 16 + row) * LB_MS_COLS + wc * 32 + 16 * (r & 1) + 4 * t + q] = acc[q][r];
-        }
+        if (row < rows)
+            *(int4*)&red[(wk * 16 + row) * LB_MS_COLS + wc * 32 + 16 * (r & 1) + 4 * t] =
+                make_int4(acc[0][r], acc[1][r], acc[2][r], acc[3][r]);
     }
     __syncthreads();
-    // Element i of this thread: row m0 + r, column c of the valid rows x COLS tile.
+    // Element i of this thread: row m0 + r, column c of the valid rows x COLS tile. (Element,
+    // not quad, per thread: each split-K add instruction of a warp then covers 32 consecutive
+    // accumulator words; 4-column quads per thread made it touch 4x the sectors and measured
+    // 1.5-2x slower on the H200.)
     constexpr int EPT = (16 * LB_MS_COLS + LB_MS_THREADS - 1) / LB_MS_THREADS;
     auto elem = [&](int i, int& r, int& c) {
         const int idx = tid + i * LB_MS_THREADS;
@@ -660,11 +675,12 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
 #pragma unroll
     for (int i = 0; i < EPT; ++i) {
         int r, c;
-        v[i] = 0;
+        u32 sum = 0u;
         if (elem(i, r, c)) {
 #pragma unroll
-            for (int w = 0; w < LB_MS_KW; ++w) v[i] += red[(w * 16 + r) * LB_MS_COLS + c - tile0];
+            for (int w = 0; w < LB_MS_KW; ++w) sum += (u32)red[(w * 16 + r) * LB_MS_COLS + c - tile0];
         }
+        v[i] = (int)sum;
     }
     lb_small_finish(p, v, [&](int i, long long& e, long long& o) {
         int r, c;
