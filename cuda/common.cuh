@@ -647,14 +647,16 @@ __device__ __forceinline__ void lb_tiled(const LbProblem& p) {
 // sums are order-free, so the same bits on every run.
 #define LB_SPLIT_ONE (1ull << 48)
 // The u64 add of split-K element e, issued only where `ok`; returns the old value (0 where not
-// `ok`). Inline PTX under a predicate: written as `if (ok) tot = atomicAdd(..) + inc`, NVRTC
+// `ok`). Inline PTX under a predicate (`atom` without .sem/.scope: relaxed, gpu scope, as
+// atomicAdd; also legal on the dp4a family's pre-sm_70 targets): written as
+// `if (ok) tot = atomicAdd(..) + inc`, NVRTC
 // branched around each add and waited for its return inside the branch, so a thread's EPT
 // round trips ran one after another (ncu's SASS of decoder_mma_small at M = 16: four in a row).
 __device__ __forceinline__ unsigned long long lb_split_add(const LbProblem& p, bool ok, long long e,
                                                            unsigned long long inc) {
     unsigned long long old = 0ull;
     asm volatile(
-        "{\n\t.reg .pred q;\n\tsetp.ne.b32 q, %3, 0;\n\t@q atom.relaxed.gpu.global.add.u64 %0, [%1], %2;\n\t}"
+        "{\n\t.reg .pred q;\n\tsetp.ne.b32 q, %3, 0;\n\t@q atom.global.add.u64 %0, [%1], %2;\n\t}"
         : "+l"(old)
         : "l"(p.acc + (ok ? e : 0)), "l"(inc), "r"((int)ok)
         : "memory");
