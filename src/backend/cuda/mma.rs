@@ -535,6 +535,24 @@ fn weight_head_rows(op: &'static str, what: &str, words: usize, t2: bool) -> Res
     }
 }
 
+/// `op` cannot run on this device or at this shape, and why.
+fn unsupported(op: &'static str, reason: impl Into<String>) -> LowbitError {
+    LowbitError::Unsupported {
+        backend: crate::error::BackendKind::Cuda,
+        op,
+        reason: reason.into(),
+    }
+}
+
+/// Ternary2 weights at M > 16 reached an op whose warpgroup-mma `kernel` does not run here
+/// (the routing in launch.rs sends them to the small-M kernel instead).
+fn ternary2_needs_wgmma(op: &'static str, kernel: &str) -> LowbitError {
+    unsupported(
+        op,
+        format!("ternary2 weights at this M need the warpgroup-mma {kernel} (sm_90a)"),
+    )
+}
+
 /// A grid dimension: y and z are limited to 65535 blocks.
 fn grid_dim(op: &'static str, what: &str, n: usize) -> Result<u32> {
     if n <= 65_535 {
@@ -685,30 +703,32 @@ impl CudaDevice {
         kw: usize,
         lowrank: bool,
     ) -> Result<()> {
-        let unsupported = |reason: String| LowbitError::Unsupported {
-            backend: crate::error::BackendKind::Cuda,
-            op,
-            reason,
-        };
         if path == Path::Float {
             return Err(unsupported(
-                "ternary2 weights run on the integer paths only (not the fp16 float path)".into(),
+                op,
+                "ternary2 weights run on the integer paths only (not the fp16 float path)",
             ));
         }
         if !self.caps.int8_mma {
             let (ma, mi) = self.caps.compute_capability;
-            return Err(unsupported(format!(
-                "ternary2 weights run on the int8 tensor cores: {} is sm_{ma}{mi}, they need \
+            return Err(unsupported(
+                op,
+                format!(
+                    "ternary2 weights run on the int8 tensor cores: {} is sm_{ma}{mi}, they need \
                  sm_80+ (use i8x4 weight words)",
-                self.caps.name
-            )));
+                    self.caps.name
+                ),
+            ));
         }
         if lowrank && kw.next_multiple_of(16) > SMALL_LOWRANK_MAX_KW {
-            return Err(unsupported(format!(
-                "ternary2 low-rank weights need D <= {} (D is {} words)",
-                SMALL_LOWRANK_MAX_KW * 4,
-                kw
-            )));
+            return Err(unsupported(
+                op,
+                format!(
+                    "ternary2 low-rank weights need D <= {} (D is {} words)",
+                    SMALL_LOWRANK_MAX_KW * 4,
+                    kw
+                ),
+            ));
         }
         Ok(())
     }
@@ -995,13 +1015,7 @@ impl CudaDevice {
             };
         }
         if t2 {
-            return Err(LowbitError::Unsupported {
-                backend: crate::error::BackendKind::Cuda,
-                op: OP,
-                reason: "ternary2 weights at this M need the warpgroup-mma low-rank kernel \
-                         (sm_90a)"
-                    .into(),
-            });
+            return Err(ternary2_needs_wgmma(OP, "low-rank kernel"));
         }
         let f = self.function(KernelId::LowrankMma, lowrank_defines(uns, epilogue, ring))?;
         let smem = lowrank_smem(kpw, ring);
@@ -1191,13 +1205,9 @@ impl CudaDevice {
         let y = match input {
             RawAct::Packed(p) | RawAct::Codes(p) | RawAct::F32(p) => p,
         };
-        let stages = self
-            .decoder_stages()
-            .ok_or_else(|| LowbitError::Unsupported {
-                backend: crate::error::BackendKind::Cuda,
-                op: OP,
-                reason: "not enough shared memory per block for the mma decoder".into(),
-            })?;
+        let stages = self.decoder_stages().ok_or_else(|| {
+            unsupported(OP, "not enough shared memory per block for the mma decoder")
+        })?;
         let lw = shape.k_words();
         let m = shape.m();
         let dim = shape.dim;
@@ -1241,11 +1251,7 @@ impl CudaDevice {
         // decoder_wgmma (sm_90a) or decoder_tail_mma: the CTA tile, kernel and smem.
         let wg = self.wgmma_decoder_ok(shape);
         if t2 && !wg {
-            return Err(LowbitError::Unsupported {
-                backend: crate::error::BackendKind::Cuda,
-                op: OP,
-                reason: "ternary2 weights at this M need the warpgroup-mma decoder (sm_90a)".into(),
-            });
+            return Err(ternary2_needs_wgmma(OP, "decoder"));
         }
         let (n_tiles, m_tiles, threads, smem, f, what) = if wg {
             let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, 1, t2))?;
