@@ -308,6 +308,20 @@ __device__ __forceinline__ uint4 lb_b_word4(const u32* b, long ldb, long r, long
                                             bool vec) {
     return lb_b_word4_at(b + r * ldb + c, c, ncols, vec && c + 4 <= ncols);
 }
+// The same for the dp4a small-M kernel, written out: through lb_b_word4_at its one-row
+// low-rank kernel spilled at its 64-register cap (4.35 against 4.00 us at M = 1 on the H200),
+// while the tensor-core small-M kernel measured faster with it.
+__device__ __forceinline__ uint4 lb_b_word4_sm(const u32* b, long ldb, long r, long c, long ncols,
+                                               bool vec) {
+    const u32* p = b + r * ldb + c;
+    if (vec && c + 4 <= ncols) return __ldg((const uint4*)p);
+    uint4 v;
+    v.x = c + 0 < ncols ? __ldg(p + 0) : 0u;
+    v.y = c + 1 < ncols ? __ldg(p + 1) : 0u;
+    v.z = c + 2 < ncols ? __ldg(p + 2) : 0u;
+    v.w = c + 3 < ncols ? __ldg(p + 3) : 0u;
+    return v;
+}
 
 // ---- problem description shared by the projection kernels ---------------------------------
 // Rows of A and of the output are (batch, head, token) triples, m = b*T + t:
@@ -750,7 +764,7 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
 #pragma unroll
         for (int u = 0; u < LB_SM_BATCH; ++u) {
             const int r = r0 + u * LB_SM_KLANES;
-            b[u] = r < kn ? lb_b_word4(sp.b, p.ldb, k0 + r, c0, p.bcols, p.b_vec != 0)
+            b[u] = r < kn ? lb_b_word4_sm(sp.b, p.ldb, k0 + r, c0, p.bcols, p.b_vec != 0)
                           : make_uint4(0u, 0u, 0u, 0u);
         }
     };
