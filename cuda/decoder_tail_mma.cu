@@ -134,6 +134,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 #elif defined(LB_MMA_REDUCE)
 // out[m][n] = dequant(sum over z ascending of partial[z][m][n]); out rows are ldc = ncols.
 extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, int splits) {
+    lb_pdl_chain(p.pdl);  // a programmatic launch after the decoder: wait for its partials
     const long long total = (long long)p.m_total * p.ncols;
     const float as = lb_scale(p.scale_ptr, p.scale_param);
     const long long stride = (long long)gridDim.x * blockDim.x;

@@ -1319,6 +1319,11 @@ impl CudaDevice {
             p.partial = self.scratch_buf(&mut scratch.partials, groups * m * dim)?;
         }
         drop(scratch);
+        // The reduction is launched programmatically, triggered as the decoder's blocks exit,
+        // so its launch overlaps their tail (1.7-1.9 µs less at M = 512 and 2048 on the H200).
+        // An explicit trigger in the decoder, at its start or after its mainloop, measured
+        // 3.5 µs slower at M = 512.
+        let pdl_reduce = reduce.is_some() && self.chained();
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p);
         let grid = (n_tiles as u32, m_tiles as u32, splits as u32);
@@ -1331,11 +1336,26 @@ impl CudaDevice {
                 .div_ceil(256)
                 .clamp(1, self.caps.multiprocessors.max(1) as usize * 16)
                 as u32;
-            let mut b = self.stream.launch_builder(&r);
-            b.arg(&p).arg(&s);
-            // SAFETY: the partials were written above on this stream.
-            unsafe { b.launch(launch_cfg((grid, 1, 1), 256, 0)) }
-                .map_err(drv("cuLaunchKernel (decoder_mma_reduce)"))?;
+            let c = launch_cfg((grid, 1, 1), 256, 0);
+            const WHAT: &str = "cuLaunchKernel (decoder_mma_reduce)";
+            let p = LbMma {
+                pdl: i32::from(pdl_reduce),
+                ..p
+            };
+            if pdl_reduce {
+                let mut params = [
+                    &p as *const LbMma as *mut c_void,
+                    &s as *const i32 as *mut c_void,
+                ];
+                // SAFETY: `params` are the kernel's two parameters, alive for the call; it
+                // waits (`lb_pdl_chain`) before it reads the partials written above.
+                unsafe { self.launch_programmatic(&r, c, &mut params, WHAT)? };
+            } else {
+                let mut b = self.stream.launch_builder(&r);
+                b.arg(&p).arg(&s);
+                // SAFETY: the partials were written above on this stream.
+                unsafe { b.launch(c) }.map_err(drv(WHAT))?;
+            }
         }
         Ok(())
     }
