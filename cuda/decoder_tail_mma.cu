@@ -223,6 +223,16 @@ __device__ __forceinline__ void lb_dw_mma(int (&d)[64], const u32 (&r)[16], u64 
     lb_wg_commit();
 }
 
+// put(r, d[4j + e], d[4j + 2 + e]) for each (j, e) whose row m0 + r, r = 8j + e, is below M.
+template <typename Put>
+__device__ __forceinline__ void lb_dw_each(const int (&d)[64], int m0, int m_total, Put put) {
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+            if (m0 + 8 * j + e < m_total) put(8 * j + e, d[4 * j + e], d[4 * j + 2 + e]);
+}
+
 template <bool UNS>
 __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     extern __shared__ __align__(128) u32 lb_dyn_smem[];
@@ -414,41 +424,47 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     }
 #endif
 
-    // d[4j + 2c + e]: column dc + c, row m0 + 8j + 2t + e.
+    // d[4j + 2c + e]: column dc + c, row m0 + 8j + 2t + e. Each kind of store is one loop of
+    // its own, chosen once: with the choice made per element, the 32 elements' code of every
+    // kind lay interleaved over 3000 instructions, and at M = 512 the warps' one pass through
+    // them, cold in the instruction cache, drew half of ncu's stall samples.
     const bool d0 = dc < p.ncols, d1 = dc + 1 < p.ncols;
-    const bool split = gridDim.z > 1;
-    const float as = split ? 0.0f : lb_scale(p.scale_ptr, p.scale_param);
-    const bool vec = (split ? p.p_vec : p.c_vec) && d1;
-    const long long zoff = (long long)blockIdx.z * p.m_total;
-#pragma unroll
-    for (int j = 0; j < 16; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int m = m0 + 8 * j + 2 * t + e;
-            if (m >= p.m_total || !d0) continue;
-            const int v0 = d[4 * j + e], v1 = d[4 * j + 2 + e];
-            if (split) {
-                int* dst = p.partial + (zoff + m) * p.ncols + dc;
-                if (vec) {
-                    __stcg((int2*)dst, make_int2(v0, v1));
-                } else {
-                    dst[0] = v0;
-                    if (d1) dst[1] = v1;
-                }
-            } else {
-                const long long o = (long long)m * p.ldc + dc;
-                const float f0 = lb_dequant(v0, p.w_scale, as, p.relu);
-                const float f1 = lb_dequant(v1, p.w_scale, as, p.relu);
-                if (vec && p.out_dtype == 0) {
-                    *(float2*)((float*)p.out + o) = make_float2(f0, f1);
-                } else if (vec) {
-                    *(u32*)((unsigned short*)p.out + o) = lb_pack2(f0, f1, p.out_dtype);
-                } else {
-                    lb_store(p.out, o, f0, p.out_dtype);
-                    if (d1) lb_store(p.out, o + 1, f1, p.out_dtype);
-                }
-            }
+    if (!d0) return;
+    const int mt = m0 + 2 * t;  // this thread's first row
+    if (gridDim.z > 1) {  // i32 partials of split z
+        int* part = p.partial + ((long long)blockIdx.z * p.m_total + mt) * p.ncols + dc;
+        if (p.p_vec && d1) {
+            lb_dw_each(d, mt, p.m_total, [&](int r, int v0, int v1) {
+                __stcg((int2*)(part + (long long)r * p.ncols), make_int2(v0, v1));
+            });
+        } else {
+            lb_dw_each(d, mt, p.m_total, [&](int r, int v0, int v1) {
+                int* dst = part + (long long)r * p.ncols;
+                dst[0] = v0;
+                if (d1) dst[1] = v1;
+            });
         }
+        return;
+    }
+    const float as = lb_scale(p.scale_ptr, p.scale_param);
+    auto deq = [&](int v) { return lb_dequant(v, p.w_scale, as, p.relu); };
+    const long long o0 = (long long)mt * p.ldc + dc;
+    if (p.c_vec && d1 && p.out_dtype == 0) {
+        lb_dw_each(d, mt, p.m_total, [&](int r, int v0, int v1) {
+            *(float2*)((float*)p.out + o0 + (long long)r * p.ldc) = make_float2(deq(v0), deq(v1));
+        });
+    } else if (p.c_vec && d1) {
+        lb_dw_each(d, mt, p.m_total, [&](int r, int v0, int v1) {
+            *(u32*)((unsigned short*)p.out + o0 + (long long)r * p.ldc) =
+                lb_pack2(deq(v0), deq(v1), p.out_dtype);
+        });
+    } else {
+        lb_dw_each(d, mt, p.m_total, [&](int r, int v0, int v1) {
+            const long long o = o0 + (long long)r * p.ldc;
+            lb_store(p.out, o, deq(v0), p.out_dtype);
+            if (d1) lb_store(p.out, o + 1, deq(v1), p.out_dtype);
+        });
+    }
 }
 
 #if LB_DW_ZC > 1
