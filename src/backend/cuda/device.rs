@@ -159,7 +159,8 @@ pub const PDL_ENV: &str = "LOWBIT_CUDA_PDL";
 /// previous kernel of the stream runs, prefetch its weights into L2, and wait for it before
 /// touching anything else. The value is what the kernels see (`LbProblem::pdl`). Unless it
 /// is [`Pdl::Off`], the large-M low-rank chain `absmean_scale -> mma_prep_a -> lowrank_wgmma`
-/// (codes or f32 input) runs the same way: each kernel lets the next start at once.
+/// (codes or f32 input) runs the same way: each kernel lets the next start at once; so does
+/// the decoder tail's split-K reduction, which the decoder's blocks trigger as they exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(i32)]
 pub enum Pdl {
