@@ -8,7 +8,7 @@ fn op(x: [usize; 4], w: [usize; 3], latent_out: usize) -> Op {
 }
 
 /// Small and odd shapes: D, N, T not multiples of 4 or of tile sizes; B 1 and 2; Hin 1 and H;
-/// latent_out < N.
+/// latent_out < N; M = B·T from 1 to 34.
 fn small_ops() -> Vec<Op> {
     vec![
         op([1, 1, 5, 18], [1, 18, 9], 9),
@@ -18,6 +18,10 @@ fn small_ops() -> Vec<Op> {
         op([2, 1, 17, 33], [2, 33, 130], 130),
         op([1, 2, 17, 33], [2, 33, 130], 100),
         op([1, 1, 3, 7], [4, 7, 65], 64),
+        // M = 2 (the CUDA dp4a kernel's one-row shape takes up to two rows), across batches
+        // and within one.
+        op([2, 1, 1, 40], [3, 40, 70], 70),
+        op([1, 3, 2, 40], [3, 40, 70], 61),
     ]
 }
 

@@ -270,10 +270,11 @@ fn tiled_fast(p: &LbProblem, mode: u32) -> bool {
         && words_valid >= p.kw_head as i64
 }
 
-/// The dp4a small-M kernel for `rows` rows, `cw` column warps; one row is compiled for
-/// `m1_blocks` resident blocks per SM (register cap 256 / m1_blocks per thread; 4 weight rows
-/// in flight per thread from 4 blocks on; the low-rank projection's `SmallShape::m1_blocks`,
-/// 2 for the decoder, which measured slower with 4), more rows for 2.
+/// The dp4a small-M kernel for `rows` rows, `cw` column warps; up to
+/// [`t::SMALL_M1_ROWS`] rows are compiled for `m1_blocks` resident blocks per SM (register
+/// cap 256 / m1_blocks per thread; from 4 blocks on, 4 weight rows in flight per thread, 2 for
+/// two rows; the low-rank projection's `SmallShape::m1_blocks`, 2 for the decoder, which
+/// measured slower with 4), more rows for 2.
 fn small_defines(
     mode: u32,
     uns: bool,
@@ -282,9 +283,14 @@ fn small_defines(
     m1_blocks: u32,
 ) -> Vec<(String, String)> {
     let mut v = int_defines(mode, uns);
-    let blocks = if rows == 1 { m1_blocks } else { 2 };
+    let blocks = if rows <= t::SMALL_M1_ROWS {
+        m1_blocks
+    } else {
+        2
+    };
     if blocks >= 4 {
-        v.push(d("LB_SM_BATCH", 4));
+        // (ptxas spilled two rows at 4 weight rows in flight, not at 2; one row at 4, none.)
+        v.push(d("LB_SM_BATCH", if rows == 2 { 2 } else { 4 }));
     }
     v.extend([
         d("LB_MIN_BLOCKS", blocks),
@@ -303,12 +309,13 @@ fn small_defines(
 }
 
 /// Column warps and blocks per SM of the dp4a small-M low-rank kernel for `rows` rows of
-/// input `mode`: the shape's for one row of packed words; every other kernel (more rows, or
+/// input `mode`: the shape's for up to [`t::SMALL_M1_ROWS`] rows of packed words; every other
+/// kernel (more rows, or
 /// codes and f32, whose staging needs the registers: f32 at M = 1 on the H200 took 9.73 µs
 /// at 4 blocks per SM, 8.89 at 2) runs 2 blocks per SM on proportionally more column warps,
 /// the same grid per wave.
 fn lowrank_small_cw(shape: t::SmallShape, mode: u32, rows: usize) -> (u32, u32) {
-    if mode == 0 && rows == 1 {
+    if mode == 0 && rows <= t::SMALL_M1_ROWS {
         (shape.lowrank_cw, shape.m1_blocks)
     } else {
         ((shape.lowrank_cw * shape.m1_blocks / 2).clamp(1, 8), 2)
@@ -1319,8 +1326,10 @@ mod tests {
     #[test]
     fn one_row_lowrank_keeps_its_wave_for_every_input() {
         let s = t::SmallShape::DEFAULT;
-        assert_eq!(lowrank_small_cw(s, 0, 1), (s.lowrank_cw, s.m1_blocks));
-        for (mode, rows) in [(0, 2), (0, 16), (1, 1), (2, 1), (2, 3)] {
+        for rows in 1..=t::SMALL_M1_ROWS {
+            assert_eq!(lowrank_small_cw(s, 0, rows), (s.lowrank_cw, s.m1_blocks));
+        }
+        for (mode, rows) in [(0, t::SMALL_M1_ROWS + 1), (0, 16), (1, 1), (2, 1), (2, 3)] {
             let (cw, m1) = lowrank_small_cw(s, mode, rows);
             assert_eq!(m1, 2);
             assert_eq!(cw * m1, (s.lowrank_cw * s.m1_blocks).min(16));

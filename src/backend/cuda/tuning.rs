@@ -142,6 +142,10 @@ pub(crate) fn from_env<T>(
 
 /// M = B·T at or below this takes the small-M path (weights streamed once).
 pub const SMALL_M_MAX: usize = 16;
+/// The dp4a small-M low-rank kernel on packed words runs up to this many rows on the one-row
+/// shape (`SmallShape::m1_blocks` blocks per SM; 64 registers at 4). H200, BDH shape: M = 2
+/// 4.25 µs against 4.35 at 2 blocks per SM; M = 3 5.10 against 4.89, so 3 and 4 rows keep 2.
+pub const SMALL_M1_ROWS: usize = 2;
 /// Small-M path: K words of A staged in smem per chunk.
 pub const SMALL_KC: u32 = 256;
 /// ... and for 9 to 16 rows (fewer staging registers beside 16 rows of accumulators).
@@ -155,9 +159,10 @@ pub const SMALL_CW_DECODER: u32 = 2;
 /// sweeps.
 pub const SMALL_ENV: &str = "LOWBIT_CUDA_SMALL";
 
-/// Grid shape of the small-M kernels: the one-row dp4a low-rank kernel on packed words runs
-/// `lowrank_cw` column warps per block (of its 8 warps; the rest split K), compiled for
-/// `m1_blocks` resident blocks per SM (2 or 4: more blocks, fewer registers); every other
+/// Grid shape of the small-M kernels: the dp4a low-rank kernel on one or two rows of packed
+/// words ([`SMALL_M1_ROWS`]) runs `lowrank_cw` column warps per block (of its 8 warps; the
+/// rest split K), compiled for `m1_blocks` resident blocks per SM (2 or 4: more blocks, fewer
+/// registers); every other
 /// dp4a low-rank kernel runs 2 blocks per SM on `lowrank_cw · m1_blocks / 2` column warps (the
 /// same grid per wave). `blocks_per_sm`: what the decoder's split-K count aims at (both
 /// families; half as many, at least 1, for ternary2 weights).
