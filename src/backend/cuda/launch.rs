@@ -310,10 +310,9 @@ fn small_defines(
 
 /// Column warps and blocks per SM of the dp4a small-M low-rank kernel for `rows` rows of
 /// input `mode`: the shape's for up to [`t::SMALL_M1_ROWS`] rows of packed words; every other
-/// kernel (more rows, or
-/// codes and f32, whose staging needs the registers: f32 at M = 1 on the H200 took 9.73 µs
-/// at 4 blocks per SM, 8.89 at 2) runs 2 blocks per SM on proportionally more column warps,
-/// the same grid per wave.
+/// kernel (more rows, or codes and f32, whose staging needs the registers: f32 at M = 1 on
+/// the H200 took 9.73 µs at 4 blocks per SM, 8.89 at 2) runs 2 blocks per SM on
+/// proportionally more column warps, the same grid per wave.
 fn lowrank_small_cw(shape: t::SmallShape, mode: u32, rows: usize) -> (u32, u32) {
     if mode == 0 && rows <= t::SMALL_M1_ROWS {
         (shape.lowrank_cw, shape.m1_blocks)

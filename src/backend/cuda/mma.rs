@@ -1319,11 +1319,6 @@ impl CudaDevice {
             p.partial = self.scratch_buf(&mut scratch.partials, groups * m * dim)?;
         }
         drop(scratch);
-        // The reduction is launched programmatically, triggered as the decoder's blocks exit,
-        // so its launch overlaps their tail (1.7-1.9 µs less at M = 512 and 2048 on the H200).
-        // An explicit trigger in the decoder, at its start or after its mainloop, measured
-        // 3.5 µs slower at M = 512.
-        let pdl_reduce = reduce.is_some() && self.chained();
         let mut b = self.stream.launch_builder(&f);
         b.arg(&p);
         let grid = (n_tiles as u32, m_tiles as u32, splits as u32);
@@ -1338,6 +1333,11 @@ impl CudaDevice {
                 as u32;
             let c = launch_cfg((grid, 1, 1), 256, 0);
             const WHAT: &str = "cuLaunchKernel (decoder_mma_reduce)";
+            // Launched programmatically, triggered as the decoder's blocks exit, so its launch
+            // overlaps their tail (1.7-1.9 µs less at M = 512 and 2048 on the H200). An
+            // explicit trigger in the decoder, at its start or after its mainloop, measured
+            // 3.5 µs slower at M = 512.
+            let pdl_reduce = self.chained();
             let p = LbMma {
                 pdl: i32::from(pdl_reduce),
                 ..p

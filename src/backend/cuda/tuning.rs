@@ -162,10 +162,10 @@ pub const SMALL_ENV: &str = "LOWBIT_CUDA_SMALL";
 /// Grid shape of the small-M kernels: the dp4a low-rank kernel on one or two rows of packed
 /// words ([`SMALL_M1_ROWS`]) runs `lowrank_cw` column warps per block (of its 8 warps; the
 /// rest split K), compiled for `m1_blocks` resident blocks per SM (2 or 4: more blocks, fewer
-/// registers); every other
-/// dp4a low-rank kernel runs 2 blocks per SM on `lowrank_cw · m1_blocks / 2` column warps (the
-/// same grid per wave). `blocks_per_sm`: what the decoder's split-K count aims at (both
-/// families; half as many, at least 1, for ternary2 weights).
+/// registers); every other dp4a low-rank kernel runs 2 blocks per SM on
+/// `lowrank_cw · m1_blocks / 2` column warps (the same grid per wave). `blocks_per_sm`: what
+/// the decoder's split-K count aims at (both families; half as many, at least 1, for ternary2
+/// weights).
 /// The default measured fastest on the H200 at the BDH shape (BENCHMARKS.md): low-rank M = 1
 /// 4.00 µs at `2x2x4` against 4.16 at `4x2x2`; decoder `x2` 7.1 µs at M = 16 against 10.2 at
 /// `x4`; ternary2 decoder at 1 block per SM 3.70 / 6.12 µs (M = 1 / 16) against 4.18 / 6.69.
