@@ -109,6 +109,9 @@ pub(crate) struct ModuleCache {
     pub smem_allowed: HashMap<usize, usize>,
     /// Resident blocks on the device per (function handle, threads, dynamic smem).
     pub resident: HashMap<(usize, u32, usize), usize>,
+    /// Co-resident clusters on the device per (function handle, threads, dynamic smem) of a
+    /// kernel compiled with its cluster dimensions.
+    pub clusters: HashMap<(usize, u32, usize), usize>,
     compilations: usize,
     logs: Vec<(String, String)>,
 }

@@ -555,6 +555,46 @@ impl CudaDevice {
         Ok(blocks)
     }
 
+    /// Clusters of `f` (compiled with `__cluster_dims__(1, 1, z)`) the device holds at once
+    /// at `threads` and `smem` bytes of dynamic shared memory (queried once per function and
+    /// size; `prepare_dynamic` must have allowed `smem`).
+    pub(crate) fn resident_clusters(
+        &self,
+        f: &CudaFunction,
+        z: u32,
+        threads: u32,
+        smem: usize,
+    ) -> Result<usize> {
+        use cudarc::driver::sys;
+        let key = (f.cu_function() as usize, threads, smem);
+        if let Some(&n) = self.module_cache().clusters.get(&key) {
+            return Ok(n);
+        }
+        self.ctx
+            .bind_to_thread()
+            .map_err(drv("cuCtxSetCurrent (cluster occupancy)"))?;
+        let config = sys::CUlaunchConfig {
+            gridDimX: 1,
+            gridDimY: 1,
+            gridDimZ: z,
+            blockDimX: threads,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem as u32,
+            hStream: self.stream.cu_stream(),
+            attrs: std::ptr::null_mut(),
+            numAttrs: 0,
+        };
+        let mut n: std::ffi::c_int = 0;
+        // SAFETY: `n` and `config` are valid for the call; `f` is a loaded function.
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) }
+            .result()
+            .map_err(drv("cuOccupancyMaxActiveClusters"))?;
+        let n = n.max(0) as usize;
+        self.module_cache().clusters.insert(key, n);
+        Ok(n)
+    }
+
     fn resident_slots(&self, f: &CudaFunction) -> usize {
         self.resident_blocks(f, t::THREADS, 0)
             .unwrap_or(self.caps.multiprocessors.max(1) as usize)

@@ -122,9 +122,10 @@ pub const fn dec_wgmma_smem(t2: bool) -> usize {
 }
 
 /// `decoder_wgmma`'s split clusters: where a tile has at most this many splits (a power of
-/// two; fewer are rounded down to one), they run as one thread-block cluster and sum their
-/// accumulators through distributed shared memory, writing the output without partials or a
-/// reduction kernel (1: off). `LOWBIT_CUDA_WGMMA_ZCLUSTER=1|2|4|8` overrides it.
+/// two; fewer are rounded down to one) and the device holds every tile's cluster at once,
+/// they run as one thread-block cluster and sum their accumulators through distributed shared
+/// memory, writing the output without partials or a reduction kernel (1: off).
+/// `LOWBIT_CUDA_WGMMA_ZCLUSTER=1|2|4|8` overrides it.
 pub const DEC_WGMMA_ZCLUSTER: usize = 2;
 pub const DEC_WGMMA_ZCLUSTER_ENV: &str = "LOWBIT_CUDA_WGMMA_ZCLUSTER";
 
@@ -1281,18 +1282,26 @@ impl CudaDevice {
         } else {
             (slots / units).clamp(1, (chunks / DECODER_MIN_CHUNKS).max(1))
         };
-        // decoder_wgmma: few enough splits sum in one cluster (distributed smem).
+        // decoder_wgmma: few enough splits sum in one cluster per tile (distributed smem),
+        // where the device holds every tile's cluster at once (an H200 holds 66 clusters of
+        // 2 of this kernel, 30 of 4, 15 of 8): a second wave of clusters would cost as much
+        // as the first.
         let zc = if wg {
             decoder_zcluster(self.dw_zcluster, splits)
         } else {
             1
         };
-        let (f, splits) = if zc > 1 {
+        let clustered = if zc > 1 {
             let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, zc, t2))?;
             self.prepare_dynamic(&f, threads, smem)?;
-            (f, zc)
+            let fits = self.resident_clusters(&f, zc as u32, threads, smem)? >= units;
+            fits.then_some(f)
         } else {
-            (f, splits)
+            None
+        };
+        let (f, zc, splits) = match clustered {
+            Some(f) => (f, zc, zc),
+            None => (f, 1, splits),
         };
         let groups = splits / zc; // sets of partials: one when the splits sum in a cluster
         let reduce = if groups > 1 {
