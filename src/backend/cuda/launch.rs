@@ -489,18 +489,7 @@ impl CudaDevice {
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
         use cudarc::driver::sys;
         self.ctx.bind_to_thread()?;
-        let config = sys::CUlaunchConfig {
-            gridDimX: c.grid_dim.0,
-            gridDimY: c.grid_dim.1,
-            gridDimZ: c.grid_dim.2,
-            blockDimX: c.block_dim.0,
-            blockDimY: c.block_dim.1,
-            blockDimZ: c.block_dim.2,
-            sharedMemBytes: c.shared_mem_bytes,
-            hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
-        };
+        let config = self.cu_config(c, std::slice::from_mut(&mut attr));
         // SAFETY: per the caller's contract.
         unsafe {
             sys::cuLaunchKernelEx(
@@ -511,6 +500,30 @@ impl CudaDevice {
             )
         }
         .result()
+    }
+
+    /// The driver's launch configuration of `c` on this device's stream with `attrs`.
+    fn cu_config(
+        &self,
+        c: LaunchConfig,
+        attrs: &mut [cudarc::driver::sys::CUlaunchAttribute],
+    ) -> cudarc::driver::sys::CUlaunchConfig {
+        cudarc::driver::sys::CUlaunchConfig {
+            gridDimX: c.grid_dim.0,
+            gridDimY: c.grid_dim.1,
+            gridDimZ: c.grid_dim.2,
+            blockDimX: c.block_dim.0,
+            blockDimY: c.block_dim.1,
+            blockDimZ: c.block_dim.2,
+            sharedMemBytes: c.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: if attrs.is_empty() {
+                std::ptr::null_mut()
+            } else {
+                attrs.as_mut_ptr()
+            },
+            numAttrs: attrs.len() as u32,
+        }
     }
 
     /// Allows `smem` bytes of dynamic shared memory for `f`; returns its resident blocks on
@@ -573,18 +586,12 @@ impl CudaDevice {
         self.ctx
             .bind_to_thread()
             .map_err(drv("cuCtxSetCurrent (cluster occupancy)"))?;
-        let config = sys::CUlaunchConfig {
-            gridDimX: 1,
-            gridDimY: 1,
-            gridDimZ: z,
-            blockDimX: threads,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: smem as u32,
-            hStream: self.stream.cu_stream(),
-            attrs: std::ptr::null_mut(),
-            numAttrs: 0,
+        let c = LaunchConfig {
+            grid_dim: (1, 1, z),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: smem as u32,
         };
+        let config = self.cu_config(c, &mut []);
         let mut n: std::ffi::c_int = 0;
         // SAFETY: `n` and `config` are valid for the call; `f` is a loaded function.
         unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config) }
