@@ -71,21 +71,30 @@ __device__ __forceinline__ void lb_prep_put(u32* dst, int ldo, long long i, int 
     *(uint4*)(dst + r * ldo + (i - r * qpr) * 4) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
+// The sum of `v` over the warp by an xor butterfly: every lane ends with the same bits (each
+// step adds the same two values, in either order), the same on every run.
+__device__ __forceinline__ double lb_warp_sum(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // absmean_scale -> mma_prep_a for f32 rows in one cooperative launch (every block resident),
 // the scale computed here. Item i is words 4q..4q+3 (16 floats) of row i / qpr, zero past the
 // row's kvalid (the rows are the whole input: n = rows * kvalid). Each block sums |x|
-// (max(x, 0) for uint8pos) over its items in f64 into partials[block]; at a grid barrier
-// (bar[0] counts arrivals) every block sums the partials in block order, so that all derive
-// the same scale bits (block 0 stores it), and then quantizes its items, the first still in
+// (max(x, 0) for uint8pos) over its items in f64 (warp butterflies, then the 8 warp sums in
+// order) into partials[block]; thread 0 publishes it with a release add on bar[0] (arrivals)
+// and waits for every block's. Each warp then sums the partials the same way, so that all
+// derive the same scale bits (block 0 stores it), and quantizes its items, the first still in
 // registers. The last block past the barrier (bar[1] counts departures) zeroes both counters
 // for the next launch. The projection after it may start at once (it waits for this grid).
 extern "C" __global__ void __launch_bounds__(256, 2)
     mma_prep_scale_a(LbMma p, u32* dst, long long rows, int ldo, long long n, double* partials,
                      unsigned* bar, float* scale_out) {
-    __shared__ double red[256];
+    __shared__ double warp_sums[8];
     lb_pdl_launch_next();
     const bool pos = p.fmt == LB_FMT_U8POS;
-    const int qpr = ldo / 4;
+    const int qpr = ldo / 4, lane = threadIdx.x & 31;
     const long long total = rows * qpr;
     const long long first = blockIdx.x * 256LL + threadIdx.x, stride = gridDim.x * 256LL;
     float f[16];
@@ -101,11 +110,16 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 #pragma unroll
         for (int e = 0; e < 16; ++e) sum += lb_abs_term(g[e], pos);
     }
-    sum = lb_block_sum(sum, red);
+    sum = lb_warp_sum(sum);
+    if (lane == 0) warp_sums[threadIdx.x >> 5] = sum;
+    __syncthreads();
     if (threadIdx.x == 0) {
-        partials[blockIdx.x] = sum;
-        __threadfence();
-        atomicAdd(bar, 1u);
+        double block = 0.0;
+#pragma unroll
+        for (int w = 0; w < 8; ++w) block += warp_sums[w];
+        partials[blockIdx.x] = block;
+        // Release: the partial above is visible to whoever acquires the count.
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
         unsigned seen;
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(bar) : "memory");
@@ -113,8 +127,8 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     }
     __syncthreads();
     double all = 0.0;
-    for (unsigned b = threadIdx.x; b < gridDim.x; b += 256) all += __ldcg(partials + b);
-    const float s = lb_absmean_scale(lb_block_sum(all, red), n, p.fmt);
+    for (unsigned b = lane; b < gridDim.x; b += 32) all += __ldcg(partials + b);
+    const float s = lb_absmean_scale(lb_warp_sum(all), n, p.fmt);
     if (threadIdx.x == 0) {
         if (blockIdx.x == 0) *scale_out = s;
         if (atomicAdd(bar + 1, 1u) == gridDim.x - 1) {

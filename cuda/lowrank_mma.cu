@@ -95,10 +95,11 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     const int jn = __shfl_sync(0xffffffffu, (tid >> 7) & 1, 0);
     const int h = blockIdx.x / p.tiles_n, n0 = (blockIdx.x % p.tiles_n) * LB_WG_BN;
     const int ah = p.a_heads == 1 ? 0 : h;
-    if (p.pdl)  // in a chain after mma_prep_a: only the weights' L2 prefetch overlaps it
-        lb_pdl_prologue(2, p.b + (long long)h * p.b_head_rows * p.ldb, p.ldb, 0,
-                        LB_WG_T2 ? (p.kw + 15) / 16 * 4 : p.kw, n0,
-                        min(n0 + LB_WG_BN, min(p.ncols, p.bcols)));
+    // In a chain after mma_prep_a (p.pdl): the weights are not the previous kernel's output,
+    // so their L2 prefetch and the weight tile below overlap it; the wait comes before A.
+    lb_pdl_prefetch(p.pdl ? 2 : 0, p.b + (long long)h * p.b_head_rows * p.ldb, p.ldb, 0,
+                    LB_WG_T2 ? (p.kw + 15) / 16 * 4 : p.kw, n0,
+                    min(n0 + LB_WG_BN, min(p.ncols, p.bcols)));
 
 #if LB_WG_T2
     // The weight tile from ternary2 rows (mma.cuh): column c's t2 words of rows 4 q16 + r,
@@ -143,6 +144,8 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         lb_commit();
     }
 #endif
+
+    lb_pdl_wait(p.pdl ? 2 : 0);
 
     const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
     const int first = blockIdx.y * 2 + pair, step = gridDim.y * 2;
