@@ -573,11 +573,21 @@ fn decoder_wgmma_split_clusters() {
         let b = tuned_mma_backend(&format!("split cluster {zc}"), |d| {
             d.with_decoder_zcluster(zc)
         });
+        let before = b.device().cluster_launches(zc as u32);
         run_on_mma(b, &format!("LB_DW_ZC={zc} "), |ctx| {
             let name = format!("wgmma decoder_tail, {zc} splits in a cluster");
             crate::large_cases(ctx, &name, ops, 117);
             crate::epilogue_cases(ctx, &name, &ops[ops.len() - 1..], 118);
         });
+        // The module is compiled before the guard asks whether every tile's cluster fits,
+        // so only the launch count shows that the cluster path ran.
+        let launched = b.device().cluster_launches(zc as u32) - before;
+        println!("[cuda mma] {launched} launches summed in clusters of {zc}");
+        assert!(
+            launched > 0,
+            "no decoder launch summed its splits in clusters of {zc}: the device does not \
+             hold every tile's cluster at once, so these shapes tested the partials path"
+        );
     }
 }
 

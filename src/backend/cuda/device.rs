@@ -112,6 +112,8 @@ pub(crate) struct ModuleCache {
     /// Co-resident clusters on the device per (function handle, threads, dynamic smem) of a
     /// kernel compiled with its cluster dimensions.
     pub clusters: HashMap<(usize, u32, usize), usize>,
+    /// `decoder_wgmma` launches whose splits summed in clusters, per cluster size.
+    pub cluster_launches: HashMap<u32, u64>,
     compilations: usize,
     logs: Vec<(String, String)>,
 }
@@ -410,6 +412,18 @@ impl CudaDevice {
     /// `(module, NVRTC log)` of every module compiled so far (ptxas' resource report).
     pub fn compile_logs(&self) -> Vec<(String, String)> {
         lock(&self.cache).logs.clone()
+    }
+
+    /// How many decoder-tail launches on this device summed their K splits inside
+    /// thread-block clusters of `z` CTAs (distributed shared memory, no partials); the rest
+    /// wrote partials for the reduction pass. Where a cluster size was asked for but the
+    /// device cannot hold every tile's cluster at once, the launch is not counted here.
+    pub fn cluster_launches(&self, z: u32) -> u64 {
+        lock(&self.cache)
+            .cluster_launches
+            .get(&z)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Waits for everything queued on this device's stream.

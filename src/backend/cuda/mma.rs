@@ -1333,6 +1333,13 @@ impl CudaDevice {
         let grid = (n_tiles as u32, m_tiles as u32, splits as u32);
         // SAFETY: as above; the partials hold groups * M * D i32.
         unsafe { b.launch(launch_cfg(grid, threads, smem)) }.map_err(drv(what))?;
+        if zc > 1 {
+            *self
+                .module_cache()
+                .cluster_launches
+                .entry(zc as u32)
+                .or_default() += 1;
+        }
         if let Some(r) = reduce {
             let s = groups as i32;
             let quads = (m * dim).div_ceil(4);
