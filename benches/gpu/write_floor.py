@@ -1,7 +1,8 @@
 # Write floor of the low-rank epilogue on this card (BENCHMARKS.md, "Low-rank on warpgroup mma"):
 # torch fill_, 16-byte stores in address order, and the epilogue's pattern (each CTA a strip of
 # every output row, a warp 8 rows x 64 bytes), f32 and bf16 outputs at BDH sizes, CUDA events.
-# Usage on the GPU machine: python3 benches/gpu/write_floor.py
+# Usage on the GPU machine: [FLUSH=1] python3 benches/gpu/write_floor.py
+import os
 import cupy as cp, numpy as np, torch
 src = r'''
 extern "C" __global__ void lin(uint4* out, long long n16, int cs) {
@@ -30,14 +31,19 @@ extern "C" __global__ void strip(char* out, int rows, long long rowbytes, int sb
 '''
 m = cp.RawModule(code=src)
 lin, strip = m.get_function("lin"), m.get_function("strip")
+# FLUSH=1: zero 256 MB before each timed run (as lowbit bench and triton's do_bench do), so
+# the L2 starts cold and the host's launch latency hides behind the memset.
+flush = torch.empty(64 << 20, dtype=torch.int32, device="cuda") if os.environ.get("FLUSH") == "1" else None
 def t(f, reps=20):
     f(); cp.cuda.Device().synchronize()
     s, e = cp.cuda.Event(), cp.cuda.Event()
     ts = []
     for _ in range(reps):
+        if flush is not None:
+            flush.zero_()
         s.record(); f(); e.record(); e.synchronize(); ts.append(cp.cuda.get_elapsed_time(s, e))
     return float(np.median(ts)) * 1e3
-for M, esz in [(2048, 4), (2048, 2), (8192, 2), (512, 2)]:
+for M, esz in [(2048, 4), (2048, 2), (8192, 2), (512, 2), (512, 4)]:
     nbytes = M * 32768 * esz
     buf = cp.empty(nbytes // 4, dtype=cp.uint32)
     tt = torch.empty(nbytes // 4, dtype=torch.int32, device="cuda")
