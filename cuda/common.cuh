@@ -280,16 +280,18 @@ __device__ __forceinline__ void lb_pdl_prologue(int pdl, const u32* b, long long
 }
 
 // The large-M chain `absmean_scale -> mma_prep_a -> projection` (mma.rs) launches its later
-// kernels with programmatic stream serialization too: each lets the next one start at once and
-// waits for the previous one (here) before reading anything it may have written, the
-// projection after prefetching its weights into L2 (lb_pdl_prologue, pdl 2).
+// kernels with programmatic stream serialization too: each waits for the previous one (here)
+// before reading anything it may have written, and lets the next one start at once (pdl 2) or
+// once past that wait (pdl 1). The projection reads its weights before its own wait, so the
+// first kernel of its chain must not let it start before every earlier kernel of the stream
+// is complete: mma_prep_a uses pdl 1 where no normal launch of this op precedes it.
 __device__ __forceinline__ void lb_pdl_launch_next() {
 #if __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 __device__ __forceinline__ void lb_pdl_chain(int pdl) {
-    lb_pdl_prologue(pdl ? 2 : 0, nullptr, 0, 0, 0, 0, 0);  // nothing to prefetch
+    lb_pdl_prologue(pdl, nullptr, 0, 0, 0, 0, 0);  // nothing to prefetch
 }
 
 // Four consecutive B words at `p`, column c of a row of ncols (zero past ncols); `fast`: all

@@ -95,7 +95,8 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     const int jn = __shfl_sync(0xffffffffu, (tid >> 7) & 1, 0);
     const int h = blockIdx.x / p.tiles_n, n0 = (blockIdx.x % p.tiles_n) * LB_WG_BN;
     const int ah = p.a_heads == 1 ? 0 : h;
-    // In a chain after mma_prep_a (p.pdl): the weights are not the previous kernel's output,
+    // In a chain after mma_prep_a or mma_prep_scale_a (p.pdl): the weights are not that
+    // kernel's output, and every kernel before it is complete once this one starts (lb_pdl_chain),
     // so their L2 prefetch and the weight tile below overlap it; the wait comes before A.
     lb_pdl_prefetch(p.pdl ? 2 : 0, p.b + (long long)h * p.b_head_rows * p.ldb, p.ldb, 0,
                     LB_WG_T2 ? (p.kw + 15) / 16 * 4 : p.kw, n0,

@@ -86,7 +86,7 @@ struct LbMma {
     int b_vec;              // 16-byte weight cp.async legal (ldb % 4 == 0, aligned)
     int c_vec;              // vector output stores legal (ldc % 4 == 0, aligned)
     int p_vec;              // vector partial stores legal (ncols % 4 == 0)
-    int pdl;                // launched in a programmatic chain (lb_pdl_chain): 0 no, 1 yes
+    int pdl;                // in a programmatic chain: 0 no; else lb_pdl_chain's 1 or 2
 };
 static_assert(sizeof(LbMma) == 160, "LbMma: the layout of mma.rs");
 

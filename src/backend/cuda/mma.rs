@@ -829,7 +829,10 @@ impl CudaDevice {
     /// Queues `mma_prep_a`: `rows` input rows of `p` (codes, f32 or misaligned words, per
     /// `mode`) packed into the scratch as zero-padded i8x4 rows of `round_up(kw, 4)` words.
     /// Under programmatic dependent launch ([`CudaDevice::chained`]) it may start while the
-    /// previous kernel (the absmean reduction) ends, and lets the next one start at once.
+    /// previous kernel of the stream ends, and lets the next one start: at once where that
+    /// previous kernel is this op's absmean reduction (`after_scale`, a plain launch), else
+    /// only once it has waited for it, since the projection after it reads its weights
+    /// before its own wait and an earlier kernel (the caller's, under PDL) may write them.
     /// Returns the scratch address and that row length.
     ///
     /// # Safety
@@ -840,6 +843,7 @@ impl CudaDevice {
         mode: u32,
         rows: usize,
         kw: usize,
+        after_scale: bool,
     ) -> Result<(u64, usize)> {
         let prep = self.function(KernelId::MmaPrepA, prep_defines(mode))?;
         let ldo = kw.next_multiple_of(4);
@@ -853,7 +857,11 @@ impl CudaDevice {
         let c = launch_cfg((grid, 1, 1), 256, 0);
         const WHAT: &str = "cuLaunchKernel (mma_prep_a)";
         if self.chained() {
-            let p = LbMma { pdl: 1, ..*p };
+            // lb_pdl_chain: 2 lets the next kernel start at once, 1 once past the wait.
+            let p = LbMma {
+                pdl: if after_scale { 2 } else { 1 },
+                ..*p
+            };
             let mut params = [
                 &p as *const LbMma as *mut c_void,
                 &dst as *const u64 as *mut c_void,
@@ -1103,8 +1111,9 @@ impl CudaDevice {
             let (sp, sv) = unsafe { self.resolve_scale(p.a, n, format, scale)? };
             p.scale_ptr = sp;
             p.scale_param = sv;
+            let after_scale = matches!(scale, RawScale::Compute(_));
             // SAFETY: forwarded contract.
-            pack.then(|| unsafe { self.mma_prep(p, mode, rows, kw) })
+            pack.then(|| unsafe { self.mma_prep(p, mode, rows, kw, after_scale) })
                 .transpose()?
         };
         if let Some((dst, ldo)) = packed {
@@ -1355,7 +1364,7 @@ impl CudaDevice {
             // 3.5 µs slower at M = 512.
             let pdl_reduce = self.chained();
             let p = LbMma {
-                pdl: i32::from(pdl_reduce),
+                pdl: if pdl_reduce { 2 } else { 0 }, // lb_pdl_chain: the next may start at once
                 ..p
             };
             if pdl_reduce {
