@@ -1159,9 +1159,10 @@ impl CudaDevice {
         // SAFETY: forwarded contract. This kernel's 16-byte cp.asyncs need aligned i8x4 rows,
         // so misaligned words are packed too.
         let packed = unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, true)? };
-        // After this device's own mma_prep_a, the projection starts while it ends (its
-        // weights prefetched into L2, then `griddepcontrol.wait`).
-        p.pdl = i32::from(self.chained() && packed);
+        // After this op's own packing kernel, the projection starts while it ends (its weight
+        // tile loaded, then `griddepcontrol.wait`) and lets the next kernel start at once
+        // (pdl 2, as lb_pdl_chain).
+        p.pdl = if self.chained() && packed { 2 } else { 0 };
         // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
         // the 64-row tiles are dealt over several CTAs per column tile as well.
         let row_ctas = self
@@ -1177,8 +1178,9 @@ impl CudaDevice {
         const WHAT: &str = "cuLaunchKernel (lowrank_wgmma)";
         if p.pdl != 0 {
             let mut params = [&p as *const LbMma as *mut c_void];
-            // SAFETY: as below; the kernel waits (`lb_pdl_prologue`) before anything but
-            // its weights' L2 prefetch.
+            // SAFETY: as below; before its `lb_pdl_wait` the kernel reads only its weights,
+            // which no kernel still running writes: the packing kernel before it lets it start
+            // only once every earlier kernel of the stream is complete (`mma_prep`).
             return unsafe { self.launch_programmatic(&f, c, &mut params, WHAT) };
         }
         let mut b = self.stream.launch_builder(&f);
