@@ -182,11 +182,12 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 // transposed, out^T[d][m] = sum_k W^T[d][k] y^T[k][m], so that the weights are wgmma's A
 // operand from registers: a packed weight word (4 k of one column d) is exactly one A fragment
 // register, so the weights need no re-layout. CTA (x, y, z) covers output columns n0 = 256x..,
-// rows m0 = 128y.. and the z-th contiguous run of the (head, 32-word chunk) list, as
-// decoder_tail_mma does; its four warpgroups take 64 columns each, all 128 rows. Per chunk, a
-// ring slot of LB_DW_STAGES holds the y tile (128 rows x 128 bytes, one 128-byte swizzled
+// rows m0 = BM y.. (BM = LB_DW_BM, 128 or 64) and the z-th contiguous run of the (head,
+// 32-word chunk) list, as decoder_tail_mma does; its four warpgroups take 64 columns each, all
+// BM rows. Per chunk, the ring holds the y tile (BM rows x 128 bytes, one 128-byte swizzled
 // plane) and the weight tile (32 k words x 256 columns as they lie), both loaded by 16-byte
-// cp.asyncs STAGES - 2 chunks ahead; each thread reads its fragment words from the weight tile
+// cp.asyncs; a ring slot (LB_DW_STAGES of them) holds LB_DW_PL chunks under one barrier and is
+// loaded STAGES - 2 slots ahead. Each thread reads its fragment words from the weight tile
 // into a register double buffer right before its four wgmma k32 steps, while the previous
 // chunk's wgmma still runs. One split writes the output, several i32 partials [z][M][D] for
 // decoder_mma_reduce.
@@ -198,8 +199,8 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 // tiles in rank order and writes them to the output.
 //
 // Glossary (see also mma.cuh, common.cuh)
-//   wgmma RS  wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.{s8|u8}, A (weights) from
-//             registers, B (y rows) from smem: D[64 columns x 128 rows], 64 i32 per thread
+//   wgmma RS  wgmma.mma_async.sync.aligned.m64n{BM}k32.s32.s8.{s8|u8}, A (weights) from
+//             registers, B (y rows) from smem: D[64 columns x BM rows], BM / 2 i32 per thread
 //   colmap    wgmma row r of warp w (16 rows) is output column 16w + 2 (r % 8) + r / 8 of the
 //             warpgroup's 64: a thread's rows g and g + 8 are adjacent columns dc, dc + 1, so
 //             its A registers come in 8-byte loads and its outputs go out in 8-byte stores
@@ -208,12 +209,24 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 //             padded by 8 words, so a warp's 8-byte fragment loads (4 rows x 64 bytes) take
 //             the minimum two wavefronts
 
-#if LB_DW_BN != 256 || LB_DW_BM != 128 || LB_DW_THREADS != 512 || LB_DW_STAGES < 3
-#error "decoder_wgmma: LB_DW_BN, LB_DW_BM, LB_DW_THREADS must be 256, 128, 512; STAGES >= 3"
+#if LB_DW_BN != 256 || (LB_DW_BM != 128 && LB_DW_BM != 64) || LB_DW_THREADS != 512 || LB_DW_STAGES < 3
+#error "decoder_wgmma: LB_DW_BN, LB_DW_BM, LB_DW_THREADS must be 256, 128 or 64, 512; STAGES >= 3"
 #endif
 #if LB_DW_ZC != 1 && LB_DW_ZC != 2 && LB_DW_ZC != 4 && LB_DW_ZC != 8
 #error "decoder_wgmma: LB_DW_ZC must be 1, 2, 4 or 8"
 #endif
+#if LB_DW_ZC != 1 && LB_DW_BM != 128
+#error "decoder_wgmma: split clusters need LB_DW_BM = 128"
+#endif
+#ifndef LB_DW_PL
+#define LB_DW_PL 1
+#endif
+#if LB_DW_PL != 1 && LB_DW_PL != 2
+#error "decoder_wgmma: LB_DW_PL (chunks per ring slot) must be 1 or 2"
+#endif
+#define LB_DW_RSLOT (LB_DW_SLOT * LB_DW_PL)  // ring slot: LB_DW_PL chunks, one barrier
+#define LB_DW_NACC (LB_DW_BM / 2)  // accumulators per thread: BM rows x 2 columns
+#define LB_DW_RH (LB_DW_BM / 64)   // 64-row halves of the y tile a thread loads
 #ifndef LB_DW_T2
 #define LB_DW_T2 0
 #endif
@@ -225,23 +238,28 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 // 1024 bytes (y tiles stay atom-aligned).
 static_assert(LB_DW_SLOT % 1024 == 0 && LB_DW_SLOT >= LB_DW_YBYTES + LB_DW_WROWS * LB_DW_LDW * 4,
               "decoder_wgmma: ring slots hold a chunk and are 1024-byte aligned");
-static_assert(LB_DW_ZC == 1 || LB_DW_STAGES * LB_DW_SLOT >= LB_DW_BM * LB_DW_ACC_LD * 4,
+static_assert(LB_DW_ZC == 1 || LB_DW_STAGES * LB_DW_RSLOT >= LB_DW_BM * LB_DW_ACC_LD * 4,
               "decoder_wgmma: the ring holds the accumulator tile in cluster mode");
 
 template <bool UNS>
-__device__ __forceinline__ void lb_dw_mma(int (&d)[64], const u32 (&r)[16], u64 db) {
+__device__ __forceinline__ void lb_dw_mma(int (&d)[LB_DW_NACC], const u32 (&r)[16], u64 db) {
     lb_wg_fence();
 #pragma unroll
-    for (int s = 0; s < 4; ++s)
+    for (int s = 0; s < 4; ++s) {
+#if LB_DW_BM == 128
         lb_wgmma_rs<UNS>(d, r[4 * s], r[4 * s + 1], r[4 * s + 2], r[4 * s + 3], db + 2 * s, 1);
+#else
+        lb_wgmma_rs64<UNS>(d, r[4 * s], r[4 * s + 1], r[4 * s + 2], r[4 * s + 3], db + 2 * s, 1);
+#endif
+    }
     lb_wg_commit();
 }
 
 // put(r, d[4j + e], d[4j + 2 + e]) for each (j, e) whose row m0 + r, r = 8j + e, is below M.
 template <typename Put>
-__device__ __forceinline__ void lb_dw_each(const int (&d)[64], int m0, int m_total, Put put) {
+__device__ __forceinline__ void lb_dw_each(const int (&d)[LB_DW_NACC], int m0, int m_total, Put put) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j)
+    for (int j = 0; j < LB_DW_BM / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e)
             if (m0 + 8 * j + e < m_total) put(8 * j + e, d[4 * j + e], d[4 * j + 2 + e]);
@@ -263,13 +281,13 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     const int units = (int)((long long)(blockIdx.z + 1) * total / gridDim.z) - c0;
     const u32* A = (const u32*)p.a;
 
-    // y: this thread's 16-byte chunk ck of rows r0 and r0 + 64 of each tile.
+    // y: this thread's 16-byte chunk ck of rows r0 (and r0 + 64 at BM = 128) of each tile.
     const int ck = tid & 7, r0 = tid >> 3;
     const int s_off = r0 * 128 + ((ck ^ (r0 & 7)) << 4);
-    long long y_row[2];
-    const u32* y_src[2];  // row start + ck * 4 (the chunk's offset is added per load)
+    long long y_row[LB_DW_RH];
+    const u32* y_src[LB_DW_RH];  // row start + ck * 4 (the chunk's offset is added per load)
 #pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
+    for (int rr = 0; rr < LB_DW_RH; ++rr) {
         const int m = m0 + r0 + 64 * rr;
         y_row[rr] = -1;
         if (m < p.m_total) {
@@ -296,14 +314,13 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     // Is weight row r of the chunk at k word k0 needed (k words of it below kw)? Rows past
     // it may lie in the next head or past the end; y is zero there, so they load as zeros.
     auto w_needed = [&](int r, int kleft) { return LB_DW_T2 ? (r >> 2) * 16 < kleft : r < kleft; };
-    auto load = [&](int u) {
+    auto load_chunk = [&](int u, unsigned char* slot) {
         if (u < units) {
-            unsigned char* slot = ring + (u % S) * LB_DW_SLOT;
             u32* ws = (u32*)(slot + LB_DW_YBYTES);
             const int k0 = lkc * 32;
             if (wfull && k0 + 32 <= p.kw) {  // interior chunk: only rows past M are masked
 #pragma unroll
-                for (int rr = 0; rr < 2; ++rr)
+                for (int rr = 0; rr < LB_DW_RH; ++rr)
                     lb_cp16((u32*)(slot + s_off + rr * 64 * 128), y_src[rr] + y_off,
                             y_row[rr] >= 0 ? 16 : 0);
                 const u32* w = w_src + w_off;
@@ -314,7 +331,7 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
                 const int q = k0 + ck * 4;
                 const int valid = q < p.kw ? min(4, p.kw - q) * 4 : 0;
 #pragma unroll
-                for (int rr = 0; rr < 2; ++rr) {
+                for (int rr = 0; rr < LB_DW_RH; ++rr) {
                     const bool ok = y_row[rr] >= 0 && valid > 0;
                     lb_cp16((u32*)(slot + s_off + rr * 64 * 128), ok ? y_src[rr] + y_off : A,
                             ok ? valid : 0);
@@ -347,39 +364,49 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
                 w_off += w_head;
             }
         }
-        lb_commit();  // always, so that group u is chunk u
+    };
+    // Ring slot c % S takes chunks c LB_DW_PL.. (one commit group per slot, always, so
+    // that group c is slot load c).
+    auto load = [&](int c) {
+#pragma unroll
+        for (int q = 0; q < LB_DW_PL; ++q)
+            load_chunk(c * LB_DW_PL + q, ring + (c % S) * LB_DW_RSLOT + q * LB_DW_SLOT);
+        lb_commit();
     };
 
 #pragma unroll
-    for (int u = 0; u < S - 2; ++u) load(u);
+    for (int c = 0; c < S - 2; ++c) load(c);
 
-    int d[64];
+    int d[LB_DW_NACC];
 #pragma unroll
-    for (int i = 0; i < 64; ++i) d[i] = 0;
+    for (int i = 0; i < LB_DW_NACC; ++i) d[i] = 0;
     const u64 db0 = lb_wg_desc(ring);
     // This thread's fragment words in a weight tile: word row 4i + t (i8x4; i = 0..7), or t2
     // row 4q + t whose slot j is word row 4 (4q + j) + t; columns dc, dc + 1.
     const int dcol = 64 * wg + 16 * warp + 2 * g;
     const int dc = n0 + dcol;
     const int frag = t * LB_DW_LDW + dcol;
-    // Chunk u: its slot landed and is visible to wgmma; every warpgroup is past chunk u - 2's
-    // wgmma (wait_group 1 below), so slot (u - 2) % S takes chunk u + S - 2, and `cur` (last
-    // read by chunk u - 2's wgmma) takes this chunk's fragment.
-    auto step = [&](int u, u32(&cur)[16]) {
+    // Slot load c: its slot landed and is visible to wgmma; every warpgroup is past the
+    // wgmma of slot c - 2's chunks (wait_group 1 below), so slot (c - 2) % S takes load
+    // c + S - 2.
+    auto sync = [&](int c) {
         lb_wait<S - 3>();
         lb_fence_async_smem();
         __syncthreads();
-        load(u + S - 2);
-        const unsigned char* slot = ring + (u % S) * LB_DW_SLOT;
-        const u32* ws = (const u32*)(slot + LB_DW_YBYTES) + frag;
+        load(c + S - 2);
+    };
+    // Chunk q of slot c % S into `cur` (last read by the wgmma two chunks back, complete).
+    auto step = [&](int c, int q, u32(&cur)[16]) {
+        const int off = (c % S) * LB_DW_RSLOT + q * LB_DW_SLOT;
+        const u32* ws = (const u32*)(ring + off + LB_DW_YBYTES) + frag;
         if (LB_DW_T2) {
 #pragma unroll
-            for (int q = 0; q < 2; ++q) {
-                const uint2 v = *(const uint2*)(ws + 4 * q * LB_DW_LDW);
+            for (int h = 0; h < 2; ++h) {
+                const uint2 v = *(const uint2*)(ws + 4 * h * LB_DW_LDW);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    cur[2 * (4 * q + j)] = lb_t2_expand(v.x, j);
-                    cur[2 * (4 * q + j) + 1] = lb_t2_expand(v.y, j);
+                    cur[2 * (4 * h + j)] = lb_t2_expand(v.x, j);
+                    cur[2 * (4 * h + j) + 1] = lb_t2_expand(v.y, j);
                 }
             }
         } else {
@@ -390,15 +417,27 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
                 cur[2 * i + 1] = v.y;
             }
         }
-        lb_dw_mma<UNS>(d, cur, db0 + (u64)(((u % S) * LB_DW_SLOT) >> 4));
-        lb_wg_wait<1>();  // chunk u - 1's wgmma done
+        lb_dw_mma<UNS>(d, cur, db0 + (u64)(off >> 4));
+        lb_wg_wait<1>();  // the previous chunk's wgmma done
     };
     u32 w0[16], w1[16];
-    for (int u = 0; u < units; u += 2) {  // (a path from w0's step to w0's would serialize)
-        step(u, w0);
+    // (a path from w0's step to w0's would serialize)
+#if LB_DW_PL == 2
+    for (int u = 0; u < units; u += 2) {
+        sync(u / 2);
+        step(u / 2, 0, w0);
         if (u + 1 == units) break;
-        step(u + 1, w1);
+        step(u / 2, 1, w1);
     }
+#else
+    for (int u = 0; u < units; u += 2) {
+        sync(u);
+        step(u, 0, w0);
+        if (u + 1 == units) break;
+        sync(u + 1);
+        step(u + 1, 0, w1);
+    }
+#endif
     lb_wg_wait<0>();
     lb_wait<0>();
 #if LB_DW_ZC > 1

@@ -402,6 +402,24 @@ __device__ __forceinline__ void lb_wgmma_rs(int (&d)[64], u32 a0, u32 a1, u32 a2
     }
 }
 
+// The same at n = 64: D[64 x 64] into d[32].
+#define LB_WGMMA_RS64_ASM(TY)                                                                \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %36, 0;\n"                                \
+                 "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8." TY " " LB_WG_D32           \
+                 ", {%32, %33, %34, %35}, %37, p;\n}\n"                                      \
+                 : LB_R32(0)                                                                 \
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(acc), "l"(db)                     \
+                 : "memory")
+template <bool UNS>
+__device__ __forceinline__ void lb_wgmma_rs64(int (&d)[32], u32 a0, u32 a1, u32 a2, u32 a3, u64 db,
+                                              int acc) {
+    if (UNS) {
+        LB_WGMMA_RS64_ASM("u8");
+    } else {
+        LB_WGMMA_RS64_ASM("s8");
+    }
+}
+
 // ---- thread-block clusters (sm_90) ---------------------------------------------------------
 // Every thread of every CTA of the cluster; release / acquire across the cluster.
 __device__ __forceinline__ void lb_cluster_sync() {

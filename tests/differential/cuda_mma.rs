@@ -591,6 +591,40 @@ fn decoder_wgmma_split_clusters() {
     }
 }
 
+/// `decoder_wgmma` with each of its row tiles forced: 128 rows where the default takes 64
+/// (few tiles, many splits: 520 rows, and two column tiles of an odd D = 301 over 180 rows),
+/// 64 rows where it takes 128 (1920 rows: 15 tiles of 128 split 8 ways, 30 of 64 split 4
+/// ways). Ternary weights go up as ternary2 (two chunks per ring slot at 64 rows), int8 ones
+/// as i8x4; every input variant, and every epilogue on the odd shape.
+#[test]
+fn decoder_wgmma_row_tiles() {
+    if wgmma_backend().is_none() {
+        return;
+    }
+    let ops = [
+        dec([2, 4, 260, 2048], [4 * 2048, 256]),
+        dec([2, 2, 90, 253], [2 * 256, 301]),
+        dec([1, 1, 1920, 1024], [1024, 256]),
+    ];
+    for rows in [128, 64] {
+        let what = format!("{rows} rows per CTA");
+        let b = open_mma(|d| {
+            let d = d
+                .with_decoder_rows(rows)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            CudaBackend::from_device(d).with_ternary2_weights(true)
+        })
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let b: &'static CudaBackend = Box::leak(Box::new(b));
+        run_on_mma(b, &format!("LB_DW_BM={rows} "), |ctx| {
+            let name = format!("wgmma decoder_tail, {what}");
+            crate::large_cases(ctx, &name, &ops, 171);
+            crate::epilogue_cases_with(ctx, &name, &ops[1..2], 172, crate::WeightKind::Ternary);
+            crate::epilogue_cases(ctx, &name, &ops[1..2], 173);
+        });
+    }
+}
+
 /// The large-M chain `absmean_scale -> mma_prep_a -> lowrank_wgmma` (under programmatic
 /// dependent launch where the device has it, and with it off) queued back to back without a
 /// synchronization: f32 input with a computed scale, codes with a host scale (whose

@@ -215,6 +215,9 @@ pub struct CudaDevice {
     pub(crate) wgmma: bool,
     /// `decoder_wgmma`'s largest split cluster (`LOWBIT_CUDA_WGMMA_ZCLUSTER`).
     pub(crate) dw_zcluster: usize,
+    /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`]; else
+    /// chosen from the split count, `mma::decoder_rows`).
+    pub(crate) dw_rows: Option<usize>,
     /// `lowrank_wgmma`'s CTAs per column tile, when set ([`CudaDevice::with_lowrank_row_ctas`];
     /// else as many as fill the SMs).
     pub(crate) wg_row_ctas: Option<usize>,
@@ -342,6 +345,7 @@ impl CudaDevice {
             small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
             wgmma,
             dw_zcluster,
+            dw_rows: None,
             wg_row_ctas: None,
             pdl,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,

@@ -99,17 +99,38 @@ pub const DEC_WGMMA_THREADS: u32 = 512;
 pub const DEC_WGMMA_STAGES: usize = 4;
 pub const DEC_WGMMA_T2_STAGES: usize = 8;
 
-/// Bytes of one `decoder_wgmma` ring slot: the 128-byte rows of the y tile, then the weight
-/// tile (32 k words, or 8 ternary2 rows, of `BN + 8` words), rounded up to 1 KB (the y tiles
-/// are 1 KB-aligned swizzle atoms).
-pub const fn dec_wgmma_slot(t2: bool) -> usize {
+/// Rows per `decoder_wgmma` CTA where 128-row tiles would split K more than
+/// [`DEC_WGMMA_FEW_SPLITS`] ways (few row tiles: M = 512 at D = 256 on 132 SMs, 33 splits):
+/// twice the tiles, half the splits, so half the i32 partials to write and sum. Each k chunk
+/// is then half the mma work for the same loads and barrier, so with ternary2 weights a ring
+/// slot holds [`dec_wgmma_planes`] chunks under one barrier. At M = 512 on the H200 this
+/// measured 19.2 against 21.8 µs (ternary2) and 22.0 against 23.4 µs (i8x4); at M = 1024 (16
+/// splits) the same or slower, at 2048 slower (44.9 against 40.4 µs).
+pub const DEC_WGMMA_BM_FEW: usize = 64;
+pub const DEC_WGMMA_FEW_SPLITS: usize = 16;
+/// Shared memory the 64-row ring may take (its slots are as many as fit, at most 8).
+const DEC_WGMMA_FEW_RING: usize = 226 * 1024;
+
+/// Bytes of one `decoder_wgmma` chunk in its ring: the 128-byte rows of the y tile (`bm`
+/// rows), then the weight tile (32 k words, or 8 ternary2 rows, of `BN + 8` words), rounded
+/// up to 1 KB (the y tiles are 1 KB-aligned swizzle atoms).
+pub const fn dec_wgmma_slot(t2: bool, bm: usize) -> usize {
     let wrows = if t2 { MMA_BKW / 4 } else { MMA_BKW };
-    (DEC_WGMMA_BM * 128 + wrows * (DEC_WGMMA_BN + 8) * 4).next_multiple_of(1024)
+    (bm * 128 + wrows * (DEC_WGMMA_BN + 8) * 4).next_multiple_of(1024)
+}
+
+/// Chunks per ring slot of `decoder_wgmma` (one barrier per slot): 2 for 64-row tiles with
+/// ternary2 weights, else 1.
+pub const fn dec_wgmma_planes(t2: bool, bm: usize) -> usize {
+    if t2 && bm == DEC_WGMMA_BM_FEW { 2 } else { 1 }
 }
 
 /// Ring slots of `decoder_wgmma`.
-pub const fn dec_wgmma_stages(t2: bool) -> usize {
-    if t2 {
+pub const fn dec_wgmma_stages(t2: bool, bm: usize) -> usize {
+    if bm == DEC_WGMMA_BM_FEW {
+        let slots = DEC_WGMMA_FEW_RING / (dec_wgmma_planes(t2, bm) * dec_wgmma_slot(t2, bm));
+        if slots < 8 { slots } else { 8 }
+    } else if t2 {
         DEC_WGMMA_T2_STAGES
     } else {
         DEC_WGMMA_STAGES
@@ -117,8 +138,20 @@ pub const fn dec_wgmma_stages(t2: bool) -> usize {
 }
 
 /// Dynamic smem of `decoder_wgmma`: the ring, with 1 KB to align the swizzled tiles.
-pub const fn dec_wgmma_smem(t2: bool) -> usize {
-    dec_wgmma_stages(t2) * dec_wgmma_slot(t2) + 1024
+pub const fn dec_wgmma_smem(t2: bool, bm: usize) -> usize {
+    dec_wgmma_stages(t2, bm) * dec_wgmma_planes(t2, bm) * dec_wgmma_slot(t2, bm) + 1024
+}
+
+/// Rows per `decoder_wgmma` CTA for `tiles` output tiles of 128 rows on `sms` SMs (one CTA
+/// each) and `chunks` k chunks: [`DEC_WGMMA_BM_FEW`] where those tiles would split K more
+/// than [`DEC_WGMMA_FEW_SPLITS`] ways, else [`DEC_WGMMA_BM`].
+pub fn decoder_rows(sms: usize, tiles: usize, chunks: usize) -> usize {
+    let splits = (sms / tiles.max(1)).clamp(1, (chunks / DECODER_MIN_CHUNKS).max(1));
+    if splits > DEC_WGMMA_FEW_SPLITS {
+        DEC_WGMMA_BM_FEW
+    } else {
+        DEC_WGMMA_BM
+    }
 }
 
 /// `decoder_wgmma`'s split clusters: where a tile has at most this many splits (a power of
@@ -152,17 +185,19 @@ pub fn decoder_zcluster(max: usize, splits: usize) -> usize {
     }
 }
 
-/// Defines of `decoder_wgmma` with clusters of `zc` splits summed through distributed
-/// shared memory, on i8x4 or ternary2 (`t2`) weights (`LB_WGMMA` makes its target `sm_90a`).
-pub fn dec_wgmma_defines(uns: bool, zc: usize, t2: bool) -> Vec<(String, String)> {
+/// Defines of `decoder_wgmma` with `bm` rows per CTA and clusters of `zc` splits summed
+/// through distributed shared memory, on i8x4 or ternary2 (`t2`) weights (`LB_WGMMA` makes
+/// its target `sm_90a`).
+pub fn dec_wgmma_defines(uns: bool, zc: usize, t2: bool, bm: usize) -> Vec<(String, String)> {
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
         d("LB_UNS", u32::from(uns)),
         d("LB_DW_BN", DEC_WGMMA_BN),
-        d("LB_DW_BM", DEC_WGMMA_BM),
+        d("LB_DW_BM", bm),
         d("LB_DW_THREADS", DEC_WGMMA_THREADS),
-        d("LB_DW_STAGES", dec_wgmma_stages(t2)),
-        d("LB_DW_SLOT", dec_wgmma_slot(t2)),
+        d("LB_DW_STAGES", dec_wgmma_stages(t2, bm)),
+        d("LB_DW_PL", dec_wgmma_planes(t2, bm)),
+        d("LB_DW_SLOT", dec_wgmma_slot(t2, bm)),
         d("LB_DW_T2", u32::from(t2)),
         d("LB_DW_ZC", zc),
         eps(),
@@ -258,7 +293,16 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         }
         for zc in [1, 2, 4, 8] {
             for t2 in [false, true] {
-                v.push((KernelId::DecoderWgmma, dec_wgmma_defines(uns, zc, t2)));
+                v.push((
+                    KernelId::DecoderWgmma,
+                    dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM),
+                ));
+                if zc == 1 {
+                    v.push((
+                        KernelId::DecoderWgmma,
+                        dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM_FEW),
+                    ));
+                }
             }
         }
     }
@@ -619,7 +663,9 @@ impl CudaDevice {
     pub fn wgmma_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
         self.wgmma
             && self.mma_decoder_ok(shape)
-            && dec_wgmma_smem(false).max(dec_wgmma_smem(true)) <= self.smem_optin()
+            && [DEC_WGMMA_BM, DEC_WGMMA_BM_FEW].iter().all(|&bm| {
+                dec_wgmma_smem(false, bm).max(dec_wgmma_smem(true, bm)) <= self.smem_optin()
+            })
     }
 
     /// Switches the warpgroup-mma kernels (both ops) on, where the device can run them, or off.
@@ -638,6 +684,21 @@ impl CudaDevice {
                 reason,
             }
         })?;
+        Ok(self)
+    }
+
+    /// Sets `decoder_wgmma`'s rows per CTA ([`DEC_WGMMA_BM`] or [`DEC_WGMMA_BM_FEW`]) instead
+    /// of choosing them from the split count ([`decoder_rows`]); either gives the same bits.
+    /// Split clusters keep 128 rows.
+    pub fn with_decoder_rows(mut self, rows: usize) -> Result<Self> {
+        if rows != DEC_WGMMA_BM && rows != DEC_WGMMA_BM_FEW {
+            return Err(LowbitError::InvalidArgument {
+                op: "with_decoder_rows",
+                what: "rows",
+                reason: format!("{rows}: expected {DEC_WGMMA_BM} or {DEC_WGMMA_BM_FEW}"),
+            });
+        }
+        self.dw_rows = Some(rows);
         Ok(self)
     }
 
@@ -1265,16 +1326,22 @@ impl CudaDevice {
         if t2 && !wg {
             return Err(ternary2_needs_wgmma(OP, "decoder"));
         }
+        // decoder_wgmma's rows per CTA (only 128 in split clusters).
+        let mut dbm = DEC_WGMMA_BM;
         let (n_tiles, m_tiles, threads, smem, f, what) = if wg {
-            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, 1, t2))?;
             let n_tiles = dim.div_ceil(DEC_WGMMA_BN);
-            let m_tiles = m.div_ceil(DEC_WGMMA_BM);
+            let sms = self.caps.multiprocessors.max(1) as usize;
+            dbm = self
+                .dw_rows
+                .unwrap_or_else(|| decoder_rows(sms, n_tiles * m.div_ceil(DEC_WGMMA_BM), chunks));
+            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, 1, t2, dbm))?;
+            let m_tiles = m.div_ceil(dbm);
             let what = "cuLaunchKernel (decoder_wgmma)";
             (
                 n_tiles,
                 m_tiles,
                 DEC_WGMMA_THREADS,
-                dec_wgmma_smem(t2),
+                dec_wgmma_smem(t2, dbm),
                 f,
                 what,
             )
@@ -1297,13 +1364,16 @@ impl CudaDevice {
         // where the device holds every tile's cluster at once (an H200 holds 66 clusters of
         // 2 of this kernel, 30 of 4, 15 of 8): a second wave of clusters would cost as much
         // as the first.
-        let zc = if wg {
+        let zc = if wg && dbm == DEC_WGMMA_BM {
             decoder_zcluster(self.dw_zcluster, splits)
         } else {
             1
         };
         let clustered = if zc > 1 {
-            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, zc, t2))?;
+            let f = self.function(
+                KernelId::DecoderWgmma,
+                dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM),
+            )?;
             self.prepare_dynamic(&f, threads, smem)?;
             let fits = self.resident_clusters(&f, zc as u32, threads, smem)? >= units;
             fits.then_some(f)
@@ -1423,13 +1493,28 @@ mod tests {
         assert!(wgmma_smem(WGMMA_MAX_KPW, true) <= 227 * 1024);
         // decoder_wgmma: four slots of a 16 KB y tile and a 33 KB weight tile, one CTA per SM;
         // with ternary2 weights eight slots of 16 KB + 8.25 KB.
-        assert_eq!(dec_wgmma_smem(false), 4 * 49 * 1024 + 1024);
-        assert_eq!(dec_wgmma_smem(true), 8 * 25 * 1024 + 1024);
+        assert_eq!(dec_wgmma_smem(false, 128), 4 * 49 * 1024 + 1024);
+        assert_eq!(dec_wgmma_smem(true, 128), 8 * 25 * 1024 + 1024);
+        // 64-row tiles: 5 slots of one 41 KB chunk (i8x4), 6 slots of two 17 KB chunks
+        // (ternary2).
+        assert_eq!(dec_wgmma_smem(false, 64), 5 * 41 * 1024 + 1024);
+        assert_eq!(dec_wgmma_smem(true, 64), 6 * 2 * 17 * 1024 + 1024);
         for t2 in [false, true] {
-            assert!(dec_wgmma_smem(t2) <= 227 * 1024);
+            assert!(dec_wgmma_smem(t2, 64) <= 227 * 1024);
+            assert!(dec_wgmma_stages(t2, 64) >= 3);
+        }
+        // 128-row tiles split K up to 16 ways, then 64-row tiles take over (M = 512, D = 256
+        // on 132 SMs: 4 tiles, 33 splits).
+        assert_eq!(decoder_rows(132, 4, 1024), 64);
+        assert_eq!(decoder_rows(132, 8, 1024), 128);
+        assert_eq!(decoder_rows(132, 16, 1024), 128);
+        assert_eq!(decoder_rows(132, 4, 20), 128); // 10 chunk pairs: at most 10 splits
+        for t2 in [false, true] {
+            assert!(dec_wgmma_smem(t2, 128) <= 227 * 1024);
             // Its split-cluster sum reuses the ring for the 128 x (256 + 8) i32 tile.
             assert!(
-                DEC_WGMMA_BM * (DEC_WGMMA_BN + 8) * 4 <= dec_wgmma_stages(t2) * dec_wgmma_slot(t2)
+                DEC_WGMMA_BM * (DEC_WGMMA_BN + 8) * 4
+                    <= dec_wgmma_stages(t2, 128) * dec_wgmma_slot(t2, 128)
             );
         }
     }
