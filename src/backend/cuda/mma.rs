@@ -19,7 +19,8 @@
 //!   gathered word by word into wgmma's k-major layout, and streams the rows of A;
 //! - `decoder_wgmma`: the product transposed (out^T = W^T y^T), so the packed weight words
 //!   are wgmma's register A fragments as they lie, and only y goes through smem; split-K
-//!   and the reduction as `decoder_tail_mma`.
+//!   and the reduction as `decoder_tail_mma`, over tiles of 128 rows, or of 64 where 128
+//!   would split K many ways ([`decoder_rows`]).
 
 use std::ffi::c_void;
 
