@@ -314,8 +314,10 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     // Is weight row r of the chunk at k word k0 needed (k words of it below kw)? Rows past
     // it may lie in the next head or past the end; y is zero there, so they load as zeros.
     auto w_needed = [&](int r, int kleft) { return LB_DW_T2 ? (r >> 2) * 16 < kleft : r < kleft; };
-    auto load_chunk = [&](int u, unsigned char* slot) {
+    auto load_chunk = [&](int u) {
         if (u < units) {
+            unsigned char* slot =
+                ring + ((u / LB_DW_PL) % S) * LB_DW_RSLOT + (u % LB_DW_PL) * LB_DW_SLOT;
             u32* ws = (u32*)(slot + LB_DW_YBYTES);
             const int k0 = lkc * 32;
             if (wfull && k0 + 32 <= p.kw) {  // interior chunk: only rows past M are masked
@@ -369,8 +371,7 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     // that group c is slot load c).
     auto load = [&](int c) {
 #pragma unroll
-        for (int q = 0; q < LB_DW_PL; ++q)
-            load_chunk(c * LB_DW_PL + q, ring + (c % S) * LB_DW_RSLOT + q * LB_DW_SLOT);
+        for (int q = 0; q < LB_DW_PL; ++q) load_chunk(c * LB_DW_PL + q);
         lb_commit();
     };
 
