@@ -245,13 +245,8 @@ template <bool UNS>
 __device__ __forceinline__ void lb_dw_mma(int (&d)[LB_DW_NACC], const u32 (&r)[16], u64 db) {
     lb_wg_fence();
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {
-#if LB_DW_BM == 128
-        lb_wgmma_rs<UNS>(d, r[4 * s], r[4 * s + 1], r[4 * s + 2], r[4 * s + 3], db + 2 * s, 1);
-#else
-        lb_wgmma_rs64<UNS>(d, r[4 * s], r[4 * s + 1], r[4 * s + 2], r[4 * s + 3], db + 2 * s, 1);
-#endif
-    }
+    for (int s = 0; s < 4; ++s)
+        lb_wgmma_rs<UNS, LB_DW_BM>(d, r[4 * s], r[4 * s + 1], r[4 * s + 2], r[4 * s + 3], db + 2 * s, 1);
     lb_wg_commit();
 }
 
