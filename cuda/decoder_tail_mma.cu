@@ -309,10 +309,13 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     // Is weight row r of the chunk at k word k0 needed (k words of it below kw)? Rows past
     // it may lie in the next head or past the end; y is zero there, so they load as zeros.
     auto w_needed = [&](int r, int kleft) { return LB_DW_T2 ? (r >> 2) * 16 < kleft : r < kleft; };
+    // Chunk u's offset in the ring: chunk u % LB_DW_PL of slot u / LB_DW_PL % S.
+    auto chunk_off = [&](int u) {
+        return ((u / LB_DW_PL) % S) * LB_DW_RSLOT + (u % LB_DW_PL) * LB_DW_SLOT;
+    };
     auto load_chunk = [&](int u) {
         if (u < units) {
-            unsigned char* slot =
-                ring + ((u / LB_DW_PL) % S) * LB_DW_RSLOT + (u % LB_DW_PL) * LB_DW_SLOT;
+            unsigned char* slot = ring + chunk_off(u);
             u32* ws = (u32*)(slot + LB_DW_YBYTES);
             const int k0 = lkc * 32;
             if (wfull && k0 + 32 <= p.kw) {  // interior chunk: only rows past M are masked
@@ -391,9 +394,9 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         __syncthreads();
         load(c + S - 2);
     };
-    // Chunk q of slot c % S into `cur` (last read by the wgmma two chunks back, complete).
-    auto step = [&](int c, int q, u32(&cur)[16]) {
-        const int off = (c % S) * LB_DW_RSLOT + q * LB_DW_SLOT;
+    // Chunk u into `cur` (last read by the wgmma two chunks back, complete).
+    auto step = [&](int u, u32(&cur)[16]) {
+        const int off = chunk_off(u);
         const u32* ws = (const u32*)(ring + off + LB_DW_YBYTES) + frag;
         if (LB_DW_T2) {
 #pragma unroll
@@ -417,23 +420,13 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         lb_wg_wait<1>();  // the previous chunk's wgmma done
     };
     u32 w0[16], w1[16];
-    // (a path from w0's step to w0's would serialize)
-#if LB_DW_PL == 2
-    for (int u = 0; u < units; u += 2) {
-        sync(u / 2);
-        step(u / 2, 0, w0);
+    for (int u = 0; u < units; u += 2) {  // (a path from w0's step to w0's would serialize)
+        sync(u / LB_DW_PL);
+        step(u, w0);
         if (u + 1 == units) break;
-        step(u / 2, 1, w1);
+        if (LB_DW_PL == 1) sync(u + 1);
+        step(u + 1, w1);
     }
-#else
-    for (int u = 0; u < units; u += 2) {
-        sync(u);
-        step(u, 0, w0);
-        if (u + 1 == units) break;
-        sync(u + 1);
-        step(u + 1, 0, w1);
-    }
-#endif
     lb_wg_wait<0>();
     lb_wait<0>();
 #if LB_DW_ZC > 1
