@@ -147,12 +147,18 @@ pub const fn dec_wgmma_smem(t2: bool, bm: usize) -> usize {
 /// each) and `chunks` k chunks: [`DEC_WGMMA_BM_FEW`] where those tiles would split K more
 /// than [`DEC_WGMMA_FEW_SPLITS`] ways, else [`DEC_WGMMA_BM`].
 pub fn decoder_rows(sms: usize, tiles: usize, chunks: usize) -> usize {
-    let splits = (sms / tiles.max(1)).clamp(1, (chunks / DECODER_MIN_CHUNKS).max(1));
-    if splits > DEC_WGMMA_FEW_SPLITS {
+    if decoder_splits(sms, tiles, chunks) > DEC_WGMMA_FEW_SPLITS {
         DEC_WGMMA_BM_FEW
     } else {
         DEC_WGMMA_BM
     }
+}
+
+/// K splits of a decoder tail of `tiles` output tiles and `chunks` k chunks on `slots`
+/// resident CTAs: as many as fill the device once, each at least [`DECODER_MIN_CHUNKS`]
+/// chunks (one split when the tiles alone fill it).
+pub fn decoder_splits(slots: usize, tiles: usize, chunks: usize) -> usize {
+    (slots / tiles.max(1)).clamp(1, (chunks / DECODER_MIN_CHUNKS).max(1))
 }
 
 /// `decoder_wgmma`'s split clusters: where a tile has at most this many splits (a power of
@@ -1327,12 +1333,11 @@ impl CudaDevice {
         if t2 && !wg {
             return Err(ternary2_needs_wgmma(OP, "decoder"));
         }
-        // decoder_wgmma's rows per CTA (only 128 in split clusters).
-        let mut dbm = DEC_WGMMA_BM;
-        let (n_tiles, m_tiles, threads, smem, f, what) = if wg {
+        // decoder_wgmma's rows per CTA `dbm` (only 128 in split clusters).
+        let (n_tiles, m_tiles, threads, smem, f, what, dbm) = if wg {
             let n_tiles = dim.div_ceil(DEC_WGMMA_BN);
             let sms = self.caps.multiprocessors.max(1) as usize;
-            dbm = self
+            let dbm = self
                 .dw_rows
                 .unwrap_or_else(|| decoder_rows(sms, n_tiles * m.div_ceil(DEC_WGMMA_BM), chunks));
             let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, 1, t2, dbm))?;
@@ -1345,22 +1350,20 @@ impl CudaDevice {
                 dec_wgmma_smem(t2, dbm),
                 f,
                 what,
+                dbm,
             )
         } else {
             let f = self.function(KernelId::DecoderMma, decoder_defines(uns, stages))?;
             let what = "cuLaunchKernel (decoder_tail_mma)";
-            (n_tiles, m_tiles, MMA_THREADS, decoder_smem(stages), f, what)
+            let smem = decoder_smem(stages);
+            (n_tiles, m_tiles, MMA_THREADS, smem, f, what, MMA_BM)
         };
         let slots = self.prepare_dynamic(&f, threads, smem)?;
         let direct = mode == 0 && lw.is_multiple_of(4) && aligned16(y);
         // Split K so that the CTAs fill the device once (each split at least
         // DECODER_MIN_CHUNKS chunks of MMA_BKW words).
         let units = n_tiles * m_tiles;
-        let splits = if units >= slots {
-            1
-        } else {
-            (slots / units).clamp(1, (chunks / DECODER_MIN_CHUNKS).max(1))
-        };
+        let splits = decoder_splits(slots, units, chunks);
         // decoder_wgmma: few enough splits sum in one cluster per tile (distributed smem),
         // where the device holds every tile's cluster at once (an H200 holds 66 clusters of
         // 2 of this kernel, 30 of 4, 15 of 8): a second wave of clusters would cost as much
@@ -1510,6 +1513,10 @@ mod tests {
         assert_eq!(decoder_rows(132, 8, 1024), 128);
         assert_eq!(decoder_rows(132, 16, 1024), 128);
         assert_eq!(decoder_rows(132, 4, 20), 128); // 10 chunk pairs: at most 10 splits
+        assert_eq!(decoder_splits(132, 4, 1024), 33);
+        assert_eq!(decoder_splits(132, 132, 1024), 1);
+        assert_eq!(decoder_splits(132, 200, 1024), 1); // more tiles than CTAs fit: one split
+        assert_eq!(decoder_splits(132, 4, 1), 1);
         for t2 in [false, true] {
             assert!(dec_wgmma_smem(t2, 128) <= 227 * 1024);
             // Its split-cluster sum reuses the ring for the 128 x (256 + 8) i32 tile.
