@@ -215,6 +215,9 @@ pub struct CudaDevice {
     pub(crate) wgmma: bool,
     /// `decoder_wgmma`'s largest split cluster (`LOWBIT_CUDA_WGMMA_ZCLUSTER`).
     pub(crate) dw_zcluster: usize,
+    /// Largest L2 access policy window `decoder_wgmma` may mark its y with, in bytes (0: none;
+    /// `mma::Y_STREAMING_ENV`).
+    pub(crate) y_window_max: usize,
     /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`]; else
     /// chosen from the split count, `mma::decoder_rows`).
     pub(crate) dw_rows: Option<usize>,
@@ -335,6 +338,14 @@ impl CudaDevice {
         } else {
             Pdl::Off
         };
+        let y_window_max = if env_switch(super::mma::Y_STREAMING_ENV, true)? {
+            use cudarc::driver::sys::CUdevice_attribute as A;
+            // A driver without the attribute has no windows either.
+            ctx.attribute(A::CU_DEVICE_ATTRIBUTE_MAX_ACCESS_POLICY_WINDOW_SIZE)
+                .map_or(0, |v| v.max(0) as usize)
+        } else {
+            0
+        };
         Ok(Self {
             ctx,
             stream,
@@ -345,6 +356,7 @@ impl CudaDevice {
             small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
             wgmma,
             dw_zcluster,
+            y_window_max,
             dw_rows: None,
             wg_row_ctas: None,
             pdl,

@@ -449,6 +449,39 @@ impl CudaDevice {
         unsafe { self.launch_ex(f, c, params, attr) }.map_err(drv(context.to_string()))
     }
 
+    /// Queues `f` with an L2 access policy window that marks `bytes` at `base` (device
+    /// memory the kernel reads once) as streaming: its lines are evicted first. The driver's
+    /// error is returned as it is, for the caller to fall back on a plain launch.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::launch_programmatic`], without the wait; `bytes` is at most the
+    /// device's largest window.
+    pub(crate) unsafe fn launch_streaming(
+        &self,
+        f: &CudaFunction,
+        c: LaunchConfig,
+        params: &mut [*mut std::ffi::c_void],
+        base: u64,
+        bytes: usize,
+    ) -> std::result::Result<(), cudarc::driver::DriverError> {
+        use cudarc::driver::sys;
+        let attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_ACCESS_POLICY_WINDOW,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                accessPolicyWindow: sys::CUaccessPolicyWindow {
+                    base_ptr: base as *mut std::ffi::c_void,
+                    num_bytes: bytes,
+                    hitRatio: 1.0,
+                    hitProp: sys::CUaccessProperty::CU_ACCESS_PROPERTY_STREAMING,
+                    missProp: sys::CUaccessProperty::CU_ACCESS_PROPERTY_STREAMING,
+                },
+            },
+        };
+        // SAFETY: per the caller's contract.
+        unsafe { self.launch_ex(f, c, params, attr) }
+    }
+
     /// Queues `f` as a cooperative launch: the driver starts it only with every block
     /// resident at once (a grid barrier inside cannot deadlock). Returns `Ok(false)`, having
     /// queued nothing, when the device cannot hold the grid at once.
