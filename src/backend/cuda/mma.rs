@@ -163,7 +163,7 @@ pub fn decoder_splits(slots: usize, tiles: usize, chunks: usize) -> usize {
 
 /// `decoder_wgmma` reads each y byte once: its launch marks y as streaming in the L2 (an
 /// access policy window), so that y's lines are evicted before the weights', which every row
-/// tile reads again. On the H200 this measured 42.3-43.1 against 44.6-45.3 µs at M = 2048
+/// tile reads again. On the H200 this measured 42.3-43.1 against 44.6-45.5 µs at M = 2048
 /// with i8x4 weights, 0.2-0.3 µs less with ternary2 ones and the same at M = 512 and 8192.
 /// `LOWBIT_CUDA_Y_STREAMING=0` launches without the window.
 pub const Y_STREAMING_ENV: &str = "LOWBIT_CUDA_Y_STREAMING";
