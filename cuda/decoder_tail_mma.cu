@@ -146,12 +146,78 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 #endif
 
 #elif defined(LB_MMA_REDUCE)
-// out[m][n] = dequant(sum over z ascending of partial[z][m][n]); out rows are ldc = ncols.
+// out[m][n] = dequant(sum over z of partial[z][m][n]); out rows are ldc = ncols. Integer
+// sums: the same bits in any order. With LB_RED16 the partials are narrow (lb_p16 in mma.cuh)
+// and a thread's loads of LB_RED_BATCH splits all leave before the first is used (a loop
+// over them, or one predicate per load, had ptxas issue each load right before its use).
+#ifndef LB_RED16
+#define LB_RED16 0
+#endif
+#ifndef LB_RED_BATCH
+#define LB_RED_BATCH 8
+#endif
 extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, int splits) {
     lb_pdl_chain(p.pdl);  // a programmatic launch after the decoder: wait for its partials
     const long long total = (long long)p.m_total * p.ncols;
     const float as = lb_scale(p.scale_ptr, p.scale_param);
     const long long stride = (long long)gridDim.x * blockDim.x;
+#if LB_RED16
+    constexpr int NB = LB_RED_BATCH;
+    const unsigned short* p16 = (const unsigned short*)p.partial;
+    const int* wide = lb_p16_wide(p.partial, splits * total);
+    if (p.p_vec && p.c_vec) {
+        for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 4; i < total;
+             i += stride * 4) {
+            int v[4] = {0, 0, 0, 0};
+            int z0 = 0;
+            for (; z0 + NB <= splits; z0 += NB) {  // whole batches: no predicates between loads
+                uint2 q[NB];
+#pragma unroll
+                for (int j = 0; j < NB; ++j)
+                    q[j] = __ldcs((const uint2*)(p16 + (z0 + j) * total + i));
+                bool marked = false;
+#pragma unroll
+                for (int j = 0; j < NB; ++j) {
+                    const u32 h[4] = {q[j].x, q[j].x >> 16, q[j].y, q[j].y >> 16};
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        v[c] += (short)(h[c] & 0xffffu);
+                        marked |= (h[c] & 0xffffu) == 0x8000u;
+                    }
+                }
+                if (marked) {  // sums past an i16: the marker's -32768 out, the i32 in
+#pragma unroll
+                    for (int j = 0; j < NB; ++j) {
+                        const u32 h[4] = {q[j].x, q[j].x >> 16, q[j].y, q[j].y >> 16};
+#pragma unroll
+                        for (int c = 0; c < 4; ++c)
+                            if ((h[c] & 0xffffu) == 0x8000u)
+                                v[c] += __ldcs(wide + (z0 + j) * total + i + c) + 32768;
+                    }
+                }
+            }
+            for (int z = z0; z < splits; ++z) {
+                const long long e = z * total + i;
+                const uint2 q = __ldcs((const uint2*)(p16 + e));
+                v[0] += lb_p16_get(q.x, wide, e);
+                v[1] += lb_p16_get(q.x >> 16, wide, e + 1);
+                v[2] += lb_p16_get(q.y, wide, e + 2);
+                v[3] += lb_p16_get(q.y >> 16, wide, e + 3);
+            }
+            const long long m = i / p.ncols, n = i - m * p.ncols;
+            lb_mma_put4(p, nullptr, m * p.ldc + n, (int)n, v, as, true);
+        }
+    } else {
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+             i += stride) {
+            int sum = 0;
+            for (int z = 0; z < splits; ++z)
+                sum += lb_p16_get(__ldcs(p16 + z * total + i), wide, z * total + i);
+            const long long m = i / p.ncols, n = i - m * p.ncols;
+            lb_store(p.out, m * p.ldc + n, lb_dequant(sum, p.w_scale, as, p.relu), p.out_dtype);
+        }
+    }
+#else
     if (p.p_vec && p.c_vec) {
         for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 4; i < total;
              i += stride * 4) {
@@ -175,6 +241,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
             lb_store(p.out, m * p.ldc + n, lb_dequant(sum, p.w_scale, as, p.relu), p.out_dtype);
         }
     }
+#endif
 }
 
 #elif defined(LB_WGMMA)
@@ -190,7 +257,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 // loaded STAGES - 2 slots ahead. Each thread reads its fragment words from the weight tile
 // into a register double buffer right before its four wgmma k32 steps, while the previous
 // chunk's wgmma still runs. One split writes the output, several i32 partials [z][M][D] for
-// decoder_mma_reduce.
+// decoder_mma_reduce (narrow ones with LB_DW_P16: lb_p16 in mma.cuh).
 // With LB_DW_T2 the weights are ternary2 (mma.cuh): a chunk's weight tile is its 8 t2 rows,
 // a quarter of the bytes, and each thread expands its 4 fragment words into the 16 registers.
 // With LB_DW_ZC = Z > 1 the grid has Z splits, one cluster per tile, which sum their
@@ -229,6 +296,9 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #define LB_DW_RH (LB_DW_BM / 64)   // 64-row halves of the y tile a thread loads
 #ifndef LB_DW_T2
 #define LB_DW_T2 0
+#endif
+#ifndef LB_DW_P16
+#define LB_DW_P16 0  // split partials narrow (lb_p16), for decoder_mma_reduce with LB_RED16
 #endif
 #define LB_DW_ACC_LD (LB_DW_BN + 8)  // accumulator tile rows in smem (Z mode), in ints
 #define LB_DW_LDW (LB_DW_BN + 8)
@@ -473,6 +543,32 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     const bool d0 = dc < p.ncols, d1 = dc + 1 < p.ncols;
     if (!d0) return;
     const int mt = m0 + 2 * t;  // this thread's first row
+#if LB_DW_P16
+    if (gridDim.z > 1) {  // narrow partials of split z (lb_p16)
+        const long long e0 = ((long long)blockIdx.z * p.m_total + mt) * p.ncols + dc;
+        unsigned short* part = (unsigned short*)p.partial + e0;
+        int* wide = lb_p16_wide(p.partial, (long long)gridDim.z * p.m_total * p.ncols) + e0;
+        if (p.p_vec && d1) {
+            lb_dw_each(d, mt, p.m_total, [&](int r, int v0, int v1) {
+                const long long o = (long long)r * p.ncols;
+                __stcg((unsigned*)(part + o), lb_p16(v0) | lb_p16(v1) << 16);
+                if (!lb_fits16(v0)) wide[o] = v0;
+                if (!lb_fits16(v1)) wide[o + 1] = v1;
+            });
+        } else {
+            lb_dw_each(d, mt, p.m_total, [&](int r, int v0, int v1) {
+                const long long o = (long long)r * p.ncols;
+                part[o] = (unsigned short)lb_p16(v0);
+                if (!lb_fits16(v0)) wide[o] = v0;
+                if (d1) {
+                    part[o + 1] = (unsigned short)lb_p16(v1);
+                    if (!lb_fits16(v1)) wide[o + 1] = v1;
+                }
+            });
+        }
+        return;
+    }
+#endif
     if (gridDim.z > 1) {  // i32 partials of split z
         int* part = p.partial + ((long long)blockIdx.z * p.m_total + mt) * p.ncols + dc;
         if (p.p_vec && d1) {

@@ -252,6 +252,23 @@ __device__ __forceinline__ void lb_mma_put4(const LbMma& p, int* part, long long
     }
 }
 
+// Narrow split partials (decoder_wgmma with LB_DW_P16, decoder_mma_reduce with LB_RED16): the
+// sum s of split z at element e is the i16 s where |s| <= 32767, else LB_P16_WIDE, and then s
+// itself is the i32 wide[e] of the array after the `count` i16, at the next 16-byte boundary.
+#define LB_P16_WIDE (-32768)
+__device__ __forceinline__ bool lb_fits16(int v) { return (unsigned)(v + 32767) <= 65534u; }
+__device__ __forceinline__ unsigned lb_p16(int v) {
+    return lb_fits16(v) ? (unsigned)v & 0xffffu : 0x8000u;
+}
+__device__ __forceinline__ int* lb_p16_wide(int* partial, long long count) {
+    return (int*)((char*)partial + ((count * 2 + 15) & ~15LL));
+}
+// Split z's sum at element e from its i16 field h.
+__device__ __forceinline__ int lb_p16_get(unsigned h, const int* wide, long long e) {
+    const int s = (short)(h & 0xffffu);
+    return s == LB_P16_WIDE ? __ldcs(wide + e) : s;
+}
+
 // Stores the warp tile whose first row is `row0` (rows row0 + 0..63) and first column `col0`.
 // `rowoff(m)` is the element offset of row m (m < M) in `out`, or in `part` when not null.
 // Thread (g, t) holds, per row and per 32 columns, columns 4t..4t+3 and 16+4t..16+4t+3.

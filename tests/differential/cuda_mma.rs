@@ -553,6 +553,91 @@ fn ternary2_decoder_on_wgmma() {
     });
 }
 
+/// `decoder_wgmma`'s narrow split partials (ternary2 weights by default, i8x4 ones with
+/// `NarrowPartials::All`) where some split sums do not fit an i16: rows of codes at +127,
+/// -64 and -127 against columns of weights all +1 or all -1, between random rows and
+/// columns, so that one tile holds sums that fit, sums past ±32767 and sums of exactly
+/// -32768 (4 chunks of -64 · 128: the marker's own value), all sent through the wide array.
+/// Packed and code input, every epilogue on D = 301 (partials stored element-wise); bit for
+/// bit against the reference.
+#[test]
+fn decoder_narrow_partials() {
+    use crate::{InputKind, Variant, WeightKind, Weights};
+    use lowbit_kernels::backend::cuda::mma::NarrowPartials;
+    use lowbit_kernels::ops::ScaleSource;
+    if t2_backend().and_then(with_wgmma).is_none() {
+        return;
+    }
+    // (ops, splits of 3 to 5 chunks on 132 SMs: 5 tiles of 64 rows x 26, 4 x 33)
+    let ops = [
+        dec([1, 4, 300, 4096], [4 * 4096, 256]),
+        dec([1, 2, 90, 8192], [2 * 8192, 301]),
+    ];
+    for (narrow, t2) in [
+        (NarrowPartials::Ternary2, true),
+        (NarrowPartials::All, false),
+    ] {
+        let what = format!("narrow partials {narrow:?}");
+        let b = open_mma(|d| {
+            CudaBackend::from_device(d.with_narrow_partials(narrow)).with_ternary2_weights(t2)
+        })
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let b: &'static CudaBackend = Box::leak(Box::new(b));
+        run_on_mma(b, "LB_DW_P16=1", |ctx| {
+            let mut rng = Rng::new(181);
+            for op in &ops {
+                let Op::Decoder(s) = op else { unreachable!() };
+                let (l, d) = (s.latent, s.dim);
+                let w_codes: Vec<i8> = (0..op.w_len())
+                    .map(|i| match i % d % 3 {
+                        0 => 1,
+                        1 => -1,
+                        _ => rng.int(-1, 1) as i8,
+                    })
+                    .collect();
+                let w = Weights {
+                    kind: WeightKind::Ternary,
+                    words: op.pack_weights(&w_codes),
+                    codes: w_codes,
+                    scale: 0.03,
+                };
+                // Rows of y are (b, h, t) of L codes; row t's code depends on t alone.
+                let x: Vec<f32> = (0..op.in_len())
+                    .map(|i| match (i / l) % s.time % 5 {
+                        0 => 127.0,
+                        1 => -64.0,
+                        2 => -127.0,
+                        _ => rng.int(-127, 127) as f32,
+                    })
+                    .collect();
+                let eps = if d % 4 == 0 {
+                    vec![Epilogue::default()]
+                } else {
+                    crate::epilogues()
+                };
+                for epilogue in eps {
+                    for input in [InputKind::Packed, InputKind::Codes] {
+                        let v = Variant {
+                            format: Fmt::Int8,
+                            input,
+                            scale: ScaleSource::Param(1.0),
+                            epilogue,
+                        };
+                        crate::check_int_variant(ctx, &what, op, &w, &x, v);
+                    }
+                }
+            }
+        });
+        assert!(
+            b.device()
+                .compile_logs()
+                .iter()
+                .any(|(m, _)| m.contains("LB_RED16=1")),
+            "{what}: the narrow reduction was not compiled"
+        );
+    }
+}
+
 /// `decoder_wgmma` with all of a tile's splits in one cluster, summed through distributed
 /// shared memory straight into the output: 2 splits (the default setting) and 8. On 132 SMs
 /// these shapes split so: 50 tiles (6400 rows; 3200 rows x two column tiles of D = 301, odd

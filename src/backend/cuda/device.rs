@@ -218,6 +218,9 @@ pub struct CudaDevice {
     /// Largest L2 access policy window `decoder_wgmma` may mark its y with, in bytes (0: none;
     /// `mma::Y_STREAMING_ENV`).
     pub(crate) y_window_max: usize,
+    /// Which `decoder_wgmma` launches write narrow split partials
+    /// (`mma::NARROW_PARTIALS_ENV`).
+    pub(crate) narrow_partials: super::mma::NarrowPartials,
     /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`]; else
     /// chosen from the split count, `mma::decoder_rows`).
     pub(crate) dw_rows: Option<usize>,
@@ -338,6 +341,10 @@ impl CudaDevice {
         } else {
             Pdl::Off
         };
+        let narrow_partials = super::mma::NarrowPartials::parse(
+            &std::env::var(super::mma::NARROW_PARTIALS_ENV).unwrap_or_default(),
+        )
+        .map_err(bad_env(super::mma::NARROW_PARTIALS_ENV))?;
         let y_window_max = if env_switch(super::mma::Y_STREAMING_ENV, true)? {
             use cudarc::driver::sys::CUdevice_attribute as A;
             // A driver without the attribute has no windows either.
@@ -357,6 +364,7 @@ impl CudaDevice {
             wgmma,
             dw_zcluster,
             y_window_max,
+            narrow_partials,
             dw_rows: None,
             wg_row_ctas: None,
             pdl,

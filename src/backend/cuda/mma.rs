@@ -184,6 +184,55 @@ fn window_refused(e: &cudarc::driver::DriverError) -> bool {
     )
 }
 
+/// Which `decoder_wgmma` launches write narrow split partials: each split's sum as an i16
+/// where it fits in ±32767, else a marker and the i32 in a second array that only those
+/// sums touch (`lb_p16` in `cuda/mma.cuh`). Where the sums fit, the partials written by the
+/// decoder and read back by `decoder_mma_reduce` take half the bytes. Ternary weights keep a
+/// split's sum within 128 per k, so the default takes them for ternary2 weights (H200, M =
+/// 512 / 2048 / 8192: 18.7 / 39.3 / 116.0 µs against 19.1 / 40.1 / 116.2); i8x4 words may
+/// hold int8 weights, whose sums rarely fit (ternary ones as i8x4: 21.8 / 41.0 against 22.3
+/// / 42.3 with `all`). Integer sums either way: the same bits.
+/// `LOWBIT_CUDA_NARROW_PARTIALS=0|t2|all` overrides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NarrowPartials {
+    Off,
+    Ternary2,
+    All,
+}
+
+pub const NARROW_PARTIALS_ENV: &str = "LOWBIT_CUDA_NARROW_PARTIALS";
+
+impl NarrowPartials {
+    /// [`NARROW_PARTIALS_ENV`]'s value: unset or empty for [`NarrowPartials::Ternary2`].
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "" | "t2" => Ok(Self::Ternary2),
+            "0" => Ok(Self::Off),
+            "all" => Ok(Self::All),
+            other => Err(format!("`{other}`: expected 0, t2 or all")),
+        }
+    }
+
+    /// Are the partials of a launch on ternary2 (`t2`) or i8x4 weights narrow?
+    pub fn applies(self, t2: bool) -> bool {
+        match self {
+            Self::Off => false,
+            Self::Ternary2 => t2,
+            Self::All => true,
+        }
+    }
+}
+
+/// i32 words of `count` split partials: i32s, or narrow ones (i16s, then at the next 16-byte
+/// boundary the i32s of the sums that do not fit; `lb_p16_wide`).
+pub fn partial_words(count: usize, narrow: bool) -> usize {
+    if narrow {
+        (count * 2).next_multiple_of(16) / 4 + count
+    } else {
+        count
+    }
+}
+
 /// `decoder_wgmma`'s split clusters: where a tile has at most this many splits (a power of
 /// two; fewer are rounded down to one) and the device holds every tile's cluster at once,
 /// they run as one thread-block cluster and sum their accumulators through distributed shared
@@ -216,9 +265,16 @@ pub fn decoder_zcluster(max: usize, splits: usize) -> usize {
 }
 
 /// Defines of `decoder_wgmma` with `bm` rows per CTA and clusters of `zc` splits summed
-/// through distributed shared memory, on i8x4 or ternary2 (`t2`) weights (`LB_WGMMA` makes
-/// its target `sm_90a`).
-pub fn dec_wgmma_defines(uns: bool, zc: usize, t2: bool, bm: usize) -> Vec<(String, String)> {
+/// through distributed shared memory, on i8x4 or ternary2 (`t2`) weights, its split partials
+/// narrow (`p16`, [`NarrowPartials`]; only without clusters) or i32 (`LB_WGMMA` makes its
+/// target `sm_90a`).
+pub fn dec_wgmma_defines(
+    uns: bool,
+    zc: usize,
+    t2: bool,
+    bm: usize,
+    p16: bool,
+) -> Vec<(String, String)> {
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
         d("LB_UNS", u32::from(uns)),
@@ -230,6 +286,7 @@ pub fn dec_wgmma_defines(uns: bool, zc: usize, t2: bool, bm: usize) -> Vec<(Stri
         d("LB_DW_SLOT", dec_wgmma_slot(t2, bm)),
         d("LB_DW_T2", u32::from(t2)),
         d("LB_DW_ZC", zc),
+        d("LB_DW_P16", u32::from(p16 && zc == 1)),
         eps(),
     ]
 }
@@ -325,13 +382,19 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
             for t2 in [false, true] {
                 v.push((
                     KernelId::DecoderWgmma,
-                    dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM),
+                    dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false),
                 ));
                 if zc == 1 {
-                    v.push((
-                        KernelId::DecoderWgmma,
-                        dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM_FEW),
-                    ));
+                    for bm in [DEC_WGMMA_BM, DEC_WGMMA_BM_FEW] {
+                        for p16 in [false, true] {
+                            if bm == DEC_WGMMA_BM_FEW || p16 {
+                                v.push((
+                                    KernelId::DecoderWgmma,
+                                    dec_wgmma_defines(uns, zc, t2, bm, p16),
+                                ));
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -470,9 +533,21 @@ pub fn decoder_defines(uns: bool, stages: usize) -> Vec<(String, String)> {
     ]
 }
 
-/// Defines of the decoder's split-K reduction.
-pub fn reduce_defines() -> Vec<(String, String)> {
-    vec![d("LB_MMA_REDUCE", 1), d("LB_MMA_NI", DECODER_NI), eps()]
+/// Narrow partials ([`NarrowPartials`]): splits whose loads a `decoder_mma_reduce` thread
+/// issues together before adding them. (H200, ternary2, M = 512 / 2048: 18.7 / 39.3 µs
+/// against 19.1 / 40.1 with i32 partials; with each narrow load right before its use, as
+/// ptxas scheduled a plain loop, 19.9 / 40.2.)
+pub const REDUCE_NARROW_BATCH: usize = 8;
+
+/// Defines of the decoder's split-K reduction, over i32 or narrow (`p16`) partials.
+pub fn reduce_defines(p16: bool) -> Vec<(String, String)> {
+    vec![
+        d("LB_MMA_REDUCE", 1),
+        d("LB_MMA_NI", DECODER_NI),
+        d("LB_RED16", u32::from(p16)),
+        d("LB_RED_BATCH", REDUCE_NARROW_BATCH),
+        eps(),
+    ]
 }
 
 /// The input packer's mode for f32 activations (`LB_A_F32` in `cuda/common.cuh`).
@@ -548,7 +623,9 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
             v.push((KernelId::DecoderMma, decoder_defines(uns, stages)));
         }
     }
-    v.push((KernelId::DecoderMmaReduce, reduce_defines()));
+    for p16 in [false, true] {
+        v.push((KernelId::DecoderMmaReduce, reduce_defines(p16)));
+    }
     for mode in 0..3u32 {
         for uns in [false, true] {
             for t2 in [false, true] {
@@ -715,6 +792,13 @@ impl CudaDevice {
             }
         })?;
         Ok(self)
+    }
+
+    /// Sets which `decoder_wgmma` launches write narrow split partials ([`NarrowPartials`]);
+    /// any setting gives the same bits.
+    pub fn with_narrow_partials(mut self, narrow: NarrowPartials) -> Self {
+        self.narrow_partials = narrow;
+        self
     }
 
     /// Sets `decoder_wgmma`'s rows per CTA ([`DEC_WGMMA_BM`] or [`DEC_WGMMA_BM_FEW`]) instead
@@ -1356,14 +1440,18 @@ impl CudaDevice {
         if t2 && !wg {
             return Err(ternary2_needs_wgmma(OP, "decoder"));
         }
-        // decoder_wgmma's rows per CTA `dbm` (only 128 in split clusters).
+        // decoder_wgmma's rows per CTA `dbm` (only 128 in split clusters); its partials narrow?
+        let p16 = wg && self.narrow_partials.applies(t2);
         let (n_tiles, m_tiles, threads, smem, f, what, dbm) = if wg {
             let n_tiles = dim.div_ceil(DEC_WGMMA_BN);
             let sms = self.caps.multiprocessors.max(1) as usize;
             let dbm = self
                 .dw_rows
                 .unwrap_or_else(|| decoder_rows(sms, n_tiles * m.div_ceil(DEC_WGMMA_BM), chunks));
-            let f = self.function(KernelId::DecoderWgmma, dec_wgmma_defines(uns, 1, t2, dbm))?;
+            let f = self.function(
+                KernelId::DecoderWgmma,
+                dec_wgmma_defines(uns, 1, t2, dbm, p16),
+            )?;
             let m_tiles = m.div_ceil(dbm);
             let what = "cuLaunchKernel (decoder_wgmma)";
             (
@@ -1399,7 +1487,7 @@ impl CudaDevice {
         let clustered = if zc > 1 {
             let f = self.function(
                 KernelId::DecoderWgmma,
-                dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM),
+                dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false),
             )?;
             self.prepare_dynamic(&f, threads, smem)?;
             let fits = self.resident_clusters(&f, zc as u32, threads, smem)? >= units;
@@ -1413,7 +1501,7 @@ impl CudaDevice {
         };
         let groups = splits / zc; // sets of partials: one when the splits sum in a cluster
         let reduce = if groups > 1 {
-            Some(self.function(KernelId::DecoderMmaReduce, reduce_defines())?)
+            Some(self.function(KernelId::DecoderMmaReduce, reduce_defines(p16))?)
         } else {
             None
         };
@@ -1433,7 +1521,8 @@ impl CudaDevice {
         };
         let mut scratch = self.scratch();
         if groups > 1 {
-            p.partial = self.scratch_buf(&mut scratch.partials, groups * m * dim)?;
+            let words = partial_words(groups * m * dim, p16);
+            p.partial = self.scratch_buf(&mut scratch.partials, words)?;
         }
         drop(scratch);
         let c = launch_cfg(
@@ -1581,6 +1670,15 @@ mod tests {
 
     #[test]
     fn decoder_clusters() {
+        assert_eq!(NarrowPartials::parse(""), Ok(NarrowPartials::Ternary2));
+        assert_eq!(NarrowPartials::parse(" all"), Ok(NarrowPartials::All));
+        assert_eq!(NarrowPartials::parse("0"), Ok(NarrowPartials::Off));
+        assert!(NarrowPartials::parse("1").is_err());
+        assert!(NarrowPartials::Ternary2.applies(true) && !NarrowPartials::Ternary2.applies(false));
+        // i16s rounded up to 16 bytes, then one i32 per partial (lb_p16_wide).
+        assert_eq!(partial_words(8, true), 4 + 8);
+        assert_eq!(partial_words(9, true), 8 + 9);
+        assert_eq!(partial_words(9, false), 9);
         assert_eq!(parse_dw_zcluster(""), Ok(DEC_WGMMA_ZCLUSTER));
         assert_eq!(parse_dw_zcluster("8"), Ok(8));
         assert!(parse_dw_zcluster("16").is_err());
