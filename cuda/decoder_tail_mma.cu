@@ -156,92 +156,98 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 #ifndef LB_RED_BATCH
 #define LB_RED_BATCH 8
 #endif
+// The reduction's two loops over the output: 4 columns at a time where vector partial loads
+// and output stores are legal, else one. quad(i, v) adds the splits' partials of elements
+// i..i+3 into v; one(i) returns their sum at element i.
+template <typename Quad, typename One>
+__device__ __forceinline__ void lb_reduce_each(const LbMma& p, long long total, float as, Quad quad,
+                                               One one) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    if (p.p_vec && p.c_vec) {
+        for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 4; i < total;
+             i += stride * 4) {
+            int v[4] = {0, 0, 0, 0};
+            quad(i, v);
+            const long long m = i / p.ncols, n = i - m * p.ncols;
+            lb_mma_put4(p, nullptr, m * p.ldc + n, (int)n, v, as, true);
+        }
+    } else {
+        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+             i += stride) {
+            const int sum = one(i);
+            const long long m = i / p.ncols, n = i - m * p.ncols;
+            lb_store(p.out, m * p.ldc + n, lb_dequant(sum, p.w_scale, as, p.relu), p.out_dtype);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, int splits) {
     lb_pdl_chain(p.pdl);  // a programmatic launch after the decoder: wait for its partials
     const long long total = (long long)p.m_total * p.ncols;
     const float as = lb_scale(p.scale_ptr, p.scale_param);
-    const long long stride = (long long)gridDim.x * blockDim.x;
 #if LB_RED16
     constexpr int NB = LB_RED_BATCH;
     const unsigned short* p16 = (const unsigned short*)p.partial;
     const int* wide = lb_p16_wide(p.partial, splits * total);
-    if (p.p_vec && p.c_vec) {
-        for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 4; i < total;
-             i += stride * 4) {
-            int v[4] = {0, 0, 0, 0};
-            int z0 = 0;
-            for (; z0 + NB <= splits; z0 += NB) {  // whole batches: no predicates between loads
-                uint2 q[NB];
+    auto quad = [&](long long i, int (&v)[4]) {
+        int z0 = 0;
+        for (; z0 + NB <= splits; z0 += NB) {  // whole batches: no predicates between loads
+            uint2 q[NB];
 #pragma unroll
-                for (int j = 0; j < NB; ++j)
-                    q[j] = __ldcs((const uint2*)(p16 + (z0 + j) * total + i));
-                bool marked = false;
+            for (int j = 0; j < NB; ++j) q[j] = __ldcs((const uint2*)(p16 + (z0 + j) * total + i));
+            bool marked = false;
+#pragma unroll
+            for (int j = 0; j < NB; ++j) {
+                const u32 h[4] = {q[j].x, q[j].x >> 16, q[j].y, q[j].y >> 16};
+#pragma unroll
+                for (int c = 0; c < 4; ++c) {
+                    v[c] += (short)(h[c] & 0xffffu);
+                    marked |= (h[c] & 0xffffu) == 0x8000u;
+                }
+            }
+            if (marked) {  // sums past an i16: the marker's -32768 out, the i32 in
 #pragma unroll
                 for (int j = 0; j < NB; ++j) {
                     const u32 h[4] = {q[j].x, q[j].x >> 16, q[j].y, q[j].y >> 16};
 #pragma unroll
-                    for (int c = 0; c < 4; ++c) {
-                        v[c] += (short)(h[c] & 0xffffu);
-                        marked |= (h[c] & 0xffffu) == 0x8000u;
-                    }
-                }
-                if (marked) {  // sums past an i16: the marker's -32768 out, the i32 in
-#pragma unroll
-                    for (int j = 0; j < NB; ++j) {
-                        const u32 h[4] = {q[j].x, q[j].x >> 16, q[j].y, q[j].y >> 16};
-#pragma unroll
-                        for (int c = 0; c < 4; ++c)
-                            if ((h[c] & 0xffffu) == 0x8000u)
-                                v[c] += __ldcs(wide + (z0 + j) * total + i + c) + 32768;
-                    }
+                    for (int c = 0; c < 4; ++c)
+                        if ((h[c] & 0xffffu) == 0x8000u)
+                            v[c] += __ldcs(wide + (z0 + j) * total + i + c) + 32768;
                 }
             }
-            for (int z = z0; z < splits; ++z) {
-                const long long e = z * total + i;
-                const uint2 q = __ldcs((const uint2*)(p16 + e));
-                v[0] += lb_p16_get(q.x, wide, e);
-                v[1] += lb_p16_get(q.x >> 16, wide, e + 1);
-                v[2] += lb_p16_get(q.y, wide, e + 2);
-                v[3] += lb_p16_get(q.y >> 16, wide, e + 3);
-            }
-            const long long m = i / p.ncols, n = i - m * p.ncols;
-            lb_mma_put4(p, nullptr, m * p.ldc + n, (int)n, v, as, true);
         }
-    } else {
-        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-             i += stride) {
-            int sum = 0;
-            for (int z = 0; z < splits; ++z)
-                sum += lb_p16_get(__ldcs(p16 + z * total + i), wide, z * total + i);
-            const long long m = i / p.ncols, n = i - m * p.ncols;
-            lb_store(p.out, m * p.ldc + n, lb_dequant(sum, p.w_scale, as, p.relu), p.out_dtype);
+        for (int z = z0; z < splits; ++z) {
+            const long long e = z * total + i;
+            const uint2 q = __ldcs((const uint2*)(p16 + e));
+            v[0] += lb_p16_get(q.x, wide, e);
+            v[1] += lb_p16_get(q.x >> 16, wide, e + 1);
+            v[2] += lb_p16_get(q.y, wide, e + 2);
+            v[3] += lb_p16_get(q.y >> 16, wide, e + 3);
         }
-    }
+    };
+    auto one = [&](long long i) {
+        int sum = 0;
+        for (int z = 0; z < splits; ++z)
+            sum += lb_p16_get(__ldcs(p16 + z * total + i), wide, z * total + i);
+        return sum;
+    };
 #else
-    if (p.p_vec && p.c_vec) {
-        for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 4; i < total;
-             i += stride * 4) {
-            int v[4] = {0, 0, 0, 0};
-            for (int z = 0; z < splits; ++z) {
-                const int4 q = __ldcs((const int4*)(p.partial + z * total + i));
-                v[0] += q.x;
-                v[1] += q.y;
-                v[2] += q.z;
-                v[3] += q.w;
-            }
-            const long long m = i / p.ncols, n = i - m * p.ncols;
-            lb_mma_put4(p, nullptr, m * p.ldc + n, (int)n, v, as, true);
+    auto quad = [&](long long i, int (&v)[4]) {
+        for (int z = 0; z < splits; ++z) {
+            const int4 q = __ldcs((const int4*)(p.partial + z * total + i));
+            v[0] += q.x;
+            v[1] += q.y;
+            v[2] += q.z;
+            v[3] += q.w;
         }
-    } else {
-        for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
-             i += stride) {
-            int sum = 0;
-            for (int z = 0; z < splits; ++z) sum += __ldcs(p.partial + z * total + i);
-            const long long m = i / p.ncols, n = i - m * p.ncols;
-            lb_store(p.out, m * p.ldc + n, lb_dequant(sum, p.w_scale, as, p.relu), p.out_dtype);
-        }
-    }
+    };
+    auto one = [&](long long i) {
+        int sum = 0;
+        for (int z = 0; z < splits; ++z) sum += __ldcs(p.partial + z * total + i);
+        return sum;
+    };
 #endif
+    lb_reduce_each(p, total, as, quad, one);
 }
 
 #elif defined(LB_WGMMA)

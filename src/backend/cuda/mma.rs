@@ -385,15 +385,16 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false),
                 ));
                 if zc == 1 {
-                    for bm in [DEC_WGMMA_BM, DEC_WGMMA_BM_FEW] {
-                        for p16 in [false, true] {
-                            if bm == DEC_WGMMA_BM_FEW || p16 {
-                                v.push((
-                                    KernelId::DecoderWgmma,
-                                    dec_wgmma_defines(uns, zc, t2, bm, p16),
-                                ));
-                            }
-                        }
+                    // (the i32 partials of 128 rows are above)
+                    for (bm, p16) in [
+                        (DEC_WGMMA_BM, true),
+                        (DEC_WGMMA_BM_FEW, false),
+                        (DEC_WGMMA_BM_FEW, true),
+                    ] {
+                        v.push((
+                            KernelId::DecoderWgmma,
+                            dec_wgmma_defines(uns, zc, t2, bm, p16),
+                        ));
                     }
                 }
             }
