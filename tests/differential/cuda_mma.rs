@@ -421,14 +421,7 @@ fn ternary2_lowrank_on_wgmma() {
         crate::epilogue_cases_with(ctx, name, &ops[1..], 163, Ternary);
         crate::edge_cases_with(ctx, name, &ops[3..], 164, Ternary);
     });
-    let one = open_mma(|d| {
-        let d = d
-            .with_lowrank_row_ctas(1)
-            .unwrap_or_else(|e| panic!("row CTAs: {e}"));
-        CudaBackend::from_device(d).with_ternary2_weights(true)
-    })
-    .unwrap_or_else(|e| panic!("one row CTA: {e}"));
-    let one: &'static CudaBackend = Box::leak(Box::new(one));
+    let one = tuned_backend("one row CTA", true, |d| d.with_lowrank_row_ctas(1));
     run_on_mma(one, "LB_WG_T2=1", |ctx| {
         let name = "wgmma lowrank, ternary2, 1 row CTA";
         crate::large_cases(ctx, name, &ops[..2], 165);
@@ -578,11 +571,7 @@ fn decoder_narrow_partials() {
         (NarrowPartials::All, false),
     ] {
         let what = format!("narrow partials {narrow:?}");
-        let b = open_mma(|d| {
-            CudaBackend::from_device(d.with_narrow_partials(narrow)).with_ternary2_weights(t2)
-        })
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let b: &'static CudaBackend = Box::leak(Box::new(b));
+        let b = tuned_backend(&what, t2, |d| Ok(d.with_narrow_partials(narrow)));
         run_on_mma(b, "LB_DW_P16=1", |ctx| {
             let mut rng = Rng::new(181);
             for op in &ops {
@@ -693,14 +682,7 @@ fn decoder_wgmma_row_tiles() {
     ];
     for rows in [128, 64] {
         let what = format!("{rows} rows per CTA");
-        let b = open_mma(|d| {
-            let d = d
-                .with_decoder_rows(rows)
-                .unwrap_or_else(|e| panic!("{what}: {e}"));
-            CudaBackend::from_device(d).with_ternary2_weights(true)
-        })
-        .unwrap_or_else(|e| panic!("{what}: {e}"));
-        let b: &'static CudaBackend = Box::leak(Box::new(b));
+        let b = tuned_backend(&what, true, |d| d.with_decoder_rows(rows));
         run_on_mma(b, &format!("LB_DW_BM={rows} "), |ctx| {
             let name = format!("wgmma decoder_tail, {what}");
             crate::large_cases(ctx, &name, &ops, 171);
@@ -826,9 +808,21 @@ fn tuned_mma_backend(
     what: &str,
     tune: impl FnOnce(CudaDevice) -> lowbit_kernels::Result<CudaDevice>,
 ) -> &'static CudaBackend {
-    let b =
-        open_mma(|d| CudaBackend::from_device(tune(d).unwrap_or_else(|e| panic!("{what}: {e}"))))
-            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    tuned_backend(what, false, tune)
+}
+
+/// [`tuned_mma_backend`] uploading ternary/binary weights as ternary2 fragments when
+/// `ternary2`.
+fn tuned_backend(
+    what: &str,
+    ternary2: bool,
+    tune: impl FnOnce(CudaDevice) -> lowbit_kernels::Result<CudaDevice>,
+) -> &'static CudaBackend {
+    let b = open_mma(|d| {
+        let d = tune(d).unwrap_or_else(|e| panic!("{what}: {e}"));
+        CudaBackend::from_device(d).with_ternary2_weights(ternary2)
+    })
+    .unwrap_or_else(|e| panic!("{what}: {e}"));
     Box::leak(Box::new(b))
 }
 
