@@ -242,6 +242,30 @@ __device__ __forceinline__ void lb_prefetch_l2(const void* p) {
     asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
+// ---- timeline stamps (diagnostics only) ---------------------------------------------------
+// Compiled in only with LB_TRACE (LOWBIT_CUDA_TRACE=1): thread 0 of each block writes
+// %globaltimer at a kernel's stage `slot` (0 entry .. 6) into lb_trace[block * 8 + slot], and
+// its SM + 1 into slot 7 at entry; the host reads them back (CudaDevice::take_traces).
+#ifdef LB_TRACE
+#define LB_TRACE_BLOCKS 4096
+__device__ unsigned long long lb_trace[LB_TRACE_BLOCKS * 8];
+__device__ __forceinline__ void lb_trace_at(int slot) {
+    if (threadIdx.x != 0) return;
+    const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    if (b >= LB_TRACE_BLOCKS) return;
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+    lb_trace[b * 8 + slot] = t;
+    if (slot == 0) {
+        unsigned sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        lb_trace[b * 8 + 7] = sm + 1;
+    }
+}
+#else
+__device__ __forceinline__ void lb_trace_at(int) {}
+#endif
+
 // ---- programmatic dependent launch (sm_90+) ------------------------------------------------
 // The small-M kernels are launched with programmatic stream serialization where the device
 // supports it (launch.rs, launch_lb): such a kernel may start while the previous kernel of

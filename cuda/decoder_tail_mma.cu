@@ -92,6 +92,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
     mma_prep_scale_a(LbMma p, u32* dst, long long rows, int ldo, long long n, double* partials,
                      unsigned* bar, float* scale_out) {
     __shared__ double warp_sums[8];
+    lb_trace_at(0);
     lb_pdl_launch_next();
     const bool pos = p.fmt == LB_FMT_U8POS;
     const int qpr = ldo / 4, lane = threadIdx.x & 31;
@@ -125,6 +126,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(bar) : "memory");
         } while (seen < gridDim.x);
     }
+    lb_trace_at(1);
     __syncthreads();
     double all = 0.0;
     for (unsigned b = lane; b < gridDim.x; b += 32) all += __ldcg(partials + b);
@@ -142,6 +144,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         lb_prep_floats(p, i, qpr, g);
         lb_prep_put(dst, ldo, i, qpr, g, s, p.fmt);
     }
+    lb_trace_at(3);
 }
 #endif
 
@@ -182,7 +185,9 @@ __device__ __forceinline__ void lb_reduce_each(const LbMma& p, long long total, 
 }
 
 extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, int splits) {
+    lb_trace_at(0);
     lb_pdl_chain(p.pdl);  // a programmatic launch after the decoder: wait for its partials
+    lb_trace_at(1);
     const long long total = (long long)p.m_total * p.ncols;
     const float as = lb_scale(p.scale_ptr, p.scale_param);
 #if LB_RED16
@@ -248,6 +253,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
     };
 #endif
     lb_reduce_each(p, total, as, quad, one);
+    lb_trace_at(3);
 }
 
 #elif defined(LB_WGMMA)
@@ -498,6 +504,7 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     u32 w0[16], w1[16];
     for (int u = 0; u < units; u += 2) {  // (a path from w0's step to w0's would serialize)
         sync(u / LB_DW_PL);
+        if (u == 0) lb_trace_at(1);
         step(u, w0);
         if (u + 1 == units) break;
         if (LB_DW_PL == 1) sync(u + 1);
@@ -505,6 +512,7 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     }
     lb_wg_wait<0>();
     lb_wait<0>();
+    lb_trace_at(2);
 #if LB_DW_ZC > 1
     {
         // Every warp is past the ring: it takes this CTA's accumulator tile.
@@ -617,7 +625,9 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
 #define LB_DW_CLUSTER_DIMS
 #endif
 extern "C" __global__ void LB_DW_CLUSTER_DIMS __launch_bounds__(LB_DW_THREADS, 1) decoder_wgmma(LbMma p) {
+    lb_trace_at(0);
     lb_decoder_wgmma<LB_UNS != 0>(p);
+    lb_trace_at(3);
 }
 
 #else

@@ -147,6 +147,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
 #endif
 
     lb_pdl_wait(p.pdl);
+    lb_trace_at(1);
 
     const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
     const int first = blockIdx.y * 2 + pair, step = gridDim.y * 2;
@@ -311,7 +312,9 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
 }
 
 extern "C" __global__ void __launch_bounds__(LB_WG_THREADS, 1) lowrank_wgmma(LbMma p) {
+    lb_trace_at(0);
     lb_lowrank_wgmma<LB_UNS != 0>(p);
+    lb_trace_at(3);
 }
 #else
 

@@ -156,6 +156,15 @@ pub(crate) fn env_switch(var: &'static str, unset: bool) -> Result<bool> {
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
+/// Environment variable that compiles every kernel with timeline stamps (`1`; diagnostics
+/// only, off by default): see [`CudaDevice::take_traces`].
+pub const TRACE_ENV: &str = "LOWBIT_CUDA_TRACE";
+
+/// Stamps per block in a kernel's timeline (`lb_trace` in `cuda/common.cuh`): slots 0..7 are
+/// `%globaltimer` nanoseconds at the kernel's stages (0 entry; 0 where a stage was not
+/// reached), slot 7 the block's SM + 1 (0: the block did not run).
+pub const TRACE_SLOTS: usize = 8;
+
 /// Environment variable that sets [`Pdl`] on devices that support it: `0` off, `1` (the
 /// default) or `early`.
 pub const PDL_ENV: &str = "LOWBIT_CUDA_PDL";
@@ -235,6 +244,8 @@ pub struct CudaDevice {
     pub(crate) fused_scale: bool,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
+    /// Kernels compiled with timeline stamps ([`TRACE_ENV`], [`CudaDevice::take_traces`]).
+    pub(crate) trace: bool,
     cache: Mutex<ModuleCache>,
     scratch: Mutex<Scratch>,
     /// Held while one op queues its launches: the scratch buffers an op fills in one launch
@@ -370,6 +381,7 @@ impl CudaDevice {
             pdl,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
+            trace: env_switch(TRACE_ENV, false)?,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
             op_lock: Mutex::new(()),
@@ -511,8 +523,11 @@ impl CudaDevice {
     pub(crate) fn function(
         &self,
         id: KernelId,
-        defines: Vec<(String, String)>,
+        mut defines: Vec<(String, String)>,
     ) -> Result<CudaFunction> {
+        if self.trace {
+            defines.push(("LB_TRACE".into(), "1".into()));
+        }
         let key = ModuleKey {
             stem: id.stem(),
             cc: self.caps.compute_capability,
@@ -553,6 +568,48 @@ impl CudaDevice {
             .map_err(drv(format!("cuModuleGetFunction {}", id.entry())))?;
         cache.functions.insert((key, id), f.clone());
         Ok(f)
+    }
+
+    /// Timeline stamps of the latest launch of every kernel compiled so far, when this device
+    /// was opened with `LOWBIT_CUDA_TRACE=1` (else none): per loaded module, its description
+    /// and `TRACE_SLOTS` stamps per block (see [`TRACE_SLOTS`]), then zeroed for the next
+    /// launch. Synchronises the stream. Diagnostics only: the stamps cost a few instructions.
+    pub fn take_traces(&self) -> Result<Vec<(String, Vec<u64>)>> {
+        if !self.trace {
+            return Ok(Vec::new());
+        }
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize".to_string()))?;
+        let cache = lock(&self.cache);
+        let mut out = Vec::new();
+        for (key, module) in &cache.modules {
+            let Ok(mut sym) = module.get_global("lb_trace", &self.stream) else {
+                continue;
+            };
+            let n = sym.len() / 8;
+            let mut words = vec![0u64; n];
+            // SAFETY: lb_trace is an array of u64 of sym.len() bytes.
+            let mut view =
+                unsafe { sym.transmute_mut::<u64>(n) }.ok_or_else(|| LowbitError::Driver {
+                    backend: BackendKind::Cuda,
+                    context: "lb_trace".into(),
+                    message: "symbol size not a multiple of 8".into(),
+                })?;
+            self.stream
+                .memcpy_dtoh(&view, &mut words)
+                .map_err(drv("lb_trace read".to_string()))?;
+            self.stream
+                .memset_zeros(&mut view)
+                .map_err(drv("lb_trace zero".to_string()))?;
+            if words.iter().any(|&w| w != 0) {
+                out.push((compile::describe(key.stem, &key.defines), words));
+            }
+        }
+        self.stream
+            .synchronize()
+            .map_err(drv("cuStreamSynchronize".to_string()))?;
+        Ok(out)
     }
 
     /// Serialises the queuing of whole ops (see `op_lock`); taken by every public entry point.

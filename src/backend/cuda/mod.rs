@@ -20,7 +20,7 @@ pub mod tuning;
 
 /// The cudarc this backend is built on (name its types through this re-export).
 pub use cudarc;
-pub use device::{CudaDevice, KernelFamily, Pdl};
+pub use device::{CudaDevice, KernelFamily, Pdl, TRACE_ENV, TRACE_SLOTS};
 pub use launch::{RawAct, RawScale, RawWeights};
 pub use ops::{DeviceAct, DeviceOut, DeviceScale, DeviceWeights};
 pub use probe::probe;

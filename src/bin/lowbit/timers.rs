@@ -591,6 +591,7 @@ mod cuda {
                         timed(&mut || run(w))
                     })?;
                     s.timing = timing;
+                    print_traces(dev, op)?;
                     Ok(s)
                 }
                 Op::Quantize(shape) => {
@@ -614,6 +615,51 @@ mod cuda {
                 }
             }
         }
+    }
+
+    /// Under `LOWBIT_CUDA_TRACE=1`: the timeline of the last timed launch, per kernel (µs from
+    /// the earliest block's entry: min / median / max over blocks of each stamped stage).
+    fn print_traces(dev: &CudaDevice, op: &Op) -> Result<()> {
+        use lowbit_kernels::backend::cuda::TRACE_SLOTS;
+        let traces = dev.take_traces()?;
+        let t0 = traces
+            .iter()
+            .flat_map(|(_, w)| w.chunks(TRACE_SLOTS).filter(|b| b[7] != 0).map(|b| b[0]))
+            .min();
+        let Some(t0) = t0 else { return Ok(()) };
+        let mut all: Vec<u64> = Vec::new();
+        eprintln!("trace: {op:?}");
+        for (name, words) in &traces {
+            let blocks: Vec<&[u64]> = words.chunks(TRACE_SLOTS).filter(|b| b[7] != 0).collect();
+            let mut sms: Vec<u64> = blocks.iter().map(|b| b[7]).collect();
+            sms.sort_unstable();
+            sms.dedup();
+            let mut line = format!("  {name}: {} blocks on {} SMs;", blocks.len(), sms.len());
+            for slot in 0..TRACE_SLOTS - 1 {
+                let mut t: Vec<f64> = blocks
+                    .iter()
+                    .filter(|b| b[slot] != 0)
+                    .map(|b| b[slot].saturating_sub(t0) as f64 / 1e3)
+                    .collect();
+                if t.is_empty() {
+                    continue;
+                }
+                all.extend(blocks.iter().map(|b| b[slot]).filter(|&x| x != 0));
+                t.sort_by(f64::total_cmp);
+                line.push_str(&format!(
+                    " s{slot} {:.2}/{:.2}/{:.2}",
+                    t[0],
+                    t[t.len() / 2],
+                    t[t.len() - 1]
+                ));
+            }
+            eprintln!("{line}");
+        }
+        all.sort_unstable();
+        all.dedup();
+        let tick = all.windows(2).map(|w| w[1] - w[0]).min().unwrap_or(0);
+        eprintln!("  (globaltimer: smallest step between distinct stamps {tick} ns)");
+        Ok(())
     }
 
     fn no_input() -> LowbitError {
