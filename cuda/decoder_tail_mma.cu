@@ -280,6 +280,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 // Glossary (see also mma.cuh, common.cuh)
 //   wgmma RS  wgmma.mma_async.sync.aligned.m64n{BM}k32.s32.s8.{s8|u8}, A (weights) from
 //             registers, B (y rows) from smem: D[64 columns x BM rows], BM / 2 i32 per thread
+//             (A .u8 under LB_DW_T2U: ternary2 fields w + 1, the y row sums subtracted after)
 //   colmap    wgmma row r of warp w (16 rows) is output column 16w + 2 (r % 8) + r / 8 of the
 //             warpgroup's 64: a thread's rows g and g + 8 are adjacent columns dc, dc + 1, so
 //             its A registers come in 8-byte loads and its outputs go out in 8-byte stores
@@ -312,6 +313,15 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #ifndef LB_DW_P16
 #define LB_DW_P16 0  // split partials narrow (lb_p16), for decoder_mma_reduce with LB_RED16
 #endif
+// LB_DW_T2U (ternary2 only): the A fragments are a t2 slot's u8 fields f = w + 1 (two
+// instructions per register instead of four), wgmma .u8 A; each thread also sums the y bytes
+// it loaded (dp4a by ones), and after the mainloop sum_k f y - sum_k y = sum_k w y, exactly.
+#ifndef LB_DW_T2U
+#define LB_DW_T2U 0
+#endif
+#if LB_DW_T2U && !LB_DW_T2
+#error "decoder_wgmma: LB_DW_T2U needs LB_DW_T2"
+#endif
 #define LB_DW_ACC_LD (LB_DW_BN + 8)  // accumulator tile rows in smem (Z mode), in ints
 #define LB_DW_LDW (LB_DW_BN + 8)
 #define LB_DW_YBYTES (LB_DW_BM * 128)
@@ -328,7 +338,8 @@ __device__ __forceinline__ void lb_dw_mma(int (&d)[LB_DW_NACC], const u32 (&r)[1
     lb_wg_fence();
 #pragma unroll
     for (int s = 0; s < 4; ++s)
-        lb_wgmma_rs<UNS, LB_DW_BM>(d, r[4 * s], r[4 * s + 1], r[4 * s + 2], r[4 * s + 3], db + 2 * s, 1);
+        lb_wgmma_rs<UNS, LB_DW_BM, LB_DW_T2U != 0>(d, r[4 * s], r[4 * s + 1], r[4 * s + 2],
+                                                    r[4 * s + 3], db + 2 * s, 1);
     lb_wg_commit();
 }
 
@@ -476,6 +487,10 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         __syncthreads();
         load(c + S - 2);
     };
+    // LB_DW_T2U: this thread's sums of the y bytes it loads, rows r0 + 64 rr.
+    int ysum[LB_DW_RH];
+#pragma unroll
+    for (int rr = 0; rr < LB_DW_RH; ++rr) ysum[rr] = 0;
     // Chunk u into `cur` (last read by the wgmma two chunks back, complete).
     auto step = [&](int u, u32(&cur)[16]) {
         const int off = chunk_off(u);
@@ -486,8 +501,19 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
                 const uint2 v = *(const uint2*)(ws + 4 * h * LB_DW_LDW);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    cur[2 * (4 * h + j)] = lb_t2_expand(v.x, j);
-                    cur[2 * (4 * h + j) + 1] = lb_t2_expand(v.y, j);
+                    cur[2 * (4 * h + j)] = LB_DW_T2U ? lb_t2_field(v.x, j) : lb_t2_expand(v.x, j);
+                    cur[2 * (4 * h + j) + 1] =
+                        LB_DW_T2U ? lb_t2_field(v.y, j) : lb_t2_expand(v.y, j);
+                }
+            }
+            if (LB_DW_T2U) {
+#pragma unroll
+                for (int rr = 0; rr < LB_DW_RH; ++rr) {
+                    const uint4 y = *(const uint4*)(ring + off + s_off + rr * 64 * 128);
+                    ysum[rr] = dot4<UNS>(y.x, 0x01010101u, ysum[rr]);
+                    ysum[rr] = dot4<UNS>(y.y, 0x01010101u, ysum[rr]);
+                    ysum[rr] = dot4<UNS>(y.z, 0x01010101u, ysum[rr]);
+                    ysum[rr] = dot4<UNS>(y.w, 0x01010101u, ysum[rr]);
                 }
             }
         } else {
@@ -513,6 +539,30 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     lb_wg_wait<0>();
     lb_wait<0>();
     lb_trace_at(2);
+#if LB_DW_T2U
+    {
+        // Row r's y sum is its 8 loaders' (lanes 8q..8q+7 of a warp); then every
+        // accumulator of row r less it.
+        __shared__ int ysum_row[LB_DW_BM];
+#pragma unroll
+        for (int rr = 0; rr < LB_DW_RH; ++rr) {
+            int v = ysum[rr];
+            v += __shfl_xor_sync(0xffffffffu, v, 1);
+            v += __shfl_xor_sync(0xffffffffu, v, 2);
+            v += __shfl_xor_sync(0xffffffffu, v, 4);
+            if (ck == 0) ysum_row[r0 + 64 * rr] = v;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < LB_DW_BM / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int v = ysum_row[8 * j + 2 * t + e];
+                d[4 * j + e] -= v;
+                d[4 * j + 2 + e] -= v;
+            }
+    }
+#endif
 #if LB_DW_ZC > 1
     {
         // Every warp is past the ring: it takes this CTA's accumulator tile.

@@ -399,37 +399,43 @@ __device__ __forceinline__ void lb_wgmma_steps(int (&d)[64], u64 da, u64 db, int
     }
 }
 
-// The same with A (s8) from registers: a[0..3] = (row g, word t), (g+8, t), (g, t+4),
-// (g+8, t+4) of the warp's 16 rows (the mma.sync A fragment); B is u8 when UNS. D[64 x N]
-// (N = 128 or 64) into d[N / 2]. The registers must stay unchanged until the wgmma has
-// completed (wgmma.wait_group). ACC, A, DB: the operand numbers after the N / 2 outputs.
-#define LB_WGMMA_RS_ASM(TY, N, DL, ACC, A, DB, ...)                                          \
+// The same with A (s8, or u8 when AU) from registers: a[0..3] = (row g, word t), (g+8, t),
+// (g, t+4), (g+8, t+4) of the warp's 16 rows (the mma.sync A fragment); B is u8 when UNS.
+// D[64 x N] (N = 128 or 64) into d[N / 2]. The registers must stay unchanged until the wgmma
+// has completed (wgmma.wait_group). ACC, A, DB: the operand numbers after the N / 2 outputs.
+#define LB_WGMMA_RS_ASM(ATY, TY, N, DL, ACC, A, DB, ...)                                     \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " ACC ", 0;\n"                            \
-                 "wgmma.mma_async.sync.aligned.m64n" N "k32.s32.s8." TY " " DL ", " A ", " DB  \
-                 ", p;\n}\n"                                                                 \
+                 "wgmma.mma_async.sync.aligned.m64n" N "k32.s32." ATY "." TY " " DL ", " A    \
+                 ", " DB ", p;\n}\n"                                                          \
                  : __VA_ARGS__                                                               \
                  : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(acc), "l"(db)                     \
                  : "memory")
-#define LB_WGMMA_RS128(TY) \
-    LB_WGMMA_RS_ASM(TY, "128", LB_WG_D, "%68", "{%64, %65, %66, %67}", "%69", LB_R64(0))
-#define LB_WGMMA_RS64(TY) \
-    LB_WGMMA_RS_ASM(TY, "64", LB_WG_D32, "%36", "{%32, %33, %34, %35}", "%37", LB_R32(0))
-template <bool UNS, int N>
+#define LB_WGMMA_RS128(ATY, TY) \
+    LB_WGMMA_RS_ASM(ATY, TY, "128", LB_WG_D, "%68", "{%64, %65, %66, %67}", "%69", LB_R64(0))
+#define LB_WGMMA_RS64(ATY, TY) \
+    LB_WGMMA_RS_ASM(ATY, TY, "64", LB_WG_D32, "%36", "{%32, %33, %34, %35}", "%37", LB_R32(0))
+#define LB_WGMMA_RS_TY(ATY)            \
+    if constexpr (N == 128) {          \
+        if (UNS) {                     \
+            LB_WGMMA_RS128(ATY, "u8"); \
+        } else {                       \
+            LB_WGMMA_RS128(ATY, "s8"); \
+        }                              \
+    } else {                           \
+        if (UNS) {                     \
+            LB_WGMMA_RS64(ATY, "u8");  \
+        } else {                       \
+            LB_WGMMA_RS64(ATY, "s8");  \
+        }                              \
+    }
+template <bool UNS, int N, bool AU = false>
 __device__ __forceinline__ void lb_wgmma_rs(int (&d)[N / 2], u32 a0, u32 a1, u32 a2, u32 a3,
                                             u64 db, int acc) {
     static_assert(N == 128 || N == 64, "lb_wgmma_rs: n is 128 or 64");
-    if constexpr (N == 128) {
-        if (UNS) {
-            LB_WGMMA_RS128("u8");
-        } else {
-            LB_WGMMA_RS128("s8");
-        }
+    if constexpr (AU) {
+        LB_WGMMA_RS_TY("u8")
     } else {
-        if (UNS) {
-            LB_WGMMA_RS64("u8");
-        } else {
-            LB_WGMMA_RS64("s8");
-        }
+        LB_WGMMA_RS_TY("s8")
     }
 }
 

@@ -2,7 +2,7 @@
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
-#                             [smallfinal] [wgmma] [final]
+#                             [smallfinal] [wgmma] [final] [t2fields] [trace]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -20,7 +20,11 @@
 # the decoder under each LOWBIT_CUDA_WGMMA_ZCLUSTER; memcheck:
 # compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
-# CUDA (default family, then dp4a) and wgpu, with the peers (run peers first).
+# CUDA (default family, then dp4a) and wgpu, with the peers (run peers first); t2fields: the
+# decoder's ternary2 weights as u8 fields (LOWBIT_CUDA_T2_FIELDS=1) against their i8 expansion,
+# its tests first, then two rounds of both at M = 512..8192 (run peers first); trace: the
+# timelines (LOWBIT_CUDA_TRACE=1) of the decoder at M = 512 / 2048 and the f32-input low-rank
+# chain at 512.
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -74,6 +78,27 @@ if has small; then
 fi
 if has t2; then
   bench "cuda ternary2 weights" --backend cuda --op lowrank,decoder-tail --m 1,4,16,512,2048 --weights ternary2 --json "$out/t2.json"
+fi
+if has t2fields; then
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout 300 "$d" --test-threads=1 cuda_mma::decoder_t2_fields \
+    cuda_mma::decoder_narrow > "$out/test-t2fields.log" 2>&1
+  echo "t2fields tests exit $?" | tee -a "$sum"
+  grep -E "^test |test result|panicked" "$out/test-t2fields.log" | head | tee -a "$sum"
+  for round in 1 2; do
+    for f in 0 1; do
+      LOWBIT_CUDA_T2_FIELDS=$f bench "decoder ternary2, LOWBIT_CUDA_T2_FIELDS=$f, round $round" \
+        --backend cuda --op decoder-tail --variant packed --m 512,2048,8192 --weights ternary2
+    done
+  done
+fi
+if has trace; then
+  for spec in "decoder-tail packed 512,2048" "lowrank f32 512"; do
+    set -- $spec
+    echo "=== trace $1 $2 M=$3" | tee -a "$sum"
+    LOWBIT_CUDA_TRACE=1 "$L" bench --backend cuda --op "$1" --variant "$2" --m "$3" --weights ternary2 \
+      2>&1 | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+  done
 fi
 if has pdl; then
   for mode in 1 early 0; do

@@ -546,8 +546,44 @@ fn ternary2_decoder_on_wgmma() {
     });
 }
 
-/// `decoder_wgmma`'s narrow split partials (ternary2 weights by default, i8x4 ones with
-/// `NarrowPartials::All`) where some split sums do not fit an i16: rows of codes at +127,
+/// `decoder_wgmma` with ternary2 weights fed to the tensor cores as u8 fields w + 1, the y
+/// row sums subtracted after the mainloop (`CudaDevice::with_t2_fields`): the shapes of
+/// `ternary2_decoder_on_wgmma` (64-row tiles with narrow partials, two column tiles with odd
+/// L < Lart, one split of 128-row tiles, a D not a multiple of 4, a 2-split cluster), every
+/// input variant (uint8pos codes: unsigned y, whose row sums are unsigned), every epilogue
+/// and the edge data, bit for bit against the reference.
+#[test]
+fn decoder_t2_fields() {
+    use crate::WeightKind::Ternary;
+    if t2_backend().and_then(with_wgmma).is_none() {
+        return;
+    }
+    let b = tuned_backend("t2 fields", true, |d| Ok(d.with_t2_fields(true)));
+    run_on_mma(b, "LB_DW_T2U=1", |ctx| {
+        let ops = [
+            dec([2, 4, 260, 2048], [4 * 2048, 256]),
+            dec([1, 2, 150, 1031], [2 * 1040, 300]),
+            dec([1, 1, 17000, 64], [64, 36]),
+            dec([2, 2, 90, 253], [2 * 256, 301]),
+            dec([1, 1, 6400, 512], [512, 256]),
+        ];
+        let name = "wgmma decoder_tail, ternary2 as u8 fields";
+        crate::large_cases(ctx, name, &ops, 161);
+        crate::epilogue_cases_with(ctx, name, &ops[..2], 162, Ternary);
+        crate::edge_cases_with(ctx, name, &ops[3..4], 163, Ternary);
+    });
+    let logs = b.device().compile_logs();
+    for needle in ["LB_DW_BM=64", "LB_DW_BM=128", "LB_DW_ZC=2"] {
+        assert!(
+            logs.iter()
+                .any(|(m, _)| m.contains(needle) && m.contains("LB_DW_T2U=1")),
+            "t2 fields: no {needle} module with LB_DW_T2U=1 ran"
+        );
+    }
+}
+
+/// `decoder_wgmma`'s narrow split partials (ternary2 weights by default, as u8 fields too,
+/// i8x4 ones with `NarrowPartials::All`) where some split sums do not fit an i16: rows of codes at +127,
 /// -64 and -127 against columns of weights all +1 or all -1, between random rows and
 /// columns, so that one tile holds sums that fit, sums past ±32767 and sums of exactly
 /// -32768 (4 chunks of -64 · 128: the marker's own value), all sent through the wide array.
@@ -566,12 +602,15 @@ fn decoder_narrow_partials() {
         dec([1, 4, 300, 4096], [4 * 4096, 256]),
         dec([1, 2, 90, 8192], [2 * 8192, 301]),
     ];
-    for (narrow, t2) in [
-        (NarrowPartials::Ternary2, true),
-        (NarrowPartials::All, false),
+    for (narrow, t2, fields) in [
+        (NarrowPartials::Ternary2, true, false),
+        (NarrowPartials::All, false, false),
+        (NarrowPartials::Ternary2, true, true),
     ] {
-        let what = format!("narrow partials {narrow:?}");
-        let b = tuned_backend(&what, t2, |d| Ok(d.with_narrow_partials(narrow)));
+        let what = format!("narrow partials {narrow:?}, t2 fields {fields}");
+        let b = tuned_backend(&what, t2, |d| {
+            Ok(d.with_narrow_partials(narrow).with_t2_fields(fields))
+        });
         run_on_mma(b, "LB_DW_P16=1", |ctx| {
             let mut rng = Rng::new(181);
             for op in &ops {

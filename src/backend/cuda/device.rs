@@ -230,6 +230,8 @@ pub struct CudaDevice {
     /// Which `decoder_wgmma` launches write narrow split partials
     /// (`mma::NARROW_PARTIALS_ENV`).
     pub(crate) narrow_partials: super::mma::NarrowPartials,
+    /// `decoder_wgmma` takes ternary2 weights as u8 fields w + 1 (`mma::T2_FIELDS_ENV`).
+    pub(crate) t2_fields: bool,
     /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`]; else
     /// chosen from the split count, `mma::decoder_rows`).
     pub(crate) dw_rows: Option<usize>,
@@ -376,6 +378,7 @@ impl CudaDevice {
             dw_zcluster,
             y_window_max,
             narrow_partials,
+            t2_fields: env_switch(super::mma::T2_FIELDS_ENV, false)?,
             dw_rows: None,
             wg_row_ctas: None,
             pdl,

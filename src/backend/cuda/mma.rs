@@ -202,6 +202,13 @@ pub enum NarrowPartials {
 
 pub const NARROW_PARTIALS_ENV: &str = "LOWBIT_CUDA_NARROW_PARTIALS";
 
+/// `decoder_wgmma` with ternary2 weights: `1` feeds the tensor cores each weight's u8 field
+/// w + 1 (two instructions per A register instead of four) and subtracts the y row sums,
+/// which each thread adds up by dp4a from the y bytes it loaded (`LB_DW_T2U`); `0` or unset
+/// (the default) expands the fields to i8 weights. The same bits either way. Not yet
+/// measured on a card, hence off.
+pub const T2_FIELDS_ENV: &str = "LOWBIT_CUDA_T2_FIELDS";
+
 impl NarrowPartials {
     /// [`NARROW_PARTIALS_ENV`]'s value: unset or empty for [`NarrowPartials::Ternary2`].
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
@@ -274,6 +281,7 @@ pub fn dec_wgmma_defines(
     t2: bool,
     bm: usize,
     p16: bool,
+    t2_fields: bool,
 ) -> Vec<(String, String)> {
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
@@ -287,6 +295,7 @@ pub fn dec_wgmma_defines(
         d("LB_DW_T2", u32::from(t2)),
         d("LB_DW_ZC", zc),
         d("LB_DW_P16", u32::from(p16 && zc == 1)),
+        d("LB_DW_T2U", u32::from(t2 && t2_fields)),
         eps(),
     ]
 }
@@ -379,10 +388,11 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
             }
         }
         for zc in [1, 2, 4, 8] {
-            for t2 in [false, true] {
+            // i8x4 weights, ternary2 ones expanded, ternary2 ones as u8 fields
+            for (t2, fields) in [(false, false), (true, false), (true, true)] {
                 v.push((
                     KernelId::DecoderWgmma,
-                    dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false),
+                    dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false, fields),
                 ));
                 if zc == 1 {
                     // (the i32 partials of 128 rows are above)
@@ -393,7 +403,7 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     ] {
                         v.push((
                             KernelId::DecoderWgmma,
-                            dec_wgmma_defines(uns, zc, t2, bm, p16),
+                            dec_wgmma_defines(uns, zc, t2, bm, p16, fields),
                         ));
                     }
                 }
@@ -799,6 +809,13 @@ impl CudaDevice {
     /// any setting gives the same bits.
     pub fn with_narrow_partials(mut self, narrow: NarrowPartials) -> Self {
         self.narrow_partials = narrow;
+        self
+    }
+
+    /// Sets whether `decoder_wgmma` feeds ternary2 weights to the tensor cores as u8 fields
+    /// w + 1 and subtracts the y row sums ([`T2_FIELDS_ENV`]); either gives the same bits.
+    pub fn with_t2_fields(mut self, on: bool) -> Self {
+        self.t2_fields = on;
         self
     }
 
@@ -1451,7 +1468,7 @@ impl CudaDevice {
                 .unwrap_or_else(|| decoder_rows(sms, n_tiles * m.div_ceil(DEC_WGMMA_BM), chunks));
             let f = self.function(
                 KernelId::DecoderWgmma,
-                dec_wgmma_defines(uns, 1, t2, dbm, p16),
+                dec_wgmma_defines(uns, 1, t2, dbm, p16, self.t2_fields),
             )?;
             let m_tiles = m.div_ceil(dbm);
             let what = "cuLaunchKernel (decoder_wgmma)";
@@ -1488,7 +1505,7 @@ impl CudaDevice {
         let clustered = if zc > 1 {
             let f = self.function(
                 KernelId::DecoderWgmma,
-                dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false),
+                dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false, self.t2_fields),
             )?;
             self.prepare_dynamic(&f, threads, smem)?;
             let fits = self.resident_clusters(&f, zc as u32, threads, smem)? >= units;
@@ -1693,6 +1710,20 @@ mod tests {
         assert_eq!(decoder_zcluster(8, 33), 1);
         assert_eq!(decoder_zcluster(8, 1), 1);
         assert_eq!(decoder_zcluster(1, 2), 1);
+    }
+
+    #[test]
+    fn t2_fields_only_with_ternary2_weights() {
+        let t2u = |t2, fields| {
+            dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, fields)
+                .into_iter()
+                .find(|(k, _)| k == "LB_DW_T2U")
+                .map(|(_, v)| v)
+        };
+        assert_eq!(t2u(true, true).as_deref(), Some("1"));
+        assert_eq!(t2u(true, false).as_deref(), Some("0"));
+        // (the kernel rejects LB_DW_T2U without LB_DW_T2)
+        assert_eq!(t2u(false, true).as_deref(), Some("0"));
     }
 
     #[test]
