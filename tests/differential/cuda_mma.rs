@@ -512,6 +512,19 @@ fn decoder_on_wgmma() {
     });
 }
 
+/// The ternary2 decoder's shapes (on 132 SMs): 520 rows in 64-row tiles with split partials,
+/// two column tiles with odd L < Lart, 17000 rows in one split of 128-row tiles, a D not a
+/// multiple of 4, a partial last chunk past the head's ternary2 rows.
+fn t2_decoder_shapes() -> [Op; 5] {
+    [
+        dec([2, 4, 260, 2048], [4 * 2048, 256]),
+        dec([1, 2, 150, 1031], [2 * 1040, 300]),
+        dec([1, 1, 17000, 64], [64, 36]),
+        dec([2, 2, 90, 253], [2 * 256, 301]),
+        dec([1, 3, 40, 64], [3 * 64, 64]),
+    ]
+}
+
 /// `decoder_wgmma` on ternary2 weights (M > 16 on sm_90): the shapes of `decoder_on_wgmma`
 /// (splits with partials, two column tiles with odd L < Lart, one split), a D that is not a
 /// multiple of 4 (word-wise weight loads), a tile whose 2 splits sum in a cluster, and a
@@ -525,13 +538,7 @@ fn ternary2_decoder_on_wgmma() {
         return;
     };
     run_on_mma(b, "LB_DW_T2=1 LB_DW_ZC=1 ", |ctx| {
-        let ops = [
-            dec([2, 4, 260, 2048], [4 * 2048, 256]),
-            dec([1, 2, 150, 1031], [2 * 1040, 300]),
-            dec([1, 1, 17000, 64], [64, 36]),
-            dec([2, 2, 90, 253], [2 * 256, 301]),
-            dec([1, 3, 40, 64], [3 * 64, 64]),
-        ];
+        let ops = t2_decoder_shapes();
         let name = "wgmma decoder_tail, ternary2";
         crate::large_cases(ctx, name, &ops, 151);
         crate::int_cases(ctx, name, &ops[3..], 152);
@@ -560,13 +567,8 @@ fn decoder_t2_fields() {
     }
     let b = tuned_backend("t2 fields", true, |d| Ok(d.with_t2_fields(true)));
     run_on_mma(b, "LB_DW_T2U=1", |ctx| {
-        let ops = [
-            dec([2, 4, 260, 2048], [4 * 2048, 256]),
-            dec([1, 2, 150, 1031], [2 * 1040, 300]),
-            dec([1, 1, 17000, 64], [64, 36]),
-            dec([2, 2, 90, 253], [2 * 256, 301]),
-            dec([1, 1, 6400, 512], [512, 256]),
-        ];
+        let mut ops = t2_decoder_shapes().to_vec();
+        ops.push(dec([1, 1, 6400, 512], [512, 256]));
         let name = "wgmma decoder_tail, ternary2 as u8 fields";
         crate::large_cases(ctx, name, &ops, 161);
         crate::epilogue_cases_with(ctx, name, &ops[..2], 162, Ternary);
