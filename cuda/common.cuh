@@ -246,6 +246,9 @@ __device__ __forceinline__ void lb_prefetch_l2(const void* p) {
 // Compiled in only with LB_TRACE (LOWBIT_CUDA_TRACE=1): thread 0 of each block writes
 // %globaltimer at a kernel's stage `slot` (0 entry .. 6) into lb_trace[block * 8 + slot], and
 // its SM + 1 into slot 7 at entry; the host reads them back (CudaDevice::take_traces).
+// Stages: 0 entry, 3 exit; 1 decoder_wgmma's first chunk in smem, the PDL wait passed
+// (decoder_mma_reduce, lowrank_wgmma), mma_prep_scale_a's grid barrier passed; 2
+// decoder_wgmma's mainloop done.
 #ifdef LB_TRACE
 #define LB_TRACE_BLOCKS 4096
 __device__ unsigned long long lb_trace[LB_TRACE_BLOCKS * 8];

@@ -624,13 +624,20 @@ mod cuda {
         let traces = dev.take_traces()?;
         let t0 = traces
             .iter()
-            .flat_map(|(_, w)| w.chunks(TRACE_SLOTS).filter(|b| b[7] != 0).map(|b| b[0]))
+            .flat_map(|(_, w)| {
+                w.chunks_exact(TRACE_SLOTS)
+                    .filter(|b| b[7] != 0)
+                    .map(|b| b[0])
+            })
             .min();
         let Some(t0) = t0 else { return Ok(()) };
         let mut all: Vec<u64> = Vec::new();
         eprintln!("trace: {op:?}");
         for (name, words) in &traces {
-            let blocks: Vec<&[u64]> = words.chunks(TRACE_SLOTS).filter(|b| b[7] != 0).collect();
+            let blocks: Vec<&[u64]> = words
+                .chunks_exact(TRACE_SLOTS)
+                .filter(|b| b[7] != 0)
+                .collect();
             let mut sms: Vec<u64> = blocks.iter().map(|b| b[7]).collect();
             sms.sort_unstable();
             sms.dedup();
