@@ -2,7 +2,7 @@
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
-#                             [smallfinal] [wgmma] [final] [t2fields] [trace]
+#                             [smallfinal] [wgmma] [final] [t2fields] [trace] [wgmmarate]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -24,7 +24,8 @@
 # decoder's ternary2 weights as u8 fields (LOWBIT_CUDA_T2_FIELDS=1) against their i8 expansion,
 # its tests first, then two rounds of both at M = 512..8192 (run peers first); trace: the
 # timelines (LOWBIT_CUDA_TRACE=1) of the decoder at M = 512 / 2048 and the f32-input low-rank
-# chain at 512.
+# chain at 512; wgmmarate: benches/gpu/wgmma_rate.cu (nvcc), the int8 wgmma rate of the
+# decoder's loop structure on data already in shared memory.
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -99,6 +100,12 @@ if has trace; then
     LOWBIT_CUDA_TRACE=1 "$L" bench --backend cuda --op "$1" --variant "$2" --m "$3" --weights ternary2 \
       2>&1 | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
   done
+fi
+if has wgmmarate; then
+  command -v nvcc >/dev/null || export PATH="$PATH:$(ls -d /usr/local/cuda*/bin | head -1)"
+  nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -o /tmp/wgmma_rate \
+    benches/gpu/wgmma_rate.cu > "$out/wgmma_rate.build" 2>&1 || tail -n 20 "$out/wgmma_rate.build"
+  [ -x /tmp/wgmma_rate ] && /tmp/wgmma_rate 2>&1 | tee -a "$sum"
 fi
 if has pdl; then
   for mode in 1 early 0; do

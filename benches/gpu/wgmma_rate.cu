@@ -1,0 +1,200 @@
+// wgmma_rate.cu — how fast can `decoder_wgmma`'s loop structure drive the int8 tensor cores,
+// with no global memory at all? Each variant runs one CTA per SM on data already in shared
+// memory, the same per-chunk steps as the kernel (a chunk = 4 k32 wgmma steps per warpgroup)
+// with parts switched on one at a time, and prints the int8 TOPS it reached.
+//
+// Build and run on the GPU machine (sm_90a), from the project root:
+//   nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -o /tmp/wgmma_rate \
+//       benches/gpu/wgmma_rate.cu && /tmp/wgmma_rate
+// (`bash benches/gpu/sweep.sh wgmmarate` does both.)
+//
+// Glossary
+//   RS / SS   wgmma with A (the weights, 64 output columns per warpgroup) from registers /
+//             from shared memory; B (y rows: N = 64 or 128) always from shared memory
+//   frags     A registers per chunk as the kernel gets them: const (none loaded), i8x4 (8
+//             8-byte smem loads), t2 (2 loads, each slot expanded to i8 by lb_t2_expand),
+//             t2u (2 loads, u8 fields, plus the y row sums: one 16-byte load and 4 dp4a per 64
+//             rows, as LB_DW_T2U)
+//   sync      a __syncthreads every `sync` chunks (the kernel: every chunk at 128 rows,
+//             every 2 at 64 rows), 0 for none
+
+#define LB_WGMMA 1
+#include "../../cuda/common.cuh"
+#include "../../cuda/mma.cuh"
+
+enum Frags { CONST = 0, I8X4 = 1, T2 = 2, T2U = 3 };
+
+constexpr int LDW = 264;               // weight tile row, words (the kernel's LB_DW_LDW)
+constexpr int B_OFF = 0;               // y tile: N rows x 128 bytes (swizzled atoms)
+constexpr int A_OFF = 32768;           // SS: 64 x 128 bytes per warpgroup
+constexpr int W_OFF = 65536;           // weight tile: 32 rows x LDW words (+ slack)
+constexpr int SMEM = W_OFF + 34 * LDW * 4 + 1024;
+
+template <int N, bool SS, int F, int SYNC>
+__global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long long* cycles) {
+    extern __shared__ __align__(1024) unsigned char raw[];
+    unsigned char* sm = raw + ((1024u - (lb_smem(raw) & 1023u)) & 1023u);
+    const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
+    const int g = lane >> 2, t = lane & 3;
+    for (int i = tid; i < (SMEM - 1024) / 4; i += blockDim.x)
+        ((u32*)sm)[i] = (u32)i * 2654435761u & 0x3f3f3f3fu;  // small bytes: no overflow
+    lb_fence_async_smem();
+    __syncthreads();
+
+    constexpr int RH = N / 64;
+    const int ck = tid & 7, r0 = tid >> 3;
+    const int s_off = B_OFF + r0 * 128 + ((ck ^ (r0 & 7)) << 4);
+    const int frag = t * LDW + 64 * wg + 16 * warp + 2 * g;
+    const u32* W = (const u32*)(sm + W_OFF);
+    const u64 db = lb_wg_desc(sm + B_OFF);
+    const u64 da = lb_wg_desc(sm + A_OFF + wg * 8192);
+    int d[N / 2];
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) d[i] = 0;
+    int ysum[RH];
+#pragma unroll
+    for (int rr = 0; rr < RH; ++rr) ysum[rr] = 0;
+
+    auto fill = [&](int it, u32(&r)[16]) {
+        const u32* ws = W + frag + 2 * (it & 1);  // moves with `it`: the loads stay in the loop
+        if (F == I8X4) {
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const uint2 v = *(const uint2*)(ws + 4 * i * LDW);
+                r[2 * i] = v.x;
+                r[2 * i + 1] = v.y;
+            }
+        } else if (F == T2 || F == T2U) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const uint2 v = *(const uint2*)(ws + 4 * h * LDW);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    r[2 * (4 * h + j)] = F == T2U ? lb_t2_field(v.x, j) : lb_t2_expand(v.x, j);
+                    r[2 * (4 * h + j) + 1] = F == T2U ? lb_t2_field(v.y, j) : lb_t2_expand(v.y, j);
+                }
+            }
+            if (F == T2U) {
+#pragma unroll
+                for (int rr = 0; rr < RH; ++rr) {
+                    const uint4 y = *(const uint4*)(sm + s_off + rr * 8192 + 16 * (it & 1));
+                    ysum[rr] = dot4<false>(y.x, 0x01010101u, ysum[rr]);
+                    ysum[rr] = dot4<false>(y.y, 0x01010101u, ysum[rr]);
+                    ysum[rr] = dot4<false>(y.z, 0x01010101u, ysum[rr]);
+                    ysum[rr] = dot4<false>(y.w, 0x01010101u, ysum[rr]);
+                }
+            }
+        }
+    };
+    auto chunk = [&](int it, u32(&r)[16]) {
+        if (SYNC > 0 && it % SYNC == 0) __syncthreads();
+        fill(it, r);
+        lb_wg_fence();
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+            if constexpr (SS) {
+                static_assert(N == 128, "SS: n128 only");
+                lb_wgmma<false>(d, da + 2 * s, db + 2 * s, 1);
+            } else {
+                lb_wgmma_rs<false, N, F == T2U>(d, r[4 * s], r[4 * s + 1], r[4 * s + 2],
+                                                r[4 * s + 3], db + 2 * s, 1);
+            }
+        }
+        lb_wg_commit();
+        lb_wg_wait<1>();
+    };
+    u32 a0[16], a1[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+        a0[i] = 0x01ff0101u * (i + 1);
+        a1[i] = 0x0101ff01u * (i + 1);
+    }
+    const long long c0 = clock64();
+    for (int it = 0; it < iters; it += 2) {
+        chunk(it, a0);
+        chunk(it + 1, a1);
+    }
+    lb_wg_wait<0>();
+    const long long c1 = clock64();
+    int s = 0;
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) s += d[i];
+#pragma unroll
+    for (int rr = 0; rr < RH; ++rr) s += ysum[rr];
+    if (s == 0x7fffffff) sink[0] = s;  // keeps every accumulator live
+    if (tid == 0) cycles[blockIdx.x] = c1 - c0;
+}
+
+#ifndef __CUDACC_RTC__
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#define CK(x)                                                                       \
+    do {                                                                            \
+        cudaError_t e_ = (x);                                                       \
+        if (e_ != cudaSuccess) {                                                    \
+            std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
+            std::exit(1);                                                           \
+        }                                                                           \
+    } while (0)
+
+template <int N, bool SS, int F, int SYNC>
+void run(const char* name, int wgs, int sms, int* sink, long long* cycles) {
+    auto k = wg_rate<N, SS, F, SYNC>;
+    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
+    const int iters = 4096;
+    k<<<sms, 128 * wgs, SMEM>>>(64, sink, cycles);  // warm-up
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> ms;
+    for (int rep = 0; rep < 5; ++rep) {
+        CK(cudaEventRecord(e0));
+        k<<<sms, 128 * wgs, SMEM>>>(iters, sink, cycles);
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float t = 0;
+        CK(cudaEventElapsedTime(&t, e0, e1));
+        ms.push_back(t);
+    }
+    std::sort(ms.begin(), ms.end());
+    std::vector<long long> cyc(sms);
+    CK(cudaMemcpy(cyc.data(), cycles, sms * sizeof(long long), cudaMemcpyDeviceToHost));
+    std::sort(cyc.begin(), cyc.end());
+    const double ops = 2.0 * 64 * N * 128 * wgs * (double)iters * sms;  // 128 k per chunk
+    const double tops = ops / (ms[2] * 1e-3) / 1e12;
+    const double cpc = (double)cyc[sms / 2] / iters;  // SM cycles per chunk (median SM)
+    const double floor_cpc = 64.0 * N * 128 * wgs / 4096.0;  // 4096 int8 MAC per SM cycle
+    std::printf("%-44s %2d wg  %7.3f ms  %6.0f TOPS  %7.1f cycles/chunk (dense floor %5.0f, %4.0f%%)\n",
+                name, wgs, ms[2], tops, cpc, floor_cpc, 100.0 * floor_cpc / cpc);
+}
+
+int main() {
+    int dev = 0, sms = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, dev));
+    std::printf("%s, %d SMs\n", prop.name, sms);
+    int* sink;
+    long long* cycles;
+    CK(cudaMalloc(&sink, 4));
+    CK(cudaMalloc(&cycles, sms * sizeof(long long)));
+    run<128, true, CONST, 0>("SS n128 (A and B from smem)", 4, sms, sink, cycles);
+    run<128, true, CONST, 0>("SS n128", 2, sms, sink, cycles);
+    run<128, false, CONST, 0>("RS n128, A registers fixed", 4, sms, sink, cycles);
+    run<128, false, CONST, 1>("RS n128, fixed, sync every chunk", 4, sms, sink, cycles);
+    run<128, false, I8X4, 1>("RS n128, i8x4 frags, sync every chunk", 4, sms, sink, cycles);
+    run<128, false, T2, 1>("RS n128, t2 expanded, sync every chunk", 4, sms, sink, cycles);
+    run<128, false, T2U, 1>("RS n128, t2 u8 fields + row sums, sync", 4, sms, sink, cycles);
+    run<64, false, CONST, 0>("RS n64, A registers fixed", 4, sms, sink, cycles);
+    run<64, false, T2, 2>("RS n64, t2 expanded, sync every 2", 4, sms, sink, cycles);
+    run<64, false, T2U, 2>("RS n64, t2 u8 fields + row sums, sync 2", 4, sms, sink, cycles);
+    run<64, false, T2, 0>("RS n64, t2 expanded, no sync", 4, sms, sink, cycles);
+    return 0;
+}
+#endif
