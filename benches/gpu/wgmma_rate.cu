@@ -142,10 +142,10 @@ __global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long lon
 
 template <int N, bool SS, int F, int SYNC>
 void run(const char* name, int wgs, int sms, int* sink, long long* cycles) {
-    auto k = wg_rate<N, SS, F, SYNC>;
-    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
+    CK(cudaFuncSetAttribute(wg_rate<N, SS, F, SYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            SMEM));
     const int iters = 4096;
-    k<<<sms, 128 * wgs, SMEM>>>(64, sink, cycles);  // warm-up
+    wg_rate<N, SS, F, SYNC><<<sms, 128 * wgs, SMEM>>>(64, sink, cycles);  // warm-up
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     cudaEvent_t e0, e1;
@@ -154,7 +154,7 @@ void run(const char* name, int wgs, int sms, int* sink, long long* cycles) {
     std::vector<float> ms;
     for (int rep = 0; rep < 5; ++rep) {
         CK(cudaEventRecord(e0));
-        k<<<sms, 128 * wgs, SMEM>>>(iters, sink, cycles);
+        wg_rate<N, SS, F, SYNC><<<sms, 128 * wgs, SMEM>>>(iters, sink, cycles);
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         float t = 0;
