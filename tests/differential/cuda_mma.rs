@@ -585,9 +585,9 @@ fn decoder_t2_fields() {
 }
 
 /// `decoder_wgmma`'s narrow split partials (ternary2 weights by default, as u8 fields too,
-/// i8x4 ones with `NarrowPartials::All`) where some split sums do not fit an i16: rows of codes at +127,
-/// -64 and -127 against columns of weights all +1 or all -1, between random rows and
-/// columns, so that one tile holds sums that fit, sums past ±32767 and sums of exactly
+/// i8x4 ones with `NarrowPartials::All`) where some split sums do not fit an i16: rows of
+/// codes at +127, -64 and -127 against columns of weights all +1 or all -1, between random
+/// rows and columns, so that one tile holds sums that fit, sums past ±32767 and sums of exactly
 /// -32768 (4 chunks of -64 · 128: the marker's own value), all sent through the wide array.
 /// Packed and code input, every epilogue on D = 301 (partials stored element-wise); bit for
 /// bit against the reference.
