@@ -207,7 +207,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #pragma unroll
                 for (int c = 0; c < 4; ++c) {
                     v[c] += (short)(h[c] & 0xffffu);
-                    marked |= (h[c] & 0xffffu) == 0x8000u;
+                    marked |= lb_p16_marked(h[c]);
                 }
             }
             if (marked) {  // sums past an i16: the marker's -32768 out, the i32 in
@@ -216,8 +216,8 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
                     const u32 h[4] = {q[j].x, q[j].x >> 16, q[j].y, q[j].y >> 16};
 #pragma unroll
                     for (int c = 0; c < 4; ++c)
-                        if ((h[c] & 0xffffu) == 0x8000u)
-                            v[c] += __ldcs(wide + (z0 + j) * total + i + c) + 32768;
+                        if (lb_p16_marked(h[c]))
+                            v[c] += __ldcs(wide + (z0 + j) * total + i + c) - LB_P16_WIDE;
                 }
             }
         }
@@ -501,20 +501,15 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
                 const uint2 v = *(const uint2*)(ws + 4 * h * LB_DW_LDW);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    cur[2 * (4 * h + j)] = LB_DW_T2U ? lb_t2_field(v.x, j) : lb_t2_expand(v.x, j);
-                    cur[2 * (4 * h + j) + 1] =
-                        LB_DW_T2U ? lb_t2_field(v.y, j) : lb_t2_expand(v.y, j);
+                    cur[2 * (4 * h + j)] = lb_t2_areg<LB_DW_T2U != 0>(v.x, j);
+                    cur[2 * (4 * h + j) + 1] = lb_t2_areg<LB_DW_T2U != 0>(v.y, j);
                 }
             }
             if (LB_DW_T2U) {
 #pragma unroll
-                for (int rr = 0; rr < LB_DW_RH; ++rr) {
-                    const uint4 y = *(const uint4*)(ring + off + s_off + rr * 64 * 128);
-                    ysum[rr] = dot4<UNS>(y.x, 0x01010101u, ysum[rr]);
-                    ysum[rr] = dot4<UNS>(y.y, 0x01010101u, ysum[rr]);
-                    ysum[rr] = dot4<UNS>(y.z, 0x01010101u, ysum[rr]);
-                    ysum[rr] = dot4<UNS>(y.w, 0x01010101u, ysum[rr]);
-                }
+                for (int rr = 0; rr < LB_DW_RH; ++rr)
+                    ysum[rr] = lb_sum16<UNS>(*(const uint4*)(ring + off + s_off + rr * 64 * 128),
+                                             ysum[rr]);
             }
         } else {
 #pragma unroll

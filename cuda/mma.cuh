@@ -263,7 +263,11 @@ __device__ __forceinline__ unsigned lb_p16(int v) {
 __device__ __forceinline__ int* lb_p16_wide(int* partial, long long count) {
     return (int*)((char*)partial + ((count * 2 + 15) & ~15LL));
 }
-// Split z's sum at element e from its i16 field h.
+// Does the i16 field h (the low 16 bits) hold the marker (the sum is in the wide array)?
+__device__ __forceinline__ bool lb_p16_marked(unsigned h) { return (h & 0xffffu) == 0x8000u; }
+// Split z's sum at element e from its i16 field h. (The marker test on the sign-extended
+// field, as measured on the card; written through lb_p16_marked, ptxas schedules the
+// reduction differently.)
 __device__ __forceinline__ int lb_p16_get(unsigned h, const int* wide, long long e) {
     const int s = (short)(h & 0xffffu);
     return s == LB_P16_WIDE ? __ldcs(wide + e) : s;
@@ -303,6 +307,20 @@ __device__ __forceinline__ u32 lb_t2_field(u32 x, int j) { return (x >> (2 * j))
 // i8x4 word of slot j of a t2 word: per byte ((field + 0x7f) ^ 0x80) = field - 1, no carries.
 __device__ __forceinline__ u32 lb_t2_expand(u32 x, int j) {
     return (lb_t2_field(x, j) + 0x7f7f7f7fu) ^ 0x80808080u;
+}
+// The tensor-core A register of slot j of a t2 word: its i8x4 weights, or with FIELDS their
+// u8 fields w + 1 (the caller then subtracts the sums of the other operand, lb_sum16).
+template <bool FIELDS>
+__device__ __forceinline__ u32 lb_t2_areg(u32 x, int j) {
+    return FIELDS ? lb_t2_field(x, j) : lb_t2_expand(x, j);
+}
+// acc plus the sum of the 16 bytes of y (s8 lanes, u8 when UNS): dp4a by ones.
+template <bool UNS>
+__device__ __forceinline__ int lb_sum16(uint4 y, int acc) {
+    acc = dot4<UNS>(y.x, 0x01010101u, acc);
+    acc = dot4<UNS>(y.y, 0x01010101u, acc);
+    acc = dot4<UNS>(y.z, 0x01010101u, acc);
+    return dot4<UNS>(y.w, 0x01010101u, acc);
 }
 
 // ---- warpgroup mma (sm_90a; modules compiled with LB_WGMMA) --------------------------------

@@ -70,19 +70,15 @@ __global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long lon
                 const uint2 v = *(const uint2*)(ws + 4 * h * LDW);
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    r[2 * (4 * h + j)] = F == T2U ? lb_t2_field(v.x, j) : lb_t2_expand(v.x, j);
-                    r[2 * (4 * h + j) + 1] = F == T2U ? lb_t2_field(v.y, j) : lb_t2_expand(v.y, j);
+                    r[2 * (4 * h + j)] = lb_t2_areg<F == T2U>(v.x, j);
+                    r[2 * (4 * h + j) + 1] = lb_t2_areg<F == T2U>(v.y, j);
                 }
             }
             if (F == T2U) {
 #pragma unroll
-                for (int rr = 0; rr < RH; ++rr) {
-                    const uint4 y = *(const uint4*)(sm + s_off + rr * 8192 + 16 * (it & 1));
-                    ysum[rr] = dot4<false>(y.x, 0x01010101u, ysum[rr]);
-                    ysum[rr] = dot4<false>(y.y, 0x01010101u, ysum[rr]);
-                    ysum[rr] = dot4<false>(y.z, 0x01010101u, ysum[rr]);
-                    ysum[rr] = dot4<false>(y.w, 0x01010101u, ysum[rr]);
-                }
+                for (int rr = 0; rr < RH; ++rr)
+                    ysum[rr] = lb_sum16<false>(
+                        *(const uint4*)(sm + s_off + rr * 8192 + 16 * (it & 1)), ysum[rr]);
             }
         }
     };
