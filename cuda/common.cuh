@@ -243,26 +243,27 @@ __device__ __forceinline__ void lb_prefetch_l2(const void* p) {
 }
 
 // ---- timeline stamps (diagnostics only) ---------------------------------------------------
-// Compiled in only with LB_TRACE (LOWBIT_CUDA_TRACE=1): thread 0 of each block writes
-// %globaltimer at a kernel's stage `slot` (0 entry .. 6) into lb_trace[block * 8 + slot], and
-// its SM + 1 into slot 7 at entry; the host reads them back (CudaDevice::take_traces).
+// Compiled in only with LB_TRACE = the stamps per block (LOWBIT_CUDA_TRACE=1; TRACE_SLOTS in
+// device.rs): thread 0 of each block writes %globaltimer at a kernel's stage `slot` into
+// lb_trace[block * LB_TRACE + slot], and its SM + 1 into the last slot at entry; the host
+// reads them back (CudaDevice::take_traces).
 // Stages: 0 entry, 3 exit; 1 decoder_wgmma's first chunk in smem, the PDL wait passed
 // (decoder_mma_reduce, lowrank_wgmma), mma_prep_scale_a's grid barrier passed; 2
 // decoder_wgmma's mainloop done.
 #ifdef LB_TRACE
 #define LB_TRACE_BLOCKS 4096
-__device__ unsigned long long lb_trace[LB_TRACE_BLOCKS * 8];
+__device__ unsigned long long lb_trace[LB_TRACE_BLOCKS * LB_TRACE];
 __device__ __forceinline__ void lb_trace_at(int slot) {
     if (threadIdx.x != 0) return;
     const unsigned b = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
     if (b >= LB_TRACE_BLOCKS) return;
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
-    lb_trace[b * 8 + slot] = t;
+    lb_trace[b * LB_TRACE + slot] = t;
     if (slot == 0) {
         unsigned sm;
         asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-        lb_trace[b * 8 + 7] = sm + 1;
+        lb_trace[b * LB_TRACE + LB_TRACE - 1] = sm + 1;
     }
 }
 #else

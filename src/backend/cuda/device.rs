@@ -160,9 +160,10 @@ pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 /// only, off by default): see [`CudaDevice::take_traces`].
 pub const TRACE_ENV: &str = "LOWBIT_CUDA_TRACE";
 
-/// Stamps per block in a kernel's timeline (`lb_trace` in `cuda/common.cuh`): slots 0..7 are
-/// `%globaltimer` nanoseconds at the kernel's stages (0 entry; 0 where a stage was not
-/// reached), slot 7 the block's SM + 1 (0: the block did not run).
+/// Stamps per block in a kernel's timeline (`lb_trace` in `cuda/common.cuh`, which gets it
+/// as `LB_TRACE`): the first `TRACE_SLOTS - 1` are `%globaltimer` nanoseconds at the kernel's
+/// stages (slot 0 entry; 0 where a stage was not reached), the last the block's SM + 1 (0:
+/// the block did not run).
 pub const TRACE_SLOTS: usize = 8;
 
 /// Environment variable that sets [`Pdl`] on devices that support it: `0` off, `1` (the
@@ -529,7 +530,7 @@ impl CudaDevice {
         mut defines: Vec<(String, String)>,
     ) -> Result<CudaFunction> {
         if self.trace {
-            defines.push(("LB_TRACE".into(), "1".into()));
+            defines.push(("LB_TRACE".into(), TRACE_SLOTS.to_string()));
         }
         let key = ModuleKey {
             stem: id.stem(),
@@ -576,31 +577,29 @@ impl CudaDevice {
     /// Timeline stamps of the latest launch of every kernel compiled so far, when this device
     /// was opened with `LOWBIT_CUDA_TRACE=1` (else none): per loaded module, its description
     /// and `TRACE_SLOTS` stamps per block (see [`TRACE_SLOTS`]), then zeroed for the next
-    /// launch. Synchronises the stream. Diagnostics only: the stamps cost a few instructions.
+    /// launch. Waits for the stream (as [`CudaDevice::download`]). Diagnostics only: the
+    /// stamps cost a few instructions.
     pub fn take_traces(&self) -> Result<Vec<(String, Vec<u64>)>> {
         if !self.trace {
             return Ok(Vec::new());
         }
-        self.stream
-            .synchronize()
-            .map_err(drv("cuStreamSynchronize".to_string()))?;
         let cache = lock(&self.cache);
         let mut out = Vec::new();
         for (key, module) in &cache.modules {
             let Ok(mut sym) = module.get_global("lb_trace", &self.stream) else {
                 continue;
             };
-            let n = sym.len() / 8;
-            let mut words = vec![0u64; n];
             // SAFETY: lb_trace is an array of u64 of sym.len() bytes.
-            let mut view =
-                unsafe { sym.transmute_mut::<u64>(n) }.ok_or_else(|| LowbitError::Driver {
+            let mut view = unsafe { sym.transmute_mut::<u64>(sym.len() / 8) }.ok_or_else(|| {
+                LowbitError::Driver {
                     backend: BackendKind::Cuda,
                     context: "lb_trace".into(),
                     message: "symbol size not a multiple of 8".into(),
-                })?;
-            self.stream
-                .memcpy_dtoh(&view, &mut words)
+                }
+            })?;
+            let words = self
+                .stream
+                .clone_dtoh(&view)
                 .map_err(drv("lb_trace read".to_string()))?;
             self.stream
                 .memset_zeros(&mut view)
@@ -609,9 +608,6 @@ impl CudaDevice {
                 out.push((compile::describe(key.stem, &key.defines), words));
             }
         }
-        self.stream
-            .synchronize()
-            .map_err(drv("cuStreamSynchronize".to_string()))?;
         Ok(out)
     }
 

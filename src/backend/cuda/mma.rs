@@ -202,13 +202,6 @@ pub enum NarrowPartials {
 
 pub const NARROW_PARTIALS_ENV: &str = "LOWBIT_CUDA_NARROW_PARTIALS";
 
-/// `decoder_wgmma` with ternary2 weights: `1` feeds the tensor cores each weight's u8 field
-/// w + 1 (two instructions per A register instead of four) and subtracts the y row sums,
-/// which each thread adds up by dp4a from the y bytes it loaded (`LB_DW_T2U`); `0` or unset
-/// (the default) expands the fields to i8 weights. The same bits either way. Not yet
-/// measured on a card, hence off.
-pub const T2_FIELDS_ENV: &str = "LOWBIT_CUDA_T2_FIELDS";
-
 impl NarrowPartials {
     /// [`NARROW_PARTIALS_ENV`]'s value: unset or empty for [`NarrowPartials::Ternary2`].
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
@@ -229,6 +222,13 @@ impl NarrowPartials {
         }
     }
 }
+
+/// `decoder_wgmma` with ternary2 weights: `1` feeds the tensor cores each weight's u8 field
+/// w + 1 (two instructions per A register instead of four) and subtracts the y row sums,
+/// which each thread adds up by dp4a from the y bytes it loaded (`LB_DW_T2U`); `0` or unset
+/// (the default) expands the fields to i8 weights. The same bits either way. Not yet
+/// measured on a card, hence off.
+pub const T2_FIELDS_ENV: &str = "LOWBIT_CUDA_T2_FIELDS";
 
 /// i32 words of `count` split partials: i32s, or narrow ones (i16s, then at the next 16-byte
 /// boundary the i32s of the sums that do not fit; `lb_p16_wide`).
@@ -272,9 +272,9 @@ pub fn decoder_zcluster(max: usize, splits: usize) -> usize {
 }
 
 /// Defines of `decoder_wgmma` with `bm` rows per CTA and clusters of `zc` splits summed
-/// through distributed shared memory, on i8x4 or ternary2 (`t2`) weights, its split partials
-/// narrow (`p16`, [`NarrowPartials`]; only without clusters) or i32 (`LB_WGMMA` makes its
-/// target `sm_90a`).
+/// through distributed shared memory, on i8x4 or ternary2 (`t2`) weights (these as u8
+/// fields with `t2_fields`, [`T2_FIELDS_ENV`]), its split partials narrow (`p16`,
+/// [`NarrowPartials`]; only without clusters) or i32 (`LB_WGMMA` makes its target `sm_90a`).
 pub fn dec_wgmma_defines(
     uns: bool,
     zc: usize,

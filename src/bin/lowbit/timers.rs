@@ -626,7 +626,7 @@ mod cuda {
             .iter()
             .flat_map(|(_, w)| {
                 w.chunks_exact(TRACE_SLOTS)
-                    .filter(|b| b[7] != 0)
+                    .filter(|b| b[TRACE_SLOTS - 1] != 0)
                     .map(|b| b[0])
             })
             .min();
@@ -636,9 +636,9 @@ mod cuda {
         for (name, words) in &traces {
             let blocks: Vec<&[u64]> = words
                 .chunks_exact(TRACE_SLOTS)
-                .filter(|b| b[7] != 0)
+                .filter(|b| b[TRACE_SLOTS - 1] != 0)
                 .collect();
-            let mut sms: Vec<u64> = blocks.iter().map(|b| b[7]).collect();
+            let mut sms: Vec<u64> = blocks.iter().map(|b| b[TRACE_SLOTS - 1]).collect();
             sms.sort_unstable();
             sms.dedup();
             let mut line = format!("  {name}: {} blocks on {} SMs;", blocks.len(), sms.len());
