@@ -99,11 +99,13 @@ __global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long lon
         lb_wg_commit();
         lb_wg_wait<1>();
     };
+    // Loaded, not constants: constant A operands are rematerialized into scratch registers
+    // per wgmma, and ptxas then serializes the wgmmas (C7512).
     u32 a0[16], a1[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) {
-        a0[i] = 0x01ff0101u * (i + 1);
-        a1[i] = 0x0101ff01u * (i + 1);
+        a0[i] = W[frag + i * LDW];
+        a1[i] = W[frag + 1 + i * LDW];
     }
     const long long c0 = clock64();
     for (int it = 0; it < iters; it += 2) {
@@ -191,6 +193,8 @@ int main() {
     run<64, false, T2, 2>("RS n64, t2 expanded, sync every 2", 4, sms, sink, cycles);
     run<64, false, T2U, 2>("RS n64, t2 u8 fields + row sums, sync 2", 4, sms, sink, cycles);
     run<64, false, T2, 0>("RS n64, t2 expanded, no sync", 4, sms, sink, cycles);
+    run<128, false, I8X4, 0>("RS n128, i8x4 frags, no sync", 4, sms, sink, cycles);
+    run<128, false, T2, 0>("RS n128, t2 expanded, no sync", 4, sms, sink, cycles);
     return 0;
 }
 #endif
