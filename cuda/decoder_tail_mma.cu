@@ -322,6 +322,17 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #if LB_DW_T2U && !LB_DW_T2
 #error "decoder_wgmma: LB_DW_T2U needs LB_DW_T2"
 #endif
+// LB_DW_MBAR: ring slots are handed over by mbarriers instead of a block barrier per slot:
+// warps publish a slot load (full[s]) two slots before it is needed and release a slot
+// (empty[s]) one slot after its wgmmas are done, so warps may drift a slot apart and none
+// waits for the slowest at every slot. Loads are issued S - 2 slots ahead, published S - 4
+// slots after their issue.
+#ifndef LB_DW_MBAR
+#define LB_DW_MBAR 0
+#endif
+#if LB_DW_MBAR && LB_DW_STAGES < 6
+#error "decoder_wgmma: LB_DW_MBAR needs LB_DW_STAGES >= 6"
+#endif
 #define LB_DW_ACC_LD (LB_DW_BN + 8)  // accumulator tile rows in smem (Z mode), in ints
 #define LB_DW_LDW (LB_DW_BN + 8)
 #define LB_DW_YBYTES (LB_DW_BM * 128)
@@ -466,6 +477,26 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         lb_commit();
     };
 
+#if LB_DW_MBAR
+    // Slot s: full[s] completes a phase when all 16 warps published its load, empty[s] when
+    // all 16 released it (lane 0 of each warp arrives after __syncwarp).
+    __shared__ __align__(8) u64 mb_full[S], mb_empty[S];
+    if (tid < S) {
+        lb_mbar_init(&mb_full[tid], LB_DW_THREADS / 32);
+        lb_mbar_init(&mb_empty[tid], LB_DW_THREADS / 32);
+    }
+    __syncthreads();
+    auto warp_arrive = [&](u64* bar) {
+        __syncwarp();
+        if (lane == 0) lb_mbar_arrive(bar);
+    };
+    // Slot load c, whose copies by this thread have landed (the caller waited for its
+    // group): made visible to wgmma, then published.
+    auto publish = [&](int c) {
+        lb_fence_async_smem();
+        warp_arrive(&mb_full[c % S]);
+    };
+#endif
 #pragma unroll
     for (int c = 0; c < S - 2; ++c) load(c);
 
@@ -478,6 +509,7 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     const int dcol = 64 * wg + 16 * warp + 2 * g;
     const int dc = n0 + dcol;
     const int frag = t * LB_DW_LDW + dcol;
+#if !LB_DW_MBAR
     // Slot load c: its slot landed and is visible to wgmma; every warpgroup is past the
     // wgmma of slot c - 2's chunks (wait_group 1 below), so slot (c - 2) % S takes load
     // c + S - 2.
@@ -487,6 +519,7 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         __syncthreads();
         load(c + S - 2);
     };
+#endif
     // LB_DW_T2U: this thread's sums of the y bytes it loads, rows r0 + 64 rr.
     int ysum[LB_DW_RH];
 #pragma unroll
@@ -523,6 +556,40 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         lb_wg_wait<1>();  // the previous chunk's wgmma done
     };
     u32 w0[16], w1[16];
+#if LB_DW_MBAR
+    const int nl = (units + LB_DW_PL - 1) / LB_DW_PL;  // slot loads that hold chunks
+    lb_wait<S - 3>();  // (groups committed: loads 0 .. S - 3)
+    publish(0);
+    // Chunk u; at the first chunk of slot load c, once load c is published by every warp:
+    // after its first step (chunk u - 1's wgmma done, so slot load c - 1's), release load
+    // c - 1; refill slot (c - 2) % S, released by every warp one slot ago, with load
+    // c + S - 2; publish load c + 2 (and at c = 0 load 1).
+    auto chunk = [&](int u, u32(&cur)[16]) {
+        const int c = u / LB_DW_PL;
+        const bool first = u % LB_DW_PL == 0;
+        if (first) lb_mbar_wait(&mb_full[c % S], (c / S) & 1);
+        if (u == 0) lb_trace_at(1);
+        step(u, cur);
+        if (!first) return;
+        if (c >= 1) warp_arrive(&mb_empty[(c - 1) % S]);
+        const int j = c + S - 2;
+        if (j >= S && j < nl) lb_mbar_wait(&mb_empty[j % S], (j / S - 1) & 1);
+        load(j);
+        if (c == 0 && nl > 1) {
+            lb_wait<S - 3>();  // (loads 0 .. S - 2 committed)
+            publish(1);
+        }
+        if (c + 2 < nl) {
+            lb_wait<S - 4>();
+            publish(c + 2);
+        }
+    };
+    for (int u = 0; u < units; u += 2) {  // (a path from w0's step to w0's would serialize)
+        chunk(u, w0);
+        if (u + 1 == units) break;
+        chunk(u + 1, w1);
+    }
+#else
     for (int u = 0; u < units; u += 2) {  // (a path from w0's step to w0's would serialize)
         sync(u / LB_DW_PL);
         if (u == 0) lb_trace_at(1);
@@ -531,6 +598,7 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
         if (LB_DW_PL == 1) sync(u + 1);
         step(u + 1, w1);
     }
+#endif
     lb_wg_wait<0>();
     lb_wait<0>();
     lb_trace_at(2);

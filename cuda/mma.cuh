@@ -345,6 +345,29 @@ __device__ __forceinline__ void lb_wg_wait() {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
 }
 
+// mbarriers in shared memory (CTA scope): init with the arrivals a phase takes; arrive
+// (release); wait until the phase of `parity` has completed (acquire).
+__device__ __forceinline__ void lb_mbar_init(u64* bar, unsigned arrivals) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(lb_smem(bar)), "r"(arrivals)
+                 : "memory");
+}
+__device__ __forceinline__ void lb_mbar_arrive(u64* bar) {
+    asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(lb_smem(bar))
+                 : "memory");
+}
+__device__ __forceinline__ void lb_mbar_wait(u64* bar, unsigned parity) {
+    unsigned done;
+    do {
+        asm volatile(
+            "{\n .reg .pred p;\n"
+            " mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [%1], %2;\n"
+            " selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(lb_smem(bar)), "r"(parity)
+            : "memory");
+    } while (!done);
+}
+
 #define LB_R4(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3])
 #define LB_R16(i) LB_R4(i), LB_R4(i + 4), LB_R4(i + 8), LB_R4(i + 12)
 #define LB_R64(i) LB_R16(i), LB_R16(i + 16), LB_R16(i + 32), LB_R16(i + 48)

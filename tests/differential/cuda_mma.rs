@@ -554,32 +554,87 @@ fn ternary2_decoder_on_wgmma() {
 }
 
 /// `decoder_wgmma` with ternary2 weights fed to the tensor cores as u8 fields w + 1, the y
-/// row sums subtracted after the mainloop (`CudaDevice::with_t2_fields`): the shapes of
-/// `ternary2_decoder_on_wgmma` (64-row tiles with narrow partials, two column tiles with odd
-/// L < Lart, one split of 128-row tiles, a D not a multiple of 4, a 2-split cluster), every
-/// input variant (uint8pos codes: unsigned y, whose row sums are unsigned), every epilogue
-/// and the edge data, bit for bit against the reference.
+/// row sums subtracted after the mainloop (`CudaDevice::with_t2_fields`): [`t2_option_cases`].
 #[test]
 fn decoder_t2_fields() {
+    t2_option_cases("t2 fields", "LB_DW_T2U=1", 161, |d| d.with_t2_fields(true));
+}
+
+/// `decoder_wgmma` with ternary2 weights on an mbarrier ring (`CudaDevice::with_mbarrier_ring`,
+/// one chunk per slot, 13 slots at 64 rows, 8 at 128): [`t2_option_cases`], then with u8
+/// fields too, then single splits whose rings wrap around several times (32 and 64 k chunks
+/// per CTA on 64- and 128-row tiles).
+#[test]
+fn decoder_mbarrier_ring() {
+    use crate::WeightKind::Ternary;
+    t2_option_cases("mbarrier ring", "LB_DW_MBAR=1", 171, |d| {
+        d.with_mbarrier_ring(true)
+    });
+    if t2_backend().and_then(with_wgmma).is_none() {
+        return;
+    }
+    let both = tuned_backend("mbarrier ring, t2 fields", true, |d| {
+        Ok(d.with_mbarrier_ring(true).with_t2_fields(true))
+    });
+    run_on_mma(both, "LB_DW_T2U=1 LB_DW_MBAR=1", |ctx| {
+        let ops = [t2_decoder_shapes()[0], t2_decoder_shapes()[3]];
+        crate::large_cases(
+            ctx,
+            "wgmma decoder_tail, mbarrier ring, t2 fields",
+            &ops,
+            174,
+        );
+    });
+    for rows in [64, 128] {
+        let what = format!("mbarrier ring, one split, {rows} rows");
+        let b = tuned_backend(&what, true, |d| {
+            d.with_mbarrier_ring(true)
+                .with_decoder_rows(rows)?
+                .with_decoder_splits(1)
+        });
+        run_on_mma(b, "LB_DW_MBAR=1", |ctx| {
+            // 4 heads of 16 k chunks: 64 chunks per CTA; 2 heads of 16 (the last partial): 32
+            let ops = [
+                dec([1, 4, 130, 2048], [4 * 2048, 256]),
+                dec([1, 2, 70, 2000], [2 * 2048, 301]),
+            ];
+            crate::large_cases(ctx, &what, &ops, 175);
+            crate::edge_cases_with(ctx, &what, &ops[1..], 176, Ternary);
+        });
+    }
+}
+
+/// The ternary2 options of `decoder_wgmma` (`tune` switches one on; `needle` names its
+/// define): the shapes of `ternary2_decoder_on_wgmma` (64-row tiles with narrow partials,
+/// two column tiles with odd L < Lart, one split of 128-row tiles, a D not a multiple of 4)
+/// and a 2-split cluster, every input variant (uint8pos codes: unsigned y, whose row sums are
+/// unsigned), every epilogue and the edge data, bit for bit against the reference; modules
+/// with `needle` must have run on 64- and 128-row tiles and in a cluster.
+fn t2_option_cases(
+    what: &str,
+    needle: &'static str,
+    seed: u64,
+    tune: fn(CudaDevice) -> CudaDevice,
+) {
     use crate::WeightKind::Ternary;
     if t2_backend().and_then(with_wgmma).is_none() {
         return;
     }
-    let b = tuned_backend("t2 fields", true, |d| Ok(d.with_t2_fields(true)));
-    run_on_mma(b, "LB_DW_T2U=1", |ctx| {
+    let b = tuned_backend(what, true, |d| Ok(tune(d)));
+    let name = format!("wgmma decoder_tail, ternary2, {what}");
+    run_on_mma(b, needle, |ctx| {
         let mut ops = t2_decoder_shapes().to_vec();
         ops.push(dec([1, 1, 6400, 512], [512, 256]));
-        let name = "wgmma decoder_tail, ternary2 as u8 fields";
-        crate::large_cases(ctx, name, &ops, 161);
-        crate::epilogue_cases_with(ctx, name, &ops[..2], 162, Ternary);
-        crate::edge_cases_with(ctx, name, &ops[3..4], 163, Ternary);
+        crate::large_cases(ctx, &name, &ops, seed);
+        crate::epilogue_cases_with(ctx, &name, &ops[..2], seed + 1, Ternary);
+        crate::edge_cases_with(ctx, &name, &ops[3..4], seed + 2, Ternary);
     });
     let logs = b.device().compile_logs();
-    for needle in ["LB_DW_BM=64", "LB_DW_BM=128", "LB_DW_ZC=2"] {
+    for tile in ["LB_DW_BM=64", "LB_DW_BM=128", "LB_DW_ZC=2"] {
         assert!(
             logs.iter()
-                .any(|(m, _)| m.contains(needle) && m.contains("LB_DW_T2U=1")),
-            "t2 fields: no {needle} module with LB_DW_T2U=1 ran"
+                .any(|(m, _)| m.contains(tile) && m.contains(needle)),
+            "{what}: no {tile} module with {needle} ran"
         );
     }
 }

@@ -231,11 +231,15 @@ pub struct CudaDevice {
     /// Which `decoder_wgmma` launches write narrow split partials
     /// (`mma::NARROW_PARTIALS_ENV`).
     pub(crate) narrow_partials: super::mma::NarrowPartials,
-    /// `decoder_wgmma` takes ternary2 weights as u8 fields w + 1 (`mma::T2_FIELDS_ENV`).
-    pub(crate) t2_fields: bool,
+    /// How `decoder_wgmma` takes ternary2 weights: as u8 fields w + 1
+    /// (`mma::T2_FIELDS_ENV`), through an mbarrier ring (`mma::MBARRIER_ENV`).
+    pub(crate) dw_opt: super::mma::DwOptions,
     /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`]; else
     /// chosen from the split count, `mma::decoder_rows`).
     pub(crate) dw_rows: Option<usize>,
+    /// The tensor-core decoders' K splits, when set ([`CudaDevice::with_decoder_splits`];
+    /// else `mma::decoder_splits`).
+    pub(crate) dw_splits: Option<usize>,
     /// `lowrank_wgmma`'s CTAs per column tile, when set ([`CudaDevice::with_lowrank_row_ctas`];
     /// else as many as fill the SMs).
     pub(crate) wg_row_ctas: Option<usize>,
@@ -379,8 +383,12 @@ impl CudaDevice {
             dw_zcluster,
             y_window_max,
             narrow_partials,
-            t2_fields: env_switch(super::mma::T2_FIELDS_ENV, false)?,
+            dw_opt: super::mma::DwOptions {
+                t2_fields: env_switch(super::mma::T2_FIELDS_ENV, false)?,
+                mbar: env_switch(super::mma::MBARRIER_ENV, false)?,
+            },
             dw_rows: None,
+            dw_splits: None,
             wg_row_ctas: None,
             pdl,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,

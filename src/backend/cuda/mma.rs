@@ -120,17 +120,31 @@ pub const fn dec_wgmma_slot(t2: bool, bm: usize) -> usize {
     (bm * 128 + wrows * (DEC_WGMMA_BN + 8) * 4).next_multiple_of(1024)
 }
 
-/// Chunks per ring slot of `decoder_wgmma` (one barrier per slot): 2 for 64-row tiles with
-/// ternary2 weights, else 1.
-pub const fn dec_wgmma_planes(t2: bool, bm: usize) -> usize {
-    if t2 && bm == DEC_WGMMA_BM_FEW { 2 } else { 1 }
+/// Is `decoder_wgmma`'s ring handed over by mbarriers ([`MBARRIER_ENV`]) for these weights?
+/// Only ternary2 rings have the slots for it (at least 6: loads go S − 2 slots ahead and are
+/// published two slots before use).
+pub const fn dec_wgmma_mbar(t2: bool, mbar: bool) -> bool {
+    t2 && mbar
 }
 
-/// Ring slots of `decoder_wgmma`.
-pub const fn dec_wgmma_stages(t2: bool, bm: usize) -> usize {
+/// Chunks per ring slot of `decoder_wgmma` (one barrier per slot): 2 for 64-row tiles with
+/// ternary2 weights under a block barrier, else 1 (an mbarrier ring, `mbar`, hands over
+/// single chunks).
+pub const fn dec_wgmma_planes(t2: bool, bm: usize, mbar: bool) -> usize {
+    if t2 && bm == DEC_WGMMA_BM_FEW && !dec_wgmma_mbar(t2, mbar) {
+        2
+    } else {
+        1
+    }
+}
+
+/// Ring slots of `decoder_wgmma`: at 64 rows as many as fit in `DEC_WGMMA_FEW_RING`, at most
+/// 8 (16 in an mbarrier ring).
+pub const fn dec_wgmma_stages(t2: bool, bm: usize, mbar: bool) -> usize {
     if bm == DEC_WGMMA_BM_FEW {
-        let slots = DEC_WGMMA_FEW_RING / (dec_wgmma_planes(t2, bm) * dec_wgmma_slot(t2, bm));
-        if slots < 8 { slots } else { 8 }
+        let slots = DEC_WGMMA_FEW_RING / (dec_wgmma_planes(t2, bm, mbar) * dec_wgmma_slot(t2, bm));
+        let most = if dec_wgmma_mbar(t2, mbar) { 16 } else { 8 };
+        if slots < most { slots } else { most }
     } else if t2 {
         DEC_WGMMA_T2_STAGES
     } else {
@@ -139,8 +153,8 @@ pub const fn dec_wgmma_stages(t2: bool, bm: usize) -> usize {
 }
 
 /// Dynamic smem of `decoder_wgmma`: the ring, with 1 KB to align the swizzled tiles.
-pub const fn dec_wgmma_smem(t2: bool, bm: usize) -> usize {
-    dec_wgmma_stages(t2, bm) * dec_wgmma_planes(t2, bm) * dec_wgmma_slot(t2, bm) + 1024
+pub const fn dec_wgmma_smem(t2: bool, bm: usize, mbar: bool) -> usize {
+    dec_wgmma_stages(t2, bm, mbar) * dec_wgmma_planes(t2, bm, mbar) * dec_wgmma_slot(t2, bm) + 1024
 }
 
 /// Rows per `decoder_wgmma` CTA for `tiles` output tiles of 128 rows on `sms` SMs (one CTA
@@ -230,6 +244,14 @@ impl NarrowPartials {
 /// measured on a card, hence off.
 pub const T2_FIELDS_ENV: &str = "LOWBIT_CUDA_T2_FIELDS";
 
+/// `decoder_wgmma` with ternary2 weights: `1` hands the ring's slots over by mbarriers, one
+/// chunk per slot (`LB_DW_MBAR`): each warp publishes a slot two slots before it is needed
+/// and releases it one slot after its wgmmas finish, so no warp waits for the slowest at
+/// every slot as under the block barrier; `0` or unset (the default) keeps the block barrier
+/// per slot (two chunks per slot at 64 rows). The same bits either way. Not yet measured on
+/// a card, hence off.
+pub const MBARRIER_ENV: &str = "LOWBIT_CUDA_MBARRIER";
+
 /// i32 words of `count` split partials: i32s, or narrow ones (i16s, then at the next 16-byte
 /// boundary the i32s of the sums that do not fit; `lb_p16_wide`).
 pub fn partial_words(count: usize, narrow: bool) -> usize {
@@ -271,31 +293,43 @@ pub fn decoder_zcluster(max: usize, splits: usize) -> usize {
     }
 }
 
+/// How `decoder_wgmma` is compiled beyond its signedness, split cluster and row tile: the
+/// device's settings for ternary2 weights ([`T2_FIELDS_ENV`], [`MBARRIER_ENV`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DwOptions {
+    /// ternary2 weights as u8 fields w + 1 (`LB_DW_T2U`)
+    pub t2_fields: bool,
+    /// the ring handed over by mbarriers (`LB_DW_MBAR`)
+    pub mbar: bool,
+}
+
 /// Defines of `decoder_wgmma` with `bm` rows per CTA and clusters of `zc` splits summed
-/// through distributed shared memory, on i8x4 or ternary2 (`t2`) weights (these as u8
-/// fields with `t2_fields`, [`T2_FIELDS_ENV`]), its split partials narrow (`p16`,
-/// [`NarrowPartials`]; only without clusters) or i32 (`LB_WGMMA` makes its target `sm_90a`).
+/// through distributed shared memory, on i8x4 or ternary2 (`t2`) weights (these under
+/// `opt`, [`DwOptions`]), its split partials narrow (`p16`, [`NarrowPartials`]; only without
+/// clusters) or i32 (`LB_WGMMA` makes its target `sm_90a`).
 pub fn dec_wgmma_defines(
     uns: bool,
     zc: usize,
     t2: bool,
     bm: usize,
     p16: bool,
-    t2_fields: bool,
+    opt: DwOptions,
 ) -> Vec<(String, String)> {
+    let mbar = opt.mbar;
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
         d("LB_UNS", u32::from(uns)),
         d("LB_DW_BN", DEC_WGMMA_BN),
         d("LB_DW_BM", bm),
         d("LB_DW_THREADS", DEC_WGMMA_THREADS),
-        d("LB_DW_STAGES", dec_wgmma_stages(t2, bm)),
-        d("LB_DW_PL", dec_wgmma_planes(t2, bm)),
+        d("LB_DW_STAGES", dec_wgmma_stages(t2, bm, mbar)),
+        d("LB_DW_PL", dec_wgmma_planes(t2, bm, mbar)),
         d("LB_DW_SLOT", dec_wgmma_slot(t2, bm)),
         d("LB_DW_T2", u32::from(t2)),
         d("LB_DW_ZC", zc),
         d("LB_DW_P16", u32::from(p16 && zc == 1)),
-        d("LB_DW_T2U", u32::from(t2 && t2_fields)),
+        d("LB_DW_T2U", u32::from(t2 && opt.t2_fields)),
+        d("LB_DW_MBAR", u32::from(dec_wgmma_mbar(t2, mbar))),
         eps(),
     ]
 }
@@ -388,8 +422,11 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
             }
         }
         for zc in [1, 2, 4, 8] {
-            // i8x4 weights, ternary2 ones expanded, ternary2 ones as u8 fields
-            for (t2, fields) in [(false, false), (true, false), (true, true)] {
+            // i8x4 weights; ternary2 ones expanded or as u8 fields, each under a block
+            // barrier or an mbarrier ring
+            let t2_opts = [(false, false), (true, false), (false, true), (true, true)]
+                .map(|(t2_fields, mbar)| (true, DwOptions { t2_fields, mbar }));
+            for (t2, fields) in std::iter::once((false, DwOptions::default())).chain(t2_opts) {
                 v.push((
                     KernelId::DecoderWgmma,
                     dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false, fields),
@@ -782,7 +819,9 @@ impl CudaDevice {
         self.wgmma
             && self.mma_decoder_ok(shape)
             && [DEC_WGMMA_BM, DEC_WGMMA_BM_FEW].iter().all(|&bm| {
-                dec_wgmma_smem(false, bm).max(dec_wgmma_smem(true, bm)) <= self.smem_optin()
+                let mbar = self.dw_opt.mbar;
+                dec_wgmma_smem(false, bm, mbar).max(dec_wgmma_smem(true, bm, mbar))
+                    <= self.smem_optin()
             })
     }
 
@@ -815,7 +854,14 @@ impl CudaDevice {
     /// Sets whether `decoder_wgmma` feeds ternary2 weights to the tensor cores as u8 fields
     /// w + 1 and subtracts the y row sums ([`T2_FIELDS_ENV`]); either gives the same bits.
     pub fn with_t2_fields(mut self, on: bool) -> Self {
-        self.t2_fields = on;
+        self.dw_opt.t2_fields = on;
+        self
+    }
+
+    /// Sets whether `decoder_wgmma`'s ring hands its slots over by mbarriers with ternary2
+    /// weights ([`MBARRIER_ENV`]); either gives the same bits.
+    pub fn with_mbarrier_ring(mut self, on: bool) -> Self {
+        self.dw_opt.mbar = on;
         self
     }
 
@@ -831,6 +877,22 @@ impl CudaDevice {
             });
         }
         self.dw_rows = Some(rows);
+        Ok(self)
+    }
+
+    /// Sets how many ways the tensor-core decoder kernels split K (at least 1; at most one
+    /// per k chunk), instead of as many as fill the device once ([`decoder_splits`]): one
+    /// split gives each CTA every chunk of its tile, so that small shapes run long rings
+    /// (for tests). Either gives the same bits.
+    pub fn with_decoder_splits(mut self, splits: usize) -> Result<Self> {
+        if splits == 0 {
+            return Err(LowbitError::InvalidArgument {
+                op: "with_decoder_splits",
+                what: "splits",
+                reason: "must be at least 1".into(),
+            });
+        }
+        self.dw_splits = Some(splits);
         Ok(self)
     }
 
@@ -1468,7 +1530,7 @@ impl CudaDevice {
                 .unwrap_or_else(|| decoder_rows(sms, n_tiles * m.div_ceil(DEC_WGMMA_BM), chunks));
             let f = self.function(
                 KernelId::DecoderWgmma,
-                dec_wgmma_defines(uns, 1, t2, dbm, p16, self.t2_fields),
+                dec_wgmma_defines(uns, 1, t2, dbm, p16, self.dw_opt),
             )?;
             let m_tiles = m.div_ceil(dbm);
             let what = "cuLaunchKernel (decoder_wgmma)";
@@ -1476,7 +1538,7 @@ impl CudaDevice {
                 n_tiles,
                 m_tiles,
                 DEC_WGMMA_THREADS,
-                dec_wgmma_smem(t2, dbm),
+                dec_wgmma_smem(t2, dbm, self.dw_opt.mbar),
                 f,
                 what,
                 dbm,
@@ -1492,7 +1554,10 @@ impl CudaDevice {
         // Split K so that the CTAs fill the device once (each split at least
         // DECODER_MIN_CHUNKS chunks of MMA_BKW words).
         let units = n_tiles * m_tiles;
-        let splits = decoder_splits(slots, units, chunks);
+        let splits = match self.dw_splits {
+            Some(z) => z.clamp(1, chunks.max(1)),
+            None => decoder_splits(slots, units, chunks),
+        };
         // decoder_wgmma: few enough splits sum in one cluster per tile (distributed smem),
         // where the device holds every tile's cluster at once (an H200 holds 66 clusters of
         // 2 of this kernel, 30 of 4, 15 of 8): a second wave of clusters would cost as much
@@ -1505,7 +1570,7 @@ impl CudaDevice {
         let clustered = if zc > 1 {
             let f = self.function(
                 KernelId::DecoderWgmma,
-                dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false, self.t2_fields),
+                dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false, self.dw_opt),
             )?;
             self.prepare_dynamic(&f, threads, smem)?;
             let fits = self.resident_clusters(&f, zc as u32, threads, smem)? >= units;
@@ -1648,15 +1713,32 @@ mod tests {
         assert!(wgmma_smem(WGMMA_MAX_KPW, true) <= 227 * 1024);
         // decoder_wgmma: four slots of a 16 KB y tile and a 33 KB weight tile, one CTA per SM;
         // with ternary2 weights eight slots of 16 KB + 8.25 KB.
-        assert_eq!(dec_wgmma_smem(false, 128), 4 * 49 * 1024 + 1024);
-        assert_eq!(dec_wgmma_smem(true, 128), 8 * 25 * 1024 + 1024);
+        assert_eq!(dec_wgmma_smem(false, 128, false), 4 * 49 * 1024 + 1024);
+        assert_eq!(dec_wgmma_smem(true, 128, false), 8 * 25 * 1024 + 1024);
         // 64-row tiles: 5 slots of one 41 KB chunk (i8x4), 6 slots of two 17 KB chunks
         // (ternary2).
-        assert_eq!(dec_wgmma_smem(false, 64), 5 * 41 * 1024 + 1024);
-        assert_eq!(dec_wgmma_smem(true, 64), 6 * 2 * 17 * 1024 + 1024);
+        assert_eq!(dec_wgmma_smem(false, 64, false), 5 * 41 * 1024 + 1024);
+        assert_eq!(dec_wgmma_smem(true, 64, false), 6 * 2 * 17 * 1024 + 1024);
         for t2 in [false, true] {
-            assert!(dec_wgmma_smem(t2, 64) <= 227 * 1024);
-            assert!(dec_wgmma_stages(t2, 64) >= 3);
+            assert!(dec_wgmma_smem(t2, 64, false) <= 227 * 1024);
+            assert!(dec_wgmma_stages(t2, 64, false) >= 3);
+        }
+        // The mbarrier ring (ternary2 only): 13 slots of one 17 KB chunk at 64 rows, the
+        // 8 slots of 25 KB at 128; the kernel needs 6 or more. i8x4 rings keep the barrier.
+        assert_eq!(dec_wgmma_stages(true, 64, true), 13);
+        assert_eq!(dec_wgmma_planes(true, 64, true), 1);
+        assert_eq!(dec_wgmma_smem(true, 64, true), 13 * 17 * 1024 + 1024);
+        assert_eq!(
+            dec_wgmma_smem(true, 128, true),
+            dec_wgmma_smem(true, 128, false)
+        );
+        for bm in [64, 128] {
+            assert!(dec_wgmma_smem(true, bm, true) <= 227 * 1024);
+            assert!(dec_wgmma_stages(true, bm, true) >= 6);
+            assert_eq!(
+                dec_wgmma_smem(false, bm, true),
+                dec_wgmma_smem(false, bm, false)
+            );
         }
         // 128-row tiles split K up to 16 ways, then 64-row tiles take over (M = 512, D = 256
         // on 132 SMs: 4 tiles, 33 splits).
@@ -1669,11 +1751,11 @@ mod tests {
         assert_eq!(decoder_splits(132, 200, 1024), 1); // more tiles than CTAs fit: one split
         assert_eq!(decoder_splits(132, 4, 1), 1);
         for t2 in [false, true] {
-            assert!(dec_wgmma_smem(t2, 128) <= 227 * 1024);
+            assert!(dec_wgmma_smem(t2, 128, false) <= 227 * 1024);
             // Its split-cluster sum reuses the ring for the 128 x (256 + 8) i32 tile.
             assert!(
                 DEC_WGMMA_BM * (DEC_WGMMA_BN + 8) * 4
-                    <= dec_wgmma_stages(t2, 128) * dec_wgmma_slot(t2, 128)
+                    <= dec_wgmma_stages(t2, 128, false) * dec_wgmma_slot(t2, 128)
             );
         }
     }
@@ -1713,17 +1795,34 @@ mod tests {
     }
 
     #[test]
-    fn t2_fields_only_with_ternary2_weights() {
-        let t2u = |t2, fields| {
-            dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, fields)
+    fn t2_options_only_with_ternary2_weights() {
+        let define = |t2, t2_fields, mbar, name: &str| {
+            let opt = DwOptions { t2_fields, mbar };
+            dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, opt)
                 .into_iter()
-                .find(|(k, _)| k == "LB_DW_T2U")
+                .find(|(k, _)| k == name)
                 .map(|(_, v)| v)
         };
-        assert_eq!(t2u(true, true).as_deref(), Some("1"));
-        assert_eq!(t2u(true, false).as_deref(), Some("0"));
-        // (the kernel rejects LB_DW_T2U without LB_DW_T2)
-        assert_eq!(t2u(false, true).as_deref(), Some("0"));
+        assert_eq!(define(true, true, false, "LB_DW_T2U").as_deref(), Some("1"));
+        assert_eq!(
+            define(true, false, false, "LB_DW_T2U").as_deref(),
+            Some("0")
+        );
+        assert_eq!(
+            define(true, false, true, "LB_DW_MBAR").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            define(true, true, false, "LB_DW_MBAR").as_deref(),
+            Some("0")
+        );
+        // (the kernel rejects LB_DW_T2U without LB_DW_T2, and an mbarrier ring of i8x4
+        // weights would have too few slots)
+        assert_eq!(define(false, true, true, "LB_DW_T2U").as_deref(), Some("0"));
+        assert_eq!(
+            define(false, true, true, "LB_DW_MBAR").as_deref(),
+            Some("0")
+        );
     }
 
     #[test]
