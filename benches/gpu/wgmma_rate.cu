@@ -16,13 +16,16 @@
 //             t2u (2 loads, u8 fields, plus the y row sums: one 16-byte load and 4 dp4a per 64
 //             rows, as LB_DW_T2U)
 //   sync      a __syncthreads every `sync` chunks (the kernel: every chunk at 128 rows,
-//             every 2 at 64 rows), 0 for none
+//             every 2 at 64 rows), 0 for none, MBAR (-1) the handover of LB_DW_MBAR with no
+//             loads: per chunk a wait on full[c], an arrive on empty[c - 1], a wait on
+//             empty[c - 2], a proxy fence and an arrive on full[c + 2] (13 slots)
 
 #define LB_WGMMA 1
 #include "../../cuda/common.cuh"
 #include "../../cuda/mma.cuh"
 
 enum Frags { CONST = 0, I8X4 = 1, T2 = 2, T2U = 3 };
+constexpr int MBAR = -1, MB_S = 13;
 
 constexpr int LDW = 264;               // weight tile row, words (the kernel's LB_DW_LDW)
 constexpr int B_OFF = 0;               // y tile: N rows x 128 bytes (swizzled atoms)
@@ -82,8 +85,21 @@ __global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long lon
             }
         }
     };
+    __shared__ __align__(8) u64 full[MB_S], empty[MB_S];
+    if (SYNC == MBAR) {
+        if (tid < MB_S) {
+            lb_mbar_init(&full[tid], blockDim.x / 32);
+            lb_mbar_init(&empty[tid], blockDim.x / 32);
+        }
+        __syncthreads();
+        for (int c = 0; c < 2; ++c) {
+            __syncwarp();
+            if (lane == 0) lb_mbar_arrive(&full[c]);
+        }
+    }
     auto chunk = [&](int it, u32(&r)[16]) {
         if (SYNC > 0 && it % SYNC == 0) __syncthreads();
+        if (SYNC == MBAR) lb_mbar_wait(&full[it % MB_S], (it / MB_S) & 1);
         fill(it, r);
         lb_wg_fence();
 #pragma unroll
@@ -98,6 +114,17 @@ __global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long lon
         }
         lb_wg_commit();
         lb_wg_wait<1>();
+        if (SYNC == MBAR) {
+            if (it >= 1) {
+                __syncwarp();
+                if (lane == 0) lb_mbar_arrive(&empty[(it - 1) % MB_S]);
+            }
+            const int j = it + MB_S - 2;  // the slot a load would refill
+            if (j >= MB_S) lb_mbar_wait(&empty[j % MB_S], (j / MB_S - 1) & 1);
+            lb_fence_async_smem();
+            __syncwarp();
+            if (lane == 0) lb_mbar_arrive(&full[(it + 2) % MB_S]);
+        }
     };
     // Loaded, not constants: constant A operands are rematerialized into scratch registers
     // per wgmma, and ptxas then serializes the wgmmas (C7512).
@@ -193,6 +220,8 @@ int main() {
     run<64, false, T2, 2>("RS n64, t2 expanded, sync every 2", 4, sms, sink, cycles);
     run<64, false, T2U, 2>("RS n64, t2 u8 fields + row sums, sync 2", 4, sms, sink, cycles);
     run<64, false, T2, 0>("RS n64, t2 expanded, no sync", 4, sms, sink, cycles);
+    run<64, false, T2, MBAR>("RS n64, t2 expanded, mbarrier handover", 4, sms, sink, cycles);
+    run<128, false, T2, MBAR>("RS n128, t2 expanded, mbarrier handover", 4, sms, sink, cycles);
     run<128, false, I8X4, 0>("RS n128, i8x4 frags, no sync", 4, sms, sink, cycles);
     run<128, false, T2, 0>("RS n128, t2 expanded, no sync", 4, sms, sink, cycles);
     return 0;
