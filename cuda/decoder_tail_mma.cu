@@ -326,7 +326,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 // warps publish a slot load (full[s]) two slots before it is needed and release a slot
 // (empty[s]) one slot after its wgmmas are done, so warps may drift a slot apart and none
 // waits for the slowest at every slot. Loads are issued S - 2 slots ahead, published S - 4
-// slots after their issue.
+// slots after their issue. The schedule is model-checked in src/backend/cuda/ring_model.rs.
 #ifndef LB_DW_MBAR
 #define LB_DW_MBAR 0
 #endif

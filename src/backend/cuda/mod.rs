@@ -16,6 +16,8 @@ pub mod microbench;
 pub mod mma;
 pub mod ops;
 pub mod probe;
+#[cfg(test)]
+mod ring_model;
 pub mod tuning;
 
 /// The cudarc this backend is built on (name its types through this re-export).
