@@ -23,7 +23,8 @@
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first); t2opts (or
 # t2fields): the decoder's ternary2 options, u8 fields (LOWBIT_CUDA_T2_FIELDS) and the mbarrier
 # ring (LOWBIT_CUDA_MBARRIER), each on and off,
-# their tests first, then two rounds of the four at M = 512..8192 (run peers first); trace: the
+# their tests first, then two rounds of the four at M = 512..8192 (run peers first), then
+# 64-row tiles (LOWBIT_CUDA_DECODER_ROWS=64) at M = 1024 / 2048 under three of them; trace: the
 # timelines (LOWBIT_CUDA_TRACE=1) of the decoder at M = 512 / 2048 and the f32-input low-rank
 # chain at 512; wgmmarate: benches/gpu/wgmma_rate.cu (nvcc), the int8 wgmma rate of the
 # decoder's loop structure on data already in shared memory.
@@ -93,6 +94,12 @@ if has t2fields || has t2opts; then
         bench "decoder ternary2, T2_FIELDS=${fm:0:1} MBARRIER=${fm:1:1}, round $round" \
         --backend cuda --op decoder-tail --variant packed --m 512,2048,8192 --weights ternary2
     done
+  done
+  # 64-row tiles where 128 are the default (fewer splits, longer rings), each ring
+  for fm in 00 01 11; do
+    LOWBIT_CUDA_DECODER_ROWS=64 LOWBIT_CUDA_T2_FIELDS=${fm:0:1} LOWBIT_CUDA_MBARRIER=${fm:1:1} \
+      bench "decoder ternary2, 64-row tiles, T2_FIELDS=${fm:0:1} MBARRIER=${fm:1:1}" \
+      --backend cuda --op decoder-tail --variant packed --m 1024,2048 --weights ternary2
   done
 fi
 if has trace; then

@@ -234,8 +234,8 @@ pub struct CudaDevice {
     /// How `decoder_wgmma` takes ternary2 weights: as u8 fields w + 1
     /// (`mma::T2_FIELDS_ENV`), through an mbarrier ring (`mma::MBARRIER_ENV`).
     pub(crate) dw_opt: super::mma::DwOptions,
-    /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`]; else
-    /// chosen from the split count, `mma::decoder_rows`).
+    /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`],
+    /// `mma::DECODER_ROWS_ENV`; else chosen from the split count, `mma::decoder_rows`).
     pub(crate) dw_rows: Option<usize>,
     /// The tensor-core decoders' K splits, when set ([`CudaDevice::with_decoder_splits`];
     /// else `mma::decoder_splits`).
@@ -387,7 +387,10 @@ impl CudaDevice {
                 t2_fields: env_switch(super::mma::T2_FIELDS_ENV, false)?,
                 mbar: env_switch(super::mma::MBARRIER_ENV, false)?,
             },
-            dw_rows: None,
+            dw_rows: super::mma::parse_decoder_rows(
+                &std::env::var(super::mma::DECODER_ROWS_ENV).unwrap_or_default(),
+            )
+            .map_err(bad_env(super::mma::DECODER_ROWS_ENV))?,
             dw_splits: None,
             wg_row_ctas: None,
             pdl,

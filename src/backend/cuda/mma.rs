@@ -157,6 +157,23 @@ pub const fn dec_wgmma_smem(t2: bool, bm: usize, mbar: bool) -> usize {
     dec_wgmma_stages(t2, bm, mbar) * dec_wgmma_planes(t2, bm, mbar) * dec_wgmma_slot(t2, bm) + 1024
 }
 
+/// Tuning: `LOWBIT_CUDA_DECODER_ROWS=64|128` fixes `decoder_wgmma`'s rows per CTA (as
+/// [`CudaDevice::with_decoder_rows`]); unset or empty chooses them from the split count
+/// ([`decoder_rows`]).
+pub const DECODER_ROWS_ENV: &str = "LOWBIT_CUDA_DECODER_ROWS";
+
+/// [`DECODER_ROWS_ENV`]'s value: `None` for unset or empty.
+pub fn parse_decoder_rows(text: &str) -> std::result::Result<Option<usize>, String> {
+    match text.trim() {
+        "" => Ok(None),
+        "64" => Ok(Some(DEC_WGMMA_BM_FEW)),
+        "128" => Ok(Some(DEC_WGMMA_BM)),
+        other => Err(format!(
+            "`{other}`: expected {DEC_WGMMA_BM_FEW} or {DEC_WGMMA_BM}"
+        )),
+    }
+}
+
 /// Rows per `decoder_wgmma` CTA for `tiles` output tiles of 128 rows on `sms` SMs (one CTA
 /// each) and `chunks` k chunks: [`DEC_WGMMA_BM_FEW`] where those tiles would split K more
 /// than [`DEC_WGMMA_FEW_SPLITS`] ways, else [`DEC_WGMMA_BM`].
@@ -1823,6 +1840,14 @@ mod tests {
             define(false, true, true, "LB_DW_MBAR").as_deref(),
             Some("0")
         );
+    }
+
+    #[test]
+    fn decoder_rows_parse() {
+        assert_eq!(parse_decoder_rows(""), Ok(None));
+        assert_eq!(parse_decoder_rows(" 64"), Ok(Some(64)));
+        assert_eq!(parse_decoder_rows("128"), Ok(Some(128)));
+        assert!(parse_decoder_rows("96").is_err());
     }
 
     #[test]
