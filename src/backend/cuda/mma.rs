@@ -157,6 +157,18 @@ pub const fn dec_wgmma_smem(t2: bool, bm: usize, mbar: bool) -> usize {
     dec_wgmma_stages(t2, bm, mbar) * dec_wgmma_planes(t2, bm, mbar) * dec_wgmma_slot(t2, bm) + 1024
 }
 
+/// `n`, or the setter `op`'s error for `what` when it is 0.
+fn at_least_one(op: &'static str, what: &'static str, n: usize) -> Result<usize> {
+    if n == 0 {
+        return Err(LowbitError::InvalidArgument {
+            op,
+            what,
+            reason: "must be at least 1".into(),
+        });
+    }
+    Ok(n)
+}
+
 /// Tuning: `LOWBIT_CUDA_DECODER_ROWS=64|128` fixes `decoder_wgmma`'s rows per CTA (as
 /// [`CudaDevice::with_decoder_rows`]); unset or empty chooses them from the split count
 /// ([`decoder_rows`]).
@@ -902,14 +914,7 @@ impl CudaDevice {
     /// split gives each CTA every chunk of its tile, so that small shapes run long rings
     /// (for tests). Either gives the same bits.
     pub fn with_decoder_splits(mut self, splits: usize) -> Result<Self> {
-        if splits == 0 {
-            return Err(LowbitError::InvalidArgument {
-                op: "with_decoder_splits",
-                what: "splits",
-                reason: "must be at least 1".into(),
-            });
-        }
-        self.dw_splits = Some(splits);
+        self.dw_splits = Some(at_least_one("with_decoder_splits", "splits", splits)?);
         Ok(self)
     }
 
@@ -917,14 +922,7 @@ impl CudaDevice {
     /// 1; at most one per two tiles), instead of as many as fill the SMs: fewer give each
     /// warpgroup pair more tiles in turn (for tests of its tile pipeline on small shapes).
     pub fn with_lowrank_row_ctas(mut self, ctas: usize) -> Result<Self> {
-        if ctas == 0 {
-            return Err(LowbitError::InvalidArgument {
-                op: "with_lowrank_row_ctas",
-                what: "ctas",
-                reason: "must be at least 1".into(),
-            });
-        }
-        self.wg_row_ctas = Some(ctas);
+        self.wg_row_ctas = Some(at_least_one("with_lowrank_row_ctas", "ctas", ctas)?);
         Ok(self)
     }
 
