@@ -19,6 +19,12 @@
 //             every 2 at 64 rows), 0 for none, MBAR (-1) the handover of LB_DW_MBAR with no
 //             loads: per chunk a wait on full[c], an arrive on empty[c - 1], a wait on
 //             empty[c - 2], a proxy fence and an arrive on full[c + 2] (13 slots)
+//   ld        1: the kernel's y ring from DRAM besides (each CTA streams its own 2 MB slice,
+//             a chunk's y bytes per chunk by 16-byte cp.asyncs into a 6-slot ring, loads 4
+//             chunks ahead, per chunk cp.async.wait_group 3, fence.proxy.async,
+//             __syncthreads, as decoder_wgmma at 128 rows; the wgmma still reads the fixed
+//             tile); 2: the same without the proxy fence. Whether the fence waits for the
+//             copies still in flight shows as 1 slower than 2
 
 #define LB_WGMMA 1
 #include "../../cuda/common.cuh"
@@ -31,10 +37,13 @@ constexpr int LDW = 264;               // weight tile row, words (the kernel's L
 constexpr int B_OFF = 0;               // y tile: N rows x 128 bytes (swizzled atoms)
 constexpr int A_OFF = 32768;           // SS: 64 x 128 bytes per warpgroup
 constexpr int W_OFF = 65536;           // weight tile: 32 rows x LDW words (+ slack)
-constexpr int SMEM = W_OFF + 34 * LDW * 4 + 1024;
+constexpr int RING_S = 6;              // ld: y ring slots of 16 KB
+constexpr int R_OFF = (W_OFF + 34 * LDW * 4 + 1023) / 1024 * 1024;
+constexpr int SMEM = R_OFF + RING_S * 16384 + 1024;
 
-template <int N, bool SS, int F, int SYNC>
-__global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long long* cycles) {
+template <int N, bool SS, int F, int SYNC, int LD = 0>
+__global__ void __launch_bounds__(512, 1)
+    wg_rate(int iters, int* sink, long long* cycles, const uint4* src, int slice_chunks) {
     extern __shared__ __align__(1024) unsigned char raw[];
     unsigned char* sm = raw + ((1024u - (lb_smem(raw) & 1023u)) & 1023u);
     const int tid = threadIdx.x, wg = tid >> 7, warp = (tid >> 5) & 3, lane = tid & 31;
@@ -85,6 +94,15 @@ __global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long lon
             }
         }
     };
+    // ld: chunk c's y bytes (N rows x 128 bytes of this CTA's slice) into ring slot c % RING_S
+    const uint4* slice = src + (long long)blockIdx.x * slice_chunks * N * 8;
+    auto issue = [&](int c) {
+#pragma unroll
+        for (int rr = 0; rr < RH; ++rr)
+            lb_cp16((u32*)(sm + R_OFF + (c % RING_S) * 16384 + (s_off - B_OFF) + rr * 8192),
+                    slice + (long long)(c % slice_chunks) * N * 8 + (r0 + 64 * rr) * 8 + ck, 16);
+        lb_commit();
+    };
     __shared__ __align__(8) u64 full[MB_S], empty[MB_S];
     if (SYNC == MBAR) {
         if (tid < MB_S) {
@@ -99,6 +117,12 @@ __global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long lon
     }
     auto chunk = [&](int it, u32(&r)[16]) {
         if (SYNC > 0 && it % SYNC == 0) __syncthreads();
+        if (LD > 0) {
+            lb_wait<RING_S - 3>();
+            if (LD == 1) lb_fence_async_smem();
+            __syncthreads();
+            issue(it + RING_S - 2);
+        }
         if (SYNC == MBAR) lb_mbar_wait(&full[it % MB_S], (it / MB_S) & 1);
         fill(it, r);
         lb_wg_fence();
@@ -134,12 +158,15 @@ __global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long lon
         a0[i] = W[frag + i * LDW];
         a1[i] = W[frag + 1 + i * LDW];
     }
+    if (LD > 0)
+        for (int c = 0; c < RING_S - 2; ++c) issue(c);
     const long long c0 = clock64();
     for (int it = 0; it < iters; it += 2) {
         chunk(it, a0);
         chunk(it + 1, a1);
     }
     lb_wg_wait<0>();
+    lb_wait<0>();
     const long long c1 = clock64();
     int s = 0;
 #pragma unroll
@@ -165,12 +192,17 @@ __global__ void __launch_bounds__(512, 1) wg_rate(int iters, int* sink, long lon
         }                                                                           \
     } while (0)
 
-template <int N, bool SS, int F, int SYNC>
+// ld variants: each CTA's slice of y, 2 MB (past the L2 in all: every copy reads DRAM).
+constexpr long long SLICE_BYTES = 2 << 20;
+const uint4* g_src = nullptr;
+
+template <int N, bool SS, int F, int SYNC, int LD = 0>
 void run(const char* name, int wgs, int sms, int* sink, long long* cycles) {
-    CK(cudaFuncSetAttribute(wg_rate<N, SS, F, SYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            SMEM));
+    CK(cudaFuncSetAttribute(wg_rate<N, SS, F, SYNC, LD>,
+                            cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
     const int iters = 4096;
-    wg_rate<N, SS, F, SYNC><<<sms, 128 * wgs, SMEM>>>(64, sink, cycles);  // warm-up
+    const int slice_chunks = (int)(SLICE_BYTES / (N * 128));
+    wg_rate<N, SS, F, SYNC, LD><<<sms, 128 * wgs, SMEM>>>(64, sink, cycles, g_src, slice_chunks);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     cudaEvent_t e0, e1;
@@ -179,7 +211,8 @@ void run(const char* name, int wgs, int sms, int* sink, long long* cycles) {
     std::vector<float> ms;
     for (int rep = 0; rep < 5; ++rep) {
         CK(cudaEventRecord(e0));
-        wg_rate<N, SS, F, SYNC><<<sms, 128 * wgs, SMEM>>>(iters, sink, cycles);
+        wg_rate<N, SS, F, SYNC, LD><<<sms, 128 * wgs, SMEM>>>(iters, sink, cycles, g_src,
+                                                              slice_chunks);
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         float t = 0;
@@ -194,8 +227,11 @@ void run(const char* name, int wgs, int sms, int* sink, long long* cycles) {
     const double tops = ops / (ms[2] * 1e-3) / 1e12;
     const double cpc = (double)cyc[sms / 2] / iters;  // SM cycles per chunk (median SM)
     const double floor_cpc = 64.0 * N * 128 * wgs / 4096.0;  // 4096 int8 MAC per SM cycle
-    std::printf("%-44s %2d wg  %7.3f ms  %6.0f TOPS  %7.1f cycles/chunk (dense floor %5.0f, %4.0f%%)\n",
+    std::printf("%-44s %2d wg  %7.3f ms  %6.0f TOPS  %7.1f cycles/chunk (dense floor %5.0f, %4.0f%%)",
                 name, wgs, ms[2], tops, cpc, floor_cpc, 100.0 * floor_cpc / cpc);
+    if (LD > 0)  // y bytes streamed: N rows x 128 bytes per chunk
+        std::printf("  y %5.2f TB/s", (double)N * 128 * iters * sms / (ms[2] * 1e-3) / 1e12);
+    std::printf("\n");
 }
 
 int main() {
@@ -209,6 +245,12 @@ int main() {
     long long* cycles;
     CK(cudaMalloc(&sink, 4));
     CK(cudaMalloc(&cycles, sms * sizeof(long long)));
+    {
+        void* src;
+        CK(cudaMalloc(&src, SLICE_BYTES * sms));
+        CK(cudaMemset(src, 1, SLICE_BYTES * sms));
+        g_src = (const uint4*)src;
+    }
     run<128, true, CONST, 0>("SS n128 (A and B from smem)", 4, sms, sink, cycles);
     run<128, true, CONST, 0>("SS n128", 2, sms, sink, cycles);
     run<128, false, CONST, 0>("RS n128, A registers fixed", 4, sms, sink, cycles);
@@ -222,6 +264,10 @@ int main() {
     run<64, false, T2, 0>("RS n64, t2 expanded, no sync", 4, sms, sink, cycles);
     run<64, false, T2, MBAR>("RS n64, t2 expanded, mbarrier handover", 4, sms, sink, cycles);
     run<128, false, T2, MBAR>("RS n128, t2 expanded, mbarrier handover", 4, sms, sink, cycles);
+    run<128, false, T2, 0, 1>("RS n128, t2, y ring from DRAM, fence", 4, sms, sink, cycles);
+    run<128, false, T2, 0, 2>("RS n128, t2, y ring from DRAM, no fence", 4, sms, sink, cycles);
+    run<64, false, T2, 0, 1>("RS n64, t2, y ring from DRAM, fence", 4, sms, sink, cycles);
+    run<64, false, T2, 0, 2>("RS n64, t2, y ring from DRAM, no fence", 4, sms, sink, cycles);
     run<128, false, I8X4, 0>("RS n128, i8x4 frags, no sync", 4, sms, sink, cycles);
     run<128, false, T2, 0>("RS n128, t2 expanded, no sync", 4, sms, sink, cycles);
     return 0;
