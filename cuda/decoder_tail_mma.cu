@@ -333,6 +333,18 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #if LB_DW_MBAR && LB_DW_STAGES < 6
 #error "decoder_wgmma: LB_DW_MBAR needs LB_DW_STAGES >= 6"
 #endif
+// LB_DW_TMA (with LB_DW_MBAR, one chunk per slot): thread 0 loads each y tile by TMA (the
+// kernel's second parameter maps y as [B][H][T][L bytes], boxes of 128 bytes x BM rows,
+// 128-byte swizzle: the ring's layout; zeros past L and T) and the weights of interior
+// chunks by bulk copies of whole 1 KB rows, both completing on the slot's `full` barrier,
+// which then also counts thread 0's arrival; edge chunks' weights stay cp.asyncs. The host
+// takes this path only where a row tile lies in one batch (B = 1 or T % BM = 0).
+#ifndef LB_DW_TMA
+#define LB_DW_TMA 0
+#endif
+#if LB_DW_TMA && (!LB_DW_MBAR || LB_DW_PL != 1)
+#error "decoder_wgmma: LB_DW_TMA needs LB_DW_MBAR and one chunk per slot"
+#endif
 #define LB_DW_ACC_LD (LB_DW_BN + 8)  // accumulator tile rows in smem (Z mode), in ints
 #define LB_DW_LDW (LB_DW_BN + 8)
 #define LB_DW_YBYTES (LB_DW_BM * 128)
@@ -365,7 +377,7 @@ __device__ __forceinline__ void lb_dw_each(const int (&d)[LB_DW_NACC], int m0, i
 }
 
 template <bool UNS>
-__device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
+__device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* tmap) {
     extern __shared__ __align__(128) u32 lb_dyn_smem[];
     constexpr int S = LB_DW_STAGES;
     const unsigned base = lb_smem(lb_dyn_smem);
@@ -417,11 +429,64 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     auto chunk_off = [&](int u) {
         return ((u / LB_DW_PL) % S) * LB_DW_RSLOT + (u % LB_DW_PL) * LB_DW_SLOT;
     };
+    // The weight tile of a chunk at k word k0 that is not interior: rows past kw or columns
+    // past the tile zero-filled, 16-byte pieces where legal, else words.
+    auto load_w_edge = [&](u32* ws, int k0) {
+        const u32* wsrc = p.b + w_off + n0;
+        const int kleft = p.kw - k0;
+        if (p.b_vec) {
+            const int vb = n0 + wc < p.bcols ? min(4, p.bcols - n0 - wc) * 4 : 0;
+#pragma unroll
+            for (int i = 0; i < WR / 8; ++i) {
+                const bool ok = w_needed(wr + 8 * i, kleft) && vb > 0;
+                lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW,
+                        ok ? wsrc + (wr + 8 * i) * p.ldb + wc : p.b, ok ? vb : 0);
+            }
+        } else {
+            const int c = tid & 255, r = tid >> 8;
+#pragma unroll 4
+            for (int i = 0; i < WR / 2; ++i) {
+                const bool ok = w_needed(r + 2 * i, kleft) && n0 + c < p.bcols;
+                lb_cp4(ws + (r + 2 * i) * LB_DW_LDW + c, ok ? wsrc + (r + 2 * i) * p.ldb + c : p.b,
+                       ok ? 4 : 0);
+            }
+        }
+    };
+#if LB_DW_MBAR
+    // Slot s: full[s] completes a phase when all 16 warps published its load (and, with
+    // LB_DW_TMA, thread 0's TMA and bulk copies landed), empty[s] when all 16 released it
+    // (lane 0 of each warp arrives after __syncwarp).
+    __shared__ __align__(8) u64 mb_full[S], mb_empty[S];
+    if (tid < S) {
+        lb_mbar_init(&mb_full[tid], LB_DW_THREADS / 32 + LB_DW_TMA);
+        lb_mbar_init(&mb_empty[tid], LB_DW_THREADS / 32);
+    }
+    __syncthreads();
+#endif
+#if LB_DW_TMA
+    // This CTA's row tile in y's batch and time (one batch: the host's condition).
+    const int y_b0 = m0 / p.time, y_t0 = m0 - y_b0 * p.time;
+#endif
     auto load_chunk = [&](int u) {
         if (u < units) {
             unsigned char* slot = ring + chunk_off(u);
             u32* ws = (u32*)(slot + LB_DW_YBYTES);
             const int k0 = lkc * 32;
+#if LB_DW_TMA
+            const bool wint = wfull && k0 + 32 <= p.kw;  // whole weight rows, all needed
+            if (tid == 0) {
+                u64* bar = &mb_full[u % S];
+                lb_mbar_expect(bar, LB_DW_YBYTES + (wint ? WR * LB_DW_BN * 4 : 0));
+                lb_tma_4d(slot, tmap, k0 * 4, y_t0, lh, y_b0, bar);
+                if (wint) {
+                    const u32* w = p.b + w_off + n0;
+#pragma unroll
+                    for (int r = 0; r < WR; ++r)
+                        lb_bulk(ws + r * LB_DW_LDW, w + r * p.ldb, LB_DW_BN * 4, bar);
+                }
+            }
+            if (!wint) load_w_edge(ws, k0);
+#else
             if (wfull && k0 + 32 <= p.kw) {  // interior chunk: only rows past M are masked
 #pragma unroll
                 for (int rr = 0; rr < LB_DW_RH; ++rr)
@@ -440,26 +505,9 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
                     lb_cp16((u32*)(slot + s_off + rr * 64 * 128), ok ? y_src[rr] + y_off : A,
                             ok ? valid : 0);
                 }
-                const u32* wsrc = p.b + w_off + n0;
-                const int kleft = p.kw - k0;
-                if (p.b_vec) {
-                    const int vb = n0 + wc < p.bcols ? min(4, p.bcols - n0 - wc) * 4 : 0;
-#pragma unroll
-                    for (int i = 0; i < WR / 8; ++i) {
-                        const bool ok = w_needed(wr + 8 * i, kleft) && vb > 0;
-                        lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW,
-                                ok ? wsrc + (wr + 8 * i) * p.ldb + wc : p.b, ok ? vb : 0);
-                    }
-                } else {
-                    const int c = tid & 255, r = tid >> 8;
-#pragma unroll 4
-                    for (int i = 0; i < WR / 2; ++i) {
-                        const bool ok = w_needed(r + 2 * i, kleft) && n0 + c < p.bcols;
-                        lb_cp4(ws + (r + 2 * i) * LB_DW_LDW + c,
-                               ok ? wsrc + (r + 2 * i) * p.ldb + c : p.b, ok ? 4 : 0);
-                    }
-                }
+                load_w_edge(ws, k0);
             }
+#endif
             y_off += 32;
             w_off += WR * p.ldb;
             if (++lkc == cph) {
@@ -478,14 +526,6 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
     };
 
 #if LB_DW_MBAR
-    // Slot s: full[s] completes a phase when all 16 warps published its load, empty[s] when
-    // all 16 released it (lane 0 of each warp arrives after __syncwarp).
-    __shared__ __align__(8) u64 mb_full[S], mb_empty[S];
-    if (tid < S) {
-        lb_mbar_init(&mb_full[tid], LB_DW_THREADS / 32);
-        lb_mbar_init(&mb_empty[tid], LB_DW_THREADS / 32);
-    }
-    __syncthreads();
     auto warp_arrive = [&](u64* bar) {
         __syncwarp();
         if (lane == 0) lb_mbar_arrive(bar);
@@ -737,11 +777,20 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p) {
 #else
 #define LB_DW_CLUSTER_DIMS
 #endif
-extern "C" __global__ void LB_DW_CLUSTER_DIMS __launch_bounds__(LB_DW_THREADS, 1) decoder_wgmma(LbMma p) {
+#if LB_DW_TMA
+extern "C" __global__ void LB_DW_CLUSTER_DIMS __launch_bounds__(LB_DW_THREADS, 1)
+    decoder_wgmma(LbMma p, const __grid_constant__ LbTmap y_map) {
     lb_trace_at(0);
-    lb_decoder_wgmma<LB_UNS != 0>(p);
+    lb_decoder_wgmma<LB_UNS != 0>(p, &y_map);
     lb_trace_at(3);
 }
+#else
+extern "C" __global__ void LB_DW_CLUSTER_DIMS __launch_bounds__(LB_DW_THREADS, 1) decoder_wgmma(LbMma p) {
+    lb_trace_at(0);
+    lb_decoder_wgmma<LB_UNS != 0>(p, nullptr);
+    lb_trace_at(3);
+}
+#endif
 
 #else
 template <bool UNS>

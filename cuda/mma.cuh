@@ -368,6 +368,38 @@ __device__ __forceinline__ void lb_mbar_wait(u64* bar, unsigned parity) {
     } while (!done);
 }
 
+// arrive on `bar` and add `bytes` to the transfers its current phase waits for.
+__device__ __forceinline__ void lb_mbar_expect(u64* bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.release.cta.shared::cta.b64 _, [%0], %1;\n" ::"r"(
+                     lb_smem(bar)),
+                 "r"(bytes)
+                 : "memory");
+}
+// A tensor map (CUtensorMap, cuTensorMapEncodeTiled on the host), passed as a
+// __grid_constant__ kernel parameter; mirror of `LbTmap` in src/backend/cuda/mma.rs.
+struct __align__(64) LbTmap {
+    u64 v[16];
+};
+static_assert(sizeof(LbTmap) == 128, "LbTmap: the layout of mma.rs");
+// TMA: the box of `map` at (c0, c1, c2, c3) into smem at dst (its bytes complete on `bar`;
+// coordinates past the tensor read as zeros).
+__device__ __forceinline__ void lb_tma_4d(void* dst, const LbTmap* map, int c0, int c1, int c2,
+                                         int c3, u64* bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes"
+        " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(lb_smem(dst)),
+        "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(lb_smem(bar))
+        : "memory");
+}
+// Bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) into smem at dst,
+// completing on `bar`.
+__device__ __forceinline__ void lb_bulk(void* dst, const void* src, unsigned bytes, u64* bar) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+        ::"r"(lb_smem(dst)), "l"(src), "r"(bytes), "r"(lb_smem(bar))
+        : "memory");
+}
+
 #define LB_R4(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3])
 #define LB_R16(i) LB_R4(i), LB_R4(i + 4), LB_R4(i + 8), LB_R4(i + 12)
 #define LB_R64(i) LB_R16(i), LB_R16(i + 16), LB_R16(i + 32), LB_R16(i + 48)

@@ -2,7 +2,8 @@
 # Tuning sweep on the GPU machine, from the project root, out of .gpu-bundle/ (bundle.sh):
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
-#                             [smallfinal] [wgmma] [final] [t2opts] [trace] [wgmmarate]
+#                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
+#                             [wgmmarate]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -20,11 +21,11 @@
 # the decoder under each LOWBIT_CUDA_WGMMA_ZCLUSTER; memcheck:
 # compute-sanitizer on the CUDA differential
 # tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
-# CUDA (default family, then dp4a) and wgpu, with the peers (run peers first); t2opts (or
-# t2fields): the decoder's ternary2 options, u8 fields (LOWBIT_CUDA_T2_FIELDS) and the mbarrier
-# ring (LOWBIT_CUDA_MBARRIER), each on and off,
-# their tests first, then two rounds of the four at M = 512..8192 (run peers first), then
-# 64-row tiles (LOWBIT_CUDA_DECODER_ROWS=64) at M = 1024 / 2048 under three of them; trace: the
+# CUDA (default family, then dp4a) and wgpu, with the peers (run peers first); t2tests: the
+# tests of the decoder's ternary2 options, u8 fields (LOWBIT_CUDA_T2_FIELDS), the mbarrier
+# ring (LOWBIT_CUDA_MBARRIER) and y by TMA on it (LOWBIT_CUDA_TMA); t2opts: two rounds of six
+# combinations of them at M = 512..8192 (run peers first), then 64-row tiles
+# (LOWBIT_CUDA_DECODER_ROWS=64) at M = 1024 / 2048 under four of them; trace: the
 # timelines (LOWBIT_CUDA_TRACE=1) of the decoder at M = 512 / 2048 and the f32-input low-rank
 # chain at 512; wgmmarate: benches/gpu/wgmma_rate.cu (nvcc), the int8 wgmma rate of the
 # decoder's loop structure on data already in shared memory.
@@ -82,23 +83,28 @@ fi
 if has t2; then
   bench "cuda ternary2 weights" --backend cuda --op lowrank,decoder-tail --m 1,4,16,512,2048 --weights ternary2 --json "$out/t2.json"
 fi
-if has t2fields || has t2opts; then
+if has t2tests; then
   d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 400 "$d" --test-threads=3 cuda_mma::decoder_t2_fields \
-    cuda_mma::decoder_mbarrier_ring cuda_mma::decoder_narrow > "$out/test-t2opts.log" 2>&1
+  LOWBIT_REQUIRE=cuda timeout 400 "$d" --test-threads=4 cuda_mma::decoder_t2_fields \
+    cuda_mma::decoder_mbarrier_ring cuda_mma::decoder_y_by_tma cuda_mma::decoder_narrow \
+    > "$out/test-t2opts.log" 2>&1
   echo "t2 option tests exit $?" | tee -a "$sum"
   grep -E "^test |test result|panicked" "$out/test-t2opts.log" | head | tee -a "$sum"
+fi
+if has t2opts; then
+  # fmt: T2_FIELDS, MBARRIER, TMA
   for round in 1 2; do
-    for fm in 00 10 01 11; do
-      LOWBIT_CUDA_T2_FIELDS=${fm:0:1} LOWBIT_CUDA_MBARRIER=${fm:1:1} \
-        bench "decoder ternary2, T2_FIELDS=${fm:0:1} MBARRIER=${fm:1:1}, round $round" \
+    for fmt in 000 100 010 110 011 111; do
+      LOWBIT_CUDA_T2_FIELDS=${fmt:0:1} LOWBIT_CUDA_MBARRIER=${fmt:1:1} LOWBIT_CUDA_TMA=${fmt:2:1} \
+        bench "decoder ternary2, T2_FIELDS=${fmt:0:1} MBARRIER=${fmt:1:1} TMA=${fmt:2:1}, round $round" \
         --backend cuda --op decoder-tail --variant packed --m 512,2048,8192 --weights ternary2
     done
   done
   # 64-row tiles where 128 are the default (fewer splits, longer rings), each ring
-  for fm in 00 01 11; do
-    LOWBIT_CUDA_DECODER_ROWS=64 LOWBIT_CUDA_T2_FIELDS=${fm:0:1} LOWBIT_CUDA_MBARRIER=${fm:1:1} \
-      bench "decoder ternary2, 64-row tiles, T2_FIELDS=${fm:0:1} MBARRIER=${fm:1:1}" \
+  for fmt in 000 010 011 111; do
+    LOWBIT_CUDA_DECODER_ROWS=64 LOWBIT_CUDA_T2_FIELDS=${fmt:0:1} LOWBIT_CUDA_MBARRIER=${fmt:1:1} \
+      LOWBIT_CUDA_TMA=${fmt:2:1} \
+      bench "decoder ternary2, 64-row tiles, T2_FIELDS=${fmt:0:1} MBARRIER=${fmt:1:1} TMA=${fmt:2:1}" \
       --backend cuda --op decoder-tail --variant packed --m 1024,2048 --weights ternary2
   done
 fi

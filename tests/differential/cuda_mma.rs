@@ -604,6 +604,57 @@ fn decoder_mbarrier_ring() {
     }
 }
 
+/// `decoder_wgmma` on the mbarrier ring with y loaded by TMA and interior weight rows by bulk
+/// copies (`CudaDevice::with_y_tma`): one-batch shapes (rows past M read as zeros), a
+/// partial last chunk per head (zeros past L in the box, the weights by cp.async), a second,
+/// partial column tile, two batches whose T is a multiple of both row tiles, a 2-split
+/// cluster, and two batches of T = 260, which take the ring without TMA; then single splits
+/// on each row tile, whose rings wrap around. Every input variant, bit for bit.
+#[test]
+fn decoder_y_by_tma() {
+    use crate::WeightKind::Ternary;
+    if t2_backend().and_then(with_wgmma).is_none() {
+        return;
+    }
+    let ops = [
+        dec([1, 4, 130, 2048], [4 * 2048, 256]),
+        dec([1, 2, 70, 2000], [2 * 2048, 301]),
+        dec([2, 2, 128, 256], [2 * 256, 256]),
+        dec([1, 1, 6400, 512], [512, 256]),
+        dec([2, 4, 260, 2048], [4 * 2048, 256]),
+    ];
+    let b = tuned_backend("y by TMA", true, |d| {
+        Ok(d.with_mbarrier_ring(true).with_y_tma(true))
+    });
+    run_on_mma(b, "LB_DW_TMA=1", |ctx| {
+        let name = "wgmma decoder_tail, y by TMA";
+        crate::large_cases(ctx, name, &ops, 191);
+        crate::epilogue_cases_with(ctx, name, &ops[1..3], 192, Ternary);
+        crate::edge_cases_with(ctx, name, &ops[1..2], 193, Ternary);
+    });
+    let logs = b.device().compile_logs();
+    for tile in ["LB_DW_BM=64", "LB_DW_BM=128", "LB_DW_ZC=2"] {
+        assert!(
+            logs.iter()
+                .any(|(m, _)| m.contains(tile) && m.contains("LB_DW_TMA=1")),
+            "y by TMA: no {tile} module with LB_DW_TMA=1 ran"
+        );
+    }
+    for rows in [64, 128] {
+        let what = format!("y by TMA, one split, {rows} rows");
+        let b = tuned_backend(&what, true, |d| {
+            d.with_mbarrier_ring(true)
+                .with_y_tma(true)
+                .with_t2_fields(rows == 64)
+                .with_decoder_rows(rows)?
+                .with_decoder_splits(1)
+        });
+        run_on_mma(b, "LB_DW_TMA=1", |ctx| {
+            crate::large_cases(ctx, &what, &ops[..3], 194);
+        });
+    }
+}
+
 /// The ternary2 options of `decoder_wgmma` (`tune` switches one on; `needle` names its
 /// define): the shapes of `ternary2_decoder_on_wgmma` (64-row tiles with narrow partials,
 /// two column tiles with odd L < Lart, one split of 128-row tiles, a D not a multiple of 4)

@@ -232,7 +232,8 @@ pub struct CudaDevice {
     /// (`mma::NARROW_PARTIALS_ENV`).
     pub(crate) narrow_partials: super::mma::NarrowPartials,
     /// How `decoder_wgmma` takes ternary2 weights: as u8 fields w + 1
-    /// (`mma::T2_FIELDS_ENV`), through an mbarrier ring (`mma::MBARRIER_ENV`).
+    /// (`mma::T2_FIELDS_ENV`), through an mbarrier ring (`mma::MBARRIER_ENV`), y by TMA
+    /// there (`mma::TMA_ENV`).
     pub(crate) dw_opt: super::mma::DwOptions,
     /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`],
     /// `mma::DECODER_ROWS_ENV`; else chosen from the split count, `mma::decoder_rows`).
@@ -386,6 +387,7 @@ impl CudaDevice {
             dw_opt: super::mma::DwOptions {
                 t2_fields: env_switch(super::mma::T2_FIELDS_ENV, false)?,
                 mbar: env_switch(super::mma::MBARRIER_ENV, false)?,
+                tma: env_switch(super::mma::TMA_ENV, false)?,
             },
             dw_rows: super::mma::parse_decoder_rows(
                 &std::env::var(super::mma::DECODER_ROWS_ENV).unwrap_or_default(),

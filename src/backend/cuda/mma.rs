@@ -281,6 +281,14 @@ pub const T2_FIELDS_ENV: &str = "LOWBIT_CUDA_T2_FIELDS";
 /// a card, hence off.
 pub const MBARRIER_ENV: &str = "LOWBIT_CUDA_MBARRIER";
 
+/// `decoder_wgmma` on the mbarrier ring ([`MBARRIER_ENV`]): `1` has one thread load each y
+/// tile by TMA (a tensor map of y, 128-byte swizzle) and the weight rows of interior chunks
+/// by bulk copies, where a row tile lies in one batch (B = 1, or T a multiple of the row
+/// tile), so that the other threads issue no copies there (`LB_DW_TMA`); `0` or unset (the
+/// default) keeps every thread's cp.asyncs. The same bits either way. Not yet measured on a
+/// card, hence off.
+pub const TMA_ENV: &str = "LOWBIT_CUDA_TMA";
+
 /// i32 words of `count` split partials: i32s, or narrow ones (i16s, then at the next 16-byte
 /// boundary the i32s of the sums that do not fit; `lb_p16_wide`).
 pub fn partial_words(count: usize, narrow: bool) -> usize {
@@ -330,6 +338,71 @@ pub struct DwOptions {
     pub t2_fields: bool,
     /// the ring handed over by mbarriers (`LB_DW_MBAR`)
     pub mbar: bool,
+    /// y tiles by TMA on that ring (`LB_DW_TMA`), where [`DwOptions::for_shape`] allows
+    pub tma: bool,
+}
+
+impl DwOptions {
+    /// These options for a decoder tail of `batch` batches of `time` rows on `bm`-row tiles:
+    /// TMA only where every row tile lies in one batch (the kernel's tensor map addresses a
+    /// tile as one box of one batch).
+    pub fn for_shape(self, batch: usize, time: usize, bm: usize) -> Self {
+        Self {
+            tma: self.tma && (batch == 1 || time.is_multiple_of(bm)),
+            ..self
+        }
+    }
+}
+
+/// A tensor map (`CUtensorMap`) passed to a kernel by value (`LbTmap` in `cuda/mma.cuh`).
+#[repr(transparent)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LbTmap(cudarc::driver::sys::CUtensorMap);
+
+// SAFETY: plain bytes, the layout of `LbTmap` in cuda/mma.cuh (128 bytes).
+unsafe impl DeviceRepr for LbTmap {}
+
+/// The tensor map of `decoder_wgmma`'s y (`LB_DW_TMA`): p.a as bytes [B][H][T][Lw words],
+/// rows p.lda words apart, valid up to p.kw words (zeros past it and past T), boxes of 128
+/// bytes x `bm` rows, swizzled 128 bytes as the ring's y tiles.
+fn y_tensor_map(p: &LbMma, batch: usize, bm: usize) -> Result<LbTmap> {
+    let row = p.lda as u64 * 4;
+    let dims = [
+        p.kw as u64 * 4,
+        p.time as u64,
+        p.a_heads as u64,
+        batch as u64,
+    ];
+    let strides = [
+        row,
+        row * p.time as u64,
+        row * p.time as u64 * p.a_heads as u64,
+    ];
+    let boxes = [128u32, bm as u32, 1, 1];
+    let steps = [1u32; 4];
+    let mut map = std::mem::MaybeUninit::<sys::CUtensorMap>::zeroed();
+    // SAFETY: every array has the rank's length (strides one less); the driver only encodes
+    // (y's address is not dereferenced here).
+    let r = unsafe {
+        sys::cuTensorMapEncodeTiled(
+            map.as_mut_ptr(),
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+            4,
+            p.a as *mut c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            steps.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    };
+    r.result()
+        .map_err(drv("cuTensorMapEncodeTiled (decoder y)"))?;
+    // SAFETY: initialised by the successful call above (and zeroed before it).
+    Ok(LbTmap(unsafe { map.assume_init() }))
 }
 
 /// Defines of `decoder_wgmma` with `bm` rows per CTA and clusters of `zc` splits summed
@@ -359,6 +432,7 @@ pub fn dec_wgmma_defines(
         d("LB_DW_P16", u32::from(p16 && zc == 1)),
         d("LB_DW_T2U", u32::from(t2 && opt.t2_fields)),
         d("LB_DW_MBAR", u32::from(dec_wgmma_mbar(t2, mbar))),
+        d("LB_DW_TMA", u32::from(dec_wgmma_mbar(t2, mbar) && opt.tma)),
         eps(),
     ]
 }
@@ -452,9 +526,18 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         }
         for zc in [1, 2, 4, 8] {
             // i8x4 weights; ternary2 ones expanded or as u8 fields, each under a block
-            // barrier or an mbarrier ring
+            // barrier, an mbarrier ring, or that ring with y by TMA
             let t2_opts = [(false, false), (true, false), (false, true), (true, true)]
-                .map(|(t2_fields, mbar)| (true, DwOptions { t2_fields, mbar }));
+                .into_iter()
+                .flat_map(|(t2_fields, mbar)| {
+                    let tmas: &[bool] = if mbar { &[false, true] } else { &[false] };
+                    tmas.iter().map(move |&tma| DwOptions {
+                        t2_fields,
+                        mbar,
+                        tma,
+                    })
+                })
+                .map(|opt| (true, opt));
             for (t2, fields) in std::iter::once((false, DwOptions::default())).chain(t2_opts) {
                 v.push((
                     KernelId::DecoderWgmma,
@@ -891,6 +974,13 @@ impl CudaDevice {
     /// weights ([`MBARRIER_ENV`]); either gives the same bits.
     pub fn with_mbarrier_ring(mut self, on: bool) -> Self {
         self.dw_opt.mbar = on;
+        self
+    }
+
+    /// Sets whether `decoder_wgmma` on the mbarrier ring loads y by TMA where a row tile lies
+    /// in one batch ([`TMA_ENV`]); either gives the same bits.
+    pub fn with_y_tma(mut self, on: bool) -> Self {
+        self.dw_opt.tma = on;
         self
     }
 
@@ -1537,6 +1627,7 @@ impl CudaDevice {
         }
         // decoder_wgmma's rows per CTA `dbm` (only 128 in split clusters); its partials narrow?
         let p16 = wg && self.narrow_partials.applies(t2);
+        let opt = |bm| self.dw_opt.for_shape(shape.batch, shape.time, bm);
         let (n_tiles, m_tiles, threads, smem, f, what, dbm) = if wg {
             let n_tiles = dim.div_ceil(DEC_WGMMA_BN);
             let sms = self.caps.multiprocessors.max(1) as usize;
@@ -1545,7 +1636,7 @@ impl CudaDevice {
                 .unwrap_or_else(|| decoder_rows(sms, n_tiles * m.div_ceil(DEC_WGMMA_BM), chunks));
             let f = self.function(
                 KernelId::DecoderWgmma,
-                dec_wgmma_defines(uns, 1, t2, dbm, p16, self.dw_opt),
+                dec_wgmma_defines(uns, 1, t2, dbm, p16, opt(dbm)),
             )?;
             let m_tiles = m.div_ceil(dbm);
             let what = "cuLaunchKernel (decoder_wgmma)";
@@ -1585,7 +1676,7 @@ impl CudaDevice {
         let clustered = if zc > 1 {
             let f = self.function(
                 KernelId::DecoderWgmma,
-                dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false, self.dw_opt),
+                dec_wgmma_defines(uns, zc, t2, DEC_WGMMA_BM, false, opt(DEC_WGMMA_BM)),
             )?;
             self.prepare_dynamic(&f, threads, smem)?;
             let fits = self.resident_clusters(&f, zc as u32, threads, smem)? >= units;
@@ -1598,6 +1689,8 @@ impl CudaDevice {
             None => (f, 1, splits),
         };
         let groups = splits / zc; // sets of partials: one when the splits sum in a cluster
+        // (split clusters run 128-row tiles, which dbm then is)
+        let tma = wg && dec_wgmma_mbar(t2, self.dw_opt.mbar) && opt(dbm).tma;
         let reduce = if groups > 1 {
             Some(self.function(KernelId::DecoderMmaReduce, reduce_defines(p16))?)
         } else {
@@ -1623,6 +1716,12 @@ impl CudaDevice {
             p.partial = self.scratch_buf(&mut scratch.partials, words)?;
         }
         drop(scratch);
+        // LB_DW_TMA kernels take y's tensor map as a second parameter.
+        let y_map = if tma {
+            Some(y_tensor_map(&p, shape.batch, dbm)?)
+        } else {
+            None
+        };
         let c = launch_cfg(
             (n_tiles as u32, m_tiles as u32, splits as u32),
             threads,
@@ -1631,8 +1730,11 @@ impl CudaDevice {
         let y_window = y_stream_window(rows * p.lda as usize * 4, self.y_window_max);
         let windowed = match y_window.filter(|_| wg) {
             Some(bytes) => {
-                let mut params = [&p as *const LbMma as *mut c_void];
-                // SAFETY: `params` is the kernel's one parameter, alive for the call; the rest
+                let mut params = vec![&p as *const LbMma as *mut c_void];
+                if let Some(m) = &y_map {
+                    params.push(m as *const LbTmap as *mut c_void);
+                }
+                // SAFETY: `params` are the kernel's parameters, alive for the call; the rest
                 // as below (the window is only a cache hint over y).
                 match unsafe { self.launch_streaming(&f, c, &mut params, p.a, bytes) } {
                     Ok(()) => true,
@@ -1646,7 +1748,11 @@ impl CudaDevice {
         if !windowed {
             let mut b = self.stream.launch_builder(&f);
             b.arg(&p);
-            // SAFETY: as above; the partials hold groups * M * D i32.
+            if let Some(m) = &y_map {
+                b.arg(m);
+            }
+            // SAFETY: as above; the partials hold groups * M * D i32 (and the tensor map
+            // describes y as it lies, within its allocation).
             unsafe { b.launch(c) }.map_err(drv(what))?;
         }
         if zc > 1 {
@@ -1812,7 +1918,11 @@ mod tests {
     #[test]
     fn t2_options_only_with_ternary2_weights() {
         let define = |t2, t2_fields, mbar, name: &str| {
-            let opt = DwOptions { t2_fields, mbar };
+            let opt = DwOptions {
+                t2_fields,
+                mbar,
+                tma: false,
+            };
             dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, opt)
                 .into_iter()
                 .find(|(k, _)| k == name)
@@ -1838,6 +1948,29 @@ mod tests {
             define(false, true, true, "LB_DW_MBAR").as_deref(),
             Some("0")
         );
+    }
+
+    #[test]
+    fn tma_only_on_the_mbarrier_ring_where_tiles_lie_in_one_batch() {
+        let on = DwOptions {
+            t2_fields: false,
+            mbar: true,
+            tma: true,
+        };
+        let tma = |t2, opt: DwOptions| {
+            dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM_FEW, true, opt)
+                .into_iter()
+                .any(|(k, v)| k == "LB_DW_TMA" && v == "1")
+        };
+        assert!(tma(true, on));
+        assert!(!tma(false, on)); // i8x4 weights keep the block barrier
+        assert!(!tma(true, DwOptions { mbar: false, ..on }));
+        // a row tile in one batch: B = 1 (rows past T read as zeros), or T % BM = 0
+        assert!(on.for_shape(1, 300, 64).tma);
+        assert!(on.for_shape(4, 256, 128).tma);
+        assert!(!on.for_shape(2, 260, 64).tma);
+        assert!(!on.for_shape(2, 192, 128).tma);
+        assert!(on.for_shape(2, 192, 64).tma);
     }
 
     #[test]
