@@ -3,7 +3,8 @@
 //! ([`dec_wgmma_stages`]). Sixteen warps in four warpgroups step in random order; each warp's
 //! cp.async groups land at random times, and each warpgroup's wgmmas finish in order at random
 //! times. The model checks what the kernel relies on:
-//! - a chunk is read (fragment loads, wgmma) only once every warp's copies of it have landed;
+//! - a chunk is read (fragment loads, wgmma) only once every warp's copies of it (and its TMA
+//!   transfer) have landed;
 //! - a slot is refilled only once every read of its previous load is over, the wgmmas'
 //!   included;
 //! - every mbarrier arrival lands in the phase it is meant for, and no wait ever sees its
@@ -15,6 +16,8 @@
 //! (`wgmma.wait_group 1`), release load c − 1 (`empty`), wait until every warp released load
 //! c − 2 and refill its slot with load c + S − 2, then publish load c + 2 once this warp's
 //! copies of it landed (`cp.async.wait_group S − 4`; at c = 0 load 1 first, `S − 3`).
+//! With `LB_DW_TMA` thread 0 also moves each load by a transfer issued with its copies: an
+//! `expect_tx` arrival on `full` (17 per phase), and the phase waits until it lands.
 
 use std::collections::VecDeque;
 
@@ -24,11 +27,13 @@ use crate::testing::Rng;
 const WARPS: usize = 16;
 const WARPGROUPS: usize = 4;
 
-/// An mbarrier of `count` arrivals per phase.
+/// An mbarrier of `count` arrivals per phase, and the transfers (`expect_tx`) a phase also
+/// waits for.
 struct Bar {
     count: usize,
     phase: usize,
     arrived: usize,
+    transfers: usize,
 }
 
 impl Bar {
@@ -37,21 +42,44 @@ impl Bar {
             count,
             phase: 0,
             arrived: 0,
+            transfers: 0,
+        }
+    }
+
+    fn check(&self, phase: usize, what: &str) -> Result<(), String> {
+        if self.phase != phase {
+            return Err(format!("{what}: for phase {phase} at phase {}", self.phase));
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self) {
+        if self.arrived == self.count && self.transfers == 0 {
+            self.arrived = 0;
+            self.phase += 1;
         }
     }
 
     fn arrive(&mut self, phase: usize, what: &str) -> Result<(), String> {
-        if self.phase != phase {
-            return Err(format!(
-                "{what}: arrival for phase {phase} at phase {}",
-                self.phase
-            ));
-        }
+        self.check(phase, what)?;
         self.arrived += 1;
-        if self.arrived == self.count {
-            self.arrived = 0;
-            self.phase += 1;
-        }
+        self.complete();
+        Ok(())
+    }
+
+    /// `mbarrier.arrive.expect_tx`: an arrival and one transfer more to wait for.
+    fn expect(&mut self, phase: usize, what: &str) -> Result<(), String> {
+        self.check(phase, what)?;
+        self.transfers += 1;
+        self.arrived += 1;
+        Ok(())
+    }
+
+    /// A transfer of `phase` landed (`complete_tx`).
+    fn landed(&mut self, phase: usize, what: &str) -> Result<(), String> {
+        self.check(phase, what)?;
+        self.transfers -= 1;
+        self.complete();
         Ok(())
     }
 
@@ -90,10 +118,16 @@ struct Model {
     now: u64,
     full: Vec<Bar>,
     empty: Vec<Bar>,
-    /// slot, warp: the load whose copies by that warp landed there
-    part: Vec<[Option<usize>; WARPS]>,
+    /// slot, warp: the load whose copies by that warp landed there (and last, with `tma`,
+    /// the load whose TMA transfer did)
+    part: Vec<[Option<usize>; WARPS + 1]>,
     /// copies in flight: (warp, load, lands at)
     pending: Vec<(usize, usize, u64)>,
+    /// `LB_DW_TMA`: warp 0 (its thread 0) also moves each load by a transfer that completes
+    /// on `full`, whose phases then take one arrival more
+    tma: bool,
+    /// transfers in flight: (load, lands at)
+    transfers: Vec<(usize, u64)>,
     /// per warp, per commit group: its load (None for an empty group)
     groups: Vec<Vec<Option<usize>>>,
     read: Vec<Vec<bool>>,
@@ -108,19 +142,24 @@ struct Model {
     /// its slot is refilled (the model's own test breaks each).
     publish_wait: usize,
     refill_waits: bool,
+    /// the `full` phase waits for the TMA transfer (`expect_tx`, not a plain arrival)
+    expect_transfer: bool,
 }
 
 impl Model {
-    fn new(s: usize, nl: usize, seed: u64) -> Self {
+    fn new(s: usize, nl: usize, seed: u64, tma: bool) -> Self {
         Self {
             s,
             nl,
             rng: Rng::new(seed),
             now: 0,
-            full: (0..s).map(|_| Bar::new(WARPS)).collect(),
+            full: (0..s).map(|_| Bar::new(WARPS + usize::from(tma))).collect(),
             empty: (0..s).map(|_| Bar::new(WARPS)).collect(),
-            part: vec![[None; WARPS]; s],
+            // without TMA the transfer's part reads as always there
+            part: vec![[None; WARPS + 1]; s],
             pending: Vec::new(),
+            tma,
+            transfers: Vec::new(),
             groups: vec![Vec::new(); WARPS],
             read: vec![vec![false; nl]; WARPS],
             arrived: vec![vec![0; nl]; WARPGROUPS],
@@ -130,6 +169,7 @@ impl Model {
             pc: vec![(Pc::Start, 0); WARPS],
             publish_wait: s - 4,
             refill_waits: true,
+            expect_transfer: true,
         }
     }
 
@@ -151,6 +191,17 @@ impl Model {
             }
             let at = self.now + self.rng.int(1, 60) as u64;
             self.pending.push((w, j, at));
+            if self.tma && w == 0 {
+                let s = self.s;
+                let what = format!("expect_tx load {j}");
+                if self.expect_transfer {
+                    self.full[j % s].expect(j / s, &what)?;
+                } else {
+                    self.full[j % s].arrive(j / s, &what)?;
+                }
+                let at = self.now + self.rng.int(1, 90) as u64;
+                self.transfers.push((j, at));
+            }
         }
         self.groups[w].push((j < self.nl).then_some(j));
         Ok(())
@@ -196,7 +247,8 @@ impl Model {
                 (Pc::Read, c)
             }
             Pc::Read => {
-                if let Some(v) = (0..WARPS).find(|&v| self.part[c % s][v] != Some(c)) {
+                let parts = WARPS + usize::from(self.tma);
+                if let Some(v) = (0..parts).find(|&v| self.part[c % s][v] != Some(c)) {
                     return Err(format!(
                         "warp {w} reads load {c}: warp {v}'s part holds {:?}",
                         self.part[c % s][v]
@@ -296,6 +348,20 @@ impl Model {
             for (w, j, _) in landed {
                 self.part[j % self.s][w] = Some(j);
             }
+            let moved: Vec<_> = self
+                .transfers
+                .iter()
+                .filter(|t| t.1 <= now)
+                .copied()
+                .collect();
+            self.transfers.retain(|t| t.1 > now);
+            for (j, _) in moved {
+                let s = self.s;
+                self.part[j % s][WARPS] = Some(j);
+                if self.expect_transfer {
+                    self.full[j % s].landed(j / s, &format!("complete_tx load {j}"))?;
+                }
+            }
             for g in 0..WARPGROUPS {
                 while let Some(&(j, at)) = self.mma[g].front() {
                     if at > now {
@@ -329,9 +395,13 @@ fn mbarrier_ring_schedule_is_safe() {
     for s in depths {
         for nl in [1, 2, 3, 4, s - 2, s - 1, s, s + 1, 2 * s + 3, 40] {
             for seed in 0..6 {
-                Model::new(s, nl, seed * 7919 + (s * 31 + nl) as u64)
-                    .run()
-                    .unwrap_or_else(|e| panic!("S = {s}, {nl} loads, seed {seed}: {e}"));
+                for tma in [false, true] {
+                    Model::new(s, nl, seed * 7919 + (s * 31 + nl) as u64, tma)
+                        .run()
+                        .unwrap_or_else(|e| {
+                            panic!("S = {s}, {nl} loads, seed {seed}, TMA {tma}: {e}")
+                        });
+                }
             }
         }
     }
@@ -339,11 +409,12 @@ fn mbarrier_ring_schedule_is_safe() {
 
 /// The model finds what it should: a load published one wait earlier (before this warp's
 /// copies of it need have landed: caught on the shallowest ring, where the copies have the
-/// least time), a slot refilled without waiting for its release.
+/// least time), a slot refilled without waiting for its release, a TMA transfer that the
+/// `full` phase does not wait for.
 #[test]
 fn mbarrier_ring_model_catches_a_broken_schedule() {
     let broken = |seed: u64, tweak: fn(&mut Model)| {
-        let mut m = Model::new(6, 40, seed);
+        let mut m = Model::new(6, 40, seed, seed % 2 == 1);
         tweak(&mut m);
         m.run()
     };
@@ -352,4 +423,10 @@ fn mbarrier_ring_model_catches_a_broken_schedule() {
     assert!((0..6).any(|seed| broken(seed, early).is_err_and(|e| e.contains("reads load"))));
     assert!((0..6).any(|seed| broken(seed, eager).is_err_and(|e| e.contains("in flight"))));
     assert!((0..6).all(|seed| broken(seed, |_| {}).is_ok()));
+    let unawaited = |m: &mut Model| {
+        m.expect_transfer = false;
+        m.tma = true;
+        m.full = (0..m.s).map(|_| Bar::new(WARPS + 1)).collect();
+    };
+    assert!((0..6).any(|seed| broken(seed, unawaited).is_err_and(|e| e.contains("reads load"))));
 }
