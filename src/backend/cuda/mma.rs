@@ -331,7 +331,7 @@ pub fn decoder_zcluster(max: usize, splits: usize) -> usize {
 }
 
 /// How `decoder_wgmma` is compiled beyond its signedness, split cluster and row tile: the
-/// device's settings for ternary2 weights ([`T2_FIELDS_ENV`], [`MBARRIER_ENV`]).
+/// device's settings for ternary2 weights ([`T2_FIELDS_ENV`], [`MBARRIER_ENV`], [`TMA_ENV`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DwOptions {
     /// ternary2 weights as u8 fields w + 1 (`LB_DW_T2U`)
