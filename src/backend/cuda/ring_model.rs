@@ -338,24 +338,10 @@ impl Model {
                 return Err(format!("deadlock: warps at {:?}", self.pc));
             }
             let now = self.now;
-            let landed: Vec<_> = self
-                .pending
-                .iter()
-                .filter(|p| p.2 <= now)
-                .copied()
-                .collect();
-            self.pending.retain(|p| p.2 > now);
-            for (w, j, _) in landed {
+            for (w, j, _) in take_due(&mut self.pending, |p| p.2 <= now) {
                 self.part[j % self.s][w] = Some(j);
             }
-            let moved: Vec<_> = self
-                .transfers
-                .iter()
-                .filter(|t| t.1 <= now)
-                .copied()
-                .collect();
-            self.transfers.retain(|t| t.1 > now);
-            for (j, _) in moved {
+            for (j, _) in take_due(&mut self.transfers, |t| t.1 <= now) {
                 let s = self.s;
                 self.part[j % s][WARPS] = Some(j);
                 if self.expect_transfer {
@@ -382,6 +368,13 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// The items of `items` that are `due`, removed from it.
+fn take_due<T>(items: &mut Vec<T>, due: impl Fn(&T) -> bool) -> Vec<T> {
+    let (now, later) = std::mem::take(items).into_iter().partition(|x| due(x));
+    *items = later;
+    now
 }
 
 /// Every ring depth the kernel runs with, short and long runs (1 load to several laps).
