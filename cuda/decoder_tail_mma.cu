@@ -288,6 +288,9 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 //   Ws        weight tile [LB_DW_WROWS][LB_DW_LDW] words (32 k words, or 8 t2 rows): rows
 //             padded by 8 words, so a warp's 8-byte fragment loads (4 rows x 64 bytes) take
 //             the minimum two wavefronts
+//   full/empty  LB_DW_MBAR's mbarriers per ring slot: `full` completes when the slot's load
+//             is published by every warp (and its TMA bytes landed), `empty` when every warp
+//             released it; a load's phase is load / S, its parity (load / S) & 1
 
 #if LB_DW_BN != 256 || (LB_DW_BM != 128 && LB_DW_BM != 64) || LB_DW_THREADS != 512 || LB_DW_STAGES < 3
 #error "decoder_wgmma: LB_DW_BN, LB_DW_BM, LB_DW_THREADS must be 256, 128 or 64, 512; STAGES >= 3"
