@@ -476,20 +476,22 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* t
             u32* ws = (u32*)(slot + LB_DW_YBYTES);
             const int k0 = lkc * 32;
 #if LB_DW_TMA
-            const bool wint = wfull && k0 + 32 <= p.kw;  // whole weight rows, all needed
+            const bool interior = wfull && k0 + 32 <= p.kw;  // whole weight rows, all needed
             if (tid == 0) {
                 u64* bar = &mb_full[u % S];
-                lb_mbar_expect(bar, LB_DW_YBYTES + (wint ? WR * LB_DW_BN * 4 : 0));
+                lb_mbar_expect(bar, LB_DW_YBYTES + (interior ? WR * LB_DW_BN * 4 : 0));
                 lb_tma_4d(slot, tmap, k0 * 4, y_t0, lh, y_b0, bar);
-                if (wint) {
+                if (interior) {
                     const u32* w = p.b + w_off + n0;
 #pragma unroll
                     for (int r = 0; r < WR; ++r)
                         lb_bulk(ws + r * LB_DW_LDW, w + r * p.ldb, LB_DW_BN * 4, bar);
                 }
             }
-            if (!wint) load_w_edge(ws, k0);
+            if (!interior) load_w_edge(ws, k0);
 #else
+            // (the test written here, not hoisted above the #if: hoisted, ptxas scheduled
+            // every default variant differently)
             if (wfull && k0 + 32 <= p.kw) {  // interior chunk: only rows past M are masked
 #pragma unroll
                 for (int rr = 0; rr < LB_DW_RH; ++rr)
@@ -780,20 +782,20 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* t
 #else
 #define LB_DW_CLUSTER_DIMS
 #endif
+// LB_DW_TMA kernels take y's tensor map as a second parameter.
 #if LB_DW_TMA
-extern "C" __global__ void LB_DW_CLUSTER_DIMS __launch_bounds__(LB_DW_THREADS, 1)
-    decoder_wgmma(LbMma p, const __grid_constant__ LbTmap y_map) {
-    lb_trace_at(0);
-    lb_decoder_wgmma<LB_UNS != 0>(p, &y_map);
-    lb_trace_at(3);
-}
+#define LB_DW_MAP_PARAM , const __grid_constant__ LbTmap y_map
+#define LB_DW_MAP (&y_map)
 #else
-extern "C" __global__ void LB_DW_CLUSTER_DIMS __launch_bounds__(LB_DW_THREADS, 1) decoder_wgmma(LbMma p) {
+#define LB_DW_MAP_PARAM
+#define LB_DW_MAP nullptr
+#endif
+extern "C" __global__ void LB_DW_CLUSTER_DIMS __launch_bounds__(LB_DW_THREADS, 1)
+    decoder_wgmma(LbMma p LB_DW_MAP_PARAM) {
     lb_trace_at(0);
-    lb_decoder_wgmma<LB_UNS != 0>(p, nullptr);
+    lb_decoder_wgmma<LB_UNS != 0>(p, LB_DW_MAP);
     lb_trace_at(3);
 }
-#endif
 
 #else
 template <bool UNS>
