@@ -178,11 +178,23 @@ pub const DECODER_ROWS_ENV: &str = "LOWBIT_CUDA_DECODER_ROWS";
 pub fn parse_decoder_rows(text: &str) -> std::result::Result<Option<usize>, String> {
     match text.trim() {
         "" => Ok(None),
-        "64" => Ok(Some(DEC_WGMMA_BM_FEW)),
-        "128" => Ok(Some(DEC_WGMMA_BM)),
-        other => Err(format!(
-            "`{other}`: expected {DEC_WGMMA_BM_FEW} or {DEC_WGMMA_BM}"
-        )),
+        t => match t.parse() {
+            Ok(rows) if t.bytes().all(|b| b.is_ascii_digit()) => decoder_row_tile(rows).map(Some),
+            _ => Err(format!(
+                "`{t}`: expected {DEC_WGMMA_BM} or {DEC_WGMMA_BM_FEW}"
+            )),
+        },
+    }
+}
+
+/// `rows` if `decoder_wgmma` has that row tile ([`DEC_WGMMA_BM`], [`DEC_WGMMA_BM_FEW`]).
+fn decoder_row_tile(rows: usize) -> std::result::Result<usize, String> {
+    if rows == DEC_WGMMA_BM || rows == DEC_WGMMA_BM_FEW {
+        Ok(rows)
+    } else {
+        Err(format!(
+            "{rows}: expected {DEC_WGMMA_BM} or {DEC_WGMMA_BM_FEW}"
+        ))
     }
 }
 
@@ -343,6 +355,12 @@ pub struct DwOptions {
 }
 
 impl DwOptions {
+    /// Does a launch on ternary2 (`t2`) or i8x4 weights load y by TMA (`LB_DW_TMA`)? Only on
+    /// the mbarrier ring.
+    pub fn tma_for(self, t2: bool) -> bool {
+        dec_wgmma_mbar(t2, self.mbar) && self.tma
+    }
+
     /// These options for a decoder tail of `batch` batches of `time` rows on `bm`-row tiles:
     /// TMA only where every row tile lies in one batch (the kernel's tensor map addresses a
     /// tile as one box of one batch).
@@ -432,7 +450,7 @@ pub fn dec_wgmma_defines(
         d("LB_DW_P16", u32::from(p16 && zc == 1)),
         d("LB_DW_T2U", u32::from(t2 && opt.t2_fields)),
         d("LB_DW_MBAR", u32::from(dec_wgmma_mbar(t2, mbar))),
-        d("LB_DW_TMA", u32::from(dec_wgmma_mbar(t2, mbar) && opt.tma)),
+        d("LB_DW_TMA", u32::from(opt.tma_for(t2))),
         eps(),
     ]
 }
@@ -988,13 +1006,11 @@ impl CudaDevice {
     /// of choosing them from the split count ([`decoder_rows`]); either gives the same bits.
     /// Split clusters keep 128 rows.
     pub fn with_decoder_rows(mut self, rows: usize) -> Result<Self> {
-        if rows != DEC_WGMMA_BM && rows != DEC_WGMMA_BM_FEW {
-            return Err(LowbitError::InvalidArgument {
-                op: "with_decoder_rows",
-                what: "rows",
-                reason: format!("{rows}: expected {DEC_WGMMA_BM} or {DEC_WGMMA_BM_FEW}"),
-            });
-        }
+        let rows = decoder_row_tile(rows).map_err(|reason| LowbitError::InvalidArgument {
+            op: "with_decoder_rows",
+            what: "rows",
+            reason,
+        })?;
         self.dw_rows = Some(rows);
         Ok(self)
     }
@@ -1690,7 +1706,7 @@ impl CudaDevice {
         };
         let groups = splits / zc; // sets of partials: one when the splits sum in a cluster
         // (split clusters run 128-row tiles, which dbm then is)
-        let tma = wg && dec_wgmma_mbar(t2, self.dw_opt.mbar) && opt(dbm).tma;
+        let tma = wg && opt(dbm).tma_for(t2);
         let reduce = if groups > 1 {
             Some(self.function(KernelId::DecoderMmaReduce, reduce_defines(p16))?)
         } else {
@@ -1979,6 +1995,8 @@ mod tests {
         assert_eq!(parse_decoder_rows(" 64"), Ok(Some(64)));
         assert_eq!(parse_decoder_rows("128"), Ok(Some(128)));
         assert!(parse_decoder_rows("96").is_err());
+        assert!(parse_decoder_rows("+64").is_err());
+        assert!(parse_decoder_rows("x").is_err());
     }
 
     #[test]
