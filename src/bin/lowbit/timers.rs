@@ -622,22 +622,25 @@ mod cuda {
     fn print_traces(dev: &CudaDevice, op: &Op) -> Result<()> {
         use lowbit_kernels::backend::cuda::TRACE_SLOTS;
         let traces = dev.take_traces()?;
-        let t0 = traces
+        // Per kernel, the stamps of the blocks that ran (their SM slot is set).
+        let kernels: Vec<(&String, Vec<&[u64]>)> = traces
             .iter()
-            .flat_map(|(_, w)| {
-                w.chunks_exact(TRACE_SLOTS)
+            .map(|(name, words)| {
+                let ran = words
+                    .chunks_exact(TRACE_SLOTS)
                     .filter(|b| b[TRACE_SLOTS - 1] != 0)
-                    .map(|b| b[0])
+                    .collect();
+                (name, ran)
             })
+            .collect();
+        let t0 = kernels
+            .iter()
+            .flat_map(|(_, b)| b.iter().map(|b| b[0]))
             .min();
         let Some(t0) = t0 else { return Ok(()) };
         let mut all: Vec<u64> = Vec::new();
         eprintln!("trace: {op:?}");
-        for (name, words) in &traces {
-            let blocks: Vec<&[u64]> = words
-                .chunks_exact(TRACE_SLOTS)
-                .filter(|b| b[TRACE_SLOTS - 1] != 0)
-                .collect();
+        for (name, blocks) in &kernels {
             let mut sms: Vec<u64> = blocks.iter().map(|b| b[TRACE_SLOTS - 1]).collect();
             sms.sort_unstable();
             sms.dedup();
