@@ -585,23 +585,16 @@ fn decoder_mbarrier_ring() {
             174,
         );
     });
-    for rows in [64, 128] {
-        let what = format!("mbarrier ring, one split, {rows} rows");
-        let b = tuned_backend(&what, true, |d| {
-            d.with_mbarrier_ring(true)
-                .with_decoder_rows(rows)?
-                .with_decoder_splits(1)
-        });
-        run_on_mma(b, "LB_DW_MBAR=1", |ctx| {
-            // 4 heads of 16 k chunks: 64 chunks per CTA; 2 heads of 16 (the last partial): 32
-            let ops = [
-                dec([1, 4, 130, 2048], [4 * 2048, 256]),
-                dec([1, 2, 70, 2000], [2 * 2048, 301]),
-            ];
-            crate::large_cases(ctx, &what, &ops, 175);
-            crate::edge_cases_with(ctx, &what, &ops[1..], 176, Ternary);
-        });
-    }
+    let ring = |d: CudaDevice, _rows| d.with_mbarrier_ring(true);
+    on_single_splits("mbarrier ring", "LB_DW_MBAR=1", ring, |ctx, what| {
+        // 4 heads of 16 k chunks: 64 chunks per CTA; 2 heads of 16 (the last partial): 32
+        let ops = [
+            dec([1, 4, 130, 2048], [4 * 2048, 256]),
+            dec([1, 2, 70, 2000], [2 * 2048, 301]),
+        ];
+        crate::large_cases(ctx, what, &ops, 175);
+        crate::edge_cases_with(ctx, what, &ops[1..], 176, Ternary);
+    });
 }
 
 /// `decoder_wgmma` on the mbarrier ring with y loaded by TMA and interior weight rows by bulk
@@ -632,26 +625,46 @@ fn decoder_y_by_tma() {
         crate::epilogue_cases_with(ctx, name, &ops[1..3], 192, Ternary);
         crate::edge_cases_with(ctx, name, &ops[1..2], 193, Ternary);
     });
+    assert_every_tile_ran(b, "y by TMA", "LB_DW_TMA=1");
+    let tma = |d: CudaDevice, rows| {
+        d.with_mbarrier_ring(true)
+            .with_y_tma(true)
+            .with_t2_fields(rows == 64)
+    };
+    on_single_splits("y by TMA", "LB_DW_TMA=1", tma, |ctx, what| {
+        crate::large_cases(ctx, what, &ops[..3], 194);
+    });
+}
+
+/// `case` on a backend tuned by `tune` (given the rows) with every k chunk of a tile in one
+/// split, on each row tile in turn: long rings that wrap around.
+fn on_single_splits(
+    what: &str,
+    needle: &str,
+    tune: impl Fn(CudaDevice, usize) -> CudaDevice,
+    case: impl Fn(&mut Ctx, &str),
+) {
+    for rows in [64, 128] {
+        let what = format!("{what}, one split, {rows} rows");
+        let b = tuned_backend(&what, true, |d| {
+            tune(d, rows)
+                .with_decoder_rows(rows)?
+                .with_decoder_splits(1)
+        });
+        run_on_mma(b, needle, |ctx| case(ctx, &what));
+    }
+}
+
+/// Modules with `needle` in their defines ran on `b` on 64- and 128-row tiles and in a
+/// 2-split cluster.
+fn assert_every_tile_ran(b: &CudaBackend, what: &str, needle: &str) {
     let logs = b.device().compile_logs();
     for tile in ["LB_DW_BM=64", "LB_DW_BM=128", "LB_DW_ZC=2"] {
         assert!(
             logs.iter()
-                .any(|(m, _)| m.contains(tile) && m.contains("LB_DW_TMA=1")),
-            "y by TMA: no {tile} module with LB_DW_TMA=1 ran"
+                .any(|(m, _)| m.contains(tile) && m.contains(needle)),
+            "{what}: no {tile} module with {needle} ran"
         );
-    }
-    for rows in [64, 128] {
-        let what = format!("y by TMA, one split, {rows} rows");
-        let b = tuned_backend(&what, true, |d| {
-            d.with_mbarrier_ring(true)
-                .with_y_tma(true)
-                .with_t2_fields(rows == 64)
-                .with_decoder_rows(rows)?
-                .with_decoder_splits(1)
-        });
-        run_on_mma(b, "LB_DW_TMA=1", |ctx| {
-            crate::large_cases(ctx, &what, &ops[..3], 194);
-        });
     }
 }
 
@@ -680,14 +693,7 @@ fn t2_option_cases(
         crate::epilogue_cases_with(ctx, &name, &ops[..2], seed + 1, Ternary);
         crate::edge_cases_with(ctx, &name, &ops[3..4], seed + 2, Ternary);
     });
-    let logs = b.device().compile_logs();
-    for tile in ["LB_DW_BM=64", "LB_DW_BM=128", "LB_DW_ZC=2"] {
-        assert!(
-            logs.iter()
-                .any(|(m, _)| m.contains(tile) && m.contains(needle)),
-            "{what}: no {tile} module with {needle} ran"
-        );
-    }
+    assert_every_tile_ran(b, what, needle);
 }
 
 /// `decoder_wgmma`'s narrow split partials (ternary2 weights by default, as u8 fields too,
