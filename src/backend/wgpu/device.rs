@@ -698,10 +698,10 @@ impl WgpuDevice {
         if let Some(m) = modules.get(stem) {
             return Ok(m.clone());
         }
-        let source = shaders::source(stem).ok_or_else(|| LowbitError::Compile {
+        let source = shaders::source(stem).map_err(|log| LowbitError::Compile {
             backend: BackendKind::Wgpu,
-            kernel: stem.into(),
-            log: "no WGSL source for this stem".into(),
+            kernel: format!("shaders/{stem}.wgsl"),
+            log,
         })?;
         let d = &self.inner.device;
         let _gl = self.gl_guard();

@@ -20,6 +20,7 @@ mod device;
 mod ops;
 mod probe;
 mod shaders;
+mod wgsl_include;
 
 pub use buffer::{DeviceOutput, GpuBuffer};
 pub use device::{

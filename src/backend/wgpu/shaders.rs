@@ -11,15 +11,41 @@ pub(crate) enum Bind {
     ReadWrite,
 }
 
-/// Source of `shaders/{stem}.wgsl`.
-pub(crate) fn source(stem: &str) -> Option<&'static str> {
-    Some(match stem {
-        "quantize" => include_str!("../../../shaders/quantize.wgsl"),
-        "lowrank" => include_str!("../../../shaders/lowrank.wgsl"),
-        "decoder_tail" => include_str!("../../../shaders/decoder_tail.wgsl"),
-        "rho" => include_str!("../../../shaders/rho.wgsl"),
-        _ => return None,
-    })
+/// Every file in `shaders/`: the op modules and the files they include.
+const FILES: [(&str, &str); 6] = [
+    ("common.wgsl", include_str!("../../../shaders/common.wgsl")),
+    (
+        "gemm_i8x4.wgsl",
+        include_str!("../../../shaders/gemm_i8x4.wgsl"),
+    ),
+    (
+        "quantize.wgsl",
+        include_str!("../../../shaders/quantize.wgsl"),
+    ),
+    (
+        "lowrank.wgsl",
+        include_str!("../../../shaders/lowrank.wgsl"),
+    ),
+    (
+        "decoder_tail.wgsl",
+        include_str!("../../../shaders/decoder_tail.wgsl"),
+    ),
+    ("rho.wgsl", include_str!("../../../shaders/rho.wgsl")),
+];
+
+fn file(name: &str) -> Option<&'static str> {
+    FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, text)| text)
+}
+
+/// The module of `shaders/{stem}.wgsl`, its `// #include` lines expanded; `Err` names what
+/// is missing or malformed.
+pub(crate) fn source(stem: &str) -> Result<String, String> {
+    let name = format!("{stem}.wgsl");
+    let src = file(&name).ok_or_else(|| format!("no WGSL source `shaders/{name}`"))?;
+    Ok(super::wgsl_include::expand(&name, src, file)?.text)
 }
 
 /// Bindings of group 0 for `kernel` (binding 0 is always the params uniform).
