@@ -1,4 +1,5 @@
-// common.wgsl — exact rounding helpers, included by every shader (`// #include "common.wgsl"`).
+// common.wgsl — exact rounding helpers, included by every shader
+// (`// #include "common.wgsl"`).
 //
 // Glossary
 //   RN        round to nearest, ties to even (IEEE division)

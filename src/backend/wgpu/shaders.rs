@@ -76,3 +76,33 @@ pub(crate) fn bindings(kernel: KernelId) -> &'static [(u32, Bind)] {
         _ => &[],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file in `shaders/` is embedded as it is on disk, and every op stem's module
+    /// expands (build.rs validated the same expansion).
+    #[test]
+    fn every_shader_file_is_embedded_and_every_stem_expands() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/shaders");
+        let mut on_disk = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|x| x == "wgsl") {
+                let name = path.file_name().unwrap().to_str().unwrap().to_string();
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert_eq!(file(&name), Some(text.as_str()), "{name} is not embedded");
+                on_disk += 1;
+            }
+        }
+        assert_eq!(on_disk, FILES.len(), "FILES lists a file shaders/ lacks");
+        for id in KernelId::ALL {
+            let module = source(id.stem()).unwrap();
+            assert!(module.contains(&format!("fn {}(", id.entry())), "{id:?}");
+            let directive = |l: &str| super::super::wgsl_include::included(l) != Ok(None);
+            assert!(!module.lines().any(directive), "{id:?}: a directive left");
+        }
+        assert!(source("nope").is_err());
+    }
+}
