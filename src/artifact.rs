@@ -26,6 +26,7 @@ pub enum PackedWeightEncoding {
 }
 
 impl PackedWeightEncoding {
+    /// Name stored in `lowbit.encoding`: `int8`, `ternary2` or `binary1`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Int8 => "int8",
@@ -34,6 +35,7 @@ impl PackedWeightEncoding {
         }
     }
 
+    /// Parses an `as_str` name (exact, case-sensitive).
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "int8" => Some(Self::Int8),
@@ -74,10 +76,16 @@ impl PackedWeightEncoding {
 /// Quantized, packed weights with their logical shape and per-tensor scale.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedWeightArtifact {
+    /// How `packed` stores the codes.
     pub encoding: PackedWeightEncoding,
+    /// Shape of the unpacked weight, e.g. `[H, D, N]` (low-rank) or `[H·N, D]` (decoder
+    /// tail); rank 1 to 4, no zero dimension.
     pub logical_shape: Vec<usize>,
+    /// Per-tensor absmean scale (finite, > 0): weight ≈ code · scale.
     pub scale: f32,
+    /// The code bytes in SPEC.md's storage layout, `encoding.packed_len(len)` of them.
     pub packed: Vec<u8>,
+    /// Number of codes: the product of `logical_shape`.
     pub len: usize,
 }
 

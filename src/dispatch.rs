@@ -34,14 +34,20 @@ pub const WGPU_DOT4_ENV: &str = "LOWBIT_WGPU_DOT4";
 /// The ops a path is chosen for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum KernelOp {
+    /// Activation quantization to one i32 code per element.
     Quantize,
+    /// Activation quantization packed into signed i8x4 words (int8/int4 only).
     QuantizePack,
+    /// Low-rank projection: x `[B, Hin, T, D]`, weight `[H, D, N]` → `[B, H, T, latent_out]`.
     Lowrank,
+    /// Decoder tail: y `[B, H, T, L]` → `[B, 1, T, D]`, summed over heads.
     DecoderTail,
+    /// Rho state int8 block compression (pack and unpack).
     RhoInt8,
 }
 
 impl KernelOp {
+    /// Every op, in declaration order.
     pub const ALL: [Self; 5] = [
         Self::Quantize,
         Self::QuantizePack,
@@ -50,6 +56,7 @@ impl KernelOp {
         Self::RhoInt8,
     ];
 
+    /// Stable name, e.g. `decoder_tail` (used in request labels and errors).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Quantize => "quantize",
@@ -78,6 +85,7 @@ pub enum InputVariant {
 }
 
 impl InputVariant {
+    /// Stable name: `f32`, `codes` or `packed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::F32 => "f32",
@@ -90,12 +98,16 @@ impl InputVariant {
 /// One question to [`plan_path`]: an op, its input variant and activation format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct PathRequest {
+    /// Op the path is chosen for.
     pub op: KernelOp,
+    /// Activation input variant (only the projections read it).
     pub input: InputVariant,
+    /// Activation format (`Fp16` with `F32` input: the float path).
     pub format: LowBitActivationFormat,
 }
 
 impl PathRequest {
+    /// A request for `op` with `input` and activation `format`.
     pub fn new(op: KernelOp, input: InputVariant, format: LowBitActivationFormat) -> Self {
         Self { op, input, format }
     }
@@ -145,8 +157,10 @@ pub enum PathKind {
 }
 
 impl PathKind {
+    /// Every path, best first (the order [`plan_path`] tries them).
     pub const ALL: [Self; 4] = [Self::CudaMma, Self::CudaDp4a, Self::Wgsl, Self::Cpu];
 
+    /// Stable name: `cuda-mma`, `cuda-dp4a`, `wgsl` or `cpu` (also the `Display` text).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CudaMma => "cuda-mma",
@@ -156,6 +170,7 @@ impl PathKind {
         }
     }
 
+    /// The backend that runs this path (both CUDA paths: `BackendKind::Cuda`).
     pub fn backend(self) -> BackendKind {
         match self {
             Self::CudaMma | Self::CudaDp4a => BackendKind::Cuda,
@@ -183,6 +198,7 @@ pub enum WgslDot4 {
 }
 
 impl WgslDot4 {
+    /// Human-readable name (for explanations).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Native => "native dot4",
@@ -203,8 +219,11 @@ pub enum SkipReason {
     NoDevice(BackendKind),
     /// The device's compute capability is below what the path needs.
     ComputeCapability {
+        /// Device name.
         device: String,
+        /// The device's compute capability, `(major, minor)`.
         have: (u32, u32),
+        /// The minimum the path needs, `(major, minor)`.
         need: (u32, u32),
     },
     /// The path's kernel family does not take this op / input variant / format.
@@ -236,14 +255,18 @@ impl std::fmt::Display for SkipReason {
 /// A path that was not taken, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SkippedPath {
+    /// The path not taken.
     pub path: PathKind,
+    /// Why it was not taken.
     pub reason: SkipReason,
 }
 
 /// The CUDA kernel family override (`LOWBIT_CUDA_KERNELS`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CudaKernelsOverride {
+    /// `dp4a`: the dp4a kernels only (the mma family off).
     Dp4a,
+    /// `mma`: the mma family (the CUDA backend refuses to open below sm_80).
     Mma,
     /// A value the CUDA backend rejects (it refuses to open).
     Invalid(String),
@@ -256,6 +279,7 @@ pub struct PathOverrides {
     /// Only this backend may run (`LOWBIT_BACKEND`). An invalid value is kept in
     /// `invalid_backend` and forces nothing.
     pub backend: Option<BackendKind>,
+    /// An unrecognised `LOWBIT_BACKEND` value (trimmed, lowercased); it forces nothing.
     pub invalid_backend: Option<String>,
     /// `LOWBIT_CUDA_KERNELS`.
     pub cuda_kernels: Option<CudaKernelsOverride>,
@@ -320,6 +344,7 @@ impl PathOverrides {
 /// The path chosen for one request, the viable alternatives, and every skipped path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PathPlan {
+    /// The request planned.
     pub request: PathRequest,
     /// Viable paths, best first (`candidates[0]` is the choice). Empty: nothing can run it.
     pub candidates: Vec<PathKind>,
@@ -329,10 +354,12 @@ pub struct PathPlan {
     pub wgsl_dot4: Option<WgslDot4>,
     /// The CUDA device / wgpu adapter the GPU candidates would use.
     pub cuda_device: Option<String>,
+    /// The wgpu adapter as `name (backend)`; set only when WGSL is a candidate.
     pub wgpu_adapter: Option<String>,
 }
 
 impl PathPlan {
+    /// The path that runs the request (`candidates[0]`), or `None` if none can.
     pub fn chosen(&self) -> Option<PathKind> {
         self.candidates.first().copied()
     }
@@ -610,8 +637,11 @@ pub fn require_path(plan: &PathPlan) -> Result<PathKind> {
 /// A backend opened for a [`PathPlan`]: the path it runs, and every path passed over (the
 /// plan's skips plus candidates that failed to open).
 pub struct OpenedPath {
+    /// The opened backend.
     pub backend: Box<dyn crate::Backend>,
+    /// The path it runs.
     pub path: PathKind,
+    /// Every path passed over, in preference order, with the reason.
     pub skipped: Vec<SkippedPath>,
 }
 

@@ -15,26 +15,43 @@ use crate::plan::LowBitProjectionPlan;
 /// Model and batch dimensions the estimate is made for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LowBitMemoryEstimateInput {
+    /// `B`, sequences per batch.
     pub batch_size: usize,
+    /// `T`, tokens per sequence.
     pub time_steps: usize,
+    /// Layers (scales the saved activations and the rho state).
     pub n_layer: usize,
+    /// `H`, heads.
     pub n_head: usize,
+    /// `D`, the model (embedding) width.
     pub n_embd: usize,
+    /// Latent width over all heads, `H·N` (`N = latent_total / H`, rounded down).
     pub latent_total: usize,
 }
 
 /// Estimated bytes per memory bucket.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LowBitMemoryBucketEstimate {
+    /// f32 master copies of the quantized projection weights (4 bytes per element).
     pub master_weight_bytes: u64,
+    /// The same weights in their low-bit formats, each with its f32 scale.
     pub execution_weight_bytes: u64,
+    /// Quantized inputs of the quantized projections, once (not per layer): x `B·T·D`,
+    /// y `B·T·H·D`, tail `B·T·H·N` elements.
     pub activation_shell_bytes: u64,
+    /// Saved activations, `3·B·T·n_layer·D` elements in the saved format; halved under
+    /// `QuantizedCacheRecomputeExp`, 0 when saved activations are disabled.
     pub saved_activation_bytes: u64,
+    /// Rho state, `B·n_layer·H·N·D` elements, compressed or at the rho precision,
+    /// plus 4 bytes.
     pub rho_state_bytes: u64,
+    /// Scratch: half of `activation_shell_bytes`, plus a quarter more under
+    /// `QuantizedCacheRecomputeExp`.
     pub workspace_bytes: u64,
 }
 
 impl LowBitMemoryBucketEstimate {
+    /// Sum of all buckets (saturating).
     pub fn estimated_total_bytes(&self) -> u64 {
         self.master_weight_bytes
             .saturating_add(self.execution_weight_bytes)
@@ -48,13 +65,17 @@ impl LowBitMemoryBucketEstimate {
 /// What a saved activation does in the backward pass.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LowBitSavedActivationRecomputePolicy {
+    /// Saved activations are disabled.
     #[default]
     Disabled,
+    /// Backward reads the quantized cache only (`QuantizedCacheExp`).
     QuantizedCacheOnly,
+    /// Backward may recompute inside the rho window (`QuantizedCacheRecomputeExp`).
     RecomputeSafeWithinWindow,
 }
 
 impl LowBitSavedActivationRecomputePolicy {
+    /// Stable names (logged and compared by tooling).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Disabled => "disabled",
@@ -67,19 +88,29 @@ impl LowBitSavedActivationRecomputePolicy {
 /// One saved activation tensor.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LowBitSavedActivationTensorInventoryEntry {
+    /// `x_projection_input`, `y_projection_input` or `residual_tail_input`.
     pub name: String,
+    /// `[B, H, T, D]` for the projection inputs, `[B, H, T, N]` for the tail input.
     pub shape: Vec<usize>,
+    /// Product of `shape` (saturating).
     pub element_count: u64,
+    /// Bytes in the saved format: `ceil(elements · bytes per element) + 4` (f32 scale).
     pub estimated_bytes: u64,
+    /// What the backward pass does with it (from the saved activation mode).
     pub recompute_policy: LowBitSavedActivationRecomputePolicy,
 }
 
 /// Every saved activation tensor of a configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LowBitSavedActivationInventory {
+    /// The config's saved activation mode (never `Disabled` here).
     pub mode: LowBitSavedActivationMode,
+    /// Activation format the tensors are saved in.
     pub format: LowBitActivationFormat,
+    /// Whether the mode is `QuantizedCacheRecomputeExp` (recompute needs a rho
+    /// window anchor).
     pub requires_rho_window_anchor: bool,
+    /// One entry per targeted role, in the order x, y, decoder tail.
     pub tensors: Vec<LowBitSavedActivationTensorInventoryEntry>,
 }
 

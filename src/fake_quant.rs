@@ -98,6 +98,7 @@ impl ScaleCache {
         }
     }
 
+    /// Whether scales are stored and reused (`false` for [`ScaleCache::disabled`]).
     pub fn is_enabled(&self) -> bool {
         self.enabled
     }
@@ -111,10 +112,12 @@ impl ScaleCache {
         self.lock().len()
     }
 
+    /// Whether no scale is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// Drops every cached scale, so the next quantization of each key recomputes it.
     pub fn clear(&self) {
         self.lock().clear();
     }

@@ -20,12 +20,17 @@ pub enum KernelId {
     LowrankFloat,
     /// Decoder tail, prepacked input.
     DecoderPacked,
+    /// Decoder tail, i32 codes input.
     DecoderCodes,
+    /// Decoder tail, f32 input quantized in the kernel.
     DecoderF32,
+    /// Decoder tail, float path (no activation quantization).
     DecoderFloat,
     /// Decoder tail split-K partial-sum reduction.
     DecoderReduce,
+    /// Rho int8 block pack: per block of 32, scale `max|v|/127` and 8 i8x4 code words.
     RhoInt8Pack,
+    /// Rho int8 block unpack: `code · scale` per element.
     RhoInt8Unpack,
     /// CUDA microbenchmark: independent `__dp4a` chains (the dp4a ceiling).
     Dp4aCeiling,
@@ -39,7 +44,10 @@ pub enum KernelId {
     /// CUDA int8 tensor cores: decoder tail (i8x4 rows), its split-K reduction, and the
     /// packing of codes / f32 / misaligned inputs (either op) into aligned i8x4 rows.
     DecoderMma,
+    /// CUDA int8 tensor cores: sums `DecoderMma`'s split-K i32 partials in split order.
     DecoderMmaReduce,
+    /// CUDA int8 tensor cores: packs either op's input (codes, f32 quantized with a known
+    /// scale, or misaligned i8x4 words) into zero-padded rows of a multiple of 4 words.
     MmaPrepA,
     /// CUDA int8 tensor cores: `MmaPrepA` for f32 input with the absmean scale computed in
     /// the same (cooperative) launch.
@@ -47,6 +55,8 @@ pub enum KernelId {
     /// CUDA int8 tensor cores, M ≤ 16 (or ternary2 fragment weights at any M): one m16 row
     /// fragment, the weights streamed once into registers.
     LowrankMmaSmall,
+    /// CUDA int8 tensor cores: the decoder tail's counterpart of `LowrankMmaSmall`, split by
+    /// head and K slice.
     DecoderMmaSmall,
     /// CUDA warpgroup mma (sm_90a only): low-rank projection, the weight tile resident.
     LowrankWgmma,
@@ -72,6 +82,7 @@ impl KernelId {
         Self::DecoderWgmma,
     ];
 
+    /// The op kernels every GPU backend implements (CUDA dp4a and WGSL).
     pub const ALL: [Self; 14] = [
         Self::AbsmeanScale,
         Self::QuantizeCodes,

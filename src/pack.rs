@@ -11,7 +11,9 @@ use crate::error::{LowbitError, Result};
 /// Ternary codes packed 4 per byte (`PackedTernaryBuffer` in the seed).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PackedTernaryBuffer {
+    /// 2-bit codes (`v+1`), 4 per byte, element `i` at bit `2·(i%4)` of byte `i/4`.
     pub packed: Vec<u8>,
+    /// Number of ternary elements; `packed.len() == len.div_ceil(4)`.
     pub len: usize,
 }
 

@@ -28,16 +28,25 @@ use crate::config::{
 /// `residual` = the decoder tail (the seed's `Encoder` target).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LowBitProjectionPlan {
+    /// The config's `strict_bitnet_reference` flag, copied as is (no plan rule reads it).
     pub strict_bitnet_reference: bool,
+    /// x weight format (the config's `decoder_x_mode`); `None` unless `DecoderX` is targeted.
     pub x_weight_format: Option<LowBitWeightFormat>,
+    /// x activation format (the config's `act_format`); `None` unless `DecoderX` is targeted.
     pub x_activation_format: Option<LowBitActivationFormat>,
+    /// y weight format (the config's `weight_format`); `None` unless `DecoderY` is targeted.
     pub y_weight_format: Option<LowBitWeightFormat>,
+    /// y activation format (the config's `act_format`); `None` unless `DecoderY` is targeted.
     pub y_activation_format: Option<LowBitActivationFormat>,
+    /// Decoder tail weight format (`encoder_mode`, else `weight_format`); `None` unless
+    /// `Encoder` is targeted.
     pub residual_weight_format: Option<LowBitWeightFormat>,
+    /// Decoder tail activation format (`act_format`); `None` unless `Encoder` is targeted.
     pub residual_activation_format: Option<LowBitActivationFormat>,
 }
 
 impl LowBitProjectionPlan {
+    /// The roles' formats under `config`; the default (all `None`) when quantization is disabled.
     pub fn from_config(config: &LowBitQuantizationConfig) -> Self {
         if !config.enable {
             return Self::default();
@@ -58,6 +67,7 @@ impl LowBitProjectionPlan {
         }
     }
 
+    /// Whether any role is quantized (has a weight format).
     pub fn is_enabled(&self) -> bool {
         self.x_weight_format.is_some()
             || self.y_weight_format.is_some()
@@ -94,13 +104,17 @@ impl LowBitKernelRuntimeKind {
 /// Why a plan fell back to fake quantization.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum LowBitKernelFallbackReason {
+    /// Quantization is disabled in the config (`enable = false`).
     QuantDisabled,
+    /// `OfflinePack` inference was asked for, but no packed weight artifact was given.
     MissingPackedArtifacts,
+    /// Packed artifacts exist, but neither native kernels nor the packed reference can run them.
     #[default]
     NativeLowBitUnavailable,
 }
 
 impl LowBitKernelFallbackReason {
+    /// Stable names (logged and compared by tooling).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::QuantDisabled => "quant_disabled",
@@ -113,14 +127,20 @@ impl LowBitKernelFallbackReason {
 /// What the machine can run, as the plan sees it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LowBitKernelCapabilities {
+    /// The packed CPU reference can run packed artifacts (always true from a probe).
     pub packed_reference_supported: bool,
+    /// A native low-bit device exists (CUDA with dp4a, or a wgpu adapter).
     pub native_low_bit_supported: bool,
+    /// Native low-rank projection kernels can run (the one native field the plan rules read).
     pub native_projection_supported: bool,
+    /// Native decoder tail kernels can run (reported; no plan rule reads it).
     pub native_decoder_tail_supported: bool,
+    /// Native int8 block rho compression can run (reported; no plan rule reads it).
     pub native_rho_int8_block_supported: bool,
 }
 
 impl LowBitKernelCapabilities {
+    /// Whether any native field is set (the packed reference does not count).
     pub fn any_native_supported(&self) -> bool {
         self.native_low_bit_supported
             || self.native_projection_supported
@@ -179,22 +199,32 @@ impl LowBitKernelCapabilities {
 /// back (if it did).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct LowBitKernelPlan {
+    /// The runtime the projections take.
     pub runtime: LowBitKernelRuntimeKind,
+    /// The capabilities the plan was resolved against.
     pub capabilities: LowBitKernelCapabilities,
+    /// Whether packed weight artifacts were at hand (for at least one role).
     pub packed_static_ready: bool,
+    /// Why the plan fell back to fake quantization; `None` if it did not (runtime fake
+    /// quantization chosen outside `OfflinePack` is no fallback).
     pub fallback_reason: Option<LowBitKernelFallbackReason>,
 }
 
 /// The packed artifacts available for each projection role (borrowed).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PackedLowBitProjectionArtifacts<'a> {
+    /// Kept from the seed's struct; no resolver reads it.
     pub runtime: LowBitKernelRuntimeKind,
+    /// Packed x projection weight (`[H, D, N]`), if any.
     pub x: Option<&'a PackedWeightArtifact>,
+    /// Packed y projection weight (`[H, D, N]`), if any.
     pub y: Option<&'a PackedWeightArtifact>,
+    /// Packed decoder tail weight (`[H·N, D]`), if any.
     pub residual: Option<&'a PackedWeightArtifact>,
 }
 
 impl PackedLowBitProjectionArtifacts<'_> {
+    /// Whether any role has an artifact (what the resolvers call `packed_static_ready`).
     pub fn has_any(&self) -> bool {
         self.x.is_some() || self.y.is_some() || self.residual.is_some()
     }
@@ -433,7 +463,9 @@ pub fn explain_with_config(config: &LowBitQuantizationConfig, plan: &LowBitKerne
 pub struct LowBitOpExplanation {
     /// `x_projection`, `y_projection` or `decoder_tail`.
     pub role: &'static str,
+    /// Weight format the role is quantized to.
     pub weight_format: LowBitWeightFormat,
+    /// Activation format the role's input is quantized to (`Fp16`: not quantized).
     pub activation_format: LowBitActivationFormat,
     /// The runtime under the plan.
     pub runtime: LowBitKernelRuntimeKind,

@@ -18,25 +18,40 @@ pub fn profiling_enabled_by_env() -> bool {
 /// Accumulated counters of one projection kind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LowBitNativeProjectionProfileSnapshot {
+    /// Projection calls recorded.
     pub calls: u64,
+    /// Wall time of the calls, summed (ns).
     pub total_ns: u128,
+    /// Time quantizing activations to i32 codes, summed (ns).
     pub quantize_ns: u128,
+    /// Time quantizing activations and packing them into i8x4 words, summed (ns).
     pub prepacked_quantize_ns: u128,
+    /// Time in the raw CUDA integer kernels, summed (ns).
     pub raw_cuda_ns: u128,
+    /// Time in the fused kernels (WGSL packed dot, fused from-f32), summed (ns).
     pub fused_ns: u128,
+    /// Time in the float reference on fake-quantized input, summed (ns).
     pub reference_ns: u128,
+    /// Calls whose activation scale was computed (not cached).
     pub dynamic_scale_calls: u64,
+    /// Calls that reused a cached activation scale.
     pub cached_scale_hits: u64,
 }
 
 /// The timings of one projection call, as recorded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProjectionSample {
+    /// Wall time of the whole call (ns).
     pub total_ns: u128,
+    /// Time quantizing activations to i32 codes (ns).
     pub quantize_ns: u128,
+    /// Time quantizing activations and packing them into i8x4 words (ns).
     pub prepacked_quantize_ns: u128,
+    /// Time in the raw CUDA integer kernels (ns).
     pub raw_cuda_ns: u128,
+    /// Time in the fused kernels (WGSL packed dot, fused from-f32) (ns).
     pub fused_ns: u128,
+    /// Time in the float reference on fake-quantized input (ns).
     pub reference_ns: u128,
     /// Whether the activation scale came from a cache (else it was computed).
     pub used_cached_scale: bool,
@@ -84,6 +99,7 @@ impl ProjectionProfiler {
         Self::with_enabled(profiling_enabled_by_env())
     }
 
+    /// A profiler that records iff `enabled` (`LOWBIT_PROFILE` is not read).
     pub fn with_enabled(enabled: bool) -> Self {
         Self {
             enabled: AtomicBool::new(enabled),
@@ -91,10 +107,12 @@ impl ProjectionProfiler {
         }
     }
 
+    /// Whether [`record`](Self::record) currently records.
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
 
+    /// Turns recording on or off (counters already recorded are kept).
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Relaxed);
     }
@@ -106,10 +124,12 @@ impl ProjectionProfiler {
         }
     }
 
+    /// A copy of the counters so far.
     pub fn snapshot(&self) -> LowBitNativeProjectionProfileSnapshot {
         *lock(&self.state)
     }
 
+    /// Zeroes the counters (the enabled flag is unchanged).
     pub fn reset(&self) {
         *lock(&self.state) = LowBitNativeProjectionProfileSnapshot::default();
     }
@@ -118,19 +138,28 @@ impl ProjectionProfiler {
 /// Training-time quantization timings (the seed's `LowBitTrainingQuantizeProfileSnapshot`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LowBitTrainingQuantizeProfileSnapshot {
+    /// Activation quantizations in the low-rank training projection's direct path.
     pub lowrank_direct_calls: u64,
+    /// Summed time of the low-rank direct-path quantizations (ns).
     pub lowrank_direct_total_ns: u128,
+    /// Activation quantizations in the low-rank training projection's fallback path.
     pub lowrank_fallback_calls: u64,
+    /// Summed time of the low-rank fallback-path quantizations (ns).
     pub lowrank_fallback_total_ns: u128,
+    /// Activation quantizations in the decoder tail training projection.
     pub decoder_tail_calls: u64,
+    /// Summed time of the decoder tail quantizations (ns).
     pub decoder_tail_total_ns: u128,
 }
 
 /// Which training quantization stage a timing belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TrainingQuantizeStage {
+    /// Low-rank projection, direct path (weight codes and scale stay on the device).
     LowrankDirect,
+    /// Low-rank projection, fallback path (weight scale taken on the host).
     LowrankFallback,
+    /// Decoder tail projection.
     DecoderTail,
 }
 
@@ -153,6 +182,7 @@ impl TrainingQuantizeProfiler {
         Self::with_enabled(profiling_enabled_by_env())
     }
 
+    /// A profiler that records iff `enabled` (`LOWBIT_PROFILE` is not read).
     pub fn with_enabled(enabled: bool) -> Self {
         Self {
             enabled: AtomicBool::new(enabled),
@@ -160,10 +190,12 @@ impl TrainingQuantizeProfiler {
         }
     }
 
+    /// Whether [`record`](Self::record) currently records.
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
 
+    /// Turns recording on or off (counters already recorded are kept).
     pub fn set_enabled(&self, enabled: bool) {
         self.enabled.store(enabled, Ordering::Relaxed);
     }
@@ -191,10 +223,12 @@ impl TrainingQuantizeProfiler {
         *total = total.saturating_add(elapsed_ns);
     }
 
+    /// A copy of the counters so far.
     pub fn snapshot(&self) -> LowBitTrainingQuantizeProfileSnapshot {
         *lock(&self.state)
     }
 
+    /// Zeroes the counters (the enabled flag is unchanged).
     pub fn reset(&self) {
         *lock(&self.state) = LowBitTrainingQuantizeProfileSnapshot::default();
     }
@@ -232,14 +266,17 @@ pub fn low_bit_native_projection_profile_reset() {
     training_quantize_profiler().reset();
 }
 
+/// The process-wide low-rank projection counters ([`lowrank_profiler`]).
 pub fn low_bit_native_lowrank_profile_snapshot() -> LowBitNativeProjectionProfileSnapshot {
     lowrank_profiler().snapshot()
 }
 
+/// The process-wide decoder tail counters ([`decoder_tail_profiler`]).
 pub fn low_bit_native_decoder_tail_profile_snapshot() -> LowBitNativeProjectionProfileSnapshot {
     decoder_tail_profiler().snapshot()
 }
 
+/// The process-wide training quantization counters ([`training_quantize_profiler`]).
 pub fn low_bit_training_quantize_profile_snapshot() -> LowBitTrainingQuantizeProfileSnapshot {
     training_quantize_profiler().snapshot()
 }

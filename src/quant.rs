@@ -90,9 +90,22 @@ pub fn activation_code(x: f32, scale: f32, format: LowBitActivationFormat) -> i3
 /// Activations after quantization: the float path keeps values, the others hold codes + scale.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ActivationCodes {
+    /// `Fp16` (float path): the f32 values, unquantized.
     Float(Vec<f32>),
-    Signed { codes: Vec<i8>, scale: f32 },
-    Unsigned { codes: Vec<u8>, scale: f32 },
+    /// int8 / int4 codes in `[-qmax, qmax]`.
+    Signed {
+        /// One code per value.
+        codes: Vec<i8>,
+        /// Per-tensor scale: value ≈ code · scale.
+        scale: f32,
+    },
+    /// uint8pos codes of `max(x, 0)`, in `[0, 255]`.
+    Unsigned {
+        /// One code per value.
+        codes: Vec<u8>,
+        /// Per-tensor scale: value ≈ code · scale.
+        scale: f32,
+    },
 }
 
 impl ActivationCodes {
@@ -105,6 +118,7 @@ impl ActivationCodes {
         }
     }
 
+    /// The per-tensor scale, or `None` for the float path.
     pub fn scale(&self) -> Option<f32> {
         match self {
             Self::Float(_) => None,
@@ -112,6 +126,7 @@ impl ActivationCodes {
         }
     }
 
+    /// Number of elements (values or codes).
     pub fn len(&self) -> usize {
         match self {
             Self::Float(v) => v.len(),
@@ -120,6 +135,7 @@ impl ActivationCodes {
         }
     }
 
+    /// True when there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -169,7 +185,9 @@ pub fn quantize_activations_with_scale(
 /// Per-tensor quantized weights: i8 codes and one scale.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedWeights {
+    /// One code per weight: {-1, 0, 1} ternary, ±1 sign1, `[-127, 127]` int8.
     pub codes: Vec<i8>,
+    /// Per-tensor absmean scale: weight ≈ code · scale.
     pub scale: f32,
 }
 
@@ -236,7 +254,8 @@ pub fn quantize_binary_sign(values: &[f32]) -> Result<QuantizedWeights> {
     quantize_weights(values, LowBitWeightFormat::Sign1)
 }
 
-/// Largest i32 accumulator magnitude a dot product of length `k` can reach.
+/// Errors with [`LowbitError::AccumulatorOverflow`] unless every dot product of length `k`
+/// with codes up to `qmax_a` and `qmax_w` in magnitude fits an i32: `k·qmax_a·qmax_w < 2^31`.
 pub fn check_accumulator(op: &'static str, k: usize, qmax_a: u32, qmax_w: u32) -> Result<()> {
     let worst = (k as u128) * u128::from(qmax_a) * u128::from(qmax_w);
     if worst >= 1u128 << 31 {

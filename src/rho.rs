@@ -26,8 +26,11 @@ use crate::reference::rho::{
 /// How the codes of a packed rho state are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PackedRhoBlockEncoding {
+    /// One signed byte per element, codes in ±127 with the int8 block scale.
     Int8,
+    /// 2-bit ternary codes ({-1, 0, 1}), 4 per byte, block absmean scale.
     Ternary2,
+    /// 1-bit sign codes (±1), 8 per byte, block absmean scale.
     Binary1,
 }
 
@@ -42,6 +45,7 @@ impl PackedRhoBlockEncoding {
         }
     }
 
+    /// Bits of one code: 8, 2 or 1.
     pub fn bits_per_element(self) -> usize {
         match self {
             Self::Int8 => 8,
@@ -65,10 +69,15 @@ impl PackedRhoBlockEncoding {
 /// A block-compressed rho state (host layout).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedRhoBlockState {
+    /// `[B, H, N, D]` of the uncompressed state; blocks run over it flattened.
     pub logical_shape: [usize; 4],
+    /// Elements per block; always `RHO_BLOCK_SIZE` (32), anything else fails validation.
     pub block_size: usize,
+    /// How `packed` stores the codes.
     pub encoding: PackedRhoBlockEncoding,
+    /// One f32 scale per block (`ceil(B·H·N·D / 32)`), finite and positive.
     pub scales: Vec<f32>,
+    /// Codes of every block back to back, each block starting on a byte boundary.
     pub packed: Vec<u8>,
 }
 
@@ -109,9 +118,13 @@ impl PackedRhoBlockState {
 /// block's missing lanes are zero), held on the host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedRhoInt8DeviceState {
+    /// `[B, H, N, D]` of the uncompressed state; blocks run over it flattened.
     pub logical_shape: [usize; 4],
+    /// Elements per block; always `RHO_BLOCK_SIZE` (32).
     pub block_size: usize,
+    /// One f32 scale per block, as in the host layout.
     pub scales: Vec<f32>,
+    /// i8x4 words, 8 per block: byte `j` of a block's word `w` holds its code `4w+j`.
     pub words: Vec<u32>,
 }
 
@@ -352,12 +365,19 @@ pub fn unpack_rho_int8_block_state_device(state: &PackedRhoInt8DeviceState) -> R
 /// Accumulated compression quality over one or more pack calls.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct RhoCompressionStatsSnapshot {
+    /// Pack calls (round trips) recorded.
     pub calls: u64,
+    /// Sum over calls of the RMS of the original values.
     pub total_original_rms: f64,
+    /// Sum over calls of the RMS of the unpacked (reconstructed) values.
     pub total_reconstructed_rms: f64,
+    /// Sum over calls of each call's mean absolute error.
     pub total_mean_abs_error: f64,
+    /// Largest absolute error of any element over all calls.
     pub max_abs_error: f32,
+    /// Total size of the original values as f32, in bytes.
     pub total_original_bytes: u64,
+    /// Total compressed size in bytes (codes plus 4 bytes of scale per block).
     pub total_compressed_bytes: u64,
 }
 
@@ -402,10 +422,15 @@ impl RhoCompressionStatsSnapshot {
 /// Acceptance thresholds for rho compression.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RhoCompressionQualityGate {
+    /// Upper bound on [`RhoCompressionStatsSnapshot::mean_abs_error`] (default 0.02).
     pub max_mean_abs_error: f32,
+    /// Upper bound on `max_abs_error` over all calls (default 0.05).
     pub max_max_abs_error: f32,
+    /// Lower bound on [`RhoCompressionStatsSnapshot::mean_rms_ratio`] (default 0.95).
     pub min_mean_rms_ratio: f32,
+    /// Upper bound on [`RhoCompressionStatsSnapshot::mean_rms_ratio`] (default 1.05).
     pub max_mean_rms_ratio: f32,
+    /// Upper bound on [`RhoCompressionStatsSnapshot::compression_ratio`] (default 0.5).
     pub max_compression_ratio: f32,
 }
 
@@ -478,6 +503,7 @@ pub struct RhoCompressionStats {
 }
 
 impl RhoCompressionStats {
+    /// An empty accumulator, independent of the process-wide one.
     pub fn new() -> Self {
         Self::default()
     }
@@ -502,10 +528,12 @@ impl RhoCompressionStats {
         }
     }
 
+    /// A copy of everything accumulated so far.
     pub fn snapshot(&self) -> RhoCompressionStatsSnapshot {
         *self.lock()
     }
 
+    /// Clears the accumulated stats back to zero calls.
     pub fn reset(&self) {
         *self.lock() = RhoCompressionStatsSnapshot::default();
     }

@@ -15,12 +15,23 @@ pub enum PackedSavedActivationBuffer {
     /// No quantization (`Fp16` format): the f32 values themselves.
     Float(Vec<f32>),
     /// int8 / int4 codes and their scale.
-    Signed { values: Vec<i8>, scale: f32 },
+    Signed {
+        /// Codes in `±qmax` (127 for int8, 7 for int4), one per element.
+        values: Vec<i8>,
+        /// Per-tensor absmean activation scale; an element is `code · scale`.
+        scale: f32,
+    },
     /// uint8pos codes and their scale.
-    UnsignedPositive { values: Vec<u8>, scale: f32 },
+    UnsignedPositive {
+        /// Codes of `max(x, 0)` in `0..=255`, one per element.
+        values: Vec<u8>,
+        /// Per-tensor scale from the mean of `max(x, 0)`; an element is `code · scale`.
+        scale: f32,
+    },
 }
 
 impl PackedSavedActivationBuffer {
+    /// Number of stored elements (floats or codes).
     pub fn len(&self) -> usize {
         match self {
             Self::Float(v) => v.len(),
@@ -29,6 +40,7 @@ impl PackedSavedActivationBuffer {
         }
     }
 
+    /// Whether no element is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -47,9 +59,13 @@ impl PackedSavedActivationBuffer {
 /// A saved activation with its logical shape and format.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedSavedActivationState {
+    /// Shape of the activation, rank 1..=[`MAX_SAVED_RANK`], no zero dim.
     pub logical_shape: Vec<usize>,
+    /// Activation format it was quantized in; decides the `buffer` variant.
     pub format: LowBitActivationFormat,
+    /// [`PackedSavedActivationBuffer::estimated_bytes`] of `buffer`, at pack time.
     pub estimated_bytes: u64,
+    /// The stored values, flattened row-major.
     pub buffer: PackedSavedActivationBuffer,
 }
 

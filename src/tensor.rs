@@ -16,11 +16,17 @@ use crate::error::{BackendKind, LowbitError, Result};
 /// Element type of a tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DType {
+    /// 32-bit float.
     F32,
+    /// IEEE half precision (`half::f16`).
     F16,
+    /// bfloat16 (`half::bf16`).
     BF16,
+    /// 32-bit signed integer.
     I32,
+    /// Signed 8-bit integer (one code per byte).
     I8,
+    /// Unsigned 8-bit integer.
     U8,
     /// Four signed int8 lanes packed in a `u32` word.
     I8x4,
@@ -36,6 +42,7 @@ impl DType {
         }
     }
 
+    /// Lower-case name, as `Display` prints it: "f32", "f16", "bf16", "i32", "i8", "u8", "i8x4".
     pub fn as_str(self) -> &'static str {
         match self {
             Self::F32 => "f32",
@@ -66,6 +73,7 @@ pub struct Shape {
 }
 
 impl Shape {
+    /// Checks `dims`: rank 1..=[`MAX_RANK`], no zero dimension, element count fits `usize`.
     pub fn new(dims: &[usize]) -> Result<Self> {
         const OP: &str = "Shape::new";
         if dims.is_empty() || dims.len() > MAX_RANK {
@@ -97,10 +105,12 @@ impl Shape {
         })
     }
 
+    /// The dimensions, outermost first (`rank()` of them).
     pub fn dims(&self) -> &[usize] {
         &self.dims[..self.rank]
     }
 
+    /// Number of dimensions, 1..=[`MAX_RANK`].
     pub fn rank(&self) -> usize {
         self.rank
     }
@@ -150,16 +160,24 @@ impl<const R: usize> TryFrom<[usize; R]> for Shape {
 /// Host-resident elements.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HostData {
+    /// `f32` elements.
     F32(Vec<f32>),
+    /// `f16` elements.
     F16(Vec<f16>),
+    /// `bf16` elements.
     BF16(Vec<bf16>),
+    /// `i32` elements.
     I32(Vec<i32>),
+    /// `i8` elements.
     I8(Vec<i8>),
+    /// `u8` elements.
     U8(Vec<u8>),
+    /// i8x4 words: byte `j` of word `k` is element `4k+j` of the packed axis.
     I8x4(Vec<u32>),
 }
 
 impl HostData {
+    /// The [`DType`] matching the variant.
     pub fn dtype(&self) -> DType {
         match self {
             Self::F32(_) => DType::F32,
@@ -172,6 +190,7 @@ impl HostData {
         }
     }
 
+    /// Stored elements (words for `I8x4`).
     pub fn len(&self) -> usize {
         match self {
             Self::F32(v) => v.len(),
@@ -184,6 +203,7 @@ impl HostData {
         }
     }
 
+    /// Whether no element is stored.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -236,6 +256,7 @@ impl HostData {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub enum Storage {
+    /// Typed elements in host memory.
     Host(HostData),
     /// The raw bytes in CUDA device memory.
     #[cfg(feature = "cuda")]
@@ -316,6 +337,7 @@ mod sealed {
 /// Rust types a tensor can hold: `f32`, `f16`, `bf16`, `i32`, `i8`, `u8` and `u32` (the
 /// words of `I8x4`).
 pub trait Element: bytemuck::Pod + sealed::Sealed {
+    /// The [`DType`] a tensor of this element type has (`I8x4` for `u32`).
     const DTYPE: DType;
     #[doc(hidden)]
     fn wrap(data: Vec<Self>) -> HostData;
@@ -390,22 +412,27 @@ impl Tensor {
         Self::from_vec(dims, data.to_vec())
     }
 
+    /// The checked shape (for `I8x4`, the packed axis counts words).
     pub fn shape(&self) -> &Shape {
         &self.shape
     }
 
+    /// The dimensions, outermost first.
     pub fn dims(&self) -> &[usize] {
         self.shape.dims()
     }
 
+    /// Number of dimensions, 1..=4.
     pub fn rank(&self) -> usize {
         self.shape.rank()
     }
 
+    /// Element type of the stored elements.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
 
+    /// Where the elements live (host data or a device buffer).
     pub fn storage(&self) -> &Storage {
         &self.storage
     }

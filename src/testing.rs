@@ -24,9 +24,11 @@ pub mod tol {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A generator whose whole sequence is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         Self(seed ^ 0x9E37_79B9_7F4A_7C15)
     }
+    /// Next raw 64-bit output of the SplitMix64 sequence.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
@@ -46,6 +48,7 @@ impl Rng {
     pub fn int(&mut self, lo: i64, hi: i64) -> i64 {
         lo + (self.next_u64() % ((hi - lo + 1) as u64)) as i64
     }
+    /// Uniform `usize` in `[lo, hi]` (inclusive, like [`Rng::int`]).
     pub fn usize(&mut self, lo: usize, hi: usize) -> usize {
         self.int(lo as i64, hi as i64) as usize
     }
@@ -54,6 +57,7 @@ impl Rng {
         let s: f32 = (0..4).map(|_| self.unit()).sum::<f32>() - 2.0;
         s * std * 1.732
     }
+    /// `n` samples of [`Rng::normal`] with standard deviation ≈ `std`.
     pub fn normals(&mut self, n: usize, std: f32) -> Vec<f32> {
         (0..n).map(|_| self.normal(std)).collect()
     }
@@ -70,11 +74,15 @@ impl Rng {
 /// How far `actual` is from `expected`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ErrorReport {
+    /// Elements compared: `expected.len()`.
     pub len: usize,
+    /// Largest `|actual − expected|`; infinite if a length differs or any `actual` is non-finite.
     pub max_abs: f32,
     /// Index of the worst element (`max_abs`), or of the first non-finite one.
     pub worst_index: usize,
+    /// `expected[worst_index]`.
     pub expected_at_worst: f32,
+    /// `actual[worst_index]`.
     pub actual_at_worst: f32,
     /// `Σ (a-e)² / Σ e²` in f64 (0 when both are all zeros).
     pub nmse: f64,
@@ -82,10 +90,12 @@ pub struct ErrorReport {
     pub mismatches: usize,
     /// Elements of `actual` that are NaN/Inf (unwritten poison shows up here).
     pub non_finite: usize,
+    /// Largest `|expected|`, the base of relative tolerances such as `tol::FLOAT_PATH_REL`.
     pub max_abs_expected: f32,
 }
 
 impl ErrorReport {
+    /// Whether every element matches bit for bit (±0 count as equal) and none is non-finite.
     pub fn bit_exact(&self) -> bool {
         self.mismatches == 0 && self.non_finite == 0
     }

@@ -24,21 +24,26 @@ use crate::ops::{
 /// One op request of a projection kernel.
 #[derive(Clone, Copy, Debug)]
 pub struct ProjectionArgs<'a> {
+    /// Activations: codes, packed i8x4 words or f32 values, row-major over the input shape.
     pub input: ActInput<'a>,
     /// Activation format of `input` (its codes' qmax, or how `F32` input is quantized).
     /// `Fp16` with `F32` input selects the float path.
     pub format: LowBitActivationFormat,
+    /// Where the activation scale comes from; `Compute` needs `F32` input.
     pub scale: ScaleSource,
     /// Packed weight words (`[H, ceil(D/4), N]` for lowrank, `[H·ceil(Lart/4), D]` for the tail).
     pub w_words: &'a [u32],
+    /// Per-tensor weight scale (the artifact's absmean scale); finite and > 0.
     pub w_scale: f32,
     /// Largest |weight code| (1 for ternary/binary, 127 for int8) for the overflow check.
     pub w_qmax: u32,
+    /// Output type and fused ReLU applied after dequantization.
     pub epilogue: Epilogue,
 }
 
 /// The host-slice interface of a backend.
 pub trait Backend: Send + Sync {
+    /// Which backend this is.
     fn kind(&self) -> BackendKind;
     /// Device or adapter name, for tables.
     fn name(&self) -> String;
@@ -59,7 +64,9 @@ pub trait Backend: Send + Sync {
         format: LowBitActivationFormat,
         scale: ScaleSource,
     ) -> Result<(Vec<u32>, f32)>;
+    /// Low-rank projection: `[B, H, T, latent_out]` values and the activation scale used.
     fn lowrank(&self, shape: &LowrankShape, args: &ProjectionArgs<'_>) -> Result<ProjectionOutput>;
+    /// Decoder tail, summed over heads: `[B, 1, T, D]` values and the activation scale used.
     fn decoder_tail(
         &self,
         shape: &DecoderTailShape,
@@ -67,6 +74,7 @@ pub trait Backend: Send + Sync {
     ) -> Result<ProjectionOutput>;
     /// Rho int8 block pack in the device layout: `(words, scales)`.
     fn rho_int8_pack(&self, shape: &RhoShape, values: &[f32]) -> Result<(Vec<u32>, Vec<f32>)>;
+    /// Inverse of `rho_int8_pack`: `code · scale` for each of the state's elements.
     fn rho_int8_unpack(&self, shape: &RhoShape, words: &[u32], scales: &[f32]) -> Result<Vec<f32>>;
 }
 

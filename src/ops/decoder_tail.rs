@@ -4,13 +4,17 @@ use super::checked_len;
 use crate::error::{LowbitError, Result};
 use crate::quant::check_accumulator;
 
+/// Op name used in this op's error messages.
 pub const OP: &str = "decoder_tail";
 
 /// Validated problem shape of one decoder tail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DecoderTailShape {
+    /// `B`, sequences in the batch.
     pub batch: usize,
+    /// `H`, heads summed over.
     pub heads: usize,
+    /// `T`, tokens per sequence.
     pub time: usize,
     /// L, the latent rows used per head (the first `L` of each head's block).
     pub latent: usize,
@@ -75,12 +79,15 @@ impl DecoderTailShape {
         }
     }
 
+    /// Input shape `[B, H, T, L]`.
     pub fn y_shape(&self) -> [usize; 4] {
         [self.batch, self.heads, self.time, self.latent]
     }
+    /// Weight shape `[H·Lart, D]`.
     pub fn w_shape(&self) -> [usize; 2] {
         [self.heads * self.latent_per_head, self.dim]
     }
+    /// Output shape `[B, 1, T, D]`.
     pub fn out_shape(&self) -> [usize; 4] {
         [self.batch, 1, self.time, self.dim]
     }
@@ -92,12 +99,15 @@ impl DecoderTailShape {
     pub fn w_head_words(&self) -> usize {
         self.latent_per_head.div_ceil(4)
     }
+    /// Input elements `B·H·T·L`.
     pub fn y_len(&self) -> usize {
         self.batch * self.heads * self.time * self.latent
     }
+    /// i8x4 words of the packed input `[B, H, T, ceil(L/4)]`.
     pub fn y_words_len(&self) -> usize {
         self.batch * self.heads * self.time * self.k_words()
     }
+    /// Weight elements `H·Lart·D`.
     pub fn w_len(&self) -> usize {
         self.heads * self.latent_per_head * self.dim
     }
@@ -110,9 +120,11 @@ impl DecoderTailShape {
     pub fn w_ternary2_len(&self) -> usize {
         self.heads * crate::pack::ternary2_rows(self.w_head_words()) * self.dim
     }
+    /// Output elements `B·T·D`.
     pub fn out_len(&self) -> usize {
         self.batch * self.time * self.dim
     }
+    /// Tokens `M = B·T`, the output rows.
     pub fn m(&self) -> usize {
         self.batch * self.time
     }
@@ -120,6 +132,7 @@ impl DecoderTailShape {
     pub fn k(&self) -> usize {
         self.heads * self.latent
     }
+    /// Integer ops (one multiply + one add per MAC) of the useful work: `2·M·H·L·D`.
     pub fn int_ops(&self) -> u64 {
         2 * self.m() as u64 * self.k() as u64 * self.dim as u64
     }

@@ -4,15 +4,19 @@ use super::checked_len;
 use crate::error::{LowbitError, Result};
 use crate::quant::check_accumulator;
 
+/// Op name used in this op's error messages.
 pub const OP: &str = "lowrank";
 
 /// Validated problem shape of one low-rank projection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct LowrankShape {
+    /// `B`, sequences in the batch.
     pub batch: usize,
     /// Heads of the input: 1 (broadcast over heads) or `heads`.
     pub in_heads: usize,
+    /// `H`, heads of the weight and of the output.
     pub heads: usize,
+    /// `T`, tokens per sequence.
     pub time: usize,
     /// D, the reduction axis.
     pub embd: usize,
@@ -82,12 +86,15 @@ impl LowrankShape {
         }
     }
 
+    /// Input shape `[B, Hin, T, D]`.
     pub fn x_shape(&self) -> [usize; 4] {
         [self.batch, self.in_heads, self.time, self.embd]
     }
+    /// Weight shape `[H, D, N]`.
     pub fn w_shape(&self) -> [usize; 3] {
         [self.heads, self.embd, self.latent]
     }
+    /// Output shape `[B, H, T, latent_out]`.
     pub fn out_shape(&self) -> [usize; 4] {
         [self.batch, self.heads, self.time, self.latent_out]
     }
@@ -95,12 +102,15 @@ impl LowrankShape {
     pub fn k_words(&self) -> usize {
         self.embd.div_ceil(4)
     }
+    /// Input elements `B·Hin·T·D`.
     pub fn x_len(&self) -> usize {
         self.batch * self.in_heads * self.time * self.embd
     }
+    /// i8x4 words of the packed input `[B, Hin, T, ceil(D/4)]`.
     pub fn x_words_len(&self) -> usize {
         self.batch * self.in_heads * self.time * self.k_words()
     }
+    /// Weight elements `H·D·N`.
     pub fn w_len(&self) -> usize {
         self.heads * self.embd * self.latent
     }
@@ -113,6 +123,7 @@ impl LowrankShape {
     pub fn w_ternary2_len(&self) -> usize {
         self.heads * crate::pack::ternary2_rows(self.k_words()) * self.latent
     }
+    /// Output elements `B·H·T·latent_out`.
     pub fn out_len(&self) -> usize {
         self.batch * self.heads * self.time * self.latent_out
     }

@@ -63,21 +63,27 @@ pub enum ActInput<'a> {
 pub struct ProjectionOutput {
     /// Output values; f16/bf16 epilogues are widened back to f32 exactly.
     pub values: Vec<f32>,
+    /// Activation scale the output was dequantized with (given or computed); 1.0 on the float
+    /// path.
     pub a_scale: f32,
 }
 
 /// Output element type of the projection kernels' epilogue.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum OutputDType {
+    /// 32-bit float (the default).
     #[default]
     F32,
+    /// IEEE half precision, rounded to nearest even from the f32 result.
     F16,
+    /// bfloat16, rounded to nearest even from the f32 result.
     Bf16,
 }
 
 /// Epilogue applied after `(acc·w_scale)·a_scale`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Epilogue {
+    /// Element type the kernel writes (default f32).
     pub dtype: OutputDType,
     /// BDH's `relu(x @ encoder)`, fused.
     pub relu: bool,

@@ -4,16 +4,20 @@ use super::checked_len;
 use crate::config::LowBitActivationFormat;
 use crate::error::{LowbitError, Result};
 
+/// Op name used in this op's error messages.
 pub const OP: &str = "quantize";
 
 /// `rows × k` activations quantized per tensor; packed output is `rows × ceil(k/4)` words.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct QuantizeShape {
+    /// Rows; each is packed on its own (its last word zero-padded).
     pub rows: usize,
+    /// Elements per row, the packed axis.
     pub k: usize,
 }
 
 impl QuantizeShape {
+    /// Checks that neither dim is zero and that `rows·k` fits `i32::MAX`.
     pub fn new(rows: usize, k: usize) -> Result<Self> {
         checked_len(OP, &[rows, k])?;
         Ok(Self { rows, k })
@@ -23,12 +27,15 @@ impl QuantizeShape {
         checked_len(OP, &shape)?;
         Self::new(shape[0] * shape[1] * shape[2], shape[3])
     }
+    /// Elements `rows·k`.
     pub fn len(&self) -> usize {
         self.rows * self.k
     }
+    /// Whether there are no elements (never true for a shape built by `new`).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// i8x4 words of the packed output: `rows·ceil(k/4)`.
     pub fn words_len(&self) -> usize {
         self.rows * self.k.div_ceil(4)
     }

@@ -3,6 +3,7 @@
 use super::checked_len;
 use crate::error::{LowbitError, Result};
 
+/// Op name used in this op's error messages.
 pub const OP: &str = "rho";
 /// Elements per block (one scale each).
 pub const RHO_BLOCK_SIZE: usize = 32;
@@ -12,20 +13,25 @@ pub const RHO_WORDS_PER_BLOCK: usize = RHO_BLOCK_SIZE / 4;
 /// Validated rho state shape.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct RhoShape {
+    /// `[B, H, N, D]` of the uncompressed state; blocks run over it flattened.
     pub logical_shape: [usize; 4],
 }
 
 impl RhoShape {
+    /// Checks that no dim is zero and that the element count fits `i32::MAX`.
     pub fn new(logical_shape: [usize; 4]) -> Result<Self> {
         checked_len(OP, &logical_shape)?;
         Ok(Self { logical_shape })
     }
+    /// Elements of the state.
     pub fn len(&self) -> usize {
         self.logical_shape.iter().product()
     }
+    /// Whether there are no elements (never true for a shape built by `new`).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Blocks of [`RHO_BLOCK_SIZE`] elements, the last one possibly partial; one scale each.
     pub fn blocks(&self) -> usize {
         self.len().div_ceil(RHO_BLOCK_SIZE)
     }

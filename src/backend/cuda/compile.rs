@@ -126,6 +126,7 @@ pub fn supported_archs() -> Result<Vec<u32>> {
 pub struct Compiled {
     /// A cubin (`sm_XY`) or NUL-terminated PTX (`compute_XY`).
     pub image: Vec<u8>,
+    /// Whether `image` is a cubin (else PTX, which the driver JIT-compiles at load).
     pub is_cubin: bool,
     /// The `--gpu-architecture` used.
     pub target: String,

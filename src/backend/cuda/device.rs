@@ -405,6 +405,8 @@ impl CudaDevice {
         })
     }
 
+    /// The CUDA context the device was opened with (or the caller's, by
+    /// [`CudaDevice::from_stream`]).
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
     }
@@ -447,12 +449,15 @@ impl CudaDevice {
     pub fn small_shape(&self) -> super::tuning::SmallShape {
         self.small
     }
+    /// What the device was probed to have: compute capability, SMs, features.
     pub fn caps(&self) -> &CudaDeviceCaps {
         &self.caps
     }
+    /// The kernel family the projections run on (`LOWBIT_CUDA_KERNELS`, else mma on sm_80+).
     pub fn family(&self) -> KernelFamily {
         self.family
     }
+    /// Device name reported by the driver.
     pub fn name(&self) -> String {
         self.caps.name.clone()
     }

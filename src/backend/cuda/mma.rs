@@ -48,6 +48,8 @@ pub const LOWRANK_MAX_KPW: usize = 128;
 /// Decoder: n8 fragments per warp (CTA tile 128 x 256); ring depth chosen from the device's
 /// shared memory, at most this.
 pub const DECODER_NI: usize = 8;
+/// Decoder (`decoder_tail_mma`): the deepest ring tried, in chunks; the deepest that fits the
+/// device's opt-in shared memory is used (at least 2).
 pub const DECODER_MAX_STAGES: usize = 4;
 /// Decoder split-K: at least this many chunks per split.
 pub const DECODER_MIN_CHUNKS: usize = 2;
@@ -57,6 +59,7 @@ pub const DECODER_MIN_CHUNKS: usize = 2;
 /// H200, BDH shape: 8 warps 4.99 µs against 5.25 (4 warps) and 5.57 (2) at M = 16 with i8x4
 /// weights, 3.41 against 3.74 and 4.48 with ternary2 weights.
 pub const SMALL_LOWRANK_CW: u32 = 8;
+/// Low-rank small-M kernel: the longest K, in k words (D ≤ 512).
 pub const SMALL_LOWRANK_MAX_KW: usize = 128;
 /// The smallest M the low-rank projection takes the small-M tensor-core kernel at (H100:
 /// 5.8 µs against the dp4a kernel's 5.1 µs at M = 1, 5.8 against 6.0 at M = 4).
@@ -69,7 +72,9 @@ pub const SMALL_DECODER_MMA_MIN_M: usize = 8;
 /// 16, ternary2: 5.3 / 7.8 µs; 1x4 warps 5.3 / 9.3, 1x8 5.7 / 8.5, 1x16 8.0 / 10.2, 2x8
 /// 5.7 / 7.5; i8x4 at M = 16: 9.2 against 10.9, 9.9, 10.7 and 10.9.)
 pub const SMALL_DECODER_CW: u32 = 2;
+/// Decoder small-M kernel: k-warps per CTA, each on its own slice of K.
 pub const SMALL_DECODER_KW: u32 = 4;
+/// Decoder small-M kernel: the most k words one k-warp takes (one register batch).
 pub const SMALL_DECODER_KSW: usize = 64;
 /// Rows of the small kernels' row block (the mma's M).
 pub const SMALL_ROWS: usize = 16;
@@ -82,7 +87,9 @@ const PAD_B: usize = 4;
 /// longest K kept, in words (D ≤ 384: the CTA's smem is `wgmma_smem`). Passed to the kernel
 /// as `LB_WG_BN`, `LB_WG_BM`, `LB_WG_THREADS`, which it checks.
 pub const WGMMA_BN: usize = 256;
+/// `lowrank_wgmma`: rows per A tile.
 pub const WGMMA_BM: usize = 64;
+/// `lowrank_wgmma`: the longest K kept in smem, in k words (D ≤ 384).
 pub const WGMMA_MAX_KPW: usize = 96;
 /// Threads of `lowrank_wgmma`: four warpgroups (two pairs, each pair on its own row tiles).
 pub const WGMMA_THREADS: u32 = 512;
@@ -95,9 +102,13 @@ pub const WGMMA_ENV: &str = "LOWBIT_CUDA_WGMMA";
 /// weights and with ternary2 weights (a quarter of the weight tile: more chunks in flight).
 /// Passed to the kernel as `LB_DW_*`, which it checks.
 pub const DEC_WGMMA_BN: usize = 256;
+/// `decoder_wgmma`: rows per CTA by default (see [`DEC_WGMMA_BM_FEW`]).
 pub const DEC_WGMMA_BM: usize = 128;
+/// `decoder_wgmma`: threads per CTA (four warpgroups).
 pub const DEC_WGMMA_THREADS: u32 = 512;
+/// `decoder_wgmma`: ring slots with i8x4 weights at 128 rows.
 pub const DEC_WGMMA_STAGES: usize = 4;
+/// `decoder_wgmma`: ring slots with ternary2 weights at 128 rows.
 pub const DEC_WGMMA_T2_STAGES: usize = 8;
 
 /// Rows per `decoder_wgmma` CTA where 128-row tiles would split K more than
@@ -108,6 +119,7 @@ pub const DEC_WGMMA_T2_STAGES: usize = 8;
 /// measured 19.2 against 21.8 µs (ternary2) and 22.0 against 23.4 µs (i8x4); at M = 1024 (16
 /// splits) the same or slower, at 2048 slower (44.9 against 40.4 µs).
 pub const DEC_WGMMA_BM_FEW: usize = 64;
+/// `decoder_wgmma`: the split-K count of 128-row tiles above which 64-row tiles are used.
 pub const DEC_WGMMA_FEW_SPLITS: usize = 16;
 /// Shared memory the 64-row ring may take (its slots are as many as fit, at most 8).
 const DEC_WGMMA_FEW_RING: usize = 226 * 1024;
@@ -250,11 +262,15 @@ fn window_refused(e: &cudarc::driver::DriverError) -> bool {
 /// `LOWBIT_CUDA_NARROW_PARTIALS=0|t2|all` overrides it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NarrowPartials {
+    /// i32 partials always (`0`).
     Off,
+    /// Narrow partials for ternary2-weight launches only (`t2`, the default).
     Ternary2,
+    /// Narrow partials for i8x4-weight launches too (`all`).
     All,
 }
 
+/// Environment variable that picks [`NarrowPartials`] (`0`, `t2` or `all`).
 pub const NARROW_PARTIALS_ENV: &str = "LOWBIT_CUDA_NARROW_PARTIALS";
 
 impl NarrowPartials {
@@ -317,6 +333,7 @@ pub fn partial_words(count: usize, narrow: bool) -> usize {
 /// memory, writing the output without partials or a reduction kernel (1: off).
 /// `LOWBIT_CUDA_WGMMA_ZCLUSTER=1|2|4|8` overrides it.
 pub const DEC_WGMMA_ZCLUSTER: usize = 2;
+/// Environment variable that overrides [`DEC_WGMMA_ZCLUSTER`] (1, 2, 4 or 8).
 pub const DEC_WGMMA_ZCLUSTER_ENV: &str = "LOWBIT_CUDA_WGMMA_ZCLUSTER";
 
 /// [`DEC_WGMMA_ZCLUSTER_ENV`]'s value: unset or empty for [`DEC_WGMMA_ZCLUSTER`], else 1, 2,
@@ -630,7 +647,9 @@ pub const RING_ENV_LOWRANK: &str = "LOWBIT_CUDA_MMA_LOWRANK";
 /// The low-rank kernel's weight ring: `bkw` k words per chunk, `stages` chunks in flight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct MmaRing {
+    /// k words per chunk: 32 or 64 (default 32).
     pub bkw: usize,
+    /// Chunks in flight: 2 to 4 (default 2).
     pub stages: usize,
 }
 

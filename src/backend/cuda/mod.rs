@@ -61,9 +61,11 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
+    /// Opens CUDA device `ordinal` ([`CudaDevice::new`]), with i8x4 weights.
     pub fn new(ordinal: usize) -> Result<Self> {
         Ok(Self::from_device(CudaDevice::new(ordinal)?))
     }
+    /// Wraps an opened device, with i8x4 weights.
     pub fn from_device(dev: CudaDevice) -> Self {
         Self {
             dev,
@@ -81,6 +83,7 @@ impl CudaBackend {
     pub fn ternary2_weights(&self) -> bool {
         self.ternary2
     }
+    /// The device, for its device-resident API and settings.
     pub fn device(&self) -> &CudaDevice {
         &self.dev
     }

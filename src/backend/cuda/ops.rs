@@ -54,6 +54,7 @@ impl<'a> From<&'a CudaSlice<u32>> for DeviceWeights<'a> {
 /// Output buffer of a projection: f32, or the bits of f16/bf16 (per the epilogue's dtype).
 #[derive(Debug)]
 pub enum DeviceOut<'a> {
+    /// f32 values (epilogue dtype `F32`).
     F32(&'a mut CudaSlice<f32>),
     /// f16 or bf16 bits, as the epilogue says.
     Bits16(&'a mut CudaSlice<u16>),

@@ -7,8 +7,11 @@ pub const MIN_BLOCKS: u32 = 2;
 
 /// Tiled path: outputs per block (rows x columns), K words per smem stage, rows per thread.
 pub const TILE_BM: u32 = 128;
+/// Tiled path: output columns per block (default).
 pub const TILE_BN: u32 = 128;
+/// Tiled path: K words (4 k each) per smem stage.
 pub const TILE_BK: u32 = 16;
+/// Tiled path: output rows per thread (default).
 pub const TILE_TM: u32 = 8;
 /// Static shared memory a tiled block may use (two stages of A and B words).
 pub const TILE_SMEM_MAX: u32 = 48 * 1024;
@@ -16,15 +19,20 @@ pub const TILE_SMEM_MAX: u32 = 48 * 1024;
 /// Environment variables that override the tiled dp4a shape per op (`BMxBNxTM` or
 /// `BMxBNxTM/MIN_BLOCKS`, e.g. `128x64x4/3`): for tuning sweeps on a new card.
 pub const TILE_ENV_LOWRANK: &str = "LOWBIT_CUDA_TILE_LOWRANK";
+/// The decoder tail's tile override (see [`TILE_ENV_LOWRANK`]).
 pub const TILE_ENV_DECODER: &str = "LOWBIT_CUDA_TILE_DECODER";
 
 /// Block shape of the tiled dp4a path: `bm x bn` outputs, `tm` rows x 8 columns per thread,
 /// compiled for `min_blocks` resident blocks per SM. K advances [`TILE_BK`] words per stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DpTile {
+    /// Output rows per block (a multiple of `tm`).
     pub bm: u32,
+    /// Output columns per block (a multiple of 8).
     pub bn: u32,
+    /// Output rows per thread: 4 or 8.
     pub tm: u32,
+    /// Resident blocks per SM the kernel is compiled for (`__launch_bounds__`): 1 to 4.
     pub min_blocks: u32,
 }
 
@@ -153,6 +161,7 @@ pub const SMALL_KC_16: u32 = 128;
 /// Small-M path, warps along the output columns (the rest split K): low-rank (wide N, short
 /// K) and decoder (narrow D, long K).
 pub const SMALL_CW_LOWRANK: u32 = 2;
+/// Small-M dp4a decoder kernel: column warps per block (32 columns each; the rest split K).
 pub const SMALL_CW_DECODER: u32 = 2;
 
 /// Environment variable overriding [`SmallShape`] (`CWxB[xM1]`, e.g. `8x1`): for tuning
@@ -171,12 +180,18 @@ pub const SMALL_ENV: &str = "LOWBIT_CUDA_SMALL";
 /// `x4`; ternary2 decoder at 1 block per SM 3.70 / 6.12 µs (M = 1 / 16) against 4.18 / 6.69.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SmallShape {
+    /// Column warps per block of the one-/two-row dp4a low-rank kernel: 1, 2, 4 or 8
+    /// (default 2).
     pub lowrank_cw: u32,
+    /// Blocks per SM the small-M decoders' split-K count aims at (half, at least 1, with
+    /// ternary2 weights): 1 to 8 (default 2).
     pub blocks_per_sm: u32,
+    /// Resident blocks per SM of the one-/two-row dp4a low-rank kernel: 2 or 4 (default 4).
     pub m1_blocks: u32,
 }
 
 impl SmallShape {
+    /// `2x2x4`: what the kernels use unless [`SMALL_ENV`] says otherwise.
     pub const DEFAULT: Self = Self {
         lowrank_cw: SMALL_CW_LOWRANK,
         blocks_per_sm: SPLIT_BLOCKS_PER_SM,
@@ -221,6 +236,7 @@ pub const MAX_SPLITS_PER_HEAD: u32 = 64;
 /// length, the order within a thread on the length and the input's 16-byte alignment, so a
 /// given buffer's bits are fixed).
 pub const RED_THREADS: u32 = 256;
+/// Absmean reduction: the most blocks (one partial sum each).
 pub const RED_MAX_BLOCKS: u32 = 1024;
 /// Elements per thread the reduction grid is sized for (two float4 loads: more blocks, each
 /// thread's loads in flight at once).
@@ -228,6 +244,7 @@ pub const RED_ITEMS: u32 = 8;
 
 /// Elementwise kernels (quantize, rho): threads per block and the grid cap.
 pub const EW_THREADS: u32 = 256;
+/// Elementwise kernels: the most blocks per launch.
 pub const EW_MAX_BLOCKS: u32 = 65_535;
 
 /// dp4a ceiling microbenchmark: independent chains per thread.

@@ -101,6 +101,7 @@ impl<T: Pod> GpuBuffer<T> {
         self.len
     }
 
+    /// Whether the buffer holds no elements.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -127,12 +128,16 @@ impl<T: Pod> GpuBuffer<T> {
 /// A projection output on the device, in its epilogue's element type.
 #[derive(Clone, Debug)]
 pub enum DeviceOutput {
+    /// f32 values (epilogue dtype `F32`).
     F32(GpuBuffer<f32>),
+    /// IEEE half values (epilogue dtype `F16`).
     F16(GpuBuffer<f16>),
+    /// bfloat16 values (epilogue dtype `Bf16`).
     Bf16(GpuBuffer<bf16>),
 }
 
 impl DeviceOutput {
+    /// The element type, as an epilogue names it.
     pub fn dtype(&self) -> OutputDType {
         match self {
             Self::F32(_) => OutputDType::F32,
@@ -150,6 +155,7 @@ impl DeviceOutput {
         }
     }
 
+    /// Whether the output holds no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

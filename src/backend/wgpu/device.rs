@@ -64,8 +64,11 @@ impl Dot4Mode {
 /// (tiles of `8·wg_y` rows × `8·wg_x` columns), `bk` K words staged per step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TileConfig {
+    /// Invocations along the output columns (a power of two).
     pub wg_x: u32,
+    /// Invocations along the output rows (a power of two).
     pub wg_y: u32,
+    /// K words (4 k each) staged per step (a power of two, at least 4).
     pub bk: u32,
 }
 
@@ -86,9 +89,11 @@ impl TileConfig {
         bk: 32,
     };
 
+    /// Output rows per workgroup tile: `8·wg_y`.
     pub fn bm(self) -> u32 {
         8 * self.wg_y
     }
+    /// Output columns per workgroup tile: `8·wg_x`.
     pub fn bn(self) -> u32 {
         8 * self.wg_x
     }
@@ -148,9 +153,11 @@ pub enum F32Route {
 /// Options of [`WgpuDevice::new`] / [`WgpuDevice::from_wgpu`].
 #[derive(Clone, Debug, Default)]
 pub struct WgpuOptions {
+    /// Which adapter [`WgpuDevice::new`] opens (unused by `from_wgpu`).
     pub adapter: AdapterChoice,
     /// Backends searched; `None` means `WGPU_BACKEND` if set, else all.
     pub backends: Option<wgpu::Backends>,
+    /// `dot4I8Packed` builtin or the manual unpack (default: per `LOWBIT_WGPU_DOT4`).
     pub dot4: Dot4Mode,
     /// Keep wgpu's shader runtime checks (index clamping, loop bounding). Off by default: the
     /// crate's shaders guard every buffer access and every loop has a uniform bound, and the
@@ -158,6 +165,7 @@ pub struct WgpuOptions {
     pub runtime_checks: bool,
     /// Fixed GEMM tiles instead of the per-problem choice (benches, tests).
     pub tiles: Option<TileConfig>,
+    /// How projections quantize f32 input: fused, prepacked, or chosen per problem.
     pub f32_route: F32Route,
 }
 
@@ -455,15 +463,19 @@ impl WgpuDevice {
         }
     }
 
+    /// The adapter's info; `None` for a wrapped device given none.
     pub fn adapter_info(&self) -> Option<&wgpu::AdapterInfo> {
         self.inner.info.as_ref()
     }
+    /// The underlying wgpu device.
     pub fn device(&self) -> &wgpu::Device {
         &self.inner.device
     }
+    /// The queue every launch of this device is submitted to.
     pub fn queue(&self) -> &wgpu::Queue {
         &self.inner.queue
     }
+    /// The device's limits (for a device this crate opened, all the adapter has).
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
     }
@@ -484,6 +496,7 @@ impl WgpuDevice {
     pub fn pipelines_compiled(&self) -> usize {
         self.inner.compiles.load(Ordering::Relaxed)
     }
+    /// Whether the device has `TIMESTAMP_QUERY`, which [`WgpuDevice::start_timing`] needs.
     pub fn has_timestamps(&self) -> bool {
         self.inner
             .features

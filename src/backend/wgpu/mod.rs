@@ -55,16 +55,19 @@ pub struct WgpuBackend {
 }
 
 impl WgpuBackend {
+    /// Opens an adapter per `opts` ([`WgpuDevice::new`]).
     pub fn new(opts: WgpuOptions) -> Result<Self> {
         Ok(Self {
             dev: WgpuDevice::new(opts)?,
         })
     }
 
+    /// Wraps an opened device.
     pub fn from_device(dev: WgpuDevice) -> Self {
         Self { dev }
     }
 
+    /// The device, for its device-resident API and settings.
     pub fn device(&self) -> &WgpuDevice {
         &self.dev
     }

@@ -55,7 +55,10 @@ pub enum DeviceAct<'a> {
 /// Packed weight words on the device with their scale and largest |code|.
 #[derive(Clone, Debug)]
 pub struct DeviceWeights {
+    /// Packed i8x4 words: `[H, ceil(D/4), N]` (low-rank projection) or `[H·ceil(Lart/4), D]`
+    /// (decoder tail).
     pub words: GpuBuffer<u32>,
+    /// Per-tensor weight scale (absmean); finite and > 0.
     pub scale: f32,
     /// 1 for ternary/binary, 127 for int8 (at most 127: codes are signed lanes).
     pub qmax: u32,
