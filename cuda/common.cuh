@@ -113,7 +113,7 @@ __device__ __forceinline__ float lb_absmean_scale(double sum, long long n, int f
 // (acc * w_scale) * a_scale, each product rounded (never fused), then the optional ReLU.
 __device__ __forceinline__ float lb_dequant(int acc, float w_scale, float a_scale, int relu) {
     float v = __fmul_rn(__fmul_rn((float)acc, w_scale), a_scale);
-    return relu ? fmaxf(v, 0.0f) : v;
+    return relu ? (v > 0.0f ? v : 0.0f) : v;  // ReLU: -0.0 and NaN give +0.0, as on the CPU
 }
 
 // f32 -> bf16 bits, round to nearest even (NaN stays NaN).
@@ -985,7 +985,8 @@ __device__ __forceinline__ void lb_float(const LbProblem& p) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
             int n = n0 + tx + 16 * j;
-            if (n < p.ncols) lb_store(p.out, o + n, p.relu ? fmaxf(acc[i][j], 0.0f) : acc[i][j], p.out_dtype);
+            const float v = acc[i][j];
+            if (n < p.ncols) lb_store(p.out, o + n, p.relu ? (v > 0.0f ? v : 0.0f) : v, p.out_dtype);
         }
     }
 }

@@ -244,7 +244,7 @@ fn reduce_one(e: u32, s: f32) -> f32 {
         v = (f32(acc) * p.w_scale) * s;
     }
     if RELU {
-        v = max(v, 0.0);
+        v = select(0.0, v, v > 0.0);  // -0.0 and NaN give +0.0, as on every backend
     }
     return v;
 }

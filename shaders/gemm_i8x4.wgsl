@@ -231,7 +231,7 @@ fn epilogue_bits(acc: i32, s: f32) -> u32 {
     }
     var v = (f32(acc) * p.w_scale) * s;
     if RELU {
-        v = max(v, 0.0);
+        v = select(0.0, v, v > 0.0);  // -0.0 and NaN give +0.0, as on every backend
     }
     return bitcast<u32>(v);
 }

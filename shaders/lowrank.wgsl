@@ -163,7 +163,7 @@ fn lowrank_float(@builtin(local_invocation_id) lid: vec3<u32>, @builtin(workgrou
             if n < p.n_out {
                 var v = acc[i][j];
                 if RELU && !RAW_OUT {
-                    v = max(v, 0.0);
+                    v = select(0.0, v, v > 0.0);
                 }
                 out[out_row + n] = bitcast<u32>(v);
             }

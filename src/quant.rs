@@ -254,6 +254,21 @@ pub fn quantize_binary_sign(values: &[f32]) -> Result<QuantizedWeights> {
     quantize_weights(values, LowBitWeightFormat::Sign1)
 }
 
+/// The largest |weight code| a projection takes (`ProjectionArgs::w_qmax`, the weights of a
+/// device upload): 1..=127, since weight codes are signed int8 lanes (127 for int8 weights, 1
+/// for ternary and binary ones); anything else is [`LowbitError::InvalidArgument`].
+pub fn check_weight_qmax(op: &'static str, w_qmax: u32) -> Result<()> {
+    if (1..=127).contains(&w_qmax) {
+        Ok(())
+    } else {
+        Err(LowbitError::InvalidArgument {
+            op,
+            what: "w_qmax",
+            reason: format!("{w_qmax}: weight codes are signed int8 lanes (1..=127)"),
+        })
+    }
+}
+
 /// Errors with [`LowbitError::AccumulatorOverflow`] unless every dot product of length `k`
 /// with codes up to `qmax_a` and `qmax_w` in magnitude fits an i32: `k·qmax_a·qmax_w < 2^31`.
 pub fn check_accumulator(op: &'static str, k: usize, qmax_a: u32, qmax_w: u32) -> Result<()> {

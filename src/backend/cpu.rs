@@ -25,9 +25,9 @@ use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::{RHO_BLOCK_SIZE, RHO_WORDS_PER_BLOCK, RhoShape};
 use crate::ops::{
     ActInput, DecoderTailShape, Epilogue, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
-    dequantize_acc,
+    check_packed_activations, dequantize_acc,
 };
-use crate::quant::{absmean_scale, activation_scale, check_finite, check_scale};
+use crate::quant::{absmean_scale, activation_scale, check_finite, check_scale, check_weight_qmax};
 use crate::testing::POISON_F32;
 
 /// Output rows per rayon task.
@@ -479,9 +479,10 @@ fn check_out(op: &'static str, out: &[f32], len: usize) -> Result<()> {
     }
 }
 
-/// Weight scale and weight word count.
+/// Weight scale, largest |weight code| and weight word count.
 fn check_weights(op: &'static str, args: &ProjectionArgs<'_>, words: usize) -> Result<()> {
     check_scale(op, "weight scale", args.w_scale)?;
+    check_weight_qmax(op, args.w_qmax)?;
     if args.w_words.len() != words {
         return Err(LowbitError::len(
             op,
@@ -913,6 +914,7 @@ fn prepare<'a>(
                     packed.len(),
                 ));
             }
+            check_packed_activations(op, packed, k, qmax)?;
             let s = args.scale.given(op)?.ok_or_else(no_compute)?;
             // +128 on a signed byte is a flip of its top bit; padding lanes become 0.
             let last = lane_mask(k);
@@ -1029,18 +1031,7 @@ fn weights_f32(
 
 fn apply_float_epilogue(o: &mut [f32], ep: Epilogue) {
     for v in o.iter_mut() {
-        *v = finish(*v, ep);
-    }
-}
-
-/// Relu, then one rounding to the output type (widened back to f32).
-#[inline(always)]
-fn finish(v: f32, ep: Epilogue) -> f32 {
-    let v = if ep.relu && v < 0.0 { 0.0 } else { v };
-    match ep.dtype {
-        OutputDType::F32 => v,
-        OutputDType::F16 => half::f16::from_f32(v).to_f32(),
-        OutputDType::Bf16 => half::bf16::from_f32(v).to_f32(),
+        *v = ep.apply(*v);
     }
 }
 
@@ -1204,10 +1195,9 @@ fn epilogue_generic(
     for (r, acc) in tile.chunks(nb).enumerate() {
         let o = &mut out[r * cols..][..nb];
         for ((o, &a), &c) in o.iter_mut().zip(acc).zip(corr) {
-            *o = finish(
-                dequantize_acc(a.wrapping_sub(c), epi.w_scale, epi.a_scale),
-                epi.epilogue,
-            );
+            *o = epi
+                .epilogue
+                .apply(dequantize_acc(a.wrapping_sub(c), epi.w_scale, epi.a_scale));
         }
     }
 }
@@ -1441,8 +1431,9 @@ mod avx512 {
                 let f = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, c));
                 let mut v = _mm512_mul_ps(_mm512_mul_ps(f, wsv), asv);
                 if ep.relu {
-                    let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, zero);
-                    v = _mm512_mask_blend_ps(neg, v, zero);
+                    // not > 0 (NaN included): +0.0, as `relu`
+                    let off = _mm512_cmp_ps_mask::<_CMP_NGT_UQ>(v, zero);
+                    v = _mm512_mask_blend_ps(off, v, zero);
                 }
                 let p = o.as_mut_ptr().add(j);
                 if stream {

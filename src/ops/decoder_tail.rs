@@ -1,6 +1,6 @@
 //! Decoder tail `y[B, H, T, L] · W[H·Lart, D]`, summed over heads → `out[B, 1, T, D]`.
 
-use super::checked_len;
+use super::{checked_len, sat_len};
 use crate::error::{LowbitError, Result};
 use crate::quant::check_accumulator;
 
@@ -85,7 +85,7 @@ impl DecoderTailShape {
     }
     /// Weight shape `[H·Lart, D]`.
     pub fn w_shape(&self) -> [usize; 2] {
-        [self.heads * self.latent_per_head, self.dim]
+        [sat_len(&[self.heads, self.latent_per_head]), self.dim]
     }
     /// Output shape `[B, 1, T, D]`.
     pub fn out_shape(&self) -> [usize; 4] {
@@ -101,40 +101,46 @@ impl DecoderTailShape {
     }
     /// Input elements `B·H·T·L`.
     pub fn y_len(&self) -> usize {
-        self.batch * self.heads * self.time * self.latent
+        sat_len(&[self.batch, self.heads, self.time, self.latent])
     }
     /// i8x4 words of the packed input `[B, H, T, ceil(L/4)]`.
     pub fn y_words_len(&self) -> usize {
-        self.batch * self.heads * self.time * self.k_words()
+        sat_len(&[self.batch, self.heads, self.time, self.k_words()])
     }
     /// Weight elements `H·Lart·D`.
     pub fn w_len(&self) -> usize {
-        self.heads * self.latent_per_head * self.dim
+        sat_len(&[self.heads, self.latent_per_head, self.dim])
     }
     /// Words of the packed weight `[H·ceil(Lart/4), D]`.
     pub fn w_words_len(&self) -> usize {
-        self.heads * self.w_head_words() * self.dim
+        sat_len(&[self.heads, self.w_head_words(), self.dim])
     }
     /// u32 words of the weight in the ternary2 fragment layout
     /// ([`crate::pack::pack_ternary2_fragments`]).
     pub fn w_ternary2_len(&self) -> usize {
-        self.heads * crate::pack::ternary2_rows(self.w_head_words()) * self.dim
+        sat_len(&[
+            self.heads,
+            crate::pack::ternary2_rows(self.w_head_words()),
+            self.dim,
+        ])
     }
     /// Output elements `B·T·D`.
     pub fn out_len(&self) -> usize {
-        self.batch * self.time * self.dim
+        sat_len(&[self.batch, self.time, self.dim])
     }
     /// Tokens `M = B·T`, the output rows.
     pub fn m(&self) -> usize {
-        self.batch * self.time
+        sat_len(&[self.batch, self.time])
     }
     /// Reduction length `H·L`.
     pub fn k(&self) -> usize {
-        self.heads * self.latent
+        sat_len(&[self.heads, self.latent])
     }
     /// Integer ops (one multiply + one add per MAC) of the useful work: `2·M·H·L·D`.
     pub fn int_ops(&self) -> u64 {
-        2 * self.m() as u64 * self.k() as u64 * self.dim as u64
+        [self.batch, self.time, self.heads, self.latent, self.dim]
+            .iter()
+            .fold(2u64, |a, &d| a.saturating_mul(d as u64))
     }
     /// Errors if `H·L · qmax_a · qmax_w ≥ 2^31`.
     pub fn check_accumulator(&self, qmax_a: u32, qmax_w: u32) -> Result<()> {

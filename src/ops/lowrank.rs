@@ -1,6 +1,6 @@
 //! Low-rank projection `x[B, 1|H, T, D] · W[H, D, N] → out[B, H, T, latent_out]`.
 
-use super::checked_len;
+use super::{checked_len, sat_len};
 use crate::error::{LowbitError, Result};
 use crate::quant::check_accumulator;
 
@@ -104,36 +104,48 @@ impl LowrankShape {
     }
     /// Input elements `B·Hin·T·D`.
     pub fn x_len(&self) -> usize {
-        self.batch * self.in_heads * self.time * self.embd
+        sat_len(&[self.batch, self.in_heads, self.time, self.embd])
     }
     /// i8x4 words of the packed input `[B, Hin, T, ceil(D/4)]`.
     pub fn x_words_len(&self) -> usize {
-        self.batch * self.in_heads * self.time * self.k_words()
+        sat_len(&[self.batch, self.in_heads, self.time, self.k_words()])
     }
     /// Weight elements `H·D·N`.
     pub fn w_len(&self) -> usize {
-        self.heads * self.embd * self.latent
+        sat_len(&[self.heads, self.embd, self.latent])
     }
     /// Words of the packed weight `[H, ceil(D/4), N]`.
     pub fn w_words_len(&self) -> usize {
-        self.heads * self.k_words() * self.latent
+        sat_len(&[self.heads, self.k_words(), self.latent])
     }
     /// u32 words of the weight in the ternary2 fragment layout
     /// ([`crate::pack::pack_ternary2_fragments`]).
     pub fn w_ternary2_len(&self) -> usize {
-        self.heads * crate::pack::ternary2_rows(self.k_words()) * self.latent
+        sat_len(&[
+            self.heads,
+            crate::pack::ternary2_rows(self.k_words()),
+            self.latent,
+        ])
     }
     /// Output elements `B·H·T·latent_out`.
     pub fn out_len(&self) -> usize {
-        self.batch * self.heads * self.time * self.latent_out
+        sat_len(&[self.batch, self.heads, self.time, self.latent_out])
     }
     /// Tokens `B·T`.
     pub fn m(&self) -> usize {
-        self.batch * self.time
+        sat_len(&[self.batch, self.time])
     }
     /// Integer ops (one multiply + one add per MAC) of the useful work.
     pub fn int_ops(&self) -> u64 {
-        2 * (self.batch * self.heads * self.time) as u64 * self.embd as u64 * self.latent_out as u64
+        [
+            self.batch,
+            self.heads,
+            self.time,
+            self.embd,
+            self.latent_out,
+        ]
+        .iter()
+        .fold(2u64, |a, &d| a.saturating_mul(d as u64))
     }
     /// Errors if `D · qmax_a · qmax_w ≥ 2^31`.
     pub fn check_accumulator(&self, qmax_a: u32, qmax_w: u32) -> Result<()> {

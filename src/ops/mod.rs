@@ -12,6 +12,12 @@ pub use lowrank::LowrankShape;
 use crate::error::{LowbitError, Result};
 
 /// Product of dims with overflow and zero checks.
+/// The product of `dims`, saturating at `usize::MAX`: the accessors of a shape built as a
+/// literal answer without overflowing (only a validated shape's products are its lengths).
+pub(crate) fn sat_len(dims: &[usize]) -> usize {
+    dims.iter().fold(1usize, |a, &d| a.saturating_mul(d))
+}
+
 pub(crate) fn checked_len(op: &'static str, dims: &[usize]) -> Result<usize> {
     if dims.contains(&0) {
         return Err(LowbitError::invalid_shape(op, dims, "zero-sized dimension"));
@@ -20,6 +26,54 @@ pub(crate) fn checked_len(op: &'static str, dims: &[usize]) -> Result<usize> {
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n <= i32::MAX as usize)
         .ok_or_else(|| LowbitError::invalid_shape(op, dims, "more than i32::MAX elements"))
+}
+
+/// Checks prepacked signed i8x4 activations, rows of `k` elements in `ceil(k/4)` words: every
+/// lane within ±`qmax` (the format's code range, as codes input is checked) and every padding
+/// lane past `k` zero, as the crate's packers and `quantize_pack_i8x4` write them. The kernels
+/// take words as they are (a nonzero padding lane would meet a real weight where L < Lart, a
+/// lane past qmax could overflow the i32 accumulator), so the host-slice
+/// [`crate::Backend`] API checks them on every backend; the first bad lane is the error.
+pub fn check_packed_activations(
+    op: &'static str,
+    words: &[u32],
+    k: usize,
+    qmax: u32,
+) -> Result<()> {
+    use rayon::prelude::*;
+    let kw = k.div_ceil(4);
+    if kw == 0 {
+        return Ok(());
+    }
+    let q = qmax.min(127) as i32;
+    let used_last = k - 4 * (kw - 1);
+    // (lane index in the row, lane value) of a row's first bad lane.
+    let bad = |row: &[u32]| {
+        row.iter().enumerate().find_map(|(w, &word)| {
+            let used = if w + 1 == kw { used_last } else { 4 };
+            (0..4).find_map(|j| {
+                let lane = i32::from((word >> (8 * j)) as u8 as i8);
+                let ok = if j < used { lane.abs() <= q } else { lane == 0 };
+                (!ok).then_some((4 * w + j, lane))
+            })
+        })
+    };
+    match words
+        .par_chunks(kw)
+        .enumerate()
+        .find_map_first(|(r, row)| bad(row).map(|b| (r, b)))
+    {
+        None => Ok(()),
+        Some((r, (e, lane))) => Err(LowbitError::InvalidArgument {
+            op,
+            what: "packed activation words",
+            reason: if e < k {
+                format!("row {r}, element {e} is {lane}, outside ±{q}")
+            } else {
+                format!("row {r}, padding lane {e} (past K = {k}) is {lane}, must be 0")
+            },
+        }),
+    }
 }
 
 /// Where the activation scale of a quantized op comes from (the seed's "host scale" and
@@ -87,6 +141,27 @@ pub struct Epilogue {
     pub dtype: OutputDType,
     /// BDH's `relu(x @ encoder)`, fused.
     pub relu: bool,
+}
+
+impl Epilogue {
+    /// This epilogue on one f32 value, as every backend applies it: [`relu`] if asked for,
+    /// then one rounding to the output type (widened back to f32).
+    #[inline(always)]
+    pub fn apply(self, v: f32) -> f32 {
+        let v = if self.relu { relu(v) } else { v };
+        match self.dtype {
+            OutputDType::F32 => v,
+            OutputDType::F16 => half::f16::from_f32(v).to_f32(),
+            OutputDType::Bf16 => half::bf16::from_f32(v).to_f32(),
+        }
+    }
+}
+
+/// ReLU as every backend computes it: `v` if `v > 0`, else +0.0, so -0.0 and NaN give +0.0
+/// (a max with 0 would leave the sign of a zero to the hardware).
+#[inline(always)]
+pub fn relu(v: f32) -> f32 {
+    if v > 0.0 { v } else { 0.0 }
 }
 
 /// `(acc as f32 · w_scale) · a_scale`, in that order, on every backend.

@@ -1,6 +1,6 @@
 //! Activation quantize (+ pack to i8x4) descriptors.
 
-use super::checked_len;
+use super::{checked_len, sat_len};
 use crate::config::LowBitActivationFormat;
 use crate::error::{LowbitError, Result};
 
@@ -29,7 +29,7 @@ impl QuantizeShape {
     }
     /// Elements `rows·k`.
     pub fn len(&self) -> usize {
-        self.rows * self.k
+        sat_len(&[self.rows, self.k])
     }
     /// Whether there are no elements (never true for a shape built by `new`).
     pub fn is_empty(&self) -> bool {
@@ -37,7 +37,7 @@ impl QuantizeShape {
     }
     /// i8x4 words of the packed output: `rows·ceil(k/4)`.
     pub fn words_len(&self) -> usize {
-        self.rows * self.k.div_ceil(4)
+        sat_len(&[self.rows, self.k.div_ceil(4)])
     }
 }
 

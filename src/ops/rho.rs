@@ -1,6 +1,6 @@
 //! Rho state block compression: blocks of 32 over the flattened `[B, H, N, D]` tensor.
 
-use super::checked_len;
+use super::{checked_len, sat_len};
 use crate::error::{LowbitError, Result};
 
 /// Op name used in this op's error messages.
@@ -25,7 +25,7 @@ impl RhoShape {
     }
     /// Elements of the state.
     pub fn len(&self) -> usize {
-        self.logical_shape.iter().product()
+        sat_len(&self.logical_shape)
     }
     /// Whether there are no elements (never true for a shape built by `new`).
     pub fn is_empty(&self) -> bool {
@@ -37,7 +37,7 @@ impl RhoShape {
     }
     /// Words of the device int8 layout: 8 per block, the last block zero-padded.
     pub fn int8_words(&self) -> usize {
-        self.blocks() * RHO_WORDS_PER_BLOCK
+        self.blocks().saturating_mul(RHO_WORDS_PER_BLOCK)
     }
 
     /// Re-checks the shape (it may have been built as a literal) and that an int8 device-layout

@@ -436,17 +436,7 @@ pub fn ref_scale(x: &[f32], format: Fmt) -> f32 {
 
 /// The epilogue applied to a reference output: relu, then one rounding to f16/bf16.
 pub fn apply_epilogue(values: &[f32], ep: Epilogue) -> Vec<f32> {
-    values
-        .iter()
-        .map(|&v| {
-            let v = if ep.relu { v.max(0.0) } else { v };
-            match ep.dtype {
-                OutputDType::F32 => v,
-                OutputDType::F16 => half::f16::from_f32(v).to_f32(),
-                OutputDType::Bf16 => half::bf16::from_f32(v).to_f32(),
-            }
-        })
-        .collect()
+    values.iter().map(|&v| ep.apply(v)).collect()
 }
 
 /// Every integer activation format.

@@ -14,7 +14,7 @@ use crate::kernels::KernelId;
 use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::RhoShape;
 use crate::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
-use crate::quant::{EPS, check_scale};
+use crate::quant::{EPS, check_scale, check_weight_qmax};
 
 /// Activation input on the device, as a raw address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -182,13 +182,7 @@ pub(crate) fn validate_projection(
 ) -> Result<Path> {
     let _ = epilogue;
     check_scale(op, "weight scale", w_scale)?;
-    if w_qmax == 0 || w_qmax > 127 {
-        return Err(LowbitError::InvalidArgument {
-            op,
-            what: "w_qmax",
-            reason: format!("{w_qmax}: weight codes are signed int8 lanes (1..=127)"),
-        });
-    }
+    check_weight_qmax(op, w_qmax)?;
     if format == LowBitActivationFormat::Fp16 {
         if kind != InputKind::F32 {
             return Err(LowbitError::unsupported_format(

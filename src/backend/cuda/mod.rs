@@ -37,6 +37,7 @@ use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::RhoShape;
 use crate::ops::{
     ActInput, DecoderTailShape, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
+    check_packed_activations,
 };
 use crate::quant::{check_finite, check_scale};
 use crate::testing::{POISON_F32, POISON_U32};
@@ -204,17 +205,18 @@ impl Uploaded {
 }
 
 impl CudaBackend {
-    /// Validates and uploads a projection's input; `elems`/`words` are the shape's lengths.
+    /// Validates and uploads a projection's input; `elems`/`words` are the shape's lengths,
+    /// `k` its elements per row.
     fn upload_input(
         &self,
         op: &'static str,
         input: ActInput<'_>,
         format: LowBitActivationFormat,
-        elems: usize,
-        words: usize,
+        (elems, k, words): (usize, usize, usize),
     ) -> Result<Uploaded> {
         match input {
-            ActInput::Packed(w) => check_len(op, "input words", w, words),
+            ActInput::Packed(w) => check_len(op, "input words", w, words)
+                .and_then(|()| check_packed_activations(op, w, k, format.qmax().unwrap_or(0))),
             ActInput::Codes(c) => {
                 check_len(op, "input codes", c, elems)?;
                 check_codes(op, c, format)
@@ -236,8 +238,7 @@ impl CudaBackend {
         &self,
         op: &'static str,
         args: &ProjectionArgs<'_>,
-        elems: usize,
-        words: usize,
+        (elems, k, words): (usize, usize, usize),
         w_words: usize,
         w_layout: (usize, usize, usize),
         out_len: usize,
@@ -266,7 +267,7 @@ impl CudaBackend {
             acc,
         )?;
         check_len(op, "weight words", args.w_words, w_words)?;
-        let input = self.upload_input(op, args.input, args.format, elems, words)?;
+        let input = self.upload_input(op, args.input, args.format, (elems, k, words))?;
         // Ternary2 when asked for, on the integer paths, and every lane is ternary.
         let (heads, rows, cols) = w_layout;
         let t2 = (self.ternary2 && path != launch::Path::Float)
@@ -395,8 +396,7 @@ impl Backend for CudaBackend {
         self.project(
             "cuda::lowrank",
             args,
-            shape.x_len(),
-            shape.x_words_len(),
+            (shape.x_len(), shape.embd, shape.x_words_len()),
             shape.w_words_len(),
             (shape.heads, shape.k_words(), shape.latent),
             shape.out_len(),
@@ -417,8 +417,7 @@ impl Backend for CudaBackend {
         self.project(
             "cuda::decoder_tail",
             args,
-            shape.y_len(),
-            shape.y_words_len(),
+            (shape.y_len(), shape.latent, shape.y_words_len()),
             shape.w_words_len(),
             (shape.heads, shape.w_head_words(), shape.dim),
             shape.out_len(),

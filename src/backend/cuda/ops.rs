@@ -14,7 +14,9 @@ use crate::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
 /// Activations on the device.
 #[derive(Clone, Copy, Debug)]
 pub enum DeviceAct<'a> {
-    /// Signed i8x4 words `[rows, ceil(K/4)]` (int8/int4 only).
+    /// Signed i8x4 words `[rows, ceil(K/4)]` (int8/int4 only): lanes within ±qmax, padding
+    /// lanes past K zero (the host-slice API checks,
+    /// [`crate::ops::check_packed_activations`]; the device API trusts them).
     Packed(&'a CudaSlice<u32>),
     /// i32 codes `[rows, K]` (uint8pos included).
     Codes(&'a CudaSlice<i32>),

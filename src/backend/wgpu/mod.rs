@@ -38,6 +38,7 @@ use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::RhoShape;
 use crate::ops::{
     ActInput, DecoderTailShape, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
+    check_packed_activations,
 };
 use crate::quant::{check_finite, check_scale};
 use crate::testing::{POISON_F32, POISON_U32};
@@ -95,13 +96,14 @@ impl WgpuBackend {
         op: &'static str,
         args: &ProjectionArgs<'_>,
         len: usize,
+        k: usize,
         words: usize,
         w_words: usize,
         out_len: usize,
         check_acc: impl Fn(u32) -> Result<()>,
         run: impl Fn(DeviceAct<'_>, DeviceScale<'_>, &DeviceWeights, &DeviceOutput) -> Result<()>,
     ) -> Result<ProjectionOutput> {
-        check_host_projection(op, args, len, words, w_words, check_acc)?;
+        check_host_projection(op, args, len, k, words, w_words, check_acc)?;
         // Binding sizes before anything is uploaded or allocated.
         let in_bytes = match args.input {
             ActInput::Packed(_) => words,
@@ -147,6 +149,7 @@ fn check_host_projection(
     op: &'static str,
     args: &ProjectionArgs<'_>,
     len: usize,
+    k: usize,
     words: usize,
     w_words: usize,
     check_acc: impl Fn(u32) -> Result<()>,
@@ -213,6 +216,7 @@ fn check_host_projection(
                     p.len(),
                 ));
             }
+            check_packed_activations(op, p, k, qmax)?;
             args.scale.given(op)?.ok_or_else(no_compute)?;
         }
         ActInput::F32(x) => {
@@ -355,6 +359,7 @@ impl Backend for WgpuBackend {
             OP,
             args,
             shape.x_len(),
+            shape.embd,
             shape.x_words_len(),
             shape.w_words_len(),
             shape.out_len(),
@@ -377,6 +382,7 @@ impl Backend for WgpuBackend {
             OP,
             args,
             shape.y_len(),
+            shape.latent,
             shape.y_words_len(),
             shape.w_words_len(),
             shape.out_len(),

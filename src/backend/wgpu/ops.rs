@@ -12,7 +12,7 @@ use crate::kernels::KernelId;
 use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::{RHO_BLOCK_SIZE, RhoShape};
 use crate::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
-use crate::quant::{EPS, check_scale};
+use crate::quant::{EPS, check_scale, check_weight_qmax};
 
 /// Invocations per workgroup of the element-wise and reduction kernels (quantize, rho,
 /// decoder_reduce).
@@ -42,7 +42,9 @@ pub enum DeviceScale<'a> {
 /// Activation input of a projection on the device.
 #[derive(Clone, Copy, Debug)]
 pub enum DeviceAct<'a> {
-    /// Signed i8x4 words `[rows, ceil(K/4)]` (int8/int4).
+    /// Signed i8x4 words `[rows, ceil(K/4)]` (int8/int4): lanes within ±qmax, padding lanes
+    /// past K zero (the host-slice API checks, [`crate::ops::check_packed_activations`]; the
+    /// device API trusts them).
     Packed(&'a GpuBuffer<u32>),
     /// i32 codes `[rows, K]` of any integer format (uint8pos included). Codes must lie in
     /// the format's range (the host-slice API checks; the device API trusts them).
@@ -1284,15 +1286,4 @@ fn act_buffer<'a>(input: DeviceAct<'a>) -> &'a wgpu::Buffer {
         DeviceAct::Codes(b) => &b.buffer,
         DeviceAct::F32(b) => &b.buffer,
     }
-}
-
-fn check_weight_qmax(op: &'static str, qmax: u32) -> Result<()> {
-    if qmax > 127 {
-        return Err(LowbitError::InvalidArgument {
-            op,
-            what: "w_qmax",
-            reason: format!("{qmax} must be at most 127 (weight codes are signed int8 lanes)"),
-        });
-    }
-    Ok(())
 }

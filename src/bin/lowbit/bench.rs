@@ -231,12 +231,19 @@ impl Progress {
     }
 }
 
-/// Random int8 codes in [-127, 127], 8 per RNG draw.
-fn int8_words(rng: &mut Rng, words: usize) -> Vec<u32> {
+/// Random int8 codes in [-127, 127] packed in rows of `k` elements (`ceil(k/4)` words, the
+/// padding lanes past `k` zero, as the packers write them).
+fn int8_words(rng: &mut Rng, words: usize, k: usize) -> Vec<u32> {
+    let kw = k.div_ceil(4).max(1);
+    let last = match k % 4 {
+        0 => u32::MAX,
+        r => (1u32 << (8 * r)) - 1,
+    };
     (0..words)
-        .map(|_| {
+        .map(|i| {
             let bytes = (rng.next_u64() as u32).to_le_bytes();
-            u32::from_le_bytes(bytes.map(|b| if b == 0x80 { 0x81 } else { b }))
+            let w = u32::from_le_bytes(bytes.map(|b| if b == 0x80 { 0x81 } else { b }));
+            if (i + 1) % kw == 0 { w & last } else { w }
         })
         .collect()
 }
@@ -312,7 +319,12 @@ fn case_data(
     };
     let quantize = matches!(op, Op::Quantize(_));
     let (words, f32s) = if packed && !quantize {
-        (int8_words(rng, act_words), Vec::new())
+        let k = match &op {
+            Op::Lowrank(s) => s.embd,
+            Op::Decoder(s) => s.latent,
+            Op::Quantize(_) => 0,
+        };
+        (int8_words(rng, act_words, k), Vec::new())
     } else {
         (Vec::new(), f32s(rng, act_len))
     };

@@ -216,16 +216,6 @@ fn is_tie(v: f32, s: f32, format: LowBitActivationFormat) -> bool {
     (frac - 0.5).abs() <= 4.0 * f64::from(f32::EPSILON) * q.max(1.0)
 }
 
-/// The epilogue on one reference value: ReLU, then rounding to the output type.
-fn apply_epilogue(v: f32, e: Epilogue) -> f32 {
-    let v = if e.relu { v.max(0.0) } else { v };
-    match e.dtype {
-        OutputDType::F32 => v,
-        OutputDType::F16 => half::f16::from_f32(v).to_f32(),
-        OutputDType::Bf16 => half::bf16::from_f32(v).to_f32(),
-    }
-}
-
 fn codes_with(x: &[f32], s: f32, format: LowBitActivationFormat) -> Vec<i32> {
     x.iter().map(|&v| activation_code(v, s, format)).collect()
 }
@@ -653,8 +643,7 @@ impl Ctx<'_> {
                     (Err(e), _) => (error_status(self.kind, &e), None),
                     (_, Err(e)) => (Status::Fail(format!("reference: {e}")), None),
                     (Ok(out), Ok(want)) => {
-                        let want: Vec<f32> =
-                            want.iter().map(|&v| apply_epilogue(v, epilogue)).collect();
+                        let want: Vec<f32> = want.iter().map(|&v| epilogue.apply(v)).collect();
                         let r = compare_f32(&want, &out.values);
                         (Self::exact_status(&r), Some(r))
                     }
