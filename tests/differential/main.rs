@@ -60,6 +60,7 @@ mod cuda_extra;
 #[cfg(feature = "cuda")]
 mod cuda_mma;
 mod decoder_tail;
+mod fuzz;
 mod lowrank;
 mod quantize;
 mod rho;

@@ -4,15 +4,14 @@
 //! and huge values. Every call must return `Ok` with an output of the shape's length, or a
 //! typed `Err`, and never panic; a GPU backend must agree with the CPU one (both `Ok` with the
 //! same bits, or both `Err`). Absent GPU backends print SKIPPED (fail under LOWBIT_REQUIRE).
-//! `tests/api_fuzz.proptest-regressions` holds the cases that found bugs; they run first.
+//! `fuzz.proptest-regressions` beside this file holds the cases that found bugs; they run first.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::OnceLock;
 
-use lowbit_kernels::backend::{self, Backend, ProjectionArgs};
+use lowbit_kernels::backend::{Backend, ProjectionArgs};
 use lowbit_kernels::ops::quantize::QuantizeShape;
 use lowbit_kernels::ops::rho::RhoShape;
-use lowbit_kernels::testing::{skip_or_fail, tol};
+use lowbit_kernels::testing::tol;
 use lowbit_kernels::{
     ActInput, BackendKind, DecoderTailShape, Epilogue, LowBitActivationFormat as Fmt, LowrankShape,
     OutputDType, ProjectionOutput, Result, ScaleSource,
@@ -20,23 +19,12 @@ use lowbit_kernels::{
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 
-/// Every backend that opens here, CPU first.
-fn backends() -> &'static [(BackendKind, Box<dyn Backend>)] {
-    static ALL: OnceLock<Vec<(BackendKind, Box<dyn Backend>)>> = OnceLock::new();
-    ALL.get_or_init(|| {
-        let mut v = Vec::new();
-        for kind in [BackendKind::Cpu, BackendKind::Cuda, BackendKind::Wgpu] {
-            match backend::open(kind) {
-                Ok(b) => v.push((kind, b)),
-                Err(e) => {
-                    if let Err(msg) = skip_or_fail(kind, &e.to_string()) {
-                        panic!("{msg}");
-                    }
-                }
-            }
-        }
-        v
-    })
+/// Every backend that opens here, CPU first (a `SKIPPED` line for each one that does not).
+fn backends() -> Vec<(BackendKind, &'static dyn Backend)> {
+    [BackendKind::Cpu, BackendKind::Cuda, BackendKind::Wgpu]
+        .into_iter()
+        .filter_map(|k| crate::backend_for(k).map(|b| (k, b)))
+        .collect()
 }
 
 /// Buffers larger than this are never built: a shape that asks for more must be refused.
@@ -190,7 +178,7 @@ fn on_all<T: std::fmt::Debug>(
     again: impl Fn(&dyn Backend, &T) -> Option<Result<T>>,
 ) -> std::result::Result<(), TestCaseError> {
     let all = backends();
-    let cpu = all[0].1.as_ref();
+    let cpu = all[0].1;
     let checked = |kind: BackendKind, r: &Result<T>| match r {
         Ok(v) => check(v).map_err(|e| TestCaseError::fail(format!("{what} on {kind}: {e}"))),
         Err(_) => Ok(()),
@@ -198,7 +186,7 @@ fn on_all<T: std::fmt::Debug>(
     let want = no_panic(&format!("{what} on cpu"), || call(cpu));
     checked(BackendKind::Cpu, &want)?;
     for (kind, b) in &all[1..] {
-        let got = no_panic(&format!("{what} on {kind}"), || call(b.as_ref()));
+        let got = no_panic(&format!("{what} on {kind}"), || call(*b));
         checked(*kind, &got)?;
         let ok = match (&want, &got) {
             (Err(_), Err(_)) => true,
