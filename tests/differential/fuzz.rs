@@ -214,6 +214,37 @@ fn on_all<T: std::fmt::Debug>(
     Ok(())
 }
 
+/// One projection (`run`: the op on a backend) on every backend, as [`on_all`]: `want` output
+/// elements, equal bits (the float path within `bound`'s rules), and where the scale was
+/// computed, the GPU's scale given to the CPU.
+fn projection_on_all(
+    what: &str,
+    args: &ProjectionArgs<'_>,
+    want: usize,
+    bound: f32,
+    run: impl Fn(&dyn Backend, &ProjectionArgs<'_>) -> Result<ProjectionOutput>,
+) -> std::result::Result<(), TestCaseError> {
+    let what = format!(
+        "{what} {:?} {:?} {:?}",
+        args.format, args.scale, args.epilogue
+    );
+    on_all(
+        &what,
+        |be| run(be, args),
+        |o| len_is(o.values.len(), want),
+        |a, c| same_projection(a, c, (args.format, args.epilogue, bound)),
+        |be, g| {
+            (args.scale == ScaleSource::Compute).then(|| {
+                let given = ProjectionArgs {
+                    scale: ScaleSource::Param(g.a_scale),
+                    ..*args
+                };
+                run(be, &given)
+            })
+        },
+    )
+}
+
 fn same_f32(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len()
         && a.iter()
@@ -324,13 +355,8 @@ proptest! {
         };
         let want = prod(&[b, h, t, shape.latent_out]);
         let bound = f32_bound(&input.f32s, w_scale, d);
-        on_all(&format!("lowrank {shape:?} {format:?} {scale:?}"),
-            |be| be.lowrank(&shape, &args),
-            |o| len_is(o.values.len(), want),
-            |a, c| same_projection(a, c, (format, epilogue, bound)),
-            |be, g| (scale == ScaleSource::Compute).then(|| {
-                be.lowrank(&shape, &ProjectionArgs { scale: ScaleSource::Param(g.a_scale), ..args })
-            }))?;
+        projection_on_all(&format!("lowrank {shape:?}"), &args, want, bound,
+            |be, a| be.lowrank(&shape, a))?;
     }
 
     #[test]
@@ -356,13 +382,8 @@ proptest! {
         };
         let want = prod(&[b, t, dd]);
         let bound = f32_bound(&input.f32s, w_scale, prod(&[h, l]));
-        on_all(&format!("decoder_tail {shape:?} {format:?} {scale:?}"),
-            |be| be.decoder_tail(&shape, &args),
-            |o| len_is(o.values.len(), want),
-            |a, c| same_projection(a, c, (format, epilogue, bound)),
-            |be, g| (scale == ScaleSource::Compute).then(|| {
-                be.decoder_tail(&shape, &ProjectionArgs { scale: ScaleSource::Param(g.a_scale), ..args })
-            }))?;
+        projection_on_all(&format!("decoder_tail {shape:?}"), &args, want, bound,
+            |be, a| be.decoder_tail(&shape, a))?;
     }
 
     #[test]
@@ -435,15 +456,19 @@ fn shape_accessors_of_invalid_literals() {
         latent_out: huge,
     };
     assert!(l.validate().is_err());
-    let _ = (
+    let lens = [
         l.x_len(),
         l.x_words_len(),
         l.w_len(),
         l.w_words_len(),
         l.out_len(),
-        l.m(),
+    ];
+    assert!(
+        lens.iter()
+            .chain(&[l.m(), l.w_ternary2_len()])
+            .all(|&n| n == usize::MAX)
     );
-    let _ = (l.w_ternary2_len(), l.int_ops());
+    assert_eq!(l.int_ops(), u64::MAX);
     let d = DecoderTailShape {
         batch: huge,
         heads: huge,
@@ -453,26 +478,27 @@ fn shape_accessors_of_invalid_literals() {
         dim: huge,
     };
     assert!(d.validate().is_err());
-    let _ = (
+    let lens = [
         d.y_len(),
         d.y_words_len(),
         d.w_words_len(),
         d.out_len(),
         d.m(),
+    ];
+    assert!(
+        lens.iter()
+            .chain(&[d.w_ternary2_len(), d.k()])
+            .all(|&n| n == usize::MAX)
     );
-    let _ = (
-        d.w_ternary2_len(),
-        d.int_ops(),
-        d.w_head_words(),
-        d.k_words(),
-    );
+    assert_eq!(d.int_ops(), u64::MAX);
     let q = QuantizeShape {
         rows: huge,
         k: huge,
     };
-    let _ = (q.len(), q.words_len());
+    assert_eq!((q.len(), q.words_len()), (usize::MAX, usize::MAX));
     let r = RhoShape {
         logical_shape: [huge; 4],
     };
-    let _ = (r.len(), r.blocks(), r.int8_words());
+    assert_eq!(r.len(), usize::MAX);
+    assert_eq!(r.int8_words(), usize::MAX.div_ceil(32) * 8);
 }
