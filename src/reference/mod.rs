@@ -32,6 +32,7 @@ pub fn lowrank_projection_codes(
     w_scale: f32,
 ) -> Result<Vec<f32>> {
     const OP: &str = "reference::lowrank_projection_codes";
+    shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "x codes", x_codes, shape.x_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
     let (d_len, n_len) = (shape.embd, shape.latent);
@@ -64,6 +65,7 @@ pub fn lowrank_projection_float(
     w_scale: f32,
 ) -> Result<Vec<f32>> {
     const OP: &str = "reference::lowrank_projection_float";
+    shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "x", x, shape.x_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
     let (d_len, n_len) = (shape.embd, shape.latent);
@@ -128,6 +130,7 @@ pub fn decoder_tail_codes(
     w_scale: f32,
 ) -> Result<Vec<f32>> {
     const OP: &str = "reference::decoder_tail_codes";
+    shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "y codes", y_codes, shape.y_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
     let (l_len, dim) = (shape.latent, shape.dim);
@@ -159,6 +162,7 @@ pub fn decoder_tail_float(
     w_scale: f32,
 ) -> Result<Vec<f32>> {
     const OP: &str = "reference::decoder_tail_float";
+    shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "y", y, shape.y_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
     let (l_len, dim) = (shape.latent, shape.dim);

@@ -502,3 +502,49 @@ fn shape_accessors_of_invalid_literals() {
     assert_eq!(r.len(), usize::MAX);
     assert_eq!(r.int8_words(), usize::MAX.div_ceil(32) * 8);
 }
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The reference's entry points on literal shapes and buffers of any length: typed errors,
+    /// never a panic, outputs of the shape's length.
+    #[test]
+    fn reference_calls(
+        (b, hin, h, t, d, n, lo) in (dim(), dim(), dim(), dim(), dim(), dim(), dim()),
+        (pick, wpick) in (any::<u8>(), any::<u8>()),
+        (a_scale, w_scale) in (scale_value(), scale_value()),
+        seed in any::<u64>(),
+    ) {
+        use lowbit_kernels::reference;
+        let l = LowrankShape {
+            batch: b, in_heads: hin, heads: h, time: t, embd: d, latent: n, latent_out: lo,
+        };
+        let x = values(len_for(prod(&[b, hin, t, d]), pick), seed, 5);
+        let codes: Vec<i32> = x.iter().map(|v| (v * 40.0) as i32).collect();
+        let w: Vec<i8> = (0..len_for(prod(&[h, d, n]), wpick)).map(|i| (i % 3) as i8 - 1).collect();
+        let out = |r: Result<Vec<f32>>, want: usize| match r {
+            Ok(v) => len_is(v.len(), want).map_err(TestCaseError::fail),
+            Err(_) => Ok(()),
+        };
+        let want = prod(&[b, h, t, lo]);
+        out(no_panic("reference::lowrank_projection_codes", || {
+            reference::lowrank_projection_codes(&l, &codes, &w, a_scale, w_scale)
+        }), want)?;
+        out(no_panic("reference::lowrank_projection_float", || {
+            reference::lowrank_projection_float(&l, &x, &w, w_scale)
+        }), want)?;
+        let dt = DecoderTailShape {
+            batch: b, heads: h, time: t, latent: d, latent_per_head: n, dim: lo,
+        };
+        let y = values(len_for(prod(&[b, h, t, d]), pick), seed, 5);
+        let ycodes: Vec<i32> = y.iter().map(|v| (v * 40.0) as i32).collect();
+        let wd: Vec<i8> = (0..len_for(prod(&[h, n, lo]), wpick)).map(|i| (i % 3) as i8 - 1).collect();
+        let want = prod(&[b, t, lo]);
+        out(no_panic("reference::decoder_tail_codes", || {
+            reference::decoder_tail_codes(&dt, &ycodes, &wd, a_scale, w_scale)
+        }), want)?;
+        out(no_panic("reference::decoder_tail_float", || {
+            reference::decoder_tail_float(&dt, &y, &wd, w_scale)
+        }), want)?;
+    }
+}
