@@ -25,7 +25,7 @@ use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::{RHO_BLOCK_SIZE, RHO_WORDS_PER_BLOCK, RhoShape};
 use crate::ops::{
     ActInput, DecoderTailShape, Epilogue, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
-    check_packed_activations, dequantize_acc,
+    check_activation_codes, check_packed_activations, dequantize_acc,
 };
 use crate::quant::{absmean_scale, activation_scale, check_finite, check_scale, check_weight_qmax};
 use crate::testing::POISON_F32;
@@ -875,31 +875,7 @@ fn prepare<'a>(
                 return Err(LowbitError::len(op, "activation codes", len, codes.len()));
             }
             let s = args.scale.given(op)?.ok_or_else(no_compute)?;
-            let (lo, hi) = if signed {
-                (-(qmax as i32), qmax as i32)
-            } else {
-                (0, qmax as i32)
-            };
-            let bad = codes
-                .par_chunks(ELEMS_PER_TASK)
-                .position_first(|c| !c.iter().fold(true, |ok, v| ok & (lo..=hi).contains(v)))
-                .and_then(|ci| {
-                    let c = &codes[ci * ELEMS_PER_TASK..];
-                    c.iter()
-                        .position(|v| !(lo..=hi).contains(v))
-                        .map(|i| i + ci * ELEMS_PER_TASK)
-                });
-            if let Some(i) = bad {
-                return Err(LowbitError::InvalidArgument {
-                    op,
-                    what: "activation codes",
-                    reason: format!(
-                        "element {i} is {}, outside [{lo}, {hi}] of {}",
-                        codes[i],
-                        format.as_str()
-                    ),
-                });
-            }
+            check_activation_codes(op, codes, format)?;
             words = vec![0u32; rows * kw];
             pack_rows(codes, k, &mut words, bias, |c| c);
             s

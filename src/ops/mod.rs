@@ -28,6 +28,44 @@ pub(crate) fn checked_len(op: &'static str, dims: &[usize]) -> Result<usize> {
         .ok_or_else(|| LowbitError::invalid_shape(op, dims, "more than i32::MAX elements"))
 }
 
+/// Checks i32 activation codes against `format`'s range (±qmax, or 0..=255 for uint8pos; the
+/// float path has no codes and passes): they go into 8-bit lanes. The host-slice
+/// [`crate::Backend`] API checks them on every backend; the first bad element is the error.
+pub fn check_activation_codes(
+    op: &'static str,
+    codes: &[i32],
+    format: crate::config::LowBitActivationFormat,
+) -> Result<()> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let Some(q) = format.qmax() else {
+        return Ok(());
+    };
+    let q = q as i32;
+    let (lo, hi) = if format.is_signed() { (-q, q) } else { (0, q) };
+    let bad = codes
+        .par_chunks(CHUNK)
+        .position_first(|c| !c.iter().fold(true, |ok, v| ok & (lo..=hi).contains(v)))
+        .and_then(|ci| {
+            let c = &codes[ci * CHUNK..];
+            c.iter()
+                .position(|v| !(lo..=hi).contains(v))
+                .map(|i| i + ci * CHUNK)
+        });
+    match bad {
+        None => Ok(()),
+        Some(i) => Err(LowbitError::InvalidArgument {
+            op,
+            what: "activation codes",
+            reason: format!(
+                "element {i} is {}, outside [{lo}, {hi}] of {}",
+                codes[i],
+                format.as_str()
+            ),
+        }),
+    }
+}
+
 /// Checks prepacked signed i8x4 activations, rows of `k` elements in `ceil(k/4)` words: every
 /// lane within ±`qmax` (the format's code range, as codes input is checked) and every padding
 /// lane past `k` zero, as the crate's packers and `quantize_pack_i8x4` write them. The kernels

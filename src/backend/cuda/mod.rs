@@ -37,7 +37,7 @@ use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::RhoShape;
 use crate::ops::{
     ActInput, DecoderTailShape, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
-    check_packed_activations,
+    check_activation_codes, check_packed_activations,
 };
 use crate::quant::{check_finite, check_scale};
 use crate::testing::{POISON_F32, POISON_U32};
@@ -158,28 +158,6 @@ fn raw_scale_of(scale: ScaleSource) -> RawScale {
     }
 }
 
-/// Codes must lie in the format's range (they go into 8-bit lanes).
-fn check_codes(op: &'static str, codes: &[i32], format: LowBitActivationFormat) -> Result<()> {
-    let (lo, hi) = match format {
-        LowBitActivationFormat::Int8 => (-127, 127),
-        LowBitActivationFormat::Int4Exp => (-7, 7),
-        LowBitActivationFormat::Uint8PosExp => (0, 255),
-        LowBitActivationFormat::Fp16 => return Ok(()),
-    };
-    match codes.iter().position(|c| !(lo..=hi).contains(c)) {
-        None => Ok(()),
-        Some(i) => Err(LowbitError::InvalidArgument {
-            op,
-            what: "code",
-            reason: format!(
-                "element {i} is {}, outside [{lo}, {hi}] for {}",
-                codes[i],
-                format.as_str()
-            ),
-        }),
-    }
-}
-
 fn check_len<T>(op: &'static str, what: &'static str, data: &[T], n: usize) -> Result<()> {
     if data.len() == n {
         Ok(())
@@ -219,7 +197,7 @@ impl CudaBackend {
                 .and_then(|()| check_packed_activations(op, w, k, format.qmax().unwrap_or(0))),
             ActInput::Codes(c) => {
                 check_len(op, "input codes", c, elems)?;
-                check_codes(op, c, format)
+                check_activation_codes(op, c, format)
             }
             ActInput::F32(x) => {
                 check_len(op, "input", x, elems)?;

@@ -38,7 +38,7 @@ use crate::ops::quantize::{QuantizeShape, check_signed_packable};
 use crate::ops::rho::RhoShape;
 use crate::ops::{
     ActInput, DecoderTailShape, LowrankShape, OutputDType, ProjectionOutput, ScaleSource,
-    check_packed_activations,
+    check_activation_codes, check_packed_activations,
 };
 use crate::quant::{check_finite, check_scale};
 use crate::testing::{POISON_F32, POISON_U32};
@@ -192,19 +192,7 @@ fn check_host_projection(
                 return Err(LowbitError::len(op, "activation codes", len, codes.len()));
             }
             args.scale.given(op)?.ok_or_else(no_compute)?;
-            let q = qmax as i32;
-            let (lo, hi) = if format.is_signed() { (-q, q) } else { (0, q) };
-            if let Some(i) = codes.iter().position(|c| !(lo..=hi).contains(c)) {
-                return Err(LowbitError::InvalidArgument {
-                    op,
-                    what: "activation codes",
-                    reason: format!(
-                        "element {i} is {}, outside [{lo}, {hi}] of {}",
-                        codes[i],
-                        format.as_str()
-                    ),
-                });
-            }
+            check_activation_codes(op, codes, format)?;
         }
         ActInput::Packed(p) => {
             check_signed_packable(op, format)?;
