@@ -31,7 +31,7 @@ fn backends() -> Vec<(BackendKind, &'static dyn Backend)> {
 const MAX_BUF: usize = 1 << 14;
 
 /// A dimension: mostly small (1..=9), sometimes 0 or huge.
-fn dim() -> impl Strategy<Value = usize> {
+pub(crate) fn dim() -> impl Strategy<Value = usize> {
     prop_oneof![
         60 => 1usize..=9,
         1 => Just(0usize),
@@ -41,12 +41,12 @@ fn dim() -> impl Strategy<Value = usize> {
 }
 
 /// A product that saturates instead of overflowing (the test's own arithmetic).
-fn prod(dims: &[usize]) -> usize {
+pub(crate) fn prod(dims: &[usize]) -> usize {
     dims.iter().fold(1usize, |a, &d| a.saturating_mul(d))
 }
 
 /// A buffer length for `want` elements: exact, one off, or arbitrary small.
-fn len_for(want: usize, pick: u8) -> usize {
+pub(crate) fn len_for(want: usize, pick: u8) -> usize {
     let exact = if want <= MAX_BUF { want } else { 7 };
     match pick % 16 {
         0 => exact.saturating_sub(1),
@@ -56,7 +56,7 @@ fn len_for(want: usize, pick: u8) -> usize {
     }
 }
 
-fn values(n: usize, seed: u64, kind: u8) -> Vec<f32> {
+pub(crate) fn values(n: usize, seed: u64, kind: u8) -> Vec<f32> {
     let mut rng = lowbit_kernels::testing::Rng::new(seed);
     let mut v = rng.normals(n, 1.0);
     match kind % 20 {
@@ -70,11 +70,11 @@ fn values(n: usize, seed: u64, kind: u8) -> Vec<f32> {
     v
 }
 
-fn format() -> impl Strategy<Value = Fmt> {
+pub(crate) fn format() -> impl Strategy<Value = Fmt> {
     prop::sample::select(Fmt::ALL.to_vec())
 }
 
-fn scale_value() -> impl Strategy<Value = f32> {
+pub(crate) fn scale_value() -> impl Strategy<Value = f32> {
     prop_oneof![
         12 => 0.001f32..2.0,
         1 => prop::sample::select(vec![0.0f32, -1.0, f32::NAN, f32::INFINITY, 1e-45, 1e30]),
@@ -89,14 +89,14 @@ fn scale() -> impl Strategy<Value = ScaleSource> {
     ]
 }
 
-fn w_qmax() -> impl Strategy<Value = u32> {
+pub(crate) fn w_qmax() -> impl Strategy<Value = u32> {
     prop_oneof![
         8 => prop::sample::select(vec![1u32, 7, 127]),
         1 => prop::sample::select(vec![0u32, 128, 255, u32::MAX]),
     ]
 }
 
-fn epilogue() -> impl Strategy<Value = Epilogue> {
+pub(crate) fn epilogue() -> impl Strategy<Value = Epilogue> {
     (
         prop::sample::select(vec![OutputDType::F32, OutputDType::F16, OutputDType::Bf16]),
         any::<bool>(),
@@ -105,17 +105,23 @@ fn epilogue() -> impl Strategy<Value = Epilogue> {
 }
 
 /// The activation input: 0 codes, 1 packed words, 2 f32 values, `n` elements (`nw` words).
-struct Input {
-    codes: Vec<i32>,
-    words: Vec<u32>,
-    f32s: Vec<f32>,
-    kind: u8,
+pub(crate) struct Input {
+    pub(crate) codes: Vec<i32>,
+    pub(crate) words: Vec<u32>,
+    pub(crate) f32s: Vec<f32>,
+    pub(crate) kind: u8,
 }
 
 impl Input {
     /// `n` codes / values, `nw` words of rows of `k` elements, in `format`'s range except
     /// now and then (out-of-range codes and lanes, a corrupted word).
-    fn new(kind: u8, (n, nw, k): (usize, usize, usize), format: Fmt, seed: u64, vkind: u8) -> Self {
+    pub(crate) fn new(
+        kind: u8,
+        (n, nw, k): (usize, usize, usize),
+        format: Fmt,
+        seed: u64,
+        vkind: u8,
+    ) -> Self {
         let mut rng = lowbit_kernels::testing::Rng::new(seed ^ 0x9e37);
         let q = i64::from(format.qmax().unwrap_or(127));
         let wild = vkind.is_multiple_of(13);
@@ -150,7 +156,7 @@ impl Input {
             kind: kind % 3,
         }
     }
-    fn act(&self) -> ActInput<'_> {
+    pub(crate) fn act(&self) -> ActInput<'_> {
         match self.kind {
             0 => ActInput::Codes(&self.codes),
             1 => ActInput::Packed(&self.words),
@@ -159,7 +165,7 @@ impl Input {
     }
 }
 
-fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+pub(crate) fn no_panic<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(_) => panic!("{what}: panicked"),
@@ -275,7 +281,7 @@ fn close_f32(a: &[f32], b: &[f32], dtype: OutputDType) -> bool {
 /// Two projection results agree. The float path (`Fp16` format) sums in f32 in each backend's
 /// order, so it agrees within [`close_f32`], and not at all where its f32 sums can overflow
 /// (`f32_bound`, the largest |x|·127·w_scale·K, at 1e37 or more: inf, NaN or a ReLU of NaN).
-fn same_projection(
+pub(crate) fn same_projection(
     a: &ProjectionOutput,
     c: &ProjectionOutput,
     (f, e, f32_bound): (Fmt, Epilogue, f32),
@@ -290,12 +296,12 @@ fn same_projection(
 }
 
 /// The largest |x|·127·w_scale·K of a float-path projection (`inf` if any of it is).
-fn f32_bound(x: &[f32], w_scale: f32, k: usize) -> f32 {
+pub(crate) fn f32_bound(x: &[f32], w_scale: f32, k: usize) -> f32 {
     let big = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     big * 127.0 * w_scale * k as f32
 }
 
-fn len_is(got: usize, want: usize) -> std::result::Result<(), String> {
+pub(crate) fn len_is(got: usize, want: usize) -> std::result::Result<(), String> {
     if got == want {
         Ok(())
     } else {
@@ -304,7 +310,7 @@ fn len_is(got: usize, want: usize) -> std::result::Result<(), String> {
 }
 
 /// Weight words for `want` words with random lanes.
-fn weight_words(want: usize, pick: u8, seed: u64) -> Vec<u32> {
+pub(crate) fn weight_words(want: usize, pick: u8, seed: u64) -> Vec<u32> {
     let mut rng = lowbit_kernels::testing::Rng::new(seed ^ 0x51);
     (0..len_for(want, pick))
         .map(|_| rng.next_u64() as u32 & 0x7f7f_7f7f)
@@ -313,7 +319,7 @@ fn weight_words(want: usize, pick: u8, seed: u64) -> Vec<u32> {
 
 /// A fixed seed, so that CI runs the same cases every time; `LOWBIT_FUZZ_SEED` and
 /// `LOWBIT_FUZZ_CASES` explore others.
-fn config() -> ProptestConfig {
+pub(crate) fn config() -> ProptestConfig {
     let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
     ProptestConfig {
         cases: env("LOWBIT_FUZZ_CASES").map_or(384, |c| c as u32),

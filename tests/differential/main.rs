@@ -60,6 +60,8 @@ mod cuda_extra;
 #[cfg(feature = "cuda")]
 mod cuda_mma;
 mod decoder_tail;
+#[cfg(feature = "wgpu")]
+mod device_fuzz;
 mod fuzz;
 mod lowrank;
 mod quantize;
