@@ -2,7 +2,9 @@
 //! literals, input / weight / output / scale buffers of the right or a wrong length, output
 //! types that do or do not match the epilogue. A call that fails wrote nothing: its output
 //! and a computed-scale buffer still hold their poison. A call that succeeds equals the CPU
-//! host-slice backend on the same data (given the scale the device used). The module's name
+//! host-slice backend on the same data (given the scale the device used), wherever the input
+//! keeps the contract the device API documents (codes and lanes in range, finite values, a
+//! valid value in a scale buffer). The module's name
 //! keeps it out of CI's `wgpu` filter for Mesa's slow GL driver.
 
 use std::sync::OnceLock;
