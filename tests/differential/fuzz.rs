@@ -468,12 +468,9 @@ fn shape_accessors_of_invalid_literals() {
         l.w_len(),
         l.w_words_len(),
         l.out_len(),
+        l.m(),
     ];
-    assert!(
-        lens.iter()
-            .chain(&[l.m(), l.w_ternary2_len()])
-            .all(|&n| n == usize::MAX)
-    );
+    assert_eq!((lens, l.w_ternary2_len()), ([usize::MAX; 6], usize::MAX));
     assert_eq!(l.int_ops(), u64::MAX);
     let d = DecoderTailShape {
         batch: huge,
@@ -490,12 +487,9 @@ fn shape_accessors_of_invalid_literals() {
         d.w_words_len(),
         d.out_len(),
         d.m(),
+        d.k(),
     ];
-    assert!(
-        lens.iter()
-            .chain(&[d.w_ternary2_len(), d.k()])
-            .all(|&n| n == usize::MAX)
-    );
+    assert_eq!((lens, d.w_ternary2_len()), ([usize::MAX; 6], usize::MAX));
     assert_eq!(d.int_ops(), u64::MAX);
     let q = QuantizeShape {
         rows: huge,
