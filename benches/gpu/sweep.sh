@@ -3,7 +3,7 @@
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
-#                             [wgmmarate]
+#                             [wgmmarate] [t2default]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -28,7 +28,8 @@
 # (LOWBIT_CUDA_DECODER_ROWS=64) at M = 1024 / 2048 under four of them; trace: the
 # timelines (LOWBIT_CUDA_TRACE=1) of the decoder at M = 512 / 2048 and the f32-input low-rank
 # chain at 512; wgmmarate: benches/gpu/wgmma_rate.cu (nvcc), the int8 wgmma rate of the
-# decoder's loop structure on data already in shared memory.
+# decoder's loop structure on data already in shared memory; t2default: three rounds of the
+# ternary2 decoder at M = 512..8192 under the defaults (run peers first).
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -85,7 +86,7 @@ if has t2; then
 fi
 if has t2tests; then
   d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 400 "$d" --test-threads=4 cuda_mma::decoder_t2_fields \
+  LOWBIT_REQUIRE=cuda timeout 400 "$d" --test-threads=4 cuda_mma::decoder_t2 \
     cuda_mma::decoder_mbarrier_ring cuda_mma::decoder_y_by_tma cuda_mma::decoder_narrow \
     > "$out/test-t2opts.log" 2>&1
   echo "t2 option tests exit $?" | tee -a "$sum"
@@ -106,6 +107,13 @@ if has t2opts; then
       LOWBIT_CUDA_TMA=${fmt:2:1} \
       bench "decoder ternary2, 64-row tiles, T2_FIELDS=${fmt:0:1} MBARRIER=${fmt:1:1} TMA=${fmt:2:1}" \
       --backend cuda --op decoder-tail --variant packed --m 1024,2048 --weights ternary2
+  done
+fi
+if has t2default; then
+  # the defaults (u8 fields; the mbarrier ring on 128-row tiles only), three rounds
+  for round in 1 2 3; do
+    bench "decoder ternary2, defaults, round $round" \
+      --backend cuda --op decoder-tail --variant packed --m 512,2048,8192 --weights ternary2
   done
 fi
 if has trace; then

@@ -560,6 +560,16 @@ fn decoder_t2_fields() {
     t2_option_cases("t2 fields", "LB_DW_T2U=1", 161, |d| d.with_t2_fields(true));
 }
 
+/// The ternary2 paths the defaults no longer take: the fields expanded to i8 weights, under
+/// the block barrier on every row tile (`with_t2_fields(false)`, `with_mbarrier_ring(false)`):
+/// [`t2_option_cases`].
+#[test]
+fn decoder_t2_expanded_block_barrier() {
+    t2_option_cases("t2 expanded, block barrier", "LB_DW_T2U=0", 162, |d| {
+        d.with_t2_fields(false).with_mbarrier_ring(false)
+    });
+}
+
 /// `decoder_wgmma` with ternary2 weights on an mbarrier ring (`CudaDevice::with_mbarrier_ring`,
 /// one chunk per slot, 13 slots at 64 rows, 8 at 128): [`t2_option_cases`], then with u8
 /// fields too, then single splits whose rings wrap around several times (32 and 64 k chunks

@@ -384,10 +384,17 @@ impl CudaDevice {
             dw_zcluster,
             y_window_max,
             narrow_partials,
-            dw_opt: super::mma::DwOptions {
-                t2_fields: env_switch(super::mma::T2_FIELDS_ENV, false)?,
-                mbar: env_switch(super::mma::MBARRIER_ENV, false)?,
-                tma: env_switch(super::mma::TMA_ENV, false)?,
+            dw_opt: {
+                let (mbar, mbar_few) = super::mma::DwOptions::parse_mbarrier(
+                    &std::env::var(super::mma::MBARRIER_ENV).unwrap_or_default(),
+                )
+                .map_err(bad_env(super::mma::MBARRIER_ENV))?;
+                super::mma::DwOptions {
+                    t2_fields: env_switch(super::mma::T2_FIELDS_ENV, true)?,
+                    mbar,
+                    mbar_few,
+                    tma: env_switch(super::mma::TMA_ENV, false)?,
+                }
             },
             dw_rows: super::mma::parse_decoder_rows(
                 &std::env::var(super::mma::DECODER_ROWS_ENV).unwrap_or_default(),

@@ -296,17 +296,19 @@ impl NarrowPartials {
 
 /// `decoder_wgmma` with ternary2 weights: `1` feeds the tensor cores each weight's u8 field
 /// w + 1 (two instructions per A register instead of four) and subtracts the y row sums,
-/// which each thread adds up by dp4a from the y bytes it loaded (`LB_DW_T2U`); `0` or unset
-/// (the default) expands the fields to i8 weights. The same bits either way. Not yet
-/// measured on a card, hence off.
+/// which each thread adds up by dp4a from the y bytes it loaded (`LB_DW_T2U`; unset: the
+/// default); `0` expands the fields to i8 weights. The same bits either way. H200, packed
+/// input: 18.1 against 18.7 µs at M = 512 (BENCHMARKS.md, 2026-12-05).
 pub const T2_FIELDS_ENV: &str = "LOWBIT_CUDA_T2_FIELDS";
 
 /// `decoder_wgmma` with ternary2 weights: `1` hands the ring's slots over by mbarriers, one
 /// chunk per slot (`LB_DW_MBAR`): each warp publishes a slot two slots before it is needed
 /// and releases it one slot after its wgmmas finish, so no warp waits for the slowest at
-/// every slot as under the block barrier; `0` or unset (the default) keeps the block barrier
-/// per slot (two chunks per slot at 64 rows). The same bits either way. Not yet measured on
-/// a card, hence off.
+/// every slot as under the block barrier; `0` keeps the block barrier per slot (two chunks
+/// per slot at 64 rows); unset (the default) takes the ring on 128-row tiles only, where it
+/// measured faster (H200: 38.2 against 40.5 µs at M = 2048, 109.6 against 119.4 at 8192, with
+/// u8 fields), and the block barrier on 64-row tiles, where it measured slower (20.7 against
+/// 18.1 µs at M = 512). The same bits either way.
 pub const MBARRIER_ENV: &str = "LOWBIT_CUDA_MBARRIER";
 
 /// `decoder_wgmma` on the mbarrier ring ([`MBARRIER_ENV`]): `1` has one thread load each y
@@ -365,8 +367,10 @@ pub fn decoder_zcluster(max: usize, splits: usize) -> usize {
 pub struct DwOptions {
     /// ternary2 weights as u8 fields w + 1 (`LB_DW_T2U`)
     pub t2_fields: bool,
-    /// the ring handed over by mbarriers (`LB_DW_MBAR`)
+    /// the ring handed over by mbarriers (`LB_DW_MBAR`) on 128-row tiles
     pub mbar: bool,
+    /// ... and on 64-row tiles too ([`DwOptions::for_rows`])
+    pub mbar_few: bool,
     /// y tiles by TMA on that ring (`LB_DW_TMA`), where [`DwOptions::for_shape`] allows
     pub tma: bool,
 }
@@ -378,13 +382,34 @@ impl DwOptions {
         dec_wgmma_mbar(t2, self.mbar) && self.tma
     }
 
-    /// These options for a decoder tail of `batch` batches of `time` rows on `bm`-row tiles:
-    /// TMA only where every row tile lies in one batch (the kernel's tensor map addresses a
-    /// tile as one box of one batch).
-    pub fn for_shape(self, batch: usize, time: usize, bm: usize) -> Self {
+    /// These options on `bm`-row tiles: the mbarrier ring on 64-row tiles only with
+    /// `mbar_few`.
+    pub fn for_rows(self, bm: usize) -> Self {
         Self {
-            tma: self.tma && (batch == 1 || time.is_multiple_of(bm)),
+            mbar: self.mbar && (bm != DEC_WGMMA_BM_FEW || self.mbar_few),
             ..self
+        }
+    }
+
+    /// These options for a decoder tail of `batch` batches of `time` rows on `bm`-row tiles
+    /// ([`DwOptions::for_rows`]), TMA only where every row tile lies in one batch (the
+    /// kernel's tensor map addresses a tile as one box of one batch).
+    pub fn for_shape(self, batch: usize, time: usize, bm: usize) -> Self {
+        let o = self.for_rows(bm);
+        Self {
+            tma: o.tma && o.mbar && (batch == 1 || time.is_multiple_of(bm)),
+            ..o
+        }
+    }
+
+    /// [`MBARRIER_ENV`]'s value as `(mbar, mbar_few)`: unset or empty for the ring on
+    /// 128-row tiles only, `1` on both row tiles, `0` on neither.
+    pub fn parse_mbarrier(text: &str) -> std::result::Result<(bool, bool), String> {
+        match text.trim() {
+            "" => Ok((true, false)),
+            "1" => Ok((true, true)),
+            "0" => Ok((false, false)),
+            other => Err(format!("`{other}`: expected 0 or 1")),
         }
     }
 }
@@ -569,6 +594,7 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     tmas.iter().map(move |&tma| DwOptions {
                         t2_fields,
                         mbar,
+                        mbar_few: mbar,
                         tma,
                     })
                 })
@@ -968,7 +994,7 @@ impl CudaDevice {
         self.wgmma
             && self.mma_decoder_ok(shape)
             && [DEC_WGMMA_BM, DEC_WGMMA_BM_FEW].iter().all(|&bm| {
-                let mbar = self.dw_opt.mbar;
+                let mbar = self.dw_opt.for_rows(bm).mbar;
                 dec_wgmma_smem(false, bm, mbar).max(dec_wgmma_smem(true, bm, mbar))
                     <= self.smem_optin()
             })
@@ -1011,6 +1037,7 @@ impl CudaDevice {
     /// weights ([`MBARRIER_ENV`]); either gives the same bits.
     pub fn with_mbarrier_ring(mut self, on: bool) -> Self {
         self.dw_opt.mbar = on;
+        self.dw_opt.mbar_few = on;
         self
     }
 
@@ -1679,7 +1706,7 @@ impl CudaDevice {
                 n_tiles,
                 m_tiles,
                 DEC_WGMMA_THREADS,
-                dec_wgmma_smem(t2, dbm, self.dw_opt.mbar),
+                dec_wgmma_smem(t2, dbm, opt(dbm).mbar),
                 f,
                 what,
                 dbm,
@@ -1956,6 +1983,7 @@ mod tests {
             let opt = DwOptions {
                 t2_fields,
                 mbar,
+                mbar_few: mbar,
                 tma: false,
             };
             dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, opt)
@@ -1990,6 +2018,7 @@ mod tests {
         let on = DwOptions {
             t2_fields: false,
             mbar: true,
+            mbar_few: true,
             tma: true,
         };
         let tma = |t2, opt: DwOptions| {
@@ -2004,6 +2033,18 @@ mod tests {
         assert!(on.for_shape(1, 300, 64).tma);
         assert!(on.for_shape(4, 256, 128).tma);
         assert!(!on.for_shape(2, 260, 64).tma);
+        // the default ring (128-row tiles only) takes neither the ring nor TMA on 64 rows
+        let default = DwOptions {
+            mbar_few: false,
+            ..on
+        };
+        assert!(!default.for_rows(DEC_WGMMA_BM_FEW).mbar);
+        assert!(default.for_rows(DEC_WGMMA_BM).mbar);
+        assert!(!default.for_shape(1, 300, 64).tma);
+        assert_eq!(DwOptions::parse_mbarrier(""), Ok((true, false)));
+        assert_eq!(DwOptions::parse_mbarrier("1"), Ok((true, true)));
+        assert_eq!(DwOptions::parse_mbarrier("0"), Ok((false, false)));
+        assert!(DwOptions::parse_mbarrier("2").is_err());
         assert!(!on.for_shape(2, 192, 128).tma);
         assert!(on.for_shape(2, 192, 64).tma);
     }
