@@ -377,9 +377,11 @@ pub struct DwOptions {
 
 impl DwOptions {
     /// Does a launch on ternary2 (`t2`) or i8x4 weights load y by TMA (`LB_DW_TMA`)? Only on
-    /// the mbarrier ring.
+    /// the mbarrier ring, and only with the fields expanded: with u8 fields (`LB_DW_T2U`) the
+    /// TMA path failed its bit-exactness test on an H200 (single splits on 64-row tiles,
+    /// 2026-12-05), and it measured slower everywhere anyway.
     pub fn tma_for(self, t2: bool) -> bool {
-        dec_wgmma_mbar(t2, self.mbar) && self.tma
+        dec_wgmma_mbar(t2, self.mbar) && self.tma && !self.t2_fields
     }
 
     /// These options on `bm`-row tiles: the mbarrier ring on 64-row tiles only with
@@ -2027,6 +2029,13 @@ mod tests {
                 .any(|(k, v)| k == "LB_DW_TMA" && v == "1")
         };
         assert!(tma(true, on));
+        assert!(!tma(
+            true,
+            DwOptions {
+                t2_fields: true,
+                ..on
+            }
+        )); // expanded fields only
         assert!(!tma(false, on)); // i8x4 weights keep the block barrier
         assert!(!tma(true, DwOptions { mbar: false, ..on }));
         // a row tile in one batch: B = 1 (rows past T read as zeros), or T % BM = 0
