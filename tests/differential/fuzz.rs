@@ -64,7 +64,8 @@ pub(crate) fn values(n: usize, seed: u64, kind: u8) -> Vec<f32> {
         1 if n > 0 => v[(seed as usize) % n] = f32::NEG_INFINITY,
         2 => v.iter_mut().for_each(|x| *x *= 1e30),
         3 => v.iter_mut().for_each(|x| *x = 0.0),
-        4 => v.iter_mut().for_each(|x| *x *= 1e-40),
+        // tiny but normal: a WGSL driver may flush subnormal inputs (SPEC), as NVIDIA's does
+        4 => v.iter_mut().for_each(|x| *x *= 1e-30),
         _ => {}
     }
     v
@@ -77,7 +78,7 @@ pub(crate) fn format() -> impl Strategy<Value = Fmt> {
 pub(crate) fn scale_value() -> impl Strategy<Value = f32> {
     prop_oneof![
         12 => 0.001f32..2.0,
-        1 => prop::sample::select(vec![0.0f32, -1.0, f32::NAN, f32::INFINITY, 1e-45, 1e30]),
+        1 => prop::sample::select(vec![0.0f32, -1.0, f32::NAN, f32::INFINITY, 1e-30, 1e30]),
     ]
 }
 

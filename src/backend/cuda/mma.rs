@@ -377,11 +377,9 @@ pub struct DwOptions {
 
 impl DwOptions {
     /// Does a launch on ternary2 (`t2`) or i8x4 weights load y by TMA (`LB_DW_TMA`)? Only on
-    /// the mbarrier ring, and only with the fields expanded: with u8 fields (`LB_DW_T2U`) the
-    /// TMA path failed its bit-exactness test on an H200 (single splits on 64-row tiles,
-    /// 2026-12-05), and it measured slower everywhere anyway.
+    /// the mbarrier ring ([`DwOptions::for_shape`] also keeps it to 128-row tiles).
     pub fn tma_for(self, t2: bool) -> bool {
-        dec_wgmma_mbar(t2, self.mbar) && self.tma && !self.t2_fields
+        dec_wgmma_mbar(t2, self.mbar) && self.tma
     }
 
     /// These options on `bm`-row tiles: the mbarrier ring on 64-row tiles only with
@@ -399,7 +397,9 @@ impl DwOptions {
     pub fn for_shape(self, batch: usize, time: usize, bm: usize) -> Self {
         let o = self.for_rows(bm);
         Self {
-            tma: o.tma && o.mbar && (batch == 1 || time.is_multiple_of(bm)),
+            // (on 64-row tiles the TMA path failed its bit-exactness test on an H200: single
+            // splits, whose 13-slot ring wraps, 2026-12-05; it measured slower everywhere)
+            tma: o.tma && o.mbar && bm == DEC_WGMMA_BM && (batch == 1 || time.is_multiple_of(bm)),
             ..o
         }
     }
@@ -2024,24 +2024,18 @@ mod tests {
             tma: true,
         };
         let tma = |t2, opt: DwOptions| {
-            dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM_FEW, true, opt)
+            dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, opt)
                 .into_iter()
                 .any(|(k, v)| k == "LB_DW_TMA" && v == "1")
         };
         assert!(tma(true, on));
-        assert!(!tma(
-            true,
-            DwOptions {
-                t2_fields: true,
-                ..on
-            }
-        )); // expanded fields only
         assert!(!tma(false, on)); // i8x4 weights keep the block barrier
         assert!(!tma(true, DwOptions { mbar: false, ..on }));
         // a row tile in one batch: B = 1 (rows past T read as zeros), or T % BM = 0
-        assert!(on.for_shape(1, 300, 64).tma);
+        assert!(on.for_shape(1, 300, 128).tma);
         assert!(on.for_shape(4, 256, 128).tma);
-        assert!(!on.for_shape(2, 260, 64).tma);
+        assert!(!on.for_shape(2, 260, 128).tma);
+        assert!(!on.for_shape(1, 300, 64).tma); // never on 64-row tiles
         // the default ring (128-row tiles only) takes neither the ring nor TMA on 64 rows
         let default = DwOptions {
             mbar_few: false,
@@ -2055,7 +2049,6 @@ mod tests {
         assert_eq!(DwOptions::parse_mbarrier("0"), Ok((false, false)));
         assert!(DwOptions::parse_mbarrier("2").is_err());
         assert!(!on.for_shape(2, 192, 128).tma);
-        assert!(on.for_shape(2, 192, 64).tma);
     }
 
     #[test]
