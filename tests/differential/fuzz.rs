@@ -4,7 +4,8 @@
 //! and huge values. Every call must return `Ok` with an output of the shape's length, or a
 //! typed `Err`, and never panic; a GPU backend must agree with the CPU one (both `Ok` with the
 //! same bits, or both `Err`). Absent GPU backends print SKIPPED (fail under LOWBIT_REQUIRE).
-//! `fuzz.proptest-regressions` beside this file holds the cases that found bugs; they run first.
+//! `tests/proptest-regressions/fuzz.txt` (where proptest keeps this module's cases) holds the
+//! cases that found bugs; they run first.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
