@@ -9,10 +9,14 @@ use lowbit_kernels::testing::Rng;
 use lowbit_kernels::{LowBitActivationFormat, LowBitWeightFormat, PackedWeightArtifact, reference};
 use safetensors::Dtype;
 
-const BIN: &str = env!("CARGO_BIN_EXE_lowbit");
+/// The `lowbit` binary: `LOWBIT_BIN` when set (a bundle run on a machine where cargo's build
+/// path does not exist: `benches/gpu/sweep.sh tests` sets it), else the one cargo built.
+fn bin() -> String {
+    std::env::var("LOWBIT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_lowbit").to_string())
+}
 
 fn lowbit(args: &[&str]) -> Output {
-    Command::new(BIN)
+    Command::new(bin())
         .args(args)
         .env_remove("LOWBIT_REQUIRE")
         .output()
@@ -172,7 +176,7 @@ fn verify_json_and_skipped_backends() {
     // Unavailable GPU backends are skipped, not failed, unless LOWBIT_REQUIRE names them.
     let caps = lowbit_kernels::Capabilities::get();
     if caps.cuda.available().is_none() {
-        let o = Command::new(BIN)
+        let o = Command::new(bin())
             .args(["verify", "--backend", "cuda", "--cases", "1"])
             .env("LOWBIT_REQUIRE", "cuda")
             .output()
@@ -596,7 +600,7 @@ fn python_numpy_round_trip() {
     std::fs::write(&script, include_str!("python_roundtrip.py")).unwrap();
     let o = Command::new("python3")
         .arg(&script)
-        .arg(BIN)
+        .arg(bin())
         .arg(&dir)
         .output()
         .unwrap();

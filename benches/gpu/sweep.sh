@@ -45,7 +45,7 @@ if [[ " $what " == *" tests "* ]]; then
   for t in "$b"/tests/*; do
     [ -x "$t" ] || continue
     echo "=== test $(basename "$t")"
-    LOWBIT_REQUIRE=cuda,wgpu "$t" --test-threads=8 > "$out/test-$(basename "$t").log" 2>&1
+    LOWBIT_BIN=$PWD/$L LOWBIT_REQUIRE=cuda,wgpu "$t" --test-threads=8 > "$out/test-$(basename "$t").log" 2>&1
     echo "exit $?"; grep -E "^test result|FAILED|panicked|SKIPPED" "$out/test-$(basename "$t").log" | head -20
   done
 fi
