@@ -26,7 +26,7 @@
 # ring (LOWBIT_CUDA_MBARRIER) and y by TMA on it (LOWBIT_CUDA_TMA); t2opts: two rounds of six
 # combinations of them at M = 512..8192 (run peers first), then 64-row tiles
 # (LOWBIT_CUDA_DECODER_ROWS=64) at M = 1024 / 2048 under four of them; trace: the
-# timelines (LOWBIT_CUDA_TRACE=1) of the decoder at M = 512 / 2048 and the f32-input low-rank
+# timelines (LOWBIT_CUDA_TRACE=1; every block's stamps in $OUT/trace-N.csv) of the decoder at M = 512 / 2048 and the f32-input low-rank
 # chain at 512; wgmmarate: benches/gpu/wgmma_rate.cu (nvcc), the int8 wgmma rate of the
 # decoder's loop structure on data already in shared memory; t2default: three rounds of the
 # ternary2 decoder at M = 512..8192 under the defaults (run peers first).
@@ -120,8 +120,9 @@ if has trace; then
   for spec in "decoder-tail packed 512,2048" "lowrank f32 512"; do
     set -- $spec
     echo "=== trace $1 $2 M=$3" | tee -a "$sum"
-    LOWBIT_CUDA_TRACE=1 "$L" bench --backend cuda --op "$1" --variant "$2" --m "$3" --weights ternary2 \
-      2>&1 | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+    LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out "$L" bench --backend cuda --op "$1" --variant "$2" \
+      --m "$3" --weights ternary2 2>&1 | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " \
+      | cut -c1-300 | tee -a "$sum"
   done
 fi
 if has wgmmarate; then

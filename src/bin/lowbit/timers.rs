@@ -618,57 +618,101 @@ mod cuda {
     }
 
     /// Under `LOWBIT_CUDA_TRACE=1`: the timeline of the last timed launch, per kernel (µs from
-    /// the earliest block's entry: min / median / max over blocks of each stamped stage).
+    /// the earliest block's entry: min / p10 / median / p90 / max over blocks of each stamped
+    /// stage), then the blocks that reached the last stage latest, with their SMs. With
+    /// `LOWBIT_TRACE_CSV=DIR` every block's stamps also go to `DIR/trace-<n>.csv`.
     fn print_traces(dev: &CudaDevice, op: &Op) -> Result<()> {
         use lowbit_kernels::backend::cuda::TRACE_SLOTS;
         let traces = dev.take_traces()?;
-        // Per kernel, the stamps of the blocks that ran (their SM slot is set).
-        let kernels: Vec<(&String, Vec<&[u64]>)> = traces
+        // Per kernel, the stamps of the blocks that ran (their SM slot is set), with each
+        // block's linear index.
+        type Blocks<'a> = Vec<(usize, &'a [u64])>;
+        let kernels: Vec<(&String, Blocks)> = traces
             .iter()
             .map(|(name, words)| {
                 let ran = words
                     .chunks_exact(TRACE_SLOTS)
-                    .filter(|b| b[TRACE_SLOTS - 1] != 0)
+                    .enumerate()
+                    .filter(|(_, b)| b[TRACE_SLOTS - 1] != 0)
                     .collect();
                 (name, ran)
             })
             .collect();
         let t0 = kernels
             .iter()
-            .flat_map(|(_, b)| b.iter().map(|b| b[0]))
+            .flat_map(|(_, b)| b.iter().map(|(_, b)| b[0]))
             .min();
         let Some(t0) = t0 else { return Ok(()) };
+        let us = |t: u64| t.saturating_sub(t0) as f64 / 1e3;
         let mut all: Vec<u64> = Vec::new();
+        let mut csv = String::from("kernel,block,sm,stage,us\n");
         eprintln!("trace: {op:?}");
-        for (name, blocks) in &kernels {
-            let mut sms: Vec<u64> = blocks.iter().map(|b| b[TRACE_SLOTS - 1]).collect();
+        for (k, (name, blocks)) in kernels.iter().enumerate() {
+            let mut sms: Vec<u64> = blocks.iter().map(|(_, b)| b[TRACE_SLOTS - 1]).collect();
             sms.sort_unstable();
             sms.dedup();
-            let mut line = format!("  {name}: {} blocks on {} SMs;", blocks.len(), sms.len());
+            eprintln!("  {name}: {} blocks on {} SMs", blocks.len(), sms.len());
+            let mut last = 0;
             for slot in 0..TRACE_SLOTS - 1 {
                 let mut t: Vec<f64> = blocks
                     .iter()
-                    .filter(|b| b[slot] != 0)
-                    .map(|b| b[slot].saturating_sub(t0) as f64 / 1e3)
+                    .filter(|(_, b)| b[slot] != 0)
+                    .map(|(_, b)| us(b[slot]))
                     .collect();
                 if t.is_empty() {
                     continue;
                 }
-                all.extend(blocks.iter().map(|b| b[slot]).filter(|&x| x != 0));
+                last = slot;
+                all.extend(blocks.iter().map(|(_, b)| b[slot]).filter(|&x| x != 0));
                 t.sort_by(f64::total_cmp);
-                line.push_str(&format!(
-                    " s{slot} {:.2}/{:.2}/{:.2}",
-                    t[0],
-                    t[t.len() / 2],
-                    t[t.len() - 1]
-                ));
+                let q = |f: f64| t[((t.len() - 1) as f64 * f).round() as usize];
+                eprintln!(
+                    "    s{slot} min/p10/median/p90/max {:.2} / {:.2} / {:.2} / {:.2} / {:.2}",
+                    q(0.0),
+                    q(0.1),
+                    q(0.5),
+                    q(0.9),
+                    q(1.0)
+                );
             }
-            eprintln!("{line}");
+            // The blocks that reached the last stage latest: block index, SM, every stage.
+            let mut late: Vec<&(usize, &[u64])> = blocks.iter().collect();
+            late.sort_by_key(|(_, b)| std::cmp::Reverse(b[last]));
+            for (i, b) in late.iter().take(4) {
+                let stages: Vec<String> = (0..=last)
+                    .filter(|&s| b[s] != 0)
+                    .map(|s| format!("s{s} {:.2}", us(b[s])))
+                    .collect();
+                eprintln!(
+                    "    late: block {i} on SM {}: {}",
+                    b[TRACE_SLOTS - 1] - 1,
+                    stages.join(" ")
+                );
+            }
+            for (i, b) in blocks {
+                for s in (0..TRACE_SLOTS - 1).filter(|&s| b[s] != 0) {
+                    csv.push_str(&format!(
+                        "{k}:{name},{i},{},{s},{:.3}\n",
+                        b[TRACE_SLOTS - 1] - 1,
+                        us(b[s])
+                    ));
+                }
+            }
         }
         all.sort_unstable();
         all.dedup();
         let tick = all.windows(2).map(|w| w[1] - w[0]).min().unwrap_or(0);
         eprintln!("  (globaltimer: smallest step between distinct stamps {tick} ns)");
+        if let Ok(dir) = std::env::var("LOWBIT_TRACE_CSV") {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::path::Path::new(&dir).join(format!("trace-{n}.csv"));
+            let csv = format!("# {op:?}\n{csv}");
+            std::fs::write(&path, csv).map_err(|source| LowbitError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
         Ok(())
     }
 
