@@ -159,20 +159,38 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 #ifndef LB_RED_BATCH
 #define LB_RED_BATCH 8
 #endif
-// The reduction's two loops over the output: 4 columns at a time where vector partial loads
-// and output stores are legal, else one. quad(i, v) adds the splits' partials of elements
-// i..i+3 into v; one(i) returns their sum at element i.
-template <typename Quad, typename One>
-__device__ __forceinline__ void lb_reduce_each(const LbMma& p, long long total, float as, Quad quad,
+// LB_RED_W: output elements per thread and step, 4 or (narrow partials only) 8. With 8 a
+// thread's loads are 16 bytes and half as many threads cover the output: at 76 registers
+// (4-wide, batches of 8) an H200 holds 396 blocks of 256 threads, so M = 2048 x D = 256 (512
+// such blocks) took two waves; 8-wide it is 256 blocks (the host's choice, reduce_width).
+#ifndef LB_RED_W
+#define LB_RED_W 4
+#endif
+#if LB_RED_W != 4 && !(LB_RED_W == 8 && LB_RED16)
+#error "decoder_mma_reduce: LB_RED_W is 4, or 8 with LB_RED16"
+#endif
+// The reduction's two loops over the output: LB_RED_W columns at a time where vector partial
+// loads and output stores are legal (the host checks D % LB_RED_W for 8), else one. vec(i, v)
+// adds the splits' partials of elements i..i+LB_RED_W-1 into v; one(i) returns their sum at
+// element i.
+template <typename Vec, typename One>
+__device__ __forceinline__ void lb_reduce_each(const LbMma& p, long long total, float as, Vec vec,
                                                One one) {
+    constexpr int W = LB_RED_W;
     const long long stride = (long long)gridDim.x * blockDim.x;
     if (p.p_vec && p.c_vec) {
-        for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * 4; i < total;
-             i += stride * 4) {
-            int v[4] = {0, 0, 0, 0};
-            quad(i, v);
+        for (long long i = (blockIdx.x * (long long)blockDim.x + threadIdx.x) * W; i < total;
+             i += stride * W) {
+            int v[W];
+#pragma unroll
+            for (int c = 0; c < W; ++c) v[c] = 0;
+            vec(i, v);
             const long long m = i / p.ncols, n = i - m * p.ncols;
-            lb_mma_put4(p, nullptr, m * p.ldc + n, (int)n, v, as, true);
+#pragma unroll
+            for (int h = 0; h < W / 4; ++h) {
+                const int q[4] = {v[4 * h], v[4 * h + 1], v[4 * h + 2], v[4 * h + 3]};
+                lb_mma_put4(p, nullptr, m * p.ldc + n + 4 * h, (int)n + 4 * h, q, as, true);
+            }
         }
     } else {
         for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
@@ -182,6 +200,20 @@ __device__ __forceinline__ void lb_reduce_each(const LbMma& p, long long total, 
             lb_store(p.out, m * p.ldc + n, lb_dequant(sum, p.w_scale, as, p.relu), p.out_dtype);
         }
     }
+}
+
+// LB_RED_W / 2 words of narrow partials: one load of a split.
+template <int N>
+struct LbRedWords {
+    using T = uint2;
+};
+template <>
+struct LbRedWords<4> {
+    using T = uint4;
+};
+__device__ __forceinline__ u32 lb_red_word(const uint2& q, int k) { return k == 0 ? q.x : q.y; }
+__device__ __forceinline__ u32 lb_red_word(const uint4& q, int k) {
+    return k == 0 ? q.x : k == 1 ? q.y : k == 2 ? q.z : q.w;
 }
 
 extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, int splits) {
@@ -194,40 +226,37 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
     constexpr int NB = LB_RED_BATCH;
     const unsigned short* p16 = (const unsigned short*)p.partial;
     const int* wide = lb_p16_wide(p.partial, splits * total);
-    auto quad = [&](long long i, int (&v)[4]) {
+    // LB_RED_W / 2 words of i16 pairs per split (uint2 or uint4); h(q, c) is element c.
+    using Q = typename LbRedWords<LB_RED_W / 2>::T;
+    auto h = [](const Q& q, int c) { return lb_red_word(q, c / 2) >> (16 * (c % 2)); };
+    auto vec = [&](long long i, int (&v)[LB_RED_W]) {
         int z0 = 0;
         for (; z0 + NB <= splits; z0 += NB) {  // whole batches: no predicates between loads
-            uint2 q[NB];
+            Q q[NB];
 #pragma unroll
-            for (int j = 0; j < NB; ++j) q[j] = __ldcs((const uint2*)(p16 + (z0 + j) * total + i));
+            for (int j = 0; j < NB; ++j) q[j] = __ldcs((const Q*)(p16 + (z0 + j) * total + i));
             bool marked = false;
 #pragma unroll
-            for (int j = 0; j < NB; ++j) {
-                const u32 h[4] = {q[j].x, q[j].x >> 16, q[j].y, q[j].y >> 16};
+            for (int j = 0; j < NB; ++j)
 #pragma unroll
-                for (int c = 0; c < 4; ++c) {
-                    v[c] += (short)(h[c] & 0xffffu);
-                    marked |= lb_p16_marked(h[c]);
+                for (int c = 0; c < LB_RED_W; ++c) {
+                    v[c] += (short)(h(q[j], c) & 0xffffu);
+                    marked |= lb_p16_marked(h(q[j], c));
                 }
-            }
             if (marked) {  // sums past an i16: the marker's -32768 out, the i32 in
 #pragma unroll
-                for (int j = 0; j < NB; ++j) {
-                    const u32 h[4] = {q[j].x, q[j].x >> 16, q[j].y, q[j].y >> 16};
+                for (int j = 0; j < NB; ++j)
 #pragma unroll
-                    for (int c = 0; c < 4; ++c)
-                        if (lb_p16_marked(h[c]))
+                    for (int c = 0; c < LB_RED_W; ++c)
+                        if (lb_p16_marked(h(q[j], c)))
                             v[c] += __ldcs(wide + (z0 + j) * total + i + c) - LB_P16_WIDE;
-                }
             }
         }
         for (int z = z0; z < splits; ++z) {
             const long long e = z * total + i;
-            const uint2 q = __ldcs((const uint2*)(p16 + e));
-            v[0] += lb_p16_get(q.x, wide, e);
-            v[1] += lb_p16_get(q.x >> 16, wide, e + 1);
-            v[2] += lb_p16_get(q.y, wide, e + 2);
-            v[3] += lb_p16_get(q.y >> 16, wide, e + 3);
+            const Q q = __ldcs((const Q*)(p16 + e));
+#pragma unroll
+            for (int c = 0; c < LB_RED_W; ++c) v[c] += lb_p16_get(h(q, c), wide, e + c);
         }
     };
     auto one = [&](long long i) {
@@ -237,7 +266,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
         return sum;
     };
 #else
-    auto quad = [&](long long i, int (&v)[4]) {
+    auto vec = [&](long long i, int (&v)[4]) {
         for (int z = 0; z < splits; ++z) {
             const int4 q = __ldcs((const int4*)(p.partial + z * total + i));
             v[0] += q.x;
@@ -252,7 +281,7 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
         return sum;
     };
 #endif
-    lb_reduce_each(p, total, as, quad, one);
+    lb_reduce_each(p, total, as, vec, one);
     lb_trace_at(3);
 }
 

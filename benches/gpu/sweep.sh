@@ -3,7 +3,7 @@
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
-#                             [wgmmarate] [t2default]
+#                             [wgmmarate] [t2default] [reducew]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -29,7 +29,8 @@
 # timelines (LOWBIT_CUDA_TRACE=1; every block's stamps in $OUT/trace-N.csv) of the decoder at M = 512 / 2048 and the f32-input low-rank
 # chain at 512; wgmmarate: benches/gpu/wgmma_rate.cu (nvcc), the int8 wgmma rate of the
 # decoder's loop structure on data already in shared memory; t2default: three rounds of the
-# ternary2 decoder at M = 512..8192 under the defaults (run peers first).
+# ternary2 decoder at M = 512..8192 under the defaults (run peers first); reducew: the decoder's
+# split-K sum 4 wide (LOWBIT_CUDA_REDUCE_W=4) against the default, two rounds at M = 512 / 2048.
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -114,6 +115,15 @@ if has t2default; then
   for round in 1 2 3; do
     bench "decoder ternary2, defaults, round $round" \
       --backend cuda --op decoder-tail --variant packed --m 512,2048,8192 --weights ternary2
+  done
+fi
+if has reducew; then
+  # the decoder's split-K sum 4 wide against the default (8 wide at M = 2048), two rounds
+  for round in 1 2; do
+    for w in 4 ""; do
+      LOWBIT_CUDA_REDUCE_W=$w bench "decoder ternary2, LOWBIT_CUDA_REDUCE_W=${w:-default}, round $round" \
+        --backend cuda --op decoder-tail --variant packed --m 512,2048 --weights ternary2
+    done
   done
 fi
 if has trace; then

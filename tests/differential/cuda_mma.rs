@@ -726,19 +726,28 @@ fn decoder_narrow_partials() {
     if t2_backend().and_then(with_wgmma).is_none() {
         return;
     }
-    // (ops, splits of 3 to 5 chunks on 132 SMs: 5 tiles of 64 rows x 26, 4 x 33)
+    // (ops, splits of 3 to 5 chunks on 132 SMs: 5 tiles of 64 rows x 26, 4 x 33; 75 rows x
+    // D = 264, a multiple of 8 in two column tiles)
     let ops = [
         dec([1, 4, 300, 4096], [4 * 4096, 256]),
         dec([1, 2, 90, 8192], [2 * 8192, 301]),
+        dec([1, 2, 75, 4096], [2 * 4096, 264]),
     ];
-    for (narrow, t2, fields) in [
-        (NarrowPartials::Ternary2, true, false),
-        (NarrowPartials::All, false, false),
-        (NarrowPartials::Ternary2, true, true),
+    // (the reduction 8 wide where forced: on D = 256 and 264; D = 301 keeps 4)
+    for (narrow, t2, fields, width) in [
+        (NarrowPartials::Ternary2, true, false, None),
+        (NarrowPartials::All, false, false, Some(8)),
+        (NarrowPartials::Ternary2, true, true, Some(8)),
+        (NarrowPartials::Ternary2, true, true, Some(4)),
     ] {
-        let what = format!("narrow partials {narrow:?}, t2 fields {fields}");
+        let what =
+            format!("narrow partials {narrow:?}, t2 fields {fields}, reduce width {width:?}");
         let b = tuned_backend(&what, t2, |d| {
-            Ok(d.with_narrow_partials(narrow).with_t2_fields(fields))
+            let d = d.with_narrow_partials(narrow).with_t2_fields(fields);
+            match width {
+                Some(w) => d.with_reduce_width(w),
+                None => Ok(d),
+            }
         });
         run_on_mma(b, "LB_DW_P16=1", |ctx| {
             let mut rng = Rng::new(181);
@@ -792,6 +801,16 @@ fn decoder_narrow_partials() {
                 .any(|(m, _)| m.contains("LB_RED16=1")),
             "{what}: the narrow reduction was not compiled"
         );
+        if let Some(w) = width {
+            let needle = format!("LB_RED16=1 LB_RED_BATCH=8 LB_RED_W={w}");
+            assert!(
+                b.device()
+                    .compile_logs()
+                    .iter()
+                    .any(|(m, _)| m.contains(&needle)),
+                "{what}: the {w}-wide reduction was not compiled"
+            );
+        }
     }
 }
 

@@ -238,6 +238,9 @@ pub struct CudaDevice {
     /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`],
     /// `mma::DECODER_ROWS_ENV`; else chosen from the split count, `mma::decoder_rows`).
     pub(crate) dw_rows: Option<usize>,
+    /// `decoder_mma_reduce`'s width, when set ([`CudaDevice::with_reduce_width`],
+    /// `mma::REDUCE_WIDTH_ENV`; else `mma::reduce_width` chooses).
+    pub(crate) reduce_w: Option<usize>,
     /// The tensor-core decoders' K splits, when set ([`CudaDevice::with_decoder_splits`];
     /// else `mma::decoder_splits`).
     pub(crate) dw_splits: Option<usize>,
@@ -401,6 +404,10 @@ impl CudaDevice {
             )
             .map_err(bad_env(super::mma::DECODER_ROWS_ENV))?,
             dw_splits: None,
+            reduce_w: super::mma::parse_reduce_width(
+                &std::env::var(super::mma::REDUCE_WIDTH_ENV).unwrap_or_default(),
+            )
+            .map_err(bad_env(super::mma::REDUCE_WIDTH_ENV))?,
             wg_row_ctas: None,
             pdl,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,

@@ -764,15 +764,51 @@ pub fn decoder_defines(uns: bool, stages: usize) -> Vec<(String, String)> {
 /// ptxas scheduled a plain loop, 19.9 / 40.2.)
 pub const REDUCE_NARROW_BATCH: usize = 8;
 
-/// Defines of the decoder's split-K reduction, over i32 or narrow (`p16`) partials.
-pub fn reduce_defines(p16: bool) -> Vec<(String, String)> {
+/// Defines of the decoder's split-K reduction, over i32 or narrow (`p16`) partials, `width`
+/// output elements per thread and step ([`REDUCE_WIDTHS`]; 8 only over narrow partials).
+pub fn reduce_defines(p16: bool, width: usize) -> Vec<(String, String)> {
     vec![
         d("LB_MMA_REDUCE", 1),
         d("LB_MMA_NI", DECODER_NI),
         d("LB_RED16", u32::from(p16)),
         d("LB_RED_BATCH", REDUCE_NARROW_BATCH),
+        d("LB_RED_W", width),
         eps(),
     ]
+}
+
+/// `decoder_mma_reduce`'s output elements per thread and step (`LB_RED_W`): 4, or 8 over
+/// narrow partials where D is a multiple of 8.
+pub const REDUCE_WIDTHS: [usize; 2] = [4, 8];
+
+/// Threads per `decoder_mma_reduce` block.
+const REDUCE_THREADS: usize = 256;
+
+/// `decoder_mma_reduce` 4 or 8 elements wide ([`REDUCE_WIDTHS`]): unset for the default,
+/// 8 where that is legal (narrow partials, D a multiple of 8 and aligned output) and the
+/// 4-wide grid would not fit on the device at once. On the H200, at M = 2048 x D = 256 the
+/// 4-wide kernel (76 registers: 396 resident blocks) took two waves of its 512 blocks.
+pub const REDUCE_WIDTH_ENV: &str = "LOWBIT_CUDA_REDUCE_W";
+
+/// A [`REDUCE_WIDTH_ENV`] value: empty for the default (`None`), else 4 or 8.
+pub fn parse_reduce_width(text: &str) -> std::result::Result<Option<usize>, String> {
+    match text.trim() {
+        "" => Ok(None),
+        "4" => Ok(Some(4)),
+        "8" => Ok(Some(8)),
+        t => Err(format!("`{t}`: expected 4 or 8")),
+    }
+}
+
+/// The reduction's width for `elems` outputs: `forced` where set and legal (`wide_ok`), else
+/// 8 where legal and the 4-wide grid needs more than the `resident4` blocks that fit at once.
+pub fn reduce_width(forced: Option<usize>, wide_ok: bool, elems: usize, resident4: usize) -> usize {
+    match forced {
+        Some(8) if wide_ok => 8,
+        Some(_) => 4,
+        None if wide_ok && elems.div_ceil(4 * REDUCE_THREADS) > resident4 => 8,
+        None => 4,
+    }
 }
 
 /// The input packer's mode for f32 activations (`LB_A_F32` in `cuda/common.cuh`).
@@ -848,8 +884,9 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
             v.push((KernelId::DecoderMma, decoder_defines(uns, stages)));
         }
     }
-    for p16 in [false, true] {
-        v.push((KernelId::DecoderMmaReduce, reduce_defines(p16)));
+    v.push((KernelId::DecoderMmaReduce, reduce_defines(false, 4)));
+    for width in REDUCE_WIDTHS {
+        v.push((KernelId::DecoderMmaReduce, reduce_defines(true, width)));
     }
     for mode in 0..3u32 {
         for uns in [false, true] {
@@ -1060,6 +1097,21 @@ impl CudaDevice {
             reason,
         })?;
         self.dw_rows = Some(rows);
+        Ok(self)
+    }
+
+    /// Sets `decoder_mma_reduce`'s output elements per thread ([`REDUCE_WIDTHS`]) instead of
+    /// the default ([`REDUCE_WIDTH_ENV`]); 8 applies only where it is legal. Either gives the
+    /// same bits.
+    pub fn with_reduce_width(mut self, width: usize) -> Result<Self> {
+        if !REDUCE_WIDTHS.contains(&width) {
+            return Err(LowbitError::InvalidArgument {
+                op: "with_reduce_width",
+                what: "width",
+                reason: format!("{width}: expected 4 or 8"),
+            });
+        }
+        self.reduce_w = Some(width);
         Ok(self)
     }
 
@@ -1755,8 +1807,19 @@ impl CudaDevice {
         let groups = splits / zc; // sets of partials: one when the splits sum in a cluster
         // (split clusters run 128-row tiles, which dbm then is)
         let tma = wg && opt(dbm).tma_for(t2);
+        // The reduction and its width (reduce_width): 8 needs narrow partials, D % 8 and
+        // vector output stores.
         let reduce = if groups > 1 {
-            Some(self.function(KernelId::DecoderMmaReduce, reduce_defines(p16))?)
+            let r4 = self.function(KernelId::DecoderMmaReduce, reduce_defines(p16, 4))?;
+            let resident4 = self.prepare_dynamic(&r4, REDUCE_THREADS as u32, 0)?;
+            let wide_ok = p16 && dim.is_multiple_of(8) && p.c_vec != 0;
+            match reduce_width(self.reduce_w, wide_ok, m * dim, resident4) {
+                8 => Some((
+                    self.function(KernelId::DecoderMmaReduce, reduce_defines(p16, 8))?,
+                    8,
+                )),
+                _ => Some((r4, 4)),
+            }
         } else {
             None
         };
@@ -1826,14 +1889,13 @@ impl CudaDevice {
                 .entry(zc as u32)
                 .or_default() += 1;
         }
-        if let Some(r) = reduce {
+        if let Some((r, width)) = reduce {
             let s = groups as i32;
-            let quads = (m * dim).div_ceil(4);
-            let grid = quads
-                .div_ceil(256)
+            let grid = (m * dim)
+                .div_ceil(width * REDUCE_THREADS)
                 .clamp(1, self.caps.multiprocessors.max(1) as usize * 16)
                 as u32;
-            let c = launch_cfg((grid, 1, 1), 256, 0);
+            let c = launch_cfg((grid, 1, 1), REDUCE_THREADS as u32, 0);
             const WHAT: &str = "cuLaunchKernel (decoder_mma_reduce)";
             // Launched programmatically, triggered as the decoder's blocks exit, so its launch
             // overlaps their tail (1.7-1.9 µs less at M = 512 and 2048 on the H200). An
@@ -2059,6 +2121,21 @@ mod tests {
         assert!(parse_decoder_rows("96").is_err());
         assert!(parse_decoder_rows("+64").is_err());
         assert!(parse_decoder_rows("x").is_err());
+    }
+
+    #[test]
+    fn reduce_width_choice() {
+        assert_eq!(parse_reduce_width(""), Ok(None));
+        assert_eq!(parse_reduce_width(" 8"), Ok(Some(8)));
+        assert_eq!(parse_reduce_width("4"), Ok(Some(4)));
+        assert!(parse_reduce_width("16").is_err());
+        // M = 2048 x D = 256: 512 blocks 4 wide, where the H200 holds 396 of them.
+        assert_eq!(reduce_width(None, true, 2048 * 256, 396), 8);
+        assert_eq!(reduce_width(None, true, 512 * 256, 396), 4);
+        assert_eq!(reduce_width(None, false, 2048 * 256, 396), 4);
+        assert_eq!(reduce_width(Some(8), true, 16, 396), 8);
+        assert_eq!(reduce_width(Some(8), false, 2048 * 256, 396), 4);
+        assert_eq!(reduce_width(Some(4), true, 2048 * 256, 396), 4);
     }
 
     #[test]
