@@ -249,8 +249,8 @@ __device__ __forceinline__ void lb_prefetch_l2(const void* p) {
 // reads them back (CudaDevice::take_traces).
 // Stages: 0 entry, 3 exit; 1 decoder_wgmma's first chunk in smem, the PDL wait passed
 // (decoder_mma_reduce, lowrank_wgmma), mma_prep_scale_a's grid barrier passed; 2
-// decoder_wgmma's mainloop done; 4 its staged partials' first barrier passed (LB_DW_PST), 5
-// its row sums' barrier passed (LB_DW_T2U).
+// decoder_wgmma's mainloop done; 5 its row sums' barrier passed (LB_DW_T2U: every warp is
+// past the mainloop).
 #ifdef LB_TRACE
 #define LB_TRACE_BLOCKS 4096
 __device__ unsigned long long lb_trace[LB_TRACE_BLOCKS * LB_TRACE];

@@ -377,15 +377,6 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #if LB_DW_TMA && (!LB_DW_MBAR || LB_DW_PL != 1)
 #error "decoder_wgmma: LB_DW_TMA needs LB_DW_MBAR and one chunk per slot"
 #endif
-// LB_DW_PST (with LB_DW_P16): a split's narrow partials go through the ring as a tile and
-// out in 16-byte row pieces, where its column tile is whole and D % 8 = 0.
-#ifndef LB_DW_PST
-#define LB_DW_PST 0
-#endif
-#if LB_DW_PST && !LB_DW_P16
-#error "decoder_wgmma: LB_DW_PST needs LB_DW_P16"
-#endif
-#define LB_DW_PST_LD (LB_DW_BN / 2 + 4)  // staged partial tile rows, in u32 (i16 pairs)
 #define LB_DW_ACC_LD (LB_DW_BN + 8)  // accumulator tile rows in smem (Z mode), in ints
 #define LB_DW_LDW (LB_DW_BN + 8)
 #define LB_DW_YBYTES (LB_DW_BM * 128)
@@ -394,8 +385,6 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 // 1024 bytes (y tiles stay atom-aligned).
 static_assert(LB_DW_SLOT % 1024 == 0 && LB_DW_SLOT >= LB_DW_YBYTES + LB_DW_WROWS * LB_DW_LDW * 4,
               "decoder_wgmma: ring slots hold a chunk and are 1024-byte aligned");
-static_assert(!LB_DW_PST || LB_DW_STAGES * LB_DW_RSLOT >= LB_DW_BM * LB_DW_PST_LD * 4,
-              "decoder_wgmma: the ring holds the staged partial tile");
 static_assert(LB_DW_ZC == 1 || LB_DW_STAGES * LB_DW_RSLOT >= LB_DW_BM * LB_DW_ACC_LD * 4,
               "decoder_wgmma: the ring holds the accumulator tile in cluster mode");
 
@@ -761,29 +750,6 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* t
         const long long e0 = ((long long)blockIdx.z * p.m_total + mt) * p.ncols + dc;
         unsigned short* part = (unsigned short*)p.partial + e0;
         int* wide = lb_p16_wide(p.partial, (long long)gridDim.z * p.m_total * p.ncols) + e0;
-#if LB_DW_PST
-        if (p.p_vec && p.ncols % 8 == 0 && n0 + LB_DW_BN <= p.ncols) {  // (uniform per CTA)
-            // The tile's i16s into the ring (rows of LB_DW_PST_LD words), then out in whole
-            // 16-byte row pieces: a warp's direct stores touch 4 rows x 32 bytes each.
-            constexpr int LDW = LB_DW_PST_LD;
-            u32* tile = (u32*)ring;
-            __syncthreads();  // every warp is past the ring
-            lb_trace_at(4);
-            lb_dw_each(d, mt, p.m_total, [&](int r, int v0, int v1) {
-                tile[(2 * t + r) * LDW + dcol / 2] = lb_p16(v0) | lb_p16(v1) << 16;
-                const long long o = (long long)r * p.ncols;
-                if (!lb_fits16(v0)) wide[o] = v0;
-                if (!lb_fits16(v1)) wide[o + 1] = v1;
-            });
-            __syncthreads();
-            const int c8 = tid & 31;  // columns 8 c8 .. 8 c8 + 7 of the tile
-            unsigned short* out =
-                (unsigned short*)p.partial + ((long long)blockIdx.z * p.m_total + m0) * p.ncols + n0 + 8 * c8;
-            for (int r = tid >> 5; r < LB_DW_BM && m0 + r < p.m_total; r += LB_DW_THREADS / 32)
-                __stcg((uint4*)(out + (long long)r * p.ncols), *(const uint4*)(tile + r * LDW + 4 * c8));
-            return;
-        }
-#endif
         if (p.p_vec && d1) {
             lb_dw_each(d, mt, p.m_total, [&](int r, int v0, int v1) {
                 const long long o = (long long)r * p.ncols;

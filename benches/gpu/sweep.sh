@@ -3,7 +3,7 @@
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
-#                             [wgmmarate] [t2default] [reducew] [staged]
+#                             [wgmmarate] [t2default] [reducew]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -30,8 +30,7 @@
 # chain at 512; wgmmarate: benches/gpu/wgmma_rate.cu (nvcc), the int8 wgmma rate of the
 # decoder's loop structure on data already in shared memory; t2default: three rounds of the
 # ternary2 decoder at M = 512..8192 under the defaults (run peers first); reducew: the decoder's
-# split-K sum 4 wide (LOWBIT_CUDA_REDUCE_W=4) against the default, two rounds at M = 512 / 2048;
-# staged: LOWBIT_CUDA_STAGED_PARTIALS=0 / 1, two rounds at M = 512 / 2048, and its timeline.
+# split-K sum 4 wide (LOWBIT_CUDA_REDUCE_W=4) against the default, two rounds at M = 512 / 2048.
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -126,20 +125,6 @@ if has reducew; then
         --backend cuda --op decoder-tail --variant packed --m 512,2048 --weights ternary2
     done
   done
-fi
-if has staged; then
-  # decoder_wgmma's narrow partials staged in shared memory against direct stores, two
-  # rounds, then the staged timeline at M = 2048
-  for round in 1 2; do
-    for st in 0 1; do
-      LOWBIT_CUDA_STAGED_PARTIALS=$st bench "decoder ternary2, LOWBIT_CUDA_STAGED_PARTIALS=$st, round $round" \
-        --backend cuda --op decoder-tail --variant packed --m 512,2048 --weights ternary2
-    done
-  done
-  echo "=== trace staged M=2048" | tee -a "$sum"
-  LOWBIT_CUDA_STAGED_PARTIALS=1 LOWBIT_CUDA_TRACE=1 "$L" bench --backend cuda --op decoder-tail \
-    --variant packed --m 2048 --weights ternary2 2>&1 | tee -a "$out/trace.log" \
-    | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
 fi
 if has trace; then
   for spec in "decoder-tail packed 512,2048" "lowrank f32 512"; do

@@ -734,23 +734,16 @@ fn decoder_narrow_partials() {
         dec([1, 2, 75, 4096], [2 * 4096, 264]),
     ];
     // (the reduction 8 wide where forced: on D = 256 and 264; D = 301 keeps 4)
-    // (the partials staged in shared memory: on D = 256; D = 264 and 301 store directly)
-    for (narrow, t2, fields, width, staged) in [
-        (NarrowPartials::Ternary2, true, false, None, false),
-        (NarrowPartials::All, false, false, Some(8), false),
-        (NarrowPartials::Ternary2, true, true, Some(8), false),
-        (NarrowPartials::Ternary2, true, true, Some(4), false),
-        (NarrowPartials::Ternary2, true, true, None, true),
-        (NarrowPartials::All, false, false, None, true),
+    for (narrow, t2, fields, width) in [
+        (NarrowPartials::Ternary2, true, false, None),
+        (NarrowPartials::All, false, false, Some(8)),
+        (NarrowPartials::Ternary2, true, true, Some(8)),
+        (NarrowPartials::Ternary2, true, true, Some(4)),
     ] {
-        let what = format!(
-            "narrow partials {narrow:?}, t2 fields {fields}, reduce width {width:?}, staged {staged}"
-        );
+        let what =
+            format!("narrow partials {narrow:?}, t2 fields {fields}, reduce width {width:?}");
         let b = tuned_backend(&what, t2, |d| {
-            let d = d
-                .with_narrow_partials(narrow)
-                .with_t2_fields(fields)
-                .with_staged_partials(staged);
+            let d = d.with_narrow_partials(narrow).with_t2_fields(fields);
             match width {
                 Some(w) => d.with_reduce_width(w),
                 None => Ok(d),
@@ -808,15 +801,6 @@ fn decoder_narrow_partials() {
                 .any(|(m, _)| m.contains("LB_RED16=1")),
             "{what}: the narrow reduction was not compiled"
         );
-        if staged {
-            assert!(
-                b.device()
-                    .compile_logs()
-                    .iter()
-                    .any(|(m, _)| m.contains("LB_DW_PST=1")),
-                "{what}: the staged partials were not compiled"
-            );
-        }
         if let Some(w) = width {
             let needle = format!("LB_RED16=1 LB_RED_BATCH=8 LB_RED_W={w}");
             assert!(

@@ -397,7 +397,6 @@ impl CudaDevice {
                     mbar,
                     mbar_few,
                     tma: env_switch(super::mma::TMA_ENV, false)?,
-                    staged: env_switch(super::mma::STAGED_PARTIALS_ENV, false)?,
                 }
             },
             dw_rows: super::mma::parse_decoder_rows(

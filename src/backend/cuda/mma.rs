@@ -319,13 +319,6 @@ pub const MBARRIER_ENV: &str = "LOWBIT_CUDA_MBARRIER";
 /// card, hence off.
 pub const TMA_ENV: &str = "LOWBIT_CUDA_TMA";
 
-/// `decoder_wgmma` writing narrow split partials ([`NarrowPartials`]): `1` stages a CTA's
-/// tile of them in shared memory and writes it in whole 16-byte row pieces, where its column
-/// tile is whole and D is a multiple of 8 (`LB_DW_PST`); `0` or unset (the default) has each
-/// thread store its own pairs (a warp's store touches 4 rows x 32 bytes). The same bits
-/// either way.
-pub const STAGED_PARTIALS_ENV: &str = "LOWBIT_CUDA_STAGED_PARTIALS";
-
 /// i32 words of `count` split partials: i32s, or narrow ones (i16s, then at the next 16-byte
 /// boundary the i32s of the sums that do not fit; `lb_p16_wide`).
 pub fn partial_words(count: usize, narrow: bool) -> usize {
@@ -380,8 +373,6 @@ pub struct DwOptions {
     pub mbar_few: bool,
     /// y tiles by TMA on that ring (`LB_DW_TMA`), where [`DwOptions::for_shape`] allows
     pub tma: bool,
-    /// narrow split partials staged through shared memory (`LB_DW_PST`, [`STAGED_PARTIALS_ENV`])
-    pub staged: bool,
 }
 
 impl DwOptions {
@@ -504,7 +495,6 @@ pub fn dec_wgmma_defines(
         d("LB_DW_T2U", u32::from(t2 && opt.t2_fields)),
         d("LB_DW_MBAR", u32::from(dec_wgmma_mbar(t2, mbar))),
         d("LB_DW_TMA", u32::from(opt.tma_for(t2))),
-        d("LB_DW_PST", u32::from(p16 && zc == 1 && opt.staged)),
         eps(),
     ]
 }
@@ -608,7 +598,6 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                         mbar,
                         mbar_few: mbar,
                         tma,
-                        staged: false,
                     })
                 })
                 .map(|opt| (true, opt));
@@ -628,16 +617,6 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                             KernelId::DecoderWgmma,
                             dec_wgmma_defines(uns, zc, t2, bm, p16, fields),
                         ));
-                        if p16 {
-                            let staged = DwOptions {
-                                staged: true,
-                                ..fields
-                            };
-                            v.push((
-                                KernelId::DecoderWgmma,
-                                dec_wgmma_defines(uns, zc, t2, bm, p16, staged),
-                            ));
-                        }
                     }
                 }
             }
@@ -1098,13 +1077,6 @@ impl CudaDevice {
     pub fn with_mbarrier_ring(mut self, on: bool) -> Self {
         self.dw_opt.mbar = on;
         self.dw_opt.mbar_few = on;
-        self
-    }
-
-    /// Sets whether `decoder_wgmma` stages its narrow split partials in shared memory
-    /// ([`STAGED_PARTIALS_ENV`]); either gives the same bits.
-    pub fn with_staged_partials(mut self, on: bool) -> Self {
-        self.dw_opt.staged = on;
         self
     }
 
@@ -2077,7 +2049,6 @@ mod tests {
                 mbar,
                 mbar_few: mbar,
                 tma: false,
-                staged: false,
             };
             dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, opt)
                 .into_iter()
@@ -2113,7 +2084,6 @@ mod tests {
             mbar: true,
             mbar_few: true,
             tma: true,
-            staged: false,
         };
         let tma = |t2, opt: DwOptions| {
             dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, opt)
