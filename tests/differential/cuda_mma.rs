@@ -720,12 +720,12 @@ fn t2_option_cases(
 /// bit against the reference.
 #[test]
 fn decoder_narrow_partials() {
-    use crate::{InputKind, Variant, WeightKind, Weights};
     use lowbit_kernels::backend::cuda::mma::NarrowPartials;
-    use lowbit_kernels::ops::ScaleSource;
-    if t2_backend().and_then(with_wgmma).is_none() {
-        return;
-    }
+    let cases = [
+        (NarrowPartials::Ternary2, true, false, None),
+        (NarrowPartials::All, false, false, None),
+        (NarrowPartials::Ternary2, true, true, Some(4)),
+    ];
     // (ops, splits of 3 to 5 chunks on 132 SMs: 5 tiles of 64 rows x 26, 4 x 33; 75 rows x
     // D = 264, a multiple of 8 in two column tiles)
     let ops = [
@@ -733,13 +733,43 @@ fn decoder_narrow_partials() {
         dec([1, 2, 90, 8192], [2 * 8192, 301]),
         dec([1, 2, 75, 4096], [2 * 4096, 264]),
     ];
-    // (the reduction 8 wide where forced: on D = 256 and 264; D = 301 keeps 4)
-    for (narrow, t2, fields, width) in [
-        (NarrowPartials::Ternary2, true, false, None),
+    narrow_partials_cases(&cases, &ops);
+}
+
+/// [`decoder_narrow_partials`]' checks with `decoder_mma_reduce` 8 elements wide (forced), on
+/// the shapes whose D is a multiple of 8: 256, and 264 in two column tiles; i8x4 weights
+/// narrow too, ternary2 ones as u8 fields.
+#[test]
+fn decoder_reduce_wide() {
+    use lowbit_kernels::backend::cuda::mma::NarrowPartials;
+    let cases = [
         (NarrowPartials::All, false, false, Some(8)),
         (NarrowPartials::Ternary2, true, true, Some(8)),
-        (NarrowPartials::Ternary2, true, true, Some(4)),
-    ] {
+    ];
+    let ops = [
+        dec([1, 4, 300, 4096], [4 * 4096, 256]),
+        dec([1, 2, 75, 4096], [2 * 4096, 264]),
+    ];
+    narrow_partials_cases(&cases, &ops);
+}
+
+/// Each of `cases` (narrow partials, ternary2 weights, u8 fields, the reduction's forced
+/// width) on each of `ops`: the checks of [`decoder_narrow_partials`].
+fn narrow_partials_cases(
+    cases: &[(
+        lowbit_kernels::backend::cuda::mma::NarrowPartials,
+        bool,
+        bool,
+        Option<usize>,
+    )],
+    ops: &[Op],
+) {
+    use crate::{InputKind, Variant, WeightKind, Weights};
+    use lowbit_kernels::ops::ScaleSource;
+    if t2_backend().and_then(with_wgmma).is_none() {
+        return;
+    }
+    for &(narrow, t2, fields, width) in cases {
         let what =
             format!("narrow partials {narrow:?}, t2 fields {fields}, reduce width {width:?}");
         let b = tuned_backend(&what, t2, |d| {
@@ -751,7 +781,7 @@ fn decoder_narrow_partials() {
         });
         run_on_mma(b, "LB_DW_P16=1", |ctx| {
             let mut rng = Rng::new(181);
-            for op in &ops {
+            for op in ops {
                 let Op::Decoder(s) = op else { unreachable!() };
                 let (l, d) = (s.latent, s.dim);
                 let w_codes: Vec<i8> = (0..op.w_len())
