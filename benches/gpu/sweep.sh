@@ -19,8 +19,8 @@
 # row of the small-M table (graph replays, ternary2, bf16 + ReLU, single launches); wgmma: the
 # low-rank epilogue's write floor (write_floor.py) and both ops at M = 512..8192 with LOWBIT_CUDA_WGMMA=1 / 0,
 # the decoder under each LOWBIT_CUDA_WGMMA_ZCLUSTER; memcheck:
-# compute-sanitizer on the CUDA differential
-# tests; verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
+# compute-sanitizer on the CUDA differential tests (filters MEMCHECK_FILTERS, each at most
+# MEMCHECK_TIMEOUT s, default 150); verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first); t2tests: the
 # tests of the decoder's ternary2 options, u8 fields (LOWBIT_CUDA_T2_FIELDS), the mbarrier
 # ring (LOWBIT_CUDA_MBARRIER) and y by TMA on it (LOWBIT_CUDA_TMA); t2opts: two rounds of six
@@ -55,7 +55,7 @@ if has memcheck; then
   d=$(ls "$b"/tests/differential-* | head -1)
   for filter in ${MEMCHECK_FILTERS:-cuda_extra cuda_dp4a cuda_t2 cuda_mma::small cuda_mma::ternary2}; do
     echo "=== memcheck differential $filter"
-    LOWBIT_REQUIRE=cuda timeout 150 compute-sanitizer --tool memcheck "$d" "$filter" --test-threads=4 \
+    LOWBIT_REQUIRE=cuda timeout "${MEMCHECK_TIMEOUT:-150}" compute-sanitizer --tool memcheck "$d" "$filter" --test-threads=4 \
       > "$out/memcheck-${filter//:/}.log" 2>&1
     echo "exit $?"; grep -E "^test result|ERROR SUMMARY|FAILED" "$out/memcheck-${filter//:/}.log" | head -5
   done
