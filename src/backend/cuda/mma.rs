@@ -1810,17 +1810,18 @@ impl CudaDevice {
         let tma = wg && opt(dbm).tma_for(t2);
         // The reduction and its width (reduce_width): 8 needs narrow partials, D % 8 and
         // vector output stores.
+        // The 4-wide kernel is compiled and its residency queried only where that decides.
         let reduce = if groups > 1 {
-            let r4 = self.function(KernelId::DecoderMmaReduce, reduce_defines(p16, 4))?;
-            let resident4 = self.prepare_dynamic(&r4, REDUCE_THREADS as u32, 0)?;
             let wide_ok = p16 && dim.is_multiple_of(8) && p.c_vec != 0;
-            match reduce_width(self.reduce_w, wide_ok, m * dim, resident4) {
-                8 => Some((
-                    self.function(KernelId::DecoderMmaReduce, reduce_defines(p16, 8))?,
-                    8,
-                )),
-                _ => Some((r4, 4)),
-            }
+            let resident4 = if wide_ok && self.reduce_w.is_none() {
+                let r4 = self.function(KernelId::DecoderMmaReduce, reduce_defines(p16, 4))?;
+                self.prepare_dynamic(&r4, REDUCE_THREADS as u32, 0)?
+            } else {
+                0 // (not read: reduce_width then follows the setting or legality alone)
+            };
+            let width = reduce_width(self.reduce_w, wide_ok, m * dim, resident4);
+            let r = self.function(KernelId::DecoderMmaReduce, reduce_defines(p16, width))?;
+            Some((r, width))
         } else {
             None
         };
