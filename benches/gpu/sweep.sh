@@ -3,7 +3,7 @@
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
-#                             [wgmmarate] [t2default] [reducew]
+#                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -28,9 +28,13 @@
 # (LOWBIT_CUDA_DECODER_ROWS=64) at M = 1024 / 2048 under four of them; trace: the
 # timelines (LOWBIT_CUDA_TRACE=1; every block's stamps in $OUT/trace-N.csv) of the decoder at M = 512 / 2048 and the f32-input low-rank
 # chain at 512; wgmmarate: benches/gpu/wgmma_rate.cu (nvcc), the int8 wgmma rate of the
-# decoder's loop structure on data already in shared memory; t2default: three rounds of the
+# decoder's loop structure on data already in shared memory; dramrate: benches/gpu/dram_rate.cu
+# (nvcc), the rate at which the decoder's CTAs can stream y into a ring by cp.async, bulk copies or
+# TMA; t2default: three rounds of the
 # ternary2 decoder at M = 512..8192 under the defaults (run peers first); reducew: the decoder's
-# split-K sum 4 wide (LOWBIT_CUDA_REDUCE_W=4) against the default, two rounds at M = 512 / 2048.
+# split-K sum 4 wide (LOWBIT_CUDA_REDUCE_W=4) against the default, two rounds at M = 512 / 2048;
+# tmay: y by TMA (LOWBIT_CUDA_TMA=1, weights by cp.async) against the default, two rounds at
+# M = 2048 / 8192 (run peers first).
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -117,6 +121,14 @@ if has t2default; then
       --backend cuda --op decoder-tail --variant packed --m 512,2048,8192 --weights ternary2
   done
 fi
+if has tmay; then
+  for round in 1 2; do
+    for tma in 1 0; do
+      LOWBIT_CUDA_TMA=$tma bench "decoder ternary2, LOWBIT_CUDA_TMA=$tma, round $round" \
+        --backend cuda --op decoder-tail --variant packed --m 2048,8192 --weights ternary2
+    done
+  done
+fi
 if has reducew; then
   # the decoder's split-K sum 4 wide against the default (8 wide at M = 2048), two rounds
   for round in 1 2; do
@@ -141,6 +153,12 @@ if has wgmmarate; then
     benches/gpu/wgmma_rate.cu > "$out/wgmma_rate.build" 2>&1 || tail -n 20 "$out/wgmma_rate.build"
   grep -h "serialized" "$out/wgmma_rate.build" | tee -a "$sum"  # C7512: that variant's rate is not the loop's
   [ -x /tmp/wgmma_rate ] && /tmp/wgmma_rate 2>&1 | tee -a "$sum"
+fi
+if has dramrate; then
+  command -v nvcc >/dev/null || export PATH="$PATH:$(ls -d /usr/local/cuda*/bin | head -1)"
+  nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -o /tmp/dram_rate \
+    benches/gpu/dram_rate.cu > "$out/dram_rate.build" 2>&1 || tail -n 20 "$out/dram_rate.build"
+  [ -x /tmp/dram_rate ] && /tmp/dram_rate 2>&1 | tee -a "$sum"
 fi
 if has pdl; then
   for mode in 1 early 0; do
