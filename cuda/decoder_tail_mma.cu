@@ -367,10 +367,11 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #endif
 // LB_DW_TMA (with LB_DW_MBAR, one chunk per slot): thread 0 loads each y tile by TMA (the
 // kernel's second parameter maps y as [B][H][T][L bytes], boxes of 128 bytes x BM rows,
-// 128-byte swizzle: the ring's layout; zeros past L and T) and the weights of interior
-// chunks by bulk copies of whole 1 KB rows, both completing on the slot's `full` barrier,
-// which then also counts thread 0's arrival; edge chunks' weights stay cp.asyncs. The host
-// takes this path only where a row tile lies in one batch (B = 1 or T % BM = 0).
+// 128-byte swizzle: the ring's layout; zeros past L and T), completing on the slot's `full`
+// barrier, which then also counts thread 0's arrival; the weights stay every thread's
+// cp.asyncs (bulk copies of their 1 KB rows measured slow on the H200: 128-byte bulk copies
+// stream at 0.54 TB/s, benches/gpu/dram_rate.cu). The host takes this path only where a row
+// tile lies in one batch (B = 1 or T % BM = 0).
 #ifndef LB_DW_TMA
 #define LB_DW_TMA 0
 #endif
@@ -505,19 +506,19 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* t
             u32* ws = (u32*)(slot + LB_DW_YBYTES);
             const int k0 = lkc * 32;
 #if LB_DW_TMA
-            const bool interior = wfull && k0 + 32 <= p.kw;  // whole weight rows, all needed
             if (tid == 0) {
                 u64* bar = &mb_full[u % S];
-                lb_mbar_expect(bar, LB_DW_YBYTES + (interior ? WR * LB_DW_BN * 4 : 0));
+                lb_mbar_expect(bar, LB_DW_YBYTES);
                 lb_tma_4d(slot, tmap, k0 * 4, y_t0, lh, y_b0, bar);
-                if (interior) {
-                    const u32* w = p.b + w_off + n0;
-#pragma unroll
-                    for (int r = 0; r < WR; ++r)
-                        lb_bulk(ws + r * LB_DW_LDW, w + r * p.ldb, LB_DW_BN * 4, bar);
-                }
             }
-            if (!interior) load_w_edge(ws, k0);
+            if (wfull && k0 + 32 <= p.kw) {
+                const u32* w = w_src + w_off;
+#pragma unroll
+                for (int i = 0; i < WR / 8; ++i)
+                    lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW, w + i * ldb8, 16);
+            } else {
+                load_w_edge(ws, k0);
+            }
 #else
             // (the test written here, not hoisted above the #if: hoisted, ptxas scheduled
             // every default variant differently)

@@ -25,13 +25,18 @@
 //             __syncthreads, as decoder_wgmma at 128 rows; the wgmma still reads the fixed
 //             tile); 2: the same without the proxy fence. Whether the fence waits for the
 //             copies still in flight shows as 1 slower than 2
+//   SPEC      (sync) warp-specialized ring: a 17th warp alone streams the CTA's y slice into the
+//             6 slots (cp.async, 32 pieces per lane per chunk, then cp.async.mbarrier.arrive
+//             .noinc on full[slot]: the mbarrier tracks the copies); the 16 mma warps only wait
+//             on full[c], take a proxy fence (ld 3; ld 4 without it), and release slot c - 1 on
+//             empty once its wgmma is done. The handover a producer warp would give the kernel
 
 #define LB_WGMMA 1
 #include "../../cuda/common.cuh"
 #include "../../cuda/mma.cuh"
 
 enum Frags { CONST = 0, I8X4 = 1, T2 = 2, T2U = 3 };
-constexpr int MBAR = -1, MB_S = 13;
+constexpr int MBAR = -1, SPEC = -2, MB_S = 13;
 
 constexpr int LDW = 264;               // weight tile row, words (the kernel's LB_DW_LDW)
 constexpr int B_OFF = 0;               // y tile: N rows x 128 bytes (swizzled atoms)
@@ -42,7 +47,7 @@ constexpr int R_OFF = (W_OFF + 34 * LDW * 4 + 1023) / 1024 * 1024;
 constexpr int SMEM = R_OFF + RING_S * 16384 + 1024;
 
 template <int N, bool SS, int F, int SYNC, int LD = 0>
-__global__ void __launch_bounds__(512, 1)
+__global__ void __launch_bounds__(SYNC == SPEC ? 544 : 512, 1)
     wg_rate(int iters, int* sink, long long* cycles, const uint4* src, int slice_chunks) {
     extern __shared__ __align__(1024) unsigned char raw[];
     unsigned char* sm = raw + ((1024u - (lb_smem(raw) & 1023u)) & 1023u);
@@ -115,15 +120,44 @@ __global__ void __launch_bounds__(512, 1)
             if (lane == 0) lb_mbar_arrive(&full[c]);
         }
     }
+    if (SYNC == SPEC) {
+        if (tid < RING_S) {
+            lb_mbar_init(&full[tid], 32);         // the producer's lanes, as their copies land
+            lb_mbar_init(&empty[tid], 4 * 4);     // the 16 mma warps
+        }
+        __syncthreads();
+        if (tid >= 512) {  // the producer warp
+            for (int c = 0; c < iters; ++c) {
+                const int sl = c % RING_S;
+                if (c >= RING_S) lb_mbar_wait(&empty[sl], (c / RING_S - 1) & 1);
+                const uint4* from = slice + (long long)(c % slice_chunks) * N * 8;
+                unsigned char* to = sm + R_OFF + sl * 16384;
+#pragma unroll 8
+                for (int i = lane; i < N * 8; i += 32) {
+                    const int r = i >> 3, q = i & 7;
+                    lb_cp16((u32*)(to + r * 128 + ((q ^ (r & 7)) << 4)), from + i, 16);
+                }
+                asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
+                                 lb_smem(&full[sl]))
+                             : "memory");
+            }
+            lb_wait<0>();
+            return;
+        }
+    }
     auto chunk = [&](int it, u32(&r)[16]) {
         if (SYNC > 0 && it % SYNC == 0) __syncthreads();
-        if (LD > 0) {
+        if (LD > 0 && SYNC != SPEC) {
             lb_wait<RING_S - 3>();
             if (LD == 1) lb_fence_async_smem();
             __syncthreads();
             issue(it + RING_S - 2);
         }
         if (SYNC == MBAR) lb_mbar_wait(&full[it % MB_S], (it / MB_S) & 1);
+        if (SYNC == SPEC) {
+            lb_mbar_wait(&full[it % RING_S], (it / RING_S) & 1);
+            if (LD == 3) lb_fence_async_smem();
+        }
         fill(it, r);
         lb_wg_fence();
 #pragma unroll
@@ -149,6 +183,10 @@ __global__ void __launch_bounds__(512, 1)
             __syncwarp();
             if (lane == 0) lb_mbar_arrive(&full[(it + 2) % MB_S]);
         }
+        if (SYNC == SPEC && it >= 1) {
+            __syncwarp();
+            if (lane == 0) lb_mbar_arrive(&empty[(it - 1) % RING_S]);
+        }
     };
     // Loaded, not constants: constant A operands are rematerialized into scratch registers
     // per wgmma, and ptxas then serializes the wgmmas (C7512).
@@ -158,7 +196,7 @@ __global__ void __launch_bounds__(512, 1)
         a0[i] = W[frag + i * LDW];
         a1[i] = W[frag + 1 + i * LDW];
     }
-    if (LD > 0)
+    if (LD > 0 && SYNC != SPEC)
         for (int c = 0; c < RING_S - 2; ++c) issue(c);
     const long long c0 = clock64();
     for (int it = 0; it < iters; it += 2) {
@@ -202,7 +240,8 @@ void run(const char* name, int wgs, int sms, int* sink, long long* cycles) {
                             cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM));
     const int iters = 4096;
     const int slice_chunks = (int)(SLICE_BYTES / (N * 128));
-    wg_rate<N, SS, F, SYNC, LD><<<sms, 128 * wgs, SMEM>>>(64, sink, cycles, g_src, slice_chunks);
+    const int threads = 128 * wgs + (SYNC == SPEC ? 32 : 0);
+    wg_rate<N, SS, F, SYNC, LD><<<sms, threads, SMEM>>>(64, sink, cycles, g_src, slice_chunks);
     CK(cudaGetLastError());
     CK(cudaDeviceSynchronize());
     cudaEvent_t e0, e1;
@@ -211,8 +250,8 @@ void run(const char* name, int wgs, int sms, int* sink, long long* cycles) {
     std::vector<float> ms;
     for (int rep = 0; rep < 5; ++rep) {
         CK(cudaEventRecord(e0));
-        wg_rate<N, SS, F, SYNC, LD><<<sms, 128 * wgs, SMEM>>>(iters, sink, cycles, g_src,
-                                                              slice_chunks);
+        wg_rate<N, SS, F, SYNC, LD><<<sms, threads, SMEM>>>(iters, sink, cycles, g_src,
+                                                            slice_chunks);
         CK(cudaEventRecord(e1));
         CK(cudaEventSynchronize(e1));
         float t = 0;
@@ -268,6 +307,14 @@ int main() {
     run<128, false, T2, 0, 2>("RS n128, t2, y ring from DRAM, no fence", 4, sms, sink, cycles);
     run<64, false, T2, 0, 1>("RS n64, t2, y ring from DRAM, fence", 4, sms, sink, cycles);
     run<64, false, T2, 0, 2>("RS n64, t2, y ring from DRAM, no fence", 4, sms, sink, cycles);
+    // (at n128 the 17th warp caps the mma warps' registers at 96 and ptxas serializes the
+    // wgmma, C7512: n64 is the fair comparison)
+    run<64, false, T2, SPEC, 3>("RS n64, t2, producer warp, fence", 4, sms, sink, cycles);
+    run<64, false, T2, SPEC, 4>("RS n64, t2, producer warp, no fence", 4, sms, sink, cycles);
+    run<128, false, T2, SPEC, 3>("RS n128, t2, producer warp, fence", 4, sms, sink, cycles);
+    run<128, false, T2, SPEC, 4>("RS n128, t2, producer warp, no fence", 4, sms, sink, cycles);
+    run<128, false, T2U, SPEC, 3>("RS n128, t2u, producer warp, fence", 4, sms, sink, cycles);
+    run<128, false, T2U, 0, 1>("RS n128, t2u, y ring from DRAM, fence", 4, sms, sink, cycles);
     run<128, false, I8X4, 0>("RS n128, i8x4 frags, no sync", 4, sms, sink, cycles);
     run<128, false, T2, 0>("RS n128, t2 expanded, no sync", 4, sms, sink, cycles);
     return 0;

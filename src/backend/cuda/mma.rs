@@ -312,11 +312,11 @@ pub const T2_FIELDS_ENV: &str = "LOWBIT_CUDA_T2_FIELDS";
 pub const MBARRIER_ENV: &str = "LOWBIT_CUDA_MBARRIER";
 
 /// `decoder_wgmma` on the mbarrier ring ([`MBARRIER_ENV`]): `1` has one thread load each y
-/// tile by TMA (a tensor map of y, 128-byte swizzle) and the weight rows of interior chunks
-/// by bulk copies, where a row tile lies in one batch (B = 1, or T a multiple of the row
-/// tile), so that the other threads issue no copies there (`LB_DW_TMA`); `0` or unset (the
-/// default) keeps every thread's cp.asyncs. The same bits either way. Not yet measured on a
-/// card, hence off.
+/// tile by TMA (a tensor map of y, 128-byte swizzle) where a row tile lies in one batch (B =
+/// 1, or T a multiple of the row tile), the weights staying every thread's cp.asyncs
+/// (`LB_DW_TMA`); `0` or unset (the default) loads y by cp.async too. The same bits either
+/// way. Off: with the weights by bulk copies it measured 5–35 µs slower on the H200
+/// (BENCHMARKS.md, 2026-12-05).
 pub const TMA_ENV: &str = "LOWBIT_CUDA_TMA";
 
 /// i32 words of `count` split partials: i32s, or narrow ones (i16s, then at the next 16-byte
