@@ -127,20 +127,7 @@ __global__ void __launch_bounds__(256) plain_read(const uint4* y, long long n16,
 
 #ifndef __CUDACC_RTC__
 #include <cuda.h>
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
-#include <vector>
-
-#define CK(x)                                                                              \
-    do {                                                                                   \
-        cudaError_t e_ = (x);                                                              \
-        if (e_ != cudaSuccess) {                                                           \
-            std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-            std::exit(1);                                                                  \
-        }                                                                                  \
-    } while (0)
+#include "probe_host.h"
 
 static unsigned char* g_y = nullptr;
 static int* g_sink = nullptr;

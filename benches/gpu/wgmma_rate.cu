@@ -216,19 +216,7 @@ __global__ void __launch_bounds__(SYNC == SPEC ? 544 : 512, 1)
 }
 
 #ifndef __CUDACC_RTC__
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
-#include <vector>
-
-#define CK(x)                                                                       \
-    do {                                                                            \
-        cudaError_t e_ = (x);                                                       \
-        if (e_ != cudaSuccess) {                                                    \
-            std::printf("CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-            std::exit(1);                                                           \
-        }                                                                           \
-    } while (0)
+#include "probe_host.h"
 
 // ld variants: each CTA's slice of y, 2 MB (past the L2 in all: every copy reads DRAM).
 constexpr long long SLICE_BYTES = 2 << 20;
