@@ -133,27 +133,10 @@ static unsigned char* g_y = nullptr;
 static int* g_sink = nullptr;
 static LbTmap g_tmap;
 
+// Median µs of 9 launches, each on slice rep % SLICES (the warm-up on slice 0).
 template <typename Launch>
 static float median_us(Launch launch) {
-    launch(0);
-    CK(cudaGetLastError());
-    CK(cudaDeviceSynchronize());
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> ms;
-    for (int rep = 1; rep <= 9; ++rep) {
-        CK(cudaEventRecord(e0));
-        launch(rep % SLICES);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float t = 0;
-        CK(cudaEventElapsedTime(&t, e0, e1));
-        ms.push_back(t);
-    }
-    CK(cudaGetLastError());
-    std::sort(ms.begin(), ms.end());
-    return ms[ms.size() / 2] * 1000.0f;
+    return 1000.0f * probe_median_ms(9, [&](int rep) { launch(rep % SLICES); });
 }
 
 static void report(const char* name, float us, double bytes) {
@@ -172,13 +155,10 @@ static void run(const char* name) {
 }
 
 int main() {
-    int dev = 0, sms = 0;
-    CK(cudaGetDevice(&dev));
-    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, dev));
-    std::printf("%s, %d SMs; y %d x %d bytes, %d CTAs of 512 threads\n", prop.name, sms, ROWS,
-                ROW_BYTES, CTAS);
+    char what[96];
+    std::snprintf(what, sizeof what, "; y %d x %d bytes, %d CTAs of 512 threads", ROWS, ROW_BYTES,
+                  CTAS);
+    const int sms = probe_device(what);
     CK(cudaMalloc(&g_y, Y_BYTES * SLICES));
     CK(cudaMemset(g_y, 1, Y_BYTES * SLICES));
     CK(cudaMalloc(&g_sink, 4));

@@ -229,45 +229,27 @@ void run(const char* name, int wgs, int sms, int* sink, long long* cycles) {
     const int iters = 4096;
     const int slice_chunks = (int)(SLICE_BYTES / (N * 128));
     const int threads = 128 * wgs + (SYNC == SPEC ? 32 : 0);
-    wg_rate<N, SS, F, SYNC, LD><<<sms, threads, SMEM>>>(64, sink, cycles, g_src, slice_chunks);
-    CK(cudaGetLastError());
-    CK(cudaDeviceSynchronize());
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> ms;
-    for (int rep = 0; rep < 5; ++rep) {
-        CK(cudaEventRecord(e0));
-        wg_rate<N, SS, F, SYNC, LD><<<sms, threads, SMEM>>>(iters, sink, cycles, g_src,
-                                                            slice_chunks);
-        CK(cudaEventRecord(e1));
-        CK(cudaEventSynchronize(e1));
-        float t = 0;
-        CK(cudaEventElapsedTime(&t, e0, e1));
-        ms.push_back(t);
-    }
-    std::sort(ms.begin(), ms.end());
+    // (a short warm-up launch, then 5 timed ones)
+    const float ms_med = probe_median_ms(5, [&](int rep) {
+        wg_rate<N, SS, F, SYNC, LD><<<sms, threads, SMEM>>>(rep == 0 ? 64 : iters, sink, cycles,
+                                                            g_src, slice_chunks);
+    });
     std::vector<long long> cyc(sms);
     CK(cudaMemcpy(cyc.data(), cycles, sms * sizeof(long long), cudaMemcpyDeviceToHost));
     std::sort(cyc.begin(), cyc.end());
     const double ops = 2.0 * 64 * N * 128 * wgs * (double)iters * sms;  // 128 k per chunk
-    const double tops = ops / (ms[2] * 1e-3) / 1e12;
+    const double tops = ops / (ms_med * 1e-3) / 1e12;
     const double cpc = (double)cyc[sms / 2] / iters;  // SM cycles per chunk (median SM)
     const double floor_cpc = 64.0 * N * 128 * wgs / 4096.0;  // 4096 int8 MAC per SM cycle
     std::printf("%-44s %2d wg  %7.3f ms  %6.0f TOPS  %7.1f cycles/chunk (dense floor %5.0f, %4.0f%%)",
-                name, wgs, ms[2], tops, cpc, floor_cpc, 100.0 * floor_cpc / cpc);
+                name, wgs, ms_med, tops, cpc, floor_cpc, 100.0 * floor_cpc / cpc);
     if (LD > 0)  // y bytes streamed: N rows x 128 bytes per chunk
-        std::printf("  y %5.2f TB/s", (double)N * 128 * iters * sms / (ms[2] * 1e-3) / 1e12);
+        std::printf("  y %5.2f TB/s", (double)N * 128 * iters * sms / (ms_med * 1e-3) / 1e12);
     std::printf("\n");
 }
 
 int main() {
-    int dev = 0, sms = 0;
-    CK(cudaGetDevice(&dev));
-    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-    cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, dev));
-    std::printf("%s, %d SMs\n", prop.name, sms);
+    const int sms = probe_device("");
     int* sink;
     long long* cycles;
     CK(cudaMalloc(&sink, 4));
