@@ -29,7 +29,7 @@
 //             6 slots (cp.async, 32 pieces per lane per chunk, then cp.async.mbarrier.arrive
 //             .noinc on full[slot]: the mbarrier tracks the copies); the 16 mma warps only wait
 //             on full[c], take a proxy fence (ld 3; ld 4 without it), and release slot c - 1 on
-//             empty once its wgmma is done. The handover a producer warp would give the kernel
+//             empty once its wgmma is done: the handover a producer warp would give the kernel.
 
 #define LB_WGMMA 1
 #include "../../cuda/common.cuh"
