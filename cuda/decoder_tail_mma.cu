@@ -506,32 +506,27 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* t
             u32* ws = (u32*)(slot + LB_DW_YBYTES);
             const int k0 = lkc * 32;
 #if LB_DW_TMA
-            if (tid == 0) {
+            if (tid == 0) {  // y's tile
                 u64* bar = &mb_full[u % S];
                 lb_mbar_expect(bar, LB_DW_YBYTES);
                 lb_tma_4d(slot, tmap, k0 * 4, y_t0, lh, y_b0, bar);
             }
-            if (wfull && k0 + 32 <= p.kw) {
-                const u32* w = w_src + w_off;
-#pragma unroll
-                for (int i = 0; i < WR / 8; ++i)
-                    lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW, w + i * ldb8, 16);
-            } else {
-                load_w_edge(ws, k0);
-            }
-#else
-            // (the test written here, not hoisted above the #if: hoisted, ptxas scheduled
+#endif
+            // (the test written in this if, not held in a variable: so held, ptxas scheduled
             // every default variant differently)
             if (wfull && k0 + 32 <= p.kw) {  // interior chunk: only rows past M are masked
+#if !LB_DW_TMA
 #pragma unroll
                 for (int rr = 0; rr < LB_DW_RH; ++rr)
                     lb_cp16((u32*)(slot + s_off + rr * 64 * 128), y_src[rr] + y_off,
                             y_row[rr] >= 0 ? 16 : 0);
+#endif
                 const u32* w = w_src + w_off;
 #pragma unroll
                 for (int i = 0; i < WR / 8; ++i)
                     lb_cp16(ws + w_dst + 8 * i * LB_DW_LDW, w + i * ldb8, 16);
             } else {
+#if !LB_DW_TMA
                 const int q = k0 + ck * 4;
                 const int valid = q < p.kw ? min(4, p.kw - q) * 4 : 0;
 #pragma unroll
@@ -540,9 +535,9 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* t
                     lb_cp16((u32*)(slot + s_off + rr * 64 * 128), ok ? y_src[rr] + y_off : A,
                             ok ? valid : 0);
                 }
+#endif
                 load_w_edge(ws, k0);
             }
-#endif
             y_off += 32;
             w_off += WR * p.ldb;
             if (++lkc == cph) {
