@@ -595,27 +595,31 @@ fn decoder_mbarrier_ring() {
             174,
         );
     });
-    let ring = |d: CudaDevice, _rows| d.with_mbarrier_ring(true);
-    on_single_splits("mbarrier ring", "LB_DW_MBAR=1", ring, |ctx, what| {
-        // 4 heads of 16 k chunks: 64 chunks per CTA; 2 heads of 16 (the last partial): 32
-        let ops = [
-            dec([1, 4, 130, 2048], [4 * 2048, 256]),
-            dec([1, 2, 70, 2000], [2 * 2048, 301]),
-        ];
-        crate::large_cases(ctx, what, &ops, 175);
-        crate::edge_cases_with(ctx, what, &ops[1..], 176, Ternary);
-    });
+    let ring = |d: CudaDevice| d.with_mbarrier_ring(true);
+    on_single_splits(
+        "mbarrier ring",
+        "LB_DW_MBAR=1",
+        &[64, 128],
+        ring,
+        |ctx, what| {
+            // 4 heads of 16 k chunks: 64 chunks per CTA; 2 heads of 16 (the last partial): 32
+            let ops = [
+                dec([1, 4, 130, 2048], [4 * 2048, 256]),
+                dec([1, 2, 70, 2000], [2 * 2048, 301]),
+            ];
+            crate::large_cases(ctx, what, &ops, 175);
+            crate::edge_cases_with(ctx, what, &ops[1..], 176, Ternary);
+        },
+    );
 }
 
-/// `decoder_wgmma` on the mbarrier ring with y loaded by TMA and interior weight rows by bulk
-/// copies (`CudaDevice::with_y_tma`): one-batch shapes (rows past M read as zeros), a
-/// partial last chunk per head (zeros past L in the box, the weights by cp.async), a second,
-/// partial column tile, two batches whose T is a multiple of both row tiles, a 2-split
-/// cluster, and two batches of T = 260, which take the ring without TMA; then single splits
-/// on each row tile, whose rings wrap around. Every input variant, bit for bit.
+/// `decoder_wgmma` on the mbarrier ring with y loaded by TMA (`CudaDevice::with_y_tma`; the
+/// weights by cp.async), which `DwOptions::for_shape` takes on 128-row tiles only: one-batch
+/// shapes (rows past M read as zeros), a partial last chunk per head (zeros past L in the
+/// box), a second, partial column tile, two batches whose T is a multiple of the row tile, a
+/// 2-split cluster, and two batches of T = 260, which take the ring without TMA; then single
+/// splits on 128-row tiles, whose rings wrap around. Every input variant, bit for bit.
 #[test]
-#[ignore = "expects y by TMA on 64-row tiles, which DwOptions::for_shape now refuses (it failed \
-            this test there on an H200, 2026-12-05); to be reworked with the TMA path"]
 fn decoder_y_by_tma() {
     use crate::WeightKind::Ternary;
     if t2_backend().and_then(with_wgmma).is_none() {
@@ -628,7 +632,6 @@ fn decoder_y_by_tma() {
         dec([1, 1, 6400, 512], [512, 256]),
         dec([2, 4, 260, 2048], [4 * 2048, 256]),
     ];
-    // (TMA runs only with the fields expanded: `DwOptions::tma_for`)
     let b = tuned_backend("y by TMA", true, |d| {
         Ok(d.with_mbarrier_ring(true)
             .with_y_tma(true)
@@ -640,31 +643,35 @@ fn decoder_y_by_tma() {
         crate::epilogue_cases_with(ctx, name, &ops[1..3], 192, Ternary);
         crate::edge_cases_with(ctx, name, &ops[1..2], 193, Ternary);
     });
-    assert_every_tile_ran(b, "y by TMA", "LB_DW_TMA=1");
-    let tma = |d: CudaDevice, _rows| {
+    assert_tiles_ran(
+        b,
+        "y by TMA",
+        "LB_DW_TMA=1",
+        &["LB_DW_BM=128", "LB_DW_ZC=2"],
+    );
+    let tma = |d: CudaDevice| {
         d.with_mbarrier_ring(true)
             .with_y_tma(true)
             .with_t2_fields(false)
     };
-    on_single_splits("y by TMA", "LB_DW_TMA=1", tma, |ctx, what| {
+    on_single_splits("y by TMA", "LB_DW_TMA=1", &[128], tma, |ctx, what| {
         crate::large_cases(ctx, what, &ops[..3], 194);
     });
 }
 
-/// `case` on a backend tuned by `tune` (given the rows) with every k chunk of a tile in one
-/// split, on each row tile in turn: long rings that wrap around.
+/// `case` on a backend tuned by `tune` with every k chunk of a tile in one split, on each
+/// row tile of `row_tiles` in turn: long rings that wrap around.
 fn on_single_splits(
     what: &str,
     needle: &str,
-    tune: impl Fn(CudaDevice, usize) -> CudaDevice,
+    row_tiles: &[usize],
+    tune: impl Fn(CudaDevice) -> CudaDevice,
     case: impl Fn(&mut Ctx, &str),
 ) {
-    for rows in [64, 128] {
+    for &rows in row_tiles {
         let what = format!("{what}, one split, {rows} rows");
         let b = tuned_backend(&what, true, |d| {
-            tune(d, rows)
-                .with_decoder_rows(rows)?
-                .with_decoder_splits(1)
+            tune(d).with_decoder_rows(rows)?.with_decoder_splits(1)
         });
         run_on_mma(b, needle, |ctx| case(ctx, &what));
     }
@@ -673,8 +680,19 @@ fn on_single_splits(
 /// Modules with `needle` in their defines ran on `b` on 64- and 128-row tiles and in a
 /// 2-split cluster.
 fn assert_every_tile_ran(b: &CudaBackend, what: &str, needle: &str) {
+    assert_tiles_ran(
+        b,
+        what,
+        needle,
+        &["LB_DW_BM=64", "LB_DW_BM=128", "LB_DW_ZC=2"],
+    );
+}
+
+/// Modules with `needle` in their defines ran on `b` with each of `tiles` (defines such as
+/// `LB_DW_BM=64`, `LB_DW_ZC=2`).
+fn assert_tiles_ran(b: &CudaBackend, what: &str, needle: &str, tiles: &[&str]) {
     let logs = b.device().compile_logs();
-    for tile in ["LB_DW_BM=64", "LB_DW_BM=128", "LB_DW_ZC=2"] {
+    for tile in tiles {
         assert!(
             logs.iter()
                 .any(|(m, _)| m.contains(tile) && m.contains(needle)),
