@@ -216,6 +216,15 @@ fn bench_small_cpu_sweep() {
     assert_eq!(rows, 10, "{out}");
     let written = std::fs::read_to_string(&json).unwrap();
     assert!(written.contains("\"rows\"") && written.contains("\"torch_fp16\""));
+    // The run's options and each backend's measured copy bandwidth (benches/gpu/targets.py).
+    for key in [
+        "\"weights\": \"i8x4\"",
+        "\"out\": \"f32\"",
+        "\"relu\": false",
+    ] {
+        assert!(written.contains(key), "{key} missing: {written}");
+    }
+    assert!(written.contains("\"backends\"") && written.contains("\"copy_bandwidth_gbps\""));
 
     // The device-resident wgpu path (lavapipe in CI), with torch_peer.py's file format.
     if lowbit_kernels::Capabilities::get()

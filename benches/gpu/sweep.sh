@@ -3,7 +3,7 @@
 #   bash benches/gpu/sweep.sh [tests] [memcheck] [verify] [peers] [small] [dp4a] [tiles] [wgpu]
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
-#                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay]
+#                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -34,7 +34,9 @@
 # ternary2 decoder at M = 512..8192 under the defaults (run peers first); reducew: the decoder's
 # split-K sum 4 wide (LOWBIT_CUDA_REDUCE_W=4) against the default, two rounds at M = 512 / 2048;
 # tmay: y by TMA (LOWBIT_CUDA_TMA=1, weights by cp.async) against the default, two rounds at
-# M = 2048 / 8192 (run peers first).
+# M = 2048 / 8192 (run peers first); targets: every row that issues #4's and #5's "done when"
+# lines name (both weight formats, f32 out and bf16 + ReLU, the default family and dp4a, M = 1,
+# 16, 512, 2048, 8192), then benches/gpu/targets.py's verdict on each line (run peers first).
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -252,6 +254,18 @@ if has ncularge && command -v ncu >/dev/null; then
     grep -v "^==PROF==" "$out/ncul_$1_$3.txt" | grep -E "Duration|Throughput|Registers|Achieved Occupancy|Grid Size|stalled|dram__|lts__|pipe|inst_executed|warps_active" \
       | awk '$NF+0 >= 0.05 || !/stalled/' | head -48
   done
+fi
+if has targets; then
+  for w in i8x4 ternary2; do
+    bench "targets: $w weights, f32 out" --backend cuda --op lowrank,decoder-tail --variant all \
+      --m 1,16,512,2048,8192 --weights $w --json "$out/targets-$w-f32.json"
+    bench "targets: $w weights, bf16 + ReLU" --backend cuda --op lowrank,decoder-tail --variant all \
+      --m 1,16,512,2048,8192 --weights $w --out bf16 --relu --json "$out/targets-$w-bf16relu.json"
+  done
+  LOWBIT_CUDA_KERNELS=dp4a bench "targets: dp4a" --backend cuda --op lowrank,decoder-tail \
+    --variant all --m 1,16,2048,8192 --json "$out/targets-dp4a.json"
+  echo "=== targets" | tee -a "$sum"
+  python3 benches/gpu/targets.py "$out"/targets-*.json 2>&1 | tee -a "$sum"
 fi
 if has final; then
   bench "final cuda (default family)" --backend cuda --op all --variant all --m 1,16,512,2048,8192 --json "$out/final_cuda.json"

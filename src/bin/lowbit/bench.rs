@@ -641,9 +641,11 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
         .collect();
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     print!("{}", table::render(&header_refs, &cells));
+    let mut backend_facts = Vec::new();
     for be in backends.iter_mut() {
         let mut facts = vec![format!("timing: {}", be.timing())];
-        if let Some(bw) = be.copy_bandwidth() {
+        let bw = be.copy_bandwidth();
+        if let Some(bw) = bw {
             facts.push(format!(
                 "copy bandwidth {:.1} GB/s (read + write)",
                 bw / 1e9
@@ -653,13 +655,27 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
             .iter()
             .find(|r| r.backend == be.kind() && r.compute_peak.is_some())
             .and_then(|r| r.compute_peak);
-        if let (Some(peak), Some(what)) = (peak, be.ceiling_name()) {
+        let ceiling = be.ceiling_name().zip(peak);
+        if let Some((what, peak)) = ceiling {
             facts.push(format!("{what} {:.1} TOPS", peak / 1e12));
         }
         println!("{}: {}; {}", be.kind(), be.name(), facts.join(", "));
-        for note in be.footnotes() {
+        let notes = be.footnotes();
+        for note in &notes {
             println!("{}: {note}", be.kind());
         }
+        backend_facts.push(obj([
+            ("backend", be.kind().as_str().into()),
+            ("device", be.name().into()),
+            ("timing", be.timing().into()),
+            ("copy_bandwidth_gbps", bw.map(|b| b / 1e9).into()),
+            ("ceiling", ceiling.map(|(what, _)| what).into()),
+            ("ceiling_tops", ceiling.map(|(_, p)| p / 1e12).into()),
+            (
+                "footnotes",
+                Json::Arr(notes.into_iter().map(Json::from).collect()),
+            ),
+        ]));
     }
     if !peer_names.is_empty() {
         println!("vs NAME = peer time / lowbit time (> 1: lowbit is faster)");
@@ -671,6 +687,10 @@ pub fn main(tokens: &[String]) -> Result<i32, String> {
             ("d", dims.d.into()),
             ("h", dims.h.into()),
             ("n", dims.n.into()),
+            ("weights", if ternary2 { "ternary2" } else { "i8x4" }.into()),
+            ("out", args.value("out").unwrap_or("f32").into()),
+            ("relu", epilogue.relu.into()),
+            ("backends", Json::Arr(backend_facts)),
             ("rows", Json::Arr(rows.iter().map(row_json).collect())),
         ]);
         std::fs::write(path, json.pretty()).map_err(|e| format!("--json {path}: {e}"))?;
