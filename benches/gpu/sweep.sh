@@ -256,14 +256,15 @@ if has ncularge && command -v ncu >/dev/null; then
   done
 fi
 if has targets; then
-  for w in i8x4 ternary2; do
+  # TARGET_WEIGHTS / TARGET_DP4A=0 split the step over two calls (targets.py reads both outputs)
+  for w in ${TARGET_WEIGHTS:-i8x4 ternary2}; do
     bench "targets: $w weights, f32 out" --backend cuda --op lowrank,decoder-tail --variant all \
       --m 1,16,512,2048,8192 --weights $w --json "$out/targets-$w-f32.json"
     bench "targets: $w weights, bf16 + ReLU" --backend cuda --op lowrank,decoder-tail --variant all \
       --m 1,16,512,2048,8192 --weights $w --out bf16 --relu --json "$out/targets-$w-bf16relu.json"
   done
-  LOWBIT_CUDA_KERNELS=dp4a bench "targets: dp4a" --backend cuda --op lowrank,decoder-tail \
-    --variant all --m 1,16,2048,8192 --json "$out/targets-dp4a.json"
+  [ "${TARGET_DP4A:-1}" = 0 ] || LOWBIT_CUDA_KERNELS=dp4a bench "targets: dp4a" --backend cuda \
+    --op lowrank,decoder-tail --variant all --m 1,16,2048,8192 --json "$out/targets-dp4a.json"
   echo "=== targets" | tee -a "$sum"
   python3 benches/gpu/targets.py "$out"/targets-*.json 2>&1 | tee -a "$sum"
 fi
