@@ -36,7 +36,8 @@
 # tmay: y by TMA (LOWBIT_CUDA_TMA=1, weights by cp.async) against the default, two rounds at
 # M = 2048 / 8192 (run peers first); targets: every row that issues #4's and #5's "done when"
 # lines name (both weight formats, f32 out and bf16 + ReLU, the default family and dp4a, M = 1,
-# 16, 512, 2048, 8192), then benches/gpu/targets.py's verdict on each line (run peers first).
+# 16, 512, 2048, 8192; the decoder with packed input), then benches/gpu/targets.py's verdict on
+# each line (run peers first).
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -256,15 +257,25 @@ if has ncularge && command -v ncu >/dev/null; then
   done
 fi
 if has targets; then
-  # TARGET_WEIGHTS / TARGET_DP4A=0 split the step over two calls (targets.py reads both outputs)
+  # The decoder only with packed input (no target names its f32 input, whose y is 1 GB at M =
+  # 8192). TARGET_WEIGHTS / TARGET_DP4A=0 split the step over calls (targets.py reads both).
+  all=1,16,512,2048,8192
   for w in ${TARGET_WEIGHTS:-i8x4 ternary2}; do
-    bench "targets: $w weights, f32 out" --backend cuda --op lowrank,decoder-tail --variant all \
-      --m 1,16,512,2048,8192 --weights $w --json "$out/targets-$w-f32.json"
-    bench "targets: $w weights, bf16 + ReLU" --backend cuda --op lowrank,decoder-tail --variant all \
-      --m 1,16,512,2048,8192 --weights $w --out bf16 --relu --json "$out/targets-$w-bf16relu.json"
+    bench "targets: $w, lowrank, f32 out" --backend cuda --op lowrank --variant all --m $all \
+      --weights $w --json "$out/targets-$w-lowrank.json"
+    bench "targets: $w, decoder, f32 out" --backend cuda --op decoder-tail --variant packed \
+      --m $all --weights $w --json "$out/targets-$w-decoder.json"
+    bench "targets: $w, lowrank, bf16 + ReLU" --backend cuda --op lowrank --variant all --m $all \
+      --weights $w --out bf16 --relu --json "$out/targets-$w-lowrank-bf16relu.json"
+    bench "targets: $w, decoder, bf16 + ReLU" --backend cuda --op decoder-tail --variant packed \
+      --m 1,16 --weights $w --out bf16 --relu --json "$out/targets-$w-decoder-bf16relu.json"
   done
-  [ "${TARGET_DP4A:-1}" = 0 ] || LOWBIT_CUDA_KERNELS=dp4a bench "targets: dp4a" --backend cuda \
-    --op lowrank,decoder-tail --variant all --m 1,16,2048,8192 --json "$out/targets-dp4a.json"
+  if [ "${TARGET_DP4A:-1}" != 0 ]; then
+    LOWBIT_CUDA_KERNELS=dp4a bench "targets: dp4a, lowrank" --backend cuda --op lowrank \
+      --variant all --m 1,16,2048,8192 --json "$out/targets-dp4a-lowrank.json"
+    LOWBIT_CUDA_KERNELS=dp4a bench "targets: dp4a, decoder" --backend cuda --op decoder-tail \
+      --variant packed --m 1,16,2048,8192 --json "$out/targets-dp4a-decoder.json"
+  fi
   echo "=== targets" | tee -a "$sum"
   python3 benches/gpu/targets.py "$out"/targets-*.json 2>&1 | tee -a "$sum"
 fi

@@ -22,8 +22,12 @@ SMALL = (1, 16)  # the issue's M <= 16 sizes (4 and 8 are shown where measured)
 def load(paths):
     rows = []
     for path in paths:
-        with open(path) as f:
-            run = json.load(f)
+        try:
+            with open(path) as f:
+                run = json.load(f)
+        except (OSError, ValueError) as e:
+            print(f"targets.py: skipping {path}: {e}")
+            continue
         bw = {b["backend"]: b.get("copy_bandwidth_gbps") for b in run.get("backends", [])}
         for r in run["rows"]:
             if r["backend"] != "cuda":
