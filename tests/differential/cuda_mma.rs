@@ -576,7 +576,6 @@ fn decoder_t2_expanded_block_barrier() {
 /// per CTA on 64- and 128-row tiles).
 #[test]
 fn decoder_mbarrier_ring() {
-    use crate::WeightKind::Ternary;
     t2_option_cases("mbarrier ring", "LB_DW_MBAR=1", 171, |d| {
         d.with_mbarrier_ring(true)
     });
@@ -601,15 +600,7 @@ fn decoder_mbarrier_ring() {
         "LB_DW_MBAR=1",
         &[64, 128],
         ring,
-        |ctx, what| {
-            // 4 heads of 16 k chunks: 64 chunks per CTA; 2 heads of 16 (the last partial): 32
-            let ops = [
-                dec([1, 4, 130, 2048], [4 * 2048, 256]),
-                dec([1, 2, 70, 2000], [2 * 2048, 301]),
-            ];
-            crate::large_cases(ctx, what, &ops, 175);
-            crate::edge_cases_with(ctx, what, &ops[1..], 176, Ternary);
-        },
+        |ctx, what| long_ring_cases(ctx, what, 175),
     );
 }
 
@@ -649,16 +640,19 @@ fn decoder_ramp() {
         "LB_DW_RAMP=1 ",
         &[64],
         |d| d.with_decoder_ramp(1),
-        |ctx, what| {
-            // 4 heads of 16 k chunks: 64 chunks per CTA; 2 heads of 16 (the last partial): 32
-            let ops = [
-                dec([1, 4, 130, 2048], [4 * 2048, 256]),
-                dec([1, 2, 70, 2000], [2 * 2048, 301]),
-            ];
-            crate::large_cases(ctx, what, &ops, 196);
-            crate::edge_cases_with(ctx, what, &ops[1..], 197, Ternary);
-        },
+        |ctx, what| long_ring_cases(ctx, what, 196),
     );
+}
+
+/// Single-split cases for [`on_single_splits`]: 4 heads of 16 k chunks (64 chunks per CTA)
+/// and 2 heads of 16, the last partial (32), on ternary2 weights; the edge data on the second.
+fn long_ring_cases(ctx: &mut Ctx, what: &str, seed: u64) {
+    let ops = [
+        dec([1, 4, 130, 2048], [4 * 2048, 256]),
+        dec([1, 2, 70, 2000], [2 * 2048, 301]),
+    ];
+    crate::large_cases(ctx, what, &ops, seed);
+    crate::edge_cases_with(ctx, what, &ops[1..], seed + 1, crate::WeightKind::Ternary);
 }
 
 /// `decoder_wgmma` on the mbarrier ring with y loaded by TMA (`CudaDevice::with_y_tma`; the
