@@ -14,7 +14,9 @@
 // M <= 16 (any M for ternary2 weights where decoder_wgmma does not run): lb_mma_small,
 // split = (head, K slice).
 extern "C" __global__ void __launch_bounds__(LB_MS_THREADS) decoder_mma_small(LbProblem p) {
+    lb_trace_at(0);
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
+    lb_trace_at(3);
 }
 
 #elif defined(LB_MMA_PREP)

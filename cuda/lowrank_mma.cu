@@ -23,7 +23,9 @@
 // M <= 16 (any M for ternary2 weights where lowrank_wgmma does not run; a row block of 16 per
 // grid z): lb_mma_small, split = head.
 extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small(LbProblem p) {
+    lb_trace_at(0);
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
+    lb_trace_at(3);
 }
 #elif defined(LB_WGMMA)
 // sm_90a only (compiled for `sm_90a`): the projection on warpgroup mma (wgmma), the weights

@@ -661,6 +661,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         }
     }
     lb_pdl_wait(p.pdl);
+    lb_trace_at(1);
     load_b(0);
     {
         const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
@@ -674,6 +675,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
             if (a_dst[i] >= 0) *(uint4*)(As + a_dst[i]) = st[i];
     }
     __syncthreads();
+    lb_trace_at(2);
 
     // T2: the mma multiplies A by the unsigned fields (weight + 1) as they lie, no expansion;
     // rs[e], an mma with all-ones B, sums A over the same k (its row g or g + 8, like acc[q][e])
@@ -731,6 +733,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
             for (int e = 0; e < 4; ++e) acc[q][e] = (int)((u32)acc[q][e] - (u32)rs[e]);
     }
 
+    if (LB_MS_KW == 1) lb_trace_at(4);
     const float as = lb_scale(p.scale_ptr, p.scale_param);
     if (LB_MS_KW == 1) {
         // One k-warp (the low-rank projection): each thread stores its fragments.
@@ -772,6 +775,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     // of the valid rows x COLS tile is summed over the k-warps by thread i (integer: any order
     // gives the same bits).
     static_assert(LB_MS_KW == 1 || LB_MS_KW * LB_MS_COLS <= LB_MS_LDA, "k-warp partials overlay A");
+    lb_trace_at(4);
     __syncthreads();  // every warp is done with A
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
@@ -803,6 +807,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         }
         v[i] = (int)sum;
     }
+    lb_trace_at(5);
     lb_small_finish(p, v, [&](int i, long long& e, long long& o) {
         int r, c;
         if (!elem(i, r, c)) return false;

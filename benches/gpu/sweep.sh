@@ -4,7 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [ramp]
+#                             [ramp] [smalltrace]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -40,7 +40,9 @@
 # 16, 512, 2048, 8192; the decoder with packed input), then benches/gpu/targets.py's verdict on
 # each line (run peers first); ramp: the decoder's 64-row ring with a shorter prologue
 # (LOWBIT_CUDA_DECODER_RAMP=1|2) against the default, two rounds at M = 256 / 512, both weight
-# formats, then the timelines of 0 and 1 at M = 512 (run peers first).
+# formats, then the timelines of 0 and 1 at M = 512 (run peers first); smalltrace: the
+# timelines of the small-M tensor-core kernels (i8x4 weights, LOWBIT_CUDA_SMALL_MMA=1 so that
+# M = 1 runs them too) at M = 1, 8, 16, single launches: where the decoder's time grows with M.
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -155,6 +157,15 @@ if has ramp; then
     mkdir -p "$out/ramp$r"
     LOWBIT_CUDA_DECODER_RAMP=$r LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/ramp$r "$L" bench --backend cuda \
       --op decoder-tail --variant packed --m 512 --weights ternary2 2>&1 | tee -a "$out/trace.log" \
+      | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+  done
+fi
+if has smalltrace; then
+  for op in decoder-tail lowrank; do
+    echo "=== trace $op, small M, tensor cores" | tee -a "$sum"
+    mkdir -p "$out/smalltrace-$op"
+    LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/smalltrace-$op "$L" bench \
+      --backend cuda --op $op --variant packed --m 1,8,16 --no-graph 2>&1 | tee -a "$out/trace.log" \
       | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
   done
 fi

@@ -2304,6 +2304,28 @@ mod tests {
 
     /// Compiles every module variant with NVRTC (no GPU needed) for sm_80 and sm_90; skips
     /// loudly when libnvrtc is absent (see [`compile::compile_checked`] for its variables).
+    /// The first variant of every tensor-core kernel compiles with its timeline stamps too
+    /// (`LOWBIT_CUDA_TRACE=1`, `LB_TRACE`), which otherwise only a card builds.
+    #[test]
+    fn trace_builds_compile() {
+        if !compile::nvrtc_present() || !wgmma_capable((9, 0)) {
+            eprintln!("SKIPPED: libnvrtc (with sm_90) not found; trace builds not compiled");
+            return;
+        }
+        let mut seen = Vec::new();
+        for (id, mut defines) in mma_module_variants()
+            .into_iter()
+            .chain(wgmma_module_variants())
+        {
+            if seen.contains(&id) {
+                continue;
+            }
+            seen.push(id);
+            defines.push(d("LB_TRACE", super::super::TRACE_SLOTS));
+            compile::compile_checked(id.stem(), (9, 0), &defines, None);
+        }
+    }
+
     #[test]
     fn every_mma_module_variant_compiles() {
         if !compile::nvrtc_present() {
