@@ -608,7 +608,7 @@ fn decoder_mbarrier_ring() {
 /// (`CudaDevice::with_decoder_ramp`: 1 or 2 slot loads up front, then two per slot until the
 /// ring is S − 2 ahead), on ternary2 weights (u8 fields, narrow partials) and i8x4 ones: the
 /// ternary2 decoder's shapes on 64-row tiles, every input variant, the epilogues and the edge
-/// data; then single splits, whose rings ramp up once and wrap around 4 to 8 times. Bit for
+/// data; then single splits, whose rings ramp up once and wrap around 2.5 to 5 times. Bit for
 /// bit against the reference.
 #[test]
 fn decoder_ramp() {

@@ -321,9 +321,8 @@ pub const TMA_ENV: &str = "LOWBIT_CUDA_TMA";
 
 /// `decoder_wgmma` on 64-row tiles (M = 512 at BDH sizes) with a block-barrier ring (i8x4
 /// weights, and ternary2 ones unless the mbarrier ring is on there too): `R` ≥ 1 loads only R
-/// slots in the prologue
-/// instead of S − 2 (`LB_DW_RAMP`), and each slot's barrier then issues up to two loads until
-/// the ring is S − 2 slots ahead again. Every CTA starts at once, so the prologue's loads of
+/// slots in the prologue instead of S − 2 (`LB_DW_RAMP`), and each slot's barrier then issues
+/// up to two loads until the ring is S − 2 slots ahead again. Every CTA starts at once, so the prologue's loads of
 /// all of them are in flight together: at M = 512 half of y. Fewer may land each CTA's first
 /// chunk sooner and start its mma while the rest streams in. Unset, empty or `0`: off (the
 /// prologue loads S − 2 slots), as is any R ≥ S − 2. The same bits either way. Not yet
@@ -1144,9 +1143,9 @@ impl CudaDevice {
         self
     }
 
-    /// Sets how many slot loads `decoder_wgmma`'s block-barrier rings issue in their prologue
-    /// ([`RAMP_ENV`]; 0, or at least a ring's S − 2, is the default S − 2); either gives the
-    /// same bits.
+    /// Sets how many slot loads `decoder_wgmma`'s 64-row block-barrier rings issue in their
+    /// prologue ([`RAMP_ENV`]; 0, or at least a ring's S − 2, is the default S − 2); either
+    /// gives the same bits.
     pub fn with_decoder_ramp(mut self, slots: usize) -> Self {
         self.dw_opt.ramp = slots;
         self
@@ -2302,8 +2301,6 @@ mod tests {
         }
     }
 
-    /// Compiles every module variant with NVRTC (no GPU needed) for sm_80 and sm_90; skips
-    /// loudly when libnvrtc is absent (see [`compile::compile_checked`] for its variables).
     /// The first variant of every tensor-core kernel compiles with its timeline stamps too
     /// (`LOWBIT_CUDA_TRACE=1`, `LB_TRACE`), which otherwise only a card builds.
     #[test]
@@ -2326,6 +2323,8 @@ mod tests {
         }
     }
 
+    /// Compiles every module variant with NVRTC (no GPU needed) for sm_80 and sm_90; skips
+    /// loudly when libnvrtc is absent (see [`compile::compile_checked`] for its variables).
     #[test]
     fn every_mma_module_variant_compiles() {
         if !compile::nvrtc_present() {
