@@ -35,7 +35,7 @@ def load(paths):
             fam = "dp4a" if "Dp4a kernels" in r["device"] else "mma"
             rows.append(dict(r, weights=run.get("weights", "i8x4"), out=run.get("out", "f32"),
                              relu=run.get("relu", False), family=fam, copy_gbps=bw.get("cuda"),
-                             dhn=(run["d"], run["h"], run["n"]), file=path))
+                             dhn=(run["d"], run["h"], run["n"])))
     return rows
 
 

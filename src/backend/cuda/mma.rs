@@ -190,13 +190,21 @@ pub const DECODER_ROWS_ENV: &str = "LOWBIT_CUDA_DECODER_ROWS";
 pub fn parse_decoder_rows(text: &str) -> std::result::Result<Option<usize>, String> {
     match text.trim() {
         "" => Ok(None),
-        t => match t.parse() {
-            Ok(rows) if t.bytes().all(|b| b.is_ascii_digit()) => decoder_row_tile(rows).map(Some),
-            _ => Err(format!(
+        t => match plain_usize(t) {
+            Some(rows) => decoder_row_tile(rows).map(Some),
+            None => Err(format!(
                 "`{t}`: expected {DEC_WGMMA_BM} or {DEC_WGMMA_BM_FEW}"
             )),
         },
     }
+}
+
+/// `t` as a number written in decimal digits only (no sign or spaces), if it is one.
+fn plain_usize(t: &str) -> Option<usize> {
+    t.bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| t.parse().ok())
+        .flatten()
 }
 
 /// `rows` if `decoder_wgmma` has that row tile ([`DEC_WGMMA_BM`], [`DEC_WGMMA_BM_FEW`]).
@@ -335,8 +343,8 @@ pub fn parse_ramp(text: &str) -> std::result::Result<usize, String> {
     if t.is_empty() {
         return Ok(0);
     }
-    match t.parse::<usize>() {
-        Ok(r) if t.bytes().all(|b| b.is_ascii_digit()) && r <= 16 => Ok(r),
+    match plain_usize(t) {
+        Some(r) if r <= 16 => Ok(r),
         _ => Err(format!("`{t}`: expected a slot count 0 to 16")),
     }
 }
