@@ -77,9 +77,12 @@ __device__ __forceinline__ u32 lb_pack4(int c0, int c1, int c2, int c3) {
            ((u32)(c3 & 0xff) << 24);
 }
 
-// The activation scale: a device buffer when given, else the by-value parameter.
+// The activation scale: a device buffer when given, else the by-value parameter. A coherent
+// load (ld.global.cg), never __ldg: the buffer may be written by the previous kernel of a PDL
+// chain (absmean_scale, mma_prep_scale_a), and ptxas moves read-only ld.global.nc loads above
+// griddepcontrol.wait (seen in lowrank_wgmma's SASS, NVRTC 13.0), where .cg ones stay after it.
 __device__ __forceinline__ float lb_scale(const float* scale_ptr, float scale_param) {
-    return scale_ptr != nullptr ? __ldg(scale_ptr) : scale_param;
+    return scale_ptr != nullptr ? __ldcg(scale_ptr) : scale_param;
 }
 
 // ---- absmean scale (absmean_scale in quantize.cu, mma_prep_scale_a) ------------------------

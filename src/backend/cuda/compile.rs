@@ -298,7 +298,8 @@ unsafe fn program_log(prog: sys::nvrtcProgram) -> Result<String> {
 /// `LOWBIT_NVRTC_VARIANT=TEXT` is set and its description lacks TEXT (then `None`); keeps the
 /// image under `LOWBIT_DUMP_CUBIN=DIR` (for nvdisasm); fails on more spill stores than
 /// `spill_budget` bytes (`None`: any) and on wgmma serialized by ptxas; prints ptxas'
-/// resource lines under `LOWBIT_PTXAS_REPORT=1`.
+/// resource lines under `LOWBIT_PTXAS_REPORT=1`; with `LOWBIT_NVDISASM=PATH` (an nvdisasm),
+/// checks each sm_90 image's load order around the PDL wait ([`check_pdl_load_order`]).
 #[cfg(test)]
 pub(crate) fn compile_checked(
     stem: &str,
@@ -334,6 +335,9 @@ pub(crate) fn compile_checked(
         "{name}: wgmma serialized\n{}",
         c.log
     );
+    if cc.0 >= 9 {
+        check_pdl_load_order(&name, stem, defines, &c.image);
+    }
     if std::env::var("LOWBIT_PTXAS_REPORT").is_ok() {
         println!("== sm_{}{} {name}", cc.0, cc.1);
         for line in c.log.lines().filter(|l| {
@@ -346,6 +350,70 @@ pub(crate) fn compile_checked(
         }
     }
     Some(c)
+}
+
+/// Fails if a function of this sm_90 image issues a read-only load (`LDG.E*.CONSTANT`, from
+/// `ld.global.nc` / `__ldg`) before its first `griddepcontrol.wait` (`ACQBULK` in SASS).
+/// ptxas moves such loads above the wait (it did with the activation scale in
+/// `lowrank_wgmma`), and under programmatic dependent launch the kernel before may still be
+/// writing what they read. The one exception is by design: `lowrank_wgmma`'s ternary2 weight
+/// tile, which its chain lets it read before the wait (`lb_pdl_chain` in common.cuh). Needs
+/// `LOWBIT_NVDISASM` (an nvdisasm binary); says once that it skipped otherwise.
+#[cfg(test)]
+fn check_pdl_load_order(name: &str, stem: &str, defines: &[(String, String)], image: &[u8]) {
+    static SKIP_NOTE: std::sync::Once = std::sync::Once::new();
+    let Ok(tool) = std::env::var("LOWBIT_NVDISASM") else {
+        SKIP_NOTE.call_once(|| {
+            eprintln!("SKIPPED: LOWBIT_NVDISASM unset; loads before the PDL wait not checked")
+        });
+        return;
+    };
+    let weights_first = stem == "lowrank_mma"
+        && defines.iter().any(|(k, v)| k == "LB_WG_T2" && v == "1")
+        && defines.iter().any(|(k, _)| k == "LB_WGMMA");
+    static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = std::env::temp_dir().join(format!("lowbit-pdl-{}-{n}.cubin", std::process::id()));
+    std::fs::write(&file, image).unwrap();
+    let out = std::process::Command::new(&tool)
+        .arg("-c")
+        .arg(&file)
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e}"));
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{tool} failed on {name}");
+    let sass = String::from_utf8_lossy(&out.stdout);
+    for (function, body) in sass_functions(&sass) {
+        let Some(wait) = body.iter().position(|l| l.contains("ACQBULK")) else {
+            continue;
+        };
+        let early: Vec<&str> = body[..wait]
+            .iter()
+            .filter(|l| l.contains("LDG.") && l.contains(".CONSTANT"))
+            .map(|l| l.trim())
+            .collect();
+        assert!(
+            early.is_empty() || weights_first,
+            "{name}: {function} issues {} read-only load(s) before griddepcontrol.wait:\n{}",
+            early.len(),
+            early.join("\n")
+        );
+    }
+}
+
+/// The functions of an `nvdisasm -c` listing: (name, its lines).
+#[cfg(test)]
+fn sass_functions(sass: &str) -> Vec<(String, Vec<&str>)> {
+    let mut out: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in sass.lines() {
+        let t = line.trim_start();
+        if let Some(rest) = t.strip_prefix(".text.") {
+            out.push((rest.trim_end_matches(':').to_string(), Vec::new()));
+        } else if let Some((_, body)) = out.last_mut() {
+            body.push(line);
+        }
+    }
+    out
 }
 
 /// The "N bytes spill stores" of a ptxas report (the largest, if several functions).
