@@ -108,26 +108,22 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     // The weight tile from ternary2 rows (mma.cuh): column c's t2 words of rows 4 q16 + r,
     // r = 0..3, are its k words 16 q16..16 q16 + 15, word 16 q16 + 4j + r in slot j of row
     // 4 q16 + r, so each q16 gives four 16-byte smem chunks (words 16 q16 + 4j..+3). Zero past
-    // N, latent_out and kw.
+    // N, latent_out and kw. Pair P takes q16 = P + 2i, i < NP (kpw = 32 NP). Every word is
+    // loaded here, before the wait; they are expanded into smem only after the first A tiles
+    // are queued, so the weights' and A's DRAM round trips overlap (expanding each q16 as it
+    // came serialized NP + 1 of them before the first mma).
+    const int t2_n = n0 + lb_wg_col(pt);
+    const bool t2_col_ok = t2_n < p.ncols && t2_n < p.bcols;
+    u32 t2w[LB_WG_NP][4];
     {
-        const int c = pt, n = n0 + lb_wg_col(c);
-        const bool col_ok = n < p.ncols && n < p.bcols;
-        const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + n;
-        unsigned char* row = Bs + c * 128;
-        for (int q16 = pair; q16 < p.kpw / 16; q16 += 2) {
-            const bool ok = col_ok && 16 * q16 < p.kw;
-            u32 t[4];
+        const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + t2_n;
 #pragma unroll
-            for (int r = 0; r < 4; ++r) t[r] = ok ? __ldg(w + (long long)(4 * q16 + r) * p.ldb) : 0u;
+        for (int i = 0; i < LB_WG_NP; ++i) {
+            const int q16 = pair + 2 * i;
+            const bool ok = t2_col_ok && 16 * q16 < p.kw;
 #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int q = 16 * q16 + 4 * j;
-                const int off = (q >> 5) * b_plane + ((((q >> 2) & 7) ^ (c & 7)) << 4);
-                *(uint4*)(row + off) =
-                    ok ? make_uint4(lb_t2_expand(t[0], j), lb_t2_expand(t[1], j),
-                                    lb_t2_expand(t[2], j), lb_t2_expand(t[3], j))
-                       : make_uint4(0u, 0u, 0u, 0u);
-            }
+            for (int r = 0; r < 4; ++r)
+                t2w[i][r] = ok ? __ldg(w + (long long)(4 * q16 + r) * p.ldb) : 0u;
         }
         lb_commit();  // an empty group: the A tiles' group count stays as below
     }
@@ -150,6 +146,9 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
 
     lb_pdl_wait(p.pdl);
     lb_trace_at(1);
+    // A device scale is the previous kernel's output: loaded here, its round trip overlaps
+    // the A tiles' (written after the first mma, ptxas issued the load after it).
+    const float a_scale = lb_scale(p.scale_ptr, p.scale_param);
 
     const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
     const int first = blockIdx.y * 2 + pair, step = gridDim.y * 2;
@@ -187,11 +186,29 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
 
     load_a(first, 0);
     load_a(first + step, 1);
+#if LB_WG_T2
+    {
+        unsigned char* row = Bs + pt * 128;
+#pragma unroll
+        for (int i = 0; i < LB_WG_NP; ++i) {
+            const int q16 = pair + 2 * i;
+            const bool ok = t2_col_ok && 16 * q16 < p.kw;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int q = 16 * q16 + 4 * j;
+                const int off = (q >> 5) * b_plane + ((((q >> 2) & 7) ^ (pt & 7)) << 4);
+                *(uint4*)(row + off) =
+                    ok ? make_uint4(lb_t2_expand(t2w[i][0], j), lb_t2_expand(t2w[i][1], j),
+                                    lb_t2_expand(t2w[i][2], j), lb_t2_expand(t2w[i][3], j))
+                       : make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+    }
+#endif
     lb_wait<1>();
     lb_fence_async_smem();
     __syncthreads();  // the weight tile and the pair's first A tile are written and visible
 
-    const float a_scale = lb_scale(p.scale_ptr, p.scale_param);
     const int warp = (tid >> 5) & 3, lane = tid & 31;
     // 16-byte stores: f32 rows of 4k elements, f16/bf16 rows of 8k, the whole tile valid.
     const bool vec = p.c_vec && (LB_OUT == 0 || p.ldc % 8 == 0) && n0 + LB_WG_BN <= p.ncols;

@@ -4,7 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [ramp] [smalltrace]
+#                             [ramp] [smalltrace] [lrprologue]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -42,7 +42,11 @@
 # (LOWBIT_CUDA_DECODER_RAMP=1|2) against the default, two rounds at M = 256 / 512, both weight
 # formats, then the timelines of 0 and 1 at M = 512 (run peers first); smalltrace: the
 # timelines of the small-M tensor-core kernels (i8x4 weights, LOWBIT_CUDA_SMALL_MMA=1 so that
-# M = 1 runs them too) at M = 1, 8, 16, single launches: where the decoder's time grows with M.
+# M = 1 runs them too) at M = 1, 8, 16, single launches: where the decoder's time grows with M;
+# lrprologue: the low-rank kernels' tests, then lowrank_wgmma's prologue (ternary2 weight words
+# in flight with the first A tiles, the device scale read right after the PDL wait) against
+# $b/bin/lowbit-base(.gz), a build of the commit before it put there by hand, alternating, two
+# rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU.
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -86,7 +90,7 @@ sum=$out/summary.txt; : > "$sum"
 bench() {  # label, then lowbit bench args
   local label=$1; shift
   echo "=== $label" | tee -a "$sum"
-  "$L" bench "$@" "${peers[@]}" 2>>"$out/bench.err" | tee -a "$out/bench.log" \
+  "${BIN:-$L}" bench "$@" "${peers[@]}" 2>>"$out/bench.err" | tee -a "$out/bench.log" \
     | grep -E "^(cuda|wgpu) |^cuda: weight-stream" | cut -c1-230 | tee -a "$sum"
 }
 if has small; then
@@ -158,6 +162,26 @@ if has ramp; then
     LOWBIT_CUDA_DECODER_RAMP=$r LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/ramp$r "$L" bench --backend cuda \
       --op decoder-tail --variant packed --m 512 --weights ternary2 2>&1 | tee -a "$out/trace.log" \
       | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+  done
+fi
+if has lrprologue; then
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout 300 "$d" --test-threads=4 cuda_mma::lowrank cuda_mma::ternary2_lowrank \
+    cuda_mma::runs_are_bit_identical > "$out/test-lrprologue.log" 2>&1
+  echo "low-rank tensor-core tests exit $?" | tee -a "$sum"
+  grep -E "^test result|panicked|FAILED" "$out/test-lrprologue.log" | head -5 | tee -a "$sum"
+  [ -x "$b/bin/lowbit-base" ] || echo "no $b/bin/lowbit-base: the new build only" | tee -a "$sum"
+  for round in 1 2; do
+    for which in base new; do
+      bin=$L; [ $which = base ] && bin=$b/bin/lowbit-base
+      [ -x "$bin" ] || continue
+      for w in ternary2 i8x4; do
+        BIN=$bin bench "lowrank $w, f32 out, $which build, round $round" --backend cuda --op lowrank \
+          --variant all --m 512,2048 --weights $w
+        BIN=$bin bench "lowrank $w, bf16 + ReLU, $which build, round $round" --backend cuda \
+          --op lowrank --variant packed --m 512,2048 --weights $w --out bf16 --relu
+      done
+    done
   done
 fi
 if has smalltrace; then
