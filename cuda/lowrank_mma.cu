@@ -208,6 +208,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     lb_wait<1>();
     lb_fence_async_smem();
     __syncthreads();  // the weight tile and the pair's first A tile are written and visible
+    lb_trace_at(2);
 
     const int warp = (tid >> 5) & 3, lane = tid & 31;
     // 16-byte stores: f32 rows of 4k elements, f16/bf16 rows of 8k, the whole tile valid.

@@ -46,7 +46,8 @@
 # lrprologue: the low-rank kernels' tests, then lowrank_wgmma's prologue (ternary2 weight words
 # in flight with the first A tiles, the device scale read right after the PDL wait) against
 # $b/bin/lowbit-base(.gz), a build of the commit before it put there by hand, alternating, two
-# rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU.
+# rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU,
+# then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -182,6 +183,13 @@ if has lrprologue; then
           --op lowrank --variant packed --m 512,2048 --weights $w --out bf16 --relu
       done
     done
+  done
+  for w in ternary2 i8x4; do  # s2: the weight tile and first A tiles in smem (new build)
+    echo "=== trace lowrank packed M=512, $w" | tee -a "$sum"
+    mkdir -p "$out/lrtrace-$w"
+    LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/lrtrace-$w "$L" bench --backend cuda --op lowrank \
+      --variant packed --m 512 --weights $w 2>&1 | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " \
+      | cut -c1-300 | tee -a "$sum"
   done
 fi
 if has smalltrace; then
