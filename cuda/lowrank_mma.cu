@@ -111,7 +111,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     // N, latent_out and kw. Pair P takes q16 = P + 2i, i < NP (kpw = 32 NP). Every word is
     // loaded here, before the wait; they are expanded into smem only after the first A tiles
     // are queued, so the weights' and A's DRAM round trips overlap (expanding each q16 as it
-    // came serialized NP + 1 of them before the first mma).
+    // arrived made NP + 1 round trips in a row before the first mma).
     const int t2_n = n0 + lb_wg_col(pt);
     const bool t2_col_ok = t2_n < p.ncols && t2_n < p.bcols;
     u32 t2w[LB_WG_NP][4];
@@ -146,8 +146,9 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
 
     lb_pdl_wait(p.pdl);
     lb_trace_at(1);
-    // A device scale is the previous kernel's output: loaded here, its round trip overlaps
-    // the A tiles' (written after the first mma, ptxas issued the load after it).
+    // A device scale may be the previous kernel's output (lb_scale: a coherent load, after
+    // the wait). Loaded here, its round trip overlaps the A tiles'; written after the block
+    // barrier below, it was issued after the first mma.
     const float a_scale = lb_scale(p.scale_ptr, p.scale_param);
 
     const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
