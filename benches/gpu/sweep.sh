@@ -45,7 +45,7 @@
 # M = 1 runs them too) at M = 1, 8, 16, single launches: where the decoder's time grows with M;
 # lrprologue: the low-rank kernels' tests, then lowrank_wgmma's prologue (ternary2 weight words
 # in flight with the first A tiles, the device scale read right after the PDL wait) against
-# $b/bin/lowbit-base(.gz), a build of the commit before it put there by hand, alternating, two
+# $b/bin/lowbit-base(.gz) (benches/gpu/base_build.sh b0fe1fe, after bundle.sh), alternating, two
 # rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU,
 # then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
 # Full logs and JSON go to $OUT; a summary table is printed last.
