@@ -973,10 +973,13 @@ fn decoder_wgmma_row_tiles() {
 /// dependent launch where the device has it, and with it off) queued back to back without a
 /// synchronization: f32 input with a computed scale, codes with a host scale (whose
 /// `mma_prep_a` follows the previous projection directly, overwriting the scratch that
-/// projection reads), f32 with a device scale, on shapes of different sizes. Every output is
-/// poisoned first and must equal the reference bit for bit.
+/// projection reads), f32 with a device scale, on shapes of different sizes; with i8x4 words,
+/// then ternary2 fragments (whose weight words are all loaded before the projection's wait).
+/// Every output is poisoned first and must equal the reference bit for bit.
 #[test]
 fn lowrank_chain_back_to_back() {
+    use lowbit_kernels::backend::cuda::DeviceWeights;
+    use lowbit_kernels::pack::pack_ternary2_fragments;
     if wgmma_backend().is_none() {
         return;
     }
@@ -1024,58 +1027,79 @@ fn lowrank_chain_back_to_back() {
             .map(|c| dev.upload(&codes_of(&c.1, c.4)).unwrap())
             .collect();
         let ws: Vec<_> = cases.iter().map(|c| dev.upload(&c.3).unwrap()).collect();
-        let mut outs: Vec<_> = cases
+        let t2s: Vec<_> = cases
             .iter()
-            .map(|c| dev.upload(&vec![f32::NAN; c.0.out_len()]).unwrap())
-            .collect();
-        let mut computed: Vec<_> = (0..cases.len())
-            .map(|_| dev.upload(&[f32::NAN]).unwrap())
+            .map(|c| {
+                let (h, n) = (c.0.heads, c.0.latent);
+                let t2 = pack_ternary2_fragments(&c.3, h, c.0.k_words(), n).unwrap();
+                dev.upload(&t2).unwrap()
+            })
             .collect();
         let given: Vec<_> = cases.iter().map(|c| dev.upload(&[c.4]).unwrap()).collect();
-        for (i, ((c, o), sd)) in cases.iter().zip(&mut outs).zip(&mut computed).enumerate() {
-            let (input, scale) = match i % 3 {
-                0 => (DeviceAct::F32(&xs[i]), DeviceScale::Compute(sd)),
-                1 => (DeviceAct::Codes(&cs[i]), DeviceScale::Param(c.4)),
-                _ => (DeviceAct::F32(&xs[i]), DeviceScale::Buffer(&given[i])),
-            };
-            let ep = Epilogue::default();
-            dev.lowrank(
-                &c.0,
-                input,
-                Fmt::Int8,
-                scale,
-                &ws[i],
-                0.05,
-                1,
-                ep,
-                DeviceOut::F32(o),
-            )
-            .unwrap();
-        }
-        for (i, c) in cases.iter().enumerate() {
-            let a = if i % 3 == 0 {
-                let a = dev.download(&computed[i]).unwrap()[0];
-                let rel = ((a - c.4) / c.4).abs();
-                assert!(
-                    rel <= 1e-6,
-                    "chain {pdl:?} {fused}, call {i}: scale {a} vs {}",
-                    c.4
-                );
-                a
-            } else {
-                c.4
-            };
-            let exp = reference::lowrank_projection_codes(&c.0, &codes_of(&c.1, a), &c.2, a, 0.05)
-                .unwrap();
-            let r = compare_f32(&exp, &dev.download(&outs[i]).unwrap());
-            assert!(r.bit_exact(), "chain {pdl:?} {fused}, call {i}: {r}");
-        }
-        assert!(
-            dev.compile_logs()
+        for t2 in [false, true] {
+            let mut outs: Vec<_> = cases
                 .iter()
-                .any(|(m, _)| m.contains("LB_WGMMA=1")),
-            "the chain did not reach lowrank_wgmma"
-        );
+                .map(|c| dev.upload(&vec![f32::NAN; c.0.out_len()]).unwrap())
+                .collect();
+            let mut computed: Vec<_> = (0..cases.len())
+                .map(|_| dev.upload(&[f32::NAN]).unwrap())
+                .collect();
+            for (i, ((c, o), sd)) in cases.iter().zip(&mut outs).zip(&mut computed).enumerate() {
+                let (input, scale) = match i % 3 {
+                    0 => (DeviceAct::F32(&xs[i]), DeviceScale::Compute(sd)),
+                    1 => (DeviceAct::Codes(&cs[i]), DeviceScale::Param(c.4)),
+                    _ => (DeviceAct::F32(&xs[i]), DeviceScale::Buffer(&given[i])),
+                };
+                let w = if t2 {
+                    DeviceWeights::Ternary2(&t2s[i])
+                } else {
+                    DeviceWeights::Words(&ws[i])
+                };
+                let ep = Epilogue::default();
+                dev.lowrank(
+                    &c.0,
+                    input,
+                    Fmt::Int8,
+                    scale,
+                    w,
+                    0.05,
+                    1,
+                    ep,
+                    DeviceOut::F32(o),
+                )
+                .unwrap();
+            }
+            for (i, c) in cases.iter().enumerate() {
+                let a = if i % 3 == 0 {
+                    let a = dev.download(&computed[i]).unwrap()[0];
+                    let rel = ((a - c.4) / c.4).abs();
+                    assert!(
+                        rel <= 1e-6,
+                        "chain {pdl:?} {fused} t2 {t2}, call {i}: scale {a} vs {}",
+                        c.4
+                    );
+                    a
+                } else {
+                    c.4
+                };
+                let exp =
+                    reference::lowrank_projection_codes(&c.0, &codes_of(&c.1, a), &c.2, a, 0.05)
+                        .unwrap();
+                let r = compare_f32(&exp, &dev.download(&outs[i]).unwrap());
+                assert!(
+                    r.bit_exact(),
+                    "chain {pdl:?} {fused} t2 {t2}, call {i}: {r}"
+                );
+            }
+        }
+        for stem in ["LB_WG_T2=0", "LB_WG_T2=1"] {
+            assert!(
+                dev.compile_logs()
+                    .iter()
+                    .any(|(m, _)| m.contains("LB_WGMMA=1") && m.contains(stem)),
+                "the chain did not reach lowrank_wgmma with {stem}"
+            );
+        }
     }
 }
 
