@@ -252,10 +252,11 @@ __device__ __forceinline__ void lb_prefetch_l2(const void* p) {
 // reads them back (CudaDevice::take_traces).
 // Stages: 0 entry, 3 exit; 1 decoder_wgmma's first chunk in smem, the PDL wait passed
 // (decoder_mma_reduce, lowrank_wgmma), mma_prep_scale_a's grid barrier passed; 2
-// decoder_wgmma's mainloop done, lowrank_wgmma's weight tile and first A tiles in smem; 5 its row sums' barrier passed (LB_DW_T2U: every warp is
-// past the mainloop). The small-M tensor-core kernels (lb_mma_small): 1 the PDL wait passed,
-// 2 A staged (block barrier passed), 4 thread 0's mma done, 5 the decoder's k-warp sums
-// read back (its split-K adds next).
+// decoder_wgmma's mainloop done, lowrank_wgmma's weight tile and first A tiles in smem; 5
+// decoder_wgmma's row sums' barrier passed (LB_DW_T2U: every warp is past the mainloop).
+// The small-M tensor-core kernels (lb_mma_small): 1 the PDL wait passed, 2 A staged (block
+// barrier passed), 4 thread 0's mma done, 5 the decoder's k-warp sums read back (its split-K
+// adds next).
 #ifdef LB_TRACE
 #define LB_TRACE_BLOCKS 4096
 __device__ unsigned long long lb_trace[LB_TRACE_BLOCKS * LB_TRACE];

@@ -356,8 +356,9 @@ pub(crate) fn compile_checked(
 /// `ld.global.nc` / `__ldg`) before its first `griddepcontrol.wait` (`ACQBULK` in SASS).
 /// ptxas moves such loads above the wait (it did with the activation scale in
 /// `lowrank_wgmma`), and under programmatic dependent launch the kernel before may still be
-/// writing what they read. The one exception is by design: `lowrank_wgmma`'s ternary2 weight
-/// tile, which its chain lets it read before the wait (`lb_pdl_chain` in common.cuh). Needs
+/// writing what they read. The one exception is by design: the words of `lowrank_wgmma`'s
+/// ternary2 weight tile, which its chain lets it read before the wait (`lb_pdl_chain` in
+/// common.cuh), at most 4 per thread and 128-byte plane. Needs
 /// `LOWBIT_NVDISASM` (an nvdisasm binary); says once that it skipped otherwise.
 #[cfg(test)]
 fn check_pdl_load_order(name: &str, stem: &str, defines: &[(String, String)], image: &[u8]) {
@@ -368,9 +369,22 @@ fn check_pdl_load_order(name: &str, stem: &str, defines: &[(String, String)], im
         });
         return;
     };
-    let weights_first = stem == "lowrank_mma"
-        && defines.iter().any(|(k, v)| k == "LB_WG_T2" && v == "1")
-        && defines.iter().any(|(k, _)| k == "LB_WGMMA");
+    let define = |name: &str| {
+        defines
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    // lowrank_wgmma's ternary2 weight tile: 4 words per 128-byte plane (LB_WG_NP) per thread.
+    let allowed = match (
+        stem,
+        define("LB_WGMMA"),
+        define("LB_WG_T2"),
+        define("LB_WG_NP"),
+    ) {
+        ("lowrank_mma", Some(_), Some("1"), Some(np)) => 4 * np.parse::<usize>().unwrap(),
+        _ => 0,
+    };
     static FILES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = FILES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let file = std::env::temp_dir().join(format!("lowbit-pdl-{}-{n}.cubin", std::process::id()));
@@ -393,8 +407,9 @@ fn check_pdl_load_order(name: &str, stem: &str, defines: &[(String, String)], im
             .map(|l| l.trim())
             .collect();
         assert!(
-            early.is_empty() || weights_first,
-            "{name}: {function} issues {} read-only load(s) before griddepcontrol.wait:\n{}",
+            early.len() <= allowed,
+            "{name}: {function} issues {} read-only load(s) before griddepcontrol.wait \
+             ({allowed} allowed):\n{}",
             early.len(),
             early.join("\n")
         );
