@@ -85,14 +85,16 @@ __device__ __forceinline__ double lb_warp_sum(double v) {
 // the scale computed here. Item i is words 4q..4q+3 (16 floats) of row i / qpr, zero past the
 // row's kvalid (the rows are the whole input: n = rows * kvalid). Each block sums |x|
 // (max(x, 0) for uint8pos) over its items in f64 (warp butterflies, then the 8 warp sums in
-// order) into partials[block]; thread 0 publishes it with a release add on bar[0] (arrivals)
-// and waits for every block's. Each warp then sums the partials the same way, so that all
-// derive the same scale bits (block 0 stores it), and quantizes its items, the first still in
-// registers. The last block past the barrier (bar[1] counts departures) zeroes both counters
-// for the next launch. The projection after it may start at once (it waits for this grid).
+// order) into partials[block]; thread 0 publishes it with a release add on *bar (arrivals,
+// counted over every launch and never reset) and waits until they reach `target` (the host's
+// count of the arrivals of every launch so far, this one's included; compared mod 2^32). Each
+// warp then sums the partials the same way, so that all derive the same scale bits (block 0
+// stores it), and quantizes its items, the first still in registers. (A departure counter
+// that let the last block reset the arrivals cost thread 0 an L2 round trip before its
+// items.) The projection after it may start at once (it waits for this grid).
 extern "C" __global__ void __launch_bounds__(256, 2)
     mma_prep_scale_a(LbMma p, u32* dst, long long rows, int ldo, long long n, double* partials,
-                     unsigned* bar, float* scale_out) {
+                     unsigned* bar, float* scale_out, unsigned target) {
     __shared__ double warp_sums[8];
     lb_trace_at(0);
     lb_pdl_launch_next();
@@ -126,20 +128,14 @@ extern "C" __global__ void __launch_bounds__(256, 2)
         unsigned seen;
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(bar) : "memory");
-        } while (seen < gridDim.x);
+        } while ((int)(seen - target) < 0);
     }
     lb_trace_at(1);
     __syncthreads();
     double all = 0.0;
     for (unsigned b = lane; b < gridDim.x; b += 32) all += __ldcg(partials + b);
     const float s = lb_absmean_scale(lb_warp_sum(all), n, p.fmt);
-    if (threadIdx.x == 0) {
-        if (blockIdx.x == 0) *scale_out = s;
-        if (atomicAdd(bar + 1, 1u) == gridDim.x - 1) {
-            bar[0] = 0u;
-            bar[1] = 0u;
-        }
-    }
+    if (threadIdx.x == 0 && blockIdx.x == 0) *scale_out = s;
     if (first < total) lb_prep_put(dst, ldo, first, qpr, f, s, p.fmt);
     for (long long i = first + stride; i < total; i += stride) {
         float g[16];

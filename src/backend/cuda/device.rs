@@ -119,14 +119,18 @@ pub(crate) struct ModuleCache {
 }
 
 /// Scratch owned by the device, reused by every launch on its stream (so stream order
-/// keeps uses apart). Counters and the small-M accumulator are zero between launches: the
-/// kernels reset them.
+/// keeps uses apart). Counters (but `grid_bar`) and the small-M accumulator are zero between
+/// launches: the kernels reset them.
 #[derive(Default)]
 pub(crate) struct Scratch {
     pub red_partials: Option<CudaSlice<f64>>,
     pub red_counter: Option<CudaSlice<u32>>,
-    /// `mma_prep_scale_a`'s grid barrier: arrivals, departures.
+    /// `mma_prep_scale_a`'s grid barrier: its arrivals, counted over every launch (never
+    /// reset; the kernel compares them mod 2^32).
     pub grid_bar: Option<CudaSlice<u32>>,
+    /// What `grid_bar` holds once every launch queued so far has run: each launch waits for
+    /// this plus its blocks, and adds them here once queued.
+    pub grid_bar_arrivals: u32,
     pub partials: Option<CudaSlice<i32>>,
     /// Small-M decoder split-K accumulator `[M][D]`: per element, the splits that have added
     /// (bits 48 and up) and their i32 sum (low bits); kept zeroed by the kernels.
