@@ -104,53 +104,6 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
                     LB_WG_T2 ? (p.kw + 15) / 16 * 4 : p.kw, n0,
                     min(n0 + LB_WG_BN, min(p.ncols, p.bcols)));
 
-#if LB_WG_T2
-    // The weight tile from ternary2 rows (mma.cuh): column c's t2 words of rows 4 q16 + r,
-    // r = 0..3, are its k words 16 q16..16 q16 + 15, word 16 q16 + 4j + r in slot j of row
-    // 4 q16 + r, so each q16 gives four 16-byte smem chunks (words 16 q16 + 4j..+3). Zero past
-    // N, latent_out and kw. Pair P takes q16 = P + 2i, i < NP (kpw = 32 NP). Every word is
-    // loaded here, before the wait; they are expanded into smem only after the first A tiles
-    // are queued, so the weights' and A's DRAM round trips overlap (expanding each q16 as it
-    // arrived made NP + 1 round trips in a row before the first mma).
-    const int t2_n = n0 + lb_wg_col(pt);
-    const bool t2_col_ok = t2_n < p.ncols && t2_n < p.bcols;
-    u32 t2w[LB_WG_NP][4];
-    {
-        const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + t2_n;
-#pragma unroll
-        for (int i = 0; i < LB_WG_NP; ++i) {
-            const int q16 = pair + 2 * i;
-            const bool ok = t2_col_ok && 16 * q16 < p.kw;
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
-                t2w[i][r] = ok ? __ldg(w + (long long)(4 * q16 + r) * p.ldb) : 0u;
-        }
-        lb_commit();  // an empty group: the A tiles' group count stays as below
-    }
-#else
-    // The weight tile, gathered word by word by 4-byte cp.asyncs: smem row c is column
-    // n0 + lb_wg_col(c) (zero past N, latent_out and kw).
-    {
-        const int c = pt, n = n0 + lb_wg_col(c);
-        const bool col_ok = n < p.ncols && n < p.bcols;
-        const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + n;
-        unsigned char* row = Bs + c * 128;
-        for (int q = pair; q < p.kpw; q += 2) {
-            const bool ok = col_ok && q < p.kw;
-            const int off = (q >> 5) * b_plane + ((((q >> 2) & 7) ^ (c & 7)) << 4) + (q & 3) * 4;
-            lb_cp4((u32*)(row + off), ok ? w + (long long)q * p.ldb : w, ok ? 4 : 0);
-        }
-        lb_commit();
-    }
-#endif
-
-    lb_pdl_wait(p.pdl);
-    lb_trace_at(1);
-    // A device scale may be the previous kernel's output (lb_scale: a coherent load, after
-    // the wait). Loaded here, its round trip overlaps the A tiles'; written after the block
-    // barrier below, it was issued after the first mma.
-    const float a_scale = lb_scale(p.scale_ptr, p.scale_param);
-
     const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
     const int first = blockIdx.y * 2 + pair, step = gridDim.y * 2;
     unsigned char* Ap = As + pair * LB_WG_NB * tile_bytes;
@@ -185,7 +138,64 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         lb_commit();
     };
 
-    load_a(first, 0);
+    // Without a chain (p.pdl 0) nothing waits, and the pair's first A tile goes first, so
+    // that its round trip overlaps the weight tile's issue; in a chain it must follow the
+    // wait. Either way the first two cp.async groups are that tile and the weight tile.
+    if (p.pdl == 0) load_a(first, 0);
+
+#if LB_WG_T2
+    // The weight tile from ternary2 rows (mma.cuh): column c's t2 words of rows 4 q16 + r,
+    // r = 0..3, are its k words 16 q16..16 q16 + 15, word 16 q16 + 4j + r in slot j of row
+    // 4 q16 + r, so each q16 gives four 16-byte smem chunks (words 16 q16 + 4j..+3). Zero past
+    // N, latent_out and kw. Pair P takes q16 = P + 2i, i < NP (kpw = 32 NP). Every word is
+    // loaded here, before the wait; they are expanded into smem only after the first A tiles
+    // are queued, so the weights' and A's DRAM round trips overlap (expanding each q16 as it
+    // arrived made NP + 1 round trips in a row before the first mma).
+    const int t2_n = n0 + lb_wg_col(pt);
+    const bool t2_col_ok = t2_n < p.ncols && t2_n < p.bcols;
+    u32 t2w[LB_WG_NP][4];
+    {
+        const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + t2_n;
+#pragma unroll
+        for (int i = 0; i < LB_WG_NP; ++i) {
+            const int q16 = pair + 2 * i;
+            const bool ok = t2_col_ok && 16 * q16 < p.kw;
+#pragma unroll
+            for (int r = 0; r < 4; ++r)
+                t2w[i][r] = ok ? __ldg(w + (long long)(4 * q16 + r) * p.ldb) : 0u;
+        }
+        lb_commit();  // an empty group: the A tiles' group count stays as below
+    }
+#else
+    // The weight tile, gathered word by word by 4-byte cp.asyncs: smem row c is column
+    // n0 + lb_wg_col(c) (zero past N, latent_out and kw).
+    {
+        const int c = pt, n = n0 + lb_wg_col(c);
+        const bool col_ok = n < p.ncols && n < p.bcols;
+        const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + n;
+        // Pair P takes k words q = P + 2i, i < 16 NP (kpw = 32 NP), so that q / 32 = i / 16,
+        // (q / 4) % 8 = (i / 2) % 8 and q % 4 = P + 2 (i % 2): offsets fixed at compile time
+        // but for P and the swizzle (a runtime loop spent ~22 instructions per word).
+        unsigned char* row = Bs + c * 128 + 4 * pair;
+        const u32* wp = w + (long long)pair * p.ldb;
+#pragma unroll
+        for (int i = 0; i < 16 * LB_WG_NP; ++i) {
+            const bool ok = col_ok && pair + 2 * i < p.kw;
+            const int off = (i >> 4) * b_plane + ((((i >> 1) & 7) ^ (c & 7)) << 4) + 8 * (i & 1);
+            lb_cp4((u32*)(row + off), ok ? wp + (long long)(2 * i) * p.ldb : w, ok ? 4 : 0);
+        }
+        lb_commit();
+    }
+#endif
+
+    lb_pdl_wait(p.pdl);
+    lb_trace_at(1);
+    // A device scale may be the previous kernel's output (lb_scale: a coherent load, after
+    // the wait). Loaded here, its round trip overlaps the A tiles'; written after the block
+    // barrier below, it was issued after the first mma.
+    const float a_scale = lb_scale(p.scale_ptr, p.scale_param);
+
+    if (p.pdl != 0) load_a(first, 0);
     load_a(first + step, 1);
 #if LB_WG_T2
     {
