@@ -44,7 +44,8 @@
 # timelines of the small-M tensor-core kernels (i8x4 weights, LOWBIT_CUDA_SMALL_MMA=1 so that
 # M = 1 runs them too) at M = 1, 8, 16, single launches: where the decoder's time grows with M;
 # lrprologue: the low-rank kernels' tests, then lowrank_wgmma's prologue (ternary2 weight words
-# in flight with the first A tiles, the device scale read right after the PDL wait) against
+# in flight with the first A tiles, the i8x4 gather in straight-line code after the first A
+# tile, the device scale read right after the PDL wait; mma_prep_scale_a's barrier) against
 # $b/bin/lowbit-base(.gz) (benches/gpu/base_build.sh b0fe1fe, after bundle.sh), alternating, two
 # rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU,
 # then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
