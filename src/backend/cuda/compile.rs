@@ -397,15 +397,7 @@ fn check_pdl_load_order(name: &str, stem: &str, defines: &[(String, String)], im
     let _ = std::fs::remove_file(&file);
     assert!(out.status.success(), "{tool} failed on {name}");
     let sass = String::from_utf8_lossy(&out.stdout);
-    for (function, body) in sass_functions(&sass) {
-        let Some(wait) = body.iter().position(|l| l.contains("ACQBULK")) else {
-            continue;
-        };
-        let early: Vec<&str> = body[..wait]
-            .iter()
-            .filter(|l| l.contains("LDG.") && l.contains(".CONSTANT"))
-            .map(|l| l.trim())
-            .collect();
+    for (function, early) in read_only_loads_before_wait(&sass) {
         assert!(
             early.len() <= allowed,
             "{name}: {function} issues {} read-only load(s) before griddepcontrol.wait \
@@ -414,6 +406,24 @@ fn check_pdl_load_order(name: &str, stem: &str, defines: &[(String, String)], im
             early.join("\n")
         );
     }
+}
+
+/// Per function of an `nvdisasm -c` listing that waits on `griddepcontrol.wait`: its name
+/// and the read-only loads scheduled before its first wait.
+#[cfg(test)]
+fn read_only_loads_before_wait(sass: &str) -> Vec<(String, Vec<&str>)> {
+    sass_functions(sass)
+        .into_iter()
+        .filter_map(|(function, body)| {
+            let wait = body.iter().position(|l| l.contains("ACQBULK"))?;
+            let early = body[..wait]
+                .iter()
+                .filter(|l| l.contains("LDG.") && l.contains(".CONSTANT"))
+                .map(|l| l.trim())
+                .collect();
+            Some((function, early))
+        })
+        .collect()
 }
 
 /// The functions of an `nvdisasm -c` listing: (name, its lines).
@@ -445,7 +455,31 @@ fn spill_store_bytes(log: &str) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::spill_store_bytes;
+    use super::{read_only_loads_before_wait, spill_store_bytes};
+
+    /// The load-order check on a listing shaped like nvdisasm's: a read-only load before the
+    /// wait counts, a coherent one, a cp.async or a load after the wait does not, and a
+    /// function without a wait is not reported.
+    #[test]
+    fn loads_before_the_pdl_wait_parse() {
+        let sass = "\t.section\t.text.k1,\"ax\",@progbits
+.text.k1:
+        /*0010*/               @P0 LDG.E.CONSTANT R4, desc[UR4][R4.64] ;
+        /*0020*/                   LDG.E.STRONG.GPU R5, desc[UR4][R6.64] ;
+        /*0030*/                   LDGSTS.E [R7], desc[UR4][R8.64] ;
+        /*0040*/                   ACQBULK ;
+        /*0050*/                   LDG.E.128.CONSTANT R8, desc[UR4][R10.64] ;
+//--------------------- .text.k2 --------------------------
+.text.k2:
+        /*0010*/                   LDG.E.CONSTANT R4, desc[UR4][R4.64] ;
+        /*0020*/                   EXIT ;
+";
+        let found = read_only_loads_before_wait(sass);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "k1");
+        assert_eq!(found[0].1.len(), 1);
+        assert!(found[0].1[0].contains("@P0 LDG.E.CONSTANT R4"));
+    }
 
     #[test]
     fn spill_report_parses() {
