@@ -628,6 +628,22 @@ pub fn wgmma_defines(uns: bool, epilogue: Epilogue, kpw: usize, t2: bool) -> Vec
     ]
 }
 
+/// Largest `kpw` (D ≤ 256) of `lowrank_wgmma`'s `LB_WG_PREP` variant: at 96 (D = 384), with
+/// ternary2 weights held across the packing, NVRTC 13.0 spilled 24–36 bytes.
+pub const WGMMA_PREP_MAX_KPW: usize = 64;
+
+/// [`wgmma_defines`] of the variant that scales and packs f32 input itself (`LB_WG_PREP`).
+pub fn wgmma_prep_defines(
+    uns: bool,
+    epilogue: Epilogue,
+    kpw: usize,
+    t2: bool,
+) -> Vec<(String, String)> {
+    let mut v = wgmma_defines(uns, epilogue, kpw, t2);
+    v.push(d("LB_WG_PREP", 1));
+    v
+}
+
 /// The sm_90a-only variants (compiled only for compute capability 9.0).
 pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     let mut v = Vec::new();
@@ -638,6 +654,9 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 for kpw in (32..=WGMMA_MAX_KPW).step_by(32) {
                     for t2 in [false, true] {
                         v.push((KernelId::LowrankWgmma, wgmma_defines(uns, ep, kpw, t2)));
+                        if kpw <= WGMMA_PREP_MAX_KPW {
+                            v.push((KernelId::LowrankWgmma, wgmma_prep_defines(uns, ep, kpw, t2)));
+                        }
                     }
                 }
             }
@@ -1722,13 +1741,6 @@ impl CudaDevice {
         )?;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue));
         let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
-        // SAFETY: forwarded contract. This kernel's 16-byte cp.asyncs need aligned i8x4 rows,
-        // so misaligned words are packed too.
-        let packed = unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, true)? };
-        // After this op's own packing kernel, the projection starts while it ends (its weight
-        // tile loaded, then `griddepcontrol.wait`) and lets the next kernel start at once
-        // (pdl 2, as lb_pdl_chain).
-        p.pdl = if self.chained() && packed { 2 } else { 0 };
         // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
         // the 64-row tiles are dealt over several CTAs per column tile as well.
         let row_ctas = self
@@ -1741,6 +1753,17 @@ impl CudaDevice {
             1,
         );
         let c = launch_cfg(grid, WGMMA_THREADS, smem);
+        // SAFETY: forwarded contract.
+        if unsafe { self.lowrank_wgmma_prep(&p, shape, scale, mode, (uns, epilogue, t2), c)? } {
+            return Ok(());
+        }
+        // SAFETY: forwarded contract. This kernel's 16-byte cp.asyncs need aligned i8x4 rows,
+        // so misaligned words are packed too.
+        let packed = unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, true)? };
+        // After this op's own packing kernel, the projection starts while it ends (its weight
+        // tile loaded, then `griddepcontrol.wait`) and lets the next kernel start at once
+        // (pdl 2, as lb_pdl_chain).
+        p.pdl = if self.chained() && packed { 2 } else { 0 };
         const WHAT: &str = "cuLaunchKernel (lowrank_wgmma)";
         if p.pdl != 0 {
             let mut params = [&p as *const LbMma as *mut c_void];
@@ -1755,6 +1778,94 @@ impl CudaDevice {
         // (the caller's contract), loads past the valid extents are zero-filled in the kernel.
         unsafe { b.launch(c) }.map_err(drv(WHAT))?;
         Ok(())
+    }
+
+    /// Where [`CudaDevice::with_wgmma_prep`] is on, for f32 input (whole rows) with a computed
+    /// scale: queues `lowrank_wgmma`'s `LB_WG_PREP` variant, which computes the scale into
+    /// `Compute`'s buffer and packs the rows itself, as one cooperative launch of grid `c`.
+    /// Returns whether it queued it; if not (off, another input, or a grid that cannot be
+    /// resident at once), nothing was queued.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::lowrank_raw`]; `p` is `lowrank_mma_raw`'s problem with A not yet
+    /// packed (`p.a` the f32 input).
+    unsafe fn lowrank_wgmma_prep(
+        &self,
+        p: &LbMma,
+        shape: &LowrankShape,
+        scale: RawScale,
+        mode: u32,
+        (uns, epilogue, t2): (bool, Epilogue, bool),
+        c: LaunchConfig,
+    ) -> Result<bool> {
+        const WHAT: &str = "cuLaunchKernel (lowrank_wgmma, LB_WG_PREP)";
+        let RawScale::Compute(scale_out) = scale else {
+            return Ok(false);
+        };
+        let rows = shape.batch * shape.in_heads * shape.time;
+        let n = shape.x_len();
+        let whole =
+            p.lda == p.a_kvalid && (rows as u64).checked_mul(p.a_kvalid as u64) == Some(n as u64);
+        let ctas = c.grid_dim.0 as usize * c.grid_dim.1 as usize;
+        if !self.wgmma_prep
+            || p.kpw as usize > WGMMA_PREP_MAX_KPW
+            || mode != MODE_F32
+            || !whole
+            || n == 0
+            || ctas > t::RED_MAX_BLOCKS as usize
+        {
+            return Ok(false);
+        }
+        non_null("cuda::absmean_scale", "scale buffer", scale_out)?;
+        let kpw = p.kpw as usize;
+        let f = self.function(
+            KernelId::LowrankWgmma,
+            wgmma_prep_defines(uns, epilogue, kpw, t2),
+        )?;
+        self.prepare_dynamic(&f, WGMMA_THREADS, c.shared_mem_bytes as usize)?;
+        let ldo = shape.k_words().next_multiple_of(4);
+        // The scratch stays locked until the launch is queued: the barrier's targets must
+        // follow the launches' stream order (as in `mma_prep_scaled`, which shares it).
+        let mut scratch = self.scratch();
+        let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
+        let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
+        if scratch.grid_bar.is_none() {
+            scratch.grid_bar_arrivals = 0; // a new, zeroed counter
+        }
+        let bar = self.scratch_buf(&mut scratch.grid_bar, 1)?;
+        let target = scratch.grid_bar_arrivals.wrapping_add(ctas as u32);
+        let packed = LbMma {
+            a: dst,
+            lda: ldo as i64,
+            a_kvalid: ldo as i64,
+            a_vec: 1,
+            scale_ptr: scale_out,
+            scale_param: 0.0,
+            pdl: 0,
+            ..*p
+        };
+        let (rows64, n64) = (rows as i64, n as i64);
+        let mut params = [
+            &packed as *const LbMma as *mut c_void,
+            p as *const LbMma as *mut c_void,
+            &rows64 as *const i64 as *mut c_void,
+            &n64 as *const i64 as *mut c_void,
+            &partials as *const u64 as *mut c_void,
+            &bar as *const u64 as *mut c_void,
+            &scale_out as *const u64 as *mut c_void,
+            &target as *const u32 as *mut c_void,
+        ];
+        // SAFETY: `params` are the kernel's eight parameters, alive for the call; `dst` holds
+        // rows * ldo words, the partials RED_MAX_BLOCKS ≥ ctas doubles, `bar` the arrivals of
+        // every earlier launch (`grid_bar_arrivals` once they have run, which stream order
+        // ensures before this one starts; the kernel adds two per CTA); the input, weights
+        // and output cover the shape's extent (contract).
+        let queued = unsafe { self.launch_cooperative(&f, c, &mut params, WHAT)? };
+        if queued {
+            scratch.grid_bar_arrivals = target.wrapping_add(ctas as u32);
+        }
+        drop(scratch);
+        Ok(queued)
     }
 
     /// Queues the decoder tail on the tensor cores (validated by `decoder_tail_raw`, which
