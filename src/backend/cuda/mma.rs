@@ -26,7 +26,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, sys};
 
-use super::device::{CudaDevice, KernelFamily, Pdl, drv};
+use super::device::{CudaDevice, KernelFamily, Pdl, Scratch, drv};
 use super::launch::{LbProblem, Path, RawAct, RawScale, dtype_code, fmt_code, non_null};
 use super::tuning as t;
 use crate::config::LowBitActivationFormat;
@@ -1010,6 +1010,14 @@ fn aligned16(p: u64) -> bool {
     p.is_multiple_of(16)
 }
 
+/// Device pointers and the barrier target of [`CudaDevice::packing_scratch`].
+struct PackingScratch {
+    dst: u64,
+    partials: u64,
+    bar: u64,
+    target: u32,
+}
+
 fn launch_cfg(grid: (u32, u32, u32), block: u32, smem: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: grid,
@@ -1455,6 +1463,33 @@ impl CudaDevice {
         Ok((dst, ldo))
     }
 
+    /// The scratch of a packing launch with a grid barrier (`mma_prep_scale_a`, or
+    /// `lowrank_wgmma` with `LB_WG_PREP`): `words` words of packed rows, the per-block
+    /// partials, the barrier's arrivals, and the target that `blocks` arrivals of this launch
+    /// reach. The caller holds `scratch` locked until the launch is queued and then advances
+    /// `grid_bar_arrivals` by every arrival the launch makes, so that the targets follow the
+    /// launches' stream order.
+    fn packing_scratch(
+        &self,
+        scratch: &mut Scratch,
+        words: usize,
+        blocks: usize,
+    ) -> Result<PackingScratch> {
+        let dst = self.scratch_buf(&mut scratch.mma_words, words)?;
+        let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
+        if scratch.grid_bar.is_none() {
+            scratch.grid_bar_arrivals = 0; // a new, zeroed counter
+        }
+        let bar = self.scratch_buf(&mut scratch.grid_bar, 1)?;
+        let target = scratch.grid_bar_arrivals.wrapping_add(blocks as u32);
+        Ok(PackingScratch {
+            dst,
+            partials,
+            bar,
+            target,
+        })
+    }
+
     /// For f32 input (`mode` [`MODE_F32`]) with a computed scale: the absmean scale into `Compute`'s
     /// buffer and `mma_prep`'s packing in one cooperative launch of `mma_prep_scale_a`.
     /// Returns the scratch address, its row length and the scale buffer, or `None` with
@@ -1494,16 +1529,14 @@ impl CudaDevice {
             .min(resident)
             .min(t::RED_MAX_BLOCKS as usize)
             .max(1);
-        // The scratch stays locked until the launch is queued: the barrier's targets must
-        // follow the launches' stream order.
+        // The scratch stays locked until the launch is queued (`packing_scratch`).
         let mut scratch = self.scratch();
-        let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
-        let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
-        if scratch.grid_bar.is_none() {
-            scratch.grid_bar_arrivals = 0; // a new, zeroed counter
-        }
-        let bar = self.scratch_buf(&mut scratch.grid_bar, 1)?;
-        let target = scratch.grid_bar_arrivals.wrapping_add(blocks as u32);
+        let PackingScratch {
+            dst,
+            partials,
+            bar,
+            target,
+        } = self.packing_scratch(&mut scratch, rows * ldo, blocks)?;
         let (rows64, ldo32, n64) = (rows as i64, ldo as i32, n as i64);
         let mut params = [
             p as *const LbMma as *mut c_void,
@@ -1824,16 +1857,14 @@ impl CudaDevice {
         )?;
         self.prepare_dynamic(&f, WGMMA_THREADS, c.shared_mem_bytes as usize)?;
         let ldo = shape.k_words().next_multiple_of(4);
-        // The scratch stays locked until the launch is queued: the barrier's targets must
-        // follow the launches' stream order (as in `mma_prep_scaled`, which shares it).
+        // The scratch stays locked until the launch is queued (`packing_scratch`).
         let mut scratch = self.scratch();
-        let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
-        let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
-        if scratch.grid_bar.is_none() {
-            scratch.grid_bar_arrivals = 0; // a new, zeroed counter
-        }
-        let bar = self.scratch_buf(&mut scratch.grid_bar, 1)?;
-        let target = scratch.grid_bar_arrivals.wrapping_add(ctas as u32);
+        let PackingScratch {
+            dst,
+            partials,
+            bar,
+            target,
+        } = self.packing_scratch(&mut scratch, rows * ldo, ctas)?;
         let packed = LbMma {
             a: dst,
             lda: ldo as i64,
