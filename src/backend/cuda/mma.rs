@@ -1010,6 +1010,21 @@ fn aligned16(p: u64) -> bool {
     p.is_multiple_of(16)
 }
 
+/// Whether `p`'s input (row stride `lda`, `a_kvalid` valid elements per row) is `rows` whole
+/// rows holding exactly `n` elements, as the one-launch packing kernels read it.
+fn whole_rows(p: &LbMma, rows: usize, n: usize) -> bool {
+    p.lda == p.a_kvalid && (rows as u64).checked_mul(p.a_kvalid as u64) == Some(n as u64)
+}
+
+/// Points `p`'s A at packed i8x4 rows: `ldo` words each (a multiple of 4, zero-padded past
+/// the valid k), 16-byte aligned.
+fn point_at_packed(p: &mut LbMma, dst: u64, ldo: usize) {
+    p.a = dst;
+    p.lda = ldo as i64;
+    p.a_kvalid = ldo as i64;
+    p.a_vec = 1;
+}
+
 /// Device pointers and the barrier target of [`CudaDevice::packing_scratch`].
 struct PackingScratch {
     dst: u64,
@@ -1466,9 +1481,9 @@ impl CudaDevice {
     /// The scratch of a packing launch with a grid barrier (`mma_prep_scale_a`, or
     /// `lowrank_wgmma` with `LB_WG_PREP`): `words` words of packed rows, the per-block
     /// partials, the barrier's arrivals, and the target that `blocks` arrivals of this launch
-    /// reach. The caller holds `scratch` locked until the launch is queued and then advances
-    /// `grid_bar_arrivals` by every arrival the launch makes, so that the targets follow the
-    /// launches' stream order.
+    /// reach. The caller holds `scratch` locked until it has queued the launch with
+    /// [`CudaDevice::launch_packing`], which counts every arrival the launch makes, so that
+    /// the targets follow the launches' stream order.
     fn packing_scratch(
         &self,
         scratch: &mut Scratch,
@@ -1488,6 +1503,29 @@ impl CudaDevice {
             bar,
             target,
         })
+    }
+
+    /// Queues a packing launch of [`CudaDevice::packing_scratch`] cooperatively and, once
+    /// queued, sets `grid_bar_arrivals` to `arrivals` (the barrier count once it has run).
+    /// Returns whether it was queued (not where the grid cannot be resident at once).
+    ///
+    /// # Safety
+    /// As [`CudaDevice::launch_cooperative`].
+    unsafe fn launch_packing(
+        &self,
+        scratch: &mut Scratch,
+        f: &CudaFunction,
+        c: LaunchConfig,
+        params: &mut [*mut c_void],
+        arrivals: u32,
+        what: &str,
+    ) -> Result<bool> {
+        // SAFETY: forwarded contract.
+        let queued = unsafe { self.launch_cooperative(f, c, params, what)? };
+        if queued {
+            scratch.grid_bar_arrivals = arrivals;
+        }
+        Ok(queued)
     }
 
     /// For f32 input (`mode` [`MODE_F32`]) with a computed scale: the absmean scale into `Compute`'s
@@ -1513,8 +1551,7 @@ impl CudaDevice {
         let RawScale::Compute(scale_out) = scale else {
             return Ok(None);
         };
-        let whole =
-            p.lda == p.a_kvalid && (rows as u64).checked_mul(p.a_kvalid as u64) == Some(n as u64);
+        let whole = whole_rows(p, rows, n);
         let fits = (n as u64).saturating_mul(4) <= self.caps.l2_bytes / FUSED_SCALE_L2_SHARE;
         if !self.fused_scale || mode != MODE_F32 || !whole || !fits || n == 0 {
             return Ok(None);
@@ -1554,10 +1591,8 @@ impl CudaDevice {
         // rows * ldo words, the partials RED_MAX_BLOCKS ≥ blocks doubles, `bar` the arrivals
         // of every earlier launch (`grid_bar_arrivals` once they have run, which stream order
         // ensures before this one starts); the input covers its extent (contract).
-        let queued = unsafe { self.launch_cooperative(&f, c, &mut params, WHAT)? };
-        if queued {
-            scratch.grid_bar_arrivals = target;
-        }
+        let queued =
+            unsafe { self.launch_packing(&mut scratch, &f, c, &mut params, target, WHAT)? };
         drop(scratch);
         Ok(queued.then_some((dst, ldo, scale_out)))
     }
@@ -1735,10 +1770,7 @@ impl CudaDevice {
                 .transpose()?
         };
         if let Some((dst, ldo)) = packed {
-            p.a = dst;
-            p.lda = ldo as i64;
-            p.a_kvalid = ldo as i64;
-            p.a_vec = 1;
+            point_at_packed(p, dst, ldo);
         }
         Ok(packed.is_some())
     }
@@ -1837,8 +1869,7 @@ impl CudaDevice {
         };
         let rows = shape.batch * shape.in_heads * shape.time;
         let n = shape.x_len();
-        let whole =
-            p.lda == p.a_kvalid && (rows as u64).checked_mul(p.a_kvalid as u64) == Some(n as u64);
+        let whole = whole_rows(p, rows, n);
         let ctas = c.grid_dim.0 as usize * c.grid_dim.1 as usize;
         if !self.wgmma_prep
             || p.kpw as usize > WGMMA_PREP_MAX_KPW
@@ -1865,16 +1896,13 @@ impl CudaDevice {
             bar,
             target,
         } = self.packing_scratch(&mut scratch, rows * ldo, ctas)?;
-        let packed = LbMma {
-            a: dst,
-            lda: ldo as i64,
-            a_kvalid: ldo as i64,
-            a_vec: 1,
+        let mut packed = LbMma {
             scale_ptr: scale_out,
             scale_param: 0.0,
             pdl: 0,
             ..*p
         };
+        point_at_packed(&mut packed, dst, ldo);
         let (rows64, n64) = (rows as i64, n as i64);
         let mut params = [
             &packed as *const LbMma as *mut c_void,
@@ -1886,15 +1914,14 @@ impl CudaDevice {
             &scale_out as *const u64 as *mut c_void,
             &target as *const u32 as *mut c_void,
         ];
+        let arrivals = target.wrapping_add(ctas as u32); // two barriers
         // SAFETY: `params` are the kernel's eight parameters, alive for the call; `dst` holds
         // rows * ldo words, the partials RED_MAX_BLOCKS ≥ ctas doubles, `bar` the arrivals of
         // every earlier launch (`grid_bar_arrivals` once they have run, which stream order
         // ensures before this one starts; the kernel adds two per CTA); the input, weights
         // and output cover the shape's extent (contract).
-        let queued = unsafe { self.launch_cooperative(&f, c, &mut params, WHAT)? };
-        if queued {
-            scratch.grid_bar_arrivals = target.wrapping_add(ctas as u32);
-        }
+        let queued =
+            unsafe { self.launch_packing(&mut scratch, &f, c, &mut params, arrivals, WHAT)? };
         drop(scratch);
         Ok(queued)
     }
