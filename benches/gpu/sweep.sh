@@ -172,10 +172,10 @@ if has ramp; then
 fi
 if has lrprologue; then
   d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 300 "$d" --test-threads=4 cuda_mma::lowrank cuda_mma::ternary2_lowrank \
+  LOWBIT_REQUIRE=cuda timeout 300 "$d" --test-threads=8 cuda_mma::lowrank cuda_mma::ternary2_lowrank \
     cuda_mma::runs_are_bit_identical > "$out/test-lrprologue.log" 2>&1
   echo "low-rank tensor-core tests exit $?" | tee -a "$sum"
-  grep -E "^test result|panicked|FAILED" "$out/test-lrprologue.log" | head -5 | tee -a "$sum"
+  grep -E "^test |^test result|panicked|FAILED" "$out/test-lrprologue.log" | head -20 | tee -a "$sum"
   [ -x "$b/bin/lowbit-base" ] || echo "no $b/bin/lowbit-base: the new build only" | tee -a "$sum"
   for round in 1 2; do
     for which in base new; do
