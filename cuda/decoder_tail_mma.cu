@@ -42,16 +42,56 @@ extern "C" __global__ void __launch_bounds__(256) mma_prep_a(LbMma p, u32* dst, 
 }
 
 #if LB_MODE == LB_A_F32
+// The 16 floats of item i (words 4q..4q+3 of row i / qpr), zero past the row's kvalid.
+__device__ __forceinline__ void lb_prep_floats(const LbMma& p, long long i, int qpr, float (&f)[16]) {
+    const long long r = i / qpr;
+    const long k0 = (long)(i - r * qpr) * 16;
+    const float* row = (const float*)p.a + r * p.lda;
+    if (p.a_vec && k0 + 16 <= p.a_kvalid) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const float4 v = __ldg((const float4*)(row + k0) + j);
+            f[4 * j] = v.x;
+            f[4 * j + 1] = v.y;
+            f[4 * j + 2] = v.z;
+            f[4 * j + 3] = v.w;
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < 16; ++e) f[e] = k0 + e < p.a_kvalid ? __ldg(row + k0 + e) : 0.0f;
+    }
+}
+
+__device__ __forceinline__ void lb_prep_put(u32* dst, int ldo, long long i, int qpr,
+                                            const float (&f)[16], float s, int fmt) {
+    const long long r = i / qpr;
+    u32 w[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+        w[j] = lb_pack4(lb_code(f[4 * j], s, fmt), lb_code(f[4 * j + 1], s, fmt),
+                        lb_code(f[4 * j + 2], s, fmt), lb_code(f[4 * j + 3], s, fmt));
+    *(uint4*)(dst + r * ldo + (i - r * qpr) * 4) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// The sum of `v` over the warp by an xor butterfly: every lane ends with the same bits (each
+// step adds the same two values, in either order), the same on every run.
+__device__ __forceinline__ double lb_warp_sum(double v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // absmean_scale -> mma_prep_a for f32 rows in one cooperative launch (every block resident),
 // the scale computed here. Item i is words 4q..4q+3 (16 floats) of row i / qpr, zero past the
 // row's kvalid (the rows are the whole input: n = rows * kvalid). Each block sums |x|
 // (max(x, 0) for uint8pos) over its items in f64 (warp butterflies, then the 8 warp sums in
-// order) into partials[block]; thread 0 publishes it and waits for every block's at the grid
-// barrier (lb_grid_arrive_wait: arrivals never reset, `target` from the host). Each warp then
-// sums the partials the same way, so that all derive the same scale bits (block 0 stores it),
-// and quantizes its items, the first still in registers. (A departure counter that let the
-// last block reset the arrivals cost thread 0 an L2 round trip before its items.) The
-// projection after it may start at once (it waits for this grid).
+// order) into partials[block]; thread 0 publishes it with a release add on *bar (arrivals,
+// counted over every launch and never reset) and waits until they reach `target` (the host's
+// count of the arrivals of every launch so far, this one's included; compared mod 2^32). Each
+// warp then sums the partials the same way, so that all derive the same scale bits (block 0
+// stores it), and quantizes its items, the first still in registers. (A departure counter
+// that let the last block reset the arrivals cost thread 0 an L2 round trip before its
+// items.) The projection after it may start at once (it waits for this grid).
 extern "C" __global__ void __launch_bounds__(256, 2)
     mma_prep_scale_a(LbMma p, u32* dst, long long rows, int ldo, long long n, double* partials,
                      unsigned* bar, float* scale_out, unsigned target) {
@@ -83,7 +123,12 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 #pragma unroll
         for (int w = 0; w < 8; ++w) block += warp_sums[w];
         partials[blockIdx.x] = block;
-        lb_grid_arrive_wait(bar, target);  // the partial above is visible past it
+        // Release: the partial above is visible to whoever acquires the count.
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
+        unsigned seen;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(bar) : "memory");
+        } while ((int)(seen - target) < 0);
     }
     lb_trace_at(1);
     __syncthreads();

@@ -75,83 +75,13 @@ __device__ __forceinline__ int lb_wg_col(int c) {
            2 * ((c >> 3) & (LB_WG_G - 1)) + (c & 1);
 }
 
-#ifndef LB_WG_PREP
-#define LB_WG_PREP 0  // f32 input, scale computed: packed by the projection itself (below)
-#endif
-
-#if LB_WG_PREP
-// LB_WG_PREP: the f32 input's absmean scale and packing done by the projection's own CTAs,
-// in a cooperative launch (every CTA resident), while their weight tiles load: no separate
-// packing kernel, and no projection CTA waiting for an SM that a packing block holds. The
-// input's items (16 floats of a row, as mma_prep_scale_a's) are dealt in contiguous runs, one
-// per CTA. Each CTA sums |x| over its run in f64 (warp butterflies, then the warp sums in
-// order) into partials[cta]; a grid barrier; every warp sums the partials in the same order,
-// so that all derive the same scale bits (CTA 0 stores it); each CTA quantizes its run into
-// the packed rows p.a (ldo = p.lda words); a second grid barrier; then A is read as usual.
-struct LbWgPrep {
-    const LbMma* x;     // the f32 rows (a, lda, a_kvalid, a_vec, fmt)
-    long long rows;     // rows of x (and of p.a)
-    long long n;        // elements summed (rows * kvalid)
-    double* partials;   // one per CTA
-    unsigned* bar;      // the grid barrier's arrivals (lb_grid_arrive_wait)
-    float* scale_out;   // the computed scale
-    unsigned target;    // arrivals past the first barrier (the second: + CTAs)
-};
-
-__device__ __forceinline__ float lb_wg_prep(const LbMma& p, const LbWgPrep& q) {
-    __shared__ double warp_sums[LB_WG_THREADS / 32];
-    const int tid = threadIdx.x, lane = tid & 31;
-    const unsigned ctas = gridDim.x * gridDim.y, cta = blockIdx.y * gridDim.x + blockIdx.x;
-    const bool pos = q.x->fmt == LB_FMT_U8POS;
-    const int ldo = (int)p.lda, qpr = ldo / 4;
-    const long long total = q.rows * qpr, per = (total + ctas - 1) / ctas;
-    const long long i0 = min(total, (long long)cta * per), i1 = min(total, i0 + per);
-    double sum = 0.0;
-    for (long long i = i0 + tid; i < i1; i += LB_WG_THREADS) {
-        float f[16];
-        lb_prep_floats(*q.x, i, qpr, f);
-#pragma unroll
-        for (int e = 0; e < 16; ++e) sum += lb_abs_term(f[e], pos);
-    }
-    sum = lb_warp_sum(sum);
-    if (lane == 0) warp_sums[tid >> 5] = sum;
-    __syncthreads();
-    if (tid == 0) {
-        double block = 0.0;
-#pragma unroll
-        for (int w = 0; w < LB_WG_THREADS / 32; ++w) block += warp_sums[w];
-        q.partials[cta] = block;
-        lb_grid_arrive_wait(q.bar, q.target);
-    }
-    __syncthreads();
-    double all = 0.0;
-    for (unsigned b = lane; b < ctas; b += 32) all += __ldcg(q.partials + b);
-    const float s = lb_absmean_scale(lb_warp_sum(all), q.n, q.x->fmt);
-    if (cta == 0 && tid == 0) *q.scale_out = s;
-    for (long long i = i0 + tid; i < i1; i += LB_WG_THREADS) {
-        float f[16];
-        lb_prep_floats(*q.x, i, qpr, f);
-        lb_prep_put((u32*)p.a, ldo, i, qpr, f, s, q.x->fmt);
-    }
-    __syncthreads();  // every thread's packed words written
-    if (tid == 0) {
-        __threadfence();
-        lb_grid_arrive_wait(q.bar, q.target + ctas);
-    }
-    __syncthreads();
-    return s;
-}
-#else
-struct LbWgPrep {};
-#endif
-
 // Named barrier `id` (1, 2: one per pair) over 256 threads.
 __device__ __forceinline__ void lb_pair_bar(int id) {
     asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory");
 }
 
 template <bool UNS>
-__device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p, const LbWgPrep& prep) {
+__device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     extern __shared__ __align__(128) u32 lb_dyn_smem[];
     constexpr int np = LB_WG_NP;  // 128-byte planes per row (kpw / 32)
     const int a_plane = LB_WG_BM * 128, b_plane = LB_WG_BN * 128;
@@ -211,7 +141,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p, const LbWgPrep&
     // Without a chain (p.pdl 0) nothing waits, and the pair's first A tile goes first, so
     // that its round trip overlaps the weight tile's issue; in a chain it must follow the
     // wait. Either way the first two cp.async groups are that tile and the weight tile.
-    if (p.pdl == 0 && !LB_WG_PREP) load_a(first, 0);
+    if (p.pdl == 0) load_a(first, 0);
 
 #if LB_WG_T2
     // The weight tile from ternary2 rows (mma.cuh): column c's t2 words of rows 4 q16 + r,
@@ -263,13 +193,9 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p, const LbWgPrep&
     // A device scale may be the previous kernel's output (lb_scale: a coherent load, after
     // the wait). Loaded here, its round trip overlaps the A tiles'; written after the block
     // barrier below, it was issued after the first mma.
-#if LB_WG_PREP
-    const float a_scale = lb_wg_prep(p, prep);  // A is packed at p.a past it
-#else
     const float a_scale = lb_scale(p.scale_ptr, p.scale_param);
-#endif
 
-    if (p.pdl != 0 || LB_WG_PREP) load_a(first, 0);
+    if (p.pdl != 0) load_a(first, 0);
     load_a(first + step, 1);
 #if LB_WG_T2
     {
@@ -416,21 +342,11 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p, const LbWgPrep&
     lb_wait<0>();
 }
 
-#if LB_WG_PREP
-extern "C" __global__ void __launch_bounds__(LB_WG_THREADS, 1)
-    lowrank_wgmma(LbMma p, LbMma x, long long rows, long long n, double* partials, unsigned* bar,
-                  float* scale_out, unsigned target) {
-    lb_trace_at(0);
-    lb_lowrank_wgmma<LB_UNS != 0>(p, LbWgPrep{&x, rows, n, partials, bar, scale_out, target});
-    lb_trace_at(3);
-}
-#else
 extern "C" __global__ void __launch_bounds__(LB_WG_THREADS, 1) lowrank_wgmma(LbMma p) {
     lb_trace_at(0);
-    lb_lowrank_wgmma<LB_UNS != 0>(p, LbWgPrep{});
+    lb_lowrank_wgmma<LB_UNS != 0>(p);
     lb_trace_at(3);
 }
-#endif
 #else
 
 // The warp tile's outputs with the epilogue fixed at compile time, for tiles whose columns

@@ -90,59 +90,6 @@ struct LbMma {
 };
 static_assert(sizeof(LbMma) == 160, "LbMma: the layout of mma.rs");
 
-// ---- f32 rows -> packed i8x4 items (mma_prep_scale_a, lowrank_wgmma with LB_WG_PREP) --------
-// The 16 floats of item i (words 4q..4q+3 of row i / qpr), zero past the row's kvalid.
-__device__ __forceinline__ void lb_prep_floats(const LbMma& p, long long i, int qpr, float (&f)[16]) {
-    const long long r = i / qpr;
-    const long k0 = (long)(i - r * qpr) * 16;
-    const float* row = (const float*)p.a + r * p.lda;
-    if (p.a_vec && k0 + 16 <= p.a_kvalid) {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const float4 v = __ldg((const float4*)(row + k0) + j);
-            f[4 * j] = v.x;
-            f[4 * j + 1] = v.y;
-            f[4 * j + 2] = v.z;
-            f[4 * j + 3] = v.w;
-        }
-    } else {
-#pragma unroll
-        for (int e = 0; e < 16; ++e) f[e] = k0 + e < p.a_kvalid ? __ldg(row + k0 + e) : 0.0f;
-    }
-}
-
-__device__ __forceinline__ void lb_prep_put(u32* dst, int ldo, long long i, int qpr,
-                                            const float (&f)[16], float s, int fmt) {
-    const long long r = i / qpr;
-    u32 w[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-        w[j] = lb_pack4(lb_code(f[4 * j], s, fmt), lb_code(f[4 * j + 1], s, fmt),
-                        lb_code(f[4 * j + 2], s, fmt), lb_code(f[4 * j + 3], s, fmt));
-    *(uint4*)(dst + r * ldo + (i - r * qpr) * 4) = make_uint4(w[0], w[1], w[2], w[3]);
-}
-
-// The sum of `v` over the warp by an xor butterfly: every lane ends with the same bits (each
-// step adds the same two values, in either order), the same on every run.
-__device__ __forceinline__ double lb_warp_sum(double v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-// One thread of each block arrives on a grid barrier: a release add on *bar (arrivals counted
-// over every launch, never reset), then a wait until they reach `target` (the host's count of
-// every launch's arrivals so far, this one's included; compared mod 2^32). What this thread
-// wrote before (or saw written, past a block barrier) is visible to every thread past the wait
-// that synchronizes with it.
-__device__ __forceinline__ void lb_grid_arrive_wait(unsigned* bar, unsigned target) {
-    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
-    unsigned seen;
-    do {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(bar) : "memory");
-    } while ((int)(seen - target) < 0);
-}
-
 __device__ __forceinline__ unsigned lb_smem(const void* p) {
     return (unsigned)__cvta_generic_to_shared(p);
 }

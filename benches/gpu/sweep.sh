@@ -4,7 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [ramp] [smalltrace] [lrprologue] [wgprep]
+#                             [ramp] [smalltrace] [lrprologue]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
@@ -48,11 +48,7 @@
 # tile, the device scale read right after the PDL wait; mma_prep_scale_a's barrier) against
 # $b/bin/lowbit-base(.gz) (benches/gpu/base_build.sh b0fe1fe, after bundle.sh), alternating, two
 # rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU,
-# then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done); wgprep:
-# the test of lowrank_wgmma packing f32 input itself (LOWBIT_CUDA_WGMMA_PREP=1, one cooperative
-# launch), then f32 input with LOWBIT_CUDA_WGMMA_PREP=0 / 1 at M = 512 / 2048 / 8192, both
-# weight formats, two rounds (run peers first), and the timelines of 1 at M = 512
-# (SWEEP_NO_TESTS=1 skips its test, e.g. right after lrprologue's, whose filters cover it).
+# then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
 # Full logs and JSON go to $OUT; a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
@@ -196,28 +192,6 @@ if has lrprologue; then
       --variant packed --m 512 --weights $w 2>&1 | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " \
       | cut -c1-300 | tee -a "$sum"
   done
-fi
-if has wgprep; then
-  d=$(ls "$b"/tests/differential-* | head -1)
-  if [ -z "${SWEEP_NO_TESTS:-}" ]; then  # set when lrprologue's tests (same filters) just ran
-    LOWBIT_REQUIRE=cuda timeout 300 "$d" --test-threads=4 cuda_mma::lowrank_wgmma_prep \
-      cuda_mma::lowrank_chain > "$out/test-wgprep.log" 2>&1
-    echo "wgmma prep tests exit $?" | tee -a "$sum"
-    grep -E "^test |test result|panicked" "$out/test-wgprep.log" | head -5 | tee -a "$sum"
-  fi
-  for round in 1 2; do
-    for on in 0 1; do
-      for w in ternary2 i8x4; do
-        LOWBIT_CUDA_WGMMA_PREP=$on bench "lowrank $w, f32 in, LOWBIT_CUDA_WGMMA_PREP=$on, round $round" \
-          --backend cuda --op lowrank --variant f32 --m 512,2048,8192 --weights $w
-      done
-    done
-  done
-  echo "=== trace lowrank f32 M=512, LOWBIT_CUDA_WGMMA_PREP=1" | tee -a "$sum"
-  mkdir -p "$out/wgprep-trace"
-  LOWBIT_CUDA_WGMMA_PREP=1 LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/wgprep-trace "$L" bench \
-    --backend cuda --op lowrank --variant f32 --m 512 --weights ternary2 2>&1 \
-    | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
 fi
 if has smalltrace; then
   for op in decoder-tail lowrank; do

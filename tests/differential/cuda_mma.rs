@@ -429,40 +429,6 @@ fn ternary2_lowrank_on_wgmma() {
     });
 }
 
-/// `lowrank_wgmma` computing the absmean scale of f32 input and packing it itself, in one
-/// cooperative launch (`with_wgmma_prep`, `LB_WG_PREP`): every f32 input with a computed
-/// scale (int8, int4, uint8pos; Hin = 1 and H; D off every multiple of 16 k words; zeros, huge
-/// values, clipping and rounding ties), every epilogue, on i8x4 and ternary2 weights, with
-/// one and three CTAs per column tile (so that the items are dealt over more CTAs than tiles).
-#[test]
-fn lowrank_wgmma_prep() {
-    use crate::WeightKind::Ternary;
-    if wgmma_backend().is_none() {
-        return;
-    }
-    let ops = [
-        lr([2, 1, 500, 256], [2, 256, 600], 600),
-        lr([1, 4, 130, 256], [4, 256, 256], 256),
-        lr([2, 2, 70, 250], [2, 250, 130], 130),
-        lr([4, 3, 5, 33], [3, 33, 130], 100),
-    ];
-    for (t2, ctas) in [(false, None), (true, None), (false, Some(3))] {
-        let what = format!("wgmma prep, ternary2 {t2}, row CTAs {ctas:?}");
-        let b = tuned_backend(&what, t2, |d| {
-            let d = d.with_wgmma_prep(true);
-            match ctas {
-                Some(n) => d.with_lowrank_row_ctas(n),
-                None => Ok(d),
-            }
-        });
-        run_on_mma(b, "LB_WG_PREP=1", |ctx| {
-            crate::large_cases(ctx, &what, &ops, 181);
-            crate::epilogue_cases_with(ctx, &what, &ops[1..], 182, Ternary);
-            crate::edge_cases_with(ctx, &what, &ops[2..], 183, Ternary);
-        });
-    }
-}
-
 /// `lowrank_wgmma`'s tile pipeline over several tiles per warpgroup pair: with one CTA per
 /// column tile each pair walks every other 64-row tile (4 and 3 here), reusing its A buffers
 /// (three at D = 256, two at D = 384); with three CTAs, a pair's tiles are 6 apart. Every

@@ -160,11 +160,6 @@ pub(crate) fn env_switch(var: &'static str, unset: bool) -> Result<bool> {
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
-/// Environment variable that has `lowrank_wgmma` compute the absmean scale of f32 input and
-/// pack it itself, in one cooperative launch (`1`; `0` or unset: off, the default, until
-/// measured on a card).
-pub const WGMMA_PREP_ENV: &str = "LOWBIT_CUDA_WGMMA_PREP";
-
 /// Environment variable that compiles every kernel with timeline stamps (`1`; diagnostics
 /// only, off by default): see [`CudaDevice::take_traces`].
 pub const TRACE_ENV: &str = "LOWBIT_CUDA_TRACE";
@@ -262,10 +257,6 @@ pub struct CudaDevice {
     /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
     /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
     pub(crate) fused_scale: bool,
-    /// f32 input to `lowrank_wgmma` with a computed scale: scaled and packed by the
-    /// projection's own CTAs in one cooperative launch (`LB_WG_PREP`), instead of a packing
-    /// kernel before it (on with `LOWBIT_CUDA_WGMMA_PREP=1` or [`CudaDevice::with_wgmma_prep`]).
-    pub(crate) wgmma_prep: bool,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
     /// Kernels compiled with timeline stamps ([`TRACE_ENV`], [`CudaDevice::take_traces`]).
@@ -428,7 +419,6 @@ impl CudaDevice {
             wg_row_ctas: None,
             pdl,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
-            wgmma_prep: env_switch(WGMMA_PREP_ENV, false)?,
             small,
             trace: env_switch(TRACE_ENV, false)?,
             cache: Mutex::new(ModuleCache::default()),
@@ -471,17 +461,6 @@ impl CudaDevice {
     /// See [`CudaDevice::with_fused_scale`].
     pub fn fused_scale(&self) -> bool {
         self.fused_scale
-    }
-    /// Whether `lowrank_wgmma` scales and packs f32 input with a computed scale itself, in
-    /// one cooperative launch (overrides `LOWBIT_CUDA_WGMMA_PREP`; off by default). Where its
-    /// grid cannot be resident at once, the packing kernels run before it instead.
-    pub fn with_wgmma_prep(mut self, on: bool) -> Self {
-        self.wgmma_prep = on;
-        self
-    }
-    /// See [`CudaDevice::with_wgmma_prep`].
-    pub fn wgmma_prep(&self) -> bool {
-        self.wgmma_prep
     }
     /// The small-M grid shape (overrides `LOWBIT_CUDA_SMALL`; any shape is bit-exact).
     pub fn with_small_shape(mut self, shape: super::tuning::SmallShape) -> Self {

@@ -628,22 +628,6 @@ pub fn wgmma_defines(uns: bool, epilogue: Epilogue, kpw: usize, t2: bool) -> Vec
     ]
 }
 
-/// Largest `kpw` (D ≤ 256) of `lowrank_wgmma`'s `LB_WG_PREP` variant: at 96 (D = 384), with
-/// ternary2 weights held across the packing, NVRTC 13.0 spilled 24–36 bytes.
-pub const WGMMA_PREP_MAX_KPW: usize = 64;
-
-/// [`wgmma_defines`] of the variant that scales and packs f32 input itself (`LB_WG_PREP`).
-pub fn wgmma_prep_defines(
-    uns: bool,
-    epilogue: Epilogue,
-    kpw: usize,
-    t2: bool,
-) -> Vec<(String, String)> {
-    let mut v = wgmma_defines(uns, epilogue, kpw, t2);
-    v.push(d("LB_WG_PREP", 1));
-    v
-}
-
 /// The sm_90a-only variants (compiled only for compute capability 9.0).
 pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     let mut v = Vec::new();
@@ -654,9 +638,6 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 for kpw in (32..=WGMMA_MAX_KPW).step_by(32) {
                     for t2 in [false, true] {
                         v.push((KernelId::LowrankWgmma, wgmma_defines(uns, ep, kpw, t2)));
-                        if kpw <= WGMMA_PREP_MAX_KPW {
-                            v.push((KernelId::LowrankWgmma, wgmma_prep_defines(uns, ep, kpw, t2)));
-                        }
                     }
                 }
             }
@@ -1011,7 +992,7 @@ fn aligned16(p: u64) -> bool {
 }
 
 /// Whether `p`'s input (row stride `lda`, `a_kvalid` valid elements per row) is `rows` whole
-/// rows holding exactly `n` elements, as the one-launch packing kernels read it.
+/// rows holding exactly `n` elements, as the one-launch packing kernel reads it.
 fn whole_rows(p: &LbMma, rows: usize, n: usize) -> bool {
     p.lda == p.a_kvalid && (rows as u64).checked_mul(p.a_kvalid as u64) == Some(n as u64)
 }
@@ -1478,10 +1459,9 @@ impl CudaDevice {
         Ok((dst, ldo))
     }
 
-    /// The scratch of a packing launch with a grid barrier (`mma_prep_scale_a`, or
-    /// `lowrank_wgmma` with `LB_WG_PREP`): `words` words of packed rows, the per-block
-    /// partials, the barrier's arrivals, and the target that `blocks` arrivals of this launch
-    /// reach. The caller holds `scratch` locked until it has queued the launch with
+    /// The scratch of `mma_prep_scale_a`'s launch (a grid barrier): `words` words of packed
+    /// rows, the per-block partials, the barrier's arrivals, and the target that `blocks`
+    /// arrivals of this launch reach. The caller holds `scratch` locked until it has queued the launch with
     /// [`CudaDevice::launch_packing`], which counts every arrival the launch makes, so that
     /// the targets follow the launches' stream order.
     fn packing_scratch(
@@ -1818,10 +1798,6 @@ impl CudaDevice {
             1,
         );
         let c = launch_cfg(grid, WGMMA_THREADS, smem);
-        // SAFETY: forwarded contract.
-        if unsafe { self.lowrank_wgmma_prep(&p, shape, scale, mode, (uns, epilogue, t2), c)? } {
-            return Ok(());
-        }
         // SAFETY: forwarded contract. This kernel's 16-byte cp.asyncs need aligned i8x4 rows,
         // so misaligned words are packed too.
         let packed = unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, true)? };
@@ -1843,87 +1819,6 @@ impl CudaDevice {
         // (the caller's contract), loads past the valid extents are zero-filled in the kernel.
         unsafe { b.launch(c) }.map_err(drv(WHAT))?;
         Ok(())
-    }
-
-    /// Where [`CudaDevice::with_wgmma_prep`] is on, for f32 input (whole rows) with a computed
-    /// scale: queues `lowrank_wgmma`'s `LB_WG_PREP` variant, which computes the scale into
-    /// `Compute`'s buffer and packs the rows itself, as one cooperative launch of grid `c`.
-    /// Returns whether it queued it; if not (off, another input, or a grid that cannot be
-    /// resident at once), nothing was queued.
-    ///
-    /// # Safety
-    /// As [`CudaDevice::lowrank_raw`]; `p` is `lowrank_mma_raw`'s problem with A not yet
-    /// packed (`p.a` the f32 input).
-    unsafe fn lowrank_wgmma_prep(
-        &self,
-        p: &LbMma,
-        shape: &LowrankShape,
-        scale: RawScale,
-        mode: u32,
-        (uns, epilogue, t2): (bool, Epilogue, bool),
-        c: LaunchConfig,
-    ) -> Result<bool> {
-        const WHAT: &str = "cuLaunchKernel (lowrank_wgmma, LB_WG_PREP)";
-        let RawScale::Compute(scale_out) = scale else {
-            return Ok(false);
-        };
-        let rows = shape.batch * shape.in_heads * shape.time;
-        let n = shape.x_len();
-        let whole = whole_rows(p, rows, n);
-        let ctas = c.grid_dim.0 as usize * c.grid_dim.1 as usize;
-        if !self.wgmma_prep
-            || p.kpw as usize > WGMMA_PREP_MAX_KPW
-            || mode != MODE_F32
-            || !whole
-            || n == 0
-            || ctas > t::RED_MAX_BLOCKS as usize
-        {
-            return Ok(false);
-        }
-        non_null("cuda::absmean_scale", "scale buffer", scale_out)?;
-        let kpw = p.kpw as usize;
-        let f = self.function(
-            KernelId::LowrankWgmma,
-            wgmma_prep_defines(uns, epilogue, kpw, t2),
-        )?;
-        self.prepare_dynamic(&f, WGMMA_THREADS, c.shared_mem_bytes as usize)?;
-        let ldo = shape.k_words().next_multiple_of(4);
-        // The scratch stays locked until the launch is queued (`packing_scratch`).
-        let mut scratch = self.scratch();
-        let PackingScratch {
-            dst,
-            partials,
-            bar,
-            target,
-        } = self.packing_scratch(&mut scratch, rows * ldo, ctas)?;
-        let mut packed = LbMma {
-            scale_ptr: scale_out,
-            scale_param: 0.0,
-            pdl: 0,
-            ..*p
-        };
-        point_at_packed(&mut packed, dst, ldo);
-        let (rows64, n64) = (rows as i64, n as i64);
-        let mut params = [
-            &packed as *const LbMma as *mut c_void,
-            p as *const LbMma as *mut c_void,
-            &rows64 as *const i64 as *mut c_void,
-            &n64 as *const i64 as *mut c_void,
-            &partials as *const u64 as *mut c_void,
-            &bar as *const u64 as *mut c_void,
-            &scale_out as *const u64 as *mut c_void,
-            &target as *const u32 as *mut c_void,
-        ];
-        let arrivals = target.wrapping_add(ctas as u32); // two barriers
-        // SAFETY: `params` are the kernel's eight parameters, alive for the call; `dst` holds
-        // rows * ldo words, the partials RED_MAX_BLOCKS ≥ ctas doubles, `bar` the arrivals of
-        // every earlier launch (`grid_bar_arrivals` once they have run, which stream order
-        // ensures before this one starts; the kernel adds two per CTA); the input, weights
-        // and output cover the shape's extent (contract).
-        let queued =
-            unsafe { self.launch_packing(&mut scratch, &f, c, &mut params, arrivals, WHAT)? };
-        drop(scratch);
-        Ok(queued)
     }
 
     /// Queues the decoder tail on the tensor cores (validated by `decoder_tail_raw`, which
