@@ -49,7 +49,8 @@
 # $b/bin/lowbit-base(.gz) (benches/gpu/base_build.sh b0fe1fe, after bundle.sh), alternating, two
 # rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU,
 # then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
-# Full logs and JSON go to $OUT; a summary table is printed last.
+# Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt); a
+# summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
 out=${OUT:-/tmp/out}; mkdir -p "$out"
@@ -88,7 +89,10 @@ if has peers; then
   python3 "$b/peers/torch_peer.py" "$out/peers.json" > "$out/peers.log" 2>&1 && peers=(--peers "$out/peers.json")
   tail -n 12 "$out/peers.log"
 fi
-sum=$out/summary.txt; : > "$sum"
+# One summary and one archive per invocation, named by its steps, so that several sweeps in
+# one device call keep each other's output.
+tag=$(echo $what | tr ' ' '-')
+sum=$out/summary-$tag.txt; : > "$sum"
 bench() {  # label, then lowbit bench args
   local label=$1; shift
   echo "=== $label" | tee -a "$sum"
@@ -367,5 +371,6 @@ if has ncusmall && command -v ncu >/dev/null; then
   done
 fi
 echo "=== summary"; cat "$sum"
-# Everything but the summary in one archive (the device tool returns a few files only).
-(cd "$out" && tar czf logs.tgz --remove-files $(ls | grep -v -e '^summary.txt$' -e '^logs.tgz$') 2>/dev/null)
+# Everything but the summaries in one archive (the device tool returns a few files only).
+(cd "$out" && tar czf "logs-$tag.tgz" --remove-files \
+  $(ls | grep -v -e '^summary-.*\.txt$' -e '^logs-.*\.tgz$') 2>/dev/null)
