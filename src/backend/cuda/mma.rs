@@ -1461,9 +1461,9 @@ impl CudaDevice {
 
     /// The scratch of `mma_prep_scale_a`'s launch (a grid barrier): `words` words of packed
     /// rows, the per-block partials, the barrier's arrivals, and the target that `blocks`
-    /// arrivals of this launch reach. The caller holds `scratch` locked until it has queued the launch with
-    /// [`CudaDevice::launch_packing`], which counts every arrival the launch makes, so that
-    /// the targets follow the launches' stream order.
+    /// arrivals of this launch reach. The caller holds `scratch` locked until it has queued
+    /// the launch with [`CudaDevice::launch_packing`], which counts every arrival the launch
+    /// makes, so that the targets follow the launches' stream order.
     fn packing_scratch(
         &self,
         scratch: &mut Scratch,
