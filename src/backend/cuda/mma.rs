@@ -330,11 +330,11 @@ pub const TMA_ENV: &str = "LOWBIT_CUDA_TMA";
 /// `decoder_wgmma` on 64-row tiles (M = 512 at BDH sizes) with a block-barrier ring (i8x4
 /// weights, and ternary2 ones unless the mbarrier ring is on there too): `R` ≥ 1 loads only R
 /// slots in the prologue instead of S − 2 (`LB_DW_RAMP`), and each slot's barrier then issues
-/// up to two loads until the ring is S − 2 slots ahead again. Every CTA starts at once, so the prologue's loads of
-/// all of them are in flight together: at M = 512 half of y. Fewer may land each CTA's first
-/// chunk sooner and start its mma while the rest streams in. Unset, empty or `0`: off (the
-/// prologue loads S − 2 slots), as is any R ≥ S − 2. The same bits either way. Not yet
-/// measured (tuning).
+/// up to two loads until the ring is S − 2 slots ahead again. Every CTA starts at once, so
+/// the prologue's loads of all of them are in flight together: at M = 512 half of y. Fewer
+/// may land each CTA's first chunk sooner and start its mma while the rest streams in. Unset,
+/// empty or `0`: off (the prologue loads S − 2 slots), as is any R ≥ S − 2. The same bits
+/// either way. Not yet measured (tuning).
 pub const RAMP_ENV: &str = "LOWBIT_CUDA_DECODER_RAMP";
 
 /// [`RAMP_ENV`]'s value: unset or empty for 0 (off), else a count of slots, at most 16.
