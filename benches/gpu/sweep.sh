@@ -6,7 +6,8 @@
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [ramp] [smalltrace] [lrprologue]
 #                             (default: peers small dp4a wgpu ncu)
-# tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu; peers:
+# tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
+# N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
 # benches/peers/torch_peer.py; small: M <= 16 rows (CUDA graph replay and single launches);
 # dp4a: the dp4a family on both projections, with the SM clock sampled; tiles: the tiled dp4a shapes of
 # LOWBIT_CUDA_TILE_{LOWRANK,DECODER}; wgpu: the LOWBIT_WGPU_TILE shapes; ncu: warp-state
@@ -64,8 +65,16 @@ what=${*:-peers small dp4a wgpu ncu}
 if [[ " $what " == *" tests "* ]]; then
   for t in "$b"/tests/*; do
     [ -x "$t" ] || continue
-    echo "=== test $(basename "$t")"
-    LOWBIT_BIN=$PWD/$L LOWBIT_REQUIRE=cuda,wgpu "$t" --test-threads=8 > "$out/test-$(basename "$t").log" 2>&1
+    names=()
+    if [ -n "${TEST_SHARD:-}" ]; then  # I/N: every N-th test of each executable from the I-th
+      mapfile -t names < <("$t" --list 2>/dev/null | sed -n 's/: test$//p' \
+        | awk -v i="${TEST_SHARD%/*}" -v n="${TEST_SHARD#*/}" '(NR - 1) % n == i')
+      [ ${#names[@]} -gt 0 ] || continue
+      names=(--exact "${names[@]}")
+    fi
+    echo "=== test $(basename "$t")${TEST_SHARD:+ (shard $TEST_SHARD)}"
+    LOWBIT_BIN=$PWD/$L LOWBIT_REQUIRE=cuda,wgpu "$t" --test-threads=8 "${names[@]}" \
+      > "$out/test-$(basename "$t").log" 2>&1
     echo "exit $?"; grep -E "^test result|FAILED|panicked|SKIPPED" "$out/test-$(basename "$t").log" | head -20
   done
 fi
