@@ -26,7 +26,7 @@ use std::ffi::c_void;
 
 use cudarc::driver::{CudaFunction, DeviceRepr, LaunchConfig, PushKernelArg, sys};
 
-use super::device::{CudaDevice, KernelFamily, Pdl, Scratch, drv};
+use super::device::{CudaDevice, KernelFamily, Pdl, drv};
 use super::launch::{LbProblem, Path, RawAct, RawScale, dtype_code, fmt_code, non_null};
 use super::tuning as t;
 use crate::config::LowBitActivationFormat;
@@ -991,29 +991,6 @@ fn aligned16(p: u64) -> bool {
     p.is_multiple_of(16)
 }
 
-/// Whether `p`'s input (row stride `lda`, `a_kvalid` valid elements per row) is `rows` whole
-/// rows holding exactly `n` elements, as the one-launch packing kernel reads it.
-fn whole_rows(p: &LbMma, rows: usize, n: usize) -> bool {
-    p.lda == p.a_kvalid && (rows as u64).checked_mul(p.a_kvalid as u64) == Some(n as u64)
-}
-
-/// Points `p`'s A at packed i8x4 rows: `ldo` words each (a multiple of 4, zero-padded past
-/// the valid k), 16-byte aligned.
-fn point_at_packed(p: &mut LbMma, dst: u64, ldo: usize) {
-    p.a = dst;
-    p.lda = ldo as i64;
-    p.a_kvalid = ldo as i64;
-    p.a_vec = 1;
-}
-
-/// Device pointers and the barrier target of [`CudaDevice::packing_scratch`].
-struct PackingScratch {
-    dst: u64,
-    partials: u64,
-    bar: u64,
-    target: u32,
-}
-
 fn launch_cfg(grid: (u32, u32, u32), block: u32, smem: usize) -> LaunchConfig {
     LaunchConfig {
         grid_dim: grid,
@@ -1459,55 +1436,6 @@ impl CudaDevice {
         Ok((dst, ldo))
     }
 
-    /// The scratch of `mma_prep_scale_a`'s launch (a grid barrier): `words` words of packed
-    /// rows, the per-block partials, the barrier's arrivals, and the target that `blocks`
-    /// arrivals of this launch reach. The caller holds `scratch` locked until it has queued
-    /// the launch with [`CudaDevice::launch_packing`], which counts every arrival the launch
-    /// makes, so that the targets follow the launches' stream order.
-    fn packing_scratch(
-        &self,
-        scratch: &mut Scratch,
-        words: usize,
-        blocks: usize,
-    ) -> Result<PackingScratch> {
-        let dst = self.scratch_buf(&mut scratch.mma_words, words)?;
-        let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
-        if scratch.grid_bar.is_none() {
-            scratch.grid_bar_arrivals = 0; // a new, zeroed counter
-        }
-        let bar = self.scratch_buf(&mut scratch.grid_bar, 1)?;
-        let target = scratch.grid_bar_arrivals.wrapping_add(blocks as u32);
-        Ok(PackingScratch {
-            dst,
-            partials,
-            bar,
-            target,
-        })
-    }
-
-    /// Queues a packing launch of [`CudaDevice::packing_scratch`] cooperatively and, once
-    /// queued, sets `grid_bar_arrivals` to `arrivals` (the barrier count once it has run).
-    /// Returns whether it was queued (not where the grid cannot be resident at once).
-    ///
-    /// # Safety
-    /// As [`CudaDevice::launch_cooperative`].
-    unsafe fn launch_packing(
-        &self,
-        scratch: &mut Scratch,
-        f: &CudaFunction,
-        c: LaunchConfig,
-        params: &mut [*mut c_void],
-        arrivals: u32,
-        what: &str,
-    ) -> Result<bool> {
-        // SAFETY: forwarded contract.
-        let queued = unsafe { self.launch_cooperative(f, c, params, what)? };
-        if queued {
-            scratch.grid_bar_arrivals = arrivals;
-        }
-        Ok(queued)
-    }
-
     /// For f32 input (`mode` [`MODE_F32`]) with a computed scale: the absmean scale into `Compute`'s
     /// buffer and `mma_prep`'s packing in one cooperative launch of `mma_prep_scale_a`.
     /// Returns the scratch address, its row length and the scale buffer, or `None` with
@@ -1531,7 +1459,8 @@ impl CudaDevice {
         let RawScale::Compute(scale_out) = scale else {
             return Ok(None);
         };
-        let whole = whole_rows(p, rows, n);
+        let whole =
+            p.lda == p.a_kvalid && (rows as u64).checked_mul(p.a_kvalid as u64) == Some(n as u64);
         let fits = (n as u64).saturating_mul(4) <= self.caps.l2_bytes / FUSED_SCALE_L2_SHARE;
         if !self.fused_scale || mode != MODE_F32 || !whole || !fits || n == 0 {
             return Ok(None);
@@ -1546,14 +1475,17 @@ impl CudaDevice {
             .min(resident)
             .min(t::RED_MAX_BLOCKS as usize)
             .max(1);
-        // The scratch stays locked until the launch is queued (`packing_scratch`).
+        // The scratch stays locked until the launch is queued, so that the barrier targets
+        // follow the launches' stream order.
         let mut scratch = self.scratch();
-        let PackingScratch {
-            dst,
-            partials,
-            bar,
-            target,
-        } = self.packing_scratch(&mut scratch, rows * ldo, blocks)?;
+        let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
+        let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
+        if scratch.grid_bar.is_none() {
+            scratch.grid_bar_arrivals = 0; // a new, zeroed counter
+        }
+        let bar = self.scratch_buf(&mut scratch.grid_bar, 1)?;
+        // Every launch's blocks so far, this one's included (the kernel compares mod 2^32).
+        let target = scratch.grid_bar_arrivals.wrapping_add(blocks as u32);
         let (rows64, ldo32, n64) = (rows as i64, ldo as i32, n as i64);
         let mut params = [
             p as *const LbMma as *mut c_void,
@@ -1571,8 +1503,10 @@ impl CudaDevice {
         // rows * ldo words, the partials RED_MAX_BLOCKS ≥ blocks doubles, `bar` the arrivals
         // of every earlier launch (`grid_bar_arrivals` once they have run, which stream order
         // ensures before this one starts); the input covers its extent (contract).
-        let queued =
-            unsafe { self.launch_packing(&mut scratch, &f, c, &mut params, target, WHAT)? };
+        let queued = unsafe { self.launch_cooperative(&f, c, &mut params, WHAT)? };
+        if queued {
+            scratch.grid_bar_arrivals = target;
+        }
         drop(scratch);
         Ok(queued.then_some((dst, ldo, scale_out)))
     }
@@ -1750,7 +1684,10 @@ impl CudaDevice {
                 .transpose()?
         };
         if let Some((dst, ldo)) = packed {
-            point_at_packed(p, dst, ldo);
+            p.a = dst;
+            p.lda = ldo as i64;
+            p.a_kvalid = ldo as i64;
+            p.a_vec = 1;
         }
         Ok(packed.is_some())
     }
