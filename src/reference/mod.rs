@@ -3,6 +3,10 @@
 //! Nothing here is fast and nothing here is clever; each function is a direct transcription of
 //! SPEC.md. Backends (CPU, CUDA, WGSL) are tested against these functions bit for bit wherever
 //! the math is integer: equal codes and scales give equal outputs.
+//!
+//! The projections keep one row of outputs' accumulators and run the output column innermost,
+//! so that weight rows are read in memory order; each output's own sum still runs in the order
+//! its doc states (the same f32 additions, so the float paths' results do not depend on it).
 
 pub mod rho;
 
@@ -35,20 +39,24 @@ pub fn lowrank_projection_codes(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "x codes", x_codes, shape.x_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let (d_len, n_len) = (shape.embd, shape.latent);
+    let (d_len, n_len, n_out) = (shape.embd, shape.latent, shape.latent_out);
     let mut out = vec![0.0f32; shape.out_len()];
+    let mut acc = vec![0i32; n_out];
     for b in 0..shape.batch {
         for h in 0..shape.heads {
             for t in 0..shape.time {
                 let x_row = ((b * shape.in_heads + shape.in_head(h)) * shape.time + t) * d_len;
-                for n in 0..shape.latent_out {
-                    let mut acc = 0i32;
-                    for d in 0..d_len {
-                        let w = i32::from(w_codes[(h * d_len + d) * n_len + n]);
-                        acc = acc.wrapping_add(x_codes[x_row + d].wrapping_mul(w));
+                acc.fill(0);
+                for d in 0..d_len {
+                    let x = x_codes[x_row + d];
+                    let w_row = &w_codes[(h * d_len + d) * n_len..][..n_out];
+                    for (a, &w) in acc.iter_mut().zip(w_row) {
+                        *a = a.wrapping_add(x.wrapping_mul(i32::from(w)));
                     }
-                    out[((b * shape.heads + h) * shape.time + t) * shape.latent_out + n] =
-                        dequantize_acc(acc, w_scale, a_scale);
+                }
+                let o = ((b * shape.heads + h) * shape.time + t) * n_out;
+                for (dst, &a) in out[o..o + n_out].iter_mut().zip(&acc) {
+                    *dst = dequantize_acc(a, w_scale, a_scale);
                 }
             }
         }
@@ -68,19 +76,20 @@ pub fn lowrank_projection_float(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "x", x, shape.x_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let (d_len, n_len) = (shape.embd, shape.latent);
+    let (d_len, n_len, n_out) = (shape.embd, shape.latent, shape.latent_out);
     let mut out = vec![0.0f32; shape.out_len()];
     for b in 0..shape.batch {
         for h in 0..shape.heads {
             for t in 0..shape.time {
                 let x_row = ((b * shape.in_heads + shape.in_head(h)) * shape.time + t) * d_len;
-                for n in 0..shape.latent_out {
-                    let mut acc = 0.0f32;
-                    for d in 0..d_len {
-                        acc += (f32::from(w_codes[(h * d_len + d) * n_len + n]) * w_scale)
-                            * x[x_row + d];
+                let o = ((b * shape.heads + h) * shape.time + t) * n_out;
+                let acc = &mut out[o..o + n_out];
+                for d in 0..d_len {
+                    let x = x[x_row + d];
+                    let w_row = &w_codes[(h * d_len + d) * n_len..][..n_out];
+                    for (a, &w) in acc.iter_mut().zip(w_row) {
+                        *a += (f32::from(w) * w_scale) * x;
                     }
-                    out[((b * shape.heads + h) * shape.time + t) * shape.latent_out + n] = acc;
                 }
             }
         }
@@ -135,19 +144,24 @@ pub fn decoder_tail_codes(
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
     let (l_len, dim) = (shape.latent, shape.dim);
     let mut out = vec![0.0f32; shape.out_len()];
+    let mut acc = vec![0i32; dim];
     for b in 0..shape.batch {
         for t in 0..shape.time {
-            for e in 0..dim {
-                let mut acc = 0i32;
-                for h in 0..shape.heads {
-                    let y_row = ((b * shape.heads + h) * shape.time + t) * l_len;
-                    let w_base = h * shape.latent_per_head * dim;
-                    for l in 0..l_len {
-                        let w = i32::from(w_codes[w_base + l * dim + e]);
-                        acc = acc.wrapping_add(y_codes[y_row + l].wrapping_mul(w));
+            acc.fill(0);
+            for h in 0..shape.heads {
+                let y_row = ((b * shape.heads + h) * shape.time + t) * l_len;
+                let w_base = h * shape.latent_per_head * dim;
+                for l in 0..l_len {
+                    let y = y_codes[y_row + l];
+                    let w_row = &w_codes[w_base + l * dim..][..dim];
+                    for (a, &w) in acc.iter_mut().zip(w_row) {
+                        *a = a.wrapping_add(y.wrapping_mul(i32::from(w)));
                     }
                 }
-                out[(b * shape.time + t) * dim + e] = dequantize_acc(acc, w_scale, a_scale);
+            }
+            let o = (b * shape.time + t) * dim;
+            for (dst, &a) in out[o..o + dim].iter_mut().zip(&acc) {
+                *dst = dequantize_acc(a, w_scale, a_scale);
             }
         }
     }
@@ -169,16 +183,18 @@ pub fn decoder_tail_float(
     let mut out = vec![0.0f32; shape.out_len()];
     for b in 0..shape.batch {
         for t in 0..shape.time {
-            for e in 0..dim {
-                let mut acc = 0.0f32;
-                for h in 0..shape.heads {
-                    let y_row = ((b * shape.heads + h) * shape.time + t) * l_len;
-                    let w_base = h * shape.latent_per_head * dim;
-                    for l in 0..l_len {
-                        acc += (f32::from(w_codes[w_base + l * dim + e]) * w_scale) * y[y_row + l];
+            let o = (b * shape.time + t) * dim;
+            let acc = &mut out[o..o + dim];
+            for h in 0..shape.heads {
+                let y_row = ((b * shape.heads + h) * shape.time + t) * l_len;
+                let w_base = h * shape.latent_per_head * dim;
+                for l in 0..l_len {
+                    let y = y[y_row + l];
+                    let w_row = &w_codes[w_base + l * dim..][..dim];
+                    for (a, &w) in acc.iter_mut().zip(w_row) {
+                        *a += (f32::from(w) * w_scale) * y;
                     }
                 }
-                out[(b * shape.time + t) * dim + e] = acc;
             }
         }
     }
