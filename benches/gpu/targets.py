@@ -33,7 +33,10 @@ def load(paths):
             if r["backend"] != "cuda":
                 continue
             fam = "dp4a" if "Dp4a kernels" in r["device"] else "mma"
-            rows.append(dict(r, weights=run.get("weights", "i8x4"), out=run.get("out", "f32"),
+            # `input`: the variant's input kind, its first word ("packed-t2-bf16-relu" is
+            # packed input; the weights and output are the run's options).
+            rows.append(dict(r, input=r["variant"].split("-")[0],
+                             weights=run.get("weights", "i8x4"), out=run.get("out", "f32"),
                              relu=run.get("relu", False), family=fam, copy_gbps=bw.get("cuda"),
                              dhn=(run["d"], run["h"], run["n"])))
     return rows
@@ -100,33 +103,33 @@ def main(paths):
     # Issue #4 (dp4a family)
     dp = pick(f32, family="dp4a")
     for op in ("lowrank", "decoder-tail"):
-        check(f"#4 dp4a {op} packed, % of the dp4a ceiling", pick(dp, op=op, variant="packed"),
+        check(f"#4 dp4a {op} packed, % of the dp4a ceiling", pick(dp, op=op, input="packed"),
               (2048, 8192), lambda r: r.get("pct_compute_peak"), 75.0, unit="%", fmt="{:.0f}")
-    check("#4 dp4a lowrank f32 in, vs eager_quant", pick(dp, op="lowrank", variant="f32"),
+    check("#4 dp4a lowrank f32 in, vs eager_quant", pick(dp, op="lowrank", input="f32"),
           (2048, 8192), peer("eager_quant"), 1.0)
     for op in ("lowrank", "decoder-tail"):
         check(f"#4 {op} packed M ≤ 16, % copy bw on weight bytes",
-              pick(f32, op=op, variant="packed", weights="i8x4"), SMALL, weight_pct, 60.0,
+              pick(f32, op=op, input="packed", weights="i8x4"), SMALL, weight_pct, 60.0,
               unit="%", fmt="{:.0f}")
     # Issue #5 (tensor-core family; M <= 16 either family)
     mma = pick(f32, family="mma")
-    lr = pick(mma, op="lowrank", variant="f32")
+    lr = pick(mma, op="lowrank", input="f32")
     check("#5 lowrank f32 in, vs compiled_quant", lr, LARGE, peer("compiled_quant"), 3.0)
     check("#5 lowrank f32 in, vs int_mm", lr, LARGE, peer("int_mm"), 1.15)
     check("#5 lowrank f32 in, time / byte floor", lr, LARGE, byte_floor_ratio, 1.25,
           lower_is_better=True)
     br = pick(rows, family="mma", op="lowrank", out="bf16", relu=True)
-    for variant in ("packed", "f32"):
-        check(f"#5 lowrank bf16 + ReLU ({variant} in), vs bf16_mm", pick(br, variant=variant),
+    for kind in ("packed", "f32"):
+        check(f"#5 lowrank bf16 + ReLU ({kind} in), vs bf16_mm", pick(br, input=kind),
               LARGE, peer("bf16_mm"), 1.3)
-    dec = pick(mma, op="decoder-tail", variant="packed")
+    dec = pick(mma, op="decoder-tail", input="packed")
     for name in ("int_mm", "bf16_mm"):
         check(f"#5 decoder packed, vs {name} (M = 512, 2048)", dec, (512, 2048), peer(name), 1.5)
         check(f"#5 decoder packed, vs {name} (M = 8192)", dec, (8192,), peer(name), 1.2)
     for op in ("lowrank", "decoder-tail"):
         for out, relu in (("f32", False), ("bf16", True)):
             check(f"#5 {op} packed M ≤ 16 ({out}{' + ReLU' if relu else ''}), vs bf16_mm_graph",
-                  pick(rows, op=op, variant="packed", out=out, relu=relu), SMALL,
+                  pick(rows, op=op, input="packed", out=out, relu=relu), SMALL,
                   peer("bf16_mm_graph"), 2.5)
     cards = sorted({r["device"] for r in rows})
     bws = sorted({round(r["copy_gbps"]) for r in rows if r["copy_gbps"]})
