@@ -551,6 +551,7 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* t
             w_off += WR * p.ldb;
             if (++lkc == cph) {
                 lkc = 0;
+                ++lh;  // (read by the TMA only)
                 y_off += y_head;
                 w_off += w_head;
             }
