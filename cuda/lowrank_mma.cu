@@ -148,9 +148,11 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     // r = 0..3, are its k words 16 q16..16 q16 + 15, word 16 q16 + 4j + r in slot j of row
     // 4 q16 + r, so each q16 gives four 16-byte smem chunks (words 16 q16 + 4j..+3). Zero past
     // N, latent_out and kw. Pair P takes q16 = P + 2i, i < NP (kpw = 32 NP). Every word is
-    // loaded here, before the wait; they are expanded into smem only after the first A tiles
-    // are queued, so the weights' and A's DRAM round trips overlap (expanding each q16 as it
-    // arrived made NP + 1 round trips in a row before the first mma).
+    // loaded here, before the wait. Without a chain they are expanded into smem only after the
+    // first A tiles are queued, so the weights' and A's DRAM round trips overlap (expanding
+    // each q16 as it arrived made NP + 1 round trips in a row before the first mma); in a
+    // chain they arrive during the wait and are expanded before it, off the path after it
+    // (expanding them after it cost the f32-input chain 0.7 us at M = 512 on the H100).
     const int t2_n = n0 + lb_wg_col(pt);
     const bool t2_col_ok = t2_n < p.ncols && t2_n < p.bcols;
     u32 t2w[LB_WG_NP][4];
@@ -166,6 +168,24 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         }
         lb_commit();  // an empty group: the A tiles' group count stays as below
     }
+    auto expand_t2 = [&]() {
+        unsigned char* row = Bs + pt * 128;
+#pragma unroll
+        for (int i = 0; i < LB_WG_NP; ++i) {
+            const int q16 = pair + 2 * i;
+            const bool ok = t2_col_ok && 16 * q16 < p.kw;
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int q = 16 * q16 + 4 * j;
+                const int off = (q >> 5) * b_plane + ((((q >> 2) & 7) ^ (pt & 7)) << 4);
+                *(uint4*)(row + off) =
+                    ok ? make_uint4(lb_t2_expand(t2w[i][0], j), lb_t2_expand(t2w[i][1], j),
+                                    lb_t2_expand(t2w[i][2], j), lb_t2_expand(t2w[i][3], j))
+                       : make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+    };
+    if (p.pdl != 0) expand_t2();
 #else
     // The weight tile, gathered word by word by 4-byte cp.asyncs: smem row c is column
     // n0 + lb_wg_col(c) (zero past N, latent_out and kw).
@@ -198,23 +218,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     if (p.pdl != 0) load_a(first, 0);
     load_a(first + step, 1);
 #if LB_WG_T2
-    {
-        unsigned char* row = Bs + pt * 128;
-#pragma unroll
-        for (int i = 0; i < LB_WG_NP; ++i) {
-            const int q16 = pair + 2 * i;
-            const bool ok = t2_col_ok && 16 * q16 < p.kw;
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const int q = 16 * q16 + 4 * j;
-                const int off = (q >> 5) * b_plane + ((((q >> 2) & 7) ^ (pt & 7)) << 4);
-                *(uint4*)(row + off) =
-                    ok ? make_uint4(lb_t2_expand(t2w[i][0], j), lb_t2_expand(t2w[i][1], j),
-                                    lb_t2_expand(t2w[i][2], j), lb_t2_expand(t2w[i][3], j))
-                       : make_uint4(0u, 0u, 0u, 0u);
-            }
-        }
-    }
+    if (p.pdl == 0) expand_t2();
 #endif
     lb_wait<1>();
     lb_fence_async_smem();
