@@ -376,17 +376,6 @@ extern "C" __global__ void __launch_bounds__(256) decoder_mma_reduce(LbMma p, in
 #if LB_DW_TMA && (!LB_DW_MBAR || LB_DW_PL != 1)
 #error "decoder_wgmma: LB_DW_TMA needs LB_DW_MBAR and one chunk per slot"
 #endif
-// LB_DW_RAMP = R > 0 (block-barrier ring only): the prologue loads R slots instead of S - 2,
-// and each slot's barrier then issues up to two loads until the ring is S - 2 slots ahead
-// again. Every CTA starts at once, so the prologue's loads of all CTAs are in flight
-// together; R slots instead of S - 2 may land the first chunk sooner and start the mma while
-// the rest streams in (M = 512: 8 of a CTA's 16 chunks requested up front).
-#ifndef LB_DW_RAMP
-#define LB_DW_RAMP 0
-#endif
-#if LB_DW_RAMP < 0 || LB_DW_RAMP > LB_DW_STAGES - 2 || (LB_DW_RAMP && LB_DW_MBAR)
-#error "decoder_wgmma: LB_DW_RAMP must be 0 .. LB_DW_STAGES - 2, and 0 on the mbarrier ring"
-#endif
 #define LB_DW_ACC_LD (LB_DW_BN + 8)  // accumulator tile rows in smem (Z mode), in ints
 #define LB_DW_LDW (LB_DW_BN + 8)
 #define LB_DW_YBYTES (LB_DW_BM * 128)
@@ -577,14 +566,8 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* t
         warp_arrive(&mb_full[c % S]);
     };
 #endif
-    // Slot loads of the prologue; with LB_DW_RAMP `issued` counts the loads issued so far
-    // (= cp.async groups committed: load c is group c).
-    constexpr int PRO = LB_DW_RAMP ? LB_DW_RAMP : S - 2;
 #pragma unroll
-    for (int c = 0; c < PRO; ++c) load(c);
-#if LB_DW_RAMP
-    int issued = PRO;
-#endif
+    for (int c = 0; c < S - 2; ++c) load(c);
 
     int d[LB_DW_NACC];
 #pragma unroll
@@ -600,20 +583,10 @@ __device__ __forceinline__ void lb_decoder_wgmma(const LbMma& p, const LbTmap* t
     // wgmma of slot c - 2's chunks (wait_group 1 below), so slot (c - 2) % S takes load
     // c + S - 2.
     auto sync = [&](int c) {
-#if LB_DW_RAMP
-        // Up to load c + S - 2 may be issued here (at most S - 2 slots ahead), so at most
-        // S - 3 groups past c are in flight; while the ring ramps up, fewer.
-        lb_wait_upto<S - 3>(issued - c - 1);
-        lb_fence_async_smem();
-        __syncthreads();
-        load(issued++);
-        if (issued <= c + S - 2) load(issued++);
-#else
         lb_wait<S - 3>();
         lb_fence_async_smem();
         __syncthreads();
         load(c + S - 2);
-#endif
     };
 #endif
     // LB_DW_T2U: this thread's sums of the y bytes it loads, rows r0 + 64 rr.

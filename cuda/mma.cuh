@@ -111,17 +111,6 @@ template <int N>
 __device__ __forceinline__ void lb_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// cp.async.wait_group min(n, N) for a run-time n >= 0 (the instruction takes an immediate).
-template <int N>
-__device__ __forceinline__ void lb_wait_upto(int n) {
-    if constexpr (N > 0) {
-        if (n < N) {
-            lb_wait_upto<N - 1>(n);
-            return;
-        }
-    }
-    lb_wait<N>();
-}
 
 __device__ __forceinline__ void lb_ldsm4(u32 (&r)[4], const u32* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"

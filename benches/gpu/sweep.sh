@@ -4,7 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [ramp] [smalltrace] [lrprologue]
+#                             [smalltrace] [lrprologue]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -39,15 +39,13 @@
 # M = 2048 / 8192 (run peers first); targets: every row that issues #4's and #5's "done when"
 # lines name (both weight formats, f32 out and bf16 + ReLU, the default family and dp4a, M = 1,
 # 16, 512, 2048, 8192; the decoder with packed input), then benches/gpu/targets.py's verdict on
-# each line (run peers first); ramp: the decoder's 64-row ring with a shorter prologue
-# (LOWBIT_CUDA_DECODER_RAMP=1|2) against the default, two rounds at M = 256 / 512, both weight
-# formats, then the timelines of 0 and 1 at M = 512 (run peers first); smalltrace: the
+# each line (run peers first); smalltrace: the
 # timelines of the small-M tensor-core kernels (i8x4 weights, LOWBIT_CUDA_SMALL_MMA=1 so that
 # M = 1 runs them too) at M = 1, 8, 16, single launches: where the decoder's time grows with M;
 # lrprologue: the low-rank kernels' tests, then lowrank_wgmma's prologue (ternary2 weight words
 # in flight with the first A tiles, the i8x4 gather in straight-line code after the first A
 # tile, the device scale read right after the PDL wait; mma_prep_scale_a's barrier) against
-# $b/bin/lowbit-base(.gz) (benches/gpu/base_build.sh b0fe1fe, after bundle.sh), alternating, two
+# $b/bin/lowbit-base(.gz) (benches/gpu/base_build.sh REV, after bundle.sh), alternating, two
 # rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU,
 # then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
 # Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt); a
@@ -154,29 +152,6 @@ if has tmay; then
       LOWBIT_CUDA_TMA=$tma bench "decoder ternary2, LOWBIT_CUDA_TMA=$tma, round $round" \
         --backend cuda --op decoder-tail --variant packed --m 2048,8192 --weights ternary2
     done
-  done
-fi
-if has ramp; then
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 300 "$d" --test-threads=4 cuda_mma::decoder_ramp > "$out/test-ramp.log" 2>&1
-  echo "decoder_ramp test exit $?" | tee -a "$sum"
-  grep -E "^test |test result|panicked" "$out/test-ramp.log" | head -5 | tee -a "$sum"
-  for round in 1 2; do
-    for r in 0 1 2; do
-      LOWBIT_CUDA_DECODER_RAMP=$r bench "decoder ternary2, LOWBIT_CUDA_DECODER_RAMP=$r, round $round" \
-        --backend cuda --op decoder-tail --variant packed --m 256,512 --weights ternary2
-    done
-    for r in 0 1; do
-      LOWBIT_CUDA_DECODER_RAMP=$r bench "decoder i8x4, LOWBIT_CUDA_DECODER_RAMP=$r, round $round" \
-        --backend cuda --op decoder-tail --variant packed --m 512
-    done
-  done
-  for r in 0 1; do
-    echo "=== trace decoder M=512, LOWBIT_CUDA_DECODER_RAMP=$r" | tee -a "$sum"
-    mkdir -p "$out/ramp$r"
-    LOWBIT_CUDA_DECODER_RAMP=$r LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/ramp$r "$L" bench --backend cuda \
-      --op decoder-tail --variant packed --m 512 --weights ternary2 2>&1 | tee -a "$out/trace.log" \
-      | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
   done
 fi
 if has lrprologue; then

@@ -604,46 +604,6 @@ fn decoder_mbarrier_ring() {
     );
 }
 
-/// `decoder_wgmma`'s 64-row block-barrier ring with a shorter prologue
-/// (`CudaDevice::with_decoder_ramp`: 1 or 2 slot loads up front, then two per slot until the
-/// ring is S − 2 ahead), on ternary2 weights (u8 fields, narrow partials) and i8x4 ones: the
-/// ternary2 decoder's shapes on 64-row tiles, every input variant, the epilogues and the edge
-/// data; then single splits, whose rings ramp up once and wrap around 2.5 to 5 times. Bit for
-/// bit against the reference.
-#[test]
-fn decoder_ramp() {
-    use crate::WeightKind::Ternary;
-    if t2_backend().and_then(with_wgmma).is_none() {
-        return;
-    }
-    let ops = t2_decoder_shapes();
-    for (i, (ramp, t2)) in [(1, true), (2, true), (1, false)].into_iter().enumerate() {
-        let what = format!("ramp {ramp}, {}", if t2 { "ternary2" } else { "i8x4" });
-        let b = tuned_backend(&what, t2, |d| {
-            d.with_decoder_ramp(ramp).with_decoder_rows(64)
-        });
-        let needle = format!("LB_DW_RAMP={ramp} ");
-        let seed = 181 + 3 * i as u64;
-        run_on_mma(b, &needle, |ctx| {
-            let name = format!("wgmma decoder_tail, {what}");
-            crate::large_cases(ctx, &name, &ops, seed);
-            if t2 {
-                crate::epilogue_cases_with(ctx, &name, &ops[1..2], seed + 1, Ternary);
-                crate::edge_cases_with(ctx, &name, &ops[3..4], seed + 2, Ternary);
-            }
-        });
-        let weights = format!("LB_DW_T2={}", u8::from(t2));
-        assert_tiles_ran(b, &what, &needle, &["LB_DW_BM=64", &weights]);
-    }
-    on_single_splits(
-        "ramp 1",
-        "LB_DW_RAMP=1 ",
-        &[64],
-        |d| d.with_decoder_ramp(1),
-        |ctx, what| long_ring_cases(ctx, what, 196),
-    );
-}
-
 /// Single-split cases for [`on_single_splits`]: 4 heads of 16 k chunks (64 chunks per CTA)
 /// and 2 heads of 16, the last partial (32), on ternary2 weights; the edge data on the second.
 fn long_ring_cases(ctx: &mut Ctx, what: &str, seed: u64) {

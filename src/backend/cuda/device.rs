@@ -401,10 +401,6 @@ impl CudaDevice {
                     mbar,
                     mbar_few,
                     tma: env_switch(super::mma::TMA_ENV, false)?,
-                    ramp: super::mma::parse_ramp(
-                        &std::env::var(super::mma::RAMP_ENV).unwrap_or_default(),
-                    )
-                    .map_err(bad_env(super::mma::RAMP_ENV))?,
                 }
             },
             dw_rows: super::mma::parse_decoder_rows(

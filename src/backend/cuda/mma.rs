@@ -327,40 +327,6 @@ pub const MBARRIER_ENV: &str = "LOWBIT_CUDA_MBARRIER";
 /// (BENCHMARKS.md, 2026-12-05).
 pub const TMA_ENV: &str = "LOWBIT_CUDA_TMA";
 
-/// `decoder_wgmma` on 64-row tiles (M = 512 at BDH sizes) with a block-barrier ring (i8x4
-/// weights, and ternary2 ones unless the mbarrier ring is on there too): `R` ≥ 1 loads only R
-/// slots in the prologue instead of S − 2 (`LB_DW_RAMP`), and each slot's barrier then issues
-/// up to two loads until the ring is S − 2 slots ahead again. Every CTA starts at once, so
-/// the prologue's loads of all of them are in flight together: at M = 512 half of y. Fewer
-/// may land each CTA's first chunk sooner and start its mma while the rest streams in. Unset,
-/// empty or `0`: off (the prologue loads S − 2 slots), as is any R ≥ S − 2. The same bits
-/// either way. Not yet measured (tuning).
-pub const RAMP_ENV: &str = "LOWBIT_CUDA_DECODER_RAMP";
-
-/// [`RAMP_ENV`]'s value: unset or empty for 0 (off), else a count of slots, at most 16.
-pub fn parse_ramp(text: &str) -> std::result::Result<usize, String> {
-    let t = text.trim();
-    if t.is_empty() {
-        return Ok(0);
-    }
-    match plain_usize(t) {
-        Some(r) if r <= 16 => Ok(r),
-        _ => Err(format!("`{t}`: expected a slot count 0 to 16")),
-    }
-}
-
-/// `LB_DW_RAMP` of `decoder_wgmma` on `bm`-row tiles with `stages` ring slots under setting
-/// `ramp`: only on 64-row tiles (at 128 rows the kernel has no registers to spare: NVRTC 13.0
-/// spilled 72 bytes with i8x4 weights), 0 on the mbarrier ring (`mbar_ring`) and where `ramp`
-/// does not shorten the prologue (S − 2 slots).
-pub const fn dec_wgmma_ramp(ramp: usize, bm: usize, stages: usize, mbar_ring: bool) -> usize {
-    if bm != DEC_WGMMA_BM_FEW || mbar_ring || ramp + 2 >= stages {
-        0
-    } else {
-        ramp
-    }
-}
-
 /// i32 words of `count` split partials: i32s, or narrow ones (i16s, then at the next 16-byte
 /// boundary the i32s of the sums that do not fit; `lb_p16_wide`).
 pub fn partial_words(count: usize, narrow: bool) -> usize {
@@ -415,9 +381,6 @@ pub struct DwOptions {
     pub mbar_few: bool,
     /// y tiles by TMA on that ring (`LB_DW_TMA`), where [`DwOptions::for_shape`] allows
     pub tma: bool,
-    /// slot loads in the prologue of a block-barrier ring (`LB_DW_RAMP`, [`RAMP_ENV`]); 0,
-    /// or at least the ring's S − 2, loads S − 2 (the default)
-    pub ramp: usize,
 }
 
 impl DwOptions {
@@ -525,13 +488,7 @@ pub fn dec_wgmma_defines(
     opt: DwOptions,
 ) -> Vec<(String, String)> {
     let mbar = opt.mbar;
-    let ramp = dec_wgmma_ramp(
-        opt.ramp,
-        bm,
-        dec_wgmma_stages(t2, bm, mbar),
-        dec_wgmma_mbar(t2, mbar),
-    );
-    let mut v = vec![
+    vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
         d("LB_UNS", u32::from(uns)),
         d("LB_DW_BN", DEC_WGMMA_BN),
@@ -547,12 +504,7 @@ pub fn dec_wgmma_defines(
         d("LB_DW_MBAR", u32::from(dec_wgmma_mbar(t2, mbar))),
         d("LB_DW_TMA", u32::from(opt.tma_for(t2))),
         eps(),
-    ];
-    if ramp > 0 {
-        // (only then: the other variants keep their defines, and so their cache keys)
-        v.insert(v.len() - 1, d("LB_DW_RAMP", ramp));
-    }
-    v
+    ]
 }
 
 /// `mma_prep_scale_a` runs where the f32 input takes at most 1 / this of the L2: past the
@@ -654,7 +606,6 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                         mbar,
                         mbar_few: mbar,
                         tma,
-                        ramp: 0,
                     })
                 })
                 .map(|opt| (true, opt));
@@ -677,19 +628,6 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     }
                 }
             }
-        }
-        // 64-row block-barrier rings with a shorter prologue (LB_DW_RAMP): ternary2 weights
-        // as u8 fields (narrow partials) and i8x4 ones
-        for (t2, ramp) in [(true, 1), (true, 2), (false, 1)] {
-            let opt = DwOptions {
-                t2_fields: t2,
-                ramp,
-                ..DwOptions::default()
-            };
-            v.push((
-                KernelId::DecoderWgmma,
-                dec_wgmma_defines(uns, 1, t2, DEC_WGMMA_BM_FEW, t2, opt),
-            ));
         }
     }
     v
@@ -1148,14 +1086,6 @@ impl CudaDevice {
     pub fn with_mbarrier_ring(mut self, on: bool) -> Self {
         self.dw_opt.mbar = on;
         self.dw_opt.mbar_few = on;
-        self
-    }
-
-    /// Sets how many slot loads `decoder_wgmma`'s 64-row block-barrier rings issue in their
-    /// prologue ([`RAMP_ENV`]; 0, or at least a ring's S − 2, is the default S − 2); either
-    /// gives the same bits.
-    pub fn with_decoder_ramp(mut self, slots: usize) -> Self {
-        self.dw_opt.ramp = slots;
         self
     }
 
@@ -2141,7 +2071,6 @@ mod tests {
                 mbar,
                 mbar_few: mbar,
                 tma: false,
-                ramp: 0,
             };
             dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, opt)
                 .into_iter()
@@ -2171,54 +2100,12 @@ mod tests {
     }
 
     #[test]
-    fn ramp_only_on_block_barrier_rings_that_it_shortens() {
-        let ramp = |t2, bm, mbar, r| {
-            let opt = DwOptions {
-                mbar,
-                ramp: r,
-                ..DwOptions::default()
-            };
-            dec_wgmma_defines(false, 1, t2, bm, t2, opt.for_rows(bm))
-                .into_iter()
-                .find(|(k, _)| k == "LB_DW_RAMP")
-                .map(|(_, v)| v)
-        };
-        // ternary2 at 64 rows: 6 slots of two chunks under a block barrier (4 ahead)
-        assert_eq!(dec_wgmma_stages(true, DEC_WGMMA_BM_FEW, false), 6);
-        assert_eq!(ramp(true, 64, true, 1).as_deref(), Some("1")); // (mbarrier ring: 128 only)
-        assert_eq!(ramp(true, 64, false, 3).as_deref(), Some("3"));
-        assert_eq!(ramp(true, 64, false, 4), None); // S - 2 already
-        assert_eq!(ramp(true, 64, false, 0), None);
-        assert_eq!(ramp(true, 64, true, 4).as_deref(), None);
-        assert_eq!(ramp(false, 64, false, 1).as_deref(), Some("1"));
-        assert_eq!(ramp(true, 64, false, 99), None);
-        assert_eq!(ramp(true, 128, false, 2), None); // 64-row tiles only
-        assert_eq!(ramp(false, 128, false, 1), None);
-        let mb = DwOptions {
-            mbar: true,
-            mbar_few: true,
-            ramp: 1,
-            ..DwOptions::default()
-        };
-        // the mbarrier ring keeps its prologue
-        assert!(
-            !dec_wgmma_defines(false, 1, true, 64, true, mb)
-                .iter()
-                .any(|(k, _)| k == "LB_DW_RAMP")
-        );
-        assert_eq!(parse_ramp(""), Ok(0));
-        assert_eq!(parse_ramp(" 2"), Ok(2));
-        assert!(parse_ramp("+1").is_err() && parse_ramp("17").is_err() && parse_ramp("x").is_err());
-    }
-
-    #[test]
     fn tma_only_on_the_mbarrier_ring_where_tiles_lie_in_one_batch() {
         let on = DwOptions {
             t2_fields: false,
             mbar: true,
             mbar_few: true,
             tma: true,
-            ramp: 0,
         };
         let tma = |t2, opt: DwOptions| {
             dec_wgmma_defines(false, 1, t2, DEC_WGMMA_BM, true, opt)

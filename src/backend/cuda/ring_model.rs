@@ -18,9 +18,6 @@
 //! copies of it landed (`cp.async.wait_group S − 4`; at c = 0 load 1 first, `S − 3`).
 //! With `LB_DW_TMA` thread 0 also moves each load by a transfer issued with its copies: an
 //! `expect_tx` arrival on `full` (17 per phase), and the phase waits until it lands.
-//!
-//! The block-barrier ring (`LB_DW_MBAR` = 0) moves in lockstep, so its schedule, with and
-//! without the ramped prologue of `LB_DW_RAMP`, is checked slot by slot ([`block_ring`]).
 
 use std::collections::VecDeque;
 
@@ -425,90 +422,4 @@ fn mbarrier_ring_model_catches_a_broken_schedule() {
         m.full = (0..m.s).map(|_| Bar::new(WARPS + 1)).collect();
     };
     assert!((0..6).any(|seed| broken(seed, unawaited).is_err_and(|e| e.contains("reads load"))));
-}
-
-/// The block-barrier ring's schedule (`LB_DW_MBAR` = 0), with and without `LB_DW_RAMP`,
-/// slot by slot: the prologue issues `ramp` loads (0: S − 2); at slot c every thread waits
-/// until at most `n` of its cp.async groups are pending (`S − 3`, or with the ramp the
-/// run-time `issued − c − 1`, capped at S − 3), meets the block, reads slot c and issues the
-/// next loads (one; while ramping up, two; never past c + `ahead`, S − 2 in the kernel).
-/// `full_wait` breaks the ramp's wait (S − 3 pending allowed from the start). Returns what
-/// went wrong: slot c read before its group landed, or a slot refilled while its load is still
-/// to be read or may still be read by a wgmma (slot c − 1's runs until slot c's is issued).
-fn block_ring(
-    s: usize,
-    ramp: usize,
-    nl: usize,
-    ahead: usize,
-    full_wait: bool,
-) -> Result<(), String> {
-    let mut issued = if ramp > 0 { ramp } else { ahead };
-    let mut slot: Vec<Option<usize>> = vec![None; s];
-    for j in 0..issued {
-        if let Some(old) = slot[j % s] {
-            return Err(format!("prologue load {j} refills the slot of load {old}"));
-        }
-        slot[j % s] = Some(j);
-    }
-    for c in 0..nl {
-        let pending = if ramp > 0 && !full_wait {
-            (issued - c - 1).min(s - 3)
-        } else {
-            s - 3
-        };
-        // groups 0 .. issued - pending - 1 have landed
-        if c + pending >= issued {
-            return Err(format!(
-                "slot {c} read with {pending} of {issued} groups pending"
-            ));
-        }
-        if slot[c % s] != Some(c) {
-            return Err(format!("slot {c} holds load {:?}", slot[c % s]));
-        }
-        for _ in 0..if ramp > 0 { 2 } else { 1 } {
-            let j = if ramp > 0 { issued } else { c + ahead };
-            if j > c + ahead {
-                break;
-            }
-            // loads c - 1 (its wgmma may still run) and later are live
-            if let Some(old) = slot[j % s]
-                && old + 1 >= c
-            {
-                return Err(format!(
-                    "load {j} refills the slot of live load {old} at slot {c}"
-                ));
-            }
-            slot[j % s] = Some(j);
-            issued = j + 1;
-        }
-    }
-    Ok(())
-}
-
-#[test]
-fn block_ring_schedule_with_and_without_ramp_is_safe() {
-    for t2 in [false, true] {
-        let s = dec_wgmma_stages(t2, DEC_WGMMA_BM_FEW, false);
-        for ramp in 0..=s - 3 {
-            for nl in 1..=48 {
-                block_ring(s, ramp, nl, s - 2, false)
-                    .unwrap_or_else(|e| panic!("S = {s}, ramp {ramp}, {nl} slots: {e}"));
-            }
-        }
-    }
-    for s in [4, 8] {
-        block_ring(s, 0, 40, s - 2, false).unwrap();
-    }
-}
-
-/// ... and it catches a ramp that kept the full-depth wait (S − 3 groups pending while fewer
-/// loads are in flight) and a ring that runs S − 1 slots ahead.
-#[test]
-fn block_ring_model_catches_a_broken_schedule() {
-    for s in [5, 6] {
-        assert!(block_ring(s, 1, 20, s - 2, true).is_err_and(|e| e.contains("pending")));
-        assert!(block_ring(s, 0, 20, s - 1, false).is_err_and(|e| e.contains("live load")));
-        assert!(block_ring(s, 2, 20, s - 1, false).is_err_and(|e| e.contains("live load")));
-        assert!(block_ring(s, 2, 20, s - 2, false).is_ok());
-    }
 }
