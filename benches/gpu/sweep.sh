@@ -48,11 +48,14 @@
 # $b/bin/lowbit-base(.gz) (benches/gpu/base_build.sh REV, after bundle.sh), alternating, two
 # rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU,
 # then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
-# Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt); a
-# summary table is printed last.
+# Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt; files
+# that were in $OUT before it started are left as they are); a summary table is printed last.
 set -uo pipefail
 b=.gpu-bundle
 out=${OUT:-/tmp/out}; mkdir -p "$out"
+# What is in $OUT already (the caller's files, such as a redirect of this script's own output,
+# or an earlier sweep's) stays out of this sweep's archive.
+mapfile -t pre < <(ls "$out")
 export WGPU_BACKEND=vulkan RUST_BACKTRACE=1
 for deb in "$b"/debs/*.deb; do [ -f "$deb" ] && dpkg -x "$deb" /; done; ldconfig
 find "$b" -name '*.gz' -exec gunzip -f {} + 2>/dev/null
@@ -355,6 +358,8 @@ if has ncusmall && command -v ncu >/dev/null; then
   done
 fi
 echo "=== summary"; cat "$sum"
-# Everything but the summaries in one archive (the device tool returns a few files only).
+# What this sweep wrote but its summary, in one archive (the device tool returns a few files
+# only).
 (cd "$out" && tar czf "logs-$tag.tgz" --remove-files \
-  $(ls | grep -v -e '^summary-.*\.txt$' -e '^logs-.*\.tgz$') 2>/dev/null)
+  $(ls | grep -vxF -f <(printf '%s\n' "${pre[@]}") | grep -v -e '^summary-.*\.txt$' \
+    -e '^logs-.*\.tgz$') 2>/dev/null)
