@@ -9,7 +9,8 @@ use lowbit_kernels::backend::cuda::cudarc::driver::{
 };
 use lowbit_kernels::backend::cuda::microbench::stream_floor;
 use lowbit_kernels::backend::cuda::{
-    CudaDevice, DeviceAct, DeviceOut, DeviceScale, Pdl, RawAct, RawScale, SmallShape,
+    CudaDevice, DeviceAct, DeviceOut, DeviceScale, Pdl, RawAct, RawScale, SmallMmaDecoder,
+    SmallShape,
 };
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::quantize::QuantizeShape;
@@ -477,6 +478,50 @@ fn small_m_grid_shapes_are_bit_exact() {
                 for run in 0..2 {
                     let out = run_decoder_codes(&dev, &dec, &yd, &wd, s);
                     assert_exact(&format!("{what} decoder run {run}"), &exp, &out);
+                }
+            }
+        }
+    }
+}
+
+/// Every CTA shape of the small-M tensor-core decoder with i8x4 weights
+/// (`LOWBIT_CUDA_SMALL_DECODER`), at one and two blocks per SM (so several split counts),
+/// gives the reference's bits from NaN-poisoned outputs, run after run on the same
+/// accumulator; D = 200 leaves a partial column tile.
+#[test]
+fn small_mma_decoder_shapes_are_bit_exact() {
+    let mut rng = Rng::new(13);
+    let shapes = std::iter::once(SmallMmaDecoder::DEFAULT).chain(SmallMmaDecoder::CANDIDATES);
+    for ms in shapes {
+        for b in [1, 2] {
+            let Some(dev) = device() else { return };
+            let shape = SmallShape {
+                blocks_per_sm: b,
+                ..SmallShape::DEFAULT
+            };
+            let dev = dev
+                .with_small_shape(shape)
+                .with_small_mma(true)
+                .with_small_mma_decoder(ms);
+            for (m, heads, l, d) in [(1, 4, 1030, 256), (5, 1, 2048, 200), (16, 4, 1030, 256)] {
+                let what = format!(
+                    "{}x{}x{} b={b} m={m} H={heads} L={l} D={d}",
+                    ms.cw, ms.kw, ms.ksw
+                );
+                let dec = decoder_problem(&mut rng, m, heads, l, d);
+                let y = rng.normals(dec.shape.y_len(), 1.0);
+                let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
+                let codes = codes_of(&y, Fmt::Int8, s);
+                let exp =
+                    reference::decoder_tail_codes(&dec.shape, &codes, &dec.w_codes, s, dec.w_scale)
+                        .unwrap();
+                let (yd, wd) = (
+                    dev.upload(&codes).unwrap(),
+                    dev.upload(&dec.w_words).unwrap(),
+                );
+                for run in 0..2 {
+                    let out = run_decoder_codes(&dev, &dec, &yd, &wd, s);
+                    assert_exact(&format!("{what} run {run}"), &exp, &out);
                 }
             }
         }

@@ -259,6 +259,8 @@ pub struct CudaDevice {
     pub(crate) fused_scale: bool,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
+    /// The small-M tensor-core decoder's CTA with i8x4 weights (`LOWBIT_CUDA_SMALL_DECODER`).
+    pub(crate) small_mma_decoder: super::mma::SmallMmaDecoder,
     /// Kernels compiled with timeline stamps ([`TRACE_ENV`], [`CudaDevice::take_traces`]).
     pub(crate) trace: bool,
     cache: Mutex<ModuleCache>,
@@ -416,6 +418,8 @@ impl CudaDevice {
             pdl,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
+            small_mma_decoder: super::mma::SmallMmaDecoder::from_env()
+                .map_err(bad_env(super::mma::SMALL_DECODER_ENV))?,
             trace: env_switch(TRACE_ENV, false)?,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
@@ -466,6 +470,12 @@ impl CudaDevice {
     /// The small-M grid shape in use.
     pub fn small_shape(&self) -> super::tuning::SmallShape {
         self.small
+    }
+    /// The small-M tensor-core decoder's CTA with i8x4 weights (overrides
+    /// `LOWBIT_CUDA_SMALL_DECODER`; any valid shape is bit-exact).
+    pub fn with_small_mma_decoder(mut self, shape: super::mma::SmallMmaDecoder) -> Self {
+        self.small_mma_decoder = shape;
+        self
     }
     /// What the device was probed to have: compute capability, SMs, features.
     pub fn caps(&self) -> &CudaDeviceCaps {

@@ -854,9 +854,95 @@ pub fn small_defines(
 pub const fn small_smem(kws: u32, ksw: usize) -> usize {
     SMALL_ROWS * (kws as usize * ksw + PAD_A) * 4
 }
-// Both small-M kernels stay within the 48 KB of dynamic smem a launch gets without opt-in.
-const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= 48 * 1024);
-const _: () = assert!(small_smem(SMALL_DECODER_KW, SMALL_DECODER_KSW) <= 48 * 1024);
+/// The dynamic smem a launch gets without opt-in; both small-M kernels stay within it.
+const SMALL_SMEM_MAX: usize = 48 * 1024;
+const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= SMALL_SMEM_MAX);
+const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
+
+/// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
+/// weights ([`SmallMmaDecoder`], `CWxKWxKSW`, e.g. `1x8x32`): for tuning sweeps.
+pub const SMALL_DECODER_ENV: &str = "LOWBIT_CUDA_SMALL_DECODER";
+
+/// The CTA of the small-M tensor-core decoder (`decoder_mma_small`) with i8x4 weights:
+/// `cw` column warps (32 columns each) x `kw` k-warps of at most `ksw` k words each. The
+/// split-K count follows (`SmallShape::blocks_per_sm`), and with it the integer atomics: one
+/// per output element per split, so at a given CTA count narrower column tiles take fewer.
+/// Ternary2 weights always run [`SmallMmaDecoder::DEFAULT`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SmallMmaDecoder {
+    /// Column warps: 1 or 2.
+    pub cw: u32,
+    /// k-warps: 2, 4, 8 or 16.
+    pub kw: u32,
+    /// The most k words of one k-warp: 32 (one register batch) or 64.
+    pub ksw: usize,
+}
+
+impl SmallMmaDecoder {
+    /// `2x4x64`: what the kernel runs unless [`SMALL_DECODER_ENV`] says otherwise.
+    pub const DEFAULT: Self = Self {
+        cw: SMALL_DECODER_CW,
+        kw: SMALL_DECODER_KW,
+        ksw: SMALL_DECODER_KSW,
+    };
+
+    /// Shapes the NVRTC test compiles besides the default.
+    pub const CANDIDATES: [Self; 3] = [
+        Self {
+            cw: 1,
+            kw: 8,
+            ksw: 32,
+        },
+        Self {
+            cw: 1,
+            kw: 16,
+            ksw: 32,
+        },
+        Self {
+            cw: 1,
+            kw: 4,
+            ksw: 64,
+        },
+    ];
+
+    /// Whether the kernel takes this shape: the k-warps' partials overlay A
+    /// (`kw · 32·cw ≤ kw · ksw + 4` words a row), A fits the smem a launch gets without
+    /// opt-in.
+    pub const fn check(&self) -> std::result::Result<(), &'static str> {
+        if !matches!(self.cw, 1 | 2) || !matches!(self.kw, 2 | 4 | 8 | 16) {
+            return Err("CW must be 1 or 2 and KW 2, 4, 8 or 16");
+        }
+        if !matches!(self.ksw, 32 | 64) {
+            return Err("KSW must be 32 or 64");
+        }
+        if 32 * self.cw as usize > self.ksw {
+            return Err("the k-warps' partials (32·CW columns) must fit a row of A (KSW words)");
+        }
+        if small_smem(self.kw, self.ksw) > SMALL_SMEM_MAX {
+            return Err("A (16 rows of KW·KSW words) must fit 48 KB");
+        }
+        Ok(())
+    }
+
+    /// Parses `CWxKWxKSW` (see [`SmallMmaDecoder::check`]).
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let [cw, kw, ksw] = t::parse_dims(text)?[..] else {
+            return Err(format!("`{text}` is not CWxKWxKSW"));
+        };
+        let shape = Self {
+            cw,
+            kw,
+            ksw: ksw as usize,
+        };
+        shape.check().map_err(|e| format!("`{text}`: {e}"))?;
+        Ok(shape)
+    }
+
+    /// The shape of [`SMALL_DECODER_ENV`] (unset or empty: [`SmallMmaDecoder::DEFAULT`]).
+    pub fn from_env() -> std::result::Result<Self, String> {
+        t::from_env(SMALL_DECODER_ENV, Self::DEFAULT, Self::parse)
+    }
+}
 
 /// The small low-rank kernel's k words per warp for `kw` words of K.
 fn small_lowrank_ksw(kw: usize) -> usize {
@@ -904,15 +990,16 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw);
                     v.push((KernelId::LowrankMmaSmall, defs));
                 }
-                let defs = small_defines(
-                    mode,
-                    uns,
-                    t2,
-                    SMALL_DECODER_CW,
-                    SMALL_DECODER_KW,
-                    SMALL_DECODER_KSW,
-                );
-                v.push((KernelId::DecoderMmaSmall, defs));
+                // Ternary2 weights run the default shape only.
+                let extra: &[SmallMmaDecoder] = if t2 {
+                    &[]
+                } else {
+                    &SmallMmaDecoder::CANDIDATES
+                };
+                for s in std::iter::once(&SmallMmaDecoder::DEFAULT).chain(extra) {
+                    let defs = small_defines(mode, uns, t2, s.cw, s.kw, s.ksw);
+                    v.push((KernelId::DecoderMmaSmall, defs));
+                }
             }
         }
     }
@@ -1259,13 +1346,18 @@ impl CudaDevice {
         p.b_head_rows = weight_head_rows(OP, "Lart words", shape.w_head_words(), t2)?;
         let lw = shape.k_words();
         let row_blocks = shape.m().div_ceil(SMALL_ROWS);
-        let (cw, kws) = (SMALL_DECODER_CW, SMALL_DECODER_KW as usize);
-        let defs = small_defines(mode, uns, t2, cw, kws as u32, SMALL_DECODER_KSW);
+        let ms = if t2 {
+            SmallMmaDecoder::DEFAULT
+        } else {
+            self.small_mma_decoder
+        };
+        let (cw, kws) = (ms.cw, ms.kw as usize);
+        let defs = small_defines(mode, uns, t2, cw, ms.kw, ms.ksw);
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
         // the small-M blocks per SM (`SmallShape`; half for ternary2, a quarter of the bytes).
-        let (step, most) = (16 * kws, SMALL_DECODER_KSW * kws);
+        let (step, most) = (16 * kws, ms.ksw * kws);
         let units = col_tiles * shape.heads * row_blocks;
         let per_sm = if t2 {
             (self.small.blocks_per_sm / 2).max(1)
@@ -1289,7 +1381,7 @@ impl CudaDevice {
             grid_dim(OP, "splits", splits)?,
             grid_dim(OP, "row blocks", row_blocks)?,
         );
-        let smem = small_smem(kws as u32, SMALL_DECODER_KSW);
+        let smem = small_smem(ms.kw, ms.ksw);
         self.launch_small(&f, grid, cw * kws as u32, smem, &p, "decoder_mma_small")
     }
 
@@ -2191,6 +2283,24 @@ mod tests {
         );
         for bad in ["", "32", "32x3x1", "16x3", "32x1", "32x5", "ax3"] {
             assert!(MmaRing::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn small_mma_decoder_parses() {
+        assert_eq!(
+            SmallMmaDecoder::parse("2x4x64"),
+            Ok(SmallMmaDecoder::DEFAULT)
+        );
+        for s in SmallMmaDecoder::CANDIDATES {
+            let text = format!("{}x{}x{}", s.cw, s.kw, s.ksw);
+            assert_eq!(SmallMmaDecoder::parse(&text), Ok(s));
+        }
+        // 2x4x32: 64 columns of partials past a 32-word row; 1x16x64: 65.8 KB of A.
+        for bad in [
+            "", "2x4", "3x4x64", "2x1x64", "2x4x48", "2x4x32", "1x16x64", "ax4x64",
+        ] {
+            assert!(SmallMmaDecoder::parse(bad).is_err(), "{bad}");
         }
     }
 

@@ -24,6 +24,7 @@ pub mod tuning;
 pub use cudarc;
 pub use device::{CudaDevice, KernelFamily, Pdl, TRACE_ENV, TRACE_SLOTS};
 pub use launch::{RawAct, RawScale, RawWeights};
+pub use mma::SmallMmaDecoder;
 pub use ops::{DeviceAct, DeviceOut, DeviceScale, DeviceWeights};
 pub use probe::probe;
 pub use tuning::SmallShape;
