@@ -65,17 +65,18 @@ pub const SMALL_LOWRANK_MAX_KW: usize = 128;
 /// 5.8 µs against the dp4a kernel's 5.1 µs at M = 1, 5.8 against 6.0 at M = 4).
 pub const SMALL_LOWRANK_MMA_MIN_M: usize = 4;
 /// The smallest M the decoder tail takes the small-M tensor-core kernel at with i8x4 weights
-/// (H200: 8.02 µs against the dp4a kernel's 8.46 at M = 8, 7.19 against 6.67 at M = 4).
-pub const SMALL_DECODER_MMA_MIN_M: usize = 8;
-/// Decoder: 2 column warps x 4 k-warps of at most `SMALL_DECODER_KSW` k words (one register
-/// batch each), so a CTA covers 64 columns x 256 words of one head. (H200, BDH shape, M = 1 /
-/// 16, ternary2: 5.3 / 7.8 µs; 1x4 warps 5.3 / 9.3, 1x8 5.7 / 8.5, 1x16 8.0 / 10.2, 2x8
-/// 5.7 / 7.5; i8x4 at M = 16: 9.2 against 10.9, 9.9, 10.7 and 10.9.)
-pub const SMALL_DECODER_CW: u32 = 2;
-/// Decoder small-M kernel: k-warps per CTA, each on its own slice of K.
-pub const SMALL_DECODER_KW: u32 = 4;
-/// Decoder small-M kernel: the most k words one k-warp takes (one register batch).
-pub const SMALL_DECODER_KSW: usize = 64;
+/// (H100, BDH shape, graph replay: 5.49 µs against the dp4a kernel's 5.58 at M = 4, 5.45
+/// against 5.25 at M = 2, 5.48 against 4.83 at M = 1).
+pub const SMALL_DECODER_MMA_MIN_M: usize = 4;
+/// Decoder with ternary2 weights: 2 column warps x 4 k-warps of at most 64 k words (one
+/// register batch each), so a CTA covers 64 columns x 256 words of one head. (H200, BDH
+/// shape, M = 1 / 16, ternary2: 5.3 / 7.8 µs; 1x4 warps 5.3 / 9.3, 1x8 5.7 / 8.5, 1x16
+/// 8.0 / 10.2, 2x8 5.7 / 7.5, measured before the split-K sum took one atomic.)
+pub const SMALL_DECODER_T2: SmallMmaDecoder = SmallMmaDecoder {
+    cw: 2,
+    kw: 4,
+    ksw: 64,
+};
 /// Rows of the small kernels' row block (the mma's M).
 pub const SMALL_ROWS: usize = 16;
 
@@ -858,6 +859,14 @@ pub const fn small_smem(kws: u32, ksw: usize) -> usize {
 const SMALL_SMEM_MAX: usize = 48 * 1024;
 const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= SMALL_SMEM_MAX);
 const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
+const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
+/// The small-M decoder shapes with i8x4 weights the NVRTC test compiles.
+const SMALL_DECODER_I8X4_COMPILED: [SmallMmaDecoder; 4] = [
+    SmallMmaDecoder::DEFAULT,
+    SmallMmaDecoder::CANDIDATES[0],
+    SmallMmaDecoder::CANDIDATES[1],
+    SmallMmaDecoder::CANDIDATES[2],
+];
 
 /// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
 /// weights ([`SmallMmaDecoder`], `CWxKWxKSW`, e.g. `1x8x32`): for tuning sweeps.
@@ -865,9 +874,9 @@ pub const SMALL_DECODER_ENV: &str = "LOWBIT_CUDA_SMALL_DECODER";
 
 /// The CTA of the small-M tensor-core decoder (`decoder_mma_small`) with i8x4 weights:
 /// `cw` column warps (32 columns each) x `kw` k-warps of at most `ksw` k words each. The
-/// split-K count follows (`SmallShape::blocks_per_sm`), and with it the integer atomics: one
-/// per output element per split, so at a given CTA count narrower column tiles take fewer.
-/// Ternary2 weights always run [`SmallMmaDecoder::DEFAULT`].
+/// split-K count follows (`SmallShape::blocks_per_sm` blocks of 256 threads per SM), and with
+/// it the integer atomics: one per output element per split, so at a given CTA count narrower
+/// column tiles take fewer. Ternary2 weights run [`SMALL_DECODER_T2`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SmallMmaDecoder {
     /// Column warps: 1 or 2.
@@ -879,23 +888,25 @@ pub struct SmallMmaDecoder {
 }
 
 impl SmallMmaDecoder {
-    /// `2x4x64`: what the kernel runs unless [`SMALL_DECODER_ENV`] says otherwise.
+    /// `1x16x32`: what the kernel runs unless [`SMALL_DECODER_ENV`] says otherwise. One
+    /// column warp x 16 k-warps of 32 words: a CTA of 512 threads takes 32 columns x 512 words
+    /// (64 KB of weights, every load in flight at once), and the BDH shape runs 4 splits per
+    /// head, 128 CTAs. H100, BDH shape, graph replay, M = 1 / 8 / 16: 5.44 / 5.62 / 5.98 µs,
+    /// against 6.12 / 6.62 / 7.41 for `2x4x64` (8 splits per head, 256 CTAs; 6.05 / 6.29 /
+    /// 6.81 at 4 splits), 5.67 / 6.02 / 6.89 for `1x8x32`, 6.03 / 6.19 / 6.60 for `1x4x64`:
+    /// the fewer atomics, the faster.
     pub const DEFAULT: Self = Self {
-        cw: SMALL_DECODER_CW,
-        kw: SMALL_DECODER_KW,
-        ksw: SMALL_DECODER_KSW,
+        cw: 1,
+        kw: 16,
+        ksw: 32,
     };
 
     /// Shapes the NVRTC test compiles besides the default.
     pub const CANDIDATES: [Self; 3] = [
+        SMALL_DECODER_T2,
         Self {
             cw: 1,
             kw: 8,
-            ksw: 32,
-        },
-        Self {
-            cw: 1,
-            kw: 16,
             ksw: 32,
         },
         Self {
@@ -904,6 +915,11 @@ impl SmallMmaDecoder {
             ksw: 64,
         },
     ];
+
+    /// Threads per CTA.
+    pub const fn threads(&self) -> u32 {
+        32 * self.cw * self.kw
+    }
 
     /// Whether the kernel takes this shape: the k-warps' partials overlay A
     /// (`kw · 32·cw ≤ kw · ksw + 4` words a row), A fits the smem a launch gets without
@@ -990,13 +1006,12 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw);
                     v.push((KernelId::LowrankMmaSmall, defs));
                 }
-                // Ternary2 weights run the default shape only.
-                let extra: &[SmallMmaDecoder] = if t2 {
-                    &[]
+                let shapes: &[SmallMmaDecoder] = if t2 {
+                    &[SMALL_DECODER_T2]
                 } else {
-                    &SmallMmaDecoder::CANDIDATES
+                    &SMALL_DECODER_I8X4_COMPILED
                 };
-                for s in std::iter::once(&SmallMmaDecoder::DEFAULT).chain(extra) {
+                for s in shapes {
                     let defs = small_defines(mode, uns, t2, s.cw, s.kw, s.ksw);
                     v.push((KernelId::DecoderMmaSmall, defs));
                 }
@@ -1347,7 +1362,7 @@ impl CudaDevice {
         let lw = shape.k_words();
         let row_blocks = shape.m().div_ceil(SMALL_ROWS);
         let ms = if t2 {
-            SmallMmaDecoder::DEFAULT
+            SMALL_DECODER_T2
         } else {
             self.small_mma_decoder
         };
@@ -1356,7 +1371,8 @@ impl CudaDevice {
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
-        // the small-M blocks per SM (`SmallShape`; half for ternary2, a quarter of the bytes).
+        // the small-M blocks per SM (`SmallShape`, in 256-thread blocks; half for ternary2, a
+        // quarter of the bytes).
         let (step, most) = (16 * kws, ms.ksw * kws);
         let units = col_tiles * shape.heads * row_blocks;
         let per_sm = if t2 {
@@ -1364,7 +1380,9 @@ impl CudaDevice {
         } else {
             self.small.blocks_per_sm
         };
-        let target = per_sm as usize * self.caps.multiprocessors.max(1) as usize;
+        let target = (per_sm as usize * self.caps.multiprocessors.max(1) as usize * 256
+            / ms.threads() as usize)
+            .max(1);
         let sp = target
             .div_ceil(units)
             .clamp(lw.div_ceil(most), lw.div_ceil(step).max(1));
@@ -2289,7 +2307,7 @@ mod tests {
     #[test]
     fn small_mma_decoder_parses() {
         assert_eq!(
-            SmallMmaDecoder::parse("2x4x64"),
+            SmallMmaDecoder::parse("1x16x32"),
             Ok(SmallMmaDecoder::DEFAULT)
         );
         for s in SmallMmaDecoder::CANDIDATES {

@@ -184,7 +184,8 @@ pub struct SmallShape {
     /// (default 2).
     pub lowrank_cw: u32,
     /// Blocks per SM the small-M decoders' split-K count aims at (half, at least 1, with
-    /// ternary2 weights): 1 to 8 (default 2).
+    /// ternary2 weights; blocks of 256 threads for the tensor-core decoder, whose CTA may be
+    /// larger): 1 to 8 (default 2).
     pub blocks_per_sm: u32,
     /// Resident blocks per SM of the one-/two-row dp4a low-rank kernel: 2 or 4 (default 4).
     pub m1_blocks: u32,
