@@ -1130,16 +1130,16 @@ fn routing() {
             .with_wgmma(false);
         assert!(!off.wgmma_decoder_ok(&dd(17)));
     }
-    // M in 4..=16: the small-M tensor-core low-rank kernel (D ≤ 512); the decoder in 8..=16
-    // (dp4a below, unless forced).
+    // M in 4..=16: the small-M tensor-core low-rank kernel (D ≤ 512) and decoder (dp4a below,
+    // unless forced).
     assert!(dev.mma_small_lowrank_ok(&l(16, 512)));
     assert!(dev.mma_small_lowrank_ok(&l(4, 256)));
     assert!(!dev.mma_small_lowrank_ok(&l(1, 256)));
     assert!(!dev.mma_small_lowrank_ok(&l(16, 513)));
     assert!(!dev.mma_small_lowrank_ok(&l(17, 256)));
     assert!(!dev.mma_small_decoder_ok(&dd(1)));
-    assert!(!dev.mma_small_decoder_ok(&dd(7)));
-    assert!(dev.mma_small_decoder_ok(&dd(8)));
+    assert!(!dev.mma_small_decoder_ok(&dd(3)));
+    assert!(dev.mma_small_decoder_ok(&dd(4)));
     assert!(dev.mma_small_decoder_ok(&dd(16)));
     assert!(!dev.mma_small_decoder_ok(&dd(17)));
     let forced = CudaDevice::new(0)
