@@ -13,7 +13,13 @@
 #if defined(LB_MMA_SMALL)
 // M <= 16 (any M for ternary2 weights where decoder_wgmma does not run): lb_mma_small,
 // split = (head, K slice).
-extern "C" __global__ void __launch_bounds__(LB_MS_THREADS) decoder_mma_small(LbProblem p) {
+// LB_MS_MIN_BLOCKS: CTAs per SM the registers are capped for (2: the next kernel's CTA fits
+// beside this one, so under PDL its weight prefetch overlaps this kernel).
+#ifndef LB_MS_MIN_BLOCKS
+#define LB_MS_MIN_BLOCKS 1
+#endif
+extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, LB_MS_MIN_BLOCKS)
+    decoder_mma_small(LbProblem p) {
     lb_trace_at(0);
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
     lb_trace_at(3);

@@ -76,6 +76,7 @@ pub const SMALL_DECODER_T2: SmallMmaDecoder = SmallMmaDecoder {
     cw: 2,
     kw: 4,
     ksw: 64,
+    min_blocks: 1,
 };
 /// Rows of the small kernels' row block (the mma's M).
 pub const SMALL_ROWS: usize = 16;
@@ -830,7 +831,8 @@ pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
 }
 
 /// Defines of the small-M kernels: input mode, unsigned A lanes, ternary2 weights, column
-/// warps, k-warps and k words per k-warp.
+/// warps, k-warps, k words per k-warp, and (decoder; 1 leaves it out) the CTAs per SM its
+/// registers are capped for.
 pub fn small_defines(
     mode: u32,
     uns: bool,
@@ -838,8 +840,9 @@ pub fn small_defines(
     cw: u32,
     kw: u32,
     ksw: usize,
+    min_blocks: u32,
 ) -> Vec<(String, String)> {
-    vec![
+    let mut v = vec![
         d("LB_MMA_SMALL", 1),
         d("LB_MODE", mode),
         d("LB_UNS", u32::from(uns)),
@@ -847,8 +850,12 @@ pub fn small_defines(
         d("LB_MS_CW", cw),
         d("LB_MS_KW", kw),
         d("LB_MS_KSW", ksw),
-        eps(),
-    ]
+    ];
+    if min_blocks > 1 {
+        v.push(d("LB_MS_MIN_BLOCKS", min_blocks));
+    }
+    v.push(eps());
+    v
 }
 
 /// Dynamic smem of a small-M kernel: A `[16][kws·ksw + 4]` words.
@@ -861,11 +868,12 @@ const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= SMALL_SMEM_MAX);
 const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
 /// The small-M decoder shapes with i8x4 weights the NVRTC test compiles.
-const SMALL_DECODER_I8X4_COMPILED: [SmallMmaDecoder; 4] = [
+const SMALL_DECODER_I8X4_COMPILED: [SmallMmaDecoder; 5] = [
     SmallMmaDecoder::DEFAULT,
     SmallMmaDecoder::CANDIDATES[0],
     SmallMmaDecoder::CANDIDATES[1],
     SmallMmaDecoder::CANDIDATES[2],
+    SmallMmaDecoder::CANDIDATES[3],
 ];
 
 /// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
@@ -885,6 +893,8 @@ pub struct SmallMmaDecoder {
     pub kw: u32,
     /// The most k words of one k-warp: 32 (one register batch) or 64.
     pub ksw: usize,
+    /// CTAs per SM its registers are capped for: 1 or 2.
+    pub min_blocks: u32,
 }
 
 impl SmallMmaDecoder {
@@ -899,20 +909,27 @@ impl SmallMmaDecoder {
         cw: 1,
         kw: 16,
         ksw: 32,
+        min_blocks: 1,
     };
 
     /// Shapes the NVRTC test compiles besides the default.
-    pub const CANDIDATES: [Self; 3] = [
+    pub const CANDIDATES: [Self; 4] = [
         SMALL_DECODER_T2,
+        Self {
+            min_blocks: 2,
+            ..Self::DEFAULT
+        },
         Self {
             cw: 1,
             kw: 8,
             ksw: 32,
+            min_blocks: 1,
         },
         Self {
             cw: 1,
             kw: 4,
             ksw: 64,
+            min_blocks: 1,
         },
     ];
 
@@ -931,6 +948,9 @@ impl SmallMmaDecoder {
         if !matches!(self.ksw, 32 | 64) {
             return Err("KSW must be 32 or 64");
         }
+        if !matches!(self.min_blocks, 1 | 2) {
+            return Err("B must be 1 or 2");
+        }
         if 32 * self.cw as usize > self.ksw {
             return Err("the k-warps' partials (32·CW columns) must fit a row of A (KSW words)");
         }
@@ -940,15 +960,19 @@ impl SmallMmaDecoder {
         Ok(())
     }
 
-    /// Parses `CWxKWxKSW` (see [`SmallMmaDecoder::check`]).
+    /// Parses `CWxKWxKSW` or `CWxKWxKSWxB` (B: `min_blocks`, default 1; see
+    /// [`SmallMmaDecoder::check`]).
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let [cw, kw, ksw] = t::parse_dims(text)?[..] else {
-            return Err(format!("`{text}` is not CWxKWxKSW"));
+        let (cw, kw, ksw, min_blocks) = match t::parse_dims(text)?[..] {
+            [cw, kw, ksw] => (cw, kw, ksw, 1),
+            [cw, kw, ksw, b] => (cw, kw, ksw, b),
+            _ => return Err(format!("`{text}` is not CWxKWxKSW[xB]")),
         };
         let shape = Self {
             cw,
             kw,
             ksw: ksw as usize,
+            min_blocks,
         };
         shape.check().map_err(|e| format!("`{text}`: {e}"))?;
         Ok(shape)
@@ -1003,7 +1027,7 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         for uns in [false, true] {
             for t2 in [false, true] {
                 for ksw in [64, SMALL_LOWRANK_MAX_KW] {
-                    let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw);
+                    let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw, 1);
                     v.push((KernelId::LowrankMmaSmall, defs));
                 }
                 let shapes: &[SmallMmaDecoder] = if t2 {
@@ -1012,7 +1036,7 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     &SMALL_DECODER_I8X4_COMPILED
                 };
                 for s in shapes {
-                    let defs = small_defines(mode, uns, t2, s.cw, s.kw, s.ksw);
+                    let defs = small_defines(mode, uns, t2, s.cw, s.kw, s.ksw, s.min_blocks);
                     v.push((KernelId::DecoderMmaSmall, defs));
                 }
             }
@@ -1336,7 +1360,7 @@ impl CudaDevice {
         let kw = shape.k_words();
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
-        let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw);
+        let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw, 1);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -1367,7 +1391,7 @@ impl CudaDevice {
             self.small_mma_decoder
         };
         let (cw, kws) = (ms.cw, ms.kw as usize);
-        let defs = small_defines(mode, uns, t2, cw, ms.kw, ms.ksw);
+        let defs = small_defines(mode, uns, t2, cw, ms.kw, ms.ksw, ms.min_blocks);
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
@@ -2311,7 +2335,7 @@ mod tests {
             Ok(SmallMmaDecoder::DEFAULT)
         );
         for s in SmallMmaDecoder::CANDIDATES {
-            let text = format!("{}x{}x{}", s.cw, s.kw, s.ksw);
+            let text = format!("{}x{}x{}x{}", s.cw, s.kw, s.ksw, s.min_blocks);
             assert_eq!(SmallMmaDecoder::parse(&text), Ok(s));
         }
         // 2x4x32: 64 columns of partials past a 32-word row; 1x16x64: 65.8 KB of A.
@@ -2368,7 +2392,12 @@ mod tests {
         }
         for cc in [(8, 0), (9, 0)] {
             for (id, defines) in mma_module_variants() {
-                compile::compile_checked(id.stem(), cc, &defines, Some(0));
+                // The small-M decoder capped at two CTAs per SM (64 registers at 512 threads),
+                // a tuning candidate, spills (20-28 bytes on packed words and codes, 248 on
+                // f32 input).
+                let capped = defines.iter().any(|(k, _)| k == "LB_MS_MIN_BLOCKS");
+                let budget = if capped { None } else { Some(0) };
+                compile::compile_checked(id.stem(), cc, &defines, budget);
             }
         }
         if wgmma_capable((9, 0)) {
