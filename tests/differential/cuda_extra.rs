@@ -528,6 +528,47 @@ fn small_mma_decoder_shapes_are_bit_exact() {
     }
 }
 
+/// A small-M decoder CTA that fails `SmallMmaDecoder::check` (one k-warp, whose stores would
+/// skip the split-K sum) is refused with a typed error naming it; the output is untouched.
+#[test]
+fn small_mma_decoder_rejects_a_bad_shape() {
+    let Some(dev) = device() else { return };
+    let bad = SmallMmaDecoder {
+        kw: 1,
+        ..SmallMmaDecoder::DEFAULT
+    };
+    let dev = dev.with_small_mma(true).with_small_mma_decoder(bad);
+    let mut rng = Rng::new(14);
+    let dec = decoder_problem(&mut rng, 4, 2, 64, 64);
+    let y = rng.normals(dec.shape.y_len(), 1.0);
+    let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
+    let codes = codes_of(&y, Fmt::Int8, s);
+    let (yd, wd) = (
+        dev.upload(&codes).unwrap(),
+        dev.upload(&dec.w_words).unwrap(),
+    );
+    let mut out = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
+    let err = dev
+        .decoder_tail(
+            &dec.shape,
+            DeviceAct::Codes(&yd),
+            Fmt::Int8,
+            DeviceScale::Param(s),
+            &wd,
+            dec.w_scale,
+            127,
+            Epilogue::default(),
+            DeviceOut::F32(&mut out),
+        )
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("small-M decoder CTA") && text.contains("1x1x32x1"),
+        "{text}"
+    );
+    assert!(dev.download(&out).unwrap().iter().all(|v| v.is_nan()));
+}
+
 /// The weight-stream floor microbenchmark runs (under each launch mode) and names bad
 /// arguments.
 #[test]

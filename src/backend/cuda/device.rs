@@ -472,7 +472,10 @@ impl CudaDevice {
         self.small
     }
     /// The small-M tensor-core decoder's CTA with i8x4 weights (overrides
-    /// `LOWBIT_CUDA_SMALL_DECODER`; any valid shape is bit-exact).
+    /// `LOWBIT_CUDA_SMALL_DECODER`; any shape that passes [`SmallMmaDecoder::check`] is
+    /// bit-exact; the decoder refuses others with [`LowbitError::InvalidArgument`]).
+    ///
+    /// [`SmallMmaDecoder::check`]: super::mma::SmallMmaDecoder::check
     pub fn with_small_mma_decoder(mut self, shape: super::mma::SmallMmaDecoder) -> Self {
         self.small_mma_decoder = shape;
         self

@@ -1390,6 +1390,13 @@ impl CudaDevice {
         } else {
             self.small_mma_decoder
         };
+        // A caller's shape (`with_small_mma_decoder`) is checked here: one k-warp would store
+        // each split's sums over the others.
+        ms.check().map_err(|e| LowbitError::InvalidArgument {
+            op: OP,
+            what: "small-M decoder CTA (CWxKWxKSWxB)",
+            reason: format!("{}x{}x{}x{}: {e}", ms.cw, ms.kw, ms.ksw, ms.min_blocks),
+        })?;
         let (cw, kws) = (ms.cw, ms.kw as usize);
         let defs = small_defines(mode, uns, t2, cw, ms.kw, ms.ksw, ms.min_blocks);
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
