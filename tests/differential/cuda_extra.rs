@@ -432,6 +432,31 @@ fn small_m_path_is_bit_exact() {
     }
 }
 
+/// A random decoder problem `(M, H, L, D)` on int8 codes, run twice on `dev` from NaN-poisoned
+/// outputs (a split-K accumulator is reused), each run bit for bit against the reference.
+fn decoder_twice_exact(
+    dev: &CudaDevice,
+    rng: &mut Rng,
+    what: &str,
+    mhld: (usize, usize, usize, usize),
+) {
+    let (m, heads, l, d) = mhld;
+    let dec = decoder_problem(rng, m, heads, l, d);
+    let y = rng.normals(dec.shape.y_len(), 1.0);
+    let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
+    let codes = codes_of(&y, Fmt::Int8, s);
+    let exp =
+        reference::decoder_tail_codes(&dec.shape, &codes, &dec.w_codes, s, dec.w_scale).unwrap();
+    let (yd, wd) = (
+        dev.upload(&codes).unwrap(),
+        dev.upload(&dec.w_words).unwrap(),
+    );
+    for run in 0..2 {
+        let out = run_decoder_codes(dev, &dec, &yd, &wd, s);
+        assert_exact(&format!("{what} run {run}"), &exp, &out);
+    }
+}
+
 /// Every small-M grid shape (`LOWBIT_CUDA_SMALL`: the low-rank block's column warps, the
 /// decoder's split count through its blocks per SM) on both families gives the reference's
 /// bits, from NaN-poisoned outputs, run after run on the same accumulator.
@@ -464,21 +489,8 @@ fn small_m_grid_shapes_are_bit_exact() {
                 let out = run_lowrank_codes(&dev, &lr, &codes, Fmt::Int8, s);
                 assert_exact(&format!("{what} lowrank"), &exp, &out);
 
-                let dec = decoder_problem(&mut rng, m, 4, 1030, 256);
-                let y = rng.normals(dec.shape.y_len(), 1.0);
-                let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
-                let codes = codes_of(&y, Fmt::Int8, s);
-                let exp =
-                    reference::decoder_tail_codes(&dec.shape, &codes, &dec.w_codes, s, dec.w_scale)
-                        .unwrap();
-                let (yd, wd) = (
-                    dev.upload(&codes).unwrap(),
-                    dev.upload(&dec.w_words).unwrap(),
-                );
-                for run in 0..2 {
-                    let out = run_decoder_codes(&dev, &dec, &yd, &wd, s);
-                    assert_exact(&format!("{what} decoder run {run}"), &exp, &out);
-                }
+                let what = format!("{what} decoder");
+                decoder_twice_exact(&dev, &mut rng, &what, (m, 4, 1030, 256));
             }
         }
     }
@@ -508,21 +520,7 @@ fn small_mma_decoder_shapes_are_bit_exact() {
                     "{}x{}x{} b={b} m={m} H={heads} L={l} D={d}",
                     ms.cw, ms.kw, ms.ksw
                 );
-                let dec = decoder_problem(&mut rng, m, heads, l, d);
-                let y = rng.normals(dec.shape.y_len(), 1.0);
-                let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
-                let codes = codes_of(&y, Fmt::Int8, s);
-                let exp =
-                    reference::decoder_tail_codes(&dec.shape, &codes, &dec.w_codes, s, dec.w_scale)
-                        .unwrap();
-                let (yd, wd) = (
-                    dev.upload(&codes).unwrap(),
-                    dev.upload(&dec.w_words).unwrap(),
-                );
-                for run in 0..2 {
-                    let out = run_decoder_codes(&dev, &dec, &yd, &wd, s);
-                    assert_exact(&format!("{what} run {run}"), &exp, &out);
-                }
+                decoder_twice_exact(&dev, &mut rng, &what, (m, heads, l, d));
             }
         }
     }
