@@ -4,7 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [smalltrace] [lrprologue]
+#                             [smalltrace] [lrprologue] [smalldec]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -48,6 +48,10 @@
 # $b/bin/lowbit-base(.gz) (benches/gpu/base_build.sh REV, after bundle.sh), alternating, two
 # rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU,
 # then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
+# smalldec: the small-M tensor-core decoder's tests, then its CTA shapes with i8x4 weights
+# (LOWBIT_CUDA_SMALL_DECODER: the default 1x16x32, registers capped for 2 CTAs per SM, 1x8x32 at
+# 4 per SM, 2x4x64) under PDL after the wait and early, two rounds at M = 1, 4, 8, 16
+# (LOWBIT_CUDA_SMALL_MMA=1, so M = 1 runs it too).
 # Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt; files
 # that were in $OUT before it started are left as they are); a summary table is printed last.
 set -uo pipefail
@@ -154,6 +158,21 @@ if has tmay; then
     for tma in 1 0; do
       LOWBIT_CUDA_TMA=$tma bench "decoder ternary2, LOWBIT_CUDA_TMA=$tma, round $round" \
         --backend cuda --op decoder-tail --variant packed --m 2048,8192 --weights ternary2
+    done
+  done
+fi
+if has smalldec; then
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout 120 "$d" --test-threads=8 small_mma_decoder small_m_grid \
+    cuda_mma::routing > "$out/test-smalldec.log" 2>&1
+  echo "small-M decoder tests exit $?" | tee -a "$sum"
+  grep -E "^test |^test result|panicked" "$out/test-smalldec.log" | head -10 | tee -a "$sum"
+  for round in 1 2; do
+    for cfg in 1x16x32/1 1x16x32x2/1 1x16x32x2/early 1x16x32/early \
+      1x8x32x4/1 1x8x32x4/early 2x4x64/1; do
+      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_SMALL_DECODER=${cfg%/*} LOWBIT_CUDA_PDL=${cfg#*/} \
+        bench "decoder i8x4 small M, CTA ${cfg%/*}, PDL ${cfg#*/}, round $round" --backend cuda \
+        --op decoder-tail --variant packed --m 1,4,8,16
     done
   done
 fi

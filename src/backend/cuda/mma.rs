@@ -868,12 +868,13 @@ const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= SMALL_SMEM_MAX);
 const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
 /// The small-M decoder shapes with i8x4 weights the NVRTC test compiles.
-const SMALL_DECODER_I8X4_COMPILED: [SmallMmaDecoder; 5] = [
+const SMALL_DECODER_I8X4_COMPILED: [SmallMmaDecoder; 6] = [
     SmallMmaDecoder::DEFAULT,
     SmallMmaDecoder::CANDIDATES[0],
     SmallMmaDecoder::CANDIDATES[1],
     SmallMmaDecoder::CANDIDATES[2],
     SmallMmaDecoder::CANDIDATES[3],
+    SmallMmaDecoder::CANDIDATES[4],
 ];
 
 /// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
@@ -893,7 +894,7 @@ pub struct SmallMmaDecoder {
     pub kw: u32,
     /// The most k words of one k-warp: 32 (one register batch) or 64.
     pub ksw: usize,
-    /// CTAs per SM its registers are capped for: 1 or 2.
+    /// CTAs per SM its registers are capped for: 1 to 4.
     pub min_blocks: u32,
 }
 
@@ -913,11 +914,17 @@ impl SmallMmaDecoder {
     };
 
     /// Shapes the NVRTC test compiles besides the default.
-    pub const CANDIDATES: [Self; 4] = [
+    pub const CANDIDATES: [Self; 5] = [
         SMALL_DECODER_T2,
         Self {
             min_blocks: 2,
             ..Self::DEFAULT
+        },
+        Self {
+            cw: 1,
+            kw: 8,
+            ksw: 32,
+            min_blocks: 4,
         },
         Self {
             cw: 1,
@@ -948,8 +955,8 @@ impl SmallMmaDecoder {
         if !matches!(self.ksw, 32 | 64) {
             return Err("KSW must be 32 or 64");
         }
-        if !matches!(self.min_blocks, 1 | 2) {
-            return Err("B must be 1 or 2");
+        if !matches!(self.min_blocks, 1..=4) {
+            return Err("B must be 1 to 4");
         }
         if 32 * self.cw as usize > self.ksw {
             return Err("the k-warps' partials (32·CW columns) must fit a row of A (KSW words)");
