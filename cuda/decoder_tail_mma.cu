@@ -13,8 +13,9 @@
 #if defined(LB_MMA_SMALL)
 // M <= 16 (any M for ternary2 weights where decoder_wgmma does not run): lb_mma_small,
 // split = (head, K slice).
-// LB_MS_MIN_BLOCKS: CTAs per SM the registers are capped for (2: the next kernel's CTA fits
-// beside this one, so under PDL its weight prefetch overlaps this kernel).
+// LB_MS_MIN_BLOCKS: CTAs per SM the registers are capped for (more than the grid puts on an
+// SM: the next kernel's CTAs fit beside this one's, so under PDL their weight prefetch
+// overlaps this kernel).
 #ifndef LB_MS_MIN_BLOCKS
 #define LB_MS_MIN_BLOCKS 1
 #endif
