@@ -903,9 +903,9 @@ impl SmallMmaDecoder {
     /// column warp x 16 k-warps of 32 words: a CTA of 512 threads takes 32 columns x 512 words
     /// (64 KB of weights, every load in flight at once), and the BDH shape runs 4 splits per
     /// head, 128 CTAs. H100, BDH shape, graph replay, M = 1 / 8 / 16: 5.44 / 5.62 / 5.98 µs,
-    /// against 6.12 / 6.62 / 7.41 for `2x4x64` (8 splits per head, 256 CTAs; 6.05 / 6.29 /
-    /// 6.81 at 4 splits), 5.67 / 6.02 / 6.89 for `1x8x32`, 6.03 / 6.19 / 6.60 for `1x4x64`:
-    /// the fewer atomics, the faster.
+    /// against 6.12 / 6.62 / 7.41 for `2x4x64` (16 splits per head, 256 CTAs; 6.05 / 6.29 /
+    /// 6.81 at 8 splits, 128 CTAs), 5.67 / 6.02 / 6.89 for `1x8x32`, 6.03 / 6.19 / 6.60 for
+    /// `1x4x64`: the fewer atomics, the faster.
     pub const DEFAULT: Self = Self {
         cw: 1,
         kw: 16,
