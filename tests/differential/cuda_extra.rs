@@ -9,8 +9,8 @@ use lowbit_kernels::backend::cuda::cudarc::driver::{
 };
 use lowbit_kernels::backend::cuda::microbench::stream_floor;
 use lowbit_kernels::backend::cuda::{
-    CudaDevice, DeviceAct, DeviceOut, DeviceScale, Pdl, RawAct, RawScale, SmallMmaDecoder,
-    SmallShape,
+    CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily, Pdl, RawAct, RawScale,
+    SmallMmaDecoder, SmallShape,
 };
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::quantize::QuantizeShape;
@@ -28,6 +28,18 @@ fn device() -> Option<CudaDevice> {
             if let Err(msg) = testing::skip_or_fail(BackendKind::Cuda, &e.to_string()) {
                 panic!("{msg}");
             }
+            None
+        }
+    }
+}
+
+/// Device 0 on the tensor-core family (whatever `LOWBIT_CUDA_KERNELS` says), or `None` after
+/// a loud skip (no device, or one without the mma kernels).
+fn mma_device() -> Option<CudaDevice> {
+    match device()?.with_family(KernelFamily::Mma) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            eprintln!("SKIPPED: no tensor-core family on this device: {e}");
             None
         }
     }
@@ -506,7 +518,7 @@ fn small_mma_decoder_shapes_are_bit_exact() {
     let shapes = std::iter::once(SmallMmaDecoder::DEFAULT).chain(SmallMmaDecoder::CANDIDATES);
     for ms in shapes {
         for b in [1, 2] {
-            let Some(dev) = device() else { return };
+            let Some(dev) = mma_device() else { return };
             let shape = SmallShape {
                 blocks_per_sm: b,
                 ..SmallShape::DEFAULT
@@ -530,7 +542,7 @@ fn small_mma_decoder_shapes_are_bit_exact() {
 /// skip the split-K sum) is refused with a typed error naming it; the output is untouched.
 #[test]
 fn small_mma_decoder_rejects_a_bad_shape() {
-    let Some(dev) = device() else { return };
+    let Some(dev) = mma_device() else { return };
     let bad = SmallMmaDecoder {
         kw: 1,
         ..SmallMmaDecoder::DEFAULT
