@@ -16,11 +16,13 @@
 // LB_MS_MIN_BLOCKS: CTAs per SM the registers are capped for (more than the grid puts on an
 // SM: the next kernel's CTAs fit beside this one's, so under PDL their weight prefetch
 // overlaps this kernel).
-#ifndef LB_MS_MIN_BLOCKS
-#define LB_MS_MIN_BLOCKS 1
+// (Unset, the bound names no block count: a count of 1 changes ptxas' register allocation.)
+#ifdef LB_MS_MIN_BLOCKS
+#define LB_MS_BOUNDS __launch_bounds__(LB_MS_THREADS, LB_MS_MIN_BLOCKS)
+#else
+#define LB_MS_BOUNDS __launch_bounds__(LB_MS_THREADS)
 #endif
-extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, LB_MS_MIN_BLOCKS)
-    decoder_mma_small(LbProblem p) {
+extern "C" __global__ void LB_MS_BOUNDS decoder_mma_small(LbProblem p) {
     lb_trace_at(0);
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
     lb_trace_at(3);
