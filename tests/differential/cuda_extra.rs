@@ -515,8 +515,7 @@ fn small_m_grid_shapes_are_bit_exact() {
 #[test]
 fn small_mma_decoder_shapes_are_bit_exact() {
     let mut rng = Rng::new(13);
-    let shapes = std::iter::once(SmallMmaDecoder::DEFAULT).chain(SmallMmaDecoder::CANDIDATES);
-    for ms in shapes {
+    for ms in SmallMmaDecoder::with_candidates() {
         for b in [1, 2] {
             let Some(dev) = mma_device() else { return };
             let shape = SmallShape {

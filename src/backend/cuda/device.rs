@@ -222,7 +222,7 @@ pub struct CudaDevice {
     pub(crate) lowrank_ring: super::mma::MmaRing,
     /// M ≤ 16 with i8x4 weights: the tensor-core small-M kernel for every M and both ops
     /// (`LOWBIT_CUDA_SMALL_MMA=1`, or [`CudaDevice::with_small_mma`]) instead of where it
-    /// measured faster (low-rank at M ≥ 4, decoder at M ≥ 4).
+    /// measured faster (both ops at M ≥ 4).
     pub(crate) small_mma_all: bool,
     /// Both ops run on the warpgroup-mma kernels where they can (sm_90a; off with
     /// `LOWBIT_CUDA_WGMMA=0` or [`CudaDevice::with_wgmma`]).

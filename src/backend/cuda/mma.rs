@@ -867,18 +867,10 @@ const SMALL_SMEM_MAX: usize = 48 * 1024;
 const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= SMALL_SMEM_MAX);
 const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
-/// The small-M decoder shapes with i8x4 weights the NVRTC test compiles.
-const SMALL_DECODER_I8X4_COMPILED: [SmallMmaDecoder; 6] = [
-    SmallMmaDecoder::DEFAULT,
-    SmallMmaDecoder::CANDIDATES[0],
-    SmallMmaDecoder::CANDIDATES[1],
-    SmallMmaDecoder::CANDIDATES[2],
-    SmallMmaDecoder::CANDIDATES[3],
-    SmallMmaDecoder::CANDIDATES[4],
-];
 
 /// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
-/// weights ([`SmallMmaDecoder`], `CWxKWxKSW`, e.g. `1x8x32`): for tuning sweeps.
+/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB]`, e.g. `1x8x32` or `1x16x32x2`): for tuning
+/// sweeps.
 pub const SMALL_DECODER_ENV: &str = "LOWBIT_CUDA_SMALL_DECODER";
 
 /// The CTA of the small-M tensor-core decoder (`decoder_mma_small`) with i8x4 weights:
@@ -939,6 +931,11 @@ impl SmallMmaDecoder {
             min_blocks: 1,
         },
     ];
+
+    /// [`SmallMmaDecoder::DEFAULT`], then the [`SmallMmaDecoder::CANDIDATES`].
+    pub fn with_candidates() -> impl Iterator<Item = Self> {
+        std::iter::once(Self::DEFAULT).chain(Self::CANDIDATES)
+    }
 
     /// Threads per CTA.
     pub const fn threads(&self) -> u32 {
@@ -1037,10 +1034,10 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw, 1);
                     v.push((KernelId::LowrankMmaSmall, defs));
                 }
-                let shapes: &[SmallMmaDecoder] = if t2 {
-                    &[SMALL_DECODER_T2]
+                let shapes: Vec<SmallMmaDecoder> = if t2 {
+                    vec![SMALL_DECODER_T2]
                 } else {
-                    &SMALL_DECODER_I8X4_COMPILED
+                    SmallMmaDecoder::with_candidates().collect()
                 };
                 for s in shapes {
                     let defs = small_defines(mode, uns, t2, s.cw, s.kw, s.ksw, s.min_blocks);
@@ -2406,9 +2403,9 @@ mod tests {
         }
         for cc in [(8, 0), (9, 0)] {
             for (id, defines) in mma_module_variants() {
-                // The small-M decoder capped at two CTAs per SM (64 registers at 512 threads),
-                // a tuning candidate, spills (20-28 bytes on packed words and codes, 248 on
-                // f32 input).
+                // The small-M decoder's register-capped tuning candidates (64 registers at
+                // 2 or 4 CTAs per SM) spill: 12-20 bytes on packed words, 28-52 on codes,
+                // 88-248 on f32 input.
                 let capped = defines.iter().any(|(k, _)| k == "LB_MS_MIN_BLOCKS");
                 let budget = if capped { None } else { Some(0) };
                 compile::compile_checked(id.stem(), cc, &defines, budget);
