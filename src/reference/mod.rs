@@ -39,29 +39,43 @@ pub fn lowrank_projection_codes(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "x codes", x_codes, shape.x_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let (d_len, n_len, n_out) = (shape.embd, shape.latent, shape.latent_out);
+    let n_out = shape.latent_out;
     let mut out = vec![0.0f32; shape.out_len()];
     let mut acc = vec![0i32; n_out];
-    for b in 0..shape.batch {
-        for h in 0..shape.heads {
-            for t in 0..shape.time {
-                let x_row = ((b * shape.in_heads + shape.in_head(h)) * shape.time + t) * d_len;
-                acc.fill(0);
-                for d in 0..d_len {
-                    let x = x_codes[x_row + d];
-                    let w_row = &w_codes[(h * d_len + d) * n_len..][..n_out];
-                    for (a, &w) in acc.iter_mut().zip(w_row) {
-                        *a = a.wrapping_add(x.wrapping_mul(i32::from(w)));
-                    }
-                }
-                let o = ((b * shape.heads + h) * shape.time + t) * n_out;
-                for (dst, &a) in out[o..o + n_out].iter_mut().zip(&acc) {
-                    *dst = dequantize_acc(a, w_scale, a_scale);
-                }
+    for (o, terms) in lowrank_rows(shape) {
+        acc.fill(0);
+        for (xi, wi) in terms {
+            let x = x_codes[xi];
+            for (a, &w) in acc.iter_mut().zip(&w_codes[wi..][..n_out]) {
+                *a = a.wrapping_add(x.wrapping_mul(i32::from(w)));
             }
+        }
+        for (dst, &a) in out[o..o + n_out].iter_mut().zip(&acc) {
+            *dst = dequantize_acc(a, w_scale, a_scale);
         }
     }
     Ok(out)
+}
+
+/// The output rows of the low-rank projection, `(b, h, t)` in order: each row's offset in
+/// `[B, H, T, latent_out]` and its sum's terms, `(x index, weight row offset)` in order of
+/// `d` (the weight row's first `latent_out` codes are the row's weights).
+fn lowrank_rows(
+    shape: &LowrankShape,
+) -> impl Iterator<Item = (usize, impl Iterator<Item = (usize, usize)>)> + '_ {
+    let (d_len, n_len) = (shape.embd, shape.latent);
+    (0..shape.batch).flat_map(move |b| {
+        (0..shape.heads).flat_map(move |h| {
+            (0..shape.time).map(move |t| {
+                let x_row = ((b * shape.in_heads + shape.in_head(h)) * shape.time + t) * d_len;
+                let o = ((b * shape.heads + h) * shape.time + t) * shape.latent_out;
+                (
+                    o,
+                    (0..d_len).map(move |d| (x_row + d, (h * d_len + d) * n_len)),
+                )
+            })
+        })
+    })
 }
 
 /// Float low-rank projection (`Fp16`/no activation quantization): `Σ_d (w·w_scale)·x` in f32,
@@ -76,21 +90,14 @@ pub fn lowrank_projection_float(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "x", x, shape.x_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let (d_len, n_len, n_out) = (shape.embd, shape.latent, shape.latent_out);
+    let n_out = shape.latent_out;
     let mut out = vec![0.0f32; shape.out_len()];
-    for b in 0..shape.batch {
-        for h in 0..shape.heads {
-            for t in 0..shape.time {
-                let x_row = ((b * shape.in_heads + shape.in_head(h)) * shape.time + t) * d_len;
-                let o = ((b * shape.heads + h) * shape.time + t) * n_out;
-                let acc = &mut out[o..o + n_out];
-                for d in 0..d_len {
-                    let x = x[x_row + d];
-                    let w_row = &w_codes[(h * d_len + d) * n_len..][..n_out];
-                    for (a, &w) in acc.iter_mut().zip(w_row) {
-                        *a += (f32::from(w) * w_scale) * x;
-                    }
-                }
+    for (o, terms) in lowrank_rows(shape) {
+        let acc = &mut out[o..o + n_out];
+        for (xi, wi) in terms {
+            let x = x[xi];
+            for (a, &w) in acc.iter_mut().zip(&w_codes[wi..][..n_out]) {
+                *a += (f32::from(w) * w_scale) * x;
             }
         }
     }
@@ -142,30 +149,41 @@ pub fn decoder_tail_codes(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "y codes", y_codes, shape.y_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let (l_len, dim) = (shape.latent, shape.dim);
+    let dim = shape.dim;
     let mut out = vec![0.0f32; shape.out_len()];
     let mut acc = vec![0i32; dim];
-    for b in 0..shape.batch {
-        for t in 0..shape.time {
-            acc.fill(0);
-            for h in 0..shape.heads {
-                let y_row = ((b * shape.heads + h) * shape.time + t) * l_len;
-                let w_base = h * shape.latent_per_head * dim;
-                for l in 0..l_len {
-                    let y = y_codes[y_row + l];
-                    let w_row = &w_codes[w_base + l * dim..][..dim];
-                    for (a, &w) in acc.iter_mut().zip(w_row) {
-                        *a = a.wrapping_add(y.wrapping_mul(i32::from(w)));
-                    }
-                }
+    for (o, terms) in decoder_rows(shape) {
+        acc.fill(0);
+        for (yi, wi) in terms {
+            let y = y_codes[yi];
+            for (a, &w) in acc.iter_mut().zip(&w_codes[wi..][..dim]) {
+                *a = a.wrapping_add(y.wrapping_mul(i32::from(w)));
             }
-            let o = (b * shape.time + t) * dim;
-            for (dst, &a) in out[o..o + dim].iter_mut().zip(&acc) {
-                *dst = dequantize_acc(a, w_scale, a_scale);
-            }
+        }
+        for (dst, &a) in out[o..o + dim].iter_mut().zip(&acc) {
+            *dst = dequantize_acc(a, w_scale, a_scale);
         }
     }
     Ok(out)
+}
+
+/// The output rows of the decoder tail, `(b, t)` in order: each row's offset in
+/// `[B, 1, T, D]` and its sum's terms, `(y index, weight row offset)` with heads outer and
+/// `l` inner (the weight row's `D` codes are the row's weights).
+fn decoder_rows(
+    shape: &DecoderTailShape,
+) -> impl Iterator<Item = (usize, impl Iterator<Item = (usize, usize)>)> + '_ {
+    let (l_len, dim) = (shape.latent, shape.dim);
+    (0..shape.batch).flat_map(move |b| {
+        (0..shape.time).map(move |t| {
+            let terms = (0..shape.heads).flat_map(move |h| {
+                let y_row = ((b * shape.heads + h) * shape.time + t) * l_len;
+                let w_base = h * shape.latent_per_head * dim;
+                (0..l_len).map(move |l| (y_row + l, w_base + l * dim))
+            });
+            ((b * shape.time + t) * dim, terms)
+        })
+    })
 }
 
 /// Float decoder tail: `Σ_h Σ_l (w·w_scale)·y` in f32, heads outer, `l` inner.
@@ -179,22 +197,14 @@ pub fn decoder_tail_float(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "y", y, shape.y_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let (l_len, dim) = (shape.latent, shape.dim);
+    let dim = shape.dim;
     let mut out = vec![0.0f32; shape.out_len()];
-    for b in 0..shape.batch {
-        for t in 0..shape.time {
-            let o = (b * shape.time + t) * dim;
-            let acc = &mut out[o..o + dim];
-            for h in 0..shape.heads {
-                let y_row = ((b * shape.heads + h) * shape.time + t) * l_len;
-                let w_base = h * shape.latent_per_head * dim;
-                for l in 0..l_len {
-                    let y = y[y_row + l];
-                    let w_row = &w_codes[w_base + l * dim..][..dim];
-                    for (a, &w) in acc.iter_mut().zip(w_row) {
-                        *a += (f32::from(w) * w_scale) * y;
-                    }
-                }
+    for (o, terms) in decoder_rows(shape) {
+        let acc = &mut out[o..o + dim];
+        for (yi, wi) in terms {
+            let y = y[yi];
+            for (a, &w) in acc.iter_mut().zip(&w_codes[wi..][..dim]) {
+                *a += (f32::from(w) * w_scale) * y;
             }
         }
     }
