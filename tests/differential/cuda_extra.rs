@@ -112,29 +112,65 @@ fn run_lowrank_codes(dev: &CudaDevice, p: &Lowrank, codes: &[i32], fmt: Fmt, s: 
     dev.download(&out).unwrap()
 }
 
-/// Runs a decoder tail on uploaded int8 codes `y` and weights `w` into a NaN-poisoned output
-/// and returns it.
-fn run_decoder_codes(
-    dev: &CudaDevice,
-    p: &Decoder,
-    y: &CudaSlice<i32>,
-    w: &CudaSlice<u32>,
+/// A random decoder problem `(M, H, L, D)` on int8 codes, uploaded to a device (codes `y`,
+/// weights `w`), with its scale and the reference's output.
+struct DecoderCase {
+    dec: Decoder,
     s: f32,
-) -> Vec<f32> {
-    let mut out = dev.upload(&vec![f32::NAN; p.shape.out_len()]).unwrap();
-    dev.decoder_tail(
-        &p.shape,
-        DeviceAct::Codes(y),
-        Fmt::Int8,
-        DeviceScale::Param(s),
-        w,
-        p.w_scale,
-        127,
-        Epilogue::default(),
-        DeviceOut::F32(&mut out),
-    )
-    .unwrap();
-    dev.download(&out).unwrap()
+    y: CudaSlice<i32>,
+    w: CudaSlice<u32>,
+    expected: Vec<f32>,
+}
+
+impl DecoderCase {
+    fn new(
+        dev: &CudaDevice,
+        rng: &mut Rng,
+        (m, heads, l, d): (usize, usize, usize, usize),
+    ) -> Self {
+        let dec = decoder_problem(rng, m, heads, l, d);
+        let y = rng.normals(dec.shape.y_len(), 1.0);
+        let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
+        let codes = codes_of(&y, Fmt::Int8, s);
+        let expected =
+            reference::decoder_tail_codes(&dec.shape, &codes, &dec.w_codes, s, dec.w_scale)
+                .unwrap();
+        let (y, w) = (
+            dev.upload(&codes).unwrap(),
+            dev.upload(&dec.w_words).unwrap(),
+        );
+        Self {
+            dec,
+            s,
+            y,
+            w,
+            expected,
+        }
+    }
+
+    /// Runs the decoder tail into `out`.
+    fn run_into(&self, dev: &CudaDevice, out: &mut CudaSlice<f32>) -> Result<(), LowbitError> {
+        dev.decoder_tail(
+            &self.dec.shape,
+            DeviceAct::Codes(&self.y),
+            Fmt::Int8,
+            DeviceScale::Param(self.s),
+            &self.w,
+            self.dec.w_scale,
+            127,
+            Epilogue::default(),
+            DeviceOut::F32(out),
+        )
+    }
+
+    /// Runs it into a NaN-poisoned output and returns that.
+    fn run(&self, dev: &CudaDevice) -> Vec<f32> {
+        let mut out = dev
+            .upload(&vec![f32::NAN; self.dec.shape.out_len()])
+            .unwrap();
+        self.run_into(dev, &mut out).unwrap();
+        dev.download(&out).unwrap()
+    }
 }
 
 #[test]
@@ -444,28 +480,17 @@ fn small_m_path_is_bit_exact() {
     }
 }
 
-/// A random decoder problem `(M, H, L, D)` on int8 codes, run twice on `dev` from NaN-poisoned
-/// outputs (a split-K accumulator is reused), each run bit for bit against the reference.
+/// A [`DecoderCase`] run twice on `dev` from NaN-poisoned outputs (a split-K accumulator is
+/// reused), each run bit for bit against the reference.
 fn decoder_twice_exact(
     dev: &CudaDevice,
     rng: &mut Rng,
     what: &str,
     mhld: (usize, usize, usize, usize),
 ) {
-    let (m, heads, l, d) = mhld;
-    let dec = decoder_problem(rng, m, heads, l, d);
-    let y = rng.normals(dec.shape.y_len(), 1.0);
-    let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
-    let codes = codes_of(&y, Fmt::Int8, s);
-    let exp =
-        reference::decoder_tail_codes(&dec.shape, &codes, &dec.w_codes, s, dec.w_scale).unwrap();
-    let (yd, wd) = (
-        dev.upload(&codes).unwrap(),
-        dev.upload(&dec.w_words).unwrap(),
-    );
+    let case = DecoderCase::new(dev, rng, mhld);
     for run in 0..2 {
-        let out = run_decoder_codes(dev, &dec, &yd, &wd, s);
-        assert_exact(&format!("{what} run {run}"), &exp, &out);
+        assert_exact(&format!("{what} run {run}"), &case.expected, &case.run(dev));
     }
 }
 
@@ -547,29 +572,11 @@ fn small_mma_decoder_rejects_a_bad_shape() {
         ..SmallMmaDecoder::DEFAULT
     };
     let dev = dev.with_small_mma(true).with_small_mma_decoder(bad);
-    let mut rng = Rng::new(14);
-    let dec = decoder_problem(&mut rng, 4, 2, 64, 64);
-    let y = rng.normals(dec.shape.y_len(), 1.0);
-    let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
-    let codes = codes_of(&y, Fmt::Int8, s);
-    let (yd, wd) = (
-        dev.upload(&codes).unwrap(),
-        dev.upload(&dec.w_words).unwrap(),
-    );
-    let mut out = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
-    let err = dev
-        .decoder_tail(
-            &dec.shape,
-            DeviceAct::Codes(&yd),
-            Fmt::Int8,
-            DeviceScale::Param(s),
-            &wd,
-            dec.w_scale,
-            127,
-            Epilogue::default(),
-            DeviceOut::F32(&mut out),
-        )
-        .unwrap_err();
+    let case = DecoderCase::new(&dev, &mut Rng::new(14), (4, 2, 64, 64));
+    let mut out = dev
+        .upload(&vec![f32::NAN; case.dec.shape.out_len()])
+        .unwrap();
+    let err = case.run_into(&dev, &mut out).unwrap_err();
     let text = err.to_string();
     assert!(
         text.contains("small-M decoder CTA") && text.contains("1x1x32x1"),
@@ -607,19 +614,11 @@ fn split_k_is_deterministic() {
     let Some(dev) = device() else { return };
     let mut rng = Rng::new(6);
     for m in [8, 300] {
-        let dec = decoder_problem(&mut rng, m, 4, 2048, 256);
-        let y = rng.normals(dec.shape.y_len(), 1.0);
-        let s = activation_scale(&y, Fmt::Int8).unwrap().unwrap();
-        let codes = codes_of(&y, Fmt::Int8, s);
-        let expected =
-            reference::decoder_tail_codes(&dec.shape, &codes, &dec.w_codes, s, dec.w_scale)
-                .unwrap();
-        let yd = dev.upload(&codes).unwrap();
-        let wd = dev.upload(&dec.w_words).unwrap();
+        let case = DecoderCase::new(&dev, &mut rng, (m, 4, 2048, 256));
         let mut first: Option<Vec<u32>> = None;
         for run in 0..5 {
-            let out = run_decoder_codes(&dev, &dec, &yd, &wd, s);
-            assert_exact(&format!("split-K m={m} run {run}"), &expected, &out);
+            let out = case.run(&dev);
+            assert_exact(&format!("split-K m={m} run {run}"), &case.expected, &out);
             let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
             match &first {
                 None => first = Some(bits),
