@@ -39,22 +39,14 @@ pub fn lowrank_projection_codes(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "x codes", x_codes, shape.x_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let n_out = shape.latent_out;
-    let mut out = vec![0.0f32; shape.out_len()];
-    let mut acc = vec![0i32; n_out];
-    for (o, terms) in lowrank_rows(shape) {
-        acc.fill(0);
-        for (xi, wi) in terms {
-            let x = x_codes[xi];
-            for (a, &w) in acc.iter_mut().zip(&w_codes[wi..][..n_out]) {
-                *a = a.wrapping_add(x.wrapping_mul(i32::from(w)));
-            }
-        }
-        for (dst, &a) in out[o..o + n_out].iter_mut().zip(&acc) {
-            *dst = dequantize_acc(a, w_scale, a_scale);
-        }
-    }
-    Ok(out)
+    Ok(sum_codes(
+        lowrank_rows(shape),
+        x_codes,
+        w_codes,
+        shape.latent_out,
+        (a_scale, w_scale),
+        shape.out_len(),
+    ))
 }
 
 /// The output rows of the low-rank projection, `(b, h, t)` in order: each row's offset in
@@ -90,18 +82,14 @@ pub fn lowrank_projection_float(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "x", x, shape.x_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let n_out = shape.latent_out;
-    let mut out = vec![0.0f32; shape.out_len()];
-    for (o, terms) in lowrank_rows(shape) {
-        let acc = &mut out[o..o + n_out];
-        for (xi, wi) in terms {
-            let x = x[xi];
-            for (a, &w) in acc.iter_mut().zip(&w_codes[wi..][..n_out]) {
-                *a += (f32::from(w) * w_scale) * x;
-            }
-        }
-    }
-    Ok(out)
+    Ok(sum_float(
+        lowrank_rows(shape),
+        x,
+        w_codes,
+        shape.latent_out,
+        w_scale,
+        shape.out_len(),
+    ))
 }
 
 /// The seed's `packed_lowrank_projection_reference`: quantize `x` per tensor in `format`
@@ -149,22 +137,14 @@ pub fn decoder_tail_codes(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "y codes", y_codes, shape.y_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let dim = shape.dim;
-    let mut out = vec![0.0f32; shape.out_len()];
-    let mut acc = vec![0i32; dim];
-    for (o, terms) in decoder_rows(shape) {
-        acc.fill(0);
-        for (yi, wi) in terms {
-            let y = y_codes[yi];
-            for (a, &w) in acc.iter_mut().zip(&w_codes[wi..][..dim]) {
-                *a = a.wrapping_add(y.wrapping_mul(i32::from(w)));
-            }
-        }
-        for (dst, &a) in out[o..o + dim].iter_mut().zip(&acc) {
-            *dst = dequantize_acc(a, w_scale, a_scale);
-        }
-    }
-    Ok(out)
+    Ok(sum_codes(
+        decoder_rows(shape),
+        y_codes,
+        w_codes,
+        shape.dim,
+        (a_scale, w_scale),
+        shape.out_len(),
+    ))
 }
 
 /// The output rows of the decoder tail, `(b, t)` in order: each row's offset in
@@ -197,18 +177,63 @@ pub fn decoder_tail_float(
     shape.validate()?; // a literal shape is checked before it indexes anything
     check_len(OP, "y", y, shape.y_len())?;
     check_len(OP, "weight codes", w_codes, shape.w_len())?;
-    let dim = shape.dim;
-    let mut out = vec![0.0f32; shape.out_len()];
-    for (o, terms) in decoder_rows(shape) {
-        let acc = &mut out[o..o + dim];
-        for (yi, wi) in terms {
-            let y = y[yi];
-            for (a, &w) in acc.iter_mut().zip(&w_codes[wi..][..dim]) {
-                *a += (f32::from(w) * w_scale) * y;
+    Ok(sum_float(
+        decoder_rows(shape),
+        y,
+        w_codes,
+        shape.dim,
+        w_scale,
+        shape.out_len(),
+    ))
+}
+
+/// The integer oracles' sums: for each `(offset, terms)` of `rows`, the `n` outputs at `offset`
+/// are `Σ act[i] · w[j..j + n]` over its terms `(i, j)` in order, in wrapping i32, dequantized.
+fn sum_codes<T: IntoIterator<Item = (usize, usize)>>(
+    rows: impl Iterator<Item = (usize, T)>,
+    acts: &[i32],
+    w_codes: &[i8],
+    n: usize,
+    (a_scale, w_scale): (f32, f32),
+    out_len: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; out_len];
+    let mut acc = vec![0i32; n];
+    for (o, terms) in rows {
+        acc.fill(0);
+        for (i, j) in terms {
+            let x = acts[i];
+            for (a, &w) in acc.iter_mut().zip(&w_codes[j..][..n]) {
+                *a = a.wrapping_add(x.wrapping_mul(i32::from(w)));
+            }
+        }
+        for (dst, &a) in out[o..o + n].iter_mut().zip(&acc) {
+            *dst = dequantize_acc(a, w_scale, a_scale);
+        }
+    }
+    out
+}
+
+/// The float oracles' sums: as [`sum_codes`], `Σ (w·w_scale)·act` in f32, in the terms' order.
+fn sum_float<T: IntoIterator<Item = (usize, usize)>>(
+    rows: impl Iterator<Item = (usize, T)>,
+    acts: &[f32],
+    w_codes: &[i8],
+    n: usize,
+    w_scale: f32,
+    out_len: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; out_len];
+    for (o, terms) in rows {
+        let acc = &mut out[o..o + n];
+        for (i, j) in terms {
+            let x = acts[i];
+            for (a, &w) in acc.iter_mut().zip(&w_codes[j..][..n]) {
+                *a += (f32::from(w) * w_scale) * x;
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// The seed's `packed_decoder_tail_reference`: quantize `y` per tensor, unpack the artifact,
