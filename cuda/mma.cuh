@@ -565,9 +565,11 @@ __device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
 #define LB_MS_COLS (32 * LB_MS_CW)
 #define LB_MS_LDA (LB_MS_KSW * LB_MS_KW + 4)  // A row stride in words (16-byte bank spread)
 // Dynamic smem bytes: 16 * LB_MS_LDA * 4 (mirrored by small_smem in src/backend/cuda/mma.rs).
-// k-step pairs (16 k words each) per register batch: 4 (1 or 4 16-byte loads each); 2 for
-// i8x4 weights on the split decoder, whose 256 threads cannot hold 16 loads without spills.
-#define LB_MS_PAIRS (LB_MS_T2 || LB_MS_KW == 1 ? 4 : 2)
+// k-step pairs (16 k words each) per register batch (1 or 4 16-byte loads each), 2 or 4:
+// a k-warp's loads of one batch are in flight together (set by the host: SmallMmaDecoder).
+#ifndef LB_MS_PAIRS
+#define LB_MS_PAIRS 4
+#endif
 
 template <int MODE, bool UNS, bool T2>
 __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {

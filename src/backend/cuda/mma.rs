@@ -77,6 +77,7 @@ pub const SMALL_DECODER_T2: SmallMmaDecoder = SmallMmaDecoder {
     kw: 4,
     ksw: 64,
     min_blocks: 1,
+    batch: 64,
 };
 /// Rows of the small kernels' row block (the mma's M).
 pub const SMALL_ROWS: usize = 16;
@@ -830,29 +831,28 @@ pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
     vec![d("LB_MMA_PREP", 1), d("LB_MODE", mode), eps()]
 }
 
-/// Defines of the small-M kernels: input mode, unsigned A lanes, ternary2 weights, column
-/// warps, k-warps, k words per k-warp, and (decoder; 1 leaves it out) the CTAs per SM its
+/// Defines of the small-M kernels: input mode, unsigned A lanes, ternary2 weights, and the
+/// CTA (the low-rank kernel's has one k-warp): column warps, k-warps, k words per k-warp,
+/// k-step pairs per register batch, and (decoder; 1 leaves it out) the CTAs per SM its
 /// registers are capped for.
 pub fn small_defines(
     mode: u32,
     uns: bool,
     t2: bool,
-    cw: u32,
-    kw: u32,
-    ksw: usize,
-    min_blocks: u32,
+    cta: &SmallMmaDecoder,
 ) -> Vec<(String, String)> {
     let mut v = vec![
         d("LB_MMA_SMALL", 1),
         d("LB_MODE", mode),
         d("LB_UNS", u32::from(uns)),
         d("LB_MS_T2", u32::from(t2)),
-        d("LB_MS_CW", cw),
-        d("LB_MS_KW", kw),
-        d("LB_MS_KSW", ksw),
+        d("LB_MS_CW", cta.cw),
+        d("LB_MS_KW", cta.kw),
+        d("LB_MS_KSW", cta.ksw),
+        d("LB_MS_PAIRS", cta.batch / 16),
     ];
-    if min_blocks > 1 {
-        v.push(d("LB_MS_MIN_BLOCKS", min_blocks));
+    if cta.min_blocks > 1 {
+        v.push(d("LB_MS_MIN_BLOCKS", cta.min_blocks));
     }
     v.push(eps());
     v
@@ -869,7 +869,7 @@ const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
 
 /// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
-/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB]`, e.g. `1x8x32` or `1x16x32x2`): for tuning
+/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW]]`, e.g. `1x16x32` or `1x8x64x1x64`): for tuning
 /// sweeps.
 pub const SMALL_DECODER_ENV: &str = "LOWBIT_CUDA_SMALL_DECODER";
 
@@ -884,51 +884,55 @@ pub struct SmallMmaDecoder {
     pub cw: u32,
     /// k-warps: 2, 4, 8 or 16.
     pub kw: u32,
-    /// The most k words of one k-warp: 32 (one register batch) or 64.
+    /// The most k words of one k-warp: 32 or 64.
     pub ksw: usize,
     /// CTAs per SM its registers are capped for: 1 to 4.
     pub min_blocks: u32,
+    /// k words per register batch: 32 or 64, at most `ksw`. A k-warp's weight loads of one
+    /// batch are in flight together; its next batch is loaded after the batch's mma.
+    pub batch: usize,
 }
 
 impl SmallMmaDecoder {
-    /// `1x16x32`: what the kernel runs unless [`SMALL_DECODER_ENV`] says otherwise. One
-    /// column warp x 16 k-warps of 32 words: a CTA of 512 threads takes 32 columns x 512 words
-    /// (64 KB of weights, every load in flight at once), and the BDH shape runs 4 splits per
-    /// head, 128 CTAs. H100, BDH shape, graph replay, M = 1 / 8 / 16: 5.44 / 5.62 / 5.98 µs,
-    /// against 6.12 / 6.62 / 7.41 for `2x4x64` (16 splits per head, 256 CTAs; 6.05 / 6.29 /
-    /// 6.81 at 8 splits, 128 CTAs), 5.67 / 6.02 / 6.89 for `1x8x32`, 6.03 / 6.19 / 6.60 for
-    /// `1x4x64`: the fewer atomics, the faster.
+    /// `1x8x64`: what the kernel runs unless [`SMALL_DECODER_ENV`] says otherwise. One column
+    /// warp x 8 k-warps of 64 words in two batches of 32: a CTA of 256 threads takes 32
+    /// columns x 512 words, and the BDH shape runs 4 splits per head, 128 CTAs. H100, BDH
+    /// shape, graph replay, M = 1 / 4 / 8 / 16: 4.88-4.91 / 4.96-4.98 / 5.12-5.17 /
+    /// 5.46-5.53 µs, against 5.44 / 5.47 / 5.64 / 6.01 for `1x16x32` (512 threads, one batch),
+    /// 5.05-5.09 / 5.13 / 5.31 / 5.76 for `1x8x32x4`, 4.95 / 5.01 / 5.19 / 6.01 for
+    /// `1x4x64x2`, 6.08 / 6.53 / 6.47 / 7.01 for `2x4x64`.
     pub const DEFAULT: Self = Self {
         cw: 1,
-        kw: 16,
-        ksw: 32,
+        kw: 8,
+        ksw: 64,
         min_blocks: 1,
+        batch: 32,
     };
 
     /// Shapes the NVRTC test compiles besides the default.
     pub const CANDIDATES: [Self; 5] = [
         SMALL_DECODER_T2,
         Self {
+            batch: 64,
+            ..Self::DEFAULT
+        },
+        Self {
             min_blocks: 2,
             ..Self::DEFAULT
         },
         Self {
             cw: 1,
-            kw: 8,
-            ksw: 32,
-            min_blocks: 4,
-        },
-        Self {
-            cw: 1,
-            kw: 8,
+            kw: 16,
             ksw: 32,
             min_blocks: 1,
+            batch: 32,
         },
         Self {
             cw: 1,
             kw: 4,
             ksw: 64,
-            min_blocks: 1,
+            min_blocks: 2,
+            batch: 64,
         },
     ];
 
@@ -955,6 +959,9 @@ impl SmallMmaDecoder {
         if !matches!(self.min_blocks, 1..=4) {
             return Err("B must be 1 to 4");
         }
+        if !matches!(self.batch, 32 | 64) || self.batch > self.ksw {
+            return Err("BW must be 32 or 64, at most KSW");
+        }
         if 32 * self.cw as usize > self.ksw {
             return Err("the k-warps' partials (32·CW columns) must fit a row of A (KSW words)");
         }
@@ -964,19 +971,21 @@ impl SmallMmaDecoder {
         Ok(())
     }
 
-    /// Parses `CWxKWxKSW` or `CWxKWxKSWxB` (B: `min_blocks`, default 1; see
-    /// [`SmallMmaDecoder::check`]).
+    /// Parses `CWxKWxKSW[xB[xBW]]` (B: `min_blocks`, default 1; BW: `batch`, default 32;
+    /// see [`SmallMmaDecoder::check`]).
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let (cw, kw, ksw, min_blocks) = match t::parse_dims(text)?[..] {
-            [cw, kw, ksw] => (cw, kw, ksw, 1),
-            [cw, kw, ksw, b] => (cw, kw, ksw, b),
-            _ => return Err(format!("`{text}` is not CWxKWxKSW[xB]")),
+        let (cw, kw, ksw, min_blocks, batch) = match t::parse_dims(text)?[..] {
+            [cw, kw, ksw] => (cw, kw, ksw, 1, 32),
+            [cw, kw, ksw, b] => (cw, kw, ksw, b, 32),
+            [cw, kw, ksw, b, bw] => (cw, kw, ksw, b, bw),
+            _ => return Err(format!("`{text}` is not CWxKWxKSW[xB[xBW]]")),
         };
         let shape = Self {
             cw,
             kw,
             ksw: ksw as usize,
             min_blocks,
+            batch: batch as usize,
         };
         shape.check().map_err(|e| format!("`{text}`: {e}"))?;
         Ok(shape)
@@ -988,12 +997,38 @@ impl SmallMmaDecoder {
     }
 }
 
+/// `CWxKWxKSWxBxBW`, as [`SmallMmaDecoder::parse`] reads it.
+impl std::fmt::Display for SmallMmaDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Self {
+            cw,
+            kw,
+            ksw,
+            min_blocks,
+            batch,
+        } = self;
+        write!(f, "{cw}x{kw}x{ksw}x{min_blocks}x{batch}")
+    }
+}
+
 /// The small low-rank kernel's k words per warp for `kw` words of K.
 fn small_lowrank_ksw(kw: usize) -> usize {
     if kw.next_multiple_of(16) <= 64 {
         64
     } else {
         SMALL_LOWRANK_MAX_KW
+    }
+}
+
+/// The small low-rank kernel's CTA: [`SMALL_LOWRANK_CW`] column warps, one k-warp of `ksw`
+/// words, batches of 64.
+fn small_lowrank_cta(ksw: usize) -> SmallMmaDecoder {
+    SmallMmaDecoder {
+        cw: SMALL_LOWRANK_CW,
+        kw: 1,
+        ksw,
+        min_blocks: 1,
+        batch: 64,
     }
 }
 
@@ -1031,7 +1066,7 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         for uns in [false, true] {
             for t2 in [false, true] {
                 for ksw in [64, SMALL_LOWRANK_MAX_KW] {
-                    let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw, 1);
+                    let defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw));
                     v.push((KernelId::LowrankMmaSmall, defs));
                 }
                 let shapes: Vec<SmallMmaDecoder> = if t2 {
@@ -1040,7 +1075,7 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     SmallMmaDecoder::with_candidates().collect()
                 };
                 for s in shapes {
-                    let defs = small_defines(mode, uns, t2, s.cw, s.kw, s.ksw, s.min_blocks);
+                    let defs = small_defines(mode, uns, t2, &s);
                     v.push((KernelId::DecoderMmaSmall, defs));
                 }
             }
@@ -1364,7 +1399,7 @@ impl CudaDevice {
         let kw = shape.k_words();
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
-        let defs = small_defines(mode, uns, t2, SMALL_LOWRANK_CW, 1, ksw, 1);
+        let defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw));
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -1398,11 +1433,11 @@ impl CudaDevice {
         // each split's sums over the others.
         ms.check().map_err(|e| LowbitError::InvalidArgument {
             op: OP,
-            what: "small-M decoder CTA (CWxKWxKSWxB)",
-            reason: format!("{}x{}x{}x{}: {e}", ms.cw, ms.kw, ms.ksw, ms.min_blocks),
+            what: "small-M decoder CTA (CWxKWxKSWxBxBW)",
+            reason: format!("{ms}: {e}"),
         })?;
         let (cw, kws) = (ms.cw, ms.kw as usize);
-        let defs = small_defines(mode, uns, t2, cw, ms.kw, ms.ksw, ms.min_blocks);
+        let defs = small_defines(mode, uns, t2, &ms);
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
@@ -2342,16 +2377,25 @@ mod tests {
     #[test]
     fn small_mma_decoder_parses() {
         assert_eq!(
-            SmallMmaDecoder::parse("1x16x32"),
+            SmallMmaDecoder::parse("1x8x64"),
             Ok(SmallMmaDecoder::DEFAULT)
         );
         for s in SmallMmaDecoder::CANDIDATES {
-            let text = format!("{}x{}x{}x{}", s.cw, s.kw, s.ksw, s.min_blocks);
-            assert_eq!(SmallMmaDecoder::parse(&text), Ok(s));
+            assert_eq!(SmallMmaDecoder::parse(&s.to_string()), Ok(s));
         }
         // 2x4x32: 64 columns of partials past a 32-word row; 1x16x64: 65.8 KB of A.
         for bad in [
-            "", "2x4", "3x4x64", "2x1x64", "2x4x48", "2x4x32", "1x16x64", "ax4x64",
+            "",
+            "2x4",
+            "3x4x64",
+            "2x1x64",
+            "2x4x48",
+            "2x4x32",
+            "1x16x64",
+            "ax4x64",
+            "1x8x32x1x64",
+            "1x8x64x1x16",
+            "1x8x64x1x64x1",
         ] {
             assert!(SmallMmaDecoder::parse(bad).is_err(), "{bad}");
         }
@@ -2401,13 +2445,24 @@ mod tests {
             eprintln!("SKIPPED: libnvrtc not found; CUDA mma sources not compiled");
             return;
         }
+        // The small-M decoder's tuning candidates may spill (batches of 64 words on codes:
+        // 16 bytes); what runs by default may not.
+        let candidates: Vec<_> = (0..3u32)
+            .flat_map(|mode| [false, true].map(|uns| (mode, uns)))
+            .flat_map(|(mode, uns)| {
+                SmallMmaDecoder::CANDIDATES
+                    .iter()
+                    .filter(|s| **s != SMALL_DECODER_T2)
+                    .map(move |s| small_defines(mode, uns, false, s))
+            })
+            .collect();
         for cc in [(8, 0), (9, 0)] {
             for (id, defines) in mma_module_variants() {
-                // The small-M decoder's register-capped tuning candidates (64 registers at
-                // 2 or 4 CTAs per SM) spill: 12-20 bytes on packed words, 28-52 on codes,
-                // 88-248 on f32 input.
-                let capped = defines.iter().any(|(k, _)| k == "LB_MS_MIN_BLOCKS");
-                let budget = if capped { None } else { Some(0) };
+                let budget = if candidates.contains(&defines) {
+                    None
+                } else {
+                    Some(0)
+                };
                 compile::compile_checked(id.stem(), cc, &defines, budget);
             }
         }
