@@ -49,8 +49,8 @@
 # rounds at M = 512 / 2048, both weight formats, f32 out (packed and f32 in) and bf16 + ReLU,
 # then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
 # smalldec: the small-M tensor-core decoder's tests, then its CTA shapes with i8x4 weights
-# (LOWBIT_CUDA_SMALL_DECODER: the default 1x8x64 in register batches of 32 and 64 words,
-# 1x4x64 capped for 2 CTAs per SM in batches of 32 and 64, 1x16x32, 2x4x64) under PDL after the
+# (LOWBIT_CUDA_SMALL_DECODER: the default 1x8x64 in register batches of 64 and 32 words,
+# 1x4x64 capped for 2 CTAs per SM in batches of 64 and 32, 1x16x32, 2x4x64 in batches of 32) under PDL after the
 # wait, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1, so M = 1 runs it too).
 # Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt; files
 # that were in $OUT before it started are left as they are); a summary table is printed last.
@@ -168,7 +168,7 @@ if has smalldec; then
   echo "small-M decoder tests exit $?" | tee -a "$sum"
   grep -E "^test |^test result|panicked" "$out/test-smalldec.log" | head -10 | tee -a "$sum"
   for round in 1 2; do
-    for cfg in 1x8x64x1x32 1x8x64x1x64 1x4x64x2x32 1x4x64x2x64 1x16x32 2x4x64; do
+    for cfg in 1x8x64 1x8x64x1x32 1x4x64x2 1x4x64x2x32 1x16x32 2x4x64x1x32; do
       LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_SMALL_DECODER=$cfg \
         bench "decoder i8x4 small M, CTA $cfg, round $round" --backend cuda \
         --op decoder-tail --variant packed --m 1,2,4,8,16

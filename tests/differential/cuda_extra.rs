@@ -579,7 +579,7 @@ fn small_mma_decoder_rejects_a_bad_shape() {
     let err = case.run_into(&dev, &mut out).unwrap_err();
     let text = err.to_string();
     assert!(
-        text.contains("small-M decoder CTA") && text.contains("1x1x64x1x32"),
+        text.contains("small-M decoder CTA") && text.contains("1x1x64x1x64"),
         "{text}"
     );
     assert!(dev.download(&out).unwrap().iter().all(|v| v.is_nan()));

@@ -869,7 +869,7 @@ const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
 
 /// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
-/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW]]`, e.g. `1x16x32` or `1x8x64x1x64`): for tuning
+/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW]]`, e.g. `1x16x32` or `1x8x64x1x32`): for tuning
 /// sweeps.
 pub const SMALL_DECODER_ENV: &str = "LOWBIT_CUDA_SMALL_DECODER";
 
@@ -894,30 +894,33 @@ pub struct SmallMmaDecoder {
 }
 
 impl SmallMmaDecoder {
-    /// `1x8x64`: what the kernel runs unless [`SMALL_DECODER_ENV`] says otherwise. One column
-    /// warp x 8 k-warps of 64 words in two batches of 32: a CTA of 256 threads takes 32
-    /// columns x 512 words, and the BDH shape runs 4 splits per head, 128 CTAs. H100, BDH
-    /// shape, graph replay, M = 1 / 4 / 8 / 16: 4.88-4.91 / 4.96-4.98 / 5.12-5.17 /
-    /// 5.46-5.53 µs, against 5.44 / 5.47 / 5.64 / 6.01 for `1x16x32` (512 threads, one batch),
-    /// 5.05-5.09 / 5.13 / 5.31 / 5.76 for `1x8x32x4`, 4.95 / 5.01 / 5.19 / 6.01 for
-    /// `1x4x64x2`, 6.08 / 6.53 / 6.47 / 7.01 for `2x4x64`.
+    /// `1x8x64` (`1x8x64x1x64`): what the kernel runs unless [`SMALL_DECODER_ENV`] says otherwise. One
+    /// column warp x 8 k-warps of 64 words, each k-warp's 16 weight loads in flight at once: a
+    /// CTA of 256 threads takes 32 columns x 512 words, and the BDH shape runs 4 splits per
+    /// head, 128 CTAs. H200, BDH shape, graph replay, M = 1 / 2 / 4 / 8 / 16, two rounds:
+    /// 4.53-4.54 / 4.57-4.58 / 4.67 / 4.83 / 5.28 µs, against 4.65-4.66 / 4.72 / 4.77 / 4.93 /
+    /// 5.36-5.37 in batches of 32 (`1x8x64`), 5.08-5.10 / 5.16-5.17 / 5.25-5.26 / 5.39 /
+    /// 5.74-5.75 for `1x16x32` (512 threads), 4.78-4.79 / 4.84-4.85 / 4.97-4.98 / 5.08-5.09 /
+    /// 6.11-6.12 for `1x4x64x2`, 5.79-5.80 / 5.88 / 6.12-6.13 / 6.22-6.24 / 6.77-6.79 for
+    /// `2x4x64x1x32`. On int8 codes (sm_90) ptxas spills 16 bytes of it.
     pub const DEFAULT: Self = Self {
         cw: 1,
         kw: 8,
         ksw: 64,
         min_blocks: 1,
-        batch: 32,
+        batch: 64,
     };
 
     /// Shapes the NVRTC test compiles besides the default.
     pub const CANDIDATES: [Self; 5] = [
         SMALL_DECODER_T2,
         Self {
-            batch: 64,
+            batch: 32,
             ..Self::DEFAULT
         },
         Self {
             min_blocks: 2,
+            batch: 32,
             ..Self::DEFAULT
         },
         Self {
@@ -971,12 +974,12 @@ impl SmallMmaDecoder {
         Ok(())
     }
 
-    /// Parses `CWxKWxKSW[xB[xBW]]` (B: `min_blocks`, default 1; BW: `batch`, default 32;
-    /// see [`SmallMmaDecoder::check`]).
+    /// Parses `CWxKWxKSW[xB[xBW]]` (B: `min_blocks`, default 1; BW: `batch`, default KSW, one
+    /// batch per k-warp; see [`SmallMmaDecoder::check`]).
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let (cw, kw, ksw, min_blocks, batch) = match t::parse_dims(text)?[..] {
-            [cw, kw, ksw] => (cw, kw, ksw, 1, 32),
-            [cw, kw, ksw, b] => (cw, kw, ksw, b, 32),
+            [cw, kw, ksw] => (cw, kw, ksw, 1, ksw),
+            [cw, kw, ksw, b] => (cw, kw, ksw, b, ksw),
             [cw, kw, ksw, b, bw] => (cw, kw, ksw, b, bw),
             _ => return Err(format!("`{text}` is not CWxKWxKSW[xB[xBW]]")),
         };
@@ -2445,21 +2448,27 @@ mod tests {
             eprintln!("SKIPPED: libnvrtc not found; CUDA mma sources not compiled");
             return;
         }
-        // The small-M decoder's tuning candidates may spill (batches of 64 words on codes:
-        // 16 bytes); what runs by default may not.
-        let candidates: Vec<_> = (0..3u32)
-            .flat_map(|mode| [false, true].map(|uns| (mode, uns)))
-            .flat_map(|(mode, uns)| {
-                SmallMmaDecoder::CANDIDATES
-                    .iter()
-                    .filter(|s| **s != SMALL_DECODER_T2)
-                    .map(move |s| small_defines(mode, uns, false, s))
-            })
-            .collect();
+        // The small-M decoder's tuning candidates may spill; its default only on int8 codes
+        // (16 bytes on sm_90: ptxas keeps it at 128 registers); nothing else may.
+        let decoder_defines = |shapes: &[SmallMmaDecoder], modes: &[u32]| -> Vec<_> {
+            let mut v = Vec::new();
+            for s in shapes.iter().filter(|s| **s != SMALL_DECODER_T2) {
+                for &mode in modes {
+                    for uns in [false, true] {
+                        v.push(small_defines(mode, uns, false, s));
+                    }
+                }
+            }
+            v
+        };
+        let candidates = decoder_defines(&SmallMmaDecoder::CANDIDATES, &[0, 1, 2]);
+        let default_codes = decoder_defines(&[SmallMmaDecoder::DEFAULT], &[1]);
         for cc in [(8, 0), (9, 0)] {
             for (id, defines) in mma_module_variants() {
                 let budget = if candidates.contains(&defines) {
                     None
+                } else if default_codes.contains(&defines) {
+                    Some(16)
                 } else {
                     Some(0)
                 };
