@@ -1403,7 +1403,10 @@ impl CudaDevice {
         let kw = shape.k_words();
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
-        let defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw));
+        let mut defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw));
+        if self.small_a_first {
+            defs.push(d("LB_MS_A_FIRST", 1));
+        }
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -1441,7 +1444,10 @@ impl CudaDevice {
             reason: format!("{ms}: {e}"),
         })?;
         let (cw, kws) = (ms.cw, ms.kw as usize);
-        let defs = small_defines(mode, uns, t2, &ms);
+        let mut defs = small_defines(mode, uns, t2, &ms);
+        if self.small_a_first {
+            defs.push(d("LB_MS_A_FIRST", 1));
+        }
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
