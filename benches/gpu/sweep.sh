@@ -50,8 +50,9 @@
 # then the new build's timelines at M = 512 (packed input; stamp 2: the prologue done).
 # smalldec: the small-M tensor-core decoder's tests, then its CTA shapes with i8x4 weights
 # (LOWBIT_CUDA_SMALL_DECODER: the default 1x8x64 in register batches of 64 and 32 words,
-# 1x4x64 capped for 2 CTAs per SM in batches of 64 and 32, 1x16x32, 2x4x64 in batches of 32) under PDL after the
-# wait, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1, so M = 1 runs it too).
+# 1x4x64 capped for 2 CTAs per SM in batches of 64 and 32, 1x16x32, 2x4x64 in batches of 32)
+# under PDL after the wait, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1, so M = 1
+# runs it too).
 # Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt; files
 # that were in $OUT before it started are left as they are); a summary table is printed last.
 set -uo pipefail

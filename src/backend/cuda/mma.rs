@@ -894,13 +894,15 @@ pub struct SmallMmaDecoder {
 }
 
 impl SmallMmaDecoder {
-    /// `1x8x64` (`1x8x64x1x64`): what the kernel runs unless [`SMALL_DECODER_ENV`] says otherwise. One
-    /// column warp x 8 k-warps of at most 64 words, each k-warp's weight loads in flight at
-    /// once: a CTA of 256 threads takes 32 columns x up to 512 words. At the BDH shape the
-    /// split target (2 such CTAs per SM) cuts a head's 2048 words into 8 splits of 256 (32 per
-    /// k-warp): 256 CTAs, two per SM. H200, BDH shape, graph replay, M = 1 / 2 / 4 / 8 / 16, two rounds:
-    /// 4.53-4.54 / 4.57-4.58 / 4.67 / 4.83 / 5.28 µs, against 4.65-4.66 / 4.72 / 4.77 / 4.93 /
-    /// 5.36-5.37 in batches of 32 (`1x8x64`), 5.08-5.10 / 5.16-5.17 / 5.25-5.26 / 5.39 /
+    /// `1x8x64` (`1x8x64x1x64`): what the kernel runs unless [`SMALL_DECODER_ENV`] says
+    /// otherwise. One column warp x 8 k-warps of at most 64 words, each k-warp's weight loads
+    /// in flight at once: a CTA of 256 threads takes 32 columns x up to 512 words. At the BDH
+    /// shape the split target (2 such CTAs per SM) cuts a head's 2048 words into 8 splits of
+    /// 256 (32 per k-warp): 256 CTAs, two per SM. H100, BDH shape, graph replay, M = 1 / 2 / 4
+    /// / 8 / 16: 4.73 / 4.76-4.77 / 4.81 / 4.97-4.98 / 5.40 µs against 4.91-4.92 / 4.94-4.95 /
+    /// 4.99 / 5.14 / 5.50 in batches of 32 (`1x8x64x1x32`); 5.44 / – / 5.47 / 5.64 / 6.01 for
+    /// `1x16x32` (the default before). H200, two rounds: 4.53-4.54 / 4.57-4.58 / 4.67 / 4.83 /
+    /// 5.28 µs, against 4.65-4.66 / 4.72 / 4.77 / 4.93 / 5.36-5.37 in batches of 32, 5.08-5.10 / 5.16-5.17 / 5.25-5.26 / 5.39 /
     /// 5.74-5.75 for `1x16x32` (512 threads), 4.78-4.79 / 4.84-4.85 / 4.97-4.98 / 5.08-5.09 /
     /// 6.11-6.12 for `1x4x64x2`, 5.79-5.80 / 5.88 / 6.12-6.13 / 6.22-6.24 / 6.77-6.79 for
     /// `2x4x64x1x32`. On int8 codes (sm_90) ptxas spills 16 bytes of it.
