@@ -831,15 +831,17 @@ pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
     vec![d("LB_MMA_PREP", 1), d("LB_MODE", mode), eps()]
 }
 
-/// Defines of the small-M kernels: input mode, unsigned A lanes, ternary2 weights, and the
-/// CTA (the low-rank kernel's has one k-warp): column warps, k-warps, k words per k-warp,
-/// k-step pairs per register batch, and (decoder; 1 leaves it out) the CTAs per SM its
-/// registers are capped for.
+/// Defines of the small-M kernels: input mode, unsigned A lanes, ternary2 weights, the CTA
+/// (the low-rank kernel's has one k-warp): column warps, k-warps, k words per k-warp, k-step
+/// pairs per register batch, and (decoder; 1 leaves it out) the CTAs per SM its registers
+/// are capped for; and, where `a_first` (`LOWBIT_CUDA_SMALL_A_FIRST`), A's loads issued
+/// before the first weight batch's (left out otherwise).
 pub fn small_defines(
     mode: u32,
     uns: bool,
     t2: bool,
     cta: &SmallMmaDecoder,
+    a_first: bool,
 ) -> Vec<(String, String)> {
     let mut v = vec![
         d("LB_MMA_SMALL", 1),
@@ -853,6 +855,9 @@ pub fn small_defines(
     ];
     if cta.min_blocks > 1 {
         v.push(d("LB_MS_MIN_BLOCKS", cta.min_blocks));
+    }
+    if a_first {
+        v.push(d("LB_MS_A_FIRST", 1));
     }
     v.push(eps());
     v
@@ -902,8 +907,8 @@ impl SmallMmaDecoder {
     /// / 8 / 16: 4.73 / 4.76-4.77 / 4.81 / 4.97-4.98 / 5.40 µs against 4.91-4.92 / 4.94-4.95 /
     /// 4.99 / 5.14 / 5.50 in batches of 32 (`1x8x64x1x32`); 5.44 / – / 5.47 / 5.64 / 6.01 for
     /// `1x16x32` (the default before). H200, two rounds: 4.53-4.54 / 4.57-4.58 / 4.67 / 4.83 /
-    /// 5.28 µs, against 4.65-4.66 / 4.72 / 4.77 / 4.93 / 5.36-5.37 in batches of 32, 5.08-5.10 / 5.16-5.17 / 5.25-5.26 / 5.39 /
-    /// 5.74-5.75 for `1x16x32` (512 threads), 4.78-4.79 / 4.84-4.85 / 4.97-4.98 / 5.08-5.09 /
+    /// 5.28 µs, against 4.65-4.66 / 4.72 / 4.77 / 4.93 / 5.36-5.37 in batches of 32,
+    /// 5.08-5.10 / 5.16-5.17 / 5.25-5.26 / 5.39 / 5.74-5.75 for `1x16x32` (512 threads), 4.78-4.79 / 4.84-4.85 / 4.97-4.98 / 5.08-5.09 /
     /// 6.11-6.12 for `1x4x64x2`, 5.79-5.80 / 5.88 / 6.12-6.13 / 6.22-6.24 / 6.77-6.79 for
     /// `2x4x64x1x32`. On int8 codes (sm_90) ptxas spills 16 bytes of it.
     pub const DEFAULT: Self = Self {
@@ -1072,7 +1077,7 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         for uns in [false, true] {
             for t2 in [false, true] {
                 for ksw in [64, SMALL_LOWRANK_MAX_KW] {
-                    let defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw));
+                    let defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw), false);
                     v.push((KernelId::LowrankMmaSmall, defs));
                 }
                 let shapes: Vec<SmallMmaDecoder> = if t2 {
@@ -1081,7 +1086,7 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     SmallMmaDecoder::with_candidates().collect()
                 };
                 for s in shapes {
-                    let defs = small_defines(mode, uns, t2, &s);
+                    let defs = small_defines(mode, uns, t2, &s, false);
                     v.push((KernelId::DecoderMmaSmall, defs));
                 }
             }
@@ -1405,10 +1410,8 @@ impl CudaDevice {
         let kw = shape.k_words();
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
-        let mut defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw));
-        if self.small_a_first {
-            defs.push(d("LB_MS_A_FIRST", 1));
-        }
+        let cta = small_lowrank_cta(ksw);
+        let defs = small_defines(mode, uns, t2, &cta, self.small_a_first);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -1446,10 +1449,7 @@ impl CudaDevice {
             reason: format!("{ms}: {e}"),
         })?;
         let (cw, kws) = (ms.cw, ms.kw as usize);
-        let mut defs = small_defines(mode, uns, t2, &ms);
-        if self.small_a_first {
-            defs.push(d("LB_MS_A_FIRST", 1));
-        }
+        let defs = small_defines(mode, uns, t2, &ms, self.small_a_first);
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
@@ -2464,7 +2464,7 @@ mod tests {
             for s in shapes.iter().filter(|s| **s != SMALL_DECODER_T2) {
                 for &mode in modes {
                     for uns in [false, true] {
-                        v.push(small_defines(mode, uns, false, s));
+                        v.push(small_defines(mode, uns, false, s, false));
                     }
                 }
             }
