@@ -570,11 +570,6 @@ __device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
 #ifndef LB_MS_PAIRS
 #define LB_MS_PAIRS 4
 #endif
-// 1: A's loads are issued before the first weight batch's (default: after), so that A, an L2
-// hit, is not queued behind the weight stream (LOWBIT_CUDA_SMALL_A_FIRST, a tuning probe).
-#ifndef LB_MS_A_FIRST
-#define LB_MS_A_FIRST 0
-#endif
 
 template <int MODE, bool UNS, bool T2>
 __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
@@ -658,7 +653,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     }
     lb_pdl_wait(p.pdl);
     lb_trace_at(1);
-    if (!LB_MS_A_FIRST) load_b(0);
+    load_b(0);
     {
         const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
         uint4 st[AITERS];
@@ -666,7 +661,6 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         for (int i = 0; i < AITERS; ++i)
             st[i] = a_k[i] >= 0 ? lb_a_word4<MODE>(a_row[i], a_k[i], kv, s, p.fmt, p.a_vec != 0)
                                 : make_uint4(0u, 0u, 0u, 0u);
-        if (LB_MS_A_FIRST) load_b(0);
 #pragma unroll
         for (int i = 0; i < AITERS; ++i)
             if (a_dst[i] >= 0) *(uint4*)(As + a_dst[i]) = st[i];

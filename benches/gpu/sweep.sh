@@ -4,7 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [smalltrace] [lrprologue] [smalldec] [afirst]
+#                             [smalltrace] [lrprologue] [smalldec]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -53,9 +53,6 @@
 # 1x4x64 capped for 2 CTAs per SM in batches of 64 and 32, 1x16x32, 2x4x64 in batches of 32)
 # under PDL after the wait, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1, so M = 1
 # runs it too).
-# afirst: the small-M tensor-core tests under LOWBIT_CUDA_SMALL_A_FIRST=1 (A's loads before the
-# first weight batch's), then both ops at M = 1, 2, 4, 8, 16 without and with it, alternating, two
-# rounds (LOWBIT_CUDA_SMALL_MMA=1), then its timelines at M = 1, 8, 16 (single launches).
 # Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt; files
 # that were in $OUT before it started are left as they are); a summary table is printed last.
 set -uo pipefail
@@ -204,27 +201,6 @@ if has lrprologue; then
     LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/lrtrace-$w "$L" bench --backend cuda --op lowrank \
       --variant packed --m 512 --weights $w 2>&1 | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " \
       | cut -c1-300 | tee -a "$sum"
-  done
-fi
-if has afirst; then
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_CUDA_SMALL_A_FIRST=1 LOWBIT_REQUIRE=cuda timeout 120 "$d" --test-threads=8 small_m \
-    small_mma > "$out/test-afirst.log" 2>&1
-  echo "small-M tests with A first exit $?" | tee -a "$sum"
-  grep -E "^test result|panicked" "$out/test-afirst.log" | head -5 | tee -a "$sum"
-  for round in 1 2; do
-    for a in 0 1; do
-      for op in lowrank decoder-tail; do
-        LOWBIT_CUDA_SMALL_A_FIRST=$a LOWBIT_CUDA_SMALL_MMA=1 \
-          bench "$op i8x4 small M, A first $a, round $round" --backend cuda --op $op \
-          --variant packed --m 1,2,4,8,16
-      done
-    done
-  done
-  for op in decoder-tail lowrank; do
-    LOWBIT_CUDA_SMALL_A_FIRST=1 LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_TRACE=1 "$L" bench \
-      --backend cuda --op $op --variant packed --m 1,8,16 --no-graph 2>&1 \
-      | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
   done
 fi
 if has smalltrace; then

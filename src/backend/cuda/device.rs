@@ -224,9 +224,6 @@ pub struct CudaDevice {
     /// (`LOWBIT_CUDA_SMALL_MMA=1`, or [`CudaDevice::with_small_mma`]) instead of where it
     /// measured faster (both ops at M ≥ 4).
     pub(crate) small_mma_all: bool,
-    /// The small-M tensor-core kernels issue A's loads before the first weight batch's
-    /// (`LOWBIT_CUDA_SMALL_A_FIRST=1`; a tuning probe).
-    pub(crate) small_a_first: bool,
     /// Both ops run on the warpgroup-mma kernels where they can (sm_90a; off with
     /// `LOWBIT_CUDA_WGMMA=0` or [`CudaDevice::with_wgmma`]).
     pub(crate) wgmma: bool,
@@ -392,8 +389,6 @@ impl CudaDevice {
             tiles,
             lowrank_ring,
             small_mma_all: std::env::var("LOWBIT_CUDA_SMALL_MMA").is_ok_and(|v| v.trim() == "1"),
-            small_a_first: std::env::var("LOWBIT_CUDA_SMALL_A_FIRST")
-                .is_ok_and(|v| v.trim() == "1"),
             wgmma,
             dw_zcluster,
             y_window_max,

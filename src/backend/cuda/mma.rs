@@ -834,14 +834,12 @@ pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
 /// Defines of the small-M kernels: input mode, unsigned A lanes, ternary2 weights, the CTA
 /// (the low-rank kernel's has one k-warp): column warps, k-warps, k words per k-warp, k-step
 /// pairs per register batch, and (decoder; 1 leaves it out) the CTAs per SM its registers
-/// are capped for; and, where `a_first` (`LOWBIT_CUDA_SMALL_A_FIRST`), A's loads issued
-/// before the first weight batch's (left out otherwise).
+/// are capped for.
 pub fn small_defines(
     mode: u32,
     uns: bool,
     t2: bool,
     cta: &SmallMmaDecoder,
-    a_first: bool,
 ) -> Vec<(String, String)> {
     let mut v = vec![
         d("LB_MMA_SMALL", 1),
@@ -855,9 +853,6 @@ pub fn small_defines(
     ];
     if cta.min_blocks > 1 {
         v.push(d("LB_MS_MIN_BLOCKS", cta.min_blocks));
-    }
-    if a_first {
-        v.push(d("LB_MS_A_FIRST", 1));
     }
     v.push(eps());
     v
@@ -1077,7 +1072,7 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
         for uns in [false, true] {
             for t2 in [false, true] {
                 for ksw in [64, SMALL_LOWRANK_MAX_KW] {
-                    let defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw), false);
+                    let defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw));
                     v.push((KernelId::LowrankMmaSmall, defs));
                 }
                 let shapes: Vec<SmallMmaDecoder> = if t2 {
@@ -1086,7 +1081,7 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     SmallMmaDecoder::with_candidates().collect()
                 };
                 for s in shapes {
-                    let defs = small_defines(mode, uns, t2, &s, false);
+                    let defs = small_defines(mode, uns, t2, &s);
                     v.push((KernelId::DecoderMmaSmall, defs));
                 }
             }
@@ -1411,7 +1406,7 @@ impl CudaDevice {
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
         let cta = small_lowrank_cta(ksw);
-        let defs = small_defines(mode, uns, t2, &cta, self.small_a_first);
+        let defs = small_defines(mode, uns, t2, &cta);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -1449,7 +1444,7 @@ impl CudaDevice {
             reason: format!("{ms}: {e}"),
         })?;
         let (cw, kws) = (ms.cw, ms.kw as usize);
-        let defs = small_defines(mode, uns, t2, &ms, self.small_a_first);
+        let defs = small_defines(mode, uns, t2, &ms);
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
@@ -2464,7 +2459,7 @@ mod tests {
             for s in shapes.iter().filter(|s| **s != SMALL_DECODER_T2) {
                 for &mode in modes {
                     for uns in [false, true] {
-                        v.push(small_defines(mode, uns, false, s, false));
+                        v.push(small_defines(mode, uns, false, s));
                     }
                 }
             }
