@@ -552,10 +552,7 @@ fn small_mma_decoder_shapes_are_bit_exact() {
                 .with_small_mma(true)
                 .with_small_mma_decoder(ms);
             for (m, heads, l, d) in [(1, 4, 1030, 256), (5, 1, 2048, 200), (16, 4, 1030, 256)] {
-                let what = format!(
-                    "{}x{}x{} b={b} m={m} H={heads} L={l} D={d}",
-                    ms.cw, ms.kw, ms.ksw
-                );
+                let what = format!("{ms} b={b} m={m} H={heads} L={l} D={d}");
                 decoder_twice_exact(&dev, &mut rng, &what, (m, heads, l, d));
             }
         }
