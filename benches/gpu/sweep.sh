@@ -55,7 +55,8 @@
 # runs it too).
 # staged: the small-M decoder's tests, then its weights staged in shared memory by cp.async
 # (LOWBIT_CUDA_SMALL_DECODER=1x8x32x4x32x1: 60 registers, 4 CTAs per SM fit, the grid puts 2;
-# 1x8x64x1x64x1: 98.5 KB of smem, 2 per SM, the staging without room for the next kernel)
+# also with the split target at 4 blocks per SM, LOWBIT_CUDA_SMALL=2x4: 16 splits a head, 512
+# CTAs; 1x8x64x1x64x1: 98.5 KB of smem, 2 per SM, the staging without room for the next kernel)
 # against the default, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1), then the
 # staged decoder's timelines at M = 1, 8, 16 (single launches).
 # Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt; files
@@ -214,8 +215,9 @@ if has staged; then
   echo "small-M tensor-core tests exit $?" | tee -a "$sum"
   grep -E "^test result|panicked" "$out/test-staged.log" | head -5 | tee -a "$sum"
   for round in 1 2; do
-    for cfg in 1x8x64 1x8x32x4x32x1 1x8x64x1x64x1; do
-      LOWBIT_CUDA_SMALL_DECODER=$cfg LOWBIT_CUDA_SMALL_MMA=1 \
+    for cfg in 1x8x64 1x8x32x4x32x1 1x8x32x4x32x1/2x4 1x8x64x1x64x1; do
+      split=; [[ $cfg == */* ]] && split=${cfg#*/}
+      LOWBIT_CUDA_SMALL_DECODER=${cfg%/*} LOWBIT_CUDA_SMALL=$split LOWBIT_CUDA_SMALL_MMA=1 \
         bench "decoder i8x4 small M, $cfg, round $round" --backend cuda --op decoder-tail \
         --variant packed --m 1,2,4,8,16
     done
