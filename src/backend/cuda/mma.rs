@@ -877,8 +877,8 @@ const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
 
 /// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
-/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW]]`, e.g. `1x16x32` or `1x8x64x1x32`): for tuning
-/// sweeps.
+/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW[xS]]]`, e.g. `1x16x32`, `1x8x64x1x32` or
+/// `1x8x32x4x32x1`): for tuning sweeps.
 pub const SMALL_DECODER_ENV: &str = "LOWBIT_CUDA_SMALL_DECODER";
 
 /// The CTA of the small-M tensor-core decoder (`decoder_mma_small`) with i8x4 weights:
