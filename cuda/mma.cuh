@@ -570,28 +570,16 @@ __device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
 #ifndef LB_MS_PAIRS
 #define LB_MS_PAIRS 4
 #endif
-// 1 (i8x4 weights, one batch per k-warp): the batch goes to shared memory by cp.async, each
-// thread's 16-byte words into its own slots after A, read back by the same thread after its
-// cp.async.wait_group (no barrier). In flight they hold no registers, so a register cap for
-// more CTAs per SM than the grid puts there (LB_MS_MIN_BLOCKS) costs no spills, and under PDL
-// the next kernel's CTAs fit beside this one's and prefetch their weights while it runs.
-#ifndef LB_MS_STAGED
-#define LB_MS_STAGED 0
-#endif
 
 template <int MODE, bool UNS, bool T2>
 __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     constexpr int NJ = T2 ? 1 : 4;  // 16-byte loads per thread per pair
-    constexpr bool STAGED = LB_MS_STAGED && !T2;
-    static_assert(!STAGED || LB_MS_KSW == 16 * LB_MS_PAIRS, "staged weights: one batch per k-warp");
-    // Dynamic smem: A [16][LDA] words (after the mma the k-warp partials overlay it), then
-    // with STAGED the weight slots [PAIRS][NJ][THREADS] of 16 bytes.
+    // Dynamic smem: A [16][LDA] words; after the mma the k-warp partials overlay it.
     extern __shared__ __align__(16) u32 lb_dyn_smem[];
     u32* As = lb_dyn_smem;
     int* red = (int*)lb_dyn_smem;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    uint4* bslot = (uint4*)(lb_dyn_smem + 16 * LB_MS_LDA) + tid;  // STAGED: slot (0, 0)
     const int g = lane >> 2, t = lane & 3;
     const int wc = warp % LB_MS_CW, wk = warp / LB_MS_CW;
     const int tile0 = blockIdx.x * LB_MS_COLS;
@@ -631,22 +619,12 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
                     // (Addressed from sp.b here: 16 pointers worked out before the wait
                     // took 154 registers, too many for the next kernel's CTA to fit.)
                     const int r = kwb + t + 4 * j;
-                    uint4* slot = bslot + (pr * NJ + j) * LB_MS_THREADS;
-                    if (STAGED && r < wend && bfast)
-                        lb_cp16((u32*)slot, sp.b + (long long)r * p.ldb + c0, 16);
-                    else if (STAGED)
-                        *slot = r < wend ? lb_b_word4(sp.b, p.ldb, r, c0, p.bcols, bvec)
+                    bq[pr][j] = r < wend ? lb_b_word4(sp.b, p.ldb, r, c0, p.bcols, bvec)
                                          : make_uint4(0u, 0u, 0u, 0u);
-                    else
-                        bq[pr][j] = r < wend ? lb_b_word4(sp.b, p.ldb, r, c0, p.bcols, bvec)
-                                             : make_uint4(0u, 0u, 0u, 0u);
                 }
             }
         }
-        if (STAGED) lb_commit();
     };
-    // Pair pr's 16-byte word j of this thread.
-    auto bget = [&](int pr, int j) { return STAGED ? bslot[(pr * NJ + j) * LB_MS_THREADS] : bq[pr][j]; };
 
     // A staging: the valid rows (< M) x wl*KW words from kw0, zero past the split's K. Rows
     // past M are left as they are: they only feed accumulator rows that are never written.
@@ -716,7 +694,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
                     if (T2) {
                         lb_mma<UNS, true>(acc[q], af, lb_t2_field(x, 2 * s), lb_t2_field(x, 2 * s + 1));
                     } else {
-                        const uint4 lo = bget(pr, (2 * s) % NJ), hi = bget(pr, (2 * s + 1) % NJ);
+                        const uint4 lo = bq[pr][(2 * s) % NJ], hi = bq[pr][(2 * s + 1) % NJ];
                         const u32 b0 = q == 0 ? lo.x : (q == 1 ? lo.y : (q == 2 ? lo.z : lo.w));
                         const u32 b1 = q == 0 ? hi.x : (q == 1 ? hi.y : (q == 2 ? hi.z : hi.w));
                         lb_mma<UNS>(acc[q], af, b0, b1);
@@ -732,7 +710,6 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     // slower at M = 8 and 16 on the H200; one straight batch made ternary2 0.4-0.5 us faster).
     static_assert(LB_MS_KSW % (16 * LB_MS_PAIRS) == 0, "whole register batches per k-warp");
     if (LB_MS_KSW == 16 * LB_MS_PAIRS) {
-        if (STAGED) lb_wait<0>();  // this thread's own slots
         batch(0);
     } else {
         for (int kb = 0; kb < wl; kb += 16 * LB_MS_PAIRS) {

@@ -4,7 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [smalltrace] [lrprologue] [smalldec] [staged]
+#                             [smalltrace] [lrprologue] [smalldec]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -53,12 +53,6 @@
 # 1x4x64 capped for 2 CTAs per SM in batches of 64 and 32, 1x16x32, 2x4x64 in batches of 32)
 # under PDL after the wait, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1, so M = 1
 # runs it too).
-# staged: the small-M decoder's tests, then its weights staged in shared memory by cp.async
-# (LOWBIT_CUDA_SMALL_DECODER=1x8x32x4x32x1: 60 registers, 4 CTAs per SM fit, the grid puts 2;
-# also with the split target at 4 blocks per SM, LOWBIT_CUDA_SMALL=2x4: 16 splits a head, 512
-# CTAs; 1x8x64x1x64x1: 98.5 KB of smem, 2 per SM, the staging without room for the next kernel)
-# against the default, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1), then the
-# staged decoder's timelines at M = 1, 8, 16 (single launches).
 # Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt; files
 # that were in $OUT before it started are left as they are); a summary table is printed last.
 set -uo pipefail
@@ -208,23 +202,6 @@ if has lrprologue; then
       --variant packed --m 512 --weights $w 2>&1 | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " \
       | cut -c1-300 | tee -a "$sum"
   done
-fi
-if has staged; then
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 150 "$d" --test-threads=8 small_mma > "$out/test-staged.log" 2>&1
-  echo "small-M tensor-core tests exit $?" | tee -a "$sum"
-  grep -E "^test result|panicked" "$out/test-staged.log" | head -5 | tee -a "$sum"
-  for round in 1 2; do
-    for cfg in 1x8x64 1x8x32x4x32x1 1x8x32x4x32x1/2x4 1x8x64x1x64x1; do
-      split=; [[ $cfg == */* ]] && split=${cfg#*/}
-      LOWBIT_CUDA_SMALL_DECODER=${cfg%/*} LOWBIT_CUDA_SMALL=$split LOWBIT_CUDA_SMALL_MMA=1 \
-        bench "decoder i8x4 small M, $cfg, round $round" --backend cuda --op decoder-tail \
-        --variant packed --m 1,2,4,8,16
-    done
-  done
-  LOWBIT_CUDA_SMALL_DECODER=1x8x32x4x32x1 LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_TRACE=1 "$L" bench \
-    --backend cuda --op decoder-tail --variant packed --m 1,8,16 --no-graph 2>&1 \
-    | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
 fi
 if has smalltrace; then
   for op in decoder-tail lowrank; do

@@ -78,7 +78,6 @@ pub const SMALL_DECODER_T2: SmallMmaDecoder = SmallMmaDecoder {
     ksw: 64,
     min_blocks: 1,
     batch: 64,
-    staged: false,
 };
 /// Rows of the small kernels' row block (the mma's M).
 pub const SMALL_ROWS: usize = 16;
@@ -835,7 +834,7 @@ pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
 /// Defines of the small-M kernels: input mode, unsigned A lanes, ternary2 weights, the CTA
 /// (the low-rank kernel's has one k-warp): column warps, k-warps, k words per k-warp, k-step
 /// pairs per register batch, and (decoder; 1 leaves it out) the CTAs per SM its registers
-/// are capped for and (i8x4 only) whether its weights are staged in shared memory.
+/// are capped for.
 pub fn small_defines(
     mode: u32,
     uns: bool,
@@ -855,9 +854,6 @@ pub fn small_defines(
     if cta.min_blocks > 1 {
         v.push(d("LB_MS_MIN_BLOCKS", cta.min_blocks));
     }
-    if cta.staged && !t2 {
-        v.push(d("LB_MS_STAGED", 1));
-    }
     v.push(eps());
     v
 }
@@ -866,19 +862,15 @@ pub fn small_defines(
 pub const fn small_smem(kws: u32, ksw: usize) -> usize {
     SMALL_ROWS * (kws as usize * ksw + PAD_A) * 4
 }
-/// The dynamic smem a launch gets without opt-in; both small-M kernels stay within it unless
-/// the decoder's weights are staged ([`SmallMmaDecoder::staged`]).
+/// The dynamic smem a launch gets without opt-in; both small-M kernels stay within it.
 const SMALL_SMEM_MAX: usize = 48 * 1024;
-/// The most dynamic smem of a staged small-M decoder CTA: what every sm_80+ device allows
-/// a CTA by opt-in (sm_86 and sm_89: 99 KB).
-const SMALL_STAGED_SMEM_MAX: usize = 99 * 1024;
 const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= SMALL_SMEM_MAX);
 const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
 
 /// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
-/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW[xS]]]`, e.g. `1x16x32`, `1x8x64x1x32` or
-/// `1x8x32x4x32x1`): for tuning sweeps.
+/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW]]`, e.g. `1x16x32` or `1x8x64x1x32`): for tuning
+/// sweeps.
 pub const SMALL_DECODER_ENV: &str = "LOWBIT_CUDA_SMALL_DECODER";
 
 /// The CTA of the small-M tensor-core decoder (`decoder_mma_small`) with i8x4 weights:
@@ -899,10 +891,6 @@ pub struct SmallMmaDecoder {
     /// k words per register batch: 32 or 64, at most `ksw`. A k-warp's weight loads of one
     /// batch are in flight together; its next batch is loaded after the batch's mma.
     pub batch: usize,
-    /// The batch goes to shared memory by cp.async instead of registers (one batch per
-    /// k-warp: `batch == ksw`): with a register cap for more CTAs per SM than the grid fills,
-    /// the next kernel's CTAs fit beside this one's under PDL. Ternary2 weights ignore it.
-    pub staged: bool,
 }
 
 impl SmallMmaDecoder {
@@ -924,11 +912,10 @@ impl SmallMmaDecoder {
         ksw: 64,
         min_blocks: 1,
         batch: 64,
-        staged: false,
     };
 
     /// Shapes the NVRTC test compiles besides the default.
-    pub const CANDIDATES: [Self; 6] = [
+    pub const CANDIDATES: [Self; 5] = [
         SMALL_DECODER_T2,
         Self {
             batch: 32,
@@ -945,7 +932,6 @@ impl SmallMmaDecoder {
             ksw: 32,
             min_blocks: 1,
             batch: 32,
-            staged: false,
         },
         Self {
             cw: 1,
@@ -953,16 +939,6 @@ impl SmallMmaDecoder {
             ksw: 64,
             min_blocks: 2,
             batch: 64,
-            staged: false,
-        },
-        // Weights staged in shared memory, registers capped for 4 CTAs per SM.
-        Self {
-            cw: 1,
-            kw: 8,
-            ksw: 32,
-            min_blocks: 4,
-            batch: 32,
-            staged: true,
         },
     ];
 
@@ -995,49 +971,27 @@ impl SmallMmaDecoder {
         if 32 * self.cw as usize > self.ksw {
             return Err("the k-warps' partials (32·CW columns) must fit a row of A (KSW words)");
         }
-        if self.staged && self.batch != self.ksw {
-            return Err("staged weights (S = 1) need one batch per k-warp (BW = KSW)");
-        }
-        if !self.staged && small_smem(self.kw, self.ksw) > SMALL_SMEM_MAX {
+        if small_smem(self.kw, self.ksw) > SMALL_SMEM_MAX {
             return Err("A (16 rows of KW·KSW words) must fit 48 KB");
-        }
-        if self.smem(false) > SMALL_STAGED_SMEM_MAX {
-            return Err("A and the staged weights must fit 99 KB");
         }
         Ok(())
     }
 
-    /// Dynamic smem bytes of the CTA: A, then with staged weights (i8x4, not `t2`) 16 bytes
-    /// per thread, pair and k-step row of the batch (the kernel's slots).
-    pub const fn smem(&self, t2: bool) -> usize {
-        let slots = if self.staged && !t2 {
-            self.threads() as usize * (self.batch / 16) * 4 * 16
-        } else {
-            0
-        };
-        small_smem(self.kw, self.ksw) + slots
-    }
-
-    /// Parses `CWxKWxKSW[xB[xBW[xS]]]` (B: `min_blocks`, default 1; BW: `batch`, default KSW,
-    /// one batch per k-warp; S: `staged`, 0 or 1, default 0; see [`SmallMmaDecoder::check`]).
+    /// Parses `CWxKWxKSW[xB[xBW]]` (B: `min_blocks`, default 1; BW: `batch`, default KSW, one
+    /// batch per k-warp; see [`SmallMmaDecoder::check`]).
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
-        let (cw, kw, ksw, min_blocks, batch, s) = match t::parse_dims(text)?[..] {
-            [cw, kw, ksw] => (cw, kw, ksw, 1, ksw, 0),
-            [cw, kw, ksw, b] => (cw, kw, ksw, b, ksw, 0),
-            [cw, kw, ksw, b, bw] => (cw, kw, ksw, b, bw, 0),
-            [cw, kw, ksw, b, bw, s] => (cw, kw, ksw, b, bw, s),
-            _ => return Err(format!("`{text}` is not CWxKWxKSW[xB[xBW[xS]]]")),
+        let (cw, kw, ksw, min_blocks, batch) = match t::parse_dims(text)?[..] {
+            [cw, kw, ksw] => (cw, kw, ksw, 1, ksw),
+            [cw, kw, ksw, b] => (cw, kw, ksw, b, ksw),
+            [cw, kw, ksw, b, bw] => (cw, kw, ksw, b, bw),
+            _ => return Err(format!("`{text}` is not CWxKWxKSW[xB[xBW]]")),
         };
-        if s > 1 {
-            return Err(format!("`{text}`: S must be 0 or 1"));
-        }
         let shape = Self {
             cw,
             kw,
             ksw: ksw as usize,
             min_blocks,
             batch: batch as usize,
-            staged: s == 1,
         };
         shape.check().map_err(|e| format!("`{text}`: {e}"))?;
         Ok(shape)
@@ -1049,8 +1003,7 @@ impl SmallMmaDecoder {
     }
 }
 
-/// `CWxKWxKSWxBxBW`, `x1` after it where the weights are staged, as
-/// [`SmallMmaDecoder::parse`] reads it.
+/// `CWxKWxKSWxBxBW`, as [`SmallMmaDecoder::parse`] reads it.
 impl std::fmt::Display for SmallMmaDecoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let Self {
@@ -1059,13 +1012,8 @@ impl std::fmt::Display for SmallMmaDecoder {
             ksw,
             min_blocks,
             batch,
-            staged,
         } = self;
-        write!(f, "{cw}x{kw}x{ksw}x{min_blocks}x{batch}")?;
-        if *staged {
-            write!(f, "x1")?;
-        }
-        Ok(())
+        write!(f, "{cw}x{kw}x{ksw}x{min_blocks}x{batch}")
     }
 }
 
@@ -1087,7 +1035,6 @@ fn small_lowrank_cta(ksw: usize) -> SmallMmaDecoder {
         ksw,
         min_blocks: 1,
         batch: 64,
-        staged: false,
     }
 }
 
@@ -1529,10 +1476,7 @@ impl CudaDevice {
             grid_dim(OP, "splits", splits)?,
             grid_dim(OP, "row blocks", row_blocks)?,
         );
-        let smem = ms.smem(t2);
-        if smem > SMALL_SMEM_MAX {
-            self.prepare_dynamic(&f, ms.threads(), smem)?;
-        }
+        let smem = small_smem(ms.kw, ms.ksw);
         self.launch_small(&f, grid, cw * kws as u32, smem, &p, "decoder_mma_small")
     }
 
@@ -2446,12 +2390,7 @@ mod tests {
         for s in SmallMmaDecoder::CANDIDATES {
             assert_eq!(SmallMmaDecoder::parse(&s.to_string()), Ok(s));
         }
-        let staged = SmallMmaDecoder::parse("1x8x64x1x64x1");
-        assert!(
-            staged.is_ok_and(|s| s.staged && s.smem(false) == 98_560 && s.smem(true) == 33_024)
-        );
-        // 2x4x32: 64 columns of partials past a 32-word row; 1x16x64: 65.8 KB of A; staged:
-        // one batch per k-warp, at most 99 KB with the slots.
+        // 2x4x32: 64 columns of partials past a 32-word row; 1x16x64: 65.8 KB of A.
         for bad in [
             "",
             "2x4",
@@ -2463,9 +2402,7 @@ mod tests {
             "ax4x64",
             "1x8x32x1x64",
             "1x8x64x1x16",
-            "1x8x64x1x32x1",
-            "1x8x32x1x32x2",
-            "1x16x64x1x64x1",
+            "1x8x64x1x64x1",
         ] {
             assert!(SmallMmaDecoder::parse(bad).is_err(), "{bad}");
         }
