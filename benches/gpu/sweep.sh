@@ -4,7 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [smalltrace] [lrprologue] [smalldec]
+#                             [smalltrace] [lrprologue] [smalldec] [graphtrace]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -53,6 +53,9 @@
 # 1x4x64 capped for 2 CTAs per SM in batches of 64 and 32, 1x16x32, 2x4x64 in batches of 32)
 # under PDL after the wait, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1, so M = 1
 # runs it too).
+# graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
+# the replay's last kernel, in steady state under PDL; every block's stamps in
+# $OUT/graphtrace-OP-W), i8x4 and ternary2 weights, M = 1, 16 (LOWBIT_CUDA_SMALL_MMA=1).
 # Full logs and JSON go to $OUT (at the end, in logs-STEPS.tgz beside summary-STEPS.txt; files
 # that were in $OUT before it started are left as they are); a summary table is printed last.
 set -uo pipefail
@@ -201,6 +204,17 @@ if has lrprologue; then
     LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/lrtrace-$w "$L" bench --backend cuda --op lowrank \
       --variant packed --m 512 --weights $w 2>&1 | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " \
       | cut -c1-300 | tee -a "$sum"
+  done
+fi
+if has graphtrace; then
+  for w in i8x4 ternary2; do
+    for op in decoder-tail lowrank; do
+      echo "=== graph trace $op, $w" | tee -a "$sum"
+      mkdir -p "$out/graphtrace-$op-$w"
+      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/graphtrace-$op-$w "$L" bench \
+        --backend cuda --op $op --variant packed --m 1,16 --weights $w 2>&1 \
+        | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+    done
   done
 fi
 if has smalltrace; then

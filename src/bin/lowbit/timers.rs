@@ -583,7 +583,9 @@ mod cuda {
                     };
                     if self.graphs && rotate > 1 {
                         self.graph_weight_bytes.insert(4 * weights[0].len());
-                        return time_graph(dev, rotate, iters, |i| run(&weights[i]));
+                        let s = time_graph(dev, rotate, iters, |i| run(&weights[i]))?;
+                        print_traces(dev, op)?;
+                        return Ok(s);
                     }
                     let mut s = sample(iters, || {
                         let w = &weights[k % rotate.max(1)];
@@ -620,7 +622,11 @@ mod cuda {
     /// Under `LOWBIT_CUDA_TRACE=1`: the timeline of the last timed launch, per kernel (µs from
     /// the earliest block's entry: min / p10 / median / p90 / max over blocks of each stamped
     /// stage), then the blocks that reached the last stage latest, with their SMs. With
-    /// `LOWBIT_TRACE_CSV=DIR` every block's stamps also go to `DIR/trace-<n>.csv`.
+    /// `LOWBIT_TRACE_CSV=DIR` every block's stamps also go to `DIR/trace-<n>.csv`. After a
+    /// graph replay that is the replay's last kernel, in its steady state: the stamps of each
+    /// block index and stage are the last written, and a kernel reaches every stage after the
+    /// one before it in the stream did (it enters once that one's blocks are past their PDL
+    /// wait, and passes its own wait once that one has ended), so none is mixed in.
     fn print_traces(dev: &CudaDevice, op: &Op) -> Result<()> {
         use lowbit_kernels::backend::cuda::TRACE_SLOTS;
         let traces = dev.take_traces()?;
