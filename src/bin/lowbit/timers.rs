@@ -581,18 +581,18 @@ mod cuda {
                             Op::Quantize(_) => Ok(()),
                         }
                     };
-                    if self.graphs && rotate > 1 {
+                    let s = if self.graphs && rotate > 1 {
                         self.graph_weight_bytes.insert(4 * weights[0].len());
-                        let s = time_graph(dev, rotate, iters, |i| run(&weights[i]))?;
-                        print_traces(dev, op)?;
-                        return Ok(s);
-                    }
-                    let mut s = sample(iters, || {
-                        let w = &weights[k % rotate.max(1)];
-                        k += 1;
-                        timed(&mut || run(w))
-                    })?;
-                    s.timing = timing;
+                        time_graph(dev, rotate, iters, |i| run(&weights[i]))?
+                    } else {
+                        let mut s = sample(iters, || {
+                            let w = &weights[k % rotate.max(1)];
+                            k += 1;
+                            timed(&mut || run(w))
+                        })?;
+                        s.timing = timing;
+                        s
+                    };
                     print_traces(dev, op)?;
                     Ok(s)
                 }
