@@ -31,6 +31,11 @@ typedef unsigned long long u64;
 #ifndef LB_EPS
 #define LB_EPS 1.0e-8f
 #endif
+// 1: the tensor-core low-rank epilogues pair each lane with lane ^ 4 (rows r, r ^ 1), so that a
+// warp's 16-byte stores cover 4 rows x 128 bytes instead of 8 rows x 64 (mma.rs, STORE_PAIR_ENV).
+#ifndef LB_ST_PAIR
+#define LB_ST_PAIR 0
+#endif
 
 // ---- dot products -------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [smalltrace] [lrprologue] [smalldec] [graphtrace]
+#                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [stpair]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -53,6 +53,8 @@
 # 1x4x64 capped for 2 CTAs per SM in batches of 64 and 32, 1x16x32, 2x4x64 in batches of 32)
 # under PDL after the wait, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1, so M = 1
 # runs it too).
+# stpair: the low-rank epilogues with lanes paired across rows (LOWBIT_CUDA_STORE_PAIR=1) against
+# the default: its test, then two rounds at M = 1..16 and 512 / 2048, f32 and bf16 + ReLU.
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
 # $OUT/graphtrace-OP-W), i8x4 and ternary2 weights, M = 1, 16 (LOWBIT_CUDA_SMALL_MMA=1).
@@ -232,6 +234,28 @@ if has reducew; then
     for w in 4 ""; do
       LOWBIT_CUDA_REDUCE_W=$w bench "decoder ternary2, LOWBIT_CUDA_REDUCE_W=${w:-default}, round $round" \
         --backend cuda --op decoder-tail --variant packed --m 512,2048 --weights ternary2
+    done
+  done
+fi
+if has stpair; then
+  # the low-rank epilogues' lanes paired across rows (LOWBIT_CUDA_STORE_PAIR=1: whole 128-byte
+  # lines per store) against the default: its test, then two rounds, small M (graph replay)
+  # and M = 512 / 2048, f32 out and bf16 + ReLU
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout 200 "$d" --test-threads=4 cuda_mma::low_rank_stores_paired \
+    > "$out/test-stpair.log" 2>&1
+  echo "paired-store test exit $?" | tee -a "$sum"
+  grep -E "test result|panicked|checks" "$out/test-stpair.log" | head -6 | tee -a "$sum"
+  for round in 1 2; do
+    for sp in 0 1; do
+      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_STORE_PAIR=$sp bench "lowrank M <= 16 f32, pair $sp, round $round" \
+        --backend cuda --op lowrank --variant packed --m 1,8,16
+      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_STORE_PAIR=$sp bench "lowrank M <= 16 bf16 + ReLU, pair $sp, round $round" \
+        --backend cuda --op lowrank --variant packed --m 1,16 --out bf16 --relu
+      LOWBIT_CUDA_STORE_PAIR=$sp bench "lowrank f32, pair $sp, round $round" \
+        --backend cuda --op lowrank --variant all --m 512,2048
+      LOWBIT_CUDA_STORE_PAIR=$sp bench "lowrank bf16 + ReLU, pair $sp, round $round" \
+        --backend cuda --op lowrank --variant all --m 512,2048 --out bf16 --relu
     done
   done
 fi

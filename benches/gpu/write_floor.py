@@ -1,6 +1,7 @@
 # Write floor of the low-rank epilogue on this card (BENCHMARKS.md, "Low-rank on warpgroup mma"):
 # torch fill_, 16-byte stores in address order, and the epilogue's pattern (each CTA a strip of
-# every output row, a warp 8 rows x 64 bytes), f32 and bf16 outputs at BDH sizes, CUDA events.
+# every output row, a warp 8 rows x 64 bytes; also 4 rows x 128 and 1 row x 512 bytes), f32 and
+# bf16 outputs at BDH sizes, CUDA events.
 # Usage on the GPU machine: [FLUSH=1] python3 benches/gpu/write_floor.py
 import os
 import cupy as cp, numpy as np, torch
@@ -11,19 +12,22 @@ extern "C" __global__ void lin(uint4* out, long long n16, int cs) {
     if (cs) __stcs(out + i, v); else out[i] = v;
   }
 }
-// CTA x owns a strip of SB bytes per row (cols), walks all rows in tiles of 64 per warpgroup;
-// each warp store: 8 rows x (4 lanes x 16 B). rowbytes = bytes per output row.
-extern "C" __global__ void strip(char* out, int rows, long long rowbytes, int sb, int cs) {
+// CTA x owns a strip of SB bytes per row (cols), walks all rows in tiles of 64 per warpgroup,
+// a warp 16 rows of each; each warp store: 32 / LPR rows x (LPR lanes x 16 B). LPR = 4 is the
+// epilogue's pattern (8 rows x 64 B: two 64-byte halves of eight 128-byte lines), LPR = 8 the
+// same lanes paired across rows (4 rows x 128 B: four whole lines). rowbytes = bytes per row.
+extern "C" __global__ void strip(char* out, int rows, long long rowbytes, int sb, int cs, int lpr) {
   const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, warp = wt >> 5, lane = tid & 31;
   const long long x0 = (long long)blockIdx.x * sb;
+  const int rpi = 32 / lpr, span = 16 * lpr;
   for (int tile = wg; tile * 64 < rows; tile += 2) {
-    for (int half = 0; half < 2; ++half) {
-      int r = tile * 64 + 16 * warp + (lane >> 2) + 8 * half;
+    for (int rb = 0; rb < 16; rb += rpi) {
+      int r = tile * 64 + 16 * warp + rb + lane / lpr;
       if (r >= rows) continue;
-      char* o = out + r * rowbytes + x0 + 16 * (lane & 3);
-      for (int g = 0; g < sb / 64; ++g) {
+      char* o = out + r * rowbytes + x0 + 16 * (lane % lpr);
+      for (int g = 0; g < sb / span; ++g) {
         uint4 v = make_uint4(r, g, 2, 3);
-        if (cs) __stcs((uint4*)(o + 64 * g), v); else *(uint4*)(o + 64 * g) = v;
+        if (cs) __stcs((uint4*)(o + span * g), v); else *(uint4*)(o + span * g) = v;
       }
     }
   }
@@ -53,7 +57,7 @@ for M, esz in [(2048, 4), (2048, 2), (8192, 2), (512, 2), (512, 4)]:
         us = t(lambda: lin((132 * 8,), (256,), (buf, np.int64(nbytes // 16), np.int32(cs))))
         res.append(f"lin cs={cs} {us:.1f}us ({nbytes/us/1e3:.2f})")
     sb = 256 * esz
-    for cs in (0, 1):
-        us = t(lambda: strip((32768 * esz // sb,), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb), np.int32(cs))))
-        res.append(f"strip{sb}B cs={cs} {us:.1f}us ({nbytes/us/1e3:.2f})")
+    for lpr in (4, 8, 32):
+        us = t(lambda: strip((32768 * esz // sb,), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb), np.int32(0), np.int32(lpr))))
+        res.append(f"strip{sb}B {32 // lpr}x{16 * lpr}B {us:.1f}us ({nbytes/us/1e3:.2f})")
     print(" | ".join(res), flush=True)

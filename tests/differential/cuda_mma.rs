@@ -280,6 +280,51 @@ fn small_m_without_programmatic_launch() {
     run_on_mma(b, "LB_MMA_SMALL=1", small_random);
 }
 
+/// The tensor-core low-rank kernels with their lanes paired across rows
+/// (`CudaDevice::with_store_pair`): the small-M kernel on its cases (warps whose 32 columns
+/// are whole and partial, odd M), BDH-like M = 16 and 7, and `lowrank_wgmma` on its shapes;
+/// every epilogue and the edge data.
+#[test]
+fn low_rank_stores_paired() {
+    static B: Cell = OnceLock::new();
+    let opened = crate::cuda_backend(&B, || {
+        open_mma(|d| CudaBackend::from_device(d.with_small_mma(true).with_store_pair(true)))
+    });
+    let Some(b) = opened else { return };
+    assert!(b.device().store_pair());
+    let mut small: Vec<Op> = small_ops()
+        .into_iter()
+        .filter(|op| matches!(op, Op::Lowrank(_)))
+        .collect();
+    small.extend([
+        lr([1, 1, 16, 256], [4, 256, 512], 512),
+        lr([7, 4, 1, 256], [4, 256, 300], 300),
+    ]);
+    run_on_mma(b, "LB_ST_PAIR=1", |ctx| {
+        crate::int_cases(ctx, "paired small-M", &small, 151);
+        crate::epilogue_cases(ctx, "paired small-M", &small, 152);
+        crate::edge_cases(ctx, "paired small-M", &small, 153);
+    });
+    if with_wgmma(b).is_none() {
+        return;
+    }
+    run_on_mma(b, "LB_WGMMA=1", |ctx| {
+        let ops = [
+            lr([2, 1, 500, 256], [2, 256, 600], 600),
+            lr([1, 4, 130, 256], [4, 256, 256], 256),
+            lr([3, 1, 97, 384], [1, 384, 300], 257),
+        ];
+        crate::large_cases(ctx, "paired wgmma lowrank", &ops, 154);
+        crate::epilogue_cases(ctx, "paired wgmma lowrank", &ops, 155);
+    });
+    let logs = b.device().compile_logs();
+    assert!(
+        logs.iter()
+            .any(|(m, _)| m.contains("LB_WGMMA=1") && m.contains("LB_ST_PAIR=1")),
+        "lowrank_wgmma was not compiled with its lanes paired"
+    );
+}
+
 #[test]
 fn ternary2_weights() {
     let Some(b) = t2_backend() else { return };

@@ -160,6 +160,11 @@ pub(crate) fn env_switch(var: &'static str, unset: bool) -> Result<bool> {
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
+/// Environment variable that pairs the tensor-core low-rank epilogues' lanes across rows
+/// (`1`; empty or `0`: off, the default), so that a warp's 16-byte output stores cover whole
+/// 128-byte lines (`LB_ST_PAIR`; see [`CudaDevice::with_store_pair`]).
+pub const STORE_PAIR_ENV: &str = "LOWBIT_CUDA_STORE_PAIR";
+
 /// Environment variable that compiles every kernel with timeline stamps (`1`; diagnostics
 /// only, off by default): see [`CudaDevice::take_traces`].
 pub const TRACE_ENV: &str = "LOWBIT_CUDA_TRACE";
@@ -257,6 +262,8 @@ pub struct CudaDevice {
     /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
     /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
     pub(crate) fused_scale: bool,
+    /// The tensor-core low-rank epilogues store whole lines (`LB_ST_PAIR`, [`STORE_PAIR_ENV`]).
+    pub(crate) store_pair: bool,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
     /// The small-M tensor-core decoder's CTA with i8x4 weights (`LOWBIT_CUDA_SMALL_DECODER`).
@@ -417,6 +424,7 @@ impl CudaDevice {
             wg_row_ctas: None,
             pdl,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
+            store_pair: env_switch(STORE_PAIR_ENV, false)?,
             small,
             small_mma_decoder: super::mma::SmallMmaDecoder::from_env()
                 .map_err(bad_env(super::mma::SMALL_DECODER_ENV))?,
@@ -461,6 +469,18 @@ impl CudaDevice {
     /// See [`CudaDevice::with_fused_scale`].
     pub fn fused_scale(&self) -> bool {
         self.fused_scale
+    }
+    /// Whether the tensor-core low-rank kernels (`lowrank_wgmma`, the small-M one) trade
+    /// output halves between the lanes of rows r and r ^ 1, so that a warp's stores cover 4
+    /// rows x 128 bytes instead of 8 rows x 64 (overrides `LOWBIT_CUDA_STORE_PAIR`). The same
+    /// bits either way.
+    pub fn with_store_pair(mut self, on: bool) -> Self {
+        self.store_pair = on;
+        self
+    }
+    /// See [`CudaDevice::with_store_pair`].
+    pub fn store_pair(&self) -> bool {
+        self.store_pair
     }
     /// The small-M grid shape (overrides `LOWBIT_CUDA_SMALL`; any shape is bit-exact).
     pub fn with_small_shape(mut self, shape: super::tuning::SmallShape) -> Self {

@@ -1406,7 +1406,10 @@ impl CudaDevice {
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
         let cta = small_lowrank_cta(ksw);
-        let defs = small_defines(mode, uns, t2, &cta);
+        let mut defs = small_defines(mode, uns, t2, &cta);
+        if self.store_pair {
+            defs.push(d("LB_ST_PAIR", 1));
+        }
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -1834,10 +1837,11 @@ impl CudaDevice {
         let m_tiles = shape.m().div_ceil(WGMMA_BM);
         p.kpw = i32_of(OP, "D words", kpw)?;
         p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
-        let f = self.function(
-            KernelId::LowrankWgmma,
-            wgmma_defines(uns, epilogue, kpw, t2),
-        )?;
+        let mut defs = wgmma_defines(uns, epilogue, kpw, t2);
+        if self.store_pair {
+            defs.push(d("LB_ST_PAIR", 1));
+        }
+        let f = self.function(KernelId::LowrankWgmma, defs)?;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue));
         let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
         // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
@@ -2479,9 +2483,25 @@ mod tests {
                 compile::compile_checked(id.stem(), cc, &defines, budget);
             }
         }
+        // The low-rank kernels with their lanes paired across rows (`LB_ST_PAIR`).
+        let paired = |mut defines: Vec<(String, String)>| {
+            defines.push(d("LB_ST_PAIR", 1));
+            defines
+        };
+        for cc in [(8, 0), (9, 0)] {
+            for (id, defines) in mma_module_variants() {
+                if id == KernelId::LowrankMmaSmall {
+                    compile::compile_checked(id.stem(), cc, &paired(defines), Some(0));
+                }
+            }
+        }
         if wgmma_capable((9, 0)) {
             for (id, defines) in wgmma_module_variants() {
-                compile::compile_checked(id.stem(), (9, 0), &defines, Some(wgmma_spill_budget(id)));
+                let budget = Some(wgmma_spill_budget(id));
+                if id == KernelId::LowrankWgmma {
+                    compile::compile_checked(id.stem(), (9, 0), &paired(defines.clone()), budget);
+                }
+                compile::compile_checked(id.stem(), (9, 0), &defines, budget);
             }
         } else {
             eprintln!("SKIPPED: this NVRTC does not know sm_90; wgmma sources not compiled");
