@@ -5,6 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [stpair]
+#                             [ncuatom]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -55,6 +56,8 @@
 # runs it too).
 # stpair: the low-rank epilogues with lanes paired across rows (LOWBIT_CUDA_STORE_PAIR=1) against
 # the default: its test, then two rounds at M = 1..16 and 512 / 2048, f32 and bf16 + ReLU.
+# ncuatom: ncu's L2 request counts by kind (atomics, writes) and DRAM bytes of the small-M
+# tensor-core kernels at M = 1 / 8 / 16 (decoder) and 8 / 16 (low-rank; at 16 also paired).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
 # $OUT/graphtrace-OP-W), i8x4 and ternary2 weights, M = 1, 16 (LOWBIT_CUDA_SMALL_MMA=1).
@@ -372,6 +375,24 @@ if has ncularge && command -v ncu >/dev/null; then
       "$L" bench --backend cuda --op "$2" --variant packed --m "$3" --iters 1 --no-graph > "$out/ncul_$1_$3.txt" 2>&1
     grep -v "^==PROF==" "$out/ncul_$1_$3.txt" | grep -E "Duration|Throughput|Registers|Achieved Occupancy|Grid Size|stalled|dram__|lts__|pipe|inst_executed|warps_active" \
       | awk '$NF+0 >= 0.05 || !/stalled/' | head -48
+  done
+fi
+if has ncuatom && command -v ncu >/dev/null; then
+  # L2 requests by kind (atomics, writes) and time of the small-M tensor-core kernels, i8x4,
+  # as M grows: the decoder's split-K atomics and the low-rank stores, the latter with its
+  # lanes paired across rows too (LOWBIT_CUDA_STORE_PAIR=1).
+  m=gpu__time_duration.sum,lts__t_requests_op_atom.sum,lts__t_sectors_op_atom.sum,lts__t_requests_op_red.sum
+  m=$m,lts__t_requests_op_write.sum,lts__t_sectors_op_write.sum,dram__bytes_read.sum,dram__bytes_write.sum
+  m=$m,lts__t_sectors.avg.pct_of_peak_sustained_elapsed
+  for spec in "decoder_mma_small decoder-tail 1 0" "decoder_mma_small decoder-tail 8 0" \
+      "decoder_mma_small decoder-tail 16 0" "lowrank_mma_small lowrank 8 0" \
+      "lowrank_mma_small lowrank 16 0" "lowrank_mma_small lowrank 16 1"; do
+    set -- $spec
+    echo "=== ncu $1 M=$3 pair=$4" | tee -a "$sum"
+    LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_STORE_PAIR=$4 timeout 100 ncu --metrics "$m" -k "regex:^$1\$" -c 1 \
+      "$L" bench --backend cuda --op "$2" --variant packed --m "$3" --iters 1 --no-graph \
+      > "$out/ncua_$1_$3_$4.txt" 2>&1
+    grep -E "gpu__|lts__|dram__" "$out/ncua_$1_$3_$4.txt" | head -12 | tee -a "$sum"
   done
 fi
 if has targets; then
