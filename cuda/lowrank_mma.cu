@@ -288,21 +288,17 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
                                 lb_dequant(d[r + i * 4 + 1], p.w_scale, a_scale, LB_RELU), LB_OUT);
                         }
                     }
-#pragma unroll
-                for (int i = 0; i < 4; ++i)
-                    x[i] = __shfl_xor_sync(0xffffffffu, odd ? w[0][i] : w[1][i], 4);
+                lb_rowpair_trade(w, odd, x);
                 if (vec) {
                     // Chunk `odd` (group g + odd) of the even row, then of the odd row.
                     const int c = col + 8 * LB_WG_G * odd;
-                    const int r0 = odd ? op[rh] : o[rh], r1 = odd ? o[rh] : op[rh];
-                    if (r0 >= 0)
-                        *(uint4*)((char*)p.out + ((long long)r0 * p.ldc + n0 + c) * LB_OUT_BYTES) =
-                            odd ? make_uint4(x[0], x[1], x[2], x[3])
-                                : make_uint4(w[0][0], w[0][1], w[0][2], w[0][3]);
-                    if (r1 >= 0)
-                        *(uint4*)((char*)p.out + ((long long)r1 * p.ldc + n0 + c) * LB_OUT_BYTES) =
-                            odd ? make_uint4(w[1][0], w[1][1], w[1][2], w[1][3])
-                                : make_uint4(x[0], x[1], x[2], x[3]);
+#pragma unroll
+                    for (int k = 0; k < 2; ++k) {
+                        const int r = (k == odd) ? o[rh] : op[rh];
+                        if (r >= 0)
+                            *(uint4*)((char*)p.out + ((long long)r * p.ldc + n0 + c) * LB_OUT_BYTES) =
+                                lb_rowpair_pick(w, x, odd, k);
+                    }
                 } else if (o[rh] >= 0) {
                     // Element by element, as stored above (16-bit: the halves of each word).
 #pragma unroll

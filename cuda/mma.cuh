@@ -734,7 +734,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         // l ^ 4 (rows r, r ^ 1) trade halves, so that a store covers 4 rows x 128 bytes (f32;
         // x 64 for 16-bit outputs) instead of 8 rows x 64 (x 32).
         if (p.c_vec && tile0 + wc * 32 + 32 <= p.ncols) {
-            const int odd = g & 1;
+            const bool odd = g & 1;
             const int c = tile0 + wc * 32 + 16 * odd + 4 * t;
 #pragma unroll
             for (int rh = 0; rh < 2; ++rh) {
@@ -753,23 +753,19 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
                         w[e][1] = lb_pack2(__uint_as_float(w[e][2]), __uint_as_float(w[e][3]), p.out_dtype);
                     }
                 }
-#pragma unroll
-                for (int j = 0; j < 4; ++j) x[j] = __shfl_xor_sync(0xffffffffu, odd ? w[0][j] : w[1][j], 4);
-                // The even row (this lane's if not odd), then the odd row: chunk `odd` of each.
+                lb_rowpair_trade(w, odd, x);
+                // The even row, then the odd row: chunk `odd` of each.
                 const int m = m0 + g + 8 * rh;
 #pragma unroll
                 for (int k = 0; k < 2; ++k) {
                     const int mr = (m & ~1) + k;
                     if (mr >= p.m_total) continue;
-                    u32 s4[4];
-#pragma unroll
-                    for (int j = 0; j < 4; ++j)
-                        s4[j] = k == 0 ? (odd ? x[j] : w[0][j]) : (odd ? w[1][j] : x[j]);
+                    const uint4 v = lb_rowpair_pick(w, x, odd, k);
                     const long long o = lb_out_row(p, mr, o_head) + c;
                     if (p.out_dtype == 0)
-                        *(uint4*)((float*)p.out + o) = make_uint4(s4[0], s4[1], s4[2], s4[3]);
+                        *(uint4*)((float*)p.out + o) = v;
                     else
-                        *(uint2*)((unsigned short*)p.out + o) = make_uint2(s4[0], s4[1]);
+                        *(uint2*)((unsigned short*)p.out + o) = make_uint2(v.x, v.y);
                 }
             }
             return;

@@ -309,11 +309,7 @@ fn low_rank_stores_paired() {
         return;
     }
     run_on_mma(b, "LB_WGMMA=1", |ctx| {
-        let ops = [
-            lr([2, 1, 500, 256], [2, 256, 600], 600),
-            lr([1, 4, 130, 256], [4, 256, 256], 256),
-            lr([3, 1, 97, 384], [1, 384, 300], 257),
-        ];
+        let ops = wgmma_lowrank_ops();
         crate::large_cases(ctx, "paired wgmma lowrank", &ops, 154);
         crate::epilogue_cases(ctx, "paired wgmma lowrank", &ops, 155);
     });
@@ -425,17 +421,22 @@ fn lowrank_on_mma_sync() {
     );
 }
 
+/// `lowrank_on_wgmma`'s shapes: Hin = 1 and H, M off the 64-row tile, latent_out < N, D = 384.
+fn wgmma_lowrank_ops() -> [Op; 3] {
+    [
+        lr([2, 1, 500, 256], [2, 256, 600], 600),
+        lr([1, 4, 130, 256], [4, 256, 256], 256),
+        lr([3, 1, 97, 384], [1, 384, 300], 257),
+    ]
+}
+
 /// Where the device runs it (sm_90a), every low-rank case above also went through
 /// `lowrank_wgmma`, plus BDH-like shapes with several warpgroup row tiles per CTA.
 #[test]
 fn lowrank_on_wgmma() {
     let Some(b) = wgmma_backend() else { return };
     run_on_mma(b, "LB_WGMMA=1", |ctx| {
-        let ops = [
-            lr([2, 1, 500, 256], [2, 256, 600], 600),
-            lr([1, 4, 130, 256], [4, 256, 256], 256),
-            lr([3, 1, 97, 384], [1, 384, 300], 257),
-        ];
+        let ops = wgmma_lowrank_ops();
         crate::large_cases(ctx, "wgmma lowrank", &ops, 105);
         crate::epilogue_cases(ctx, "wgmma lowrank", &ops[..2], 106);
     });
