@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [stpair]
-#                             [ncuatom]
+#                             [ncuatom] [prepcap]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -56,6 +56,8 @@
 # runs it too).
 # stpair: the low-rank epilogues with lanes paired across rows (LOWBIT_CUDA_STORE_PAIR=1) against
 # the default: its test, then two rounds at M = 1..16 and 512 / 2048, f32 and bf16 + ReLU.
+# prepcap: f32 input's packing kernel (mma_prep_scale_a) capped at 64 / 32 / 16 blocks
+# (LOWBIT_CUDA_PREP_BLOCKS) against the default, its test, two rounds at M = 512 / 2048.
 # ncuatom: ncu's L2 request counts by kind (atomics, writes) and DRAM bytes of the small-M
 # tensor-core kernels at M = 1 / 8 / 16 (decoder) and 8 / 16 (low-rank; at 16 also paired).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
@@ -375,6 +377,22 @@ if has ncularge && command -v ncu >/dev/null; then
       "$L" bench --backend cuda --op "$2" --variant packed --m "$3" --iters 1 --no-graph > "$out/ncul_$1_$3.txt" 2>&1
     grep -v "^==PROF==" "$out/ncul_$1_$3.txt" | grep -E "Duration|Throughput|Registers|Achieved Occupancy|Grid Size|stalled|dram__|lts__|pipe|inst_executed|warps_active" \
       | awk '$NF+0 >= 0.05 || !/stalled/' | head -48
+  done
+fi
+if has prepcap; then
+  # mma_prep_scale_a capped at fewer blocks (LOWBIT_CUDA_PREP_BLOCKS), so that fewer SMs hold
+  # a packing block when lowrank_wgmma's CTAs start: its test, then f32 in at M = 512 / 2048,
+  # two rounds (default: one block per 256 items, 32 / 128 blocks)
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout 120 "$d" --test-threads=4 cuda_mma::f32_input_with_few_prep_blocks \
+    > "$out/test-prepcap.log" 2>&1
+  echo "prep-cap test exit $?" | tee -a "$sum"
+  grep -E "test result|panicked|checks" "$out/test-prepcap.log" | head -4 | tee -a "$sum"
+  for round in 1 2; do
+    for cap in "" 64 32 16; do
+      LOWBIT_CUDA_PREP_BLOCKS=$cap bench "lowrank f32 in, prep blocks ${cap:-default}, round $round" \
+        --backend cuda --op lowrank --variant f32 --m 512,2048
+    done
   done
 fi
 if has ncuatom && command -v ncu >/dev/null; then

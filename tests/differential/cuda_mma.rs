@@ -321,6 +321,23 @@ fn low_rank_stores_paired() {
     );
 }
 
+/// f32 input with a computed scale through `mma_prep_scale_a` capped at 3 blocks
+/// (`CudaDevice::with_prep_blocks`), so that each thread packs several items: the low-rank
+/// shapes of the tensor-core tests (both projection kernels where the device has wgmma).
+#[test]
+fn f32_input_with_few_prep_blocks() {
+    if mma_backend().is_none() {
+        return;
+    }
+    let b = tuned_mma_backend("prep blocks", |d| Ok(d.with_prep_blocks(Some(3))));
+    assert_eq!(b.device().prep_blocks(), Some(3));
+    run_on_mma(b, "LB_MMA_PREP", |ctx| {
+        let mut ops = wgmma_lowrank_ops().to_vec();
+        ops.push(lr([1, 1, 700, 256], [4, 256, 520], 520));
+        crate::large_cases(ctx, "few prep blocks", &ops, 161);
+    });
+}
+
 #[test]
 fn ternary2_weights() {
     let Some(b) = t2_backend() else { return };

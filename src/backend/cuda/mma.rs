@@ -1594,6 +1594,7 @@ impl CudaDevice {
             .div_ceil(256)
             .min(resident)
             .min(t::RED_MAX_BLOCKS as usize)
+            .min(self.prep_blocks.unwrap_or(usize::MAX))
             .max(1);
         // The scratch stays locked until the launch is queued, so that the barrier targets
         // follow the launches' stream order.
