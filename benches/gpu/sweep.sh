@@ -124,6 +124,13 @@ bench() {  # label, then lowbit bench args
   "${BIN:-$L}" bench "$@" "${peers[@]}" 2>>"$out/bench.err" | tee -a "$out/bench.log" \
     | grep -E "^(cuda|wgpu) |^cuda: weight-stream" | cut -c1-230 | tee -a "$sum"
 }
+difftest() {  # label, seconds, filter: the differential tests matching it, LOWBIT_REQUIRE=cuda
+  local label=$1 secs=$2 filter=$3 d
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout "$secs" "$d" --test-threads=4 "$filter" > "$out/test-$label.log" 2>&1
+  echo "$label test exit $?" | tee -a "$sum"
+  grep -E "test result|panicked|checks" "$out/test-$label.log" | head -6 | tee -a "$sum"
+}
 if has small; then
   bench "cuda small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,4,8,16 --json "$out/small_graph.json"
   bench "cuda small M, single launch" --backend cuda --op lowrank,decoder-tail --m 1,16 --no-graph
@@ -246,11 +253,7 @@ if has stpair; then
   # the low-rank epilogues' lanes paired across rows (LOWBIT_CUDA_STORE_PAIR=1: whole 128-byte
   # lines per store) against the default: its test, then two rounds, small M (graph replay)
   # and M = 512 / 2048, f32 out and bf16 + ReLU
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 200 "$d" --test-threads=4 cuda_mma::low_rank_stores_paired \
-    > "$out/test-stpair.log" 2>&1
-  echo "paired-store test exit $?" | tee -a "$sum"
-  grep -E "test result|panicked|checks" "$out/test-stpair.log" | head -6 | tee -a "$sum"
+  difftest stpair 200 cuda_mma::low_rank_stores_paired
   for round in 1 2; do
     for sp in 0 1; do
       LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_STORE_PAIR=$sp bench "lowrank M <= 16 f32, pair $sp, round $round" \
@@ -383,11 +386,7 @@ if has prepcap; then
   # mma_prep_scale_a capped at fewer blocks (LOWBIT_CUDA_PREP_BLOCKS), so that fewer SMs hold
   # a packing block when lowrank_wgmma's CTAs start: its test, then f32 in at M = 512 / 2048,
   # two rounds (default: one block per 256 items, 32 / 128 blocks)
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 120 "$d" --test-threads=4 cuda_mma::f32_input_with_few_prep_blocks \
-    > "$out/test-prepcap.log" 2>&1
-  echo "prep-cap test exit $?" | tee -a "$sum"
-  grep -E "test result|panicked|checks" "$out/test-prepcap.log" | head -4 | tee -a "$sum"
+  difftest prepcap 120 cuda_mma::f32_input_with_few_prep_blocks
   for round in 1 2; do
     for cap in "" 64 32 16; do
       LOWBIT_CUDA_PREP_BLOCKS=$cap bench "lowrank f32 in, prep blocks ${cap:-default}, round $round" \
