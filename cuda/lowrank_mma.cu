@@ -309,7 +309,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
                             if (n0 + cc >= p.ncols) continue;
                             const long long i = (long long)o[rh] * p.ldc + n0 + cc;
                             if (LB_OUT == 0)
-                                ((u32*)p.out)[i] = w[k][e];
+                                ((u32*)p.out)[i] = w[k][e & 3];  // e < 4 for f32
                             else
                                 ((unsigned short*)p.out)[i] =
                                     (unsigned short)(w[k][e >> 1] >> (16 * (e & 1)));
