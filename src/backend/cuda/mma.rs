@@ -738,6 +738,15 @@ fn d(k: &str, v: impl ToString) -> (String, String) {
     (k.to_string(), v.to_string())
 }
 
+/// `defines` of a tensor-core low-rank kernel, with its lanes paired across rows
+/// (`LB_ST_PAIR`, [`CudaDevice::with_store_pair`]) where `pair`.
+fn with_store_pair(mut defines: Vec<(String, String)>, pair: bool) -> Vec<(String, String)> {
+    if pair {
+        defines.push(d("LB_ST_PAIR", 1));
+    }
+    defines
+}
+
 fn eps() -> (String, String) {
     d("LB_EPS", format!("{EPS:e}f"))
 }
@@ -905,7 +914,8 @@ impl SmallMmaDecoder {
     /// 5.28 µs, against 4.65-4.66 / 4.72 / 4.77 / 4.93 / 5.36-5.37 in batches of 32,
     /// 5.08-5.10 / 5.16-5.17 / 5.25-5.26 / 5.39 / 5.74-5.75 for `1x16x32` (512 threads),
     /// 4.78-4.79 / 4.84-4.85 / 4.97-4.98 / 5.08-5.09 / 6.11-6.12 for `1x4x64x2`, 5.79-5.80 /
-    /// 5.88 / 6.12-6.13 / 6.22-6.24 / 6.77-6.79 for `2x4x64x1x32`. On int8 codes (sm_90) ptxas spills 16 bytes of it.
+    /// 5.88 / 6.12-6.13 / 6.22-6.24 / 6.77-6.79 for `2x4x64x1x32`. On int8 codes (sm_90)
+    /// ptxas spills 16 bytes of it.
     pub const DEFAULT: Self = Self {
         cw: 1,
         kw: 8,
@@ -1406,10 +1416,7 @@ impl CudaDevice {
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
         let cta = small_lowrank_cta(ksw);
-        let mut defs = small_defines(mode, uns, t2, &cta);
-        if self.store_pair {
-            defs.push(d("LB_ST_PAIR", 1));
-        }
+        let defs = with_store_pair(small_defines(mode, uns, t2, &cta), self.store_pair);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -1838,10 +1845,7 @@ impl CudaDevice {
         let m_tiles = shape.m().div_ceil(WGMMA_BM);
         p.kpw = i32_of(OP, "D words", kpw)?;
         p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
-        let mut defs = wgmma_defines(uns, epilogue, kpw, t2);
-        if self.store_pair {
-            defs.push(d("LB_ST_PAIR", 1));
-        }
+        let defs = with_store_pair(wgmma_defines(uns, epilogue, kpw, t2), self.store_pair);
         let f = self.function(KernelId::LowrankWgmma, defs)?;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue));
         let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
@@ -2485,10 +2489,7 @@ mod tests {
             }
         }
         // The low-rank kernels with their lanes paired across rows (`LB_ST_PAIR`).
-        let paired = |mut defines: Vec<(String, String)>| {
-            defines.push(d("LB_ST_PAIR", 1));
-            defines
-        };
+        let paired = |defines| with_store_pair(defines, true);
         for cc in [(8, 0), (9, 0)] {
             for (id, defines) in mma_module_variants() {
                 if id == KernelId::LowrankMmaSmall {
