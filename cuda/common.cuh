@@ -31,26 +31,6 @@ typedef unsigned long long u64;
 #ifndef LB_EPS
 #define LB_EPS 1.0e-8f
 #endif
-// 1: the tensor-core low-rank epilogues pair each lane with lane ^ 4 (rows r, r ^ 1), so that a
-// warp's 16-byte stores cover 4 rows x 128 bytes instead of 8 rows x 64 (mma.rs, STORE_PAIR_ENV).
-#ifndef LB_ST_PAIR
-#define LB_ST_PAIR 0
-#endif
-// LB_ST_PAIR's trade. w[0], w[1]: this lane's two adjacent chunks of its row (4 words each, as
-// stored). Lanes l and l ^ 4 hold rows r and r ^ 1 (`odd`: this lane holds the odd row). The
-// warp's store k (0: the even row, 1: the odd one) writes chunk `odd` of that row: the words
-// lb_rowpair_pick returns. All 32 lanes call lb_rowpair_trade together.
-__device__ __forceinline__ void lb_rowpair_trade(const u32 (&w)[2][4], bool odd, u32 (&x)[4]) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) x[i] = __shfl_xor_sync(0xffffffffu, odd ? w[0][i] : w[1][i], 4);
-}
-__device__ __forceinline__ uint4 lb_rowpair_pick(const u32 (&w)[2][4], const u32 (&x)[4], bool odd,
-                                              int k) {
-    u32 v[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) v[i] = k == 0 ? (odd ? x[i] : w[0][i]) : (odd ? w[1][i] : x[i]);
-    return make_uint4(v[0], v[1], v[2], v[3]);
-}
 
 // ---- dot products -------------------------------------------------------------------------
 

@@ -69,7 +69,6 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 
 // Output columns per thread and row in each 8G-column group: 4 f32 or 8 f16/bf16 (16 bytes).
 #define LB_WG_G (LB_OUT == 0 ? 2 : 4)
-#define LB_OUT_BYTES (LB_OUT == 0 ? 4 : 2)
 
 __device__ __forceinline__ int lb_wg_col(int c) {
     return 8 * LB_WG_G * (c / (8 * LB_WG_G)) + 2 * LB_WG_G * ((c & 7) >> 1) +
@@ -257,67 +256,6 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
             const int b = m / p.time, t = m - b * p.time;
             o[rh] = m < p.m_total ? (b * p.o_heads + h) * p.time + t : -1;
         }
-#if LB_ST_PAIR
-        // Groups g, g + 1 (128 contiguous bytes of a row) of rows r and r ^ 1 (lanes l and
-        // l ^ 4): each lane hands its partner the chunk the partner stores, so that a warp's
-        // store covers 4 rows x 128 bytes (whole lines) instead of 8 rows x 64 bytes. The
-        // registers are read and exchanged on a uniform path (C7518, below).
-        const bool odd = (lane >> 2) & 1;
-        int op[2];
-#pragma unroll
-        for (int rh = 0; rh < 2; ++rh) op[rh] = __shfl_xor_sync(0xffffffffu, o[rh], 4);
-#pragma unroll
-        for (int gi = 0; gi < (H == 2 ? 16 : 8) / LB_WG_G; gi += 2) {
-            const int g = (H & 1) * 8 / LB_WG_G + gi;
-            const int col = cb + 8 * LB_WG_G * g + 2 * LB_WG_G * (lane & 3);
-#pragma unroll
-            for (int rh = 0; rh < 2; ++rh) {
-                // w[k]: this row's 16 bytes of group g + k, as stored; x: the partner's.
-                u32 w[2][4], x[4];
-#pragma unroll
-                for (int k = 0; k < 2; ++k)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        const int r = (LB_WG_G * (g + k)) * 4 + 2 * rh;
-                        if (LB_OUT == 0) {
-                            w[k][i] = __float_as_uint(lb_dequant(d[r + (i >> 1) * 4 + (i & 1)],
-                                                                 p.w_scale, a_scale, LB_RELU));
-                        } else {
-                            w[k][i] = lb_pack2(
-                                lb_dequant(d[r + i * 4], p.w_scale, a_scale, LB_RELU),
-                                lb_dequant(d[r + i * 4 + 1], p.w_scale, a_scale, LB_RELU), LB_OUT);
-                        }
-                    }
-                lb_rowpair_trade(w, odd, x);
-                if (vec) {
-                    // Chunk `odd` (group g + odd) of the even row, then of the odd row.
-                    const int c = col + 8 * LB_WG_G * odd;
-#pragma unroll
-                    for (int k = 0; k < 2; ++k) {
-                        const int r = (k == odd) ? o[rh] : op[rh];
-                        if (r >= 0)
-                            *(uint4*)((char*)p.out + ((long long)r * p.ldc + n0 + c) * LB_OUT_BYTES) =
-                                lb_rowpair_pick(w, x, odd, k);
-                    }
-                } else if (o[rh] >= 0) {
-                    // Element by element, as stored above (16-bit: the halves of each word).
-#pragma unroll
-                    for (int k = 0; k < 2; ++k)
-#pragma unroll
-                        for (int e = 0; e < 2 * LB_WG_G; ++e) {
-                            const int cc = col + 8 * LB_WG_G * k + e;
-                            if (n0 + cc >= p.ncols) continue;
-                            const long long i = (long long)o[rh] * p.ldc + n0 + cc;
-                            if (LB_OUT == 0)
-                                ((u32*)p.out)[i] = w[k][e & 3];  // e < 4 for f32
-                            else
-                                ((unsigned short*)p.out)[i] =
-                                    (unsigned short)(w[k][e >> 1] >> (16 * (e & 1)));
-                        }
-                }
-            }
-        }
-#else
 #pragma unroll
         for (int gi = 0; gi < (H == 2 ? 16 : 8) / LB_WG_G; ++gi) {
             const int g = (H & 1) * 8 / LB_WG_G + gi;
@@ -351,7 +289,6 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
                 }
             }
         }
-#endif
     };
 
     // Tile j lives in A buffer j % NB. Each loop below is straight-line code (a constant

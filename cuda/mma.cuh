@@ -729,48 +729,6 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     if (LB_MS_KW == 1) {
         // One k-warp (the low-rank projection): each thread stores its fragments.
         const int o_head = p.is_decoder ? 0 : sp.head;
-#if LB_ST_PAIR
-        // The warp's 32 columns whole and vector-stored (uniform over the warp): lanes l and
-        // l ^ 4 (rows r, r ^ 1) trade halves, so that a store covers 4 rows x 128 bytes (f32;
-        // x 64 for 16-bit outputs) instead of 8 rows x 64 (x 32).
-        if (p.c_vec && tile0 + wc * 32 + 32 <= p.ncols) {
-            const bool odd = g & 1;
-            const int c = tile0 + wc * 32 + 16 * odd + 4 * t;
-#pragma unroll
-            for (int rh = 0; rh < 2; ++rh) {
-                u32 w[2][4], x[4];
-#pragma unroll
-                for (int e = 0; e < 2; ++e)
-#pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        const float f = lb_dequant(acc[j][2 * rh + e], p.w_scale, as, p.relu);
-                        w[e][j] = __float_as_uint(f);
-                    }
-                if (p.out_dtype != 0) {
-#pragma unroll
-                    for (int e = 0; e < 2; ++e) {
-                        w[e][0] = lb_pack2(__uint_as_float(w[e][0]), __uint_as_float(w[e][1]), p.out_dtype);
-                        w[e][1] = lb_pack2(__uint_as_float(w[e][2]), __uint_as_float(w[e][3]), p.out_dtype);
-                    }
-                }
-                lb_rowpair_trade(w, odd, x);
-                // The even row, then the odd row: chunk `odd` of each.
-                const int m = m0 + g + 8 * rh;
-#pragma unroll
-                for (int k = 0; k < 2; ++k) {
-                    const int mr = (m & ~1) + k;
-                    if (mr >= p.m_total) continue;
-                    const uint4 v = lb_rowpair_pick(w, x, odd, k);
-                    const long long o = lb_out_row(p, mr, o_head) + c;
-                    if (p.out_dtype == 0)
-                        *(uint4*)((float*)p.out + o) = v;
-                    else
-                        *(uint2*)((unsigned short*)p.out + o) = make_uint2(v.x, v.y);
-                }
-            }
-            return;
-        }
-#endif
 #pragma unroll
         for (int rh = 0; rh < 2; ++rh) {
             const int m = m0 + g + 8 * rh;

@@ -4,8 +4,7 @@
 #                             [ncu] [ncusmall] [ncumma] [ncularge] [rings] [t2] [pdl] [shapes]
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
-#                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [stpair]
-#                             [ncuatom] [prepcap]
+#                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -54,12 +53,8 @@
 # 1x4x64 capped for 2 CTAs per SM in batches of 64 and 32, 1x16x32, 2x4x64 in batches of 32)
 # under PDL after the wait, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1, so M = 1
 # runs it too).
-# stpair: the low-rank epilogues with lanes paired across rows (LOWBIT_CUDA_STORE_PAIR=1) against
-# the default: its test, then two rounds at M = 1..16 and 512 / 2048, f32 and bf16 + ReLU.
-# prepcap: f32 input's packing kernel (mma_prep_scale_a) capped at 64 / 32 / 16 blocks
-# (LOWBIT_CUDA_PREP_BLOCKS) against the default, its test, two rounds at M = 512 / 2048.
 # ncuatom: ncu's L2 request counts by kind (atomics, writes) and DRAM bytes of the small-M
-# tensor-core kernels at M = 1 / 8 / 16 (decoder) and 8 / 16 (low-rank; at 16 also paired).
+# tensor-core kernels at M = 1 / 8 / 16 (decoder) and 8 / 16 (low-rank).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
 # $OUT/graphtrace-OP-W), i8x4 and ternary2 weights, M = 1, 16 (LOWBIT_CUDA_SMALL_MMA=1).
@@ -123,13 +118,6 @@ bench() {  # label, then lowbit bench args
   echo "=== $label" | tee -a "$sum"
   "${BIN:-$L}" bench "$@" "${peers[@]}" 2>>"$out/bench.err" | tee -a "$out/bench.log" \
     | grep -E "^(cuda|wgpu) |^cuda: weight-stream" | cut -c1-230 | tee -a "$sum"
-}
-difftest() {  # label, seconds, filter: the differential tests matching it, LOWBIT_REQUIRE=cuda
-  local label=$1 secs=$2 filter=$3 d
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout "$secs" "$d" --test-threads=4 "$filter" > "$out/test-$label.log" 2>&1
-  echo "$label test exit $?" | tee -a "$sum"
-  grep -E "test result|panicked|checks" "$out/test-$label.log" | head -6 | tee -a "$sum"
 }
 if has small; then
   bench "cuda small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,4,8,16 --json "$out/small_graph.json"
@@ -249,24 +237,6 @@ if has reducew; then
     done
   done
 fi
-if has stpair; then
-  # the low-rank epilogues' lanes paired across rows (LOWBIT_CUDA_STORE_PAIR=1: whole 128-byte
-  # lines per store) against the default: its test, then two rounds, small M (graph replay)
-  # and M = 512 / 2048, f32 out and bf16 + ReLU
-  difftest stpair 200 cuda_mma::low_rank_stores_paired
-  for round in 1 2; do
-    for sp in 0 1; do
-      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_STORE_PAIR=$sp bench "lowrank M <= 16 f32, pair $sp, round $round" \
-        --backend cuda --op lowrank --variant packed --m 1,8,16
-      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_STORE_PAIR=$sp bench "lowrank M <= 16 bf16 + ReLU, pair $sp, round $round" \
-        --backend cuda --op lowrank --variant packed --m 1,16 --out bf16 --relu
-      LOWBIT_CUDA_STORE_PAIR=$sp bench "lowrank f32, pair $sp, round $round" \
-        --backend cuda --op lowrank --variant all --m 512,2048
-      LOWBIT_CUDA_STORE_PAIR=$sp bench "lowrank bf16 + ReLU, pair $sp, round $round" \
-        --backend cuda --op lowrank --variant all --m 512,2048 --out bf16 --relu
-    done
-  done
-fi
 if has trace; then
   for spec in "decoder-tail packed 512,2048" "lowrank f32 512"; do
     set -- $spec
@@ -382,34 +352,21 @@ if has ncularge && command -v ncu >/dev/null; then
       | awk '$NF+0 >= 0.05 || !/stalled/' | head -48
   done
 fi
-if has prepcap; then
-  # mma_prep_scale_a capped at fewer blocks (LOWBIT_CUDA_PREP_BLOCKS), so that fewer SMs hold
-  # a packing block when lowrank_wgmma's CTAs start: its test, then f32 in at M = 512 / 2048,
-  # two rounds (default: one block per 256 items, 32 / 128 blocks)
-  difftest prepcap 120 cuda_mma::f32_input_with_few_prep_blocks
-  for round in 1 2; do
-    for cap in "" 64 32 16; do
-      LOWBIT_CUDA_PREP_BLOCKS=$cap bench "lowrank f32 in, prep blocks ${cap:-default}, round $round" \
-        --backend cuda --op lowrank --variant f32 --m 512,2048
-    done
-  done
-fi
 if has ncuatom && command -v ncu >/dev/null; then
   # L2 requests by kind (atomics, writes) and time of the small-M tensor-core kernels, i8x4,
-  # as M grows: the decoder's split-K atomics and the low-rank stores, the latter with its
-  # lanes paired across rows too (LOWBIT_CUDA_STORE_PAIR=1).
+  # as M grows: the decoder's split-K atomics and the low-rank stores.
   m=gpu__time_duration.sum,lts__t_requests_op_atom.sum,lts__t_sectors_op_atom.sum,lts__t_requests_op_red.sum
   m=$m,lts__t_requests_op_write.sum,lts__t_sectors_op_write.sum,dram__bytes_read.sum,dram__bytes_write.sum
   m=$m,lts__t_sectors.avg.pct_of_peak_sustained_elapsed
-  for spec in "decoder_mma_small decoder-tail 1 0" "decoder_mma_small decoder-tail 8 0" \
-      "decoder_mma_small decoder-tail 16 0" "lowrank_mma_small lowrank 8 0" \
-      "lowrank_mma_small lowrank 16 0" "lowrank_mma_small lowrank 16 1"; do
+  for spec in "decoder_mma_small decoder-tail 1" "decoder_mma_small decoder-tail 8" \
+      "decoder_mma_small decoder-tail 16" "lowrank_mma_small lowrank 8" \
+      "lowrank_mma_small lowrank 16"; do
     set -- $spec
-    echo "=== ncu $1 M=$3 pair=$4" | tee -a "$sum"
-    LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_STORE_PAIR=$4 timeout 100 ncu --metrics "$m" -k "regex:^$1\$" -c 1 \
+    echo "=== ncu $1 M=$3" | tee -a "$sum"
+    LOWBIT_CUDA_SMALL_MMA=1 timeout 100 ncu --metrics "$m" -k "regex:^$1\$" -c 1 \
       "$L" bench --backend cuda --op "$2" --variant packed --m "$3" --iters 1 --no-graph \
-      > "$out/ncua_$1_$3_$4.txt" 2>&1
-    grep -E "gpu__|lts__|dram__" "$out/ncua_$1_$3_$4.txt" | head -12 | tee -a "$sum"
+      > "$out/ncua_$1_$3.txt" 2>&1
+    grep -E "gpu__|lts__|dram__" "$out/ncua_$1_$3.txt" | head -12 | tee -a "$sum"
   done
 fi
 if has targets; then

@@ -280,64 +280,6 @@ fn small_m_without_programmatic_launch() {
     run_on_mma(b, "LB_MMA_SMALL=1", small_random);
 }
 
-/// The tensor-core low-rank kernels with their lanes paired across rows
-/// (`CudaDevice::with_store_pair`): the small-M kernel on its cases (warps whose 32 columns
-/// are whole and partial, odd M), BDH-like M = 16 and 7, and `lowrank_wgmma` on its shapes;
-/// every epilogue and the edge data.
-#[test]
-fn low_rank_stores_paired() {
-    static B: Cell = OnceLock::new();
-    let opened = crate::cuda_backend(&B, || {
-        open_mma(|d| CudaBackend::from_device(d.with_small_mma(true).with_store_pair(true)))
-    });
-    let Some(b) = opened else { return };
-    assert!(b.device().store_pair());
-    let mut small: Vec<Op> = small_ops()
-        .into_iter()
-        .filter(|op| matches!(op, Op::Lowrank(_)))
-        .collect();
-    small.extend([
-        lr([1, 1, 16, 256], [4, 256, 512], 512),
-        lr([7, 4, 1, 256], [4, 256, 300], 300),
-    ]);
-    run_on_mma(b, "LB_ST_PAIR=1", |ctx| {
-        crate::int_cases(ctx, "paired small-M", &small, 151);
-        crate::epilogue_cases(ctx, "paired small-M", &small, 152);
-        crate::edge_cases(ctx, "paired small-M", &small, 153);
-    });
-    if with_wgmma(b).is_none() {
-        return;
-    }
-    run_on_mma(b, "LB_WGMMA=1", |ctx| {
-        let ops = wgmma_lowrank_ops();
-        crate::large_cases(ctx, "paired wgmma lowrank", &ops, 154);
-        crate::epilogue_cases(ctx, "paired wgmma lowrank", &ops, 155);
-    });
-    let logs = b.device().compile_logs();
-    assert!(
-        logs.iter()
-            .any(|(m, _)| m.contains("LB_WGMMA=1") && m.contains("LB_ST_PAIR=1")),
-        "lowrank_wgmma was not compiled with its lanes paired"
-    );
-}
-
-/// f32 input with a computed scale through `mma_prep_scale_a` capped at 3 blocks
-/// (`CudaDevice::with_prep_blocks`), so that each thread packs several items: the low-rank
-/// shapes of the tensor-core tests (both projection kernels where the device has wgmma).
-#[test]
-fn f32_input_with_few_prep_blocks() {
-    if mma_backend().is_none() {
-        return;
-    }
-    let b = tuned_mma_backend("prep blocks", |d| Ok(d.with_prep_blocks(Some(3))));
-    assert_eq!(b.device().prep_blocks(), Some(3));
-    run_on_mma(b, "LB_MMA_PREP", |ctx| {
-        let mut ops = wgmma_lowrank_ops().to_vec();
-        ops.push(lr([1, 1, 700, 256], [4, 256, 520], 520));
-        crate::large_cases(ctx, "few prep blocks", &ops, 161);
-    });
-}
-
 #[test]
 fn ternary2_weights() {
     let Some(b) = t2_backend() else { return };
@@ -438,22 +380,17 @@ fn lowrank_on_mma_sync() {
     );
 }
 
-/// `lowrank_on_wgmma`'s shapes: Hin = 1 and H, M off the 64-row tile, latent_out < N, D = 384.
-fn wgmma_lowrank_ops() -> [Op; 3] {
-    [
-        lr([2, 1, 500, 256], [2, 256, 600], 600),
-        lr([1, 4, 130, 256], [4, 256, 256], 256),
-        lr([3, 1, 97, 384], [1, 384, 300], 257),
-    ]
-}
-
 /// Where the device runs it (sm_90a), every low-rank case above also went through
 /// `lowrank_wgmma`, plus BDH-like shapes with several warpgroup row tiles per CTA.
 #[test]
 fn lowrank_on_wgmma() {
     let Some(b) = wgmma_backend() else { return };
     run_on_mma(b, "LB_WGMMA=1", |ctx| {
-        let ops = wgmma_lowrank_ops();
+        let ops = [
+            lr([2, 1, 500, 256], [2, 256, 600], 600),
+            lr([1, 4, 130, 256], [4, 256, 256], 256),
+            lr([3, 1, 97, 384], [1, 384, 300], 257),
+        ];
         crate::large_cases(ctx, "wgmma lowrank", &ops, 105);
         crate::epilogue_cases(ctx, "wgmma lowrank", &ops[..2], 106);
     });

@@ -160,27 +160,6 @@ pub(crate) fn env_switch(var: &'static str, unset: bool) -> Result<bool> {
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
-/// Environment variable that caps `mma_prep_scale_a`'s blocks (tuning: a positive count;
-/// empty or unset: one 256-thread block per 256 items, as many as are resident at once).
-/// See [`CudaDevice::with_prep_blocks`].
-pub const PREP_BLOCKS_ENV: &str = "LOWBIT_CUDA_PREP_BLOCKS";
-
-/// [`PREP_BLOCKS_ENV`]'s value: `None` when empty, else a positive block count.
-pub fn parse_prep_blocks(text: &str) -> std::result::Result<Option<usize>, String> {
-    match text.trim() {
-        "" => Ok(None),
-        t => match t.parse::<usize>() {
-            Ok(n) if n > 0 => Ok(Some(n)),
-            _ => Err(format!("`{t}`: expected a positive block count")),
-        },
-    }
-}
-
-/// Environment variable that pairs the tensor-core low-rank epilogues' lanes across rows
-/// (`1`; empty or `0`: off, the default), so that a warp's 16-byte output stores cover whole
-/// 128-byte lines (`LB_ST_PAIR`; see [`CudaDevice::with_store_pair`]).
-pub const STORE_PAIR_ENV: &str = "LOWBIT_CUDA_STORE_PAIR";
-
 /// Environment variable that compiles every kernel with timeline stamps (`1`; diagnostics
 /// only, off by default): see [`CudaDevice::take_traces`].
 pub const TRACE_ENV: &str = "LOWBIT_CUDA_TRACE";
@@ -278,10 +257,6 @@ pub struct CudaDevice {
     /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
     /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
     pub(crate) fused_scale: bool,
-    /// The tensor-core low-rank epilogues store whole lines (`LB_ST_PAIR`, [`STORE_PAIR_ENV`]).
-    pub(crate) store_pair: bool,
-    /// At most this many `mma_prep_scale_a` blocks ([`PREP_BLOCKS_ENV`]); `None`: no cap.
-    pub(crate) prep_blocks: Option<usize>,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
     /// The small-M tensor-core decoder's CTA with i8x4 weights (`LOWBIT_CUDA_SMALL_DECODER`).
@@ -442,9 +417,6 @@ impl CudaDevice {
             wg_row_ctas: None,
             pdl,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
-            store_pair: env_switch(STORE_PAIR_ENV, false)?,
-            prep_blocks: parse_prep_blocks(&std::env::var(PREP_BLOCKS_ENV).unwrap_or_default())
-                .map_err(bad_env(PREP_BLOCKS_ENV))?,
             small,
             small_mma_decoder: super::mma::SmallMmaDecoder::from_env()
                 .map_err(bad_env(super::mma::SMALL_DECODER_ENV))?,
@@ -489,31 +461,6 @@ impl CudaDevice {
     /// See [`CudaDevice::with_fused_scale`].
     pub fn fused_scale(&self) -> bool {
         self.fused_scale
-    }
-    /// Whether the tensor-core low-rank kernels (`lowrank_wgmma`, the small-M one) trade
-    /// output halves between the lanes of rows r and r ^ 1, so that a warp's stores cover 4
-    /// rows x 128 bytes instead of 8 rows x 64 (overrides `LOWBIT_CUDA_STORE_PAIR`). The same
-    /// bits either way.
-    pub fn with_store_pair(mut self, on: bool) -> Self {
-        self.store_pair = on;
-        self
-    }
-    /// See [`CudaDevice::with_store_pair`].
-    pub fn store_pair(&self) -> bool {
-        self.store_pair
-    }
-    /// Tuning: at most `blocks` blocks of `mma_prep_scale_a` (f32 input's scale and packing
-    /// before the tensor-core low-rank projection; `None`: one per 256 items), so that fewer
-    /// SMs hold a packing block when the projection's CTAs, each a whole SM's registers, start
-    /// their weight tiles (overrides `LOWBIT_CUDA_PREP_BLOCKS`). Each thread then packs several
-    /// items; the same bits either way.
-    pub fn with_prep_blocks(mut self, blocks: Option<usize>) -> Self {
-        self.prep_blocks = blocks.filter(|&b| b > 0);
-        self
-    }
-    /// See [`CudaDevice::with_prep_blocks`].
-    pub fn prep_blocks(&self) -> Option<usize> {
-        self.prep_blocks
     }
     /// The small-M grid shape (overrides `LOWBIT_CUDA_SMALL`; any shape is bit-exact).
     pub fn with_small_shape(mut self, shape: super::tuning::SmallShape) -> Self {
@@ -792,15 +739,6 @@ mod tests {
         assert_eq!(Pdl::parse("0"), Ok(Pdl::Off));
         for bad in ["2", "on", "Early", "true"] {
             assert!(Pdl::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn prep_block_caps_parse() {
-        assert_eq!(parse_prep_blocks(""), Ok(None));
-        assert_eq!(parse_prep_blocks(" 32 "), Ok(Some(32)));
-        for bad in ["0", "-1", "x", "1.5"] {
-            assert!(parse_prep_blocks(bad).is_err(), "{bad}");
         }
     }
 

@@ -738,15 +738,6 @@ fn d(k: &str, v: impl ToString) -> (String, String) {
     (k.to_string(), v.to_string())
 }
 
-/// `defines` of a tensor-core low-rank kernel, with its lanes paired across rows
-/// (`LB_ST_PAIR`, [`CudaDevice::with_store_pair`]) where `pair`.
-fn with_store_pair(mut defines: Vec<(String, String)>, pair: bool) -> Vec<(String, String)> {
-    if pair {
-        defines.push(d("LB_ST_PAIR", 1));
-    }
-    defines
-}
-
 fn eps() -> (String, String) {
     d("LB_EPS", format!("{EPS:e}f"))
 }
@@ -1416,7 +1407,7 @@ impl CudaDevice {
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
         let cta = small_lowrank_cta(ksw);
-        let defs = with_store_pair(small_defines(mode, uns, t2, &cta), self.store_pair);
+        let defs = small_defines(mode, uns, t2, &cta);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -1601,7 +1592,6 @@ impl CudaDevice {
             .div_ceil(256)
             .min(resident)
             .min(t::RED_MAX_BLOCKS as usize)
-            .min(self.prep_blocks.unwrap_or(usize::MAX))
             .max(1);
         // The scratch stays locked until the launch is queued, so that the barrier targets
         // follow the launches' stream order.
@@ -1845,8 +1835,10 @@ impl CudaDevice {
         let m_tiles = shape.m().div_ceil(WGMMA_BM);
         p.kpw = i32_of(OP, "D words", kpw)?;
         p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
-        let defs = with_store_pair(wgmma_defines(uns, epilogue, kpw, t2), self.store_pair);
-        let f = self.function(KernelId::LowrankWgmma, defs)?;
+        let f = self.function(
+            KernelId::LowrankWgmma,
+            wgmma_defines(uns, epilogue, kpw, t2),
+        )?;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue));
         let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
         // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
@@ -2488,22 +2480,9 @@ mod tests {
                 compile::compile_checked(id.stem(), cc, &defines, budget);
             }
         }
-        // The low-rank kernels with their lanes paired across rows (`LB_ST_PAIR`).
-        let paired = |defines| with_store_pair(defines, true);
-        for cc in [(8, 0), (9, 0)] {
-            for (id, defines) in mma_module_variants() {
-                if id == KernelId::LowrankMmaSmall {
-                    compile::compile_checked(id.stem(), cc, &paired(defines), Some(0));
-                }
-            }
-        }
         if wgmma_capable((9, 0)) {
             for (id, defines) in wgmma_module_variants() {
-                let budget = Some(wgmma_spill_budget(id));
-                if id == KernelId::LowrankWgmma {
-                    compile::compile_checked(id.stem(), (9, 0), &paired(defines.clone()), budget);
-                }
-                compile::compile_checked(id.stem(), (9, 0), &defines, budget);
+                compile::compile_checked(id.stem(), (9, 0), &defines, Some(wgmma_spill_budget(id)));
             }
         } else {
             eprintln!("SKIPPED: this NVRTC does not know sm_90; wgmma sources not compiled");
