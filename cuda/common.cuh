@@ -287,29 +287,18 @@ __device__ __forceinline__ void lb_trace_at(int) {}
 // work. `pdl` (LbProblem::pdl): 0 a plain launch (nothing to do), 1 the next kernel may start
 // once this one is past its wait, 2 as soon as this one starts. `b`: rows [r0, r1) x words
 // [c0, c1), row stride `ldb` words: the block's weights. lb_pdl_prologue = lb_pdl_prefetch,
-// then lb_pdl_wait. G > 1 (a row's lines a multiple of G): the lines in G column groups, each
-// group's rows all requested before the next group's, so that the warps reading the first
-// columns get their weights first.
-template <int G = 1>
+// then lb_pdl_wait.
 __device__ __forceinline__ void lb_pdl_prefetch(int pdl, const u32* b, long long ldb, int r0,
                                                 int r1, int c0, int c1) {
 #if __CUDA_ARCH__ >= 900
     if (pdl == 0) return;
     if (pdl == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     const int lpr = (c1 - c0 + 31) / 32;  // 128-byte lines per row
-    if (lpr <= 0) return;
-    if (G == 1 || lpr % G != 0) {
+    if (lpr > 0)
         for (int i = threadIdx.x; i < (r1 - r0) * lpr; i += blockDim.x) {
             const int r = i / lpr;
             lb_prefetch_l2(b + (long long)(r0 + r) * ldb + c0 + 32 * (i - r * lpr));
         }
-    } else {
-        const int lpg = lpr / G, per = (r1 - r0) * lpg;  // lines per group row, per group
-        for (int i = threadIdx.x; i < per * G; i += blockDim.x) {
-            const int grp = i / per, j = i - grp * per, r = j / lpg;
-            lb_prefetch_l2(b + (long long)(r0 + r) * ldb + c0 + 32 * (grp * lpg + j - r * lpg));
-        }
-    }
 #endif
 }
 __device__ __forceinline__ void lb_pdl_wait(int pdl) {

@@ -570,11 +570,6 @@ __device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
 #ifndef LB_MS_PAIRS
 #define LB_MS_PAIRS 4
 #endif
-// Column groups of the L2 prefetch before the PDL wait (lb_pdl_prefetch's G; the low-rank
-// kernel's LOWBIT_CUDA_SMALL_PF): 1 row by row across the CTA's columns.
-#ifndef LB_MS_PF
-#define LB_MS_PF 1
-#endif
 
 template <int MODE, bool UNS, bool T2>
 __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
@@ -598,7 +593,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     const int wend = min(wbeg + wl, sp.kw1);
     const bool bvec = p.b_vec != 0;
     // ternary2 rows hold 16 k words each, in 4 t-rows.
-    lb_pdl_prefetch<LB_MS_PF>(p.pdl, sp.b, p.ldb, T2 ? sp.kw0 / 16 * 4 : sp.kw0,
+    lb_pdl_prefetch(p.pdl, sp.b, p.ldb, T2 ? sp.kw0 / 16 * 4 : sp.kw0,
                     T2 ? min((sp.kw1 + 15) / 16 * 4, p.b_head_rows) : sp.kw1, tile0,
                     min(tile0 + LB_MS_COLS, p.bcols));
 

@@ -5,7 +5,6 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [smallpf]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -54,9 +53,6 @@
 # 1x4x64 capped for 2 CTAs per SM in batches of 64 and 32, 1x16x32, 2x4x64 in batches of 32)
 # under PDL after the wait, two rounds at M = 1, 2, 4, 8, 16 (LOWBIT_CUDA_SMALL_MMA=1, so M = 1
 # runs it too).
-# smallpf: the small-M low-rank kernel's L2 prefetch (before its PDL wait) in 1 / 2 / 4 / 8 column
-# groups (LOWBIT_CUDA_SMALL_PF): its test, two rounds at M = 1 / 8 / 16 (graph replay), f32,
-# bf16 + ReLU and ternary2 weights.
 # ncuatom: ncu's L2 request counts by kind (atomics, writes) and DRAM bytes of the small-M
 # tensor-core kernels at M = 1 / 8 / 16 (decoder) and 8 / 16 (low-rank).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
@@ -220,26 +216,6 @@ if has graphtrace; then
       LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/graphtrace-$op-$w "$L" bench \
         --backend cuda --op $op --variant packed --m 1,16 --weights $w 2>&1 \
         | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
-    done
-  done
-fi
-if has smallpf; then
-  # the small-M low-rank kernel's L2 prefetch in 1 (default) / 2 / 4 / 8 column groups
-  # (LOWBIT_CUDA_SMALL_PF): its test, then two rounds, graph replay, f32 out and bf16 + ReLU,
-  # i8x4 and ternary2 weights
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 200 "$d" --test-threads=4 small_low_rank_prefetch_in_column_groups \
-    > "$out/test-smallpf.log" 2>&1
-  echo "smallpf test exit $?" | tee -a "$sum"
-  grep -E "test result|panicked|checks" "$out/test-smallpf.log" | head -6 | tee -a "$sum"
-  for round in 1 2; do
-    for g in 1 2 4 8; do
-      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_SMALL_PF=$g bench "lowrank M <= 16 f32, pf $g, round $round" \
-        --backend cuda --op lowrank --variant packed --m 1,8,16
-      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_SMALL_PF=$g bench "lowrank M <= 16 bf16 + ReLU, pf $g, round $round" \
-        --backend cuda --op lowrank --variant packed --m 1,16 --out bf16 --relu
-      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_SMALL_PF=$g bench "lowrank M <= 16 ternary2, pf $g, round $round" \
-        --backend cuda --op lowrank --variant packed --m 1,16 --weights ternary2
     done
   done
 fi

@@ -280,58 +280,6 @@ fn small_m_without_programmatic_launch() {
     run_on_mma(b, "LB_MMA_SMALL=1", small_random);
 }
 
-/// The small-M low-rank kernel with its L2 prefetch in column groups
-/// (`CudaDevice::with_small_prefetch_groups`; runs only under PDL, on by default on sm_90):
-/// 8 and 2 groups on i8x4 weights, 8 on ternary2; CTAs whose columns are whole and partial,
-/// BDH-like M = 16 and odd M, every epilogue and the edge data.
-#[test]
-fn small_low_rank_prefetch_in_column_groups() {
-    fn grouped(cell: &'static Cell, groups: u32, t2: bool) -> Option<&'static CudaBackend> {
-        crate::cuda_backend(cell, || {
-            CudaDevice::new(0)
-                .and_then(|d| d.with_family(KernelFamily::Mma))
-                .and_then(|d| d.with_small_mma(true).with_small_prefetch_groups(groups))
-                .map(|d| CudaBackend::from_device(d).with_ternary2_weights(t2))
-                .map_err(|e| e.to_string())
-        })
-    }
-    static G8: Cell = OnceLock::new();
-    static G2: Cell = OnceLock::new();
-    static T8: Cell = OnceLock::new();
-    let mut ops: Vec<Op> = small_ops()
-        .into_iter()
-        .filter(|op| matches!(op, Op::Lowrank(_)))
-        .collect();
-    ops.extend([
-        lr([1, 1, 16, 256], [4, 256, 1024], 1024),
-        lr([1, 1, 7, 256], [2, 256, 600], 600),
-        lr([7, 4, 1, 256], [4, 256, 300], 300),
-    ]);
-    for (cell, groups, t2, seed) in [
-        (&G8, 8, false, 161),
-        (&G2, 2, false, 164),
-        (&T8, 8, true, 167),
-    ] {
-        let Some(b) = grouped(cell, groups, t2) else {
-            return;
-        };
-        assert_eq!(b.device().small_prefetch_groups(), groups);
-        let label = format!("small-M prefetch in {groups} groups");
-        let needle = format!("LB_MS_PF={groups}");
-        run_on_mma(b, &needle, |ctx| {
-            crate::int_cases(ctx, &label, &ops, seed);
-            if t2 {
-                use crate::WeightKind::Ternary;
-                crate::epilogue_cases_with(ctx, &label, &ops, seed + 1, Ternary);
-                crate::edge_cases_with(ctx, &label, &ops, seed + 2, Ternary);
-            } else {
-                crate::epilogue_cases(ctx, &label, &ops, seed + 1);
-                crate::edge_cases(ctx, &label, &ops, seed + 2);
-            }
-        });
-    }
-}
-
 #[test]
 fn ternary2_weights() {
     let Some(b) = t2_backend() else { return };

@@ -242,9 +242,6 @@ pub struct CudaDevice {
     /// `decoder_wgmma`'s rows per CTA, when set ([`CudaDevice::with_decoder_rows`],
     /// `mma::DECODER_ROWS_ENV`; else chosen from the split count, `mma::decoder_rows`).
     pub(crate) dw_rows: Option<usize>,
-    /// Column groups of the small-M low-rank kernel's L2 prefetch
-    /// ([`CudaDevice::with_small_prefetch_groups`], `mma::SMALL_PREFETCH_ENV`).
-    pub(crate) small_pf: u32,
     /// `decoder_mma_reduce`'s width, when set ([`CudaDevice::with_reduce_width`],
     /// `mma::REDUCE_WIDTH_ENV`; else `mma::reduce_width` chooses).
     pub(crate) reduce_w: Option<usize>,
@@ -413,10 +410,6 @@ impl CudaDevice {
             )
             .map_err(bad_env(super::mma::DECODER_ROWS_ENV))?,
             dw_splits: None,
-            small_pf: super::mma::parse_small_prefetch(
-                &std::env::var(super::mma::SMALL_PREFETCH_ENV).unwrap_or_default(),
-            )
-            .map_err(bad_env(super::mma::SMALL_PREFETCH_ENV))?,
             reduce_w: super::mma::parse_reduce_width(
                 &std::env::var(super::mma::REDUCE_WIDTH_ENV).unwrap_or_default(),
             )

@@ -802,35 +802,6 @@ const REDUCE_THREADS: usize = 256;
 /// decoder tail there measured 38.02-38.21 µs with the 8-wide one, 38.27-38.34 without.
 pub const REDUCE_WIDTH_ENV: &str = "LOWBIT_CUDA_REDUCE_W";
 
-/// Environment variable that orders the small-M low-rank kernel's L2 prefetch (issued
-/// before its PDL wait) in column groups ([`SMALL_PREFETCH_GROUPS`]): each group's rows are
-/// all requested before the next group's, so that its first column warps get their weights,
-/// and store their outputs, before the last. Unset: 1, row by row across the CTA's columns.
-pub const SMALL_PREFETCH_ENV: &str = "LOWBIT_CUDA_SMALL_PF";
-
-/// The column-group counts of the small-M low-rank kernel's prefetch ([`SMALL_PREFETCH_ENV`]).
-pub const SMALL_PREFETCH_GROUPS: [u32; 4] = [1, 2, 4, 8];
-
-/// A [`SMALL_PREFETCH_ENV`] value: empty for 1, else one of [`SMALL_PREFETCH_GROUPS`].
-pub fn parse_small_prefetch(text: &str) -> std::result::Result<u32, String> {
-    match text.trim() {
-        "" => Ok(1),
-        t => plain_usize(t)
-            .and_then(|g| u32::try_from(g).ok())
-            .filter(|g| SMALL_PREFETCH_GROUPS.contains(g))
-            .ok_or_else(|| format!("`{t}`: expected 1, 2, 4 or 8")),
-    }
-}
-
-/// `defines` of the small-M low-rank kernel with its prefetch in `groups` column groups
-/// (`LB_MS_PF`; 1 adds nothing).
-fn with_small_prefetch(mut defines: Vec<(String, String)>, groups: u32) -> Vec<(String, String)> {
-    if groups > 1 {
-        defines.push(d("LB_MS_PF", groups));
-    }
-    defines
-}
-
 /// A [`REDUCE_WIDTH_ENV`] value: empty for the default (`None`), else 4 or 8.
 pub fn parse_reduce_width(text: &str) -> std::result::Result<Option<usize>, String> {
     match text.trim() {
@@ -1310,26 +1281,6 @@ impl CudaDevice {
         Ok(self)
     }
 
-    /// Orders the small-M low-rank kernel's L2 prefetch in `groups` column groups
-    /// ([`SMALL_PREFETCH_GROUPS`]) instead of [`SMALL_PREFETCH_ENV`]'s; any gives the same bits.
-    pub fn with_small_prefetch_groups(mut self, groups: u32) -> Result<Self> {
-        if !SMALL_PREFETCH_GROUPS.contains(&groups) {
-            return Err(LowbitError::InvalidArgument {
-                op: "with_small_prefetch_groups",
-                what: "groups",
-                reason: format!("{groups}: expected 1, 2, 4 or 8"),
-            });
-        }
-        self.small_pf = groups;
-        Ok(self)
-    }
-
-    /// The small-M low-rank kernel's prefetch column groups (see
-    /// [`CudaDevice::with_small_prefetch_groups`]).
-    pub fn small_prefetch_groups(&self) -> u32 {
-        self.small_pf
-    }
-
     /// Sets `decoder_mma_reduce`'s output elements per thread ([`REDUCE_WIDTHS`]) instead of
     /// the default ([`REDUCE_WIDTH_ENV`]); 8 applies only where it is legal. Either gives the
     /// same bits.
@@ -1456,7 +1407,7 @@ impl CudaDevice {
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
         let cta = small_lowrank_cta(ksw);
-        let defs = with_small_prefetch(small_defines(mode, uns, t2, &cta), self.small_pf);
+        let defs = small_defines(mode, uns, t2, &cta);
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (
@@ -2383,18 +2334,6 @@ mod tests {
     }
 
     #[test]
-    fn small_prefetch_groups_parse() {
-        assert_eq!(parse_small_prefetch(""), Ok(1));
-        assert_eq!(parse_small_prefetch(" 8 "), Ok(8));
-        assert_eq!(parse_small_prefetch("2"), Ok(2));
-        assert!(parse_small_prefetch("3").is_err());
-        assert!(parse_small_prefetch("16").is_err());
-        assert!(parse_small_prefetch("-1").is_err());
-        assert_eq!(with_small_prefetch(Vec::new(), 1), Vec::new());
-        assert_eq!(with_small_prefetch(Vec::new(), 4), vec![d("LB_MS_PF", 4)]);
-    }
-
-    #[test]
     fn reduce_width_choice() {
         assert_eq!(parse_reduce_width(""), Ok(None));
         assert_eq!(parse_reduce_width(" 8"), Ok(Some(8)));
@@ -2539,13 +2478,6 @@ mod tests {
                     Some(0)
                 };
                 compile::compile_checked(id.stem(), cc, &defines, budget);
-                // The low-rank kernel's prefetch in column groups (`LB_MS_PF`).
-                if id == KernelId::LowrankMmaSmall {
-                    for groups in [2, 8] {
-                        let grouped = with_small_prefetch(defines.clone(), groups);
-                        compile::compile_checked(id.stem(), cc, &grouped, budget);
-                    }
-                }
             }
         }
         if wgmma_capable((9, 0)) {
