@@ -5,6 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
+#                             [sanitize]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -22,7 +23,8 @@
 # low-rank epilogue's write floor (write_floor.py) and both ops at M = 512..8192 with LOWBIT_CUDA_WGMMA=1 / 0,
 # the decoder under each LOWBIT_CUDA_WGMMA_ZCLUSTER; memcheck:
 # compute-sanitizer on the CUDA differential tests (filters MEMCHECK_FILTERS, each at most
-# MEMCHECK_TIMEOUT s, default 150); verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
+# MEMCHECK_TIMEOUT s, default 150); sanitize: every CUDA differential test in its own process under
+# compute-sanitizer (SANITIZE_* below); verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first); t2tests: the
 # tests of the decoder's ternary2 options, u8 fields (LOWBIT_CUDA_T2_FIELDS), the mbarrier
 # ring (LOWBIT_CUDA_MBARRIER) and y by TMA on it (LOWBIT_CUDA_TMA); t2opts: two rounds of six
@@ -98,6 +100,32 @@ if has memcheck; then
       > "$out/memcheck-${filter//:/}.log" 2>&1
     echo "exit $?"; grep -E "^test result|ERROR SUMMARY|FAILED" "$out/memcheck-${filter//:/}.log" | head -5
   done
+fi
+if has sanitize; then
+  # Every CUDA test of the differential executable (names matching SANITIZE_MATCH, default
+  # "cuda"), each in its own process under compute-sanitizer --tool SANITIZE_TOOL (default
+  # memcheck), SANITIZE_JOBS (8) at once, started until SANITIZE_BUDGET s (500) have passed and
+  # cut off there; names listed in SANITIZE_DONE (one per line: an earlier call's) are skipped.
+  # One line per test: its exit status and the sanitizer's error summary.
+  d=$(ls "$b"/tests/differential-* | head -1)
+  tool=${SANITIZE_TOOL:-memcheck}
+  mkdir -p "$out/sanitize-$tool"
+  "$d" --list 2>/dev/null | sed -n 's/: test$//p' | grep -E "${SANITIZE_MATCH:-cuda}" \
+    | grep -vxF -f <(cat "${SANITIZE_DONE:-/dev/null}" 2>/dev/null; echo '@none@') \
+    | awk '/cuda_mma/ {print; next} {rest[n++] = $0} END {for (i = 0; i < n; i++) print rest[i]}' \
+    > "$out/sanitize-$tool/todo.txt"  # the tensor-core tests (the longest) first
+  echo "=== sanitize ($tool): $(wc -l < "$out/sanitize-$tool/todo.txt") tests"
+  export d tool out deadline=$(( $(date +%s) + ${SANITIZE_BUDGET:-500} ))
+  xargs -P "${SANITIZE_JOBS:-8}" -I{} bash -c '
+    left=$(( deadline - $(date +%s) ))
+    if [ "$left" -le 5 ]; then echo "{} not-run"; exit 0; fi
+    log="$out/sanitize-$tool/$(echo {} | tr ":" "_").log"
+    LOWBIT_REQUIRE=cuda timeout "$left" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      "$d" --exact "{}" --test-threads=1 > "$log" 2>&1
+    rc=$?
+    echo "{} rc=$rc $(grep -E "^test result" "$log" | sed "s/^test result: //; s/ 0 ignored.*finished/,/") | $(grep -E "ERROR SUMMARY" "$log" | tail -1 | sed "s/^=* *//")"
+  ' < "$out/sanitize-$tool/todo.txt" | sort | tee "$out/sanitize-$tool.txt"
+  echo "sanitize ($tool): $(grep -c " rc=0 " "$out/sanitize-$tool.txt") clean, $(grep -vc " rc=0 " "$out/sanitize-$tool.txt") not"
 fi
 if has verify; then
   "$L" verify --backend all > "$out/verify.log" 2>&1; echo "verify exit $?"; tail -n 4 "$out/verify.log"
