@@ -123,7 +123,7 @@ if has sanitize; then
     LOWBIT_REQUIRE=cuda timeout "$left" compute-sanitizer --tool "$tool" --error-exitcode 99 \
       "$d" --exact "{}" --test-threads=1 > "$log" 2>&1
     rc=$?
-    echo "{} rc=$rc $(grep -E "^test result" "$log" | sed "s/^test result: //; s/ 0 ignored.*finished/,/") | $(grep -E "ERROR SUMMARY" "$log" | tail -1 | sed "s/^=* *//")"
+    echo "{} rc=$rc $(grep -E "^test result" "$log" | sed -E "s/^test result: ([A-Za-z]+)\..*finished in /\1, /") | $(grep -E "(ERROR|RACECHECK) SUMMARY" "$log" | tail -1 | sed "s/^=* *//")"
   ' < "$out/sanitize-$tool/todo.txt" | sort | tee "$out/sanitize-$tool.txt"
   echo "sanitize ($tool): $(grep -c " rc=0 " "$out/sanitize-$tool.txt") clean, $(grep -vc " rc=0 " "$out/sanitize-$tool.txt") not"
 fi
