@@ -21,10 +21,9 @@
 # under LOWBIT_CUDA_SMALL grid shapes, with the weight-stream floor; smallfinal: every M <= 16
 # row of the small-M table (graph replays, ternary2, bf16 + ReLU, single launches); wgmma: the
 # low-rank epilogue's write floor (write_floor.py) and both ops at M = 512..8192 with LOWBIT_CUDA_WGMMA=1 / 0,
-# the decoder under each LOWBIT_CUDA_WGMMA_ZCLUSTER; memcheck:
-# compute-sanitizer on the CUDA differential tests (filters MEMCHECK_FILTERS, each at most
-# MEMCHECK_TIMEOUT s, default 150); sanitize: every CUDA differential test in its own process under
-# compute-sanitizer (SANITIZE_* below); verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
+# the decoder under each LOWBIT_CUDA_WGMMA_ZCLUSTER; sanitize (or memcheck): every CUDA
+# differential test in its own process under compute-sanitizer (SANITIZE_* below; memcheck
+# also takes MEMCHECK_FILTERS, test names or parts of them); verify: lowbit verify --backend all; final: lowbit bench of every op, variant and M on
 # CUDA (default family, then dp4a) and wgpu, with the peers (run peers first); t2tests: the
 # tests of the decoder's ternary2 options, u8 fields (LOWBIT_CUDA_T2_FIELDS), the mbarrier
 # ring (LOWBIT_CUDA_MBARRIER) and y by TMA on it (LOWBIT_CUDA_TMA); t2opts: two rounds of six
@@ -92,25 +91,22 @@ if [[ " $what " == *" tests "* ]]; then
   done
 fi
 has() { [[ " $what " == *" $1 "* ]]; }
-if has memcheck; then
-  d=$(ls "$b"/tests/differential-* | head -1)
-  for filter in ${MEMCHECK_FILTERS:-cuda_extra cuda_dp4a cuda_t2 cuda_mma::small cuda_mma::ternary2}; do
-    echo "=== memcheck differential $filter"
-    LOWBIT_REQUIRE=cuda timeout "${MEMCHECK_TIMEOUT:-150}" compute-sanitizer --tool memcheck "$d" "$filter" --test-threads=4 \
-      > "$out/memcheck-${filter//:/}.log" 2>&1
-    echo "exit $?"; grep -E "^test result|ERROR SUMMARY|FAILED" "$out/memcheck-${filter//:/}.log" | head -5
-  done
-fi
-if has sanitize; then
+if has sanitize || has memcheck; then
   # Every CUDA test of the differential executable (names matching SANITIZE_MATCH, default
-  # "cuda"), each in its own process under compute-sanitizer --tool SANITIZE_TOOL (default
-  # memcheck), SANITIZE_JOBS (8) at once, started until SANITIZE_BUDGET s (500) have passed and
-  # cut off there; names listed in SANITIZE_DONE (one per line: an earlier call's) are skipped.
+  # "cuda"; under the step name memcheck, MEMCHECK_FILTERS' names joined by |, if set), each in
+  # its own process under compute-sanitizer --tool SANITIZE_TOOL (default memcheck),
+  # SANITIZE_JOBS (8) at once, started until SANITIZE_BUDGET s (500) have passed and cut off
+  # there; names listed in SANITIZE_DONE (one per line: an earlier call's) are skipped.
   # One line per test: its exit status and the sanitizer's error summary.
   d=$(ls "$b"/tests/differential-* | head -1)
   tool=${SANITIZE_TOOL:-memcheck}
+  has sanitize || tool=memcheck
+  match=${SANITIZE_MATCH:-cuda}
+  if has memcheck && [ -n "${MEMCHECK_FILTERS:-}" ] && [ -z "${SANITIZE_MATCH:-}" ]; then
+    match=$(echo $MEMCHECK_FILTERS | tr ' ' '|')
+  fi
   mkdir -p "$out/sanitize-$tool"
-  "$d" --list 2>/dev/null | sed -n 's/: test$//p' | grep -E "${SANITIZE_MATCH:-cuda}" \
+  "$d" --list 2>/dev/null | sed -n 's/: test$//p' | grep -E "$match" \
     | grep -vxF -f <(cat "${SANITIZE_DONE:-/dev/null}" 2>/dev/null; echo '@none@') \
     | awk '/cuda_mma/ {print; next} {rest[n++] = $0} END {for (i = 0; i < n; i++) print rest[i]}' \
     > "$out/sanitize-$tool/todo.txt"  # the tensor-core tests (the longest) first
