@@ -293,12 +293,20 @@ __device__ __forceinline__ void lb_pdl_prefetch(int pdl, const u32* b, long long
 #if __CUDA_ARCH__ >= 900
     if (pdl == 0) return;
     if (pdl == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    if (c1 <= c0) return;
+    // A row per thread, one bulk prefetch (the TMA unit walks its lines) where the row's
+    // words start 16-byte aligned; else its 128-byte lines one by one.
     const int lpr = (c1 - c0 + 31) / 32;  // 128-byte lines per row
-    if (lpr > 0)
-        for (int i = threadIdx.x; i < (r1 - r0) * lpr; i += blockDim.x) {
-            const int r = i / lpr;
-            lb_prefetch_l2(b + (long long)(r0 + r) * ldb + c0 + 32 * (i - r * lpr));
+    for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
+        const u32* row = b + (long long)r * ldb + c0;
+        if (((c1 - c0) & 3) == 0 && ((unsigned long long)row & 15) == 0) {
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(row),
+                         "r"((c1 - c0) * 4)
+                         : "memory");
+        } else {
+            for (int l = 0; l < lpr; ++l) lb_prefetch_l2(row + 32 * l);
         }
+    }
 #endif
 }
 __device__ __forceinline__ void lb_pdl_wait(int pdl) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build `lowbit` at another commit (default: the one before HEAD) and put it, compressed, at
-# .gpu-bundle/bin/lowbit-base.gz, for the A/B steps of sweep.sh (lrprologue) that time it
+# .gpu-bundle/bin/lowbit-base.gz, for the A/B steps of sweep.sh (ab, lrprologue) that time it
 # against the bundle's own build in the same call. Run it here after ../shared/gpu/bundle.sh
 # (which empties .gpu-bundle/):
 #   bash benches/gpu/base_build.sh [COMMIT]

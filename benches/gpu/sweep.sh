@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize]
+#                             [sanitize] [ab]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -56,6 +56,7 @@
 # runs it too).
 # ncuatom: ncu's L2 request counts by kind (atomics, writes) and DRAM bytes of the small-M
 # tensor-core kernels at M = 1 / 8 / 16 (decoder) and 8 / 16 (low-rank).
+# ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
 # $OUT/graphtrace-OP-W), i8x4 and ternary2 weights, M = 1, 16 (LOWBIT_CUDA_SMALL_MMA=1).
@@ -230,6 +231,22 @@ if has lrprologue; then
     LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/lrtrace-$w "$L" bench --backend cuda --op lowrank \
       --variant packed --m 512 --weights $w 2>&1 | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " \
       | cut -c1-300 | tee -a "$sum"
+  done
+fi
+if has ab; then
+  # The bundle's build against $b/bin/lowbit-base (benches/gpu/base_build.sh), alternating base
+  # and new, AB_ROUNDS (2) rounds of each `lowbit bench` argument set in AB_SETS (separated by
+  # ";"; default: the small-M graph replays of both ops and weight formats, f32 out).
+  [ -x "$b/bin/lowbit-base" ] || echo "no $b/bin/lowbit-base: the new build only" | tee -a "$sum"
+  IFS=';' read -ra sets <<< "${AB_SETS:---op lowrank,decoder-tail --m 1,16 --weights i8x4;--op lowrank,decoder-tail --m 1,16 --weights ternary2}"
+  for round in $(seq 1 "${AB_ROUNDS:-2}"); do
+    for which in base new; do
+      bin=$L; [ $which = base ] && bin=$b/bin/lowbit-base
+      [ -x "$bin" ] || continue
+      for set in "${sets[@]}"; do
+        BIN=$bin bench "ab: $set, $which build, round $round" --backend cuda $set
+      done
+    done
   done
 fi
 if has graphtrace; then
