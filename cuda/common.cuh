@@ -286,26 +286,33 @@ __device__ __forceinline__ void lb_trace_at(int) {}
 // lets the next kernel of the stream start, whose weight prefetches overlap this kernel's
 // work. `pdl` (LbProblem::pdl): 0 a plain launch (nothing to do), 1 the next kernel may start
 // once this one is past its wait, 2 as soon as this one starts. `b`: rows [r0, r1) x words
-// [c0, c1), row stride `ldb` words: the block's weights. lb_pdl_prologue = lb_pdl_prefetch,
-// then lb_pdl_wait.
-__device__ __forceinline__ void lb_pdl_prefetch(int pdl, const u32* b, long long ldb, int r0,
-                                                int r1, int c0, int c1) {
+// [c0, c1), row stride `ldb` words: the block's weights. `bulk`: one bulk prefetch per row
+// (the TMA unit walks its lines; rows that do not start 16-byte aligned go line by line), else
+// 128-byte line prefetches spread over the threads. lb_pdl_prologue = lb_pdl_prefetch, then
+// lb_pdl_wait.
+__device__ __forceinline__ void lb_pdl_prefetch(int pdl, bool bulk, const u32* b, long long ldb,
+                                                int r0, int r1, int c0, int c1) {
 #if __CUDA_ARCH__ >= 900
     if (pdl == 0) return;
     if (pdl == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     if (c1 <= c0) return;
-    // A row per thread, one bulk prefetch (the TMA unit walks its lines) where the row's
-    // words start 16-byte aligned; else its 128-byte lines one by one.
     const int lpr = (c1 - c0 + 31) / 32;  // 128-byte lines per row
-    for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
-        const u32* row = b + (long long)r * ldb + c0;
-        if (((c1 - c0) & 3) == 0 && ((unsigned long long)row & 15) == 0) {
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(row),
-                         "r"((c1 - c0) * 4)
-                         : "memory");
-        } else {
-            for (int l = 0; l < lpr; ++l) lb_prefetch_l2(row + 32 * l);
+    if (bulk) {
+        for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
+            const u32* row = b + (long long)r * ldb + c0;
+            if (((c1 - c0) & 3) == 0 && ((unsigned long long)row & 15) == 0) {
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(row),
+                             "r"((c1 - c0) * 4)
+                             : "memory");
+            } else {
+                for (int l = 0; l < lpr; ++l) lb_prefetch_l2(row + 32 * l);
+            }
         }
+        return;
+    }
+    for (int i = threadIdx.x; i < (r1 - r0) * lpr; i += blockDim.x) {
+        const int r = i / lpr;
+        lb_prefetch_l2(b + (long long)(r0 + r) * ldb + c0 + 32 * (i - r * lpr));
     }
 #endif
 }
@@ -316,9 +323,9 @@ __device__ __forceinline__ void lb_pdl_wait(int pdl) {
     if (pdl == 1) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void lb_pdl_prologue(int pdl, const u32* b, long long ldb, int r0, int r1,
-                                                int c0, int c1) {
-    lb_pdl_prefetch(pdl, b, ldb, r0, r1, c0, c1);
+__device__ __forceinline__ void lb_pdl_prologue(int pdl, bool bulk, const u32* b, long long ldb,
+                                                int r0, int r1, int c0, int c1) {
+    lb_pdl_prefetch(pdl, bulk, b, ldb, r0, r1, c0, c1);
     lb_pdl_wait(pdl);
 }
 
@@ -334,7 +341,7 @@ __device__ __forceinline__ void lb_pdl_launch_next() {
 #endif
 }
 __device__ __forceinline__ void lb_pdl_chain(int pdl) {
-    lb_pdl_prologue(pdl, nullptr, 0, 0, 0, 0, 0);  // nothing to prefetch
+    lb_pdl_prologue(pdl, false, nullptr, 0, 0, 0, 0, 0);  // nothing to prefetch
 }
 
 // Four consecutive B words at `p`, column c of a row of ncols (zero past ncols); `fast`: all
@@ -408,7 +415,9 @@ struct LbProblem {
     int is_decoder;
     int out_dtype;          // 0 f32, 1 f16, 2 bf16 (round to nearest even)
     int pdl;                // small-M launch: 0 plain, 1 PDL (next kernel after the wait), 2 PDL early
+    int pf_bulk;            // PDL weight prefetch: 1 a bulk prefetch per row, 0 line by line
 };
+static_assert(sizeof(LbProblem) == 168, "LbProblem: the layout of launch.rs");
 
 // Where block `z` works: head, A/B bases and its K range [kw0, kw1) in words.
 struct LbSplit {
@@ -791,7 +800,7 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     const int tile0 = blockIdx.x * LB_SM_COLS;
     const int c0 = tile0 + col_local;
     const LbSplit sp = lb_split(p, blockIdx.y, 4);
-    lb_pdl_prologue(p.pdl, sp.b, p.ldb, sp.kw0, sp.kw1, tile0, min(tile0 + LB_SM_COLS, p.bcols));
+    lb_pdl_prologue(p.pdl, p.pf_bulk != 0, sp.b, p.ldb, sp.kw0, sp.kw1, tile0, min(tile0 + LB_SM_COLS, p.bcols));
     const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
     const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
                                              : min((long long)sp.kw1 * 4, p.a_kvalid);

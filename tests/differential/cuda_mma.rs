@@ -280,6 +280,38 @@ fn small_m_without_programmatic_launch() {
     run_on_mma(b, "LB_MMA_SMALL=1", small_random);
 }
 
+/// The small-M kernels' PDL weight prefetch forced each way at every M
+/// (`CudaDevice::with_weight_prefetch`; the default prefetches in bulk only at M = 1): in bulk
+/// on i8x4 and ternary2 weights, line by line on i8x4; rows that do not start 16-byte aligned
+/// (N = 9, 70, 130) take the line-by-line fallback inside the bulk path. Under PDL only (on
+/// by default on sm_90); elsewhere these run the plain launches.
+#[test]
+fn small_m_weight_prefetch_each_way() {
+    use lowbit_kernels::backend::cuda::WeightPrefetch;
+    static BULK: Cell = OnceLock::new();
+    static LINES: Cell = OnceLock::new();
+    static T2_BULK: Cell = OnceLock::new();
+    for (cell, prefetch, t2) in [
+        (&BULK, WeightPrefetch::Bulk, false),
+        (&LINES, WeightPrefetch::Lines, false),
+        (&T2_BULK, WeightPrefetch::Bulk, true),
+    ] {
+        let opened = crate::cuda_backend(cell, || {
+            open_mma(|d| {
+                let d = d.with_small_mma(true).with_weight_prefetch(prefetch);
+                CudaBackend::from_device(d).with_ternary2_weights(t2)
+            })
+        });
+        let Some(b) = opened else { return };
+        assert_eq!(b.device().weight_prefetch(), prefetch);
+        if t2 {
+            run_on_mma(b, "LB_MS_T2=1", ternary2_random);
+        } else {
+            run_on_mma(b, "LB_MMA_SMALL=1", small_random);
+        }
+    }
+}
+
 #[test]
 fn ternary2_weights() {
     let Some(b) = t2_backend() else { return };

@@ -206,6 +206,51 @@ impl Pdl {
     }
 }
 
+/// Environment variable that sets [`WeightPrefetch`]: `auto` (or empty, the default), `lines`
+/// or `bulk`.
+pub const PREFETCH_ENV: &str = "LOWBIT_CUDA_PREFETCH";
+
+/// Largest M at which [`WeightPrefetch::Auto`] prefetches a small-M kernel's weights in bulk.
+/// H100, graph replay, i8x4 weights (BENCHMARKS.md): bulk took M = 1 from 4.44 to 4.30 µs
+/// (low-rank) and 4.82 to 4.74 (decoder), but M = 16 from 5.00 to 5.05 and 5.48 to 5.85.
+pub const BULK_PREFETCH_MAX_M: usize = 1;
+
+/// How a small-M kernel under programmatic dependent launch prefetches its weights into L2
+/// before its wait (`lb_pdl_prefetch` in `cuda/common.cuh`). The large-M low-rank kernel
+/// always prefetches in bulk; both give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightPrefetch {
+    /// In bulk up to [`BULK_PREFETCH_MAX_M`] rows, line by line above.
+    Auto,
+    /// One `prefetch.global.L2` per 128-byte line, spread over the block's threads.
+    Lines,
+    /// One `cp.async.bulk.prefetch.L2` per weight row (the TMA unit walks its lines).
+    Bulk,
+}
+
+impl WeightPrefetch {
+    /// A `LOWBIT_CUDA_PREFETCH` value: empty or `auto` (the default), `lines` or `bulk`.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        match text.trim() {
+            "" | "auto" => Ok(Self::Auto),
+            "lines" => Ok(Self::Lines),
+            "bulk" => Ok(Self::Bulk),
+            other => Err(format!(
+                "`{other}` is not auto (the default), lines or bulk"
+            )),
+        }
+    }
+
+    /// Whether a small-M launch of `m` rows prefetches in bulk.
+    pub fn bulk(self, m: usize) -> bool {
+        match self {
+            Self::Auto => m <= BULK_PREFETCH_MAX_M,
+            Self::Lines => false,
+            Self::Bulk => true,
+        }
+    }
+}
+
 /// A CUDA device (or a caller's context + stream) ready to run the kernels.
 ///
 /// Everything is queued on one stream. A device opened with [`CudaDevice::new`] switches off
@@ -253,6 +298,8 @@ pub struct CudaDevice {
     pub(crate) wg_row_ctas: Option<usize>,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
     pub(crate) pdl: Pdl,
+    /// How the small-M kernels prefetch their weights under PDL (`LOWBIT_CUDA_PREFETCH`).
+    pub(crate) prefetch: WeightPrefetch,
     /// f32 input to the tensor-core kernels with a computed scale: the scale and the packing
     /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
     /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
@@ -356,6 +403,8 @@ impl CudaDevice {
             super::mma::MmaRing::from_env().map_err(bad_env(super::mma::RING_ENV_LOWRANK))?;
         let pdl =
             Pdl::parse(&std::env::var(PDL_ENV).unwrap_or_default()).map_err(bad_env(PDL_ENV))?;
+        let prefetch = WeightPrefetch::parse(&std::env::var(PREFETCH_ENV).unwrap_or_default())
+            .map_err(bad_env(PREFETCH_ENV))?;
         let small =
             super::tuning::SmallShape::from_env().map_err(bad_env(super::tuning::SMALL_ENV))?;
         let wgmma = env_switch(super::mma::WGMMA_ENV, true)?
@@ -416,6 +465,7 @@ impl CudaDevice {
             .map_err(bad_env(super::mma::REDUCE_WIDTH_ENV))?,
             wg_row_ctas: None,
             pdl,
+            prefetch,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
             small_mma_decoder: super::mma::SmallMmaDecoder::from_env()
@@ -449,6 +499,16 @@ impl CudaDevice {
         } else {
             Pdl::Off
         };
+        self
+    }
+    /// How the small-M kernels prefetch their weights under PDL.
+    pub fn weight_prefetch(&self) -> WeightPrefetch {
+        self.prefetch
+    }
+    /// Sets how the small-M kernels prefetch their weights under PDL (overrides
+    /// `LOWBIT_CUDA_PREFETCH`); any choice gives the same bits.
+    pub fn with_weight_prefetch(mut self, prefetch: WeightPrefetch) -> Self {
+        self.prefetch = prefetch;
         self
     }
     /// Whether f32 input with a computed scale is scaled and packed for the tensor-core
@@ -740,6 +800,20 @@ mod tests {
         for bad in ["2", "on", "Early", "true"] {
             assert!(Pdl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn weight_prefetch_values_parse() {
+        assert_eq!(WeightPrefetch::parse(""), Ok(WeightPrefetch::Auto));
+        assert_eq!(WeightPrefetch::parse(" auto "), Ok(WeightPrefetch::Auto));
+        assert_eq!(WeightPrefetch::parse("lines"), Ok(WeightPrefetch::Lines));
+        assert_eq!(WeightPrefetch::parse("bulk"), Ok(WeightPrefetch::Bulk));
+        for bad in ["0", "Bulk", "line", "tma"] {
+            assert!(WeightPrefetch::parse(bad).is_err(), "{bad}");
+        }
+        assert!(WeightPrefetch::Auto.bulk(BULK_PREFETCH_MAX_M));
+        assert!(!WeightPrefetch::Auto.bulk(BULK_PREFETCH_MAX_M + 1));
+        assert!(WeightPrefetch::Bulk.bulk(16) && !WeightPrefetch::Lines.bulk(1));
     }
 
     #[test]

@@ -124,6 +124,9 @@ pub(crate) struct LbProblem {
     pub out_dtype: i32,
     /// [`Pdl`] as launched (set by `CudaDevice::launch_lb`).
     pub pdl: i32,
+    /// 1: the PDL weight prefetch is one bulk prefetch per row ([`super::device::WeightPrefetch`], set by
+    /// `CudaDevice::launch_lb`).
+    pub pf_bulk: i32,
 }
 
 // SAFETY: plain-old-data with the C layout of `LbProblem`.
@@ -400,6 +403,7 @@ impl CudaDevice {
         let pdl = if small { self.pdl } else { Pdl::Off };
         let p = &LbProblem {
             pdl: pdl as i32,
+            pf_bulk: i32::from(pdl != Pdl::Off && self.prefetch.bulk(p.m_total.max(0) as usize)),
             ..*p
         };
         let context = format!("cuLaunchKernel ({what})");
@@ -1392,8 +1396,8 @@ mod tests {
 
     #[test]
     fn problem_struct_layout_matches_the_c_side() {
-        // 6 pointers + 4 i64 + 2 f32 + 18 i32 = 160 bytes (see common.cuh).
-        assert_eq!(std::mem::size_of::<LbProblem>(), 160);
+        // 6 pointers + 4 i64 + 2 f32 + 21 i32 + 4 bytes of padding = 168 bytes (common.cuh).
+        assert_eq!(std::mem::size_of::<LbProblem>(), 168);
     }
 
     #[test]

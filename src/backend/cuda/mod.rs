@@ -22,7 +22,10 @@ pub mod tuning;
 
 /// The cudarc this backend is built on (name its types through this re-export).
 pub use cudarc;
-pub use device::{CudaDevice, KernelFamily, Pdl, TRACE_ENV, TRACE_SLOTS};
+pub use device::{
+    BULK_PREFETCH_MAX_M, CudaDevice, KernelFamily, PREFETCH_ENV, Pdl, TRACE_ENV, TRACE_SLOTS,
+    WeightPrefetch,
+};
 pub use launch::{RawAct, RawScale, RawWeights};
 pub use mma::SmallMmaDecoder;
 pub use ops::{DeviceAct, DeviceOut, DeviceScale, DeviceWeights};
