@@ -99,7 +99,9 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     const int ah = p.a_heads == 1 ? 0 : h;
     // In a chain after mma_prep_a or mma_prep_scale_a (p.pdl): the weights are not that
     // kernel's output, and every kernel before it is complete once this one starts (lb_pdl_chain),
-    // so their L2 prefetch and the weight tile below overlap it; the wait comes before A.
+    // so their L2 prefetch and the weight tile below overlap it; the wait comes before A. The
+    // prefetch is in bulk (a row per thread): from f32 input at M = 512 it measured 0.9 µs
+    // faster than line by line on the H100 (1.1 µs with bf16 + ReLU), the same packed.
     lb_pdl_prefetch(p.pdl, true, p.b + (long long)h * p.b_head_rows * p.ldb, p.ldb, 0,
                     LB_WG_T2 ? (p.kw + 15) / 16 * 4 : p.kw, n0,
                     min(n0 + LB_WG_BN, min(p.ncols, p.bcols)));

@@ -281,7 +281,7 @@ fn small_m_without_programmatic_launch() {
 }
 
 /// The small-M kernels' PDL weight prefetch forced each way at every M
-/// (`CudaDevice::with_weight_prefetch`; the default prefetches in bulk only at M = 1): in bulk
+/// (`CudaDevice::with_weight_prefetch`; the default prefetches in bulk only at M ≤ 2): in bulk
 /// on i8x4 and ternary2 weights, line by line on i8x4; rows that do not start 16-byte aligned
 /// (N = 9, 70, 130) take the line-by-line fallback inside the bulk path. Under PDL only (on
 /// by default on sm_90); elsewhere these run the plain launches.

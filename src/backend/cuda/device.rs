@@ -211,9 +211,10 @@ impl Pdl {
 pub const PREFETCH_ENV: &str = "LOWBIT_CUDA_PREFETCH";
 
 /// Largest M at which [`WeightPrefetch::Auto`] prefetches a small-M kernel's weights in bulk.
-/// H100, graph replay, i8x4 weights (BENCHMARKS.md): bulk took M = 1 from 4.44 to 4.30 µs
-/// (low-rank) and 4.82 to 4.74 (decoder), but M = 16 from 5.00 to 5.05 and 5.48 to 5.85.
-pub const BULK_PREFETCH_MAX_M: usize = 1;
+/// H100, graph replay, i8x4 weights, packed input (BENCHMARKS.md, 2026-12-06), lines against
+/// bulk: low-rank M = 1 4.43 / 4.29 µs, M = 2 4.66 / 4.66, M = 4..16 0.03-0.04 µs slower in
+/// bulk; decoder M = 1 4.86 / 4.76, M = 2 5.00 / 4.97, M = 4..16 0.31-0.44 µs slower in bulk.
+pub const BULK_PREFETCH_MAX_M: usize = 2;
 
 /// How a small-M kernel under programmatic dependent launch prefetches its weights into L2
 /// before its wait (`lb_pdl_prefetch` in `cuda/common.cuh`). The large-M low-rank kernel
