@@ -98,7 +98,10 @@ if has sanitize || has memcheck; then
   # its own process under compute-sanitizer --tool SANITIZE_TOOL (default memcheck),
   # SANITIZE_JOBS (8) at once, started until SANITIZE_BUDGET s (500) have passed and cut off
   # there; names listed in SANITIZE_DONE (one per line: an earlier call's) are skipped.
-  # One line per test: its exit status and the sanitizer's error summary.
+  # One line per test: its exit status and the sanitizer's error summary. Racecheck's host
+  # memory: the small-M tensor-core tests reach 127 GB RSS alone (H100 machine: 128 GB), so
+  # with more than one job they are killed (rc=9, dmesg's OOM killer); run those with
+  # SANITIZE_JOBS=1.
   d=$(ls "$b"/tests/differential-* | head -1)
   tool=${SANITIZE_TOOL:-memcheck}
   has sanitize || tool=memcheck
