@@ -800,7 +800,8 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     const int tile0 = blockIdx.x * LB_SM_COLS;
     const int c0 = tile0 + col_local;
     const LbSplit sp = lb_split(p, blockIdx.y, 4);
-    lb_pdl_prologue(p.pdl, p.pf_bulk != 0, sp.b, p.ldb, sp.kw0, sp.kw1, tile0, min(tile0 + LB_SM_COLS, p.bcols));
+    lb_pdl_prologue(p.pdl, p.pf_bulk != 0, sp.b, p.ldb, sp.kw0, sp.kw1, tile0,
+                    min(tile0 + LB_SM_COLS, p.bcols));
     const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
     const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
                                              : min((long long)sp.kw1 * 4, p.a_kvalid);

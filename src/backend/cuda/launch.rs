@@ -124,8 +124,8 @@ pub(crate) struct LbProblem {
     pub out_dtype: i32,
     /// [`Pdl`] as launched (set by `CudaDevice::launch_lb`).
     pub pdl: i32,
-    /// 1: the PDL weight prefetch is one bulk prefetch per row ([`super::device::WeightPrefetch`], set by
-    /// `CudaDevice::launch_lb`).
+    /// 1: the PDL weight prefetch is one bulk prefetch per row
+    /// ([`super::device::WeightPrefetch`], set by `CudaDevice::launch_lb`).
     pub pf_bulk: i32,
 }
 
