@@ -1,7 +1,8 @@
 # Write floor of the low-rank epilogue on this card (BENCHMARKS.md, "Low-rank on warpgroup mma"):
-# torch fill_, 16-byte stores in address order, and the epilogue's pattern (each CTA a strip of
-# every output row, a warp 8 rows x 64 bytes; also 4 rows x 128 and 1 row x 512 bytes), f32 and
-# bf16 outputs at BDH sizes, CUDA events.
+# torch fill_, cudaMemsetAsync, 16-byte stores in address order (a grid-stride loop, and one pass
+# as fill_ launches), and the epilogue's pattern (each CTA a strip of every output row, a warp 8
+# rows x 64 bytes; also 4 rows x 128 and 1 row x 512 bytes; and whole row strips stored from
+# shared memory by the TMA unit), f32 and bf16 outputs at BDH sizes, CUDA events.
 # Usage on the GPU machine: [FLUSH=1] python3 benches/gpu/write_floor.py
 import os
 import cupy as cp, numpy as np, torch
@@ -32,9 +33,48 @@ extern "C" __global__ void strip(char* out, int rows, long long rowbytes, int sb
     }
   }
 }
+// One pass, no loop, as torch's vectorized fill_ launches: each thread 4 x 16 B, a block 16
+// contiguous KiB.
+extern "C" __global__ void onepass(uint4* out, long long n16) {
+  const long long base = (long long)blockIdx.x * blockDim.x * 4 + threadIdx.x;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const long long i = base + j * blockDim.x;
+    if (i < n16) out[i] = make_uint4(i, 1, 2, 3);
+  }
+}
+// The strip pattern (as `strip`: CTA x owns sb bytes of every row) stored by the TMA unit:
+// the CTA fills a shared tile of 16 rows x sb bytes (two buffers), then 16 threads each issue
+// one bulk copy of a row to global memory, as a TMA-store epilogue would. sb <= 1024.
+extern "C" __global__ void __launch_bounds__(256) tma_strip(char* out, int rows, long long rowbytes, int sb) {
+  __shared__ __align__(128) uint4 buf[2][16 * 1024 / 16];
+  const int tid = threadIdx.x;
+  const long long x0 = (long long)blockIdx.x * sb;
+  const int tiles = (rows + 15) / 16;
+  for (int t = 0; t < tiles; ++t) {
+    uint4* b = buf[t & 1];
+    // The copies that read this buffer two tiles ago (each issuing thread's older group).
+    if (tid < 16 && t >= 2) asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
+    __syncthreads();
+    for (int q = tid; q < sb; q += blockDim.x) b[q] = make_uint4(t, q, 2, 3);  // 16 rows x sb B
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    __syncthreads();
+    if (tid < 16) {
+      const int r = t * 16 + tid;
+      if (r < rows) {
+        const unsigned src = (unsigned)__cvta_generic_to_shared(b + tid * (sb / 16));
+        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;"
+                     :: "l"(out + r * rowbytes + x0), "r"(src), "r"(sb) : "memory");
+      }
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    }
+  }
+  if (tid < 16) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+}
 '''
-m = cp.RawModule(code=src)
+m = cp.RawModule(code=src, options=("-std=c++17",))
 lin, strip = m.get_function("lin"), m.get_function("strip")
+onepass, tma_strip = m.get_function("onepass"), m.get_function("tma_strip")
 # FLUSH=1: zero 256 MB before each timed run (as lowbit bench and triton's do_bench do), so
 # the L2 starts cold and the host's launch latency hides behind the memset.
 flush = torch.empty(64 << 20, dtype=torch.int32, device="cuda") if os.environ.get("FLUSH") == "1" else None
@@ -53,6 +93,11 @@ for M, esz in [(2048, 4), (2048, 2), (8192, 2), (512, 2), (512, 4)]:
     tt = torch.empty(nbytes // 4, dtype=torch.int32, device="cuda")
     us_fill = t(lambda: tt.fill_(7))
     res = [f"M={M} esz={esz} {nbytes/1e6:.0f} MB: torch fill {us_fill:.1f}us ({nbytes/us_fill/1e3:.2f} TB/s)"]
+    us = t(lambda: cp.cuda.runtime.memsetAsync(buf.data.ptr, 7, nbytes, cp.cuda.get_current_stream().ptr))
+    res.append(f"memset {us:.1f}us ({nbytes/us/1e3:.2f})")
+    n16 = nbytes // 16
+    us = t(lambda: onepass(((n16 + 1023) // 1024,), (256,), (buf, np.int64(n16))))
+    res.append(f"onepass {us:.1f}us ({nbytes/us/1e3:.2f})")
     for cs in (0, 1):
         us = t(lambda: lin((132 * 8,), (256,), (buf, np.int64(nbytes // 16), np.int32(cs))))
         res.append(f"lin cs={cs} {us:.1f}us ({nbytes/us/1e3:.2f})")
@@ -60,4 +105,6 @@ for M, esz in [(2048, 4), (2048, 2), (8192, 2), (512, 2), (512, 4)]:
     for lpr in (4, 8, 32):
         us = t(lambda: strip((32768 * esz // sb,), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb), np.int32(lpr))))
         res.append(f"strip{sb}B {32 // lpr}x{16 * lpr}B {us:.1f}us ({nbytes/us/1e3:.2f})")
+    us = t(lambda: tma_strip((32768 * esz // sb,), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb))))
+    res.append(f"strip{sb}B by TMA bulk rows {us:.1f}us ({nbytes/us/1e3:.2f})")
     print(" | ".join(res), flush=True)
