@@ -63,6 +63,7 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void __launch_bounds__(256)
     quantize_pack_i8x4(const float* x, long long rows, long long k, int fmt, const float* scale_ptr,
                        float scale_param, u32* words) {
+    lb_pdl_launch_next();  // as absmean_scale: a small-M kernel after it may prefetch, then wait
     const float s = lb_scale(scale_ptr, scale_param);
     const long long kw = (k + 3) / 4, total = rows * kw;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;

@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab]
+#                             [sanitize] [ab] [smallprep]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -56,6 +56,8 @@
 # runs it too).
 # ncuatom: ncu's L2 request counts by kind (atomics, writes) and DRAM bytes of the small-M
 # tensor-core kernels at M = 1 / 8 / 16 (decoder) and 8 / 16 (low-rank).
+# smallprep: the small-M tensor-core decoder with f32 input packed once beforehand
+# (LOWBIT_CUDA_SMALL_PREPACK=1) against the default, its test first.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -248,6 +250,26 @@ if has ab; then
       [ -x "$bin" ] || continue
       for set in "${sets[@]}"; do
         BIN=$bin bench "ab: $set, $which build, round $round" --backend cuda $set
+      done
+    done
+  done
+fi
+if has smallprep; then
+  # f32 input to the small-M tensor-core decoder packed once beforehand
+  # (LOWBIT_CUDA_SMALL_PREPACK=1) against each CTA quantizing its own slice (0, the default):
+  # the test, then two rounds at M = 1..16, i8x4 (LOWBIT_CUDA_SMALL_MMA=1, so M < 4 runs the
+  # tensor-core kernel too) and ternary2.
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout 200 "$d" --test-threads=2 small_decoder_f32_prepacked \
+    > "$out/test-smallprep.log" 2>&1
+  echo "small-M decoder prepack test exit $?" | tee -a "$sum"
+  grep -E "^test result|panicked" "$out/test-smallprep.log" | head -5 | tee -a "$sum"
+  for round in 1 2; do
+    for v in 0 1; do
+      for w in i8x4 ternary2; do
+        LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_SMALL_PREPACK=$v bench \
+          "decoder f32 in, $w, SMALL_PREPACK=$v, round $round" --backend cuda --op decoder-tail \
+          --variant f32 --m 1,2,4,8,16 --weights $w
       done
     done
   done

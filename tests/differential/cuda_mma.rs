@@ -312,6 +312,39 @@ fn small_m_weight_prefetch_each_way() {
     }
 }
 
+/// f32 input to the small-M tensor-core decoder packed once beforehand
+/// (`CudaDevice::with_small_prepack`) instead of by every CTA: i8x4 and ternary2 weights, every
+/// input variant, epilogue and the edge data; the decoder then ran only on packed words.
+#[test]
+fn small_decoder_f32_prepacked() {
+    static I8: Cell = OnceLock::new();
+    static T2: Cell = OnceLock::new();
+    for (cell, t2) in [(&I8, false), (&T2, true)] {
+        let opened = crate::cuda_backend(cell, || {
+            open_mma(|d| {
+                let d = d.with_small_mma(true).with_small_prepack(true);
+                CudaBackend::from_device(d).with_ternary2_weights(t2)
+            })
+        });
+        let Some(b) = opened else { return };
+        assert!(b.device().small_prepack());
+        if t2 {
+            run_on_mma(b, "LB_MS_T2=1", ternary2_random);
+        } else {
+            run_on_mma(b, "LB_MMA_SMALL=1", small_random);
+        }
+        let logs = b.device().compile_logs();
+        assert!(
+            !logs
+                .iter()
+                .any(|(m, _)| m.starts_with("decoder_tail_mma.cu")
+                    && m.contains("LB_MMA_SMALL=1")
+                    && m.contains("LB_MODE=2")),
+            "the small-M decoder staged f32 itself"
+        );
+    }
+}
+
 #[test]
 fn ternary2_weights() {
     let Some(b) = t2_backend() else { return };

@@ -160,6 +160,11 @@ pub(crate) fn env_switch(var: &'static str, unset: bool) -> Result<bool> {
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
+/// Environment variable that packs f32 input to the small-M tensor-core decoder once, in a
+/// pass of its own, before the decoder runs (`1`), instead of in every CTA that stages it
+/// (empty or `0`, the default): see [`CudaDevice::with_small_prepack`].
+pub const SMALL_PREPACK_ENV: &str = "LOWBIT_CUDA_SMALL_PREPACK";
+
 /// Environment variable that compiles every kernel with timeline stamps (`1`; diagnostics
 /// only, off by default): see [`CudaDevice::take_traces`].
 pub const TRACE_ENV: &str = "LOWBIT_CUDA_TRACE";
@@ -301,6 +306,9 @@ pub struct CudaDevice {
     pub(crate) pdl: Pdl,
     /// How the small-M kernels prefetch their weights under PDL (`LOWBIT_CUDA_PREFETCH`).
     pub(crate) prefetch: WeightPrefetch,
+    /// f32 input to the small-M tensor-core decoder packed once beforehand
+    /// (`LOWBIT_CUDA_SMALL_PREPACK`, [`CudaDevice::with_small_prepack`]).
+    pub(crate) small_prepack: bool,
     /// f32 input to the tensor-core kernels with a computed scale: the scale and the packing
     /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
     /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
@@ -467,6 +475,7 @@ impl CudaDevice {
             wg_row_ctas: None,
             pdl,
             prefetch,
+            small_prepack: env_switch(SMALL_PREPACK_ENV, false)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
             small_mma_decoder: super::mma::SmallMmaDecoder::from_env()
@@ -511,6 +520,20 @@ impl CudaDevice {
     pub fn with_weight_prefetch(mut self, prefetch: WeightPrefetch) -> Self {
         self.prefetch = prefetch;
         self
+    }
+    /// Whether f32 input to the small-M tensor-core decoder is quantized and packed once, by
+    /// a pass of its own after the scale, instead of by the decoder's CTAs as they stage it.
+    /// Each CTA stages its K slice of every row, so at D = 256 (8 column tiles of 32) the
+    /// default quantizes every element 8 times; the pass adds a launch. Overrides
+    /// `LOWBIT_CUDA_SMALL_PREPACK`; either gives the same bits.
+    pub fn with_small_prepack(mut self, on: bool) -> Self {
+        self.small_prepack = on;
+        self
+    }
+    /// Whether f32 input to the small-M tensor-core decoder is packed beforehand (see
+    /// [`CudaDevice::with_small_prepack`]).
+    pub fn small_prepack(&self) -> bool {
+        self.small_prepack
     }
     /// Whether f32 input with a computed scale is scaled and packed for the tensor-core
     /// kernels in one cooperative launch (overrides `LOWBIT_CUDA_FUSED_SCALE`). Off, or when

@@ -1149,8 +1149,10 @@ impl CudaDevice {
         p.scale_ptr = scale_ptr;
         p.scale_param = scale_val;
         let mut mode = mode;
-        if mode == 2 && !small {
-            // Large M: quantize + pack each element once (not once per column tile).
+        let mma_small = t2 || (small && self.mma_small_decoder_ok(shape));
+        if mode == 2 && (!small || (mma_small && self.small_prepack)) {
+            // Large M (and the small-M tensor-core decoder where `small_prepack`): quantize +
+            // pack each element once (not once per column tile).
             let rows = shape.batch * heads * shape.time;
             // SAFETY: forwarded contract (y holds rows * L f32).
             p.a = unsafe { self.prepack_f32(y, rows, shape.latent, p.fmt, scale_ptr, scale_val)? };
@@ -1159,7 +1161,7 @@ impl CudaDevice {
             p.a_vec = i32::from(lw.is_multiple_of(4));
             mode = 0;
         }
-        if t2 || (small && self.mma_small_decoder_ok(shape)) {
+        if mma_small {
             return self.decoder_mma_small(p, shape, mode, uns, t2);
         }
         let id = [
