@@ -100,10 +100,10 @@ if has sanitize || has memcheck; then
   # its own process under compute-sanitizer --tool SANITIZE_TOOL (default memcheck),
   # SANITIZE_JOBS (8) at once, started until SANITIZE_BUDGET s (500) have passed and cut off
   # there; names listed in SANITIZE_DONE (one per line: an earlier call's) are skipped.
-  # One line per test: its exit status and the sanitizer's error summary. Racecheck's host
-  # memory: the small-M tensor-core tests reach 127 GB RSS alone (H100 machine: 128 GB), so
-  # with more than one job they are killed (rc=9, dmesg's OOM killer); run those with
-  # SANITIZE_JOBS=1.
+  # One line per test: its exit status and the sanitizer's error summary. Tests matching
+  # SANITIZE_ALONE run first, one at a time: under racecheck (the default there) the small-M
+  # tensor-core tests reach 127 GB RSS alone on the 128 GB H100 machine, and beside other
+  # jobs they, narrow partials and split clusters were killed by the OOM killer (rc=9).
   d=$(ls "$b"/tests/differential-* | head -1)
   tool=${SANITIZE_TOOL:-memcheck}
   has sanitize || tool=memcheck
@@ -111,22 +111,34 @@ if has sanitize || has memcheck; then
   if has memcheck && [ -n "${MEMCHECK_FILTERS:-}" ] && [ -z "${SANITIZE_MATCH:-}" ]; then
     match=$(echo $MEMCHECK_FILTERS | tr ' ' '|')
   fi
-  mkdir -p "$out/sanitize-$tool"
+  alone_default=; [ "$tool" = racecheck ] && alone_default='small_m|decoder_narrow_partials|split_clusters'
+  alone=${SANITIZE_ALONE-$alone_default}
+  dir=$out/sanitize-$tool
+  mkdir -p "$dir"
   "$d" --list 2>/dev/null | sed -n 's/: test$//p' | grep -E "$match" \
     | grep -vxF -f <(cat "${SANITIZE_DONE:-/dev/null}" 2>/dev/null; echo '@none@') \
     | awk '/cuda_mma/ {print; next} {rest[n++] = $0} END {for (i = 0; i < n; i++) print rest[i]}' \
-    > "$out/sanitize-$tool/todo.txt"  # the tensor-core tests (the longest) first
-  echo "=== sanitize ($tool): $(wc -l < "$out/sanitize-$tool/todo.txt") tests"
-  export d tool out deadline=$(( $(date +%s) + ${SANITIZE_BUDGET:-500} ))
-  xargs -P "${SANITIZE_JOBS:-8}" -I{} bash -c '
+    > "$dir/todo.txt"  # the tensor-core tests (the longest) first
+  if [ -n "$alone" ]; then
+    grep -E "$alone" "$dir/todo.txt" > "$dir/alone.txt"
+    grep -vE "$alone" "$dir/todo.txt" > "$dir/shared.txt"
+  else
+    : > "$dir/alone.txt"; cp "$dir/todo.txt" "$dir/shared.txt"
+  fi
+  echo "=== sanitize ($tool): $(wc -l < "$dir/todo.txt") tests, $(wc -l < "$dir/alone.txt") alone"
+  export d tool dir deadline=$(( $(date +%s) + ${SANITIZE_BUDGET:-500} ))
+  one_test='
     left=$(( deadline - $(date +%s) ))
     if [ "$left" -le 5 ]; then echo "{} not-run"; exit 0; fi
-    log="$out/sanitize-$tool/$(echo {} | tr ":" "_").log"
+    log="$dir/$(echo {} | tr ":" "_").log"
     LOWBIT_REQUIRE=cuda timeout "$left" compute-sanitizer --tool "$tool" --error-exitcode 99 \
       "$d" --exact "{}" --test-threads=1 > "$log" 2>&1
     rc=$?
     echo "{} rc=$rc $(grep -E "^test result" "$log" | sed -E "s/^test result: ([A-Za-z]+)\..*finished in /\1, /") | $(grep -E "(ERROR|RACECHECK) SUMMARY" "$log" | tail -1 | sed "s/^=* *//")"
-  ' < "$out/sanitize-$tool/todo.txt" | sort | tee "$out/sanitize-$tool.txt"
+  '
+  { xargs -P 1 -I{} bash -c "$one_test" < "$dir/alone.txt"
+    xargs -P "${SANITIZE_JOBS:-8}" -I{} bash -c "$one_test" < "$dir/shared.txt"; } \
+    | sort | tee "$out/sanitize-$tool.txt"
   echo "sanitize ($tool): $(grep -c " rc=0 " "$out/sanitize-$tool.txt") clean, $(grep -vc " rc=0 " "$out/sanitize-$tool.txt") not"
 fi
 if has verify; then
