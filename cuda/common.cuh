@@ -287,8 +287,8 @@ __device__ __forceinline__ void lb_trace_at(int) {}
 // work. `pdl` (LbProblem::pdl): 0 a plain launch (nothing to do), 1 the next kernel may start
 // once this one is past its wait, 2 as soon as this one starts. `b`: rows [r0, r1) x words
 // [c0, c1), row stride `ldb` words: the block's weights. `bulk`: one bulk prefetch per row
-// (the TMA unit walks its lines; rows that do not start 16-byte aligned go line by line), else
-// 128-byte line prefetches spread over the threads. lb_pdl_prologue = lb_pdl_prefetch, then
+// (the TMA unit walks its lines) where the rows are 16-byte aligned, else 128-byte line
+// prefetches spread over the threads. lb_pdl_prologue = lb_pdl_prefetch, then
 // lb_pdl_wait.
 __device__ __forceinline__ void lb_pdl_prefetch(int pdl, bool bulk, const u32* b, long long ldb,
                                                 int r0, int r1, int c0, int c1) {
@@ -296,20 +296,17 @@ __device__ __forceinline__ void lb_pdl_prefetch(int pdl, bool bulk, const u32* b
     if (pdl == 0) return;
     if (pdl == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     if (c1 <= c0) return;
-    const int lpr = (c1 - c0 + 31) / 32;  // 128-byte lines per row
-    if (bulk) {
-        for (int r = r0 + threadIdx.x; r < r1; r += blockDim.x) {
-            const u32* row = b + (long long)r * ldb + c0;
-            if (((c1 - c0) & 3) == 0 && ((unsigned long long)row & 15) == 0) {
-                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(row),
-                             "r"((c1 - c0) * 4)
-                             : "memory");
-            } else {
-                for (int l = 0; l < lpr; ++l) lb_prefetch_l2(row + 32 * l);
-            }
-        }
+    // Bulk copies need 16-byte aligned rows: every row is when the first is and the stride
+    // and width are whole 16-byte units.
+    const u32* first = b + (long long)r0 * ldb + c0;
+    if (bulk && ((c1 - c0) & 3) == 0 && (ldb & 3) == 0 && ((unsigned long long)first & 15) == 0) {
+        for (int r = threadIdx.x; r < r1 - r0; r += blockDim.x)
+            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first + r * ldb),
+                         "r"((c1 - c0) * 4)
+                         : "memory");
         return;
     }
+    const int lpr = (c1 - c0 + 31) / 32;  // 128-byte lines per row
     for (int i = threadIdx.x; i < (r1 - r0) * lpr; i += blockDim.x) {
         const int r = i / lpr;
         lb_prefetch_l2(b + (long long)(r0 + r) * ldb + c0 + 32 * (i - r * lpr));
