@@ -280,6 +280,27 @@ fn small_m_without_programmatic_launch() {
     run_on_mma(b, "LB_MMA_SMALL=1", small_random);
 }
 
+/// The small-M cases (ternary2 weights' where `t2`, else i8x4's on the small-M tensor-core
+/// kernel at every M) on the mma backend in `cell`, its device set up by `setup`; `None`
+/// without such a device (after saying so).
+fn small_cases_on(
+    cell: &'static Cell,
+    t2: bool,
+    setup: impl FnOnce(CudaDevice) -> CudaDevice,
+) -> Option<&'static CudaBackend> {
+    let b = crate::cuda_backend(cell, || {
+        open_mma(|d| {
+            CudaBackend::from_device(setup(d.with_small_mma(true))).with_ternary2_weights(t2)
+        })
+    })?;
+    if t2 {
+        run_on_mma(b, "LB_MS_T2=1", ternary2_random);
+    } else {
+        run_on_mma(b, "LB_MMA_SMALL=1", small_random);
+    }
+    Some(b)
+}
+
 /// The small-M kernels' PDL weight prefetch forced each way at every M
 /// (`CudaDevice::with_weight_prefetch`; the default prefetches in bulk only at M ≤ 2): in bulk
 /// on i8x4 and ternary2 weights, line by line on i8x4; rows that do not start 16-byte aligned
@@ -296,19 +317,10 @@ fn small_m_weight_prefetch_each_way() {
         (&LINES, WeightPrefetch::Lines, false),
         (&T2_BULK, WeightPrefetch::Bulk, true),
     ] {
-        let opened = crate::cuda_backend(cell, || {
-            open_mma(|d| {
-                let d = d.with_small_mma(true).with_weight_prefetch(prefetch);
-                CudaBackend::from_device(d).with_ternary2_weights(t2)
-            })
-        });
-        let Some(b) = opened else { return };
+        let Some(b) = small_cases_on(cell, t2, |d| d.with_weight_prefetch(prefetch)) else {
+            return;
+        };
         assert_eq!(b.device().weight_prefetch(), prefetch);
-        if t2 {
-            run_on_mma(b, "LB_MS_T2=1", ternary2_random);
-        } else {
-            run_on_mma(b, "LB_MMA_SMALL=1", small_random);
-        }
     }
 }
 
@@ -320,19 +332,10 @@ fn small_decoder_f32_prepacked() {
     static I8: Cell = OnceLock::new();
     static T2: Cell = OnceLock::new();
     for (cell, t2) in [(&I8, false), (&T2, true)] {
-        let opened = crate::cuda_backend(cell, || {
-            open_mma(|d| {
-                let d = d.with_small_mma(true).with_small_prepack(true);
-                CudaBackend::from_device(d).with_ternary2_weights(t2)
-            })
-        });
-        let Some(b) = opened else { return };
+        let Some(b) = small_cases_on(cell, t2, |d| d.with_small_prepack(true)) else {
+            return;
+        };
         assert!(b.device().small_prepack());
-        if t2 {
-            run_on_mma(b, "LB_MS_T2=1", ternary2_random);
-        } else {
-            run_on_mma(b, "LB_MMA_SMALL=1", small_random);
-        }
         let logs = b.device().compile_logs();
         assert!(
             !logs
