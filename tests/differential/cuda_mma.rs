@@ -324,26 +324,27 @@ fn small_m_weight_prefetch_each_way() {
     }
 }
 
-/// f32 input to the small-M tensor-core decoder packed once beforehand
-/// (`CudaDevice::with_small_prepack`) instead of by every CTA: i8x4 and ternary2 weights, every
-/// input variant, epilogue and the edge data; the decoder then ran only on packed words.
+/// f32 input to the small-M tensor-core decoder packed each way against the default
+/// (`CudaDevice::with_small_prepack`; by default once beforehand for i8x4 weights, by every CTA
+/// for ternary2): i8x4 staged by the CTAs, ternary2 packed once; every input variant, epilogue
+/// and the edge data. Packed once, the decoder compiled no f32-staging variant.
 #[test]
-fn small_decoder_f32_prepacked() {
-    static I8: Cell = OnceLock::new();
-    static T2: Cell = OnceLock::new();
-    for (cell, t2) in [(&I8, false), (&T2, true)] {
-        let Some(b) = small_cases_on(cell, t2, |d| d.with_small_prepack(true)) else {
+fn small_decoder_f32_packing_each_way() {
+    static I8_STAGED: Cell = OnceLock::new();
+    static T2_PACKED: Cell = OnceLock::new();
+    for (cell, t2, prepack) in [(&I8_STAGED, false, false), (&T2_PACKED, true, true)] {
+        let Some(b) = small_cases_on(cell, t2, |d| d.with_small_prepack(Some(prepack))) else {
             return;
         };
-        assert!(b.device().small_prepack());
-        let logs = b.device().compile_logs();
-        assert!(
-            !logs
-                .iter()
-                .any(|(m, _)| m.starts_with("decoder_tail_mma.cu")
-                    && m.contains("LB_MMA_SMALL=1")
-                    && m.contains("LB_MODE=2")),
-            "the small-M decoder staged f32 itself"
+        assert_eq!(b.device().small_prepack(), Some(prepack));
+        let staged = b.device().compile_logs().iter().any(|(m, _)| {
+            m.starts_with("decoder_tail_mma.cu")
+                && m.contains("LB_MMA_SMALL=1")
+                && m.contains("LB_MODE=2")
+        });
+        assert_eq!(
+            staged, !prepack,
+            "t2 {t2}: the small-M decoder staged f32 itself"
         );
     }
 }

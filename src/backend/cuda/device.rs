@@ -156,13 +156,24 @@ pub(crate) fn env_switch(var: &'static str, unset: bool) -> Result<bool> {
     super::mma::parse_switch(&std::env::var(var).unwrap_or_default(), unset).map_err(bad_env(var))
 }
 
+/// A switch with an automatic default: empty or `auto` → `None`, else `0` / `1`.
+pub(crate) fn parse_auto_switch(text: &str) -> std::result::Result<Option<bool>, String> {
+    match text.trim() {
+        "" | "auto" => Ok(None),
+        other => super::mma::parse_switch(other, false)
+            .map(Some)
+            .map_err(|_| format!("`{other}`: expected auto, 0 or 1")),
+    }
+}
+
 /// Environment variable that switches off the one-launch scale and packing of f32 input to
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
 /// Environment variable that packs f32 input to the small-M tensor-core decoder once, in a
-/// pass of its own, before the decoder runs (`1`), instead of in every CTA that stages it
-/// (empty or `0`, the default): see [`CudaDevice::with_small_prepack`].
+/// pass of its own, before the decoder runs (`1`), or in every CTA that stages it (`0`); empty
+/// or `auto` (the default): once for i8x4 weights, in the CTAs for ternary2 weights (see
+/// [`CudaDevice::with_small_prepack`]).
 pub const SMALL_PREPACK_ENV: &str = "LOWBIT_CUDA_SMALL_PREPACK";
 
 /// Environment variable that compiles every kernel with timeline stamps (`1`; diagnostics
@@ -307,8 +318,8 @@ pub struct CudaDevice {
     /// How the small-M kernels prefetch their weights under PDL (`LOWBIT_CUDA_PREFETCH`).
     pub(crate) prefetch: WeightPrefetch,
     /// f32 input to the small-M tensor-core decoder packed once beforehand
-    /// (`LOWBIT_CUDA_SMALL_PREPACK`, [`CudaDevice::with_small_prepack`]).
-    pub(crate) small_prepack: bool,
+    /// (`LOWBIT_CUDA_SMALL_PREPACK`, [`CudaDevice::with_small_prepack`]); `None`: auto.
+    pub(crate) small_prepack: Option<bool>,
     /// f32 input to the tensor-core kernels with a computed scale: the scale and the packing
     /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
     /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
@@ -475,7 +486,8 @@ impl CudaDevice {
             wg_row_ctas: None,
             pdl,
             prefetch,
-            small_prepack: env_switch(SMALL_PREPACK_ENV, false)?,
+            small_prepack: parse_auto_switch(&std::env::var(SMALL_PREPACK_ENV).unwrap_or_default())
+                .map_err(bad_env(SMALL_PREPACK_ENV))?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
             small_mma_decoder: super::mma::SmallMmaDecoder::from_env()
@@ -524,16 +536,22 @@ impl CudaDevice {
     /// Whether f32 input to the small-M tensor-core decoder is quantized and packed once, by
     /// a pass of its own after the scale, instead of by the decoder's CTAs as they stage it.
     /// Each CTA stages its K slice of every row, so at D = 256 (8 column tiles of 32) the
-    /// default quantizes every element 8 times; the pass adds a launch. Overrides
-    /// `LOWBIT_CUDA_SMALL_PREPACK`; either gives the same bits.
-    pub fn with_small_prepack(mut self, on: bool) -> Self {
+    /// CTAs quantize every element 8 times; the pass adds a launch. Measured on the H100
+    /// (BENCHMARKS.md), the pass wins with i8x4 weights (M = 16: 20.8 → 13.0 µs) and loses with
+    /// ternary2 weights (M = 4: 7.8 → 12.1 µs), which is what the default (`None`) picks.
+    /// Overrides `LOWBIT_CUDA_SMALL_PREPACK`; every choice gives the same bits.
+    pub fn with_small_prepack(mut self, on: Option<bool>) -> Self {
         self.small_prepack = on;
         self
     }
-    /// Whether f32 input to the small-M tensor-core decoder is packed beforehand (see
-    /// [`CudaDevice::with_small_prepack`]).
-    pub fn small_prepack(&self) -> bool {
+    /// The forced choice of [`CudaDevice::with_small_prepack`], `None` where it is automatic.
+    pub fn small_prepack(&self) -> Option<bool> {
         self.small_prepack
+    }
+    /// Whether f32 input to the small-M tensor-core decoder is packed beforehand, for ternary2
+    /// weights where `t2`.
+    pub(crate) fn prepacks_small(&self, t2: bool) -> bool {
+        self.small_prepack.unwrap_or(!t2)
     }
     /// Whether f32 input with a computed scale is scaled and packed for the tensor-core
     /// kernels in one cooperative launch (overrides `LOWBIT_CUDA_FUSED_SCALE`). Off, or when
@@ -812,6 +830,25 @@ mod tests {
             int8_mma: cc >= crate::caps::INT8_MMA_MIN_SM,
             programmatic_launch: cc >= crate::caps::PROGRAMMATIC_LAUNCH_MIN_SM,
             wgmma: cc == crate::caps::WGMMA_SM,
+        }
+    }
+
+    #[test]
+    fn auto_switch_parses() {
+        for (text, v) in [
+            ("", None),
+            (" auto ", None),
+            ("0", Some(false)),
+            ("1", Some(true)),
+        ] {
+            assert_eq!(parse_auto_switch(text), Ok(v), "{text:?}");
+        }
+        for bad in ["2", "on", "Auto"] {
+            assert!(
+                parse_auto_switch(bad)
+                    .unwrap_err()
+                    .contains("expected auto, 0 or 1")
+            );
         }
     }
 

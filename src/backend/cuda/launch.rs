@@ -1150,8 +1150,8 @@ impl CudaDevice {
         p.scale_param = scale_val;
         let mut mode = mode;
         let mma_small = t2 || (small && self.mma_small_decoder_ok(shape));
-        if mode == 2 && (!small || (mma_small && self.small_prepack)) {
-            // Large M (and the small-M tensor-core decoder where `small_prepack`): quantize +
+        if mode == 2 && (!small || (mma_small && self.prepacks_small(t2))) {
+            // Large M (and the small-M tensor-core decoder where `prepacks_small`): quantize +
             // pack each element once (not once per column tile).
             let rows = shape.batch * heads * shape.time;
             // SAFETY: forwarded contract (y holds rows * L f32).
