@@ -3,6 +3,8 @@
 # as fill_ launches), and the epilogue's pattern (each CTA a strip of every output row, a warp 8
 # rows x 64 bytes; also 4 rows x 128 and 1 row x 512 bytes; and whole row strips stored from
 # shared memory by the TMA unit), f32 and bf16 outputs at BDH sizes, CUDA events.
+# Strip variants: ry CTAs per strip (the row tiles dealt over them: more warps per SM) and rot
+# (each strip starts rot tiles further on per CTA, so concurrent strips write different rows).
 # Usage on the GPU machine: [FLUSH=1] python3 benches/gpu/write_floor.py
 import os
 import cupy as cp, numpy as np, torch
@@ -17,11 +19,14 @@ extern "C" __global__ void lin(uint4* out, long long n16, int cs) {
 // a warp 16 rows of each; each warp store: 32 / LPR rows x (LPR lanes x 16 B). LPR = 4 is the
 // epilogue's pattern (8 rows x 64 B: two 64-byte halves of eight 128-byte lines), LPR = 8 four
 // whole lines (4 rows x 128 B), LPR = 32 one row x 512 B. rowbytes = bytes per row.
-extern "C" __global__ void strip(char* out, int rows, long long rowbytes, int sb, int lpr) {
+// Grid y (ry CTAs per strip) deals the 64-row tiles over ry CTAs (more warps per SM); rot
+// rotates each strip's first tile by blockIdx.x * rot tiles (strips not all on the same rows).
+extern "C" __global__ void strip(char* out, int rows, long long rowbytes, int sb, int lpr, int rot) {
   const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, warp = wt >> 5, lane = tid & 31;
   const long long x0 = (long long)blockIdx.x * sb;
-  const int rpi = 32 / lpr, span = 16 * lpr;
-  for (int tile = wg; tile * 64 < rows; tile += 2) {
+  const int rpi = 32 / lpr, span = 16 * lpr, ntiles = (rows + 63) / 64;
+  for (int ti = wg + 2 * blockIdx.y; ti < ntiles; ti += 2 * gridDim.y) {
+    const int tile = (ti + blockIdx.x * rot) % ntiles;
     for (int rb = 0; rb < 16; rb += rpi) {
       int r = tile * 64 + 16 * warp + rb + lane / lpr;
       if (r >= rows) continue;
@@ -102,9 +107,9 @@ for M, esz in [(2048, 4), (2048, 2), (8192, 2), (512, 2), (512, 4)]:
         us = t(lambda: lin((132 * 8,), (256,), (buf, np.int64(nbytes // 16), np.int32(cs))))
         res.append(f"lin cs={cs} {us:.1f}us ({nbytes/us/1e3:.2f})")
     sb = 256 * esz
-    for lpr in (4, 8, 32):
-        us = t(lambda: strip((32768 * esz // sb,), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb), np.int32(lpr))))
-        res.append(f"strip{sb}B {32 // lpr}x{16 * lpr}B {us:.1f}us ({nbytes/us/1e3:.2f})")
+    for lpr, ry, rot in [(4, 1, 0), (8, 1, 0), (32, 1, 0), (4, 2, 0), (4, 4, 0), (4, 1, 1), (4, 1, 7)]:
+        us = t(lambda: strip((32768 * esz // sb, ry), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb), np.int32(lpr), np.int32(rot))))
+        res.append(f"strip{sb}B {32 // lpr}x{16 * lpr}B ry{ry} rot{rot} {us:.1f}us ({nbytes/us/1e3:.2f})")
     us = t(lambda: tma_strip((32768 * esz // sb,), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb))))
     res.append(f"strip{sb}B by TMA bulk rows {us:.1f}us ({nbytes/us/1e3:.2f})")
     print(" | ".join(res), flush=True)
