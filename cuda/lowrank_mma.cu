@@ -108,10 +108,6 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
 
     const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
     const int first = blockIdx.y * 2 + pair, step = gridDim.y * 2;
-    // Row tile `tile` of the walk below is tile + rot (mod m_tiles) of the output: with
-    // p.row_rot the column strips start on different rows instead of all on the same ones.
-    const int rot = (int)((long long)blockIdx.x * p.row_rot % m_tiles);
-    auto row_tile = [&](int tile) { return tile + rot < m_tiles ? tile + rot : tile + rot - m_tiles; };
     unsigned char* Ap = As + pair * LB_WG_NB * tile_bytes;
     const u32* A = (const u32*)p.a;
     const long long ah_off = (long long)ah * p.time * p.lda;
@@ -126,7 +122,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         if (tile < m_tiles) {
 #pragma unroll
             for (int rr = 0; rr < 2; ++rr) {
-                const int m = row_tile(tile) * LB_WG_BM + r0 + 32 * rr;
+                const int m = tile * LB_WG_BM + r0 + 32 * rr;
                 const u32* src = A;
                 bool row_ok = m < p.m_total;
                 if (row_ok) {
@@ -258,7 +254,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         int o[2];  // this thread's output rows (b, h, t), -1 past M
 #pragma unroll
         for (int rh = 0; rh < 2; ++rh) {
-            const int m = row_tile(tile) * LB_WG_BM + 16 * warp + (lane >> 2) + 8 * rh;
+            const int m = tile * LB_WG_BM + 16 * warp + (lane >> 2) + 8 * rh;
             const int b = m / p.time, t = m - b * p.time;
             o[rh] = m < p.m_total ? (b * p.o_heads + h) * p.time + t : -1;
         }

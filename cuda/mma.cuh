@@ -87,7 +87,6 @@ struct LbMma {
     int c_vec;              // vector output stores legal (ldc % 4 == 0, aligned)
     int p_vec;              // vector partial stores legal (ncols % 4 == 0)
     int pdl;                // in a programmatic chain: 0 no; else lb_pdl_chain's 1 or 2
-    int row_rot;            // lowrank_wgmma: CTA x walks its row tiles from (x * row_rot) % tiles
 };
 static_assert(sizeof(LbMma) == 160, "LbMma: the layout of mma.rs");
 

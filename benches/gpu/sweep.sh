@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [rot]
+#                             [sanitize] [ab] [smallprep]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -58,8 +58,6 @@
 # tensor-core kernels at M = 1 / 8 / 16 (decoder) and 8 / 16 (low-rank).
 # smallprep: the small-M tensor-core decoder with f32 input packed once beforehand
 # (LOWBIT_CUDA_SMALL_PREPACK=1) against the default, its test first.
-# rot: lowrank_wgmma's row rotation (LOWBIT_CUDA_ROW_ROT in ROTS, default "0 1 7", two
-# rounds): i8x4, M = 512 / 2048 / 8192, packed and f32 input with f32 out, bf16 + ReLU.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -265,16 +263,6 @@ if has ab; then
       for set in "${sets[@]}"; do
         BIN=$bin bench "ab: $set, $which build, round $round" --backend cuda $set
       done
-    done
-  done
-fi
-if has rot; then
-  for round in 1 2; do
-    for r in ${ROTS:-0 1 7}; do
-      LOWBIT_CUDA_ROW_ROT=$r bench "row rotation $r, f32 out, round $round" --backend cuda \
-        --op lowrank --variant all --m 512,2048,8192
-      LOWBIT_CUDA_ROW_ROT=$r bench "row rotation $r, bf16 + ReLU, round $round" --backend cuda \
-        --op lowrank --variant all --m 512,2048,8192 --out bf16 --relu
     done
   done
 fi

@@ -313,9 +313,6 @@ pub struct CudaDevice {
     /// `lowrank_wgmma`'s CTAs per column tile, when set ([`CudaDevice::with_lowrank_row_ctas`];
     /// else as many as fill the SMs).
     pub(crate) wg_row_ctas: Option<usize>,
-    /// `lowrank_wgmma`'s row rotation in tiles (`LOWBIT_CUDA_ROW_ROT`,
-    /// [`CudaDevice::with_lowrank_row_rotation`]).
-    pub(crate) wg_row_rot: usize,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
     pub(crate) pdl: Pdl,
     /// How the small-M kernels prefetch their weights under PDL (`LOWBIT_CUDA_PREFETCH`).
@@ -487,10 +484,6 @@ impl CudaDevice {
             )
             .map_err(bad_env(super::mma::REDUCE_WIDTH_ENV))?,
             wg_row_ctas: None,
-            wg_row_rot: super::mma::parse_row_rot(
-                &std::env::var(super::mma::ROW_ROT_ENV).unwrap_or_default(),
-            )
-            .map_err(bad_env(super::mma::ROW_ROT_ENV))?,
             pdl,
             prefetch,
             small_prepack: parse_auto_switch(&std::env::var(SMALL_PREPACK_ENV).unwrap_or_default())

@@ -670,7 +670,6 @@ pub(crate) struct LbMma {
     pub c_vec: i32,
     pub p_vec: i32,
     pub pdl: i32,
-    pub row_rot: i32,
 }
 
 // SAFETY: plain-old-data with the C layout of `LbMma`.
@@ -802,25 +801,6 @@ const REDUCE_THREADS: usize = 256;
 /// 4-wide kernel (76 registers: 396 resident blocks) took two waves of its 512 blocks; the
 /// decoder tail there measured 38.02-38.21 µs with the 8-wide one, 38.27-38.34 without.
 pub const REDUCE_WIDTH_ENV: &str = "LOWBIT_CUDA_REDUCE_W";
-
-/// Environment variable that sets `lowrank_wgmma`'s row rotation (a count of 64-row tiles,
-/// default 0): see [`CudaDevice::with_lowrank_row_rotation`].
-pub const ROW_ROT_ENV: &str = "LOWBIT_CUDA_ROW_ROT";
-
-/// Largest [`ROW_ROT_ENV`] value (any larger one rotates no differently past 2^20 rows).
-pub const MAX_ROW_ROT: usize = 1 << 14;
-
-/// A [`ROW_ROT_ENV`] value: empty for 0, else a count of row tiles up to [`MAX_ROW_ROT`].
-pub fn parse_row_rot(text: &str) -> std::result::Result<usize, String> {
-    match text.trim() {
-        "" => Ok(0),
-        t => t
-            .parse::<usize>()
-            .ok()
-            .filter(|&n| n <= MAX_ROW_ROT)
-            .ok_or_else(|| format!("`{t}`: expected a row-tile count 0..={MAX_ROW_ROT}")),
-    }
-}
 
 /// A [`REDUCE_WIDTH_ENV`] value: empty for the default (`None`), else 4 or 8.
 pub fn parse_reduce_width(text: &str) -> std::result::Result<Option<usize>, String> {
@@ -1331,28 +1311,6 @@ impl CudaDevice {
     pub fn with_lowrank_row_ctas(mut self, ctas: usize) -> Result<Self> {
         self.wg_row_ctas = Some(at_least_one("with_lowrank_row_ctas", "ctas", ctas)?);
         Ok(self)
-    }
-
-    /// Sets `lowrank_wgmma`'s row rotation (overrides `LOWBIT_CUDA_ROW_ROT`; at most
-    /// [`MAX_ROW_ROT`]): the CTA of column strip x walks its 64-row tiles starting
-    /// `x * rot` tiles on (modulo the tile count), so that the strips store into different
-    /// rows at once rather than all into the same ones. 0 (the default) starts every strip
-    /// at the first tile. Any value gives the same bits.
-    pub fn with_lowrank_row_rotation(mut self, rot: usize) -> Result<Self> {
-        if rot > MAX_ROW_ROT {
-            return Err(LowbitError::InvalidArgument {
-                op: "with_lowrank_row_rotation",
-                what: "rot",
-                reason: format!("{rot} row tiles is more than {MAX_ROW_ROT}"),
-            });
-        }
-        self.wg_row_rot = rot;
-        Ok(self)
-    }
-
-    /// `lowrank_wgmma`'s row rotation ([`CudaDevice::with_lowrank_row_rotation`]).
-    pub fn lowrank_row_rotation(&self) -> usize {
-        self.wg_row_rot
     }
 
     /// Does this device run the ops on the warpgroup-mma kernels when it can?
@@ -1877,7 +1835,6 @@ impl CudaDevice {
         let m_tiles = shape.m().div_ceil(WGMMA_BM);
         p.kpw = i32_of(OP, "D words", kpw)?;
         p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
-        p.row_rot = i32_of(OP, "row rotation", self.wg_row_rot)?;
         let f = self.function(
             KernelId::LowrankWgmma,
             wgmma_defines(uns, epilogue, kpw, t2),
@@ -2185,7 +2142,8 @@ mod tests {
 
     #[test]
     fn problem_struct_layout_matches_the_c_side() {
-        // 5 pointers + 4 i64 + 2 f32 + 20 i32 = 160 bytes (mma.cuh asserts the same size).
+        // 5 pointers + 4 i64 + 2 f32 + 19 i32 = 156 bytes, padded to 160 (mma.cuh asserts
+        // the same size).
         assert_eq!(std::mem::size_of::<LbMma>(), 160);
         assert_eq!(std::mem::align_of::<LbMma>(), 8);
     }
@@ -2388,19 +2346,6 @@ mod tests {
         assert_eq!(reduce_width(Some(8), true, 16, 396), 8);
         assert_eq!(reduce_width(Some(8), false, 2048 * 256, 396), 4);
         assert_eq!(reduce_width(Some(4), true, 2048 * 256, 396), 4);
-    }
-
-    #[test]
-    fn row_rotation_parses() {
-        for (text, n) in [("", 0), (" 7 ", 7), ("0", 0), ("16384", MAX_ROW_ROT)] {
-            assert_eq!(parse_row_rot(text), Ok(n), "{text:?}");
-        }
-        for bad in ["-1", "16385", "x", "1.5"] {
-            assert!(
-                parse_row_rot(bad).unwrap_err().contains("row-tile count"),
-                "{bad}"
-            );
-        }
     }
 
     #[test]
