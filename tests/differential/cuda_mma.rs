@@ -1211,6 +1211,12 @@ fn routing() {
     assert!(dev.mma_small_decoder_ok(&dd(4)));
     assert!(dev.mma_small_decoder_ok(&dd(16)));
     assert!(!dev.mma_small_decoder_ok(&dd(17)));
+    // f32 input: from M = 9.
+    assert!(!dev.mma_small_decoder_f32_ok(&dd(4)));
+    assert!(!dev.mma_small_decoder_f32_ok(&dd(8)));
+    assert!(dev.mma_small_decoder_f32_ok(&dd(9)));
+    assert!(dev.mma_small_decoder_f32_ok(&dd(16)));
+    assert!(!dev.mma_small_decoder_f32_ok(&dd(17)));
     let forced = CudaDevice::new(0)
         .unwrap()
         .with_family(KernelFamily::Mma)
@@ -1218,6 +1224,7 @@ fn routing() {
         .with_small_mma(true);
     assert!(forced.mma_small_lowrank_ok(&l(1, 256)));
     assert!(forced.mma_small_decoder_ok(&dd(16)));
+    assert!(forced.mma_small_decoder_f32_ok(&dd(1)));
     assert!(!forced.mma_small_decoder_ok(&dd(17)));
     // The dp4a family never routes here.
     let dp4a = CudaDevice::new(0)
@@ -1228,6 +1235,7 @@ fn routing() {
     assert!(!dp4a.mma_decoder_ok(&dd(2048)));
     assert!(!dp4a.mma_small_lowrank_ok(&l(1, 256)));
     assert!(!dp4a.mma_small_decoder_ok(&dd(1)));
+    assert!(!dp4a.mma_small_decoder_f32_ok(&dd(16)));
 }
 
 /// Split-K over many CTAs and the persistent low-rank grid give the same bits on every run,

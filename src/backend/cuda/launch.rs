@@ -1149,7 +1149,13 @@ impl CudaDevice {
         p.scale_ptr = scale_ptr;
         p.scale_param = scale_val;
         let mut mode = mode;
-        let mma_small = t2 || (small && self.mma_small_decoder_ok(shape));
+        let mma_small = t2
+            || (small
+                && if mode == 2 {
+                    self.mma_small_decoder_f32_ok(shape)
+                } else {
+                    self.mma_small_decoder_ok(shape)
+                });
         if mode == 2 && (!small || (mma_small && self.prepacks_small(t2))) {
             // Large M (and the small-M tensor-core decoder where `prepacks_small`): quantize +
             // pack each element once (not once per column tile).

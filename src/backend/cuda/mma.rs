@@ -68,6 +68,11 @@ pub const SMALL_LOWRANK_MMA_MIN_M: usize = 4;
 /// (H100, BDH shape, graph replay: 5.49 µs against the dp4a kernel's 5.58 at M = 4, 5.45
 /// against 5.25 at M = 2, 5.48 against 4.83 at M = 1).
 pub const SMALL_DECODER_MMA_MIN_M: usize = 4;
+/// The same for f32 input (packed once beforehand, `CudaDevice::with_small_prepack`), which
+/// the dp4a small-M kernel quantizes as it stages it (H100, BDH shape, graph replay: 10.27
+/// against 11.45 µs at M = 4, 11.65 against 11.92 at M = 8, 15.05 against 12.17 at M = 9,
+/// 15.88 against 13.07 at M = 16).
+pub const SMALL_DECODER_MMA_MIN_M_F32: usize = 9;
 /// Decoder with ternary2 weights: 2 column warps x 4 k-warps of at most 64 k words (one
 /// register batch each), so a CTA covers 64 columns x 256 words of one head. (H200, BDH
 /// shape, M = 1 / 16, ternary2: 5.3 / 7.8 µs; 1x4 warps 5.3 / 9.3, 1x8 5.7 / 8.5, 1x16
@@ -1340,9 +1345,19 @@ impl CudaDevice {
     /// any M ≤ 16 with [`CudaDevice::with_small_mma`]. Ternary2 weights run on it at every M
     /// unless `decoder_wgmma` takes them ([`CudaDevice::wgmma_decoder_ok`]).
     pub fn mma_small_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
+        self.small_decoder_from(shape, SMALL_DECODER_MMA_MIN_M)
+    }
+
+    /// [`CudaDevice::mma_small_decoder_ok`] for f32 input: M in
+    /// `SMALL_DECODER_MMA_MIN_M_F32..=16`, or any M ≤ 16 with [`CudaDevice::with_small_mma`].
+    pub fn mma_small_decoder_f32_ok(&self, shape: &DecoderTailShape) -> bool {
+        self.small_decoder_from(shape, SMALL_DECODER_MMA_MIN_M_F32)
+    }
+
+    fn small_decoder_from(&self, shape: &DecoderTailShape, min_m: usize) -> bool {
         self.family == KernelFamily::Mma
             && shape.m() <= t::SMALL_M_MAX
-            && (self.small_mma_all || shape.m() >= SMALL_DECODER_MMA_MIN_M)
+            && (self.small_mma_all || shape.m() >= min_m)
     }
 
     /// Routes every M ≤ 16 projection with i8x4 weights to the tensor-core small-M kernel
