@@ -5,6 +5,9 @@
 # shared memory by the TMA unit), f32 and bf16 outputs at BDH sizes, CUDA events.
 # Strip variants: ry CTAs per strip (the row tiles dealt over them: more warps per SM) and rot
 # (each strip starts rot tiles further on per CTA, so concurrent strips write different rows).
+# Work items (strip_items): the strips cut into row chunks, scheduled by the hardware (one
+# per block) or taken by persistent blocks from a counter, optionally re-reading a 64 KB weight
+# tile per item: is a static persistent partition what the loops lose to fill_?
 # Usage on the GPU machine: [FLUSH=1] python3 benches/gpu/write_floor.py
 import os
 import cupy as cp, numpy as np, torch
@@ -76,10 +79,52 @@ extern "C" __global__ void __launch_bounds__(256) tma_strip(char* out, int rows,
   }
   if (tid < 16) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
+// Work items (strip x of sb bytes per row, chunk c of `chunk` rows), strip fastest: item i is
+// blockIdx.x (counter null: one item per block, the hardware schedules them), or taken from
+// *counter by persistent blocks until none is left (dynamic). Before its stores an item reads
+// w16 16-byte words of strip x's weights from wsrc (L2-resident), as a CTA changing strips
+// would reload its weight tile. Stores as strip's 8 x 64 B pattern.
+extern "C" __global__ void __launch_bounds__(256) strip_items(char* out, int rows, long long rowbytes,
+    int sb, int chunk, unsigned* counter, const uint4* wsrc, int w16) {
+  __shared__ int item_s;
+  const int tid = threadIdx.x, wg = tid >> 7, wt = tid & 127, warp = wt >> 5, lane = tid & 31;
+  const int nstrips = (int)(rowbytes / sb), nchunks = (rows + chunk - 1) / chunk;
+  unsigned k = 0;
+  for (int it = 0;; ++it) {
+    int item;
+    if (counter) {
+      __syncthreads();
+      if (tid == 0) item_s = (int)atomicAdd(counter, 1u);
+      __syncthreads();
+      item = item_s;
+    } else {
+      if (it > 0) break;
+      item = blockIdx.x;
+    }
+    if (item >= nstrips * nchunks) break;
+    const int x = item % nstrips, c = item / nstrips;
+    for (int q = tid; q < w16; q += 256) k += wsrc[(long long)x * w16 + q].x;
+    const long long x0 = (long long)x * sb;
+    const int r1 = min(rows, (c + 1) * chunk);
+    for (int tile = c * chunk + 64 * wg; tile < r1; tile += 128)
+      for (int rb = 0; rb < 16; rb += 8) {
+        const int r = tile + 16 * warp + rb + lane / 4;
+        if (r >= r1) continue;
+        char* o = out + r * rowbytes + x0 + 16 * (lane % 4);
+        for (int g = 0; g < sb / 64; ++g) *(uint4*)(o + 64 * g) = make_uint4(r, g, k, 3);
+      }
+  }
+}
 '''
 m = cp.RawModule(code=src, options=("-std=c++17",))
 lin, strip = m.get_function("lin"), m.get_function("strip")
 onepass, tma_strip = m.get_function("onepass"), m.get_function("tma_strip")
+strip_items = m.get_function("strip_items")
+# 120 KB of (unused) dynamic smem holds strip_items to one block per SM, as lowrank_wgmma is.
+strip_items.max_dynamic_shared_size_bytes = 120 * 1024
+counters = cp.zeros(4096, dtype=cp.uint32)  # a fresh zero counter per dynamic launch
+used = [0]
+wsrc = cp.zeros((8 << 20) // 4, dtype=cp.uint32)
 # FLUSH=1: zero 256 MB before each timed run (as lowbit bench and triton's do_bench do), so
 # the L2 starts cold and the host's launch latency hides behind the memset.
 flush = torch.empty(64 << 20, dtype=torch.int32, device="cuda") if os.environ.get("FLUSH") == "1" else None
@@ -110,6 +155,22 @@ for M, esz in [(2048, 4), (2048, 2), (8192, 2), (512, 2), (512, 4)]:
     for lpr, ry, rot in [(4, 1, 0), (8, 1, 0), (32, 1, 0), (4, 2, 0), (4, 4, 0), (4, 1, 1), (4, 1, 7)]:
         us = t(lambda: strip((32768 * esz // sb, ry), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb), np.int32(lpr), np.int32(rot))))
         res.append(f"strip{sb}B {32 // lpr}x{16 * lpr}B ry{ry} rot{rot} {us:.1f}us ({nbytes/us/1e3:.2f})")
+    nstrips = 32768 * esz // sb
+    for chunk, dyn, one, w16 in [(256, 0, 1, 0), (256, 0, 0, 0), (64, 0, 1, 0), (1024, 0, 1, 0),
+                                 (256, 1, 1, 0), (256, 1, 1, 4096), (1024, 1, 1, 4096)]:
+        nitems = nstrips * ((M + chunk - 1) // chunk)
+        grid = 132 if dyn else nitems
+        def run():
+            ctr = np.uint64(0)
+            if dyn:
+                ctr = np.uint64(counters.data.ptr + 4 * used[0])
+                used[0] += 1
+            strip_items((grid,), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb),
+                        np.int32(chunk), ctr, wsrc, np.int32(w16)),
+                        shared_mem=120 * 1024 if one else 0)
+        us = t(run)
+        res.append(f"items{sb}B chunk{chunk} {'dynamic' if dyn else 'hw-scheduled'}"
+                   f"{' 1/SM' if one else ''}{' +64KB reload' if w16 else ''} {us:.1f}us ({nbytes/us/1e3:.2f})")
     us = t(lambda: tma_strip((32768 * esz // sb,), (256,), (buf, np.int32(M), np.int64(32768 * esz), np.int32(sb))))
     res.append(f"strip{sb}B by TMA bulk rows {us:.1f}us ({nbytes/us/1e3:.2f})")
     print(" | ".join(res), flush=True)

@@ -483,7 +483,10 @@ impl CudaDevice {
                 &std::env::var(super::mma::REDUCE_WIDTH_ENV).unwrap_or_default(),
             )
             .map_err(bad_env(super::mma::REDUCE_WIDTH_ENV))?,
-            wg_row_ctas: None,
+            wg_row_ctas: super::mma::parse_row_ctas(
+                &std::env::var(super::mma::ROW_CTAS_ENV).unwrap_or_default(),
+            )
+            .map_err(bad_env(super::mma::ROW_CTAS_ENV))?,
             pdl,
             prefetch,
             small_prepack: parse_auto_switch(&std::env::var(SMALL_PREPACK_ENV).unwrap_or_default())

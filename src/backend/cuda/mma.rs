@@ -807,6 +807,21 @@ const REDUCE_THREADS: usize = 256;
 /// decoder tail there measured 38.02-38.21 µs with the 8-wide one, 38.27-38.34 without.
 pub const REDUCE_WIDTH_ENV: &str = "LOWBIT_CUDA_REDUCE_W";
 
+/// Environment variable that sets `lowrank_wgmma`'s CTAs per column tile (tuning; see
+/// [`CudaDevice::with_lowrank_row_ctas`]); empty for the default.
+pub const ROW_CTAS_ENV: &str = "LOWBIT_CUDA_ROW_CTAS";
+
+/// A [`ROW_CTAS_ENV`] value: empty for the default (`None`), else a count from 1 to 1024.
+pub fn parse_row_ctas(text: &str) -> std::result::Result<Option<usize>, String> {
+    match text.trim() {
+        "" => Ok(None),
+        t => match t.parse::<usize>() {
+            Ok(n) if (1..=1024).contains(&n) => Ok(Some(n)),
+            _ => Err(format!("`{t}`: expected a CTA count 1..=1024")),
+        },
+    }
+}
+
 /// A [`REDUCE_WIDTH_ENV`] value: empty for the default (`None`), else 4 or 8.
 pub fn parse_reduce_width(text: &str) -> std::result::Result<Option<usize>, String> {
     match text.trim() {
@@ -2361,6 +2376,16 @@ mod tests {
         assert_eq!(reduce_width(Some(8), true, 16, 396), 8);
         assert_eq!(reduce_width(Some(8), false, 2048 * 256, 396), 4);
         assert_eq!(reduce_width(Some(4), true, 2048 * 256, 396), 4);
+    }
+
+    #[test]
+    fn row_ctas_parse() {
+        for (text, n) in [("", None), (" 4 ", Some(4)), ("1", Some(1)), ("1024", Some(1024))] {
+            assert_eq!(parse_row_ctas(text), Ok(n), "{text:?}");
+        }
+        for bad in ["0", "1025", "x", "-2"] {
+            assert!(parse_row_ctas(bad).unwrap_err().contains("CTA count"), "{bad}");
+        }
     }
 
     #[test]
