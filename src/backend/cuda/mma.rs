@@ -2380,11 +2380,19 @@ mod tests {
 
     #[test]
     fn row_ctas_parse() {
-        for (text, n) in [("", None), (" 4 ", Some(4)), ("1", Some(1)), ("1024", Some(1024))] {
+        for (text, n) in [
+            ("", None),
+            (" 4 ", Some(4)),
+            ("1", Some(1)),
+            ("1024", Some(1024)),
+        ] {
             assert_eq!(parse_row_ctas(text), Ok(n), "{text:?}");
         }
         for bad in ["0", "1025", "x", "-2"] {
-            assert!(parse_row_ctas(bad).unwrap_err().contains("CTA count"), "{bad}");
+            assert!(
+                parse_row_ctas(bad).unwrap_err().contains("CTA count"),
+                "{bad}"
+            );
         }
     }
 
