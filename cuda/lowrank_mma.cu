@@ -31,8 +31,9 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 // sm_90a only (compiled for `sm_90a`): the projection on warpgroup mma (wgmma), the weights
 // resident. CTA (x, y) owns head h = x / tiles_n and the LB_WG_BN = 256 weight columns of
 // tile x % tiles_n, all kpw k words, in smem for its whole life (the weights are read once).
-// Its four warpgroups form two pairs; pair P walks the 64-row tiles 2y + P, + 2 gridDim.y, ...
-// of A with its own LB_WG_NB cp.async buffers and named barrier, and warpgroup j of the pair
+// Its LB_WG_PAIRS (2, or 1 for two CTAs per SM) pairs of warpgroups walk the 64-row tiles:
+// pair P tiles PAIRS y + P, + PAIRS gridDim.y, ... of A with its own LB_WG_NB cp.async
+// buffers and named barrier, and warpgroup j of the pair
 // computes and stores columns 128j..128j+127 of the tile as two 64-column halves, each half's
 // mma running while the other half is stored (see the comment above the tile loop). The pairs
 // drift apart too, with four warps per scheduler to hide the epilogue's latency. Dynamic smem
@@ -58,9 +59,13 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 
 // Tile shape and threads come from Rust (WGMMA_BN, WGMMA_BM, WGMMA_THREADS in mma.rs); the
 // code below is written for these values only.
-#if LB_WG_BN != 256 || LB_WG_BM != 64 || LB_WG_THREADS != 512 || LB_WG_NB < 2 || LB_WG_NB > 3 || \
-    LB_WG_NP < 1 || LB_WG_NP > 3 || (LB_WG_SPLIT != 0 && LB_WG_SPLIT != 1)
-#error "lowrank_wgmma: LB_WG_BN, LB_WG_BM, LB_WG_THREADS must be 256, 64, 512; NB 2 or 3; NP 1 to 3"
+#ifndef LB_WG_PAIRS
+#define LB_WG_PAIRS 2  // warpgroup pairs per CTA (1: two CTAs per SM at D <= 256)
+#endif
+#if LB_WG_BN != 256 || LB_WG_BM != 64 || (LB_WG_PAIRS != 1 && LB_WG_PAIRS != 2) ||              \
+    LB_WG_THREADS != 256 * LB_WG_PAIRS || LB_WG_NB < 2 || LB_WG_NB > 3 || LB_WG_NP < 1 ||       \
+    LB_WG_NP > 3 || (LB_WG_SPLIT != 0 && LB_WG_SPLIT != 1)
+#error "lowrank_wgmma: LB_WG_BN, LB_WG_BM must be 256, 64; PAIRS 1 or 2 of 256 threads; NB 2 or 3; NP 1 to 3"
 #endif
 
 #ifndef LB_WG_T2
@@ -107,7 +112,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
                     min(n0 + LB_WG_BN, min(p.ncols, p.bcols)));
 
     const int m_tiles = (p.m_total + LB_WG_BM - 1) / LB_WG_BM;
-    const int first = blockIdx.y * 2 + pair, step = gridDim.y * 2;
+    const int first = blockIdx.y * LB_WG_PAIRS + pair, step = gridDim.y * LB_WG_PAIRS;
     unsigned char* Ap = As + pair * LB_WG_NB * tile_bytes;
     const u32* A = (const u32*)p.a;
     const long long ah_off = (long long)ah * p.time * p.lda;
@@ -149,7 +154,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     // The weight tile from ternary2 rows (mma.cuh): column c's t2 words of rows 4 q16 + r,
     // r = 0..3, are its k words 16 q16..16 q16 + 15, word 16 q16 + 4j + r in slot j of row
     // 4 q16 + r, so each q16 gives four 16-byte smem chunks (words 16 q16 + 4j..+3). Zero past
-    // N, latent_out and kw. Pair P takes q16 = P + 2i, i < NP (kpw = 32 NP). Every word is
+    // N, latent_out and kw. Pair P takes q16 = P + PAIRS i, i < 2 NP / PAIRS (kpw = 32 NP). Every word is
     // loaded here, before the wait. Without a chain they are expanded into smem only after the
     // first A tiles are queued, so the weights' and A's DRAM round trips overlap (expanding
     // each q16 as it arrived made NP + 1 round trips in a row before the first mma); in a
@@ -157,12 +162,13 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     // (expanding them after it cost the f32-input chain 0.7 us at M = 512 on the H100).
     const int t2_n = n0 + lb_wg_col(pt);
     const bool t2_col_ok = t2_n < p.ncols && t2_n < p.bcols;
-    u32 t2w[LB_WG_NP][4];
+    constexpr int T2Q = 2 * LB_WG_NP / LB_WG_PAIRS;  // q16 per pair
+    u32 t2w[T2Q][4];
     {
         const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + t2_n;
 #pragma unroll
-        for (int i = 0; i < LB_WG_NP; ++i) {
-            const int q16 = pair + 2 * i;
+        for (int i = 0; i < T2Q; ++i) {
+            const int q16 = pair + LB_WG_PAIRS * i;
             const bool ok = t2_col_ok && 16 * q16 < p.kw;
 #pragma unroll
             for (int r = 0; r < 4; ++r)
@@ -173,8 +179,8 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     auto expand_t2 = [&]() {
         unsigned char* row = Bs + pt * 128;
 #pragma unroll
-        for (int i = 0; i < LB_WG_NP; ++i) {
-            const int q16 = pair + 2 * i;
+        for (int i = 0; i < T2Q; ++i) {
+            const int q16 = pair + LB_WG_PAIRS * i;
             const bool ok = t2_col_ok && 16 * q16 < p.kw;
 #pragma unroll
             for (int j = 0; j < 4; ++j) {
@@ -195,16 +201,18 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         const int c = pt, n = n0 + lb_wg_col(c);
         const bool col_ok = n < p.ncols && n < p.bcols;
         const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb + n;
-        // Pair P takes k words q = P + 2i, i < 16 NP (kpw = 32 NP), so that q / 32 = i / 16,
-        // (q / 4) % 8 = (i / 2) % 8 and q % 4 = P + 2 (i % 2): offsets fixed at compile time
-        // but for P and the swizzle (a runtime loop spent ~22 instructions per word).
+        // Pair P takes k words q = P + PAIRS i, i < 32 NP / PAIRS (kpw = 32 NP). With two
+        // pairs q / 32 = i / 16, (q / 4) % 8 = (i / 2) % 8 and q % 4 = P + 2 (i % 2): offsets
+        // fixed at compile time but for P and the swizzle (a runtime loop spent ~22
+        // instructions per word); with one, q = i.
         unsigned char* row = Bs + c * 128 + 4 * pair;
         const u32* wp = w + (long long)pair * p.ldb;
 #pragma unroll
-        for (int i = 0; i < 16 * LB_WG_NP; ++i) {
-            const bool ok = col_ok && pair + 2 * i < p.kw;
-            const int off = (i >> 4) * b_plane + ((((i >> 1) & 7) ^ (c & 7)) << 4) + 8 * (i & 1);
-            lb_cp4((u32*)(row + off), ok ? wp + (long long)(2 * i) * p.ldb : w, ok ? 4 : 0);
+        for (int i = 0; i < 32 * LB_WG_NP / LB_WG_PAIRS; ++i) {
+            const int qi = LB_WG_PAIRS * i;  // q - P
+            const bool ok = col_ok && pair + qi < p.kw;
+            const int off = (qi >> 5) * b_plane + ((((qi >> 2) & 7) ^ (c & 7)) << 4) + 4 * (qi & 3);
+            lb_cp4((u32*)(row + off), ok ? wp + (long long)qi * p.ldb : w, ok ? 4 : 0);
         }
         lb_commit();
     }

@@ -512,16 +512,49 @@ fn lowrank_wgmma_pipeline() {
         lr([3, 4, 150, 256], [4, 256, 300], 300),
         lr([1, 1, 333, 384], [2, 384, 256], 256),
     ];
-    for ctas in [1, 3] {
-        let b = tuned_mma_backend(&format!("{ctas} row CTAs"), |d| {
-            d.with_lowrank_row_ctas(ctas)
+    for (pairs, ctas) in [(2, 1), (2, 3), (1, 1), (1, 3)] {
+        let b = tuned_mma_backend(&format!("{pairs} pairs, {ctas} row CTAs"), |d| {
+            d.with_lowrank_pairs(pairs)?.with_lowrank_row_ctas(ctas)
         });
-        run_on_mma(b, "LB_WGMMA=1", |ctx| {
-            let name = format!("wgmma lowrank, {ctas} row CTAs");
+        assert_eq!(b.device().lowrank_pairs(), pairs);
+        run_on_mma(b, &format!("LB_WG_PAIRS={pairs}"), |ctx| {
+            let name = format!("wgmma lowrank, {pairs} pairs, {ctas} row CTAs");
             crate::large_cases(ctx, &name, &ops, 107);
             crate::epilogue_cases(ctx, &name, &ops, 108);
         });
     }
+}
+
+/// `lowrank_wgmma` with one warpgroup pair per CTA (`with_lowrank_pairs(1)`: two CTAs per
+/// SM at D ≤ 256) and the default row CTAs: the random, large, epilogue and edge cases on
+/// i8x4 weights, and the large and epilogue cases on ternary2 weights.
+#[test]
+fn lowrank_wgmma_one_pair() {
+    use crate::WeightKind::Ternary;
+    if wgmma_backend().is_none() {
+        return;
+    }
+    let b = tuned_mma_backend("one pair", |d| d.with_lowrank_pairs(1));
+    run_all_on(
+        b,
+        "LB_WG_PAIRS=1",
+        &[
+            lowrank_random,
+            lowrank_large,
+            lowrank_epilogues,
+            lowrank_edges,
+        ],
+    );
+    let t2 = tuned_backend("one pair, ternary2", true, |d| d.with_lowrank_pairs(1));
+    let ops = [
+        lr([2, 1, 500, 256], [2, 256, 600], 600),
+        lr([3, 1, 97, 384], [1, 384, 300], 257),
+    ];
+    run_on_mma(t2, "LB_WG_PAIRS=1", |ctx| {
+        let name = "wgmma lowrank, one pair, ternary2";
+        crate::large_cases(ctx, name, &ops, 167);
+        crate::epilogue_cases_with(ctx, name, &ops, 168, Ternary);
+    });
 }
 
 #[test]

@@ -313,6 +313,9 @@ pub struct CudaDevice {
     /// `lowrank_wgmma`'s CTAs per column tile, when set ([`CudaDevice::with_lowrank_row_ctas`];
     /// else as many as fill the SMs).
     pub(crate) wg_row_ctas: Option<usize>,
+    /// `lowrank_wgmma`'s warpgroup pairs per CTA (`LOWBIT_CUDA_WG_PAIRS`,
+    /// [`CudaDevice::with_lowrank_pairs`]).
+    pub(crate) wg_pairs: usize,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
     pub(crate) pdl: Pdl,
     /// How the small-M kernels prefetch their weights under PDL (`LOWBIT_CUDA_PREFETCH`).
@@ -487,6 +490,10 @@ impl CudaDevice {
                 &std::env::var(super::mma::ROW_CTAS_ENV).unwrap_or_default(),
             )
             .map_err(bad_env(super::mma::ROW_CTAS_ENV))?,
+            wg_pairs: super::mma::parse_wg_pairs(
+                &std::env::var(super::mma::WG_PAIRS_ENV).unwrap_or_default(),
+            )
+            .map_err(bad_env(super::mma::WG_PAIRS_ENV))?,
             pdl,
             prefetch,
             small_prepack: parse_auto_switch(&std::env::var(SMALL_PREPACK_ENV).unwrap_or_default())

@@ -99,8 +99,24 @@ pub const WGMMA_BN: usize = 256;
 pub const WGMMA_BM: usize = 64;
 /// `lowrank_wgmma`: the longest K kept in smem, in k words (D ≤ 384).
 pub const WGMMA_MAX_KPW: usize = 96;
-/// Threads of `lowrank_wgmma`: four warpgroups (two pairs, each pair on its own row tiles).
-pub const WGMMA_THREADS: u32 = 512;
+/// Threads of one warpgroup pair of `lowrank_wgmma` (each pair on its own row tiles); a CTA
+/// has [`WGMMA_PAIRS`] pairs by default (`LOWBIT_CUDA_WG_PAIRS`).
+pub const WGMMA_PAIR_THREADS: u32 = 256;
+/// `lowrank_wgmma`'s default warpgroup pairs per CTA (one CTA per SM at BDH shapes).
+pub const WGMMA_PAIRS: usize = 2;
+/// Environment variable that sets `lowrank_wgmma`'s warpgroup pairs per CTA, `1` or `2` (the
+/// default): see [`CudaDevice::with_lowrank_pairs`].
+pub const WG_PAIRS_ENV: &str = "LOWBIT_CUDA_WG_PAIRS";
+
+/// A [`WG_PAIRS_ENV`] value: empty for [`WGMMA_PAIRS`], else 1 or 2.
+pub fn parse_wg_pairs(text: &str) -> std::result::Result<usize, String> {
+    match text.trim() {
+        "" => Ok(WGMMA_PAIRS),
+        "1" => Ok(1),
+        "2" => Ok(2),
+        t => Err(format!("`{t}`: expected 1 or 2 pairs")),
+    }
+}
 /// `LOWBIT_CUDA_WGMMA=0` keeps both ops on the `mma.sync` kernels on sm_90.
 pub const WGMMA_ENV: &str = "LOWBIT_CUDA_WGMMA";
 
@@ -535,28 +551,37 @@ pub fn parse_switch(text: &str, unset: bool) -> std::result::Result<bool, String
 /// The shared memory per block that `lowrank_wgmma`'s A buffers are sized for (sm_90's
 /// opt-in limit).
 const WGMMA_SMEM_BUDGET: usize = 227 * 1024;
+/// The same for one pair per CTA: two CTAs in an SM's 228 KB, each with 1 KB reserved.
+const WGMMA_SMEM_BUDGET_HALF: usize = 113 * 1024;
 
 /// A-tile buffers per warpgroup pair of `lowrank_wgmma` for `kpw` resident k words, split
 /// ([`wgmma_split`]) or not: three where the split pipeline has them within
 /// `WGMMA_SMEM_BUDGET` (D ≤ 256: tile j + 2 loads into tile j − 1's buffer while tile j is
 /// computed and stored), else two (split, the pair then meets once more per tile). Passed to
-/// the kernel as `LB_WG_NB`.
-pub const fn wgmma_buffers(kpw: usize, split: bool) -> usize {
-    if split && wgmma_smem_with(kpw, 3) <= WGMMA_SMEM_BUDGET {
+/// the kernel as `LB_WG_NB`. With one pair per CTA the budget is half an SM's
+/// (`WGMMA_SMEM_BUDGET_HALF`), so that two CTAs fit where the weights allow.
+pub const fn wgmma_buffers(kpw: usize, split: bool, pairs: usize) -> usize {
+    let budget = if pairs == 1 {
+        WGMMA_SMEM_BUDGET_HALF
+    } else {
+        WGMMA_SMEM_BUDGET
+    };
+    if split && wgmma_smem_with(kpw, 3, pairs) <= budget {
         3
     } else {
         2
     }
 }
 
-const fn wgmma_smem_with(kpw: usize, buffers: usize) -> usize {
-    (WGMMA_BN + 2 * buffers * WGMMA_BM) * kpw * 4 + 1024
+const fn wgmma_smem_with(kpw: usize, buffers: usize, pairs: usize) -> usize {
+    (WGMMA_BN + pairs * buffers * WGMMA_BM) * kpw * 4 + 1024
 }
 
-/// Dynamic smem of `lowrank_wgmma` for `kpw` (a multiple of 32) resident k words: the weight
-/// tile and [`wgmma_buffers`] A tiles per pair, with 1 KB to align the swizzled tiles.
-pub const fn wgmma_smem(kpw: usize, split: bool) -> usize {
-    wgmma_smem_with(kpw, wgmma_buffers(kpw, split))
+/// Dynamic smem of `lowrank_wgmma` with `pairs` warpgroup pairs for `kpw` (a multiple of 32)
+/// resident k words: the weight tile and [`wgmma_buffers`] A tiles per pair, with 1 KB to
+/// align the swizzled tiles.
+pub const fn wgmma_smem(kpw: usize, split: bool, pairs: usize) -> usize {
+    wgmma_smem_with(kpw, wgmma_buffers(kpw, split, pairs), pairs)
 }
 
 /// Does `lowrank_wgmma` store each 64-column half of a warpgroup's tile while the other
@@ -571,7 +596,13 @@ pub fn wgmma_split(epilogue: Epilogue) -> bool {
 /// Defines of `lowrank_wgmma` for `kpw` (a multiple of 32) resident k words: its 128-byte
 /// planes per row `LB_WG_NP` and A buffers `LB_WG_NB`, on i8x4 or ternary2 (`t2`) weights
 /// (the `LB_WGMMA` define also makes its target `sm_90a`).
-pub fn wgmma_defines(uns: bool, epilogue: Epilogue, kpw: usize, t2: bool) -> Vec<(String, String)> {
+pub fn wgmma_defines(
+    uns: bool,
+    epilogue: Epilogue,
+    kpw: usize,
+    t2: bool,
+    pairs: usize,
+) -> Vec<(String, String)> {
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
         d("LB_UNS", u32::from(uns)),
@@ -579,10 +610,11 @@ pub fn wgmma_defines(uns: bool, epilogue: Epilogue, kpw: usize, t2: bool) -> Vec
         d("LB_RELU", u32::from(epilogue.relu)),
         d("LB_WG_BN", WGMMA_BN),
         d("LB_WG_BM", WGMMA_BM),
-        d("LB_WG_THREADS", WGMMA_THREADS),
+        d("LB_WG_PAIRS", pairs),
+        d("LB_WG_THREADS", WGMMA_PAIR_THREADS as usize * pairs),
         d("LB_WG_NP", kpw / 32),
         d("LB_WG_SPLIT", u32::from(wgmma_split(epilogue))),
-        d("LB_WG_NB", wgmma_buffers(kpw, wgmma_split(epilogue))),
+        d("LB_WG_NB", wgmma_buffers(kpw, wgmma_split(epilogue), pairs)),
         d("LB_WG_T2", u32::from(t2)),
         eps(),
     ]
@@ -597,7 +629,12 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 let ep = Epilogue { dtype, relu };
                 for kpw in (32..=WGMMA_MAX_KPW).step_by(32) {
                     for t2 in [false, true] {
-                        v.push((KernelId::LowrankWgmma, wgmma_defines(uns, ep, kpw, t2)));
+                        for pairs in [1, 2] {
+                            v.push((
+                                KernelId::LowrankWgmma,
+                                wgmma_defines(uns, ep, kpw, t2, pairs),
+                            ));
+                        }
                     }
                 }
             }
@@ -1223,7 +1260,7 @@ impl CudaDevice {
         self.wgmma
             && self.mma_lowrank_ok(shape)
             && kpw <= WGMMA_MAX_KPW
-            && wgmma_smem(kpw, true) <= self.smem_optin() // the larger of the two layouts
+            && wgmma_smem(kpw, true, self.wg_pairs) <= self.smem_optin() // the larger layout
             // The kernel indexes output rows (B·H·T of them) in 32 bits.
             && shape.m().checked_mul(shape.heads).is_some_and(|r| r <= i32::MAX as usize)
     }
@@ -1331,6 +1368,27 @@ impl CudaDevice {
     pub fn with_lowrank_row_ctas(mut self, ctas: usize) -> Result<Self> {
         self.wg_row_ctas = Some(at_least_one("with_lowrank_row_ctas", "ctas", ctas)?);
         Ok(self)
+    }
+
+    /// Sets `lowrank_wgmma`'s warpgroup pairs per CTA, 1 or 2 (overrides
+    /// `LOWBIT_CUDA_WG_PAIRS`; 2 by default): one pair halves each CTA's A buffers, so that
+    /// two CTAs share an SM where K ≤ 256; the CTAs per column tile double with it. Either
+    /// gives the same bits.
+    pub fn with_lowrank_pairs(mut self, pairs: usize) -> Result<Self> {
+        if !(1..=2).contains(&pairs) {
+            return Err(LowbitError::InvalidArgument {
+                op: "with_lowrank_pairs",
+                what: "pairs",
+                reason: format!("{pairs}: expected 1 or 2"),
+            });
+        }
+        self.wg_pairs = pairs;
+        Ok(self)
+    }
+
+    /// `lowrank_wgmma`'s warpgroup pairs per CTA ([`CudaDevice::with_lowrank_pairs`]).
+    pub fn lowrank_pairs(&self) -> usize {
+        self.wg_pairs
     }
 
     /// Does this device run the ops on the warpgroup-mma kernels when it can?
@@ -1867,22 +1925,32 @@ impl CudaDevice {
         p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
         let f = self.function(
             KernelId::LowrankWgmma,
-            wgmma_defines(uns, epilogue, kpw, t2),
+            wgmma_defines(uns, epilogue, kpw, t2, self.wg_pairs),
         )?;
-        let smem = wgmma_smem(kpw, wgmma_split(epilogue));
-        let slots = self.prepare_dynamic(&f, WGMMA_THREADS, smem)?;
+        let pairs = self.wg_pairs;
+        let threads = WGMMA_PAIR_THREADS * pairs as u32;
+        let smem = wgmma_smem(kpw, wgmma_split(epilogue), pairs);
+        if pairs == 1 {
+            // Two CTAs per SM need the whole of its shared memory as such.
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )
+            .map_err(drv("cuFuncSetAttribute (carveout)"))?;
+        }
+        let slots = self.prepare_dynamic(&f, threads, smem)?;
         // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
         // the 64-row tiles are dealt over several CTAs per column tile as well.
         let row_ctas = self
             .wg_row_ctas
             .unwrap_or(slots / col_ctas.max(1))
-            .clamp(1, m_tiles.div_ceil(2).max(1));
+            .clamp(1, m_tiles.div_ceil(pairs).max(1));
         let grid = (
             u32::try_from(col_ctas).map_err(|_| too_big(OP, "column tiles", col_ctas))?,
             grid_dim(OP, "row CTAs", row_ctas)?,
             1,
         );
-        let c = launch_cfg(grid, WGMMA_THREADS, smem);
+        let c = launch_cfg(grid, threads, smem);
         // SAFETY: forwarded contract. This kernel's 16-byte cp.asyncs need aligned i8x4 rows,
         // so misaligned words are packed too.
         let packed = unsafe { self.lowrank_scale_and_a(&mut p, shape, format, scale, mode, true)? };
@@ -2189,15 +2257,27 @@ mod tests {
         // lowrank_wgmma: one CTA per SM up to the longest resident K (D = 384), with three A
         // buffers per pair up to D = 256 when split, two at D = 384 or whole.
         assert_eq!(
-            (wgmma_buffers(64, true), wgmma_smem(64, true)),
+            (wgmma_buffers(64, true, 2), wgmma_smem(64, true, 2)),
             (3, 161 * 1024)
         );
         assert_eq!(
-            (wgmma_buffers(64, false), wgmma_smem(64, false)),
+            (wgmma_buffers(64, false, 2), wgmma_smem(64, false, 2)),
             (2, 129 * 1024)
         );
-        assert_eq!(wgmma_buffers(WGMMA_MAX_KPW, true), 2);
-        assert!(wgmma_smem(WGMMA_MAX_KPW, true) <= 227 * 1024);
+        assert_eq!(wgmma_buffers(WGMMA_MAX_KPW, true, 2), 2);
+        assert!(wgmma_smem(WGMMA_MAX_KPW, true, 2) <= 227 * 1024);
+        // One pair: two CTAs per SM (each + 1 KB reserved in 228 KB) up to D = 256, three
+        // buffers when split; D = 384 fits one.
+        assert_eq!(
+            (wgmma_buffers(64, true, 1), wgmma_smem(64, true, 1)),
+            (3, 113 * 1024)
+        );
+        assert_eq!(
+            (wgmma_buffers(64, false, 1), wgmma_smem(64, false, 1)),
+            (2, 97 * 1024)
+        );
+        assert!(2 * (wgmma_smem(64, true, 1) + 1024) <= 228 * 1024);
+        assert!(wgmma_smem(WGMMA_MAX_KPW, true, 1) <= 227 * 1024);
         // decoder_wgmma: four slots of a 16 KB y tile and a 33 KB weight tile, one CTA per SM;
         // with ternary2 weights eight slots of 16 KB + 8.25 KB.
         assert_eq!(dec_wgmma_smem(false, 128, false), 4 * 49 * 1024 + 1024);
@@ -2376,6 +2456,16 @@ mod tests {
         assert_eq!(reduce_width(Some(8), true, 16, 396), 8);
         assert_eq!(reduce_width(Some(8), false, 2048 * 256, 396), 4);
         assert_eq!(reduce_width(Some(4), true, 2048 * 256, 396), 4);
+    }
+
+    #[test]
+    fn wg_pairs_parse() {
+        assert_eq!(parse_wg_pairs(""), Ok(WGMMA_PAIRS));
+        assert_eq!(parse_wg_pairs(" 1 "), Ok(1));
+        assert_eq!(parse_wg_pairs("2"), Ok(2));
+        for bad in ["0", "3", "x"] {
+            assert!(parse_wg_pairs(bad).unwrap_err().contains("1 or 2"), "{bad}");
+        }
     }
 
     #[test]
