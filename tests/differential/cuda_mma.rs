@@ -516,7 +516,7 @@ fn lowrank_wgmma_pipeline() {
         let b = tuned_mma_backend(&format!("{pairs} pairs, {ctas} row CTAs"), |d| {
             d.with_lowrank_pairs(pairs)?.with_lowrank_row_ctas(ctas)
         });
-        assert_eq!(b.device().lowrank_pairs(), pairs);
+        assert_eq!(b.device().lowrank_pairs(), Some(pairs));
         run_on_mma(b, &format!("LB_WG_PAIRS={pairs}"), |ctx| {
             let name = format!("wgmma lowrank, {pairs} pairs, {ctas} row CTAs");
             crate::large_cases(ctx, &name, &ops, 107);

@@ -315,7 +315,7 @@ pub struct CudaDevice {
     pub(crate) wg_row_ctas: Option<usize>,
     /// `lowrank_wgmma`'s warpgroup pairs per CTA (`LOWBIT_CUDA_WG_PAIRS`,
     /// [`CudaDevice::with_lowrank_pairs`]).
-    pub(crate) wg_pairs: usize,
+    pub(crate) wg_pairs: Option<usize>,
     /// How the small-M kernels are launched (`LOWBIT_CUDA_PDL`; off below sm_90).
     pub(crate) pdl: Pdl,
     /// How the small-M kernels prefetch their weights under PDL (`LOWBIT_CUDA_PREFETCH`).

@@ -100,22 +100,35 @@ pub const WGMMA_BM: usize = 64;
 /// `lowrank_wgmma`: the longest K kept in smem, in k words (D ≤ 384).
 pub const WGMMA_MAX_KPW: usize = 96;
 /// Threads of one warpgroup pair of `lowrank_wgmma` (each pair on its own row tiles); a CTA
-/// has [`WGMMA_PAIRS`] pairs by default (`LOWBIT_CUDA_WG_PAIRS`).
+/// has one or two pairs ([`wgmma_pairs`], `LOWBIT_CUDA_WG_PAIRS`).
 pub const WGMMA_PAIR_THREADS: u32 = 256;
-/// `lowrank_wgmma`'s default warpgroup pairs per CTA (one CTA per SM at BDH shapes).
-pub const WGMMA_PAIRS: usize = 2;
-/// Environment variable that sets `lowrank_wgmma`'s warpgroup pairs per CTA, `1` or `2` (the
-/// default): see [`CudaDevice::with_lowrank_pairs`].
+/// Environment variable that sets `lowrank_wgmma`'s warpgroup pairs per CTA, `1` or `2`;
+/// empty or `auto` for the default ([`wgmma_pairs`]): see [`CudaDevice::with_lowrank_pairs`].
 pub const WG_PAIRS_ENV: &str = "LOWBIT_CUDA_WG_PAIRS";
 
-/// A [`WG_PAIRS_ENV`] value: empty for [`WGMMA_PAIRS`], else 1 or 2.
-pub fn parse_wg_pairs(text: &str) -> std::result::Result<usize, String> {
+/// A [`WG_PAIRS_ENV`] value: empty or `auto` for the default (`None`), else 1 or 2.
+pub fn parse_wg_pairs(text: &str) -> std::result::Result<Option<usize>, String> {
     match text.trim() {
-        "" => Ok(WGMMA_PAIRS),
-        "1" => Ok(1),
-        "2" => Ok(2),
-        t => Err(format!("`{t}`: expected 1 or 2 pairs")),
+        "" | "auto" => Ok(None),
+        "1" => Ok(Some(1)),
+        "2" => Ok(Some(2)),
+        t => Err(format!("`{t}`: expected auto, 1 or 2 pairs")),
     }
+}
+
+/// `lowrank_wgmma`'s warpgroup pairs per CTA: `forced` where set, else one (two CTAs per SM
+/// at D ≤ 256) for f32 output on i8x4 weights and two otherwise. H100, BDH shape, i8x4,
+/// M = 512 / 2048 / 8192, one pair against two: f32 out from packed input 30.53-30.59 /
+/// 96.99-97.12 / 375.8-376.1 µs against 30.75-30.88 / 97.79-97.89 / 382.6-382.7, from f32
+/// input 31.97-32.29 / 102.40-102.43 / 387.9-388.2 against 32.32-32.35 / 104.54-104.58 /
+/// 403.3-403.4; bf16 + ReLU 21.28-21.38 / 59.26-59.36 / 211.8-213.1 against 20.19-20.22 /
+/// 54.40-54.53 / 191.5-193.2. Ternary2 weights keep two until measured.
+pub fn wgmma_pairs(forced: Option<usize>, epilogue: Epilogue, t2: bool) -> usize {
+    forced.unwrap_or(if epilogue.dtype == OutputDType::F32 && !t2 {
+        1
+    } else {
+        2
+    })
 }
 /// `LOWBIT_CUDA_WGMMA=0` keeps both ops on the `mma.sync` kernels on sm_90.
 pub const WGMMA_ENV: &str = "LOWBIT_CUDA_WGMMA";
@@ -1260,7 +1273,7 @@ impl CudaDevice {
         self.wgmma
             && self.mma_lowrank_ok(shape)
             && kpw <= WGMMA_MAX_KPW
-            && wgmma_smem(kpw, true, self.wg_pairs) <= self.smem_optin() // the larger layout
+            && wgmma_smem(kpw, true, 2) <= self.smem_optin() // the larger layout
             // The kernel indexes output rows (B·H·T of them) in 32 bits.
             && shape.m().checked_mul(shape.heads).is_some_and(|r| r <= i32::MAX as usize)
     }
@@ -1371,9 +1384,9 @@ impl CudaDevice {
     }
 
     /// Sets `lowrank_wgmma`'s warpgroup pairs per CTA, 1 or 2 (overrides
-    /// `LOWBIT_CUDA_WG_PAIRS`; 2 by default): one pair halves each CTA's A buffers, so that
-    /// two CTAs share an SM where K ≤ 256; the CTAs per column tile double with it. Either
-    /// gives the same bits.
+    /// `LOWBIT_CUDA_WG_PAIRS`; by default [`wgmma_pairs`] chooses): one pair halves each
+    /// CTA's A buffers, so that two CTAs share an SM where K ≤ 256; the CTAs per column tile
+    /// double with it. Either gives the same bits.
     pub fn with_lowrank_pairs(mut self, pairs: usize) -> Result<Self> {
         if !(1..=2).contains(&pairs) {
             return Err(LowbitError::InvalidArgument {
@@ -1382,12 +1395,13 @@ impl CudaDevice {
                 reason: format!("{pairs}: expected 1 or 2"),
             });
         }
-        self.wg_pairs = pairs;
+        self.wg_pairs = Some(pairs);
         Ok(self)
     }
 
-    /// `lowrank_wgmma`'s warpgroup pairs per CTA ([`CudaDevice::with_lowrank_pairs`]).
-    pub fn lowrank_pairs(&self) -> usize {
+    /// `lowrank_wgmma`'s forced warpgroup pairs per CTA ([`CudaDevice::with_lowrank_pairs`]);
+    /// `None`: [`wgmma_pairs`] chooses by epilogue and weights.
+    pub fn lowrank_pairs(&self) -> Option<usize> {
         self.wg_pairs
     }
 
@@ -1923,11 +1937,11 @@ impl CudaDevice {
         let m_tiles = shape.m().div_ceil(WGMMA_BM);
         p.kpw = i32_of(OP, "D words", kpw)?;
         p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
+        let pairs = wgmma_pairs(self.wg_pairs, epilogue, t2);
         let f = self.function(
             KernelId::LowrankWgmma,
-            wgmma_defines(uns, epilogue, kpw, t2, self.wg_pairs),
+            wgmma_defines(uns, epilogue, kpw, t2, pairs),
         )?;
-        let pairs = self.wg_pairs;
         let threads = WGMMA_PAIR_THREADS * pairs as u32;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue), pairs);
         if pairs == 1 {
@@ -2460,12 +2474,26 @@ mod tests {
 
     #[test]
     fn wg_pairs_parse() {
-        assert_eq!(parse_wg_pairs(""), Ok(WGMMA_PAIRS));
-        assert_eq!(parse_wg_pairs(" 1 "), Ok(1));
-        assert_eq!(parse_wg_pairs("2"), Ok(2));
+        assert_eq!(parse_wg_pairs(""), Ok(None));
+        assert_eq!(parse_wg_pairs("auto"), Ok(None));
+        assert_eq!(parse_wg_pairs(" 1 "), Ok(Some(1)));
+        assert_eq!(parse_wg_pairs("2"), Ok(Some(2)));
         for bad in ["0", "3", "x"] {
-            assert!(parse_wg_pairs(bad).unwrap_err().contains("1 or 2"), "{bad}");
+            assert!(
+                parse_wg_pairs(bad).unwrap_err().contains("auto, 1 or 2"),
+                "{bad}"
+            );
         }
+        let f32_out = Epilogue::default();
+        let bf16 = Epilogue {
+            dtype: OutputDType::Bf16,
+            relu: true,
+        };
+        assert_eq!(wgmma_pairs(None, f32_out, false), 1);
+        assert_eq!(wgmma_pairs(None, f32_out, true), 2);
+        assert_eq!(wgmma_pairs(None, bf16, false), 2);
+        assert_eq!(wgmma_pairs(Some(2), f32_out, false), 2);
+        assert_eq!(wgmma_pairs(Some(1), bf16, true), 1);
     }
 
     #[test]
