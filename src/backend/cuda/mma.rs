@@ -117,14 +117,16 @@ pub fn parse_wg_pairs(text: &str) -> std::result::Result<Option<usize>, String> 
 }
 
 /// `lowrank_wgmma`'s warpgroup pairs per CTA: `forced` where set, else one (two CTAs per SM
-/// at D ≤ 256) for f32 output on i8x4 weights and two otherwise. H100, BDH shape, i8x4,
-/// M = 512 / 2048 / 8192, one pair against two: f32 out from packed input 30.53-30.59 /
+/// at D ≤ 256) for f32 output and two for 16-bit outputs. H100, BDH shape, M = 512 / 2048 /
+/// 8192, one pair against two, i8x4 weights: f32 out from packed input 30.53-30.59 /
 /// 96.99-97.12 / 375.8-376.1 µs against 30.75-30.88 / 97.79-97.89 / 382.6-382.7, from f32
 /// input 31.97-32.29 / 102.40-102.43 / 387.9-388.2 against 32.32-32.35 / 104.54-104.58 /
 /// 403.3-403.4; bf16 + ReLU 21.28-21.38 / 59.26-59.36 / 211.8-213.1 against 20.19-20.22 /
-/// 54.40-54.53 / 191.5-193.2. Ternary2 weights keep two until measured.
-pub fn wgmma_pairs(forced: Option<usize>, epilogue: Epilogue, t2: bool) -> usize {
-    forced.unwrap_or(if epilogue.dtype == OutputDType::F32 && !t2 {
+/// 54.40-54.53 / 191.5-193.2. Ternary2 weights, f32 out (one round): packed 28.86 / 95.71 /
+/// 375.94 against 28.80 / 95.97 / 381.02, from f32 31.17 / 100.96 / 383.65 against 31.74 /
+/// 103.01 / 400.29.
+pub fn wgmma_pairs(forced: Option<usize>, epilogue: Epilogue) -> usize {
+    forced.unwrap_or(if epilogue.dtype == OutputDType::F32 {
         1
     } else {
         2
@@ -1400,7 +1402,7 @@ impl CudaDevice {
     }
 
     /// `lowrank_wgmma`'s forced warpgroup pairs per CTA ([`CudaDevice::with_lowrank_pairs`]);
-    /// `None`: [`wgmma_pairs`] chooses by epilogue and weights.
+    /// `None`: [`wgmma_pairs`] chooses by epilogue.
     pub fn lowrank_pairs(&self) -> Option<usize> {
         self.wg_pairs
     }
@@ -1937,7 +1939,7 @@ impl CudaDevice {
         let m_tiles = shape.m().div_ceil(WGMMA_BM);
         p.kpw = i32_of(OP, "D words", kpw)?;
         p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
-        let pairs = wgmma_pairs(self.wg_pairs, epilogue, t2);
+        let pairs = wgmma_pairs(self.wg_pairs, epilogue);
         let f = self.function(
             KernelId::LowrankWgmma,
             wgmma_defines(uns, epilogue, kpw, t2, pairs),
@@ -2489,11 +2491,10 @@ mod tests {
             dtype: OutputDType::Bf16,
             relu: true,
         };
-        assert_eq!(wgmma_pairs(None, f32_out, false), 1);
-        assert_eq!(wgmma_pairs(None, f32_out, true), 2);
-        assert_eq!(wgmma_pairs(None, bf16, false), 2);
-        assert_eq!(wgmma_pairs(Some(2), f32_out, false), 2);
-        assert_eq!(wgmma_pairs(Some(1), bf16, true), 1);
+        assert_eq!(wgmma_pairs(None, f32_out), 1);
+        assert_eq!(wgmma_pairs(None, bf16), 2);
+        assert_eq!(wgmma_pairs(Some(2), f32_out), 2);
+        assert_eq!(wgmma_pairs(Some(1), bf16), 1);
     }
 
     #[test]
