@@ -209,6 +209,19 @@ pub const fn dec_wgmma_smem(t2: bool, bm: usize, mbar: bool) -> usize {
 }
 
 /// `n`, or the setter `op`'s error for `what` when it is 0.
+/// `n` where it is one of `allowed`, else an `InvalidArgument` error listing them.
+fn one_of(op: &'static str, what: &'static str, n: usize, allowed: &[usize]) -> Result<usize> {
+    if allowed.contains(&n) {
+        return Ok(n);
+    }
+    let list: Vec<String> = allowed.iter().map(usize::to_string).collect();
+    Err(LowbitError::InvalidArgument {
+        op,
+        what,
+        reason: format!("{n}: expected {}", list.join(" or ")),
+    })
+}
+
 fn at_least_one(op: &'static str, what: &'static str, n: usize) -> Result<usize> {
     if n == 0 {
         return Err(LowbitError::InvalidArgument {
@@ -1357,14 +1370,7 @@ impl CudaDevice {
     /// the default ([`REDUCE_WIDTH_ENV`]); 8 applies only where it is legal. Either gives the
     /// same bits.
     pub fn with_reduce_width(mut self, width: usize) -> Result<Self> {
-        if !REDUCE_WIDTHS.contains(&width) {
-            return Err(LowbitError::InvalidArgument {
-                op: "with_reduce_width",
-                what: "width",
-                reason: format!("{width}: expected 4 or 8"),
-            });
-        }
-        self.reduce_w = Some(width);
+        self.reduce_w = Some(one_of("with_reduce_width", "width", width, &REDUCE_WIDTHS)?);
         Ok(self)
     }
 
@@ -1390,14 +1396,7 @@ impl CudaDevice {
     /// CTA's A buffers, so that two CTAs share an SM where K ≤ 256; the CTAs per column tile
     /// double with it. Either gives the same bits.
     pub fn with_lowrank_pairs(mut self, pairs: usize) -> Result<Self> {
-        if !(1..=2).contains(&pairs) {
-            return Err(LowbitError::InvalidArgument {
-                op: "with_lowrank_pairs",
-                what: "pairs",
-                reason: format!("{pairs}: expected 1 or 2"),
-            });
-        }
-        self.wg_pairs = Some(pairs);
+        self.wg_pairs = Some(one_of("with_lowrank_pairs", "pairs", pairs, &[1, 2])?);
         Ok(self)
     }
 
@@ -2272,26 +2271,20 @@ mod tests {
         assert!(lowrank_smem(LOWRANK_MAX_KPW, ring) <= 227 * 1024);
         // lowrank_wgmma: one CTA per SM up to the longest resident K (D = 384), with three A
         // buffers per pair up to D = 256 when split, two at D = 384 or whole.
-        assert_eq!(
-            (wgmma_buffers(64, true, 2), wgmma_smem(64, true, 2)),
-            (3, 161 * 1024)
-        );
-        assert_eq!(
-            (wgmma_buffers(64, false, 2), wgmma_smem(64, false, 2)),
-            (2, 129 * 1024)
-        );
-        assert_eq!(wgmma_buffers(WGMMA_MAX_KPW, true, 2), 2);
-        assert!(wgmma_smem(WGMMA_MAX_KPW, true, 2) <= 227 * 1024);
         // One pair: two CTAs per SM (each + 1 KB reserved in 228 KB) up to D = 256, three
         // buffers when split; D = 384 fits one.
-        assert_eq!(
-            (wgmma_buffers(64, true, 1), wgmma_smem(64, true, 1)),
-            (3, 113 * 1024)
-        );
-        assert_eq!(
-            (wgmma_buffers(64, false, 1), wgmma_smem(64, false, 1)),
-            (2, 97 * 1024)
-        );
+        let layout = |split, pairs| {
+            (
+                wgmma_buffers(64, split, pairs),
+                wgmma_smem(64, split, pairs),
+            )
+        };
+        assert_eq!(layout(true, 2), (3, 161 * 1024));
+        assert_eq!(layout(false, 2), (2, 129 * 1024));
+        assert_eq!(layout(true, 1), (3, 113 * 1024));
+        assert_eq!(layout(false, 1), (2, 97 * 1024));
+        assert_eq!(wgmma_buffers(WGMMA_MAX_KPW, true, 2), 2);
+        assert!(wgmma_smem(WGMMA_MAX_KPW, true, 2) <= 227 * 1024);
         assert!(2 * (wgmma_smem(64, true, 1) + 1024) <= 228 * 1024);
         assert!(wgmma_smem(WGMMA_MAX_KPW, true, 1) <= 227 * 1024);
         // decoder_wgmma: four slots of a 16 KB y tile and a 33 KB weight tile, one CTA per SM;
@@ -2472,6 +2465,15 @@ mod tests {
         assert_eq!(reduce_width(Some(8), true, 16, 396), 8);
         assert_eq!(reduce_width(Some(8), false, 2048 * 256, 396), 4);
         assert_eq!(reduce_width(Some(4), true, 2048 * 256, 396), 4);
+    }
+
+    #[test]
+    fn one_of_names_the_choices() {
+        assert_eq!(one_of("op", "pairs", 2, &[1, 2]).ok(), Some(2));
+        let e = one_of("with_lowrank_pairs", "pairs", 3, &[1, 2]).unwrap_err();
+        assert!(e.to_string().contains("3: expected 1 or 2"), "{e}");
+        let e = one_of("with_reduce_width", "width", 6, &REDUCE_WIDTHS).unwrap_err();
+        assert!(e.to_string().contains("6: expected 4 or 8"), "{e}");
     }
 
     #[test]
