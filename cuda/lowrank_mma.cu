@@ -57,15 +57,15 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 //             2 ((c/8)%G) + c%2 (G = LB_WG_G): each thread's 2G outputs per row and 8G-column
 //             group are contiguous, one 16-byte store (a bijection: the sums are unchanged)
 
-// Tile shape and threads come from Rust (WGMMA_BN, WGMMA_BM, WGMMA_THREADS in mma.rs); the
-// code below is written for these values only.
+// Tile shape, pairs and threads come from Rust (WGMMA_BN, WGMMA_BM, wgmma_pairs and
+// WGMMA_PAIR_THREADS in mma.rs); the code below is written for these values only.
 #ifndef LB_WG_PAIRS
 #define LB_WG_PAIRS 2  // warpgroup pairs per CTA (1: two CTAs per SM at D <= 256)
 #endif
 #if LB_WG_BN != 256 || LB_WG_BM != 64 || (LB_WG_PAIRS != 1 && LB_WG_PAIRS != 2) ||              \
     LB_WG_THREADS != 256 * LB_WG_PAIRS || LB_WG_NB < 2 || LB_WG_NB > 3 || LB_WG_NP < 1 ||       \
     LB_WG_NP > 3 || (LB_WG_SPLIT != 0 && LB_WG_SPLIT != 1)
-#error "lowrank_wgmma: LB_WG_BN, LB_WG_BM must be 256, 64; PAIRS 1 or 2 of 256 threads; NB 2 or 3; NP 1 to 3"
+#error "lowrank_wgmma: BN 256, BM 64, PAIRS 1 or 2 of 256 threads, NB 2 or 3, NP 1 to 3"
 #endif
 
 #ifndef LB_WG_T2
@@ -154,12 +154,13 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     // The weight tile from ternary2 rows (mma.cuh): column c's t2 words of rows 4 q16 + r,
     // r = 0..3, are its k words 16 q16..16 q16 + 15, word 16 q16 + 4j + r in slot j of row
     // 4 q16 + r, so each q16 gives four 16-byte smem chunks (words 16 q16 + 4j..+3). Zero past
-    // N, latent_out and kw. Pair P takes q16 = P + PAIRS i, i < 2 NP / PAIRS (kpw = 32 NP). Every word is
-    // loaded here, before the wait. Without a chain they are expanded into smem only after the
-    // first A tiles are queued, so the weights' and A's DRAM round trips overlap (expanding
-    // each q16 as it arrived made NP + 1 round trips in a row before the first mma); in a
-    // chain they arrive during the wait and are expanded before it, off the path after it
-    // (expanding them after it cost the f32-input chain 0.7 us at M = 512 on the H100).
+    // N, latent_out and kw. Pair P takes q16 = P + PAIRS i, i < 2 NP / PAIRS (kpw = 32 NP).
+    // Every word is loaded here, before the wait. Without a chain they are expanded into smem
+    // only after the first A tiles are queued, so the weights' and A's DRAM round trips overlap
+    // (expanding each q16 as it arrived made NP + 1 round trips in a row before the first
+    // mma); in a chain they arrive during the wait and are expanded before it, off the path
+    // after it (expanding them after it cost the f32-input chain 0.7 us at M = 512 on the
+    // H100).
     const int t2_n = n0 + lb_wg_col(pt);
     const bool t2_col_ok = t2_n < p.ncols && t2_n < p.bcols;
     constexpr int T2Q = 2 * LB_WG_NP / LB_WG_PAIRS;  // q16 per pair
@@ -211,7 +212,8 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         for (int i = 0; i < 32 * LB_WG_NP / LB_WG_PAIRS; ++i) {
             const int qi = LB_WG_PAIRS * i;  // q - P
             const bool ok = col_ok && pair + qi < p.kw;
-            const int off = (qi >> 5) * b_plane + ((((qi >> 2) & 7) ^ (c & 7)) << 4) + 4 * (qi & 3);
+            const int off =
+                (qi >> 5) * b_plane + ((((qi >> 2) & 7) ^ (c & 7)) << 4) + 4 * (qi & 3);
             lb_cp4((u32*)(row + off), ok ? wp + (long long)qi * p.ldb : w, ok ? 4 : 0);
         }
         lb_commit();

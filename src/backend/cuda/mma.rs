@@ -91,9 +91,10 @@ const PAD_A: usize = 4;
 const PAD_B: usize = 4;
 
 /// Low-rank on warpgroup mma (`lowrank_wgmma`, sm_90a): weight columns resident per CTA, rows
-/// per A tile (two pairs of warpgroups, each pair double-buffering its A tiles), and the
-/// longest K kept, in words (D ≤ 384: the CTA's smem is `wgmma_smem`). Passed to the kernel
-/// as `LB_WG_BN`, `LB_WG_BM`, `LB_WG_THREADS`, which it checks.
+/// per A tile (one or two pairs of warpgroups, [`wgmma_pairs`], each pair with its own A
+/// buffers), and the longest K kept, in words (D ≤ 384: the CTA's smem is `wgmma_smem`).
+/// Passed to the kernel as `LB_WG_BN`, `LB_WG_BM`, `LB_WG_PAIRS`, `LB_WG_THREADS`, which it
+/// checks.
 pub const WGMMA_BN: usize = 256;
 /// `lowrank_wgmma`: rows per A tile.
 pub const WGMMA_BM: usize = 64;
