@@ -1,7 +1,7 @@
 //! The CUDA device handle: a context, the stream every op is ordered on, the module cache and
 //! the scratch buffers the kernels share (reduction partials, split-K workspace, counters).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cudarc::driver::{
@@ -107,6 +107,8 @@ pub(crate) struct ModuleCache {
     /// Per function handle (valid while its module is cached, i.e. for the device's life):
     /// the largest dynamic smem allowed by `cuFuncSetAttribute` so far.
     pub smem_allowed: HashMap<usize, usize>,
+    /// Function handles whose preferred shared-memory carveout is set to the maximum.
+    pub max_carveout: HashSet<usize>,
     /// Resident blocks on the device per (function handle, threads, dynamic smem).
     pub resident: HashMap<(usize, u32, usize), usize>,
     /// Co-resident clusters on the device per (function handle, threads, dynamic smem) of a
@@ -153,7 +155,15 @@ fn bad_env(var: &'static str) -> impl Fn(String) -> LowbitError {
 /// On/off variable `var` ([`super::mma::parse_switch`]; `unset` when unset or empty), or an
 /// error naming it.
 pub(crate) fn env_switch(var: &'static str, unset: bool) -> Result<bool> {
-    super::mma::parse_switch(&std::env::var(var).unwrap_or_default(), unset).map_err(bad_env(var))
+    env_parse(var, |t| super::mma::parse_switch(t, unset))
+}
+
+/// Variable `var` (empty when unset) through `parse`, or an error naming `var`.
+fn env_parse<T>(
+    var: &'static str,
+    parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+) -> Result<T> {
+    parse(&std::env::var(var).unwrap_or_default()).map_err(bad_env(var))
 }
 
 /// A switch with an automatic default: empty or `auto` → `None`, else `0` / `1`.
@@ -424,27 +434,25 @@ impl CudaDevice {
         );
         let lowrank_ring =
             super::mma::MmaRing::from_env().map_err(bad_env(super::mma::RING_ENV_LOWRANK))?;
-        let pdl =
-            Pdl::parse(&std::env::var(PDL_ENV).unwrap_or_default()).map_err(bad_env(PDL_ENV))?;
-        let prefetch = WeightPrefetch::parse(&std::env::var(PREFETCH_ENV).unwrap_or_default())
-            .map_err(bad_env(PREFETCH_ENV))?;
+        let pdl = env_parse(PDL_ENV, Pdl::parse)?;
+        let prefetch = env_parse(PREFETCH_ENV, WeightPrefetch::parse)?;
         let small =
             super::tuning::SmallShape::from_env().map_err(bad_env(super::tuning::SMALL_ENV))?;
         let wgmma = env_switch(super::mma::WGMMA_ENV, true)?
             && super::mma::wgmma_capable(caps.compute_capability);
-        let dw_zcluster = super::mma::parse_dw_zcluster(
-            &std::env::var(super::mma::DEC_WGMMA_ZCLUSTER_ENV).unwrap_or_default(),
-        )
-        .map_err(bad_env(super::mma::DEC_WGMMA_ZCLUSTER_ENV))?;
+        let dw_zcluster = env_parse(
+            super::mma::DEC_WGMMA_ZCLUSTER_ENV,
+            super::mma::parse_dw_zcluster,
+        )?;
         let pdl = if caps.programmatic_launch {
             pdl
         } else {
             Pdl::Off
         };
-        let narrow_partials = super::mma::NarrowPartials::parse(
-            &std::env::var(super::mma::NARROW_PARTIALS_ENV).unwrap_or_default(),
-        )
-        .map_err(bad_env(super::mma::NARROW_PARTIALS_ENV))?;
+        let narrow_partials = env_parse(
+            super::mma::NARROW_PARTIALS_ENV,
+            super::mma::NarrowPartials::parse,
+        )?;
         let y_window_max = if env_switch(super::mma::Y_STREAMING_ENV, true)? {
             use cudarc::driver::sys::CUdevice_attribute as A;
             // A driver without the attribute has no windows either.
@@ -466,10 +474,10 @@ impl CudaDevice {
             y_window_max,
             narrow_partials,
             dw_opt: {
-                let (mbar, mbar_few) = super::mma::DwOptions::parse_mbarrier(
-                    &std::env::var(super::mma::MBARRIER_ENV).unwrap_or_default(),
-                )
-                .map_err(bad_env(super::mma::MBARRIER_ENV))?;
+                let (mbar, mbar_few) = env_parse(
+                    super::mma::MBARRIER_ENV,
+                    super::mma::DwOptions::parse_mbarrier,
+                )?;
                 super::mma::DwOptions {
                     t2_fields: env_switch(super::mma::T2_FIELDS_ENV, true)?,
                     mbar,
@@ -477,27 +485,14 @@ impl CudaDevice {
                     tma: env_switch(super::mma::TMA_ENV, false)?,
                 }
             },
-            dw_rows: super::mma::parse_decoder_rows(
-                &std::env::var(super::mma::DECODER_ROWS_ENV).unwrap_or_default(),
-            )
-            .map_err(bad_env(super::mma::DECODER_ROWS_ENV))?,
+            dw_rows: env_parse(super::mma::DECODER_ROWS_ENV, super::mma::parse_decoder_rows)?,
             dw_splits: None,
-            reduce_w: super::mma::parse_reduce_width(
-                &std::env::var(super::mma::REDUCE_WIDTH_ENV).unwrap_or_default(),
-            )
-            .map_err(bad_env(super::mma::REDUCE_WIDTH_ENV))?,
-            wg_row_ctas: super::mma::parse_row_ctas(
-                &std::env::var(super::mma::ROW_CTAS_ENV).unwrap_or_default(),
-            )
-            .map_err(bad_env(super::mma::ROW_CTAS_ENV))?,
-            wg_pairs: super::mma::parse_wg_pairs(
-                &std::env::var(super::mma::WG_PAIRS_ENV).unwrap_or_default(),
-            )
-            .map_err(bad_env(super::mma::WG_PAIRS_ENV))?,
+            reduce_w: env_parse(super::mma::REDUCE_WIDTH_ENV, super::mma::parse_reduce_width)?,
+            wg_row_ctas: env_parse(super::mma::ROW_CTAS_ENV, super::mma::parse_row_ctas)?,
+            wg_pairs: env_parse(super::mma::WG_PAIRS_ENV, super::mma::parse_wg_pairs)?,
             pdl,
             prefetch,
-            small_prepack: parse_auto_switch(&std::env::var(SMALL_PREPACK_ENV).unwrap_or_default())
-                .map_err(bad_env(SMALL_PREPACK_ENV))?,
+            small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
             small_mma_decoder: super::mma::SmallMmaDecoder::from_env()
