@@ -582,6 +582,24 @@ impl CudaDevice {
         self.resident_blocks(f, threads, smem)
     }
 
+    /// Asks the driver to give `f`'s SMs all of their unified L1 / shared memory as shared
+    /// memory (the preferred carveout), so that several of its large-smem blocks fit per SM;
+    /// once per function. Call before [`CudaDevice::prepare_dynamic`], whose occupancy query
+    /// then counts them.
+    pub(crate) fn prefer_max_shared(&self, f: &CudaFunction) -> Result<()> {
+        let id = f.cu_function() as usize;
+        let mut cache = self.module_cache();
+        if !cache.max_carveout.contains(&id) {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                100,
+            )
+            .map_err(drv("cuFuncSetAttribute (carveout)"))?;
+            cache.max_carveout.insert(id);
+        }
+        Ok(())
+    }
+
     /// Resident blocks of `f` on the whole device at `threads` and `smem` bytes of dynamic
     /// shared memory (the occupancy query runs once per function and size).
     fn resident_blocks(&self, f: &CudaFunction, threads: u32, smem: usize) -> Result<usize> {

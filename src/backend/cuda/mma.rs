@@ -209,7 +209,6 @@ pub const fn dec_wgmma_smem(t2: bool, bm: usize, mbar: bool) -> usize {
     dec_wgmma_stages(t2, bm, mbar) * dec_wgmma_planes(t2, bm, mbar) * dec_wgmma_slot(t2, bm) + 1024
 }
 
-/// `n`, or the setter `op`'s error for `what` when it is 0.
 /// `n` where it is one of `allowed`, else an `InvalidArgument` error listing them.
 fn one_of(op: &'static str, what: &'static str, n: usize, allowed: &[usize]) -> Result<usize> {
     if allowed.contains(&n) {
@@ -223,6 +222,7 @@ fn one_of(op: &'static str, what: &'static str, n: usize, allowed: &[usize]) -> 
     })
 }
 
+/// `n`, or the setter `op`'s error for `what` when it is 0.
 fn at_least_one(op: &'static str, what: &'static str, n: usize) -> Result<usize> {
     if n == 0 {
         return Err(LowbitError::InvalidArgument {
@@ -1948,11 +1948,7 @@ impl CudaDevice {
         let smem = wgmma_smem(kpw, wgmma_split(epilogue), pairs);
         if pairs == 1 {
             // Two CTAs per SM need the whole of its shared memory as such.
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                100,
-            )
-            .map_err(drv("cuFuncSetAttribute (carveout)"))?;
+            self.prefer_max_shared(&f)?;
         }
         let slots = self.prepare_dynamic(&f, threads, smem)?;
         // One CTA per (head, 256-column tile) holds those weights; when that leaves SMs idle,
