@@ -241,8 +241,12 @@ __device__ __forceinline__ uint4 lb_a_word4(const void* row, long kw, long kvali
 }
 
 // ---- B words ------------------------------------------------------------------------------
-__device__ __forceinline__ void lb_prefetch_l2(const void* p) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+// L2 prefetch of the 128-byte line at p; `last`: with the L2 evict_last priority.
+__device__ __forceinline__ void lb_prefetch_l2(const void* p, bool last = false) {
+    if (last)
+        asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(p));
+    else
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
 }
 
 // ---- timeline stamps (diagnostics only) ---------------------------------------------------
@@ -286,30 +290,44 @@ __device__ __forceinline__ void lb_trace_at(int) {}
 // lets the next kernel of the stream start, whose weight prefetches overlap this kernel's
 // work. `pdl` (LbProblem::pdl): 0 a plain launch (nothing to do), 1 the next kernel may start
 // once this one is past its wait, 2 as soon as this one starts. `b`: rows [r0, r1) x words
-// [c0, c1), row stride `ldb` words: the block's weights. `bulk`: one bulk prefetch per row
-// (the TMA unit walks its lines) where the rows are 16-byte aligned, else 128-byte line
-// prefetches spread over the threads. lb_pdl_prologue = lb_pdl_prefetch, then
-// lb_pdl_wait.
-__device__ __forceinline__ void lb_pdl_prefetch(int pdl, bool bulk, const u32* b, long long ldb,
+// [c0, c1), row stride `ldb` words: the block's weights. `mode` (WeightPrefetch in device.rs):
+// LB_PF_BULK one bulk prefetch per row (the TMA unit walks its lines) where the rows are
+// 16-byte aligned, else 128-byte line prefetches spread over the threads; LB_PF_LAST with
+// the L2 evict_last priority, so that the lines outlast the previous kernel's traffic until
+// this one reads them. lb_pdl_prologue = lb_pdl_prefetch, then lb_pdl_wait.
+#define LB_PF_BULK 1
+#define LB_PF_LAST 2
+__device__ __forceinline__ void lb_pdl_prefetch(int pdl, int mode, const u32* b, long long ldb,
                                                 int r0, int r1, int c0, int c1) {
 #if __CUDA_ARCH__ >= 900
     if (pdl == 0) return;
     if (pdl == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     if (c1 <= c0) return;
+    const bool last = (mode & LB_PF_LAST) != 0;
     // Bulk copies need 16-byte aligned rows: every row is when the first is and the stride
     // and width are whole 16-byte units.
     const u32* first = b + (long long)r0 * ldb + c0;
-    if (bulk && ((c1 - c0) & 3) == 0 && (ldb & 3) == 0 && ((unsigned long long)first & 15) == 0) {
-        for (int r = threadIdx.x; r < r1 - r0; r += blockDim.x)
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first + r * ldb),
-                         "r"((c1 - c0) * 4)
-                         : "memory");
+    if ((mode & LB_PF_BULK) && ((c1 - c0) & 3) == 0 && (ldb & 3) == 0 &&
+        ((unsigned long long)first & 15) == 0) {
+        unsigned long long pol = 0;
+        if (last) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+        for (int r = threadIdx.x; r < r1 - r0; r += blockDim.x) {
+            if (last)
+                asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(
+                                 first + r * ldb),
+                             "r"((c1 - c0) * 4), "l"(pol)
+                             : "memory");
+            else
+                asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(first + r * ldb),
+                             "r"((c1 - c0) * 4)
+                             : "memory");
+        }
         return;
     }
     const int lpr = (c1 - c0 + 31) / 32;  // 128-byte lines per row
     for (int i = threadIdx.x; i < (r1 - r0) * lpr; i += blockDim.x) {
         const int r = i / lpr;
-        lb_prefetch_l2(b + (long long)(r0 + r) * ldb + c0 + 32 * (i - r * lpr));
+        lb_prefetch_l2(b + (long long)(r0 + r) * ldb + c0 + 32 * (i - r * lpr), last);
     }
 #endif
 }
@@ -320,9 +338,9 @@ __device__ __forceinline__ void lb_pdl_wait(int pdl) {
     if (pdl == 1) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
-__device__ __forceinline__ void lb_pdl_prologue(int pdl, bool bulk, const u32* b, long long ldb,
+__device__ __forceinline__ void lb_pdl_prologue(int pdl, int mode, const u32* b, long long ldb,
                                                 int r0, int r1, int c0, int c1) {
-    lb_pdl_prefetch(pdl, bulk, b, ldb, r0, r1, c0, c1);
+    lb_pdl_prefetch(pdl, mode, b, ldb, r0, r1, c0, c1);
     lb_pdl_wait(pdl);
 }
 
@@ -338,7 +356,7 @@ __device__ __forceinline__ void lb_pdl_launch_next() {
 #endif
 }
 __device__ __forceinline__ void lb_pdl_chain(int pdl) {
-    lb_pdl_prologue(pdl, false, nullptr, 0, 0, 0, 0, 0);  // nothing to prefetch
+    lb_pdl_prologue(pdl, 0, nullptr, 0, 0, 0, 0, 0);  // nothing to prefetch
 }
 
 // Four consecutive B words at `p`, column c of a row of ncols (zero past ncols); `fast`: all
@@ -412,7 +430,7 @@ struct LbProblem {
     int is_decoder;
     int out_dtype;          // 0 f32, 1 f16, 2 bf16 (round to nearest even)
     int pdl;                // small-M launch: 0 plain, 1 PDL (next kernel after the wait), 2 PDL early
-    int pf_bulk;            // PDL weight prefetch: 1 a bulk prefetch per row, 0 line by line
+    int pf_mode;            // PDL weight prefetch: LB_PF_BULK | LB_PF_LAST bits (lb_pdl_prefetch)
 };
 static_assert(sizeof(LbProblem) == 168, "LbProblem: the layout of launch.rs");
 
@@ -797,7 +815,7 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     const int tile0 = blockIdx.x * LB_SM_COLS;
     const int c0 = tile0 + col_local;
     const LbSplit sp = lb_split(p, blockIdx.y, 4);
-    lb_pdl_prologue(p.pdl, p.pf_bulk != 0, sp.b, p.ldb, sp.kw0, sp.kw1, tile0,
+    lb_pdl_prologue(p.pdl, p.pf_mode, sp.b, p.ldb, sp.kw0, sp.kw1, tile0,
                     min(tile0 + LB_SM_COLS, p.bcols));
     const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
     const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)

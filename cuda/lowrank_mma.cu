@@ -107,7 +107,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     // so their L2 prefetch and the weight tile below overlap it; the wait comes before A. The
     // prefetch is in bulk (a row per thread): from f32 input at M = 512 it measured 0.9 µs
     // faster than line by line on the H100 (1.1 µs with bf16 + ReLU), the same packed.
-    lb_pdl_prefetch(p.pdl, true, p.b + (long long)h * p.b_head_rows * p.ldb, p.ldb, 0,
+    lb_pdl_prefetch(p.pdl, LB_PF_BULK, p.b + (long long)h * p.b_head_rows * p.ldb, p.ldb, 0,
                     LB_WG_T2 ? (p.kw + 15) / 16 * 4 : p.kw, n0,
                     min(n0 + LB_WG_BN, min(p.ncols, p.bcols)));
 

@@ -40,7 +40,7 @@ extern "C" __global__ void __launch_bounds__(256) stream_read(LbProblem p) {
     const long long n16 = p.ldb / 4;
     const long long per = (n16 + gridDim.x - 1) / gridDim.x;
     const long long q0 = min(n16, blockIdx.x * per), q1 = min(n16, q0 + per);
-    lb_pdl_prologue(p.pdl, false, p.b, 0, 0, 1, (int)(q0 * 4), (int)(q1 * 4));
+    lb_pdl_prologue(p.pdl, 0, p.b, 0, 0, 1, (int)(q0 * 4), (int)(q1 * 4));
     const uint4* src = (const uint4*)p.b;
     u32 x = 0;
     for (long long q = q0 + threadIdx.x; q < q1; q += 8 * blockDim.x) {

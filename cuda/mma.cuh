@@ -593,7 +593,7 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     const int wend = min(wbeg + wl, sp.kw1);
     const bool bvec = p.b_vec != 0;
     // ternary2 rows hold 16 k words each, in 4 t-rows.
-    lb_pdl_prefetch(p.pdl, p.pf_bulk != 0, sp.b, p.ldb, T2 ? sp.kw0 / 16 * 4 : sp.kw0,
+    lb_pdl_prefetch(p.pdl, p.pf_mode, sp.b, p.ldb, T2 ? sp.kw0 / 16 * 4 : sp.kw0,
                     T2 ? min((sp.kw1 + 15) / 16 * 4, p.b_head_rows) : sp.kw1, tile0,
                     min(tile0 + LB_MS_COLS, p.bcols));
 

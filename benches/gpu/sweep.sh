@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -58,6 +58,10 @@
 # tensor-core kernels at M = 1 / 8 / 16 (decoder) and 8 / 16 (low-rank).
 # smallprep: the small-M tensor-core decoder with f32 input packed once beforehand
 # (LOWBIT_CUDA_SMALL_PREPACK=1) against the default, its test first.
+# prefetch: the small-M kernels' PDL weight prefetch each way (LOWBIT_CUDA_PREFETCH, with and
+# without evict_last), its test first. chainfloor: benches/gpu/chain_floor.cu, what a chain of
+# dependent kernels that only read 8.39 MB of weights takes under each prefetch and launch
+# order (nvcc).
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -285,6 +289,35 @@ if has smallprep; then
       done
     done
   done
+fi
+if has prefetch; then
+  # The small-M kernels' PDL weight prefetch (LOWBIT_CUDA_PREFETCH) each way, with and without
+  # the L2 evict_last priority: the test, then two rounds of both ops at M = 1..16, packed
+  # input, f32 out, both weight formats.
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout 200 "$d" --test-threads=4 small_m_weight_prefetch_each_way \
+    > "$out/test-prefetch.log" 2>&1
+  echo "prefetch test exit $?" | tee -a "$sum"
+  grep -E "^test result|panicked" "$out/test-prefetch.log" | head -5 | tee -a "$sum"
+  for round in 1 2; do
+    for pf in auto lines lines-last bulk bulk-last; do
+      for w in i8x4 ternary2; do
+        LOWBIT_CUDA_PREFETCH=$pf bench "prefetch $pf, $w, round $round" --backend cuda \
+          --op lowrank,decoder-tail --variant packed --m 1,2,4,8,16 --weights $w
+      done
+    done
+  done
+fi
+if has chainfloor; then
+  # benches/gpu/chain_floor.cu (built here by nvcc, or carried as $b/bin/chain_floor).
+  cf=$b/bin/chain_floor
+  if [ ! -x "$cf" ]; then
+    command -v nvcc >/dev/null || export PATH="$PATH:$(ls -d /usr/local/cuda*/bin | head -1)"
+    nvcc -std=c++17 -O3 -gencode=arch=compute_90a,code=sm_90a -o /tmp/chain_floor \
+      benches/gpu/chain_floor.cu > "$out/chain_floor.build" 2>&1 || tail -n 20 "$out/chain_floor.build"
+    cf=/tmp/chain_floor
+  fi
+  [ -x "$cf" ] && "$cf" 2>&1 | tee -a "$sum"
 fi
 if has graphtrace; then
   for w in i8x4 ternary2; do

@@ -303,19 +303,26 @@ fn small_cases_on(
 
 /// The small-M kernels' PDL weight prefetch forced each way at every M
 /// (`CudaDevice::with_weight_prefetch`; the default prefetches in bulk only at M ≤ 2): in bulk
-/// on i8x4 and ternary2 weights, line by line on i8x4; rows that do not start 16-byte aligned
-/// (N = 9, 70, 130) take the line-by-line fallback inside the bulk path. Under PDL only (on
-/// by default on sm_90); elsewhere these run the plain launches.
+/// on i8x4 and ternary2 weights, line by line on i8x4, and both with the L2 evict_last
+/// priority; rows that do not start 16-byte aligned (N = 9, 70, 130) take the line-by-line
+/// fallback inside the bulk path. Under PDL only (on by default on sm_90); elsewhere these run
+/// the plain launches.
 #[test]
 fn small_m_weight_prefetch_each_way() {
     use lowbit_kernels::backend::cuda::WeightPrefetch;
     static BULK: Cell = OnceLock::new();
     static LINES: Cell = OnceLock::new();
     static T2_BULK: Cell = OnceLock::new();
+    static LINES_LAST: Cell = OnceLock::new();
+    static BULK_LAST: Cell = OnceLock::new();
+    static T2_LINES_LAST: Cell = OnceLock::new();
     for (cell, prefetch, t2) in [
         (&BULK, WeightPrefetch::Bulk, false),
         (&LINES, WeightPrefetch::Lines, false),
         (&T2_BULK, WeightPrefetch::Bulk, true),
+        (&LINES_LAST, WeightPrefetch::LinesLast, false),
+        (&BULK_LAST, WeightPrefetch::BulkLast, false),
+        (&T2_LINES_LAST, WeightPrefetch::LinesLast, true),
     ] {
         let Some(b) = small_cases_on(cell, t2, |d| d.with_weight_prefetch(prefetch)) else {
             return;

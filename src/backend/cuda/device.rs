@@ -232,8 +232,8 @@ impl Pdl {
     }
 }
 
-/// Environment variable that sets [`WeightPrefetch`]: `auto` (or empty, the default), `lines`
-/// or `bulk`.
+/// Environment variable that sets [`WeightPrefetch`]: `auto` (or empty, the default), `lines`,
+/// `bulk`, `lines-last` or `bulk-last`.
 pub const PREFETCH_ENV: &str = "LOWBIT_CUDA_PREFETCH";
 
 /// Largest M at which [`WeightPrefetch::Auto`] prefetches a small-M kernel's weights in bulk.
@@ -244,36 +244,58 @@ pub const BULK_PREFETCH_MAX_M: usize = 2;
 
 /// How a small-M kernel under programmatic dependent launch prefetches its weights into L2
 /// before its wait (`lb_pdl_prefetch` in `cuda/common.cuh`). The large-M low-rank kernel
-/// always prefetches in bulk; both give the same bits.
+/// always prefetches in bulk; every choice gives the same bits.
+///
+/// `evict_last` measured on the H100 (BENCHMARKS.md, 2026-12-06; graph replay, packed input,
+/// two rounds): the low-rank projection with i8x4 weights at M = 4 / 8 / 16 took 4.57 / 4.60 /
+/// 4.87 µs against 4.65 / 4.69 / 4.95 line by line without it; the decoder and ternary2
+/// weights gained nothing. `benches/gpu/chain_floor.cu` shows the same on a kernel that only
+/// reads the low-rank tiles (1 KB of each of 64 rows 32 KB apart): 4.25 against 4.66 µs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightPrefetch {
-    /// In bulk up to [`BULK_PREFETCH_MAX_M`] rows, line by line above.
+    /// In bulk up to [`BULK_PREFETCH_MAX_M`] rows; above, line by line, with `evict_last` for
+    /// the low-rank projection.
     Auto,
     /// One `prefetch.global.L2` per 128-byte line, spread over the block's threads.
     Lines,
     /// One `cp.async.bulk.prefetch.L2` per weight row (the TMA unit walks its lines).
     Bulk,
+    /// As `Lines`, with the L2 `evict_last` priority.
+    LinesLast,
+    /// As `Bulk`, with an L2 `evict_last` cache policy.
+    BulkLast,
 }
 
+/// `LbProblem::pf_mode` bits (`LB_PF_BULK`, `LB_PF_LAST` in `cuda/common.cuh`).
+const PF_BULK: i32 = 1;
+const PF_LAST: i32 = 2;
+
 impl WeightPrefetch {
-    /// A `LOWBIT_CUDA_PREFETCH` value: empty or `auto` (the default), `lines` or `bulk`.
+    /// A `LOWBIT_CUDA_PREFETCH` value: empty or `auto` (the default), `lines`, `bulk`,
+    /// `lines-last` or `bulk-last`.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         match text.trim() {
             "" | "auto" => Ok(Self::Auto),
             "lines" => Ok(Self::Lines),
             "bulk" => Ok(Self::Bulk),
+            "lines-last" => Ok(Self::LinesLast),
+            "bulk-last" => Ok(Self::BulkLast),
             other => Err(format!(
-                "`{other}` is not auto (the default), lines or bulk"
+                "`{other}` is not auto (the default), lines, bulk, lines-last or bulk-last"
             )),
         }
     }
 
-    /// Whether a small-M launch of `m` rows prefetches in bulk.
-    pub fn bulk(self, m: usize) -> bool {
+    /// The kernels' `pf_mode` for a small-M launch of `m` rows of the decoder tail
+    /// (`decoder`) or the low-rank projection.
+    pub(crate) fn mode(self, m: usize, decoder: bool) -> i32 {
         match self {
-            Self::Auto => m <= BULK_PREFETCH_MAX_M,
-            Self::Lines => false,
-            Self::Bulk => true,
+            Self::Auto if m <= BULK_PREFETCH_MAX_M => PF_BULK,
+            Self::Auto if !decoder => PF_LAST,
+            Self::Auto | Self::Lines => 0,
+            Self::Bulk => PF_BULK,
+            Self::LinesLast => PF_LAST,
+            Self::BulkLast => PF_BULK | PF_LAST,
         }
     }
 }
@@ -874,12 +896,35 @@ mod tests {
         assert_eq!(WeightPrefetch::parse(" auto "), Ok(WeightPrefetch::Auto));
         assert_eq!(WeightPrefetch::parse("lines"), Ok(WeightPrefetch::Lines));
         assert_eq!(WeightPrefetch::parse("bulk"), Ok(WeightPrefetch::Bulk));
-        for bad in ["0", "Bulk", "line", "tma"] {
+        for bad in ["0", "Bulk", "line", "tma", "last"] {
             assert!(WeightPrefetch::parse(bad).is_err(), "{bad}");
         }
-        assert!(WeightPrefetch::Auto.bulk(BULK_PREFETCH_MAX_M));
-        assert!(!WeightPrefetch::Auto.bulk(BULK_PREFETCH_MAX_M + 1));
-        assert!(WeightPrefetch::Bulk.bulk(16) && !WeightPrefetch::Lines.bulk(1));
+        assert_eq!(
+            WeightPrefetch::parse("lines-last"),
+            Ok(WeightPrefetch::LinesLast)
+        );
+        assert_eq!(
+            WeightPrefetch::parse("bulk-last"),
+            Ok(WeightPrefetch::BulkLast)
+        );
+        for decoder in [false, true] {
+            assert_eq!(
+                WeightPrefetch::Auto.mode(BULK_PREFETCH_MAX_M, decoder),
+                PF_BULK
+            );
+            assert_eq!(WeightPrefetch::Bulk.mode(16, decoder), PF_BULK);
+            assert_eq!(WeightPrefetch::Lines.mode(1, decoder), 0);
+            assert_eq!(WeightPrefetch::LinesLast.mode(1, decoder), PF_LAST);
+            assert_eq!(
+                WeightPrefetch::BulkLast.mode(16, decoder),
+                PF_BULK | PF_LAST
+            );
+        }
+        assert_eq!(
+            WeightPrefetch::Auto.mode(BULK_PREFETCH_MAX_M + 1, false),
+            PF_LAST
+        );
+        assert_eq!(WeightPrefetch::Auto.mode(BULK_PREFETCH_MAX_M + 1, true), 0);
     }
 
     #[test]

@@ -124,9 +124,10 @@ pub(crate) struct LbProblem {
     pub out_dtype: i32,
     /// [`Pdl`] as launched (set by `CudaDevice::launch_lb`).
     pub pdl: i32,
-    /// 1: the PDL weight prefetch is one bulk prefetch per row
-    /// ([`super::device::WeightPrefetch`], set by `CudaDevice::launch_lb`).
-    pub pf_bulk: i32,
+    /// How the PDL weight prefetch runs: `LB_PF_BULK` (a bulk prefetch per row) and
+    /// `LB_PF_LAST` (evict_last) bits ([`super::device::WeightPrefetch`], set by
+    /// `CudaDevice::launch_lb`).
+    pub pf_mode: i32,
 }
 
 // SAFETY: plain-old-data with the C layout of `LbProblem`.
@@ -403,7 +404,12 @@ impl CudaDevice {
         let pdl = if small { self.pdl } else { Pdl::Off };
         let p = &LbProblem {
             pdl: pdl as i32,
-            pf_bulk: i32::from(pdl != Pdl::Off && self.prefetch.bulk(p.m_total.max(0) as usize)),
+            pf_mode: if pdl == Pdl::Off {
+                0
+            } else {
+                self.prefetch
+                    .mode(p.m_total.max(0) as usize, p.is_decoder != 0)
+            },
             ..*p
         };
         let context = format!("cuLaunchKernel ({what})");
