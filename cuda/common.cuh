@@ -295,8 +295,12 @@ __device__ __forceinline__ void lb_trace_at(int) {}
 // 16-byte aligned, else 128-byte line prefetches spread over the threads; LB_PF_LAST with
 // the L2 evict_last priority, so that the lines outlast the previous kernel's traffic until
 // this one reads them. lb_pdl_prologue = lb_pdl_prefetch, then lb_pdl_wait.
+// LB_PF_EARLY (the caller's weights are frozen: nothing on the device writes them while these
+// kernels run, CudaDevice::with_frozen_weights): the kernel also loads its first weights into
+// registers before its wait, so they are on the SM when the previous kernel ends.
 #define LB_PF_BULK 1
 #define LB_PF_LAST 2
+#define LB_PF_EARLY 4
 __device__ __forceinline__ void lb_pdl_prefetch(int pdl, int mode, const u32* b, long long ldb,
                                                 int r0, int r1, int c0, int c1) {
 #if __CUDA_ARCH__ >= 900
@@ -815,11 +819,8 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     const int tile0 = blockIdx.x * LB_SM_COLS;
     const int c0 = tile0 + col_local;
     const LbSplit sp = lb_split(p, blockIdx.y, 4);
-    lb_pdl_prologue(p.pdl, p.pf_mode, sp.b, p.ldb, sp.kw0, sp.kw1, tile0,
+    lb_pdl_prefetch(p.pdl, p.pf_mode, sp.b, p.ldb, sp.kw0, sp.kw1, tile0,
                     min(tile0 + LB_SM_COLS, p.bcols));
-    const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
-    const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
-                                             : min((long long)sp.kw1 * 4, p.a_kvalid);
 
     int acc[LB_SMALL_M][4];
 #pragma unroll
@@ -838,8 +839,15 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
                           : make_uint4(0u, 0u, 0u, 0u);
         }
     };
-    // The first batch is in flight while A is staged; the second is warmed in L2.
-    if (sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
+    // The first batch is in flight while A is staged (frozen weights: already before the
+    // wait); the second is warmed in L2.
+    const bool early = (p.pf_mode & LB_PF_EARLY) != 0;
+    if (early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
+    lb_pdl_wait(p.pdl);
+    const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
+    const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
+                                             : min((long long)sp.kw1 * 4, p.a_kvalid);
+    if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
     for (int u = LB_SM_BATCH; u < 2 * LB_SM_BATCH; ++u) {
         const int r = sp.kw0 + kli + u * LB_SM_KLANES;
         if (r < sp.kw1 && c0 < p.bcols) lb_prefetch_l2(sp.b + (long long)r * p.ldb + c0);

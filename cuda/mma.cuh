@@ -651,9 +651,12 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
             a_row[i] = lb_a_ptr(p, lb_a_row(p, m0 + (in ? r : 0), sp.a_head));
         }
     }
+    // Frozen weights (LB_PF_EARLY): the first register batch is loaded before the wait.
+    const bool early = (p.pf_mode & LB_PF_EARLY) != 0;
+    if (early) load_b(0);
     lb_pdl_wait(p.pdl);
     lb_trace_at(1);
-    load_b(0);
+    if (!early) load_b(0);
     {
         const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
         uint4 st[AITERS];

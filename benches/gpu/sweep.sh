@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -61,7 +61,8 @@
 # prefetch: the small-M kernels' PDL weight prefetch each way (LOWBIT_CUDA_PREFETCH, with and
 # without evict_last), its test first. chainfloor: benches/gpu/chain_floor.cu, what a chain of
 # dependent kernels that only read 8.39 MB of weights takes under each prefetch and launch
-# order (nvcc).
+# order (nvcc). frozen: the small-M kernels with frozen weights (LOWBIT_CUDA_FROZEN_WEIGHTS=1)
+# under each PDL mode, their tests first.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -304,6 +305,26 @@ if has prefetch; then
       for w in i8x4 ternary2; do
         LOWBIT_CUDA_PREFETCH=$pf bench "prefetch $pf, $w, round $round" --backend cuda \
           --op lowrank,decoder-tail --variant packed --m 1,2,4,8,16 --weights $w
+      done
+    done
+  done
+fi
+if has frozen; then
+  # Frozen weights (LOWBIT_CUDA_FROZEN_WEIGHTS=1: the small-M kernels load their first weights
+  # before the PDL wait) under each PDL mode: the tests, then two rounds of both ops at
+  # M = 1..16, packed input, f32 out, both weight formats.
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout 300 "$d" --test-threads=4 small_m_frozen_weights \
+    small_m_chain_back_to_back > "$out/test-frozen.log" 2>&1
+  echo "frozen tests exit $?" | tee -a "$sum"
+  grep -E "^test |^test result|panicked" "$out/test-frozen.log" | head -8 | tee -a "$sum"
+  for round in 1 2; do
+    for cfg in 0,1 1,1 0,early 1,early; do
+      fz=${cfg%,*} pdl=${cfg#*,}
+      for w in i8x4 ternary2; do
+        LOWBIT_CUDA_FROZEN_WEIGHTS=$fz LOWBIT_CUDA_PDL=$pdl bench \
+          "frozen $fz, pdl $pdl, $w, round $round" --backend cuda --op lowrank,decoder-tail \
+          --variant packed --m 1,2,4,8,16 --weights $w
       done
     done
   done

@@ -319,19 +319,31 @@ fn device_resident_chaining() {
 
 /// Token-by-token decoding queued back to back with no sync: x -> relu(lowrank(x)) ->
 /// decoder_tail -> x, 8 steps, at M = 1 and 8 (the dp4a and tensor-core small-M kernels), with
-/// each programmatic dependent launch mode (off below sm_90). Every kernel reads the
-/// previous kernel's output and every buffer starts as NaN, so a kernel that read its input
-/// before its predecessor finished would show: each step is checked bit for bit against the
-/// reference on the device's own inputs.
+/// each programmatic dependent launch mode (off below sm_90), with and without frozen weights
+/// (`CudaDevice::with_frozen_weights`: the weights loaded before the wait). Every kernel reads
+/// the previous kernel's output and every buffer starts as NaN, so a kernel that read its
+/// input before its predecessor finished would show: each step is checked bit for bit against
+/// the reference on the device's own inputs.
 #[test]
 fn small_m_chain_back_to_back() {
     const STEPS: usize = 8;
     let (heads, d, n) = (4, 256, 512);
     let (s_x, s_h) = (0.05f32, 0.01f32);
-    for pdl in [Pdl::AfterWait, Pdl::Early, Pdl::Off] {
+    for (pdl, frozen) in [
+        (Pdl::AfterWait, false),
+        (Pdl::Early, false),
+        (Pdl::Off, false),
+        (Pdl::AfterWait, true),
+        (Pdl::Early, true),
+    ] {
         let Some(dev) = device() else { return };
-        let dev = dev.with_programmatic_launch(pdl);
-        println!("programmatic launch: {:?}", dev.programmatic_launch());
+        let dev = dev
+            .with_programmatic_launch(pdl)
+            .with_frozen_weights(frozen);
+        println!(
+            "programmatic launch: {:?}, frozen weights: {frozen}",
+            dev.programmatic_launch()
+        );
         for m in [1, 8] {
             let mut rng = Rng::new(40 + m as u64);
             let lr = lowrank_problem(&mut rng, m, heads, d, n);
@@ -393,13 +405,21 @@ fn small_m_chain_back_to_back() {
                 .into_iter()
                 .map(|v| v.max(0.0))
                 .collect();
-                assert_exact(&format!("pdl {pdl:?} M {m} step {i} hidden"), &eh, &h);
+                assert_exact(
+                    &format!("pdl {pdl:?} frozen {frozen} M {m} step {i} hidden"),
+                    &eh,
+                    &h,
+                );
                 let ch = codes_of(&h, Fmt::Int8, s_h);
                 let ey =
                     reference::decoder_tail_codes(&dec.shape, &ch, &dec.w_codes, s_h, dec.w_scale)
                         .unwrap();
                 let y = dev.download(&xs[i + 1]).unwrap();
-                assert_exact(&format!("pdl {pdl:?} M {m} step {i} output"), &ey, &y);
+                assert_exact(
+                    &format!("pdl {pdl:?} frozen {frozen} M {m} step {i} output"),
+                    &ey,
+                    &y,
+                );
                 assert!(ey.iter().any(|&v| v != 0.0), "step {i}: degenerate data");
             }
         }

@@ -331,6 +331,27 @@ fn small_m_weight_prefetch_each_way() {
     }
 }
 
+/// The small-M cases with frozen weights (`CudaDevice::with_frozen_weights`: the first weights
+/// loaded before the PDL wait), under both PDL modes, on i8x4 and ternary2 weights.
+#[test]
+fn small_m_frozen_weights() {
+    static AFTER: Cell = OnceLock::new();
+    static EARLY: Cell = OnceLock::new();
+    static T2_EARLY: Cell = OnceLock::new();
+    for (cell, pdl, t2) in [
+        (&AFTER, Pdl::AfterWait, false),
+        (&EARLY, Pdl::Early, false),
+        (&T2_EARLY, Pdl::Early, true),
+    ] {
+        let Some(b) = small_cases_on(cell, t2, |d| {
+            d.with_frozen_weights(true).with_programmatic_launch(pdl)
+        }) else {
+            return;
+        };
+        assert!(b.device().frozen_weights());
+    }
+}
+
 /// f32 input to the small-M tensor-core decoder packed each way against the default
 /// (`CudaDevice::with_small_prepack`; by default once beforehand for i8x4 weights, by every CTA
 /// for ternary2): i8x4 staged by the CTAs, ternary2 packed once; every input variant, epilogue

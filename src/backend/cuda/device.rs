@@ -266,9 +266,14 @@ pub enum WeightPrefetch {
     BulkLast,
 }
 
-/// `LbProblem::pf_mode` bits (`LB_PF_BULK`, `LB_PF_LAST` in `cuda/common.cuh`).
+/// `LbProblem::pf_mode` bits (`LB_PF_BULK`, `LB_PF_LAST`, `LB_PF_EARLY` in `cuda/common.cuh`).
 const PF_BULK: i32 = 1;
 const PF_LAST: i32 = 2;
+pub(crate) const PF_EARLY: i32 = 4;
+
+/// Environment variable that promises the small-M kernels frozen weights (`1`; empty or `0`:
+/// not, the default): see [`CudaDevice::with_frozen_weights`].
+pub const FROZEN_WEIGHTS_ENV: &str = "LOWBIT_CUDA_FROZEN_WEIGHTS";
 
 impl WeightPrefetch {
     /// A `LOWBIT_CUDA_PREFETCH` value: empty or `auto` (the default), `lines`, `bulk`,
@@ -352,6 +357,9 @@ pub struct CudaDevice {
     pub(crate) pdl: Pdl,
     /// How the small-M kernels prefetch their weights under PDL (`LOWBIT_CUDA_PREFETCH`).
     pub(crate) prefetch: WeightPrefetch,
+    /// The caller's promise that nothing on the device writes the weights while the small-M
+    /// kernels run (`LOWBIT_CUDA_FROZEN_WEIGHTS`, [`CudaDevice::with_frozen_weights`]).
+    pub(crate) frozen_weights: bool,
     /// f32 input to the small-M tensor-core decoder packed once beforehand
     /// (`LOWBIT_CUDA_SMALL_PREPACK`, [`CudaDevice::with_small_prepack`]); `None`: auto.
     pub(crate) small_prepack: Option<bool>,
@@ -514,6 +522,7 @@ impl CudaDevice {
             wg_pairs: env_parse(super::mma::WG_PAIRS_ENV, super::mma::parse_wg_pairs)?,
             pdl,
             prefetch,
+            frozen_weights: env_switch(FROZEN_WEIGHTS_ENV, false)?,
             small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
@@ -558,6 +567,22 @@ impl CudaDevice {
     /// `LOWBIT_CUDA_PREFETCH`); any choice gives the same bits.
     pub fn with_weight_prefetch(mut self, prefetch: WeightPrefetch) -> Self {
         self.prefetch = prefetch;
+        self
+    }
+    /// Whether the caller has promised frozen weights ([`CudaDevice::with_frozen_weights`]).
+    pub fn frozen_weights(&self) -> bool {
+        self.frozen_weights
+    }
+    /// Promises (`true`) that nothing on this device writes a projection's weights while the
+    /// small-M kernels (M ≤ 16) that read them may run: the weights are uploaded or updated,
+    /// and the device synchronized, before such ops are queued, as in inference. Under
+    /// programmatic dependent launch such a kernel then loads its first weights into registers
+    /// before it waits for the previous kernel of the stream, instead of only prefetching them
+    /// into L2; with [`Pdl::Early`] a chain of them streams its weights back to back. Off by
+    /// default (`LOWBIT_CUDA_FROZEN_WEIGHTS`): a training step that rewrites the weights
+    /// earlier in the stream would otherwise race with those loads. The same bits either way.
+    pub fn with_frozen_weights(mut self, frozen: bool) -> Self {
+        self.frozen_weights = frozen;
         self
     }
     /// Whether f32 input to the small-M tensor-core decoder is quantized and packed once, by

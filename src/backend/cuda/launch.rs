@@ -407,8 +407,14 @@ impl CudaDevice {
             pf_mode: if pdl == Pdl::Off {
                 0
             } else {
+                let early = if self.frozen_weights {
+                    super::device::PF_EARLY
+                } else {
+                    0
+                };
                 self.prefetch
                     .mode(p.m_total.max(0) as usize, p.is_decoder != 0)
+                    | early
             },
             ..*p
         };
