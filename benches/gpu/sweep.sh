@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -62,7 +62,8 @@
 # without evict_last), its test first. chainfloor: benches/gpu/chain_floor.cu, what a chain of
 # dependent kernels that only read 8.39 MB of weights takes under each prefetch and launch
 # order (nvcc). frozen: the small-M kernels with frozen weights (LOWBIT_CUDA_FROZEN_WEIGHTS=1)
-# under each PDL mode, their tests first.
+# under each PDL mode, their tests first. frozendec: frozen weights, the small-M decoder's grid
+# and CTA shapes.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -326,6 +327,22 @@ if has frozen; then
           "frozen $fz, pdl $pdl, $w, round $round" --backend cuda --op lowrank,decoder-tail \
           --variant packed --m 1,2,4,8,16 --weights $w
       done
+    done
+  done
+fi
+if has frozendec; then
+  # Frozen weights (the small-M kernels with i8x4 weights then also take the early PDL
+  # trigger): the decoder's grid and CTA shapes (LOWBIT_CUDA_SMALL's blocks per SM,
+  # LOWBIT_CUDA_SMALL_DECODER), two rounds at M = 1..16, packed, f32 out; the low-rank default.
+  for round in 1 2; do
+    LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench "frozen, low-rank default, round $round" --backend cuda \
+      --op lowrank --variant packed --m 1,4,8,16
+    for cfg in 2x2x4:1x8x64 2x1x4:1x8x64 2x2x4:1x16x32 2x2x4:1x16x32x2 2x1x4:1x8x64x2x32 \
+               2x1x4:1x4x64x2 2x4x4:1x8x64x1x32; do
+      sm=${cfg%:*} dec=${cfg#*:}
+      LOWBIT_CUDA_FROZEN_WEIGHTS=1 LOWBIT_CUDA_SMALL=$sm LOWBIT_CUDA_SMALL_DECODER=$dec bench \
+        "frozen, decoder SMALL=$sm SMALL_DECODER=$dec, round $round" --backend cuda \
+        --op decoder-tail --variant packed --m 1,4,8,16
     done
   done
 fi

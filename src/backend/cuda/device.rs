@@ -578,9 +578,12 @@ impl CudaDevice {
     /// and the device synchronized, before such ops are queued, as in inference. Under
     /// programmatic dependent launch such a kernel then loads its first weights into registers
     /// before it waits for the previous kernel of the stream, instead of only prefetching them
-    /// into L2; with [`Pdl::Early`] a chain of them streams its weights back to back. Off by
-    /// default (`LOWBIT_CUDA_FROZEN_WEIGHTS`): a training step that rewrites the weights
-    /// earlier in the stream would otherwise race with those loads. The same bits either way.
+    /// into L2. With i8x4 weights the small-M tensor-core kernels also let the next kernel
+    /// start as soon as they start ([`Pdl::Early`] for them), and the decoder aims its split-K
+    /// at half the blocks per SM, so that the next kernel's CTAs fit beside it: a chain of them
+    /// streams its weights back to back. Off by default (`LOWBIT_CUDA_FROZEN_WEIGHTS`): a
+    /// training step that rewrites the weights earlier in the stream would otherwise race with
+    /// those loads. The same bits either way.
     pub fn with_frozen_weights(mut self, frozen: bool) -> Self {
         self.frozen_weights = frozen;
         self

@@ -122,7 +122,9 @@ pub(crate) struct LbProblem {
     pub c_vec: i32,
     pub is_decoder: i32,
     pub out_dtype: i32,
-    /// [`Pdl`] as launched (set by `CudaDevice::launch_lb`).
+    /// [`Pdl`] as launched (set by `CudaDevice::launch_lb`). Given to `launch_lb` as
+    /// [`Pdl::Early`], it asks for the early trigger where the weights are frozen and the
+    /// device's mode is [`Pdl::AfterWait`].
     pub pdl: i32,
     /// How the PDL weight prefetch runs: `LB_PF_BULK` (a bulk prefetch per row) and
     /// `LB_PF_LAST` (evict_last) bits ([`super::device::WeightPrefetch`], set by
@@ -401,7 +403,11 @@ impl CudaDevice {
         what: &str,
         small: bool,
     ) -> Result<()> {
-        let pdl = if small { self.pdl } else { Pdl::Off };
+        let pdl = match self.pdl {
+            _ if !small => Pdl::Off,
+            Pdl::AfterWait if self.frozen_weights && p.pdl == Pdl::Early as i32 => Pdl::Early,
+            pdl => pdl,
+        };
         let p = &LbProblem {
             pdl: pdl as i32,
             pf_mode: if pdl == Pdl::Off {

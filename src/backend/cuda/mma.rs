@@ -1520,7 +1520,7 @@ impl CudaDevice {
             grid_dim(OP, "row blocks", shape.m().div_ceil(SMALL_ROWS))?,
         );
         let smem = small_smem(1, ksw);
-        self.launch_small(&f, grid, SMALL_LOWRANK_CW, smem, &p, "lowrank_mma_small")
+        self.launch_small(&f, grid, SMALL_LOWRANK_CW, smem, p, t2, "lowrank_mma_small")
     }
 
     /// Queues the small-M decoder kernel on `p` (built and validated by `decoder_tail_raw`).
@@ -1554,10 +1554,13 @@ impl CudaDevice {
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
         // the small-M blocks per SM (`SmallShape`, in 256-thread blocks; half for ternary2, a
-        // quarter of the bytes).
+        // quarter of the bytes; half with frozen weights under PDL, where the next kernel's
+        // CTAs then fit beside these and load their weights before their wait: H100, graph
+        // replay, M = 4 / 8 / 16, 4.43 / 4.57 / 5.05 µs against 4.86 / 4.90 / 5.25 at the
+        // default's 2 per SM, BENCHMARKS.md 2026-12-06).
         let (step, most) = (16 * kws, ms.ksw * kws);
         let units = col_tiles * shape.heads * row_blocks;
-        let per_sm = if t2 {
+        let per_sm = if t2 || (self.frozen_weights && self.pdl != Pdl::Off) {
             (self.small.blocks_per_sm / 2).max(1)
         } else {
             self.small.blocks_per_sm
@@ -1582,21 +1585,29 @@ impl CudaDevice {
             grid_dim(OP, "row blocks", row_blocks)?,
         );
         let smem = small_smem(ms.kw, ms.ksw);
-        self.launch_small(&f, grid, cw * kws as u32, smem, &p, "decoder_mma_small")
+        self.launch_small(&f, grid, cw * kws as u32, smem, p, t2, "decoder_mma_small")
     }
 
+    /// With i8x4 weights (not `t2`) the kernel asks `launch_lb` for the early PDL trigger,
+    /// which it takes where the weights are frozen (`CudaDevice::with_frozen_weights`): H100,
+    /// graph replay, frozen weights, low-rank at M = 4 / 8 / 16 took 4.13 / 4.16 / 4.46 µs with
+    /// it against 4.53 / 4.53 / 4.71 after the wait; the decoder 0.01-0.05 µs less; ternary2
+    /// weights up to 0.2 µs more (BENCHMARKS.md, 2026-12-06).
+    #[allow(clippy::too_many_arguments)]
     fn launch_small(
         &self,
         f: &CudaFunction,
         grid: (u32, u32, u32),
         warps: u32,
         smem: usize,
-        p: &LbProblem,
+        mut p: LbProblem,
+        t2: bool,
         what: &str,
     ) -> Result<()> {
+        p.pdl = if t2 { Pdl::AfterWait } else { Pdl::Early } as i32;
         // SAFETY: `p` mirrors the kernel's only parameter; its addresses were checked by the
         // caller to cover the shape's extent (loads past the valid extents are masked).
-        unsafe { self.launch_lb(f, launch_cfg(grid, 32 * warps, smem), p, what, true) }
+        unsafe { self.launch_lb(f, launch_cfg(grid, 32 * warps, smem), &p, what, true) }
     }
 
     fn prepare(&self, f: &CudaFunction, smem: usize) -> Result<usize> {

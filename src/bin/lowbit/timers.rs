@@ -387,10 +387,13 @@ mod cuda {
             Ok(d.as_secs_f64() / per)
         })?;
         // The small-M kernels of one replay overlap under programmatic dependent launch.
-        s.timing = Some(match dev.programmatic_launch() {
-            Pdl::Off => "device (CUDA graph replay)",
-            Pdl::AfterWait => "device (CUDA graph replay, PDL)",
-            Pdl::Early => "device (CUDA graph replay, PDL early)",
+        // (Frozen weights change what the kernels read before their wait: said too.)
+        s.timing = Some(match (dev.programmatic_launch(), dev.frozen_weights()) {
+            (Pdl::Off, _) => "device (CUDA graph replay)",
+            (Pdl::AfterWait, false) => "device (CUDA graph replay, PDL)",
+            (Pdl::AfterWait, true) => "device (CUDA graph replay, PDL, frozen weights)",
+            (Pdl::Early, false) => "device (CUDA graph replay, PDL early)",
+            (Pdl::Early, true) => "device (CUDA graph replay, PDL early, frozen weights)",
         });
         Ok(s)
     }
