@@ -63,7 +63,7 @@
 # dependent kernels that only read 8.39 MB of weights takes under each prefetch and launch
 # order (nvcc). frozen: the small-M kernels with frozen weights (LOWBIT_CUDA_FROZEN_WEIGHTS=1)
 # under each PDL mode, their tests first. frozendec: frozen weights, the small-M decoder's grid
-# and CTA shapes.
+# and CTA shapes (FROZEN_DEC: SMALL:SMALL_DECODER pairs instead of the default list).
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -337,8 +337,8 @@ if has frozendec; then
   for round in 1 2; do
     LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench "frozen, low-rank default, round $round" --backend cuda \
       --op lowrank --variant packed --m 1,4,8,16
-    for cfg in 2x2x4:1x8x64 2x1x4:1x8x64 2x2x4:1x16x32 2x2x4:1x16x32x2 2x1x4:1x8x64x2x32 \
-               2x1x4:1x4x64x2 2x4x4:1x8x64x1x32; do
+    for cfg in ${FROZEN_DEC:-2x2x4:1x8x64 2x1x4:1x8x64 2x2x4:1x16x32 2x2x4:1x16x32x2 \
+               2x1x4:1x8x64x2x32 2x1x4:1x4x64x2 2x4x4:1x8x64x1x32}; do
       sm=${cfg%:*} dec=${cfg#*:}
       LOWBIT_CUDA_FROZEN_WEIGHTS=1 LOWBIT_CUDA_SMALL=$sm LOWBIT_CUDA_SMALL_DECODER=$dec bench \
         "frozen, decoder SMALL=$sm SMALL_DECODER=$dec, round $round" --backend cuda \
