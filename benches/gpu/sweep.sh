@@ -167,6 +167,13 @@ bench() {  # label, then lowbit bench args
   "${BIN:-$L}" bench "$@" "${peers[@]}" 2>>"$out/bench.err" | tee -a "$out/bench.log" \
     | grep -E "^(cuda|wgpu) |^cuda: weight-stream" | cut -c1-230 | tee -a "$sum"
 }
+step_tests() {  # label, time limit (s), threads, then test name filters: those differential tests
+  local label=$1 limit=$2 threads=$3 d; shift 3
+  d=$(ls "$b"/tests/differential-* | head -1)
+  LOWBIT_REQUIRE=cuda timeout "$limit" "$d" --test-threads="$threads" "$@" > "$out/test-$label.log" 2>&1
+  echo "$label tests exit $?" | tee -a "$sum"
+  grep -E "^test |^test result|panicked|FAILED" "$out/test-$label.log" | head -20 | tee -a "$sum"
+}
 if has small; then
   bench "cuda small M, graph" --backend cuda --op lowrank,decoder-tail --m 1,4,8,16 --json "$out/small_graph.json"
   bench "cuda small M, single launch" --backend cuda --op lowrank,decoder-tail --m 1,16 --no-graph
@@ -176,12 +183,8 @@ if has t2; then
   bench "cuda ternary2 weights" --backend cuda --op lowrank,decoder-tail --m 1,4,16,512,2048 --weights ternary2 --json "$out/t2.json"
 fi
 if has t2tests; then
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 400 "$d" --test-threads=4 cuda_mma::decoder_t2 \
-    cuda_mma::decoder_mbarrier_ring cuda_mma::decoder_y_by_tma cuda_mma::decoder_narrow \
-    > "$out/test-t2opts.log" 2>&1
-  echo "t2 option tests exit $?" | tee -a "$sum"
-  grep -E "^test |test result|panicked" "$out/test-t2opts.log" | head | tee -a "$sum"
+  step_tests t2opts 400 4 cuda_mma::decoder_t2 cuda_mma::decoder_mbarrier_ring \
+    cuda_mma::decoder_y_by_tma cuda_mma::decoder_narrow
 fi
 if has t2opts; then
   # fmt: T2_FIELDS, MBARRIER, TMA
@@ -216,11 +219,7 @@ if has tmay; then
   done
 fi
 if has smalldec; then
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 120 "$d" --test-threads=8 small_mma_decoder small_m_grid \
-    cuda_mma::routing > "$out/test-smalldec.log" 2>&1
-  echo "small-M decoder tests exit $?" | tee -a "$sum"
-  grep -E "^test |^test result|panicked" "$out/test-smalldec.log" | head -10 | tee -a "$sum"
+  step_tests smalldec 120 8 small_mma_decoder small_m_grid cuda_mma::routing
   for round in 1 2; do
     for cfg in 1x8x64 1x8x64x1x32 1x4x64x2 1x4x64x2x32 1x16x32 2x4x64x1x32; do
       LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_SMALL_DECODER=$cfg \
@@ -230,11 +229,8 @@ if has smalldec; then
   done
 fi
 if has lrprologue; then
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 300 "$d" --test-threads=8 cuda_mma::lowrank cuda_mma::ternary2_lowrank \
-    cuda_mma::runs_are_bit_identical > "$out/test-lrprologue.log" 2>&1
-  echo "low-rank tensor-core tests exit $?" | tee -a "$sum"
-  grep -E "^test |^test result|panicked|FAILED" "$out/test-lrprologue.log" | head -20 | tee -a "$sum"
+  step_tests lrprologue 300 8 cuda_mma::lowrank cuda_mma::ternary2_lowrank \
+    cuda_mma::runs_are_bit_identical
   [ -x "$b/bin/lowbit-base" ] || echo "no $b/bin/lowbit-base: the new build only" | tee -a "$sum"
   for round in 1 2; do
     for which in base new; do
@@ -274,14 +270,10 @@ if has ab; then
 fi
 if has smallprep; then
   # f32 input to the small-M tensor-core decoder packed once beforehand
-  # (LOWBIT_CUDA_SMALL_PREPACK=1) against each CTA quantizing its own slice (0, the default):
-  # the test, then two rounds at M = 1..16, i8x4 (LOWBIT_CUDA_SMALL_MMA=1, so M < 4 runs the
-  # tensor-core kernel too) and ternary2.
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 200 "$d" --test-threads=2 small_decoder_f32_prepacked \
-    > "$out/test-smallprep.log" 2>&1
-  echo "small-M decoder prepack test exit $?" | tee -a "$sum"
-  grep -E "^test result|panicked" "$out/test-smallprep.log" | head -5 | tee -a "$sum"
+  # (LOWBIT_CUDA_SMALL_PREPACK=1) against each CTA quantizing its own slice (0): the test, then
+  # two rounds at M = 1..16, i8x4 (LOWBIT_CUDA_SMALL_MMA=1, so M < 4 runs the tensor-core
+  # kernel too) and ternary2.
+  step_tests smallprep 200 2 small_decoder_f32_packing_each_way
   for round in 1 2; do
     for v in 0 1; do
       for w in i8x4 ternary2; do
@@ -296,11 +288,7 @@ if has prefetch; then
   # The small-M kernels' PDL weight prefetch (LOWBIT_CUDA_PREFETCH) each way, with and without
   # the L2 evict_last priority: the test, then two rounds of both ops at M = 1..16, packed
   # input, f32 out, both weight formats.
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 200 "$d" --test-threads=4 small_m_weight_prefetch_each_way \
-    > "$out/test-prefetch.log" 2>&1
-  echo "prefetch test exit $?" | tee -a "$sum"
-  grep -E "^test result|panicked" "$out/test-prefetch.log" | head -5 | tee -a "$sum"
+  step_tests prefetch 200 4 small_m_weight_prefetch_each_way
   for round in 1 2; do
     for pf in auto lines lines-last bulk bulk-last; do
       for w in i8x4 ternary2; do
@@ -314,11 +302,7 @@ if has frozen; then
   # Frozen weights (LOWBIT_CUDA_FROZEN_WEIGHTS=1: the small-M kernels load their first weights
   # before the PDL wait) under each PDL mode: the tests, then two rounds of both ops at
   # M = 1..16, packed input, f32 out, both weight formats.
-  d=$(ls "$b"/tests/differential-* | head -1)
-  LOWBIT_REQUIRE=cuda timeout 300 "$d" --test-threads=4 small_m_frozen_weights \
-    small_m_chain_back_to_back > "$out/test-frozen.log" 2>&1
-  echo "frozen tests exit $?" | tee -a "$sum"
-  grep -E "^test |^test result|panicked" "$out/test-frozen.log" | head -8 | tee -a "$sum"
+  step_tests frozen 300 4 small_m_frozen_weights small_m_chain_back_to_back
   for round in 1 2; do
     for cfg in 0,1 1,1 0,early 1,early; do
       fz=${cfg%,*} pdl=${cfg#*,}

@@ -302,7 +302,8 @@ fn small_cases_on(
 }
 
 /// The small-M kernels' PDL weight prefetch forced each way at every M
-/// (`CudaDevice::with_weight_prefetch`; the default prefetches in bulk only at M ≤ 2): in bulk
+/// (`CudaDevice::with_weight_prefetch`; the default prefetches in bulk only at M ≤ 2, above
+/// line by line, with evict_last for the low-rank projection): in bulk
 /// on i8x4 and ternary2 weights, line by line on i8x4, and both with the L2 evict_last
 /// priority; rows that do not start 16-byte aligned (N = 9, 70, 130) take the line-by-line
 /// fallback inside the bulk path. Under PDL only (on by default on sm_90); elsewhere these run
@@ -332,16 +333,20 @@ fn small_m_weight_prefetch_each_way() {
 }
 
 /// The small-M cases with frozen weights (`CudaDevice::with_frozen_weights`: the first weights
-/// loaded before the PDL wait), under both PDL modes, on i8x4 and ternary2 weights.
+/// loaded before the PDL wait), under both PDL modes, on i8x4 and ternary2 weights. (On a
+/// device in the default mode the i8x4 tensor-core kernels then take the early trigger too;
+/// ternary2 ones keep the trigger after the wait.)
 #[test]
 fn small_m_frozen_weights() {
     static AFTER: Cell = OnceLock::new();
     static EARLY: Cell = OnceLock::new();
     static T2_EARLY: Cell = OnceLock::new();
+    static T2_AFTER: Cell = OnceLock::new();
     for (cell, pdl, t2) in [
         (&AFTER, Pdl::AfterWait, false),
         (&EARLY, Pdl::Early, false),
         (&T2_EARLY, Pdl::Early, true),
+        (&T2_AFTER, Pdl::AfterWait, true),
     ] {
         let Some(b) = small_cases_on(cell, t2, |d| {
             d.with_frozen_weights(true).with_programmatic_launch(pdl)
