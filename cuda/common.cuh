@@ -434,7 +434,7 @@ struct LbProblem {
     int is_decoder;
     int out_dtype;          // 0 f32, 1 f16, 2 bf16 (round to nearest even)
     int pdl;                // small-M launch: 0 plain, 1 PDL (next kernel after the wait), 2 PDL early
-    int pf_mode;            // PDL weight prefetch: LB_PF_BULK | LB_PF_LAST bits (lb_pdl_prefetch)
+    int pf_mode;            // PDL weights: LB_PF_BULK | LB_PF_LAST | LB_PF_EARLY (lb_pdl_prefetch)
 };
 static_assert(sizeof(LbProblem) == 168, "LbProblem: the layout of launch.rs");
 

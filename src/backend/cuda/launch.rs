@@ -127,8 +127,8 @@ pub(crate) struct LbProblem {
     /// device's mode is [`Pdl::AfterWait`].
     pub pdl: i32,
     /// How the PDL weight prefetch runs: `LB_PF_BULK` (a bulk prefetch per row) and
-    /// `LB_PF_LAST` (evict_last) bits ([`super::device::WeightPrefetch`], set by
-    /// `CudaDevice::launch_lb`).
+    /// `LB_PF_LAST` (evict_last) bits ([`super::device::WeightPrefetch`]), and `LB_PF_EARLY`
+    /// (frozen weights: the first loaded before the wait); set by `CudaDevice::launch_lb`.
     pub pf_mode: i32,
 }
 
