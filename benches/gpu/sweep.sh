@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [mcast]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -63,7 +63,8 @@
 # dependent kernels that only read 8.39 MB of weights takes under each prefetch and launch
 # order (nvcc). frozen: the small-M kernels with frozen weights (LOWBIT_CUDA_FROZEN_WEIGHTS=1)
 # under each PDL mode, their tests first. frozendec: frozen weights, the small-M decoder's grid
-# and CTA shapes (FROZEN_DEC: SMALL:SMALL_DECODER pairs instead of the default list).
+# and CTA shapes (FROZEN_DEC: SMALL:SMALL_DECODER pairs instead of the default list). mcast:
+# the small-M decoder's A multicast over a cluster (LOWBIT_CUDA_SMALL_MCAST=1), its test first.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -327,6 +328,22 @@ if has frozendec; then
       LOWBIT_CUDA_FROZEN_WEIGHTS=1 LOWBIT_CUDA_SMALL=$sm LOWBIT_CUDA_SMALL_DECODER=$dec bench \
         "frozen, decoder SMALL=$sm SMALL_DECODER=$dec, round $round" --backend cuda \
         --op decoder-tail --variant packed --m 1,4,8,16
+    done
+  done
+fi
+if has mcast; then
+  # The small-M tensor-core decoder's A multicast over a cluster of its column-tile CTAs
+  # (LOWBIT_CUDA_SMALL_MCAST=1) against the default, with and without frozen weights: the
+  # test, then two rounds at M = 4..16 (LOWBIT_CUDA_SMALL_MMA=1: M = 1 too), packed, f32 out.
+  step_tests mcast 300 4 small_decoder_multicast_a
+  for round in 1 2; do
+    for cfg in 0,0 1,0 0,1 1,1; do
+      mc=${cfg%,*} fz=${cfg#*,}
+      for w in i8x4 ternary2; do
+        LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_SMALL_MCAST=$mc LOWBIT_CUDA_FROZEN_WEIGHTS=$fz bench \
+          "decoder, SMALL_MCAST=$mc, frozen $fz, $w, round $round" --backend cuda \
+          --op decoder-tail --variant packed --m 1,4,8,16 --weights $w
+      done
     done
   done
 fi

@@ -357,6 +357,38 @@ fn small_m_frozen_weights() {
     }
 }
 
+/// The small-M tensor-core decoder's A multicast over a cluster of its column-tile CTAs
+/// (`CudaDevice::with_small_decoder_multicast`), on i8x4 and ternary2 weights, alone and with
+/// frozen weights: every small-M case (odd D where the column tiles take no cluster, K slices
+/// whose rows are not whole 16-byte units, unaligned input, which stage without it). On
+/// sm_90+ the decoder must have compiled a multicast variant.
+#[test]
+fn small_decoder_multicast_a() {
+    static I8: Cell = OnceLock::new();
+    static T2: Cell = OnceLock::new();
+    static I8_FROZEN: Cell = OnceLock::new();
+    for (cell, t2, frozen) in [
+        (&I8, false, false),
+        (&T2, true, false),
+        (&I8_FROZEN, false, true),
+    ] {
+        let Some(b) = small_cases_on(cell, t2, |d| {
+            d.with_small_decoder_multicast(true)
+                .with_frozen_weights(frozen)
+        }) else {
+            return;
+        };
+        assert!(b.device().small_decoder_multicast());
+        let mcast = b
+            .device()
+            .compile_logs()
+            .iter()
+            .any(|(m, _)| m.starts_with("decoder_tail_mma.cu") && m.contains("LB_MS_MCAST="));
+        let sm90 = b.device().caps().compute_capability.0 >= 9;
+        assert_eq!(mcast, sm90, "t2 {t2}: a multicast variant compiled");
+    }
+}
+
 /// f32 input to the small-M tensor-core decoder packed each way against the default
 /// (`CudaDevice::with_small_prepack`; by default once beforehand for i8x4 weights, by every CTA
 /// for ternary2): i8x4 staged by the CTAs, ternary2 packed once; every input variant, epilogue

@@ -271,6 +271,11 @@ const PF_BULK: i32 = 1;
 const PF_LAST: i32 = 2;
 pub(crate) const PF_EARLY: i32 = 4;
 
+/// Environment variable that multicasts the small-M tensor-core decoder's A over a cluster of
+/// its column-tile CTAs (`1`; empty or `0`: each CTA stages its own, the default): see
+/// [`CudaDevice::with_small_decoder_multicast`].
+pub const SMALL_MCAST_ENV: &str = "LOWBIT_CUDA_SMALL_MCAST";
+
 /// Environment variable that promises the small-M kernels frozen weights (`1`; empty or `0`:
 /// not, the default): see [`CudaDevice::with_frozen_weights`].
 pub const FROZEN_WEIGHTS_ENV: &str = "LOWBIT_CUDA_FROZEN_WEIGHTS";
@@ -360,6 +365,9 @@ pub struct CudaDevice {
     /// The caller's promise that nothing on the device writes the weights while the small-M
     /// kernels run (`LOWBIT_CUDA_FROZEN_WEIGHTS`, [`CudaDevice::with_frozen_weights`]).
     pub(crate) frozen_weights: bool,
+    /// The small-M tensor-core decoder's A multicast over a cluster (`LOWBIT_CUDA_SMALL_MCAST`,
+    /// [`CudaDevice::with_small_decoder_multicast`]).
+    pub(crate) small_mcast: bool,
     /// f32 input to the small-M tensor-core decoder packed once beforehand
     /// (`LOWBIT_CUDA_SMALL_PREPACK`, [`CudaDevice::with_small_prepack`]); `None`: auto.
     pub(crate) small_prepack: Option<bool>,
@@ -523,6 +531,7 @@ impl CudaDevice {
             pdl,
             prefetch,
             frozen_weights: env_switch(FROZEN_WEIGHTS_ENV, false)?,
+            small_mcast: env_switch(SMALL_MCAST_ENV, false)?,
             small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
@@ -586,6 +595,21 @@ impl CudaDevice {
     /// those loads. The same bits either way.
     pub fn with_frozen_weights(mut self, frozen: bool) -> Self {
         self.frozen_weights = frozen;
+        self
+    }
+    /// Whether the small-M tensor-core decoder multicasts its A
+    /// ([`CudaDevice::with_small_decoder_multicast`]).
+    pub fn small_decoder_multicast(&self) -> bool {
+        self.small_mcast
+    }
+    /// Multicasts (`true`) the small-M tensor-core decoder's A, where it can: on sm_90+ with
+    /// 16-byte aligned packed words (no packing pass), the CTAs of the column tiles of one K
+    /// split (2, 4 or 8, what divides the column tiles) run as a thread-block cluster and each
+    /// copies some of the rows into all of them, so that the L2 sends each A byte to the
+    /// cluster once instead of to every column tile (8 at D = 256: 4 MB at M = 16). Off by
+    /// default (`LOWBIT_CUDA_SMALL_MCAST`): not yet measured. The same bits either way.
+    pub fn with_small_decoder_multicast(mut self, on: bool) -> Self {
+        self.small_mcast = on;
         self
     }
     /// Whether f32 input to the small-M tensor-core decoder is quantized and packed once, by

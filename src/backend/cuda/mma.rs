@@ -911,6 +911,16 @@ pub fn reduce_width(forced: Option<usize>, wide_ok: bool, elems: usize, resident
 
 /// The input packer's mode for f32 activations (`LB_A_F32` in `cuda/common.cuh`).
 const MODE_F32: u32 = 2;
+/// The kernels' mode for packed i8x4 words (`LB_A_PACKED`).
+const MODE_PACKED: u32 = 0;
+
+/// The cluster of the small-M decoder's A multicast: the most CTAs (8, 4 or 2) that divide
+/// its `col_tiles` (the cluster runs along them), or `None`.
+pub(crate) fn small_mcast_cluster(col_tiles: usize) -> Option<u32> {
+    [8u32, 4, 2]
+        .into_iter()
+        .find(|&c| col_tiles.is_multiple_of(c as usize))
+}
 
 /// Defines of the input packer for mode 0 (misaligned words) / 1 codes / 2 f32.
 pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
@@ -1549,9 +1559,18 @@ impl CudaDevice {
             reason: format!("{ms}: {e}"),
         })?;
         let (cw, kws) = (ms.cw, ms.kw as usize);
-        let defs = small_defines(mode, uns, t2, &ms);
-        let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
+        let mut defs = small_defines(mode, uns, t2, &ms);
+        // A by multicast over the column tiles of a split (`with_small_decoder_multicast`):
+        // clusters need sm_90, the bulk copies 16-byte aligned packed words.
+        let mcast_ok = self.small_mcast
+            && self.caps.compute_capability.0 >= 9
+            && mode == MODE_PACKED
+            && p.a_vec != 0;
+        if let Some(c) = small_mcast_cluster(col_tiles).filter(|_| mcast_ok) {
+            defs.push(d("LB_MS_MCAST", c));
+        }
+        let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
         // the small-M blocks per SM (`SmallShape`, in 256-thread blocks; half for ternary2, a
         // quarter of the bytes; half with frozen weights under PDL, where the next kernel's
@@ -2270,6 +2289,17 @@ mod tests {
     }
 
     #[test]
+    fn small_mcast_clusters_divide_the_column_tiles() {
+        assert_eq!(small_mcast_cluster(8), Some(8));
+        assert_eq!(small_mcast_cluster(16), Some(8));
+        assert_eq!(small_mcast_cluster(4), Some(4));
+        assert_eq!(small_mcast_cluster(12), Some(4));
+        assert_eq!(small_mcast_cluster(6), Some(2));
+        assert_eq!(small_mcast_cluster(9), None);
+        assert_eq!(small_mcast_cluster(1), None);
+    }
+
+    #[test]
     fn smem_budgets() {
         // BDH D = 256: two low-rank CTAs fit an H100 SM (228 KB), the decoder's 4-stage ring
         // fits its 227 KB per block.
@@ -2655,6 +2685,21 @@ mod tests {
                     Some(0)
                 };
                 compile::compile_checked(id.stem(), cc, &defines, budget);
+            }
+        }
+        // The small-M decoder's A multicast (clusters: sm_90 only), packed words.
+        for (t2, shape) in [(false, SmallMmaDecoder::DEFAULT), (true, SMALL_DECODER_T2)] {
+            for c in [2, 4, 8] {
+                for uns in [false, true] {
+                    let mut defines = small_defines(MODE_PACKED, uns, t2, &shape);
+                    defines.push(d("LB_MS_MCAST", c));
+                    compile::compile_checked(
+                        KernelId::DecoderMmaSmall.stem(),
+                        (9, 0),
+                        &defines,
+                        Some(0),
+                    );
+                }
             }
         }
         if wgmma_capable((9, 0)) {
