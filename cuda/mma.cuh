@@ -716,7 +716,8 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
 #if defined(LB_MS_MCAST)
     if (mc) {
         if (tid == 0) lb_mbar_expect(&a_bar, (unsigned)(rows * nw * 4));
-        for (int r = (int)crank + LB_MS_MCAST * tid; r < rows; r += LB_MS_MCAST * LB_MS_THREADS)
+        for (int r = (int)crank + LB_MS_MCAST * tid; nw > 0 && r < rows;
+             r += LB_MS_MCAST * LB_MS_THREADS)
             lb_bulk_mcast(As + r * LB_MS_LDA,
                           (const u32*)lb_a_ptr(p, lb_a_row(p, m0 + r, sp.a_head)) + sp.kw0,
                           (unsigned)(nw * 4), &a_bar, (unsigned short)((1u << LB_MS_MCAST) - 1));
