@@ -602,8 +602,9 @@ impl CudaDevice {
     pub fn small_decoder_multicast(&self) -> bool {
         self.small_mcast
     }
-    /// Multicasts (`true`) the small-M tensor-core decoder's A, where it can: on sm_90+ with
-    /// 16-byte aligned packed words (no packing pass), the CTAs of the column tiles of one K
+    /// Multicasts (`true`) the small-M tensor-core decoder's A, where it can: on compute
+    /// capability 9.0 (an `sm_90a` variant) with 16-byte aligned packed words (no packing
+    /// pass), the CTAs of the column tiles of one K
     /// split (2, 4 or 8, what divides the column tiles) run as a thread-block cluster and each
     /// copies some of the rows into all of them, so that the L2 sends each A byte to the
     /// cluster once instead of to every column tile (8 at D = 256: 4 MB at M = 16). Off by

@@ -1562,9 +1562,10 @@ impl CudaDevice {
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         let mut defs = small_defines(mode, uns, t2, &ms);
         // A by multicast over the column tiles of a split (`with_small_decoder_multicast`):
-        // clusters need sm_90, the bulk copies 16-byte aligned packed words.
+        // compiled for sm_90a (`compile::SM90A_DEFINES`), the bulk copies on 16-byte aligned
+        // packed words.
         let mcast_ok = self.small_mcast
-            && self.caps.compute_capability.0 >= 9
+            && wgmma_capable(self.caps.compute_capability)
             && mode == MODE_PACKED
             && p.a_vec != 0;
         if let Some(c) = small_mcast_cluster(col_tiles).filter(|_| mcast_ok) {
@@ -2687,18 +2688,20 @@ mod tests {
                 compile::compile_checked(id.stem(), cc, &defines, budget);
             }
         }
-        // The small-M decoder's A multicast (clusters: sm_90 only), packed words.
+        // The small-M decoder's A multicast (sm_90a), packed words.
         for (t2, shape) in [(false, SmallMmaDecoder::DEFAULT), (true, SMALL_DECODER_T2)] {
             for c in [2, 4, 8] {
                 for uns in [false, true] {
                     let mut defines = small_defines(MODE_PACKED, uns, t2, &shape);
                     defines.push(d("LB_MS_MCAST", c));
-                    compile::compile_checked(
-                        KernelId::DecoderMmaSmall.stem(),
-                        (9, 0),
-                        &defines,
-                        Some(0),
-                    );
+                    if wgmma_capable((9, 0)) {
+                        compile::compile_checked(
+                            KernelId::DecoderMmaSmall.stem(),
+                            (9, 0),
+                            &defines,
+                            Some(0),
+                        );
+                    }
                 }
             }
         }
