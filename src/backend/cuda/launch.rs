@@ -403,25 +403,17 @@ impl CudaDevice {
         what: &str,
         small: bool,
     ) -> Result<()> {
-        let pdl = match self.pdl {
-            _ if !small => Pdl::Off,
-            Pdl::AfterWait if self.frozen_weights && p.pdl == Pdl::Early as i32 => Pdl::Early,
-            pdl => pdl,
-        };
+        let (pdl, pf_mode) = small_launch(
+            small,
+            self.pdl,
+            self.frozen_weights,
+            p.pdl == Pdl::Early as i32,
+            self.prefetch
+                .mode(p.m_total.max(0) as usize, p.is_decoder != 0),
+        );
         let p = &LbProblem {
             pdl: pdl as i32,
-            pf_mode: if pdl == Pdl::Off {
-                0
-            } else {
-                let early = if self.frozen_weights {
-                    super::device::PF_EARLY
-                } else {
-                    0
-                };
-                self.prefetch
-                    .mode(p.m_total.max(0) as usize, p.is_decoder != 0)
-                    | early
-            },
+            pf_mode,
             ..*p
         };
         let context = format!("cuLaunchKernel ({what})");
@@ -1410,10 +1402,65 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     v
 }
 
+/// How `launch_lb` launches a kernel, and its `pf_mode`: a small-M kernel (`small`) under the
+/// device's `pdl`, where the kernel asks for the early trigger (`wants_early`, taken only
+/// with `frozen` weights in the default mode) and prefetches as `prefetch_mode` says, plus
+/// `LB_PF_EARLY` with frozen weights; any other kernel plainly, with no prefetch.
+fn small_launch(
+    small: bool,
+    pdl: Pdl,
+    frozen: bool,
+    wants_early: bool,
+    prefetch_mode: i32,
+) -> (Pdl, i32) {
+    let pdl = match pdl {
+        _ if !small => Pdl::Off,
+        Pdl::AfterWait if frozen && wants_early => Pdl::Early,
+        pdl => pdl,
+    };
+    let pf_mode = match pdl {
+        Pdl::Off => 0,
+        _ if frozen => prefetch_mode | super::device::PF_EARLY,
+        _ => prefetch_mode,
+    };
+    (pdl, pf_mode)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::backend::cuda::compile;
+
+    #[test]
+    fn small_launches_take_the_early_trigger_only_with_frozen_weights() {
+        use super::super::device::PF_EARLY;
+        const PF: i32 = 2; // any prefetch bits
+        // Not a small-M kernel: plain, no prefetch, whatever else is asked.
+        assert_eq!(
+            small_launch(false, Pdl::AfterWait, true, true, PF),
+            (Pdl::Off, 0)
+        );
+        // The device's mode, the prefetch as asked; the early trigger only with frozen
+        // weights in the default mode, which also load before the wait.
+        assert_eq!(
+            small_launch(true, Pdl::AfterWait, false, true, PF),
+            (Pdl::AfterWait, PF)
+        );
+        assert_eq!(
+            small_launch(true, Pdl::AfterWait, true, true, PF),
+            (Pdl::Early, PF | PF_EARLY)
+        );
+        assert_eq!(
+            small_launch(true, Pdl::AfterWait, true, false, PF),
+            (Pdl::AfterWait, PF | PF_EARLY)
+        );
+        assert_eq!(
+            small_launch(true, Pdl::Early, false, false, PF),
+            (Pdl::Early, PF)
+        );
+        // Plain launches wait for nothing: no prefetch, no early loads.
+        assert_eq!(small_launch(true, Pdl::Off, true, true, PF), (Pdl::Off, 0));
+    }
 
     /// Compiles every module variant with NVRTC (no GPU needed) for sm_90 and sm_75 (CUDA 13
     /// knows nothing older); skips loudly when libnvrtc is absent (see
