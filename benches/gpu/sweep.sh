@@ -64,7 +64,8 @@
 # order (nvcc). frozen: the small-M kernels with frozen weights (LOWBIT_CUDA_FROZEN_WEIGHTS=1)
 # under each PDL mode, their tests first. frozendec: frozen weights, the small-M decoder's grid
 # and CTA shapes (FROZEN_DEC: SMALL:SMALL_DECODER pairs instead of the default list). mcast:
-# the small-M decoder's A multicast over a cluster (LOWBIT_CUDA_SMALL_MCAST=1), its test first.
+# the small-M decoder's A multicast over a cluster (LOWBIT_CUDA_SMALL_MCAST=1), its test first;
+# then, with frozen weights, M < 4 on the tensor-core kernels against the dp4a ones.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -344,6 +345,12 @@ if has mcast; then
           "decoder, SMALL_MCAST=$mc, frozen $fz, $w, round $round" --backend cuda \
           --op decoder-tail --variant packed --m 1,4,8,16 --weights $w
       done
+    done
+    # With frozen weights, M < 4 on the tensor-core kernels (SMALL_MMA=1) against dp4a's.
+    for sm in 0 1; do
+      LOWBIT_CUDA_SMALL_MMA=$sm LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench \
+        "frozen, SMALL_MMA=$sm, M < 4, round $round" --backend cuda --op lowrank,decoder-tail \
+        --variant packed --m 1,2,3,4
     done
   done
 fi
