@@ -271,15 +271,6 @@ const PF_BULK: i32 = 1;
 const PF_LAST: i32 = 2;
 pub(crate) const PF_EARLY: i32 = 4;
 
-/// Environment variable that multicasts the small-M tensor-core decoder's A over a cluster of
-/// its column-tile CTAs (`1`; empty or `0`: each CTA stages its own, the default): see
-/// [`CudaDevice::with_small_decoder_multicast`].
-pub const SMALL_MCAST_ENV: &str = "LOWBIT_CUDA_SMALL_MCAST";
-
-/// Environment variable that promises the small-M kernels frozen weights (`1`; empty or `0`:
-/// not, the default): see [`CudaDevice::with_frozen_weights`].
-pub const FROZEN_WEIGHTS_ENV: &str = "LOWBIT_CUDA_FROZEN_WEIGHTS";
-
 impl WeightPrefetch {
     /// A `LOWBIT_CUDA_PREFETCH` value: empty or `auto` (the default), `lines`, `bulk`,
     /// `lines-last` or `bulk-last`.
@@ -309,6 +300,15 @@ impl WeightPrefetch {
         }
     }
 }
+
+/// Environment variable that multicasts the small-M tensor-core decoder's A over a cluster of
+/// its column-tile CTAs (`1`; empty or `0`: each CTA stages its own, the default): see
+/// [`CudaDevice::with_small_decoder_multicast`].
+pub const SMALL_MCAST_ENV: &str = "LOWBIT_CUDA_SMALL_MCAST";
+
+/// Environment variable that promises the small-M kernels frozen weights (`1`; empty or `0`:
+/// not, the default): see [`CudaDevice::with_frozen_weights`].
+pub const FROZEN_WEIGHTS_ENV: &str = "LOWBIT_CUDA_FROZEN_WEIGHTS";
 
 /// A CUDA device (or a caller's context + stream) ready to run the kernels.
 ///
@@ -597,6 +597,11 @@ impl CudaDevice {
         self.frozen_weights = frozen;
         self
     }
+    /// Do the small-M kernels load their first weights before the PDL wait: frozen weights,
+    /// launched under PDL (plain launches have no wait to load before).
+    pub(crate) fn loads_weights_early(&self) -> bool {
+        self.frozen_weights && self.pdl != Pdl::Off
+    }
     /// Whether the small-M tensor-core decoder multicasts its A
     /// ([`CudaDevice::with_small_decoder_multicast`]).
     pub fn small_decoder_multicast(&self) -> bool {
@@ -604,11 +609,11 @@ impl CudaDevice {
     }
     /// Multicasts (`true`) the small-M tensor-core decoder's A, where it can: on compute
     /// capability 9.0 (an `sm_90a` variant) with 16-byte aligned packed words (no packing
-    /// pass), the CTAs of the column tiles of one K
-    /// split (2, 4 or 8, what divides the column tiles) run as a thread-block cluster and each
-    /// copies some of the rows into all of them, so that the L2 sends each A byte to the
-    /// cluster once instead of to every column tile (8 at D = 256: 4 MB at M = 16). Off by
-    /// default (`LOWBIT_CUDA_SMALL_MCAST`): not yet measured. The same bits either way.
+    /// pass), the CTAs of the column tiles of one K split (2, 4 or 8, what divides the column
+    /// tiles) run as a thread-block cluster and each copies some of the rows into all of them,
+    /// so that the L2 sends each A byte to the cluster once instead of to every column tile (8
+    /// at D = 256: 4 MB at M = 16). Off by default (`LOWBIT_CUDA_SMALL_MCAST`): not yet
+    /// measured. The same bits either way.
     pub fn with_small_decoder_multicast(mut self, on: bool) -> Self {
         self.small_mcast = on;
         self

@@ -406,7 +406,7 @@ impl CudaDevice {
         let (pdl, pf_mode) = small_launch(
             small,
             self.pdl,
-            self.frozen_weights,
+            self.loads_weights_early(),
             p.pdl == Pdl::Early as i32,
             self.prefetch
                 .mode(p.m_total.max(0) as usize, p.is_decoder != 0),
@@ -1404,23 +1404,24 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
 
 /// How `launch_lb` launches a kernel, and its `pf_mode`: a small-M kernel (`small`) under the
 /// device's `pdl`, where the kernel asks for the early trigger (`wants_early`, taken only
-/// with `frozen` weights in the default mode) and prefetches as `prefetch_mode` says, plus
-/// `LB_PF_EARLY` with frozen weights; any other kernel plainly, with no prefetch.
+/// where it loads its weights early, `early_loads`, in the default mode) and prefetches as
+/// `prefetch_mode` says, plus `LB_PF_EARLY` where it loads early; any other kernel plainly,
+/// with no prefetch.
 fn small_launch(
     small: bool,
     pdl: Pdl,
-    frozen: bool,
+    early_loads: bool,
     wants_early: bool,
     prefetch_mode: i32,
 ) -> (Pdl, i32) {
     let pdl = match pdl {
         _ if !small => Pdl::Off,
-        Pdl::AfterWait if frozen && wants_early => Pdl::Early,
+        Pdl::AfterWait if early_loads && wants_early => Pdl::Early,
         pdl => pdl,
     };
     let pf_mode = match pdl {
         Pdl::Off => 0,
-        _ if frozen => prefetch_mode | super::device::PF_EARLY,
+        _ if early_loads => prefetch_mode | super::device::PF_EARLY,
         _ => prefetch_mode,
     };
     (pdl, pf_mode)

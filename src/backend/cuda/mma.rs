@@ -1580,7 +1580,7 @@ impl CudaDevice {
         // default's 2 per SM, BENCHMARKS.md 2026-12-06).
         let (step, most) = (16 * kws, ms.ksw * kws);
         let units = col_tiles * shape.heads * row_blocks;
-        let per_sm = if t2 || (self.frozen_weights && self.pdl != Pdl::Off) {
+        let per_sm = if t2 || self.loads_weights_early() {
             (self.small.blocks_per_sm / 2).max(1)
         } else {
             self.small.blocks_per_sm
@@ -2688,26 +2688,20 @@ mod tests {
                 compile::compile_checked(id.stem(), cc, &defines, budget);
             }
         }
-        // The small-M decoder's A multicast (sm_90a), packed words.
-        for (t2, shape) in [(false, SmallMmaDecoder::DEFAULT), (true, SMALL_DECODER_T2)] {
-            for c in [2, 4, 8] {
-                for uns in [false, true] {
-                    let mut defines = small_defines(MODE_PACKED, uns, t2, &shape);
-                    defines.push(d("LB_MS_MCAST", c));
-                    if wgmma_capable((9, 0)) {
-                        compile::compile_checked(
-                            KernelId::DecoderMmaSmall.stem(),
-                            (9, 0),
-                            &defines,
-                            Some(0),
-                        );
-                    }
-                }
-            }
-        }
         if wgmma_capable((9, 0)) {
             for (id, defines) in wgmma_module_variants() {
                 compile::compile_checked(id.stem(), (9, 0), &defines, Some(wgmma_spill_budget(id)));
+            }
+            // The small-M decoder's A multicast (sm_90a too), packed words.
+            for (t2, shape) in [(false, SmallMmaDecoder::DEFAULT), (true, SMALL_DECODER_T2)] {
+                for c in [2, 4, 8] {
+                    for uns in [false, true] {
+                        let mut defines = small_defines(MODE_PACKED, uns, t2, &shape);
+                        defines.push(d("LB_MS_MCAST", c));
+                        let stem = KernelId::DecoderMmaSmall.stem();
+                        compile::compile_checked(stem, (9, 0), &defines, Some(0));
+                    }
+                }
             }
         } else {
             eprintln!("SKIPPED: this NVRTC does not know sm_90; wgmma sources not compiled");
