@@ -298,15 +298,17 @@ __device__ __forceinline__ void lb_trace_at(int) {}
 // LB_PF_EARLY (the caller's weights are frozen: nothing on the device writes them while these
 // kernels run, CudaDevice::with_frozen_weights): the kernel also loads its first weights into
 // registers before its wait, so they are on the SM when the previous kernel ends.
+// LB_PF_NONE: no prefetch (the trigger as above).
 #define LB_PF_BULK 1
 #define LB_PF_LAST 2
 #define LB_PF_EARLY 4
+#define LB_PF_NONE 8
 __device__ __forceinline__ void lb_pdl_prefetch(int pdl, int mode, const u32* b, long long ldb,
                                                 int r0, int r1, int c0, int c1) {
 #if __CUDA_ARCH__ >= 900
     if (pdl == 0) return;
     if (pdl == 2) asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-    if (c1 <= c0) return;
+    if (c1 <= c0 || (mode & LB_PF_NONE)) return;
     const bool last = (mode & LB_PF_LAST) != 0;
     // Bulk copies need 16-byte aligned rows: every row is when the first is and the stride
     // and width are whole 16-byte units.
@@ -434,7 +436,7 @@ struct LbProblem {
     int is_decoder;
     int out_dtype;          // 0 f32, 1 f16, 2 bf16 (round to nearest even)
     int pdl;                // small-M launch: 0 plain, 1 PDL (next kernel after the wait), 2 PDL early
-    int pf_mode;            // PDL weights: LB_PF_BULK | LB_PF_LAST | LB_PF_EARLY (lb_pdl_prefetch)
+    int pf_mode;            // PDL weights: LB_PF_BULK | LB_PF_LAST | LB_PF_EARLY | LB_PF_NONE
 };
 static_assert(sizeof(LbProblem) == 168, "LbProblem: the layout of launch.rs");
 

@@ -22,18 +22,9 @@
 #else
 #define LB_MS_BOUNDS __launch_bounds__(LB_MS_THREADS)
 #endif
-// LB_MS_MCAST: clusters of that many CTAs along x, A multicast (lb_mma_small).
-#if defined(LB_MS_MCAST)
-#define LB_MS_CLUSTER __cluster_dims__(LB_MS_MCAST, 1, 1)
-#else
-#define LB_MS_CLUSTER
-#endif
-extern "C" __global__ void LB_MS_CLUSTER LB_MS_BOUNDS decoder_mma_small(LbProblem p) {
+extern "C" __global__ void LB_MS_BOUNDS decoder_mma_small(LbProblem p) {
     lb_trace_at(0);
     lb_mma_small<LB_MODE, LB_UNS != 0, LB_MS_T2 != 0>(p);
-#if defined(LB_MS_MCAST)
-    lb_cluster_wait();  // no CTA leaves while a peer's copy may still land in it
-#endif
     lb_trace_at(3);
 }
 

@@ -323,9 +323,28 @@ __device__ __forceinline__ int lb_sum16(uint4 y, int acc) {
     return dot4<UNS>(y.w, 0x01010101u, acc);
 }
 
-// ---- mbarriers, bulk copies, thread-block clusters (sm_90; modules compiled with LB_WGMMA,
-// or LB_MS_MCAST: the small-M decoder's A multicast over a cluster) ---------------------------
-#if defined(LB_WGMMA) || defined(LB_MS_MCAST)
+// ---- warpgroup mma (sm_90a; modules compiled with LB_WGMMA) --------------------------------
+#if defined(LB_WGMMA)
+// Descriptor of a 128-byte-swizzled K-major operand at `smem` (1024-byte aligned atoms):
+// start address, LBO 16 (unused for this layout), SBO 1024, swizzle mode 1 (128 bytes).
+__device__ __forceinline__ u64 lb_wg_desc(const void* smem) {
+    return (u64)((lb_smem(smem) & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) |
+           ((u64)1 << 62);
+}
+
+// Makes this thread's generic-proxy smem writes (cp.async included) visible to wgmma.
+__device__ __forceinline__ void lb_fence_async_smem() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void lb_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void lb_wg_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void lb_wg_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
 // mbarriers in shared memory (CTA scope): init with the arrivals a phase takes; arrive
 // (release); wait until the phase of `parity` has completed (acquire).
 __device__ __forceinline__ void lb_mbar_init(u64* bar, unsigned arrivals) {
@@ -356,88 +375,6 @@ __device__ __forceinline__ void lb_mbar_expect(u64* bar, unsigned bytes) {
                  "r"(bytes)
                  : "memory");
 }
-// Bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) into smem at dst,
-// completing on `bar`.
-__device__ __forceinline__ void lb_bulk(void* dst, const void* src, unsigned bytes, u64* bar) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-        ::"r"(lb_smem(dst)), "l"(src), "r"(bytes), "r"(lb_smem(bar))
-        : "memory");
-}
-
-// The same into smem at dst of every CTA of the cluster in `mask` (bit r: rank r), each
-// completing on its own `bar` (dst and bar at the same offsets in every CTA).
-__device__ __forceinline__ void lb_bulk_mcast(void* dst, const void* src, unsigned bytes, u64* bar,
-                                              unsigned short mask) {
-    asm volatile(
-        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-        " [%0], [%1], %2, [%3], %4;\n" ::"r"(lb_smem(dst)),
-        "l"(src), "r"(bytes), "r"(lb_smem(bar)), "h"(mask)
-        : "memory");
-}
-// Makes this thread's mbarrier.init visible to the other CTAs of the cluster (before the
-// cluster barrier that lets them copy into it).
-__device__ __forceinline__ void lb_mbar_init_fence() {
-    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-
-// ---- thread-block clusters (sm_90) ---------------------------------------------------------
-// Every thread of every CTA of the cluster; release / acquire across the cluster.
-__device__ __forceinline__ void lb_cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
-                     : "memory");
-}
-__device__ __forceinline__ unsigned lb_cluster_ctaid_z() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctaid.z;\n" : "=r"(r));
-    return r;
-}
-// The 16 bytes at shared-window offset `addr` of cluster CTA `rank`'s shared memory.
-__device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
-    int4 v;
-    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %4, %5;\n"
-                 "ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [ra];\n}\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "r"(addr), "r"(rank)
-                 : "memory");
-    return v;
-}
-__device__ __forceinline__ unsigned lb_cluster_ctarank() {
-    unsigned r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-// The two halves of lb_cluster_sync, for work in between.
-__device__ __forceinline__ void lb_cluster_arrive() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void lb_cluster_wait() {
-    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-#endif  // LB_WGMMA || LB_MS_MCAST
-
-// ---- warpgroup mma (sm_90a; modules compiled with LB_WGMMA) --------------------------------
-#if defined(LB_WGMMA)
-// Descriptor of a 128-byte-swizzled K-major operand at `smem` (1024-byte aligned atoms):
-// start address, LBO 16 (unused for this layout), SBO 1024, swizzle mode 1 (128 bytes).
-__device__ __forceinline__ u64 lb_wg_desc(const void* smem) {
-    return (u64)((lb_smem(smem) & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) |
-           ((u64)1 << 62);
-}
-
-// Makes this thread's generic-proxy smem writes (cp.async included) visible to wgmma.
-__device__ __forceinline__ void lb_fence_async_smem() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-__device__ __forceinline__ void lb_wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void lb_wg_commit() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void lb_wg_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
 // A tensor map (CUtensorMap, cuTensorMapEncodeTiled on the host), passed as a
 // __grid_constant__ kernel parameter; mirror of `LbTmap` in src/backend/cuda/mma.rs.
 struct __align__(64) LbTmap {
@@ -454,6 +391,15 @@ __device__ __forceinline__ void lb_tma_4d(void* dst, const LbTmap* map, int c0, 
         "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(lb_smem(bar))
         : "memory");
 }
+// Bulk copy of `bytes` (a multiple of 16; both addresses 16-byte aligned) into smem at dst,
+// completing on `bar`.
+__device__ __forceinline__ void lb_bulk(void* dst, const void* src, unsigned bytes, u64* bar) {
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+        ::"r"(lb_smem(dst)), "l"(src), "r"(bytes), "r"(lb_smem(bar))
+        : "memory");
+}
+
 #define LB_R4(i) "+r"(d[i]), "+r"(d[i + 1]), "+r"(d[i + 2]), "+r"(d[i + 3])
 #define LB_R16(i) LB_R4(i), LB_R4(i + 4), LB_R4(i + 8), LB_R4(i + 12)
 #define LB_R64(i) LB_R16(i), LB_R16(i + 16), LB_R16(i + 32), LB_R16(i + 48)
@@ -566,6 +512,27 @@ __device__ __forceinline__ void lb_wgmma_rs(int (&d)[N / 2], u32 a0, u32 a1, u32
     }
 }
 
+// ---- thread-block clusters (sm_90) ---------------------------------------------------------
+// Every thread of every CTA of the cluster; release / acquire across the cluster.
+__device__ __forceinline__ void lb_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::
+                     : "memory");
+}
+__device__ __forceinline__ unsigned lb_cluster_ctaid_z() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctaid.z;\n" : "=r"(r));
+    return r;
+}
+// The 16 bytes at shared-window offset `addr` of cluster CTA `rank`'s shared memory.
+__device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
+    int4 v;
+    asm volatile("{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %4, %5;\n"
+                 "ld.shared::cluster.v4.s32 {%0, %1, %2, %3}, [ra];\n}\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(addr), "r"(rank)
+                 : "memory");
+    return v;
+}
 #endif  // LB_WGMMA
 
 // ---- small M on the tensor cores ----------------------------------------------------------
@@ -684,52 +651,13 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
             a_row[i] = lb_a_ptr(p, lb_a_row(p, m0 + (in ? r : 0), sp.a_head));
         }
     }
-#if defined(LB_MS_MCAST)
-    // A by multicast (the decoder on packed words; LB_MS_MCAST CTAs per cluster along grid x,
-    // the column tiles of one split and row block, which stage the same A): CTA rank c copies
-    // rows c, c + MCAST, ... into every CTA's smem with one bulk copy each, so that the L2
-    // sends each A byte to the cluster once instead of to every CTA. Each CTA waits on its own
-    // mbarrier for all of its rows, then arrives on the cluster barrier, whose wait (before
-    // the CTA exits) holds every CTA until no copy into it is in flight. A row's bytes are its
-    // valid words of the slice, nw (zero past them, as the staging below does); where they
-    // are not whole 16-byte units (or the rows are not 16-byte aligned) the cluster stages as
-    // without multicast. Every CTA of the cluster decides alike: same split, same rows.
-    static_assert(MODE == LB_A_PACKED && LB_MS_KW > 1, "multicast A: the decoder on packed words");
-    __shared__ __align__(8) u64 a_bar;
-    const unsigned crank = lb_cluster_ctarank();
-    const int nw = (int)max(0LL, min((long long)sp.kw1, p.a_kvalid) - (long long)sp.kw0);
-    const bool mc = p.a_vec != 0 && (sp.kw0 & 3) == 0 && (nw & 3) == 0;
-    if (tid == 0) {
-        lb_mbar_init(&a_bar, 1);
-        lb_mbar_init_fence();
-    }
-    lb_cluster_sync();  // every CTA's barrier is initialized before any copy lands on it
-#else
-    constexpr bool mc = false;
-#endif
     // Frozen weights (LB_PF_EARLY): the first register batch is loaded before the wait.
     const bool early = (p.pf_mode & LB_PF_EARLY) != 0;
     if (early) load_b(0);
     lb_pdl_wait(p.pdl);
     lb_trace_at(1);
     if (!early) load_b(0);
-#if defined(LB_MS_MCAST)
-    if (mc) {
-        if (tid == 0) lb_mbar_expect(&a_bar, (unsigned)(rows * nw * 4));
-        for (int r = (int)crank + LB_MS_MCAST * tid; nw > 0 && r < rows;
-             r += LB_MS_MCAST * LB_MS_THREADS)
-            lb_bulk_mcast(As + r * LB_MS_LDA,
-                          (const u32*)lb_a_ptr(p, lb_a_row(p, m0 + r, sp.a_head)) + sp.kw0,
-                          (unsigned)(nw * 4), &a_bar, (unsigned short)((1u << LB_MS_MCAST) - 1));
-        // The rest of each valid row is zero (4 words where the split is empty, as below).
-        const int tail = max(wl * LB_MS_KW, 4) - nw;
-        for (int i = tid; i < rows * tail; i += LB_MS_THREADS) {
-            const int r = i / tail;
-            As[r * LB_MS_LDA + nw + (i - r * tail)] = 0u;
-        }
-    }
-#endif
-    if (!mc) {
+    {
         const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
         uint4 st[AITERS];
 #pragma unroll
@@ -741,10 +669,6 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
             if (a_dst[i] >= 0) *(uint4*)(As + a_dst[i]) = st[i];
     }
     __syncthreads();
-#if defined(LB_MS_MCAST)
-    if (mc) lb_mbar_wait(&a_bar, 0);
-    lb_cluster_arrive();  // all of this CTA's A is here: no copy into it is in flight
-#endif
     lb_trace_at(2);
 
     // T2: the mma multiplies A by the unsigned fields (weight + 1) as they lie, no expansion;

@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [mcast]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -63,9 +63,10 @@
 # dependent kernels that only read 8.39 MB of weights takes under each prefetch and launch
 # order (nvcc). frozen: the small-M kernels with frozen weights (LOWBIT_CUDA_FROZEN_WEIGHTS=1)
 # under each PDL mode, their tests first. frozendec: frozen weights, the small-M decoder's grid
-# and CTA shapes (FROZEN_DEC: SMALL:SMALL_DECODER pairs instead of the default list). mcast:
-# the small-M decoder's A multicast over a cluster (LOWBIT_CUDA_SMALL_MCAST=1), its test first;
-# then, with frozen weights, M < 4 on the tensor-core kernels against the dp4a ones.
+# and CTA shapes (FROZEN_DEC: SMALL:SMALL_DECODER pairs instead of the default list).
+# frozenmin: with frozen weights, M = 1..4 as routed against the dp4a family's kernels.
+# frozenpf: with frozen weights, the L2 prefetch each way (LOWBIT_CUDA_PREFETCH, none too), its
+# test first.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -332,25 +333,28 @@ if has frozendec; then
     done
   done
 fi
-if has mcast; then
-  # The small-M tensor-core decoder's A multicast over a cluster of its column-tile CTAs
-  # (LOWBIT_CUDA_SMALL_MCAST=1) against the default, with and without frozen weights: the
-  # test, then two rounds at M = 4..16 (LOWBIT_CUDA_SMALL_MMA=1: M = 1 too), packed, f32 out.
-  step_tests mcast 300 4 small_decoder_multicast_a
+if has frozenmin; then
+  # With frozen weights the tensor-core small-M kernels take M < 4 (the low-rank projection
+  # from M = 1, the decoder from M = 2): as routed against the dp4a family, two rounds, packed.
   for round in 1 2; do
-    for cfg in 0,0 1,0 0,1 1,1; do
-      mc=${cfg%,*} fz=${cfg#*,}
-      for w in i8x4 ternary2; do
-        LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_SMALL_MCAST=$mc LOWBIT_CUDA_FROZEN_WEIGHTS=$fz bench \
-          "decoder, SMALL_MCAST=$mc, frozen $fz, $w, round $round" --backend cuda \
-          --op decoder-tail --variant packed --m 1,4,8,16 --weights $w
-      done
-    done
-    # With frozen weights, M < 4 on the tensor-core kernels (SMALL_MMA=1) against dp4a's.
-    for sm in 0 1; do
-      LOWBIT_CUDA_SMALL_MMA=$sm LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench \
-        "frozen, SMALL_MMA=$sm, M < 4, round $round" --backend cuda --op lowrank,decoder-tail \
+    for fam in mma dp4a; do
+      LOWBIT_CUDA_KERNELS=$fam LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench \
+        "frozen, $fam, M <= 4, round $round" --backend cuda --op lowrank,decoder-tail \
         --variant packed --m 1,2,3,4
+    done
+  done
+fi
+if has frozenpf; then
+  # Frozen weights load the first register batch before the wait, which the L2 prefetch
+  # issued just before it duplicates: each prefetch mode, none too, two rounds, packed.
+  step_tests frozenpf 300 4 small_m_weight_prefetch_each_way
+  for round in 1 2; do
+    for pf in auto none lines lines-last; do
+      for w in i8x4 ternary2; do
+        LOWBIT_CUDA_PREFETCH=$pf LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench \
+          "frozen, PREFETCH=$pf, $w, round $round" --backend cuda --op lowrank,decoder-tail \
+          --variant packed --m 1,2,4,8,16 --weights $w
+      done
     done
   done
 fi

@@ -318,9 +318,11 @@ fn device_resident_chaining() {
 }
 
 /// Token-by-token decoding queued back to back with no sync: x -> relu(lowrank(x)) ->
-/// decoder_tail -> x, 8 steps, at M = 1 and 8 (the dp4a and tensor-core small-M kernels), with
-/// each programmatic dependent launch mode (off below sm_90), with and without frozen weights
-/// (`CudaDevice::with_frozen_weights`: the weights loaded before the wait). Every kernel reads
+/// decoder_tail -> x, 8 steps, at M = 1 and 8 (the dp4a and tensor-core small-M kernels; with
+/// frozen weights the tensor-core ones take M = 1 too, so the dp4a family once more on its
+/// own), with each programmatic dependent launch mode (off below sm_90), with and without
+/// frozen weights (`CudaDevice::with_frozen_weights`: the weights loaded before the wait).
+/// Every kernel reads
 /// the previous kernel's output and every buffer starts as NaN, so a kernel that read its
 /// input before its predecessor finished would show: each step is checked bit for bit against
 /// the reference on the device's own inputs.
@@ -329,20 +331,25 @@ fn small_m_chain_back_to_back() {
     const STEPS: usize = 8;
     let (heads, d, n) = (4, 256, 512);
     let (s_x, s_h) = (0.05f32, 0.01f32);
-    for (pdl, frozen) in [
-        (Pdl::AfterWait, false),
-        (Pdl::Early, false),
-        (Pdl::Off, false),
-        (Pdl::AfterWait, true),
-        (Pdl::Early, true),
+    for (pdl, frozen, dp4a) in [
+        (Pdl::AfterWait, false, false),
+        (Pdl::Early, false, false),
+        (Pdl::Off, false, false),
+        (Pdl::AfterWait, true, false),
+        (Pdl::Early, true, false),
+        (Pdl::AfterWait, true, true),
     ] {
         let Some(dev) = device() else { return };
-        let dev = dev
+        let mut dev = dev
             .with_programmatic_launch(pdl)
             .with_frozen_weights(frozen);
+        if dp4a {
+            dev = dev.with_family(KernelFamily::Dp4a).unwrap();
+        }
         println!(
-            "programmatic launch: {:?}, frozen weights: {frozen}",
-            dev.programmatic_launch()
+            "programmatic launch: {:?}, frozen weights: {frozen}, {:?}",
+            dev.programmatic_launch(),
+            dev.family()
         );
         for m in [1, 8] {
             let mut rng = Rng::new(40 + m as u64);

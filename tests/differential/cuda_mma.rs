@@ -306,8 +306,9 @@ fn small_cases_on(
 /// line by line, with evict_last for the low-rank projection): in bulk
 /// on i8x4 and ternary2 weights, line by line on i8x4, and both with the L2 evict_last
 /// priority; rows that do not start 16-byte aligned (N = 9, 70, 130) take the line-by-line
-/// fallback inside the bulk path. Under PDL only (on by default on sm_90); elsewhere these run
-/// the plain launches.
+/// fallback inside the bulk path; none at all with frozen weights (read before the wait) on
+/// both kinds of weights. Under PDL only (on by default on sm_90); elsewhere these run the
+/// plain launches.
 #[test]
 fn small_m_weight_prefetch_each_way() {
     use lowbit_kernels::backend::cuda::WeightPrefetch;
@@ -317,15 +318,21 @@ fn small_m_weight_prefetch_each_way() {
     static LINES_LAST: Cell = OnceLock::new();
     static BULK_LAST: Cell = OnceLock::new();
     static T2_LINES_LAST: Cell = OnceLock::new();
-    for (cell, prefetch, t2) in [
-        (&BULK, WeightPrefetch::Bulk, false),
-        (&LINES, WeightPrefetch::Lines, false),
-        (&T2_BULK, WeightPrefetch::Bulk, true),
-        (&LINES_LAST, WeightPrefetch::LinesLast, false),
-        (&BULK_LAST, WeightPrefetch::BulkLast, false),
-        (&T2_LINES_LAST, WeightPrefetch::LinesLast, true),
+    static NONE_FROZEN: Cell = OnceLock::new();
+    static T2_NONE_FROZEN: Cell = OnceLock::new();
+    for (cell, prefetch, t2, frozen) in [
+        (&BULK, WeightPrefetch::Bulk, false, false),
+        (&LINES, WeightPrefetch::Lines, false, false),
+        (&T2_BULK, WeightPrefetch::Bulk, true, false),
+        (&LINES_LAST, WeightPrefetch::LinesLast, false, false),
+        (&BULK_LAST, WeightPrefetch::BulkLast, false, false),
+        (&T2_LINES_LAST, WeightPrefetch::LinesLast, true, false),
+        (&NONE_FROZEN, WeightPrefetch::None, false, true),
+        (&T2_NONE_FROZEN, WeightPrefetch::None, true, true),
     ] {
-        let Some(b) = small_cases_on(cell, t2, |d| d.with_weight_prefetch(prefetch)) else {
+        let Some(b) = small_cases_on(cell, t2, |d| {
+            d.with_weight_prefetch(prefetch).with_frozen_weights(frozen)
+        }) else {
             return;
         };
         assert_eq!(b.device().weight_prefetch(), prefetch);
@@ -354,38 +361,6 @@ fn small_m_frozen_weights() {
             return;
         };
         assert!(b.device().frozen_weights());
-    }
-}
-
-/// The small-M tensor-core decoder's A multicast over a cluster of its column-tile CTAs
-/// (`CudaDevice::with_small_decoder_multicast`), on i8x4 and ternary2 weights, alone and with
-/// frozen weights: every small-M case (odd D where the column tiles take no cluster, K slices
-/// whose rows are not whole 16-byte units, unaligned input, which stage without it). On
-/// compute capability 9.0 (sm_90a) the decoder must have compiled a multicast variant.
-#[test]
-fn small_decoder_multicast_a() {
-    static I8: Cell = OnceLock::new();
-    static T2: Cell = OnceLock::new();
-    static I8_FROZEN: Cell = OnceLock::new();
-    for (cell, t2, frozen) in [
-        (&I8, false, false),
-        (&T2, true, false),
-        (&I8_FROZEN, false, true),
-    ] {
-        let Some(b) = small_cases_on(cell, t2, |d| {
-            d.with_small_decoder_multicast(true)
-                .with_frozen_weights(frozen)
-        }) else {
-            return;
-        };
-        assert!(b.device().small_decoder_multicast());
-        let mcast = b
-            .device()
-            .compile_logs()
-            .iter()
-            .any(|(m, _)| m.starts_with("decoder_tail_mma.cu") && m.contains("LB_MS_MCAST="));
-        let sm90a = b.device().caps().compute_capability == (9, 0);
-        assert_eq!(mcast, sm90a, "t2 {t2}: a multicast variant compiled");
     }
 }
 

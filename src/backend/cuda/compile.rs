@@ -155,10 +155,6 @@ pub fn target_for(cc: (u32, u32)) -> Result<(String, bool)> {
 /// A module compiled with this define uses sm_90a-only instructions (`wgmma`): its target is
 /// `sm_90a`, a cubin that runs on compute capability 9.0 only.
 pub const ARCH_SPECIFIC_DEFINE: &str = "LB_WGMMA";
-/// Defines whose modules also target `sm_90a`: `LB_MS_MCAST` (the small-M decoder's bulk
-/// copies with `.multicast::cluster`, which PTX says are optimized for sm_90a and may be much
-/// slower on other targets).
-const SM90A_DEFINES: [&str; 2] = [ARCH_SPECIFIC_DEFINE, "LB_MS_MCAST"];
 
 /// The `sm_90a` target, when the device is compute capability 9.0 and this NVRTC knows sm_90.
 pub fn sm90a_target(cc: (u32, u32)) -> Result<(String, bool)> {
@@ -184,10 +180,7 @@ pub fn compile(stem: &str, cc: (u32, u32), defines: &[(String, String)]) -> Resu
         what: "stem",
         reason: format!("no CUDA source for stem `{stem}`"),
     })?;
-    let (target, is_cubin) = if defines
-        .iter()
-        .any(|(k, _)| SM90A_DEFINES.contains(&k.as_str()))
-    {
+    let (target, is_cubin) = if defines.iter().any(|(k, _)| k == ARCH_SPECIFIC_DEFINE) {
         sm90a_target(cc)?
     } else {
         target_for(cc)?

@@ -254,7 +254,15 @@ pub const BULK_PREFETCH_MAX_M: usize = 2;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightPrefetch {
     /// In bulk up to [`BULK_PREFETCH_MAX_M`] rows; above, line by line, with `evict_last` for
-    /// the low-rank projection.
+    /// the low-rank projection. With frozen weights ([`CudaDevice::with_frozen_weights`],
+    /// under PDL), whose kernels load their weights before the wait anyway, none, except for
+    /// the ternary2 decoder above [`BULK_PREFETCH_MAX_M`] rows (line by line). H100, graph
+    /// replay, frozen weights, i8x4, M = 1 / 2 / 4 / 8 / 16, µs: low-rank 3.66 / 3.69–3.71 /
+    /// 3.73–3.74 / 3.79–3.80 / 4.04 against 3.87–3.88 / 3.90 / 4.11–4.12 / 4.16–4.18 /
+    /// 4.47–4.51 with the prefetch, decoder 4.14 / 4.00 / 4.01 / 4.12 / 4.77–4.79 against
+    /// 4.40–4.42 / 4.58 / 4.41–4.43 / 4.56–4.57 / 5.04; the ternary2 decoder 2.73 / 2.84–2.85 /
+    /// 2.95 / 3.15 / 3.90 against 2.78–2.80 / 2.86–2.88 / 2.88–2.90 / 3.10–3.14 / 3.75–3.95
+    /// line by line (BENCHMARKS.md, 2026-12-06).
     Auto,
     /// One `prefetch.global.L2` per 128-byte line, spread over the block's threads.
     Lines,
@@ -264,16 +272,21 @@ pub enum WeightPrefetch {
     LinesLast,
     /// As `Bulk`, with an L2 `evict_last` cache policy.
     BulkLast,
+    /// No prefetch: the weights are read when the kernel loads them (before its wait with
+    /// frozen weights, [`CudaDevice::with_frozen_weights`]; else after it).
+    None,
 }
 
-/// `LbProblem::pf_mode` bits (`LB_PF_BULK`, `LB_PF_LAST`, `LB_PF_EARLY` in `cuda/common.cuh`).
+/// `LbProblem::pf_mode` bits (`LB_PF_BULK`, `LB_PF_LAST`, `LB_PF_EARLY`, `LB_PF_NONE` in
+/// `cuda/common.cuh`).
 const PF_BULK: i32 = 1;
 const PF_LAST: i32 = 2;
 pub(crate) const PF_EARLY: i32 = 4;
+const PF_NONE: i32 = 8;
 
 impl WeightPrefetch {
     /// A `LOWBIT_CUDA_PREFETCH` value: empty or `auto` (the default), `lines`, `bulk`,
-    /// `lines-last` or `bulk-last`.
+    /// `lines-last`, `bulk-last` or `none`.
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         match text.trim() {
             "" | "auto" => Ok(Self::Auto),
@@ -281,30 +294,30 @@ impl WeightPrefetch {
             "bulk" => Ok(Self::Bulk),
             "lines-last" => Ok(Self::LinesLast),
             "bulk-last" => Ok(Self::BulkLast),
+            "none" => Ok(Self::None),
             other => Err(format!(
-                "`{other}` is not auto (the default), lines, bulk, lines-last or bulk-last"
+                "`{other}` is not auto (the default), lines, bulk, lines-last, bulk-last or none"
             )),
         }
     }
 
     /// The kernels' `pf_mode` for a small-M launch of `m` rows of the decoder tail
-    /// (`decoder`) or the low-rank projection.
-    pub(crate) fn mode(self, m: usize, decoder: bool) -> i32 {
+    /// (`decoder`) or the low-rank projection, on ternary2 weights where `t2`, by a kernel that
+    /// loads its first weights before its wait where `early` (frozen weights: then `Auto`
+    /// prefetches nothing, except for the ternary2 decoder above `BULK_PREFETCH_MAX_M` rows).
+    pub(crate) fn mode(self, m: usize, decoder: bool, t2: bool, early: bool) -> i32 {
         match self {
+            Self::Auto if early && !(decoder && t2 && m > BULK_PREFETCH_MAX_M) => PF_NONE,
             Self::Auto if m <= BULK_PREFETCH_MAX_M => PF_BULK,
             Self::Auto if !decoder => PF_LAST,
             Self::Auto | Self::Lines => 0,
             Self::Bulk => PF_BULK,
             Self::LinesLast => PF_LAST,
             Self::BulkLast => PF_BULK | PF_LAST,
+            Self::None => PF_NONE,
         }
     }
 }
-
-/// Environment variable that multicasts the small-M tensor-core decoder's A over a cluster of
-/// its column-tile CTAs (`1`; empty or `0`: each CTA stages its own, the default): see
-/// [`CudaDevice::with_small_decoder_multicast`].
-pub const SMALL_MCAST_ENV: &str = "LOWBIT_CUDA_SMALL_MCAST";
 
 /// Environment variable that promises the small-M kernels frozen weights (`1`; empty or `0`:
 /// not, the default): see [`CudaDevice::with_frozen_weights`].
@@ -365,9 +378,6 @@ pub struct CudaDevice {
     /// The caller's promise that nothing on the device writes the weights while the small-M
     /// kernels run (`LOWBIT_CUDA_FROZEN_WEIGHTS`, [`CudaDevice::with_frozen_weights`]).
     pub(crate) frozen_weights: bool,
-    /// The small-M tensor-core decoder's A multicast over a cluster (`LOWBIT_CUDA_SMALL_MCAST`,
-    /// [`CudaDevice::with_small_decoder_multicast`]).
-    pub(crate) small_mcast: bool,
     /// f32 input to the small-M tensor-core decoder packed once beforehand
     /// (`LOWBIT_CUDA_SMALL_PREPACK`, [`CudaDevice::with_small_prepack`]); `None`: auto.
     pub(crate) small_prepack: Option<bool>,
@@ -531,7 +541,6 @@ impl CudaDevice {
             pdl,
             prefetch,
             frozen_weights: env_switch(FROZEN_WEIGHTS_ENV, false)?,
-            small_mcast: env_switch(SMALL_MCAST_ENV, false)?,
             small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
@@ -586,11 +595,13 @@ impl CudaDevice {
     /// small-M kernels (M ≤ 16) that read them may run: the weights are uploaded or updated,
     /// and the device synchronized, before such ops are queued, as in inference. Under
     /// programmatic dependent launch such a kernel then loads its first weights into registers
-    /// before it waits for the previous kernel of the stream, instead of only prefetching them
-    /// into L2. With i8x4 weights the small-M tensor-core kernels also let the next kernel
+    /// before it waits for the previous kernel of the stream, instead of prefetching them into
+    /// L2 (by default no prefetch then: [`WeightPrefetch::Auto`]). With i8x4 weights the small-M tensor-core kernels also let the next kernel
     /// start as soon as they start ([`Pdl::Early`] for them), and the decoder aims its split-K
     /// at half the blocks per SM, so that the next kernel's CTAs fit beside it: a chain of them
-    /// streams its weights back to back. Off by default (`LOWBIT_CUDA_FROZEN_WEIGHTS`): a
+    /// streams its weights back to back. They then also take M below 4, where the dp4a
+    /// small-M kernels are faster without the promise (`mma::SMALL_LOWRANK_MMA_MIN_M_FROZEN`,
+    /// `mma::SMALL_DECODER_MMA_MIN_M_FROZEN`). Off by default (`LOWBIT_CUDA_FROZEN_WEIGHTS`): a
     /// training step that rewrites the weights earlier in the stream would otherwise race with
     /// those loads. The same bits either way.
     pub fn with_frozen_weights(mut self, frozen: bool) -> Self {
@@ -601,22 +612,6 @@ impl CudaDevice {
     /// launched under PDL (plain launches have no wait to load before).
     pub(crate) fn loads_weights_early(&self) -> bool {
         self.frozen_weights && self.pdl != Pdl::Off
-    }
-    /// Whether the small-M tensor-core decoder multicasts its A
-    /// ([`CudaDevice::with_small_decoder_multicast`]).
-    pub fn small_decoder_multicast(&self) -> bool {
-        self.small_mcast
-    }
-    /// Multicasts (`true`) the small-M tensor-core decoder's A, where it can: on compute
-    /// capability 9.0 (an `sm_90a` variant) with 16-byte aligned packed words (no packing
-    /// pass), the CTAs of the column tiles of one K split (2, 4 or 8, what divides the column
-    /// tiles) run as a thread-block cluster and each copies some of the rows into all of them,
-    /// so that the L2 sends each A byte to the cluster once instead of to every column tile (8
-    /// at D = 256: 4 MB at M = 16). Off by default (`LOWBIT_CUDA_SMALL_MCAST`): not yet
-    /// measured. The same bits either way.
-    pub fn with_small_decoder_multicast(mut self, on: bool) -> Self {
-        self.small_mcast = on;
-        self
     }
     /// Whether f32 input to the small-M tensor-core decoder is quantized and packed once, by
     /// a pass of its own after the scale, instead of by the decoder's CTAs as they stage it.
@@ -965,24 +960,32 @@ mod tests {
             WeightPrefetch::parse("bulk-last"),
             Ok(WeightPrefetch::BulkLast)
         );
+        assert_eq!(WeightPrefetch::parse("none"), Ok(WeightPrefetch::None));
+        let above = BULK_PREFETCH_MAX_M + 1;
         for decoder in [false, true] {
-            assert_eq!(
-                WeightPrefetch::Auto.mode(BULK_PREFETCH_MAX_M, decoder),
-                PF_BULK
-            );
-            assert_eq!(WeightPrefetch::Bulk.mode(16, decoder), PF_BULK);
-            assert_eq!(WeightPrefetch::Lines.mode(1, decoder), 0);
-            assert_eq!(WeightPrefetch::LinesLast.mode(1, decoder), PF_LAST);
-            assert_eq!(
-                WeightPrefetch::BulkLast.mode(16, decoder),
-                PF_BULK | PF_LAST
-            );
+            for t2 in [false, true] {
+                for early in [false, true] {
+                    // What is forced holds whatever the weights and the loads.
+                    let mode = |pf: WeightPrefetch, m| pf.mode(m, decoder, t2, early);
+                    assert_eq!(mode(WeightPrefetch::Bulk, 16), PF_BULK);
+                    assert_eq!(mode(WeightPrefetch::Lines, 1), 0);
+                    assert_eq!(mode(WeightPrefetch::LinesLast, 1), PF_LAST);
+                    assert_eq!(mode(WeightPrefetch::None, 4), PF_NONE);
+                    assert_eq!(mode(WeightPrefetch::BulkLast, 16), PF_BULK | PF_LAST);
+                    // Auto: nothing where the weights load early (but the ternary2
+                    // decoder above BULK_PREFETCH_MAX_M); else in bulk up to it.
+                    let auto = WeightPrefetch::Auto;
+                    let small = if early { PF_NONE } else { PF_BULK };
+                    assert_eq!(mode(auto, BULK_PREFETCH_MAX_M), small);
+                    let big = match (early, decoder, t2) {
+                        (true, true, true) | (false, true, _) => 0,
+                        (true, _, _) => PF_NONE,
+                        (false, false, _) => PF_LAST,
+                    };
+                    assert_eq!(mode(auto, above), big, "{decoder} {t2} {early}");
+                }
+            }
         }
-        assert_eq!(
-            WeightPrefetch::Auto.mode(BULK_PREFETCH_MAX_M + 1, false),
-            PF_LAST
-        );
-        assert_eq!(WeightPrefetch::Auto.mode(BULK_PREFETCH_MAX_M + 1, true), 0);
     }
 
     #[test]

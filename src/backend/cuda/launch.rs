@@ -383,7 +383,7 @@ impl CudaDevice {
     ) -> Result<()> {
         // SAFETY: `p` mirrors the kernel's only parameter; every address in it was checked
         // by the caller to cover the shape's extent.
-        unsafe { self.launch_lb(f, cfg(grid, t::THREADS), p, "projection", small) }
+        unsafe { self.launch_lb(f, cfg(grid, t::THREADS), p, "projection", small, false) }
     }
 
     /// Queues `f` with `p` as its only parameter. For a small-M kernel (`small`), unless the
@@ -391,6 +391,8 @@ impl CudaDevice {
     /// kernel may start before the previous kernel of the stream ends, so it runs
     /// `lb_pdl_prologue` (`cuda/common.cuh`: L2 prefetches of its weights, then
     /// `griddepcontrol.wait`) before it touches any other memory; `p.pdl` is set to say so.
+    /// `t2`: the kernel reads ternary2 weights (the prefetch depends on it,
+    /// [`WeightPrefetch::mode`](super::WeightPrefetch)).
     ///
     /// # Safety
     /// `p` must be the kernel's parameter, every address in it covering what the kernel
@@ -402,14 +404,16 @@ impl CudaDevice {
         p: &LbProblem,
         what: &str,
         small: bool,
+        t2: bool,
     ) -> Result<()> {
+        let early = self.loads_weights_early();
         let (pdl, pf_mode) = small_launch(
             small,
             self.pdl,
-            self.loads_weights_early(),
+            early,
             p.pdl == Pdl::Early as i32,
             self.prefetch
-                .mode(p.m_total.max(0) as usize, p.is_decoder != 0),
+                .mode(p.m_total.max(0) as usize, p.is_decoder != 0, t2, early),
         );
         let p = &LbProblem {
             pdl: pdl as i32,

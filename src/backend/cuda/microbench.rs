@@ -210,7 +210,7 @@ pub fn stream_floor(
             shared_mem_bytes: 0,
         };
         // SAFETY: `p.b` holds `p.ldb` words; `out` one word per warp of the grid.
-        unsafe { dev.launch_lb(&f, cfg, &p, "stream_read", true) }
+        unsafe { dev.launch_lb(&f, cfg, &p, "stream_read", true, false) }
     };
     let graph = capture_graph(dev, copies, launch)?;
     let replays = median_seconds(dev, reps, || {

@@ -68,6 +68,15 @@ pub const SMALL_LOWRANK_MMA_MIN_M: usize = 4;
 /// (H100, BDH shape, graph replay: 5.49 µs against the dp4a kernel's 5.58 at M = 4, 5.45
 /// against 5.25 at M = 2, 5.48 against 4.83 at M = 1).
 pub const SMALL_DECODER_MMA_MIN_M: usize = 4;
+/// With frozen weights under PDL (`CudaDevice::with_frozen_weights`: both small-M kernels
+/// load their first weights before the wait), the low-rank projection takes the small-M
+/// tensor-core kernel from this M on (H100, BDH shape, graph replay: 3.85 against the dp4a
+/// kernel's 4.13 µs at M = 1, 3.88 against 4.50 at M = 2, 4.10 against 4.87 at M = 3).
+pub const SMALL_LOWRANK_MMA_MIN_M_FROZEN: usize = 1;
+/// The same for the decoder tail with i8x4 weights (H100, BDH shape, graph replay: 4.42–4.44
+/// against the dp4a kernel's 4.40 µs at M = 1, 4.50–4.51 against 4.63 at M = 2, 4.41 against
+/// 4.94 at M = 3).
+pub const SMALL_DECODER_MMA_MIN_M_FROZEN: usize = 2;
 /// The same for f32 input (packed once beforehand, `CudaDevice::with_small_prepack`), which
 /// the dp4a small-M kernel quantizes as it stages it (H100, BDH shape, graph replay: 10.27
 /// against 11.45 µs at M = 4, 11.65 against 11.92 at M = 8, 15.05 against 12.17 at M = 9,
@@ -911,16 +920,6 @@ pub fn reduce_width(forced: Option<usize>, wide_ok: bool, elems: usize, resident
 
 /// The input packer's mode for f32 activations (`LB_A_F32` in `cuda/common.cuh`).
 const MODE_F32: u32 = 2;
-/// The kernels' mode for packed i8x4 words (`LB_A_PACKED`).
-const MODE_PACKED: u32 = 0;
-
-/// The cluster of the small-M decoder's A multicast: the most CTAs (8, 4 or 2) that divide
-/// its `col_tiles` (the cluster runs along them), or `None`.
-pub(crate) fn small_mcast_cluster(col_tiles: usize) -> Option<u32> {
-    [8u32, 4, 2]
-        .into_iter()
-        .find(|&c| col_tiles.is_multiple_of(c as usize))
-}
 
 /// Defines of the input packer for mode 0 (misaligned words) / 1 codes / 2 f32.
 pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
@@ -1430,21 +1429,33 @@ impl CudaDevice {
     }
 
     /// Does the small-M tensor-core kernel run this low-rank projection with i8x4 weights?
-    /// M in `SMALL_LOWRANK_MMA_MIN_M..=16` (M = 1 is faster on the dp4a small-M kernel), or
-    /// any M ≤ 16 with [`CudaDevice::with_small_mma`].
+    /// M in `SMALL_LOWRANK_MMA_MIN_M..=16` (below, the dp4a small-M kernel is faster;
+    /// `SMALL_LOWRANK_MMA_MIN_M_FROZEN` where the weights load early), or any M ≤ 16 with
+    /// [`CudaDevice::with_small_mma`].
     pub fn mma_small_lowrank_ok(&self, shape: &LowrankShape) -> bool {
+        let min_m = if self.loads_weights_early() {
+            SMALL_LOWRANK_MMA_MIN_M_FROZEN
+        } else {
+            SMALL_LOWRANK_MMA_MIN_M
+        };
         self.family == KernelFamily::Mma
             && shape.m() <= t::SMALL_M_MAX
-            && (self.small_mma_all || shape.m() >= SMALL_LOWRANK_MMA_MIN_M)
+            && (self.small_mma_all || shape.m() >= min_m)
             && shape.k_words().next_multiple_of(16) <= SMALL_LOWRANK_MAX_KW
     }
 
     /// Does the small-M tensor-core kernel run this decoder tail with i8x4 weights? M in
-    /// `SMALL_DECODER_MMA_MIN_M..=16` (below, the dp4a small-M kernel measured faster), or
-    /// any M ≤ 16 with [`CudaDevice::with_small_mma`]. Ternary2 weights run on it at every M
-    /// unless `decoder_wgmma` takes them ([`CudaDevice::wgmma_decoder_ok`]).
+    /// `SMALL_DECODER_MMA_MIN_M..=16` (below, the dp4a small-M kernel measured faster;
+    /// `SMALL_DECODER_MMA_MIN_M_FROZEN` where the weights load early), or any M ≤ 16 with
+    /// [`CudaDevice::with_small_mma`]. Ternary2 weights run on it at every M unless
+    /// `decoder_wgmma` takes them ([`CudaDevice::wgmma_decoder_ok`]).
     pub fn mma_small_decoder_ok(&self, shape: &DecoderTailShape) -> bool {
-        self.small_decoder_from(shape, SMALL_DECODER_MMA_MIN_M)
+        let min_m = if self.loads_weights_early() {
+            SMALL_DECODER_MMA_MIN_M_FROZEN
+        } else {
+            SMALL_DECODER_MMA_MIN_M
+        };
+        self.small_decoder_from(shape, min_m)
     }
 
     /// [`CudaDevice::mma_small_decoder_ok`] for f32 input: M in
@@ -1559,19 +1570,9 @@ impl CudaDevice {
             reason: format!("{ms}: {e}"),
         })?;
         let (cw, kws) = (ms.cw, ms.kw as usize);
-        let col_tiles = shape.dim.div_ceil(cw as usize * 32);
-        let mut defs = small_defines(mode, uns, t2, &ms);
-        // A by multicast over the column tiles of a split (`with_small_decoder_multicast`):
-        // compiled for sm_90a (`compile::SM90A_DEFINES`), the bulk copies on 16-byte aligned
-        // packed words.
-        let mcast_ok = self.small_mcast
-            && wgmma_capable(self.caps.compute_capability)
-            && mode == MODE_PACKED
-            && p.a_vec != 0;
-        if let Some(c) = small_mcast_cluster(col_tiles).filter(|_| mcast_ok) {
-            defs.push(d("LB_MS_MCAST", c));
-        }
+        let defs = small_defines(mode, uns, t2, &ms);
         let f = self.function(KernelId::DecoderMmaSmall, defs)?;
+        let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
         // the small-M blocks per SM (`SmallShape`, in 256-thread blocks; half for ternary2, a
         // quarter of the bytes; half with frozen weights under PDL, where the next kernel's
@@ -1627,7 +1628,7 @@ impl CudaDevice {
         p.pdl = if t2 { Pdl::AfterWait } else { Pdl::Early } as i32;
         // SAFETY: `p` mirrors the kernel's only parameter; its addresses were checked by the
         // caller to cover the shape's extent (loads past the valid extents are masked).
-        unsafe { self.launch_lb(f, launch_cfg(grid, 32 * warps, smem), &p, what, true) }
+        unsafe { self.launch_lb(f, launch_cfg(grid, 32 * warps, smem), &p, what, true, t2) }
     }
 
     fn prepare(&self, f: &CudaFunction, smem: usize) -> Result<usize> {
@@ -2290,17 +2291,6 @@ mod tests {
     }
 
     #[test]
-    fn small_mcast_clusters_divide_the_column_tiles() {
-        assert_eq!(small_mcast_cluster(8), Some(8));
-        assert_eq!(small_mcast_cluster(16), Some(8));
-        assert_eq!(small_mcast_cluster(4), Some(4));
-        assert_eq!(small_mcast_cluster(12), Some(4));
-        assert_eq!(small_mcast_cluster(6), Some(2));
-        assert_eq!(small_mcast_cluster(9), None);
-        assert_eq!(small_mcast_cluster(1), None);
-    }
-
-    #[test]
     fn smem_budgets() {
         // BDH D = 256: two low-rank CTAs fit an H100 SM (228 KB), the decoder's 4-stage ring
         // fits its 227 KB per block.
@@ -2691,17 +2681,6 @@ mod tests {
         if wgmma_capable((9, 0)) {
             for (id, defines) in wgmma_module_variants() {
                 compile::compile_checked(id.stem(), (9, 0), &defines, Some(wgmma_spill_budget(id)));
-            }
-            // The small-M decoder's A multicast (sm_90a too), packed words.
-            for (t2, shape) in [(false, SmallMmaDecoder::DEFAULT), (true, SMALL_DECODER_T2)] {
-                for c in [2, 4, 8] {
-                    for uns in [false, true] {
-                        let mut defines = small_defines(MODE_PACKED, uns, t2, &shape);
-                        defines.push(d("LB_MS_MCAST", c));
-                        let stem = KernelId::DecoderMmaSmall.stem();
-                        compile::compile_checked(stem, (9, 0), &defines, Some(0));
-                    }
-                }
             }
         } else {
             eprintln!("SKIPPED: this NVRTC does not know sm_90; wgmma sources not compiled");
