@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -67,6 +67,9 @@
 # frozenmin: with frozen weights, M = 1..4 as routed against the dp4a family's kernels.
 # frozenpf: with frozen weights, the L2 prefetch each way (LOWBIT_CUDA_PREFETCH, none too), its
 # test first.
+# dec2cw: the small-M decoder on 64-column CTAs (2x8x64: half of A's L2 traffic) against the
+# default 1x8x64, with and without frozen weights; then, with frozen weights, the tensor-core
+# decoder at M = 1 and ternary2 under the early PDL trigger.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -356,6 +359,25 @@ if has frozenpf; then
           --variant packed --m 1,2,4,8,16 --weights $w
       done
     done
+  done
+fi
+if has dec2cw; then
+  for round in 1 2; do
+    for cfg in 0:2x2x4:1x8x64 0:2x2x4:2x8x64 0:2x1x4:2x8x64 1:2x2x4:1x8x64 1:2x2x4:2x8x64 \
+               1:2x4x4:2x8x64; do
+      fz=${cfg%%:*} rest=${cfg#*:}; sm=${rest%:*} dec=${rest#*:}
+      LOWBIT_CUDA_FROZEN_WEIGHTS=$fz LOWBIT_CUDA_SMALL=$sm LOWBIT_CUDA_SMALL_DECODER=$dec bench \
+        "decoder i8x4, frozen $fz, SMALL=$sm SMALL_DECODER=$dec, round $round" --backend cuda \
+        --op decoder-tail --variant packed --m 1,4,8,16
+    done
+    LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench \
+      "decoder i8x4, frozen, tensor cores at M = 1, round $round" --backend cuda \
+      --op decoder-tail --variant packed --m 1
+    LOWBIT_CUDA_PDL=early LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench \
+      "ternary2, frozen, PDL=early, round $round" --backend cuda --op lowrank,decoder-tail \
+      --variant packed --m 1,4,8,16 --weights ternary2
+    LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench "ternary2, frozen, round $round" --backend cuda \
+      --op lowrank,decoder-tail --variant packed --m 1,4,8,16 --weights ternary2
   done
 fi
 if has chainfloor; then
