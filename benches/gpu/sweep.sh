@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -69,7 +69,8 @@
 # test first.
 # dec2cw: the small-M decoder on 64-column CTAs (2x8x64: half of A's L2 traffic) against the
 # default 1x8x64, with and without frozen weights; then, with frozen weights, the tensor-core
-# decoder at M = 1 and ternary2 under the early PDL trigger.
+# decoder at M = 1 and ternary2 under the early PDL trigger. wide: with frozen weights, the
+# decoder's 32- and 64-column CTAs forced at M = 8..16, and as chosen by M; their tests first.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -338,7 +339,7 @@ if has frozendec; then
 fi
 if has frozenmin; then
   # With frozen weights the tensor-core small-M kernels take M < 4 (the low-rank projection
-  # from M = 1, the decoder from M = 2): as routed against the dp4a family, two rounds, packed.
+  # and the decoder from M = 1): as routed against the dp4a family, two rounds, packed.
   for round in 1 2; do
     for fam in mma dp4a; do
       LOWBIT_CUDA_KERNELS=$fam LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench \
@@ -378,6 +379,17 @@ if has dec2cw; then
       --variant packed --m 1,4,8,16 --weights ternary2
     LOWBIT_CUDA_FROZEN_WEIGHTS=1 bench "ternary2, frozen, round $round" --backend cuda \
       --op lowrank,decoder-tail --variant packed --m 1,4,8,16 --weights ternary2
+  done
+fi
+if has wide; then
+  step_tests wide 300 8 small_m_frozen_weights small_mma_decoder_shapes_are_bit_exact \
+    small_m_chain_back_to_back
+  for round in 1 2; do
+    for dec in 1x8x64 2x8x64 ""; do
+      LOWBIT_CUDA_FROZEN_WEIGHTS=1 LOWBIT_CUDA_SMALL_DECODER=$dec bench \
+        "decoder i8x4, frozen, SMALL_DECODER=${dec:-by M}, round $round" --backend cuda \
+        --op decoder-tail --variant packed --m 1,8,9,10,11,12,13,14,15,16
+    done
   done
 fi
 if has chainfloor; then

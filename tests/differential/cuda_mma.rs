@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use crate::{Ctx, Op};
 use lowbit_kernels::backend::cuda::{
-    CudaBackend, CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily, Pdl,
+    CudaBackend, CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily, Pdl, mma,
 };
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::{DecoderTailShape, Epilogue, LowrankShape, OutputDType};
@@ -360,7 +360,13 @@ fn small_m_frozen_weights() {
         }) else {
             return;
         };
-        assert!(b.device().frozen_weights());
+        let dev = b.device();
+        assert!(dev.frozen_weights());
+        // Under PDL the i8x4 decoder took its 64-column CTAs at M = 15 and 16.
+        let wide = dev.programmatic_launch() != Pdl::Off;
+        let ms = dev.small_decoder_shape(mma::SMALL_DECODER_WIDE_MIN_M);
+        assert_eq!(ms == mma::SMALL_DECODER_WIDE, wide, "{ms}");
+        assert_eq!(dev.small_decoder_shape(1), mma::SmallMmaDecoder::DEFAULT);
     }
 }
 

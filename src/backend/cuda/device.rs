@@ -387,8 +387,10 @@ pub struct CudaDevice {
     pub(crate) fused_scale: bool,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
-    /// The small-M tensor-core decoder's CTA with i8x4 weights (`LOWBIT_CUDA_SMALL_DECODER`).
-    pub(crate) small_mma_decoder: super::mma::SmallMmaDecoder,
+    /// The small-M tensor-core decoder's CTA with i8x4 weights where one is forced
+    /// (`LOWBIT_CUDA_SMALL_DECODER`, [`CudaDevice::with_small_mma_decoder`]); `None`: chosen by
+    /// M ([`CudaDevice::small_decoder_shape`]).
+    pub(crate) small_mma_decoder: Option<super::mma::SmallMmaDecoder>,
     /// Kernels compiled with timeline stamps ([`TRACE_ENV`], [`CudaDevice::take_traces`]).
     pub(crate) trace: bool,
     cache: Mutex<ModuleCache>,
@@ -544,7 +546,7 @@ impl CudaDevice {
             small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small,
-            small_mma_decoder: super::mma::SmallMmaDecoder::from_env()
+            small_mma_decoder: super::mma::SmallMmaDecoder::forced_by_env()
                 .map_err(bad_env(super::mma::SMALL_DECODER_ENV))?,
             trace: env_switch(TRACE_ENV, false)?,
             cache: Mutex::new(ModuleCache::default()),
@@ -653,13 +655,14 @@ impl CudaDevice {
     pub fn small_shape(&self) -> super::tuning::SmallShape {
         self.small
     }
-    /// The small-M tensor-core decoder's CTA with i8x4 weights (overrides
-    /// `LOWBIT_CUDA_SMALL_DECODER`; any shape that passes [`SmallMmaDecoder::check`] is
-    /// bit-exact; the decoder refuses others with [`LowbitError::InvalidArgument`]).
+    /// Forces the small-M tensor-core decoder's CTA with i8x4 weights at every M (overrides
+    /// `LOWBIT_CUDA_SMALL_DECODER`; by default it is chosen by M,
+    /// [`CudaDevice::small_decoder_shape`]; any shape that passes [`SmallMmaDecoder::check`]
+    /// is bit-exact; the decoder refuses others with [`LowbitError::InvalidArgument`]).
     ///
     /// [`SmallMmaDecoder::check`]: super::mma::SmallMmaDecoder::check
     pub fn with_small_mma_decoder(mut self, shape: super::mma::SmallMmaDecoder) -> Self {
-        self.small_mma_decoder = shape;
+        self.small_mma_decoder = Some(shape);
         self
     }
     /// What the device was probed to have: compute capability, SMs, features.

@@ -73,10 +73,27 @@ pub const SMALL_DECODER_MMA_MIN_M: usize = 4;
 /// tensor-core kernel from this M on (H100, BDH shape, graph replay: 3.85 against the dp4a
 /// kernel's 4.13 µs at M = 1, 3.88 against 4.50 at M = 2, 4.10 against 4.87 at M = 3).
 pub const SMALL_LOWRANK_MMA_MIN_M_FROZEN: usize = 1;
-/// The same for the decoder tail with i8x4 weights (H100, BDH shape, graph replay: 4.42–4.44
-/// against the dp4a kernel's 4.40 µs at M = 1, 4.50–4.51 against 4.63 at M = 2, 4.41 against
-/// 4.94 at M = 3).
-pub const SMALL_DECODER_MMA_MIN_M_FROZEN: usize = 2;
+/// The same for the decoder tail with i8x4 weights (H100, BDH shape, graph replay, no L2
+/// prefetch: 3.91–3.92 against the dp4a kernel's 4.14–4.25 µs at M = 1, 3.98–4.00 against
+/// 4.53 at M = 2, 3.99–4.01 against 4.88–4.89 at M = 3).
+pub const SMALL_DECODER_MMA_MIN_M_FROZEN: usize = 1;
+/// With frozen weights under PDL, the small-M decoder with i8x4 weights runs
+/// [`SMALL_DECODER_WIDE`] from this M on (unless a shape is forced).
+pub const SMALL_DECODER_WIDE_MIN_M: usize = 12;
+/// `2x8x64`: 64 columns x 8 k-warps of 64 words (512 threads). A CTA stages A once for 64
+/// columns instead of 32, so the L2 sends half as much A to the SMs (2 MB at M = 16, D = 256),
+/// on as many K splits; with frozen weights (one 256-thread block per SM as the split target)
+/// that is 64 CTAs, each loading 128 KB of weights into registers before its wait. H100, BDH
+/// shape, graph replay, frozen weights, two rounds, M = 1 / 4 / 8 / 16: 4.16–4.20 / 4.16–4.20 /
+/// 4.28–4.31 / **4.60–4.62** µs against the default's 4.14–4.25 / 4.04–4.15 / 4.15–4.25 /
+/// 4.82–4.94; without frozen weights it loses at every M (M = 16: 6.06–6.07 against 5.46).
+pub const SMALL_DECODER_WIDE: SmallMmaDecoder = SmallMmaDecoder {
+    cw: 2,
+    kw: 8,
+    ksw: 64,
+    min_blocks: 1,
+    batch: 64,
+};
 /// The same for f32 input (packed once beforehand, `CudaDevice::with_small_prepack`), which
 /// the dp4a small-M kernel quantizes as it stages it (H100, BDH shape, graph replay: 10.27
 /// against 11.45 µs at M = 4, 11.65 against 11.92 at M = 8, 15.05 against 12.17 at M = 9,
@@ -1011,8 +1028,9 @@ impl SmallMmaDecoder {
     };
 
     /// Shapes the NVRTC test compiles besides the default.
-    pub const CANDIDATES: [Self; 5] = [
+    pub const CANDIDATES: [Self; 6] = [
         SMALL_DECODER_T2,
+        SMALL_DECODER_WIDE,
         Self {
             batch: 32,
             ..Self::DEFAULT
@@ -1096,6 +1114,15 @@ impl SmallMmaDecoder {
     /// The shape of [`SMALL_DECODER_ENV`] (unset or empty: [`SmallMmaDecoder::DEFAULT`]).
     pub fn from_env() -> std::result::Result<Self, String> {
         t::from_env(SMALL_DECODER_ENV, Self::DEFAULT, Self::parse)
+    }
+
+    /// The shape [`SMALL_DECODER_ENV`] forces, or `None` where it is unset or empty (the
+    /// decoder then chooses by M: [`CudaDevice::small_decoder_shape`]).
+    pub fn forced_by_env() -> std::result::Result<Option<Self>, String> {
+        match std::env::var(SMALL_DECODER_ENV) {
+            Ok(v) if !v.trim().is_empty() => Self::parse(&v).map(Some),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -1470,6 +1497,20 @@ impl CudaDevice {
             && (self.small_mma_all || shape.m() >= min_m)
     }
 
+    /// The small-M tensor-core decoder's CTA with i8x4 weights at `m` rows: the shape forced
+    /// by [`CudaDevice::with_small_mma_decoder`] or `LOWBIT_CUDA_SMALL_DECODER`, else
+    /// [`SMALL_DECODER_WIDE`] from [`SMALL_DECODER_WIDE_MIN_M`] rows where the weights load
+    /// early (frozen weights under PDL), else [`SmallMmaDecoder::DEFAULT`].
+    pub fn small_decoder_shape(&self, m: usize) -> SmallMmaDecoder {
+        match self.small_mma_decoder {
+            Some(ms) => ms,
+            None if self.loads_weights_early() && m >= SMALL_DECODER_WIDE_MIN_M => {
+                SMALL_DECODER_WIDE
+            }
+            None => SmallMmaDecoder::DEFAULT,
+        }
+    }
+
     /// Routes every M ≤ 16 projection with i8x4 weights to the tensor-core small-M kernel
     /// (what `LOWBIT_CUDA_SMALL_MMA=1` does when the device is opened).
     pub fn with_small_mma(mut self, all: bool) -> Self {
@@ -1560,7 +1601,7 @@ impl CudaDevice {
         let ms = if t2 {
             SMALL_DECODER_T2
         } else {
-            self.small_mma_decoder
+            self.small_decoder_shape(shape.m())
         };
         // A caller's shape (`with_small_mma_decoder`) is checked here: one k-warp would store
         // each split's sums over the others.
