@@ -78,8 +78,11 @@ pub const SMALL_LOWRANK_MMA_MIN_M_FROZEN: usize = 1;
 /// 4.53 at M = 2, 3.99–4.01 against 4.88–4.89 at M = 3).
 pub const SMALL_DECODER_MMA_MIN_M_FROZEN: usize = 1;
 /// With frozen weights under PDL, the small-M decoder with i8x4 weights runs
-/// [`SMALL_DECODER_WIDE`] from this M on (unless a shape is forced).
-pub const SMALL_DECODER_WIDE_MIN_M: usize = 12;
+/// [`SMALL_DECODER_WIDE`] from this M on (unless a shape is forced). H100, BDH shape, graph
+/// replay, two rounds, M = 8 / 9 / 10 / 11 / 12 / 16: the default shape 4.12–4.15 / 4.20–4.22 /
+/// 4.24–4.26 / 4.42–4.43 / 4.53–4.54 / 4.74–4.75 µs, `2x8x64` 4.24–4.25 / 4.31 / 4.34 / 4.36 /
+/// 4.41 / 4.64.
+pub const SMALL_DECODER_WIDE_MIN_M: usize = 11;
 /// `2x8x64`: 64 columns x 8 k-warps of 64 words (512 threads). A CTA stages A once for 64
 /// columns instead of 32, so the L2 sends half as much A to the SMs (2 MB at M = 16, D = 256),
 /// on as many K splits; with frozen weights (one 256-thread block per SM as the split target)
