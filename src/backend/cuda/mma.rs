@@ -983,9 +983,9 @@ const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= SMALL_SMEM_MAX);
 const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
 
-/// Environment variable that overrides the small-M tensor-core decoder's CTA with i8x4
-/// weights ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW]]`, e.g. `1x16x32` or `1x8x64x1x32`): for tuning
-/// sweeps.
+/// Environment variable that forces the small-M tensor-core decoder's CTA with i8x4 weights
+/// at every M ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW]]`, e.g. `1x16x32` or `1x8x64x1x32`): for
+/// tuning sweeps.
 pub const SMALL_DECODER_ENV: &str = "LOWBIT_CUDA_SMALL_DECODER";
 
 /// The CTA of the small-M tensor-core decoder (`decoder_mma_small`) with i8x4 weights:
@@ -1010,8 +1010,9 @@ pub struct SmallMmaDecoder {
 
 impl SmallMmaDecoder {
     /// `1x8x64` (`1x8x64x1x64`): what the kernel runs unless [`SMALL_DECODER_ENV`] says
-    /// otherwise. One column warp x 8 k-warps of at most 64 words, each k-warp's weight loads
-    /// in flight at once: a CTA of 256 threads takes 32 columns x up to 512 words. At the BDH
+    /// otherwise (with frozen weights, [`SMALL_DECODER_WIDE`] from
+    /// [`SMALL_DECODER_WIDE_MIN_M`] rows). One column warp x 8 k-warps of at most 64 words,
+    /// each k-warp's weight loads in flight at once: a CTA of 256 threads takes 32 columns x up to 512 words. At the BDH
     /// shape the split target (2 such CTAs per SM) cuts a head's 2048 words into 8 splits of
     /// 256 (32 per k-warp): 256 CTAs, two per SM. H100, BDH shape, graph replay, M = 1 / 2 / 4
     /// / 8 / 16: 4.73 / 4.76-4.77 / 4.81 / 4.97-4.98 / 5.40 µs against 4.91-4.92 / 4.94-4.95 /
@@ -1112,11 +1113,6 @@ impl SmallMmaDecoder {
         };
         shape.check().map_err(|e| format!("`{text}`: {e}"))?;
         Ok(shape)
-    }
-
-    /// The shape of [`SMALL_DECODER_ENV`] (unset or empty: [`SmallMmaDecoder::DEFAULT`]).
-    pub fn from_env() -> std::result::Result<Self, String> {
-        t::from_env(SMALL_DECODER_ENV, Self::DEFAULT, Self::parse)
     }
 
     /// The shape [`SMALL_DECODER_ENV`] forces, or `None` where it is unset or empty (the
