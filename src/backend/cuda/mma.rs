@@ -68,6 +68,11 @@ pub const SMALL_LOWRANK_MMA_MIN_M: usize = 4;
 /// (H100, BDH shape, graph replay: 5.49 µs against the dp4a kernel's 5.58 at M = 4, 5.45
 /// against 5.25 at M = 2, 5.48 against 4.83 at M = 1).
 pub const SMALL_DECODER_MMA_MIN_M: usize = 4;
+/// The same for f32 input (packed once beforehand, `CudaDevice::with_small_prepack`), which
+/// the dp4a small-M kernel quantizes as it stages it (H100, BDH shape, graph replay: 10.27
+/// against 11.45 µs at M = 4, 11.65 against 11.92 at M = 8, 15.05 against 12.17 at M = 9,
+/// 15.88 against 13.07 at M = 16).
+pub const SMALL_DECODER_MMA_MIN_M_F32: usize = 9;
 /// With frozen weights under PDL (`CudaDevice::with_frozen_weights`: both small-M kernels
 /// load their first weights before the wait), the low-rank projection takes the small-M
 /// tensor-core kernel from this M on (H100, BDH shape, graph replay: 3.85 against the dp4a
@@ -83,25 +88,17 @@ pub const SMALL_DECODER_MMA_MIN_M_FROZEN: usize = 1;
 /// 4.24–4.26 / 4.42–4.43 / 4.53–4.54 / 4.74–4.75 µs, `2x8x64` 4.24–4.25 / 4.31 / 4.34 / 4.36 /
 /// 4.41 / 4.64.
 pub const SMALL_DECODER_WIDE_MIN_M: usize = 11;
-/// `2x8x64`: 64 columns x 8 k-warps of 64 words (512 threads). A CTA stages A once for 64
-/// columns instead of 32, so the L2 sends half as much A to the SMs (2 MB at M = 16, D = 256),
-/// on as many K splits; with frozen weights (one 256-thread block per SM as the split target)
+/// `2x8x64`: the default CTA two column warps wide, 64 columns x 8 k-warps of 64 words (512
+/// threads). A CTA stages A once for 64 columns instead of 32, so the L2 sends half as much A
+/// to the SMs (2 MB at M = 16, D = 256), on as many K splits; with frozen weights (one 256-thread block per SM as the split target)
 /// that is 64 CTAs, each loading 128 KB of weights into registers before its wait. H100, BDH
 /// shape, graph replay, frozen weights, two rounds, M = 1 / 4 / 8 / 16: 4.16–4.20 / 4.16–4.20 /
 /// 4.28–4.31 / **4.60–4.62** µs against the default's 4.14–4.25 / 4.04–4.15 / 4.15–4.25 /
 /// 4.82–4.94; without frozen weights it loses at every M (M = 16: 6.06–6.07 against 5.46).
 pub const SMALL_DECODER_WIDE: SmallMmaDecoder = SmallMmaDecoder {
     cw: 2,
-    kw: 8,
-    ksw: 64,
-    min_blocks: 1,
-    batch: 64,
+    ..SmallMmaDecoder::DEFAULT
 };
-/// The same for f32 input (packed once beforehand, `CudaDevice::with_small_prepack`), which
-/// the dp4a small-M kernel quantizes as it stages it (H100, BDH shape, graph replay: 10.27
-/// against 11.45 µs at M = 4, 11.65 against 11.92 at M = 8, 15.05 against 12.17 at M = 9,
-/// 15.88 against 13.07 at M = 16).
-pub const SMALL_DECODER_MMA_MIN_M_F32: usize = 9;
 /// Decoder with ternary2 weights: 2 column warps x 4 k-warps of at most 64 k words (one
 /// register batch each), so a CTA covers 64 columns x 256 words of one head. (H200, BDH
 /// shape, M = 1 / 16, ternary2: 5.3 / 7.8 µs; 1x4 warps 5.3 / 9.3, 1x8 5.7 / 8.5, 1x16
