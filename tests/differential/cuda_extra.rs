@@ -322,10 +322,9 @@ fn device_resident_chaining() {
 /// frozen weights the tensor-core ones take M = 1 too, so the dp4a family once more on its
 /// own), with each programmatic dependent launch mode (off below sm_90), with and without
 /// frozen weights (`CudaDevice::with_frozen_weights`: the weights loaded before the wait).
-/// Every kernel reads
-/// the previous kernel's output and every buffer starts as NaN, so a kernel that read its
-/// input before its predecessor finished would show: each step is checked bit for bit against
-/// the reference on the device's own inputs.
+/// Every kernel reads the previous kernel's output and every buffer starts as NaN, so a kernel
+/// that read its input before its predecessor finished would show: each step is checked bit
+/// for bit against the reference on the device's own inputs.
 #[test]
 fn small_m_chain_back_to_back() {
     const STEPS: usize = 8;
