@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide] [inlinescale]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -71,6 +71,9 @@
 # default 1x8x64, with and without frozen weights; then, with frozen weights, the tensor-core
 # decoder at M = 1 and ternary2 under the early PDL trigger. wide: with frozen weights, the
 # decoder's 32- and 64-column CTAs forced at M = 8..16, and as chosen by M; their tests first.
+# inlinescale: f32 input with a computed scale at M <= 16, the low-rank kernel working out the
+# scale itself (LOWBIT_CUDA_SMALL_INLINE_SCALE=1) against the reduction kernel first, with and
+# without frozen weights; its tests first.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -389,6 +392,20 @@ if has wide; then
       LOWBIT_CUDA_FROZEN_WEIGHTS=1 LOWBIT_CUDA_SMALL_DECODER=$dec bench \
         "decoder i8x4, frozen, SMALL_DECODER=${dec:-by M}, round $round" --backend cuda \
         --op decoder-tail --variant packed --m 1,8,9,10,11,12,13,14,15,16
+    done
+  done
+fi
+if has inlinescale; then
+  step_tests inlinescale 300 8 small_lowrank_inline_scale
+  for round in 1 2; do
+    for fz in 0 1; do
+      for il in 0 1; do
+        for w in i8x4 ternary2; do
+          LOWBIT_CUDA_SMALL_INLINE_SCALE=$il LOWBIT_CUDA_FROZEN_WEIGHTS=$fz bench \
+            "low-rank f32 in, $w, inline scale $il, frozen $fz, round $round" --backend cuda \
+            --op lowrank --variant f32 --m 1,4,8,16 --weights $w
+        done
+      done
     done
   done
 fi

@@ -651,6 +651,96 @@ fn split_k_is_deterministic() {
     }
 }
 
+/// f32 input with a computed scale at M ≤ 16 on the tensor-core low-rank kernel: with
+/// `CudaDevice::with_small_inline_scale` the kernel works out the absmean scale itself (no
+/// reduction kernel first). The scale it writes and the outputs must have the bits of the
+/// two-kernel path, and match the reference at that scale: x of 1 to 8 reduction blocks
+/// (n = 18 to 16384), input heads 1 and H, x 16-byte aligned or not (float4 or scalar sums),
+/// signed and uint8pos formats, and a ReLU epilogue; outputs and scale start as NaN.
+#[test]
+fn small_lowrank_inline_scale_same_bits() {
+    // Both on the small-M tensor-core kernel at every M (M = 1 too).
+    let Some(two) = mma_device() else { return };
+    let Some(one) = mma_device() else { return };
+    let two = two.with_small_mma(true);
+    let one = one.with_small_mma(true).with_small_inline_scale(true);
+    assert!(one.small_inline_scale() && !two.small_inline_scale());
+    let mut rng = Rng::new(17);
+    for (b, hin, t, d, heads, n) in [
+        (1, 1, 1, 18, 3, 9),
+        (1, 1, 1, 256, 4, 130),
+        (1, 1, 16, 256, 4, 256),
+        (4, 4, 4, 256, 4, 64),
+        (3, 3, 5, 250, 3, 70),
+    ] {
+        let shape = LowrankShape::new([b, hin, t, d], [heads, d, n], n).unwrap();
+        let w_codes = rng.ternary(shape.w_len());
+        let w_words = pack_lowrank_weight_codes_i8x4(&w_codes, heads, d, n).unwrap();
+        let x = rng.normals(shape.x_len() + 1, 1.5);
+        for (fmt, off, relu) in [
+            (Fmt::Int8, 0, false),
+            (Fmt::Int8, 1, true),
+            (Fmt::Uint8PosExp, 0, false),
+            (Fmt::Uint8PosExp, 1, false),
+        ] {
+            let epilogue = Epilogue {
+                relu,
+                ..Epilogue::default()
+            };
+            let what = format!("x {:?} {fmt:?} offset {off} relu {relu}", shape.x_shape());
+            let run = |dev: &CudaDevice| -> (f32, Vec<f32>) {
+                let stream = dev.stream().clone();
+                let xd = dev.upload(&x).unwrap();
+                let wd = dev.upload(&w_words).unwrap();
+                let mut sd = dev.upload(&[f32::NAN]).unwrap();
+                let mut od = dev.upload(&vec![f32::NAN; shape.out_len()]).unwrap();
+                {
+                    let (xp, _g1) = xd.device_ptr(&stream);
+                    let (wp, _g2) = wd.device_ptr(&stream);
+                    let (sp, _g3) = sd.device_ptr_mut(&stream);
+                    let (op, _g4) = od.device_ptr_mut(&stream);
+                    // SAFETY: live allocations of this context: x holds x_len floats past
+                    // `off`, the weights and output the shape's extents, the scale one float.
+                    unsafe {
+                        dev.lowrank_raw(
+                            &shape,
+                            RawAct::F32(xp + 4 * off),
+                            fmt,
+                            RawScale::Compute(sp),
+                            wp,
+                            0.02,
+                            1,
+                            epilogue,
+                            op,
+                        )
+                        .unwrap();
+                    }
+                }
+                (dev.download(&sd).unwrap()[0], dev.download(&od).unwrap())
+            };
+            let (s_one, o_one) = run(&one);
+            let (s_two, o_two) = run(&two);
+            assert_eq!(s_one.to_bits(), s_two.to_bits(), "{what}: scale");
+            assert_exact(&format!("{what}: against two kernels"), &o_two, &o_one);
+            let xs = &x[off as usize..off as usize + shape.x_len()];
+            let codes = codes_of(xs, fmt, s_one);
+            let exp: Vec<f32> =
+                reference::lowrank_projection_codes(&shape, &codes, &w_codes, s_one, 0.02)
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| epilogue.apply(v))
+                    .collect();
+            assert_exact(&format!("{what}: against the reference"), &exp, &o_one);
+        }
+    }
+    assert!(
+        one.compile_logs()
+            .iter()
+            .any(|(m, _)| m.contains("LB_MS_SCALE_BLOCKS=8")),
+        "no inline-scale variant of 8 blocks was compiled"
+    );
+}
+
 /// The `unsafe` raw-address entry points on allocations the caller owns.
 #[test]
 fn raw_pointer_entry_points() {

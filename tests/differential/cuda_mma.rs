@@ -339,6 +339,27 @@ fn small_m_weight_prefetch_each_way() {
     }
 }
 
+/// The small-M cases with the low-rank kernel working out computed scales of f32 input itself
+/// (`CudaDevice::with_small_inline_scale`), on i8x4 and ternary2 weights: every f32-input case
+/// with a computed scale (every format, edge values) checked against the reference at the
+/// scale the kernel wrote.
+#[test]
+fn small_lowrank_inline_scale() {
+    static I8: Cell = OnceLock::new();
+    static T2: Cell = OnceLock::new();
+    for (cell, t2) in [(&I8, false), (&T2, true)] {
+        let Some(b) = small_cases_on(cell, t2, |d| d.with_small_inline_scale(true)) else {
+            return;
+        };
+        let inline = b
+            .device()
+            .compile_logs()
+            .iter()
+            .any(|(m, _)| m.starts_with("lowrank_mma.cu") && m.contains("LB_MS_SCALE_BLOCKS="));
+        assert!(inline, "t2 {t2}: no inline-scale variant was compiled");
+    }
+}
+
 /// The small-M cases with frozen weights (`CudaDevice::with_frozen_weights`: the first weights
 /// loaded before the PDL wait), under both PDL modes, on i8x4 and ternary2 weights. (On a
 /// device in the default mode the i8x4 tensor-core kernels then take the early trigger too;

@@ -180,6 +180,11 @@ pub(crate) fn parse_auto_switch(text: &str) -> std::result::Result<Option<bool>,
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
+/// Environment variable that lets the small-M low-rank tensor-core kernel work out the absmean
+/// scale of its f32 input itself (`1`; empty or `0`: off, the default): see
+/// [`CudaDevice::with_small_inline_scale`].
+pub const SMALL_INLINE_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_INLINE_SCALE";
+
 /// Environment variable that packs f32 input to the small-M tensor-core decoder once, in a
 /// pass of its own, before the decoder runs (`1`), or in every CTA that stages it (`0`); empty
 /// or `auto` (the default): once for i8x4 weights, in the CTAs for ternary2 weights (see
@@ -385,6 +390,9 @@ pub struct CudaDevice {
     /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
     /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
     pub(crate) fused_scale: bool,
+    /// The small-M low-rank tensor-core kernel computes a computed scale itself
+    /// ([`SMALL_INLINE_SCALE_ENV`], [`CudaDevice::with_small_inline_scale`]).
+    pub(crate) small_inline_scale: bool,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
     /// The small-M tensor-core decoder's CTA with i8x4 weights where one is forced
@@ -545,6 +553,7 @@ impl CudaDevice {
             frozen_weights: env_switch(FROZEN_WEIGHTS_ENV, false)?,
             small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
+            small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, false)?,
             small,
             small_mma_decoder: super::mma::SmallMmaDecoder::forced_by_env()
                 .map_err(bad_env(super::mma::SMALL_DECODER_ENV))?,
@@ -645,6 +654,21 @@ impl CudaDevice {
     /// See [`CudaDevice::with_fused_scale`].
     pub fn fused_scale(&self) -> bool {
         self.fused_scale
+    }
+    /// Lets (`true`) the small-M tensor-core low-rank kernel work out the absmean scale of its
+    /// f32 input itself where the scale is computed ([`RawScale::Compute`](super::RawScale),
+    /// M ≤ 16, x of at most 16384 floats: `tuning::SMALL_INLINE_SCALE_MAX_BLOCKS`), instead of
+    /// a reduction kernel before it. Every CTA sums all of x in the order the reduction
+    /// kernel does, so the scale (which the first CTA writes to the caller's buffer) and the
+    /// outputs have the same bits either way; the op is then one launch instead of two. Off by
+    /// default (`LOWBIT_CUDA_SMALL_INLINE_SCALE`): not yet measured on a card.
+    pub fn with_small_inline_scale(mut self, on: bool) -> Self {
+        self.small_inline_scale = on;
+        self
+    }
+    /// See [`CudaDevice::with_small_inline_scale`].
+    pub fn small_inline_scale(&self) -> bool {
+        self.small_inline_scale
     }
     /// The small-M grid shape (overrides `LOWBIT_CUDA_SMALL`; any shape is bit-exact).
     pub fn with_small_shape(mut self, shape: super::tuning::SmallShape) -> Self {

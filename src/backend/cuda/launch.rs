@@ -710,9 +710,7 @@ impl CudaDevice {
             });
         }
         let f = self.function(KernelId::AbsmeanScale, plain_defines("LB_QUANTIZE"))?;
-        let blocks = n
-            .div_ceil((t::RED_THREADS * t::RED_ITEMS) as usize)
-            .clamp(1, t::RED_MAX_BLOCKS as usize) as u32;
+        let blocks = t::red_blocks(n);
         let mut scratch = self.scratch();
         let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
         let counter = self.scratch_buf(&mut scratch.red_counter, 1)?;
@@ -1004,8 +1002,26 @@ impl CudaDevice {
             }
             Path::Int { mode, uns } => {
                 let small = m <= t::SMALL_M_MAX;
-                // SAFETY: forwarded contract (x holds x_len f32 when F32).
-                let (sp, sv) = unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? };
+                let small_mma = t2 || (small && self.mma_small_lowrank_ok(shape));
+                // f32 input with a computed scale on the small-M tensor-core kernel: where the
+                // device lets it (`with_small_inline_scale`), the kernel works out the scale
+                // itself, on the reduction's grid for x, and writes it to the caller's buffer.
+                let inline = match scale {
+                    RawScale::Compute(buf) if mode == 2 && small && small_mma => {
+                        let g = t::red_blocks(shape.x_len());
+                        (self.small_inline_scale && g <= t::SMALL_INLINE_SCALE_MAX_BLOCKS)
+                            .then_some((buf, g))
+                    }
+                    _ => None,
+                };
+                let (sp, sv) = match inline {
+                    Some((buf, _)) => {
+                        non_null(OP, "scale buffer", buf)?;
+                        (buf, 0.0)
+                    }
+                    // SAFETY: forwarded contract (x holds x_len f32 when F32).
+                    None => unsafe { self.resolve_scale(x, shape.x_len(), format, scale)? },
+                };
                 p.scale_ptr = sp;
                 p.scale_param = sv;
                 let mut mode = mode;
@@ -1020,8 +1036,9 @@ impl CudaDevice {
                     p.a_vec = i32::from(kw.is_multiple_of(4));
                     mode = 0;
                 }
-                if t2 || (small && self.mma_small_lowrank_ok(shape)) {
-                    return self.lowrank_mma_small(p, shape, mode, uns, t2);
+                if small_mma {
+                    let scale_blocks = inline.map(|(_, g)| g);
+                    return self.lowrank_mma_small(p, shape, mode, uns, t2, scale_blocks);
                 }
                 let id = [
                     KernelId::LowrankPacked,

@@ -977,6 +977,8 @@ pub const fn small_smem(kws: u32, ksw: usize) -> usize {
 /// The dynamic smem a launch gets without opt-in; both small-M kernels stay within it.
 const SMALL_SMEM_MAX: usize = 48 * 1024;
 const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= SMALL_SMEM_MAX);
+// The low-rank CTA sums x as the reduction's blocks do (`LB_MS_SCALE_BLOCKS`): same size.
+const _: () = assert!(32 * SMALL_LOWRANK_CW == t::RED_THREADS);
 const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
 
@@ -1193,6 +1195,14 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 for ksw in [64, SMALL_LOWRANK_MAX_KW] {
                     let defs = small_defines(mode, uns, t2, &small_lowrank_cta(ksw));
                     v.push((KernelId::LowrankMmaSmall, defs));
+                }
+                // f32 input whose scale the kernel works out itself (`LB_MS_SCALE_BLOCKS`).
+                if mode == 2 {
+                    for g in [1, t::SMALL_INLINE_SCALE_MAX_BLOCKS] {
+                        let mut defs = small_defines(mode, uns, t2, &small_lowrank_cta(64));
+                        defs.push(d("LB_MS_SCALE_BLOCKS", g));
+                        v.push((KernelId::LowrankMmaSmall, defs));
+                    }
                 }
                 let shapes: Vec<SmallMmaDecoder> = if t2 {
                     vec![SMALL_DECODER_T2]
@@ -1556,6 +1566,9 @@ impl CudaDevice {
     /// Queues the small-M low-rank kernel on `p` (built and validated by `lowrank_raw`; `mode`
     /// says how A arrives). With `t2`, `p.b` holds ternary2 weights and M may be any size
     /// (at M > 16 `lowrank_wgmma` takes them where it runs).
+    /// `scale_blocks`: f32 input whose absmean scale the kernel works out itself, as the
+    /// reduction does on that many blocks, and writes to `p.scale_ptr`
+    /// ([`CudaDevice::with_small_inline_scale`]).
     pub(crate) fn lowrank_mma_small(
         &self,
         mut p: LbProblem,
@@ -1563,13 +1576,17 @@ impl CudaDevice {
         mode: u32,
         uns: bool,
         t2: bool,
+        scale_blocks: Option<u32>,
     ) -> Result<()> {
         const OP: &str = "cuda::lowrank (mma small-M)";
         let kw = shape.k_words();
         p.b_head_rows = weight_head_rows(OP, "D words", kw, t2)?;
         let ksw = small_lowrank_ksw(kw);
         let cta = small_lowrank_cta(ksw);
-        let defs = small_defines(mode, uns, t2, &cta);
+        let mut defs = small_defines(mode, uns, t2, &cta);
+        if let Some(g) = scale_blocks {
+            defs.push(d("LB_MS_SCALE_BLOCKS", g));
+        }
         let f = self.function(KernelId::LowrankMmaSmall, defs)?;
         let cols = SMALL_LOWRANK_CW as usize * 32;
         let grid = (

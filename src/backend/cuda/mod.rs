@@ -24,7 +24,7 @@ pub mod tuning;
 pub use cudarc;
 pub use device::{
     BULK_PREFETCH_MAX_M, CudaDevice, FROZEN_WEIGHTS_ENV, KernelFamily, PREFETCH_ENV, Pdl,
-    SMALL_PREPACK_ENV, TRACE_ENV, TRACE_SLOTS, WeightPrefetch,
+    SMALL_INLINE_SCALE_ENV, SMALL_PREPACK_ENV, TRACE_ENV, TRACE_SLOTS, WeightPrefetch,
 };
 pub use launch::{RawAct, RawScale, RawWeights};
 pub use mma::SmallMmaDecoder;

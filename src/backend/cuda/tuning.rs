@@ -242,6 +242,21 @@ pub const RED_MAX_BLOCKS: u32 = 1024;
 /// Elements per thread the reduction grid is sized for (two float4 loads: more blocks, each
 /// thread's loads in flight at once).
 pub const RED_ITEMS: u32 = 8;
+/// The absmean reduction's blocks for `n` floats.
+pub const fn red_blocks(n: usize) -> u32 {
+    let b = n.div_ceil((RED_THREADS * RED_ITEMS) as usize);
+    if b < 1 {
+        1
+    } else if b > RED_MAX_BLOCKS as usize {
+        RED_MAX_BLOCKS
+    } else {
+        b as u32
+    }
+}
+/// The most reduction blocks whose sum a small-M low-rank CTA works out itself
+/// (`CudaDevice::with_small_inline_scale`): 8, x of at most 16384 floats (64 KB) read by
+/// every CTA.
+pub const SMALL_INLINE_SCALE_MAX_BLOCKS: u32 = 8;
 
 /// Elementwise kernels (quantize, rho): threads per block and the grid cap.
 pub const EW_THREADS: u32 = 256;
@@ -254,6 +269,16 @@ pub const CEILING_CHAINS: u32 = 16;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reduction_blocks_follow_the_length() {
+        let per_block = (RED_THREADS * RED_ITEMS) as usize;
+        assert_eq!(red_blocks(1), 1);
+        assert_eq!(red_blocks(per_block), 1);
+        assert_eq!(red_blocks(per_block + 1), 2);
+        assert_eq!(red_blocks(16384), SMALL_INLINE_SCALE_MAX_BLOCKS);
+        assert_eq!(red_blocks(usize::MAX / 2), RED_MAX_BLOCKS);
+    }
 
     #[test]
     fn tile_candidates_fit_the_kernel() {
