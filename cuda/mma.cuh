@@ -577,7 +577,8 @@ __device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
 // order absmean_scale (quantize.cu) sums it on a grid of LB_MS_SCALE_BLOCKS blocks of this
 // CTA's size: per virtual block each thread's strided run (float4s where x is 16-byte
 // aligned, then the tail) and lb_block_sum's tree, then thread b sums block b's partial from
-// 0.0 and the tree again. So every CTA, and the two-kernel path, get the same bits.
+// 0.0 and the tree again. So every CTA, and the two-kernel path, get the same bits. Coherent
+// loads (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale).
 __device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, int fmt,
                                                    double* red) {
     const int tid = threadIdx.x;
@@ -589,13 +590,14 @@ __device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, 
         const long long first = b * (long long)blockDim.x + tid;
         double sum = 0.0;
         for (long long i = first; i < n4; i += stride) {
-            const float4 v = ((const float4*)x)[i];
+            const float4 v = __ldcg((const float4*)x + i);
             sum += lb_abs_term(v.x, pos);
             sum += lb_abs_term(v.y, pos);
             sum += lb_abs_term(v.z, pos);
             sum += lb_abs_term(v.w, pos);
         }
-        for (long long i = 4 * n4 + first; i < n; i += stride) sum += lb_abs_term(x[i], pos);
+        for (long long i = 4 * n4 + first; i < n; i += stride)
+            sum += lb_abs_term(__ldcg(x + i), pos);
         sum = lb_block_sum(sum, red);
         if (tid == b) part = sum;
     }
