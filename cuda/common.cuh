@@ -113,6 +113,41 @@ __device__ __forceinline__ float lb_absmean_scale(double sum, long long n, int f
     return fmaxf(__fdiv_rn(fmaxf(2.0f * mean, LB_EPS), lb_qmax(fmt)), LB_EPS);
 }
 
+// The absmean scale of all of x (n f32) worked out by one block, in the order absmean_scale
+// (quantize.cu) sums it on a grid of `blocks` blocks of this block's size: per virtual block
+// each thread's strided run (float4s where x is 16-byte aligned, then the tail) and
+// lb_block_sum's tree, then thread b sums block b's partial from 0.0 and the tree again. So
+// every block of a small-M low-rank kernel (LB_MS_SCALE_BLOCKS, LB_SM_SCALE_BLOCKS:
+// CudaDevice::with_small_inline_scale), and the two-kernel path, get the same bits. Coherent
+// loads (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale). `red` holds
+// blockDim.x doubles; blocks <= blockDim.x.
+__device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, int fmt,
+                                                   int blocks, double* red) {
+    const int tid = threadIdx.x;
+    const bool pos = fmt == LB_FMT_U8POS;
+    const long long n4 = ((unsigned long long)x & 15) == 0 ? n / 4 : 0;
+    const long long stride = (long long)blocks * blockDim.x;
+    double part = 0.0;
+    for (int b = 0; b < blocks; ++b) {
+        const long long first = b * (long long)blockDim.x + tid;
+        double sum = 0.0;
+        for (long long i = first; i < n4; i += stride) {
+            const float4 v = __ldcg((const float4*)x + i);
+            sum += lb_abs_term(v.x, pos);
+            sum += lb_abs_term(v.y, pos);
+            sum += lb_abs_term(v.z, pos);
+            sum += lb_abs_term(v.w, pos);
+        }
+        for (long long i = 4 * n4 + first; i < n; i += stride)
+            sum += lb_abs_term(__ldcg(x + i), pos);
+        sum = lb_block_sum(sum, red);
+        if (tid == b) part = sum;
+    }
+    double s = 0.0;
+    if (tid < blocks) s += part;
+    return lb_absmean_scale(lb_block_sum(s, red), n, fmt);
+}
+
 // (acc * w_scale) * a_scale, each product rounded (never fused), then the optional ReLU.
 __device__ __forceinline__ float lb_dequant(int acc, float w_scale, float a_scale, int relu) {
     float v = __fmul_rn(__fmul_rn((float)acc, w_scale), a_scale);
@@ -439,6 +474,11 @@ struct LbProblem {
     int pf_mode;            // PDL weights: LB_PF_BULK | LB_PF_LAST | LB_PF_EARLY | LB_PF_NONE
 };
 static_assert(sizeof(LbProblem) == 168, "LbProblem: the layout of launch.rs");
+
+// Elements of the low-rank projection's f32 input x ([B, Hin, T, D], contiguous at p.a).
+__device__ __forceinline__ long long lb_x_len(const LbProblem& p) {
+    return (long long)p.m_total * p.a_heads * p.a_kvalid;
+}
 
 // Where block `z` works: head, A/B bases and its K range [kw0, kw1) in words.
 struct LbSplit {
@@ -846,10 +886,27 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     const bool early = (p.pf_mode & LB_PF_EARLY) != 0;
     if (early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
     lb_pdl_wait(p.pdl);
-    const float s = (MODE == LB_A_F32) ? lb_scale(p.scale_ptr, p.scale_param) : 0.0f;
+#if defined(LB_SM_SCALE_BLOCKS)
+    // The scale worked out here (lb_inline_absmean) while the first weights fly; p.scale_ptr
+    // is where it goes (the first block writes it; no block reads it).
+    static_assert(MODE == LB_A_F32, "inline scale: f32 input");
+    static_assert(LB_SM_SCALE_BLOCKS >= 1 && LB_SM_SCALE_BLOCKS <= LB_THREADS, "scale blocks");
+    if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
+    __shared__ double scale_red[LB_THREADS];
+    const float a_scale =
+        lb_inline_absmean((const float*)p.a, lb_x_len(p), p.fmt, LB_SM_SCALE_BLOCKS, scale_red);
+    if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
+        *(float*)p.scale_ptr = a_scale;
+#define LB_SM_A_SCALE a_scale
+#else
+#define LB_SM_A_SCALE lb_scale(p.scale_ptr, p.scale_param)
+#endif
+    const float s = (MODE == LB_A_F32) ? LB_SM_A_SCALE : 0.0f;
     const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
                                              : min((long long)sp.kw1 * 4, p.a_kvalid);
+#if !defined(LB_SM_SCALE_BLOCKS)
     if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
+#endif
     for (int u = LB_SM_BATCH; u < 2 * LB_SM_BATCH; ++u) {
         const int r = sp.kw0 + kli + u * LB_SM_KLANES;
         if (r < sp.kw1 && c0 < p.bcols) lb_prefetch_l2(sp.b + (long long)r * p.ldb + c0);
@@ -922,7 +979,8 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     __syncthreads();
     const int o_head = p.is_decoder ? 0 : sp.head;
     const int rows = min(p.m_total, LB_SMALL_M);
-    const float as = lb_scale(p.scale_ptr, p.scale_param);
+    const float as = LB_SM_A_SCALE;
+#undef LB_SM_A_SCALE
     // Element i of this thread: row m, column c of the rows x COLS tile; false past M or ncols.
     constexpr int EPT = (LB_SMALL_M * LB_SM_COLS + LB_THREADS - 1) / LB_THREADS;
     auto elem = [&](int i, int& m, int& c) {

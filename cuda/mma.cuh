@@ -571,42 +571,6 @@ __device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
 #define LB_MS_PAIRS 4
 #endif
 
-#if defined(LB_MS_SCALE_BLOCKS)
-// The low-rank projection's f32 input with a computed scale (CudaDevice::
-// with_small_inline_scale): every CTA works out the absmean scale of all of x itself, in the
-// order absmean_scale (quantize.cu) sums it on a grid of LB_MS_SCALE_BLOCKS blocks of this
-// CTA's size: per virtual block each thread's strided run (float4s where x is 16-byte
-// aligned, then the tail) and lb_block_sum's tree, then thread b sums block b's partial from
-// 0.0 and the tree again. So every CTA, and the two-kernel path, get the same bits. Coherent
-// loads (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale).
-__device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, int fmt,
-                                                   double* red) {
-    const int tid = threadIdx.x;
-    const bool pos = fmt == LB_FMT_U8POS;
-    const long long n4 = ((unsigned long long)x & 15) == 0 ? n / 4 : 0;
-    const long long stride = (long long)LB_MS_SCALE_BLOCKS * blockDim.x;
-    double part = 0.0;
-    for (int b = 0; b < LB_MS_SCALE_BLOCKS; ++b) {
-        const long long first = b * (long long)blockDim.x + tid;
-        double sum = 0.0;
-        for (long long i = first; i < n4; i += stride) {
-            const float4 v = __ldcg((const float4*)x + i);
-            sum += lb_abs_term(v.x, pos);
-            sum += lb_abs_term(v.y, pos);
-            sum += lb_abs_term(v.z, pos);
-            sum += lb_abs_term(v.w, pos);
-        }
-        for (long long i = 4 * n4 + first; i < n; i += stride)
-            sum += lb_abs_term(__ldcg(x + i), pos);
-        sum = lb_block_sum(sum, red);
-        if (tid == b) part = sum;
-    }
-    double s = 0.0;
-    if (tid < LB_MS_SCALE_BLOCKS) s += part;
-    return lb_absmean_scale(lb_block_sum(s, red), n, fmt);
-}
-#endif
-
 template <int MODE, bool UNS, bool T2>
 __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     constexpr int NJ = T2 ? 1 : 4;  // 16-byte loads per thread per pair
@@ -699,8 +663,8 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     static_assert(MODE == LB_A_F32 && LB_MS_KW == 1, "inline scale: the low-rank projection on f32");
     static_assert(LB_MS_SCALE_BLOCKS >= 1 && LB_MS_SCALE_BLOCKS <= LB_MS_THREADS, "scale blocks");
     __shared__ double scale_red[LB_MS_THREADS];
-    const float a_scale = lb_inline_absmean(
-        (const float*)p.a, (long long)p.m_total * p.a_heads * p.a_kvalid, p.fmt, scale_red);
+    const float a_scale = lb_inline_absmean((const float*)p.a, lb_x_len(p), p.fmt,
+                                            LB_MS_SCALE_BLOCKS, scale_red);
     if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
         *(float*)p.scale_ptr = a_scale;
 #define LB_MS_A_SCALE a_scale

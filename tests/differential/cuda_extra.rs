@@ -651,19 +651,36 @@ fn split_k_is_deterministic() {
     }
 }
 
-/// f32 input with a computed scale at M ≤ 16 on the tensor-core low-rank kernel: with
-/// `CudaDevice::with_small_inline_scale` the kernel works out the absmean scale itself (no
-/// reduction kernel first). The scale it writes and the outputs must have the bits of the
+/// f32 input with a computed scale at M ≤ 16 on the small-M low-rank kernels (tensor-core
+/// and dp4a): with `CudaDevice::with_small_inline_scale` the kernel works out the absmean
+/// scale itself (no reduction kernel first). The scale it writes and the outputs must have the bits of the
 /// two-kernel path, and match the reference at that scale: x of 1 to 8 reduction blocks
 /// (n = 18 to 16384), input heads 1 and H, x 16-byte aligned or not (float4 or scalar sums),
 /// signed and uint8pos formats, and a ReLU epilogue; outputs and scale start as NaN.
 #[test]
 fn small_lowrank_inline_scale_same_bits() {
-    // Both on the small-M tensor-core kernel at every M (M = 1 too).
-    let Some(two) = mma_device() else { return };
-    let Some(one) = mma_device() else { return };
-    let two = two.with_small_mma(true);
-    let one = one.with_small_mma(true).with_small_inline_scale(true);
+    // (kernel module, two-kernel device, inline device): the tensor-core kernel at every M (M
+    // = 1 too), then the dp4a family's.
+    let mut pairs = Vec::new();
+    if let (Some(two), Some(one)) = (mma_device(), mma_device()) {
+        let one = one.with_small_mma(true).with_small_inline_scale(true);
+        pairs.push(("lowrank_mma.cu", two.with_small_mma(true), one));
+    }
+    let (Some(two), Some(one)) = (device(), device()) else {
+        return;
+    };
+    let dp4a = |d: CudaDevice| d.with_family(KernelFamily::Dp4a).unwrap();
+    pairs.push((
+        "lowrank.cu",
+        dp4a(two),
+        dp4a(one).with_small_inline_scale(true),
+    ));
+    for (module, two, one) in &pairs {
+        small_inline_scale_pair(module, two, one);
+    }
+}
+
+fn small_inline_scale_pair(module: &str, two: &CudaDevice, one: &CudaDevice) {
     assert!(one.small_inline_scale() && !two.small_inline_scale());
     let mut rng = Rng::new(17);
     for (b, hin, t, d, heads, n) in [
@@ -687,7 +704,10 @@ fn small_lowrank_inline_scale_same_bits() {
                 relu,
                 ..Epilogue::default()
             };
-            let what = format!("x {:?} {fmt:?} offset {off} relu {relu}", shape.x_shape());
+            let what = format!(
+                "{module}: x {:?} {fmt:?} offset {off} relu {relu}",
+                shape.x_shape()
+            );
             let run = |dev: &CudaDevice| -> (f32, Vec<f32>) {
                 let stream = dev.stream().clone();
                 let xd = dev.upload(&x).unwrap();
@@ -718,8 +738,8 @@ fn small_lowrank_inline_scale_same_bits() {
                 }
                 (dev.download(&sd).unwrap()[0], dev.download(&od).unwrap())
             };
-            let (s_one, o_one) = run(&one);
-            let (s_two, o_two) = run(&two);
+            let (s_one, o_one) = run(one);
+            let (s_two, o_two) = run(two);
             assert_eq!(s_one.to_bits(), s_two.to_bits(), "{what}: scale");
             assert_exact(&format!("{what}: against two kernels"), &o_two, &o_one);
             let xs = &x[off as usize..off as usize + shape.x_len()];
@@ -733,11 +753,13 @@ fn small_lowrank_inline_scale_same_bits() {
             assert_exact(&format!("{what}: against the reference"), &exp, &o_one);
         }
     }
+    let inline8 = one.compile_logs().iter().any(|(m, _)| {
+        m.starts_with(module)
+            && (m.contains("LB_MS_SCALE_BLOCKS=8") || m.contains("LB_SM_SCALE_BLOCKS=8"))
+    });
     assert!(
-        one.compile_logs()
-            .iter()
-            .any(|(m, _)| m.contains("LB_MS_SCALE_BLOCKS=8")),
-        "no inline-scale variant of 8 blocks was compiled"
+        inline8,
+        "{module}: no inline-scale variant of 8 blocks was compiled"
     );
 }
 

@@ -180,8 +180,8 @@ pub(crate) fn parse_auto_switch(text: &str) -> std::result::Result<Option<bool>,
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
-/// Environment variable that lets the small-M low-rank tensor-core kernel work out the absmean
-/// scale of its f32 input itself (`1`; empty or `0`: off, the default): see
+/// Environment variable that lets the small-M low-rank kernels work out the absmean scale of
+/// their f32 input themselves (`1`; empty or `0`: off, the default): see
 /// [`CudaDevice::with_small_inline_scale`].
 pub const SMALL_INLINE_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_INLINE_SCALE";
 
@@ -390,7 +390,7 @@ pub struct CudaDevice {
     /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
     /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
     pub(crate) fused_scale: bool,
-    /// The small-M low-rank tensor-core kernel computes a computed scale itself
+    /// The small-M low-rank kernels work out a computed scale themselves
     /// ([`SMALL_INLINE_SCALE_ENV`], [`CudaDevice::with_small_inline_scale`]).
     pub(crate) small_inline_scale: bool,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
@@ -655,8 +655,8 @@ impl CudaDevice {
     pub fn fused_scale(&self) -> bool {
         self.fused_scale
     }
-    /// Lets (`true`) the small-M tensor-core low-rank kernel work out the absmean scale of its
-    /// f32 input itself where the scale is computed ([`RawScale::Compute`](super::RawScale),
+    /// Lets (`true`) the small-M low-rank kernels (tensor-core and dp4a) work out the absmean
+    /// scale of their f32 input themselves where the scale is computed ([`RawScale::Compute`](super::RawScale),
     /// M ≤ 16, x of at most 16384 floats: `tuning::SMALL_INLINE_SCALE_MAX_BLOCKS`), instead of
     /// a reduction kernel before it. Every CTA sums all of x in the order the reduction
     /// kernel does, so the scale (which the first CTA writes to the caller's buffer) and the

@@ -227,6 +227,9 @@ pub(crate) fn non_null(op: &'static str, what: &'static str, p: u64) -> Result<(
     }
 }
 
+// The small-M kernels sum x as the reduction's blocks do (`LB_SM_SCALE_BLOCKS`): same size.
+const _: () = assert!(t::THREADS == t::RED_THREADS);
+
 fn d(k: &str, v: impl ToString) -> (String, String) {
     (k.to_string(), v.to_string())
 }
@@ -1003,11 +1006,11 @@ impl CudaDevice {
             Path::Int { mode, uns } => {
                 let small = m <= t::SMALL_M_MAX;
                 let small_mma = t2 || (small && self.mma_small_lowrank_ok(shape));
-                // f32 input with a computed scale on the small-M tensor-core kernel: where the
-                // device lets it (`with_small_inline_scale`), the kernel works out the scale
-                // itself, on the reduction's grid for x, and writes it to the caller's buffer.
+                // f32 input with a computed scale on a small-M kernel: where the device lets it
+                // (`with_small_inline_scale`), the kernel works out the scale itself, on the
+                // reduction's grid for x, and writes it to the caller's buffer.
                 let inline = match scale {
-                    RawScale::Compute(buf) if mode == 2 && small && small_mma => {
+                    RawScale::Compute(buf) if mode == 2 && small => {
                         let g = t::red_blocks(shape.x_len());
                         (self.small_inline_scale && g <= t::SMALL_INLINE_SCALE_MAX_BLOCKS)
                             .then_some((buf, g))
@@ -1048,7 +1051,11 @@ impl CudaDevice {
                 let tile = self.tiles.0;
                 let (cw, m1) = lowrank_small_cw(self.small, mode, m);
                 let f = if small {
-                    self.function(id, small_defines(mode, uns, m, cw, m1))?
+                    let mut defs = small_defines(mode, uns, m, cw, m1);
+                    if let Some((_, g)) = inline {
+                        defs.push(d("LB_SM_SCALE_BLOCKS", g));
+                    }
+                    self.function(id, defs)?
                 } else {
                     self.function(id, tiled_defines(mode, uns, tile, tiled_fast(&p, mode)))?
                 };
@@ -1398,6 +1405,17 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                     }
                     rows *= 2;
                 }
+            }
+        }
+    }
+    // f32 input whose scale the small-M low-rank kernel works out itself (LB_SM_SCALE_BLOCKS).
+    for uns in [false, true] {
+        for rows in [1, t::SMALL_M_MAX] {
+            let (cw, blocks) = lowrank_small_cw(t::SmallShape::DEFAULT, 2, rows);
+            for g in [1, t::SMALL_INLINE_SCALE_MAX_BLOCKS] {
+                let mut defs = small_defines(2, uns, rows, cw, blocks);
+                defs.push(d("LB_SM_SCALE_BLOCKS", g));
+                v.push((KernelId::LowrankF32, defs));
             }
         }
     }
