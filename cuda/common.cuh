@@ -475,9 +475,14 @@ struct LbProblem {
 };
 static_assert(sizeof(LbProblem) == 168, "LbProblem: the layout of launch.rs");
 
-// Elements of the low-rank projection's f32 input x ([B, Hin, T, D], contiguous at p.a).
-__device__ __forceinline__ long long lb_x_len(const LbProblem& p) {
-    return (long long)p.m_total * p.a_heads * p.a_kvalid;
+// lb_inline_absmean over the low-rank projection's whole f32 input x ([B, Hin, T, D],
+// contiguous at p.a); the first block writes the scale to p.scale_ptr (no block reads it).
+__device__ __forceinline__ float lb_inline_scale(const LbProblem& p, int blocks, double* red) {
+    const long long n = (long long)p.m_total * p.a_heads * p.a_kvalid;
+    const float s = lb_inline_absmean((const float*)p.a, n, p.fmt, blocks, red);
+    if (threadIdx.x == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
+        *(float*)p.scale_ptr = s;
+    return s;
 }
 
 // Where block `z` works: head, A/B bases and its K range [kw0, kw1) in words.
@@ -887,16 +892,12 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     if (early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
     lb_pdl_wait(p.pdl);
 #if defined(LB_SM_SCALE_BLOCKS)
-    // The scale worked out here (lb_inline_absmean) while the first weights fly; p.scale_ptr
-    // is where it goes (the first block writes it; no block reads it).
+    // The scale worked out here (lb_inline_scale) while the first weights fly.
     static_assert(MODE == LB_A_F32, "inline scale: f32 input");
     static_assert(LB_SM_SCALE_BLOCKS >= 1 && LB_SM_SCALE_BLOCKS <= LB_THREADS, "scale blocks");
     if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
     __shared__ double scale_red[LB_THREADS];
-    const float a_scale =
-        lb_inline_absmean((const float*)p.a, lb_x_len(p), p.fmt, LB_SM_SCALE_BLOCKS, scale_red);
-    if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
-        *(float*)p.scale_ptr = a_scale;
+    const float a_scale = lb_inline_scale(p, LB_SM_SCALE_BLOCKS, scale_red);
 #define LB_SM_A_SCALE a_scale
 #else
 #define LB_SM_A_SCALE lb_scale(p.scale_ptr, p.scale_param)

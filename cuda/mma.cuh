@@ -658,15 +658,11 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     lb_trace_at(1);
     if (!early) load_b(0);
 #if defined(LB_MS_SCALE_BLOCKS)
-    // x is the whole input ([B, Hin, T, D] f32, contiguous); p.scale_ptr is where the scale
-    // goes (the first CTA writes it; no CTA reads it).
-    static_assert(MODE == LB_A_F32 && LB_MS_KW == 1, "inline scale: the low-rank projection on f32");
+    // The scale worked out here (lb_inline_scale) while the first weights fly.
+    static_assert(MODE == LB_A_F32 && LB_MS_KW == 1, "inline scale: low-rank f32 input");
     static_assert(LB_MS_SCALE_BLOCKS >= 1 && LB_MS_SCALE_BLOCKS <= LB_MS_THREADS, "scale blocks");
     __shared__ double scale_red[LB_MS_THREADS];
-    const float a_scale = lb_inline_absmean((const float*)p.a, lb_x_len(p), p.fmt,
-                                            LB_MS_SCALE_BLOCKS, scale_red);
-    if (tid == 0 && blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
-        *(float*)p.scale_ptr = a_scale;
+    const float a_scale = lb_inline_scale(p, LB_MS_SCALE_BLOCKS, scale_red);
 #define LB_MS_A_SCALE a_scale
 #else
 #define LB_MS_A_SCALE lb_scale(p.scale_ptr, p.scale_param)
