@@ -54,6 +54,24 @@ fn assert_exact(what: &str, expected: &[f32], actual: &[f32]) {
     assert!(r.bit_exact(), "{what}: not bit-exact: {r}");
 }
 
+/// Runs `f` with the raw addresses (on `dev`'s stream) of an op's input, weight words, scale
+/// and output, as a caller of the `unsafe` entry points holds them.
+fn with_raw<R>(
+    dev: &CudaDevice,
+    x: &CudaSlice<f32>,
+    w: &CudaSlice<u32>,
+    scale: &mut CudaSlice<f32>,
+    out: &mut CudaSlice<f32>,
+    f: impl FnOnce(u64, u64, u64, u64) -> R,
+) -> R {
+    let stream = dev.stream().clone();
+    let (xp, _g1) = x.device_ptr(&stream);
+    let (wp, _g2) = w.device_ptr(&stream);
+    let (sp, _g3) = scale.device_ptr_mut(&stream);
+    let (op, _g4) = out.device_ptr_mut(&stream);
+    f(xp, wp, sp, op)
+}
+
 struct Lowrank {
     shape: LowrankShape,
     w_codes: Vec<i8>,
@@ -709,16 +727,11 @@ fn small_inline_scale_pair(module: &str, two: &CudaDevice, one: &CudaDevice) {
                 shape.x_shape()
             );
             let run = |dev: &CudaDevice| -> (f32, Vec<f32>) {
-                let stream = dev.stream().clone();
                 let xd = dev.upload(&x).unwrap();
                 let wd = dev.upload(&w_words).unwrap();
                 let mut sd = dev.upload(&[f32::NAN]).unwrap();
                 let mut od = dev.upload(&vec![f32::NAN; shape.out_len()]).unwrap();
-                {
-                    let (xp, _g1) = xd.device_ptr(&stream);
-                    let (wp, _g2) = wd.device_ptr(&stream);
-                    let (sp, _g3) = sd.device_ptr_mut(&stream);
-                    let (op, _g4) = od.device_ptr_mut(&stream);
+                with_raw(dev, &xd, &wd, &mut sd, &mut od, |xp, wp, sp, op| {
                     // SAFETY: live allocations of this context: x holds x_len floats past
                     // `off`, the weights and output the shape's extents, the scale one float.
                     unsafe {
@@ -733,9 +746,9 @@ fn small_inline_scale_pair(module: &str, two: &CudaDevice, one: &CudaDevice) {
                             epilogue,
                             op,
                         )
-                        .unwrap();
                     }
-                }
+                    .unwrap();
+                });
                 (dev.download(&sd).unwrap()[0], dev.download(&od).unwrap())
             };
             let (s_one, o_one) = run(one);
@@ -770,16 +783,11 @@ fn raw_pointer_entry_points() {
     let mut rng = Rng::new(7);
     let p = lowrank_problem(&mut rng, 21, 3, 40, 50);
     let x = rng.normals(p.shape.x_len(), 1.0);
-    let stream = dev.stream().clone();
     let xd = dev.upload(&x).unwrap();
     let wd = dev.upload(&p.w_words).unwrap();
     let mut sd = dev.upload(&[f32::NAN]).unwrap();
     let mut od = dev.upload(&vec![f32::NAN; p.shape.out_len()]).unwrap();
-    {
-        let (xp, _g1) = xd.device_ptr(&stream);
-        let (wp, _g2) = wd.device_ptr(&stream);
-        let (sp, _g3) = sd.device_ptr_mut(&stream);
-        let (op, _g4) = od.device_ptr_mut(&stream);
+    with_raw(&dev, &xd, &wd, &mut sd, &mut od, |xp, wp, sp, op| {
         // SAFETY: every address is a live allocation of this context with the shape's extent.
         unsafe {
             dev.lowrank_raw(
@@ -813,7 +821,7 @@ fn raw_pointer_entry_points() {
                 "{err:?}"
             );
         }
-    }
+    });
     let a = dev.download(&sd).unwrap()[0];
     let codes = codes_of(&x, Fmt::Int8, a);
     let expected =

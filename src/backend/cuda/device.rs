@@ -238,7 +238,7 @@ impl Pdl {
 }
 
 /// Environment variable that sets [`WeightPrefetch`]: `auto` (or empty, the default), `lines`,
-/// `bulk`, `lines-last` or `bulk-last`.
+/// `bulk`, `lines-last`, `bulk-last` or `none`.
 pub const PREFETCH_ENV: &str = "LOWBIT_CUDA_PREFETCH";
 
 /// Largest M at which [`WeightPrefetch::Auto`] prefetches a small-M kernel's weights in bulk.
@@ -555,8 +555,10 @@ impl CudaDevice {
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, false)?,
             small,
-            small_mma_decoder: super::mma::SmallMmaDecoder::forced_by_env()
-                .map_err(bad_env(super::mma::SMALL_DECODER_ENV))?,
+            small_mma_decoder: env_parse(
+                super::mma::SMALL_DECODER_ENV,
+                super::mma::SmallMmaDecoder::parse_forced,
+            )?,
             trace: env_switch(TRACE_ENV, false)?,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
@@ -607,12 +609,14 @@ impl CudaDevice {
     /// and the device synchronized, before such ops are queued, as in inference. Under
     /// programmatic dependent launch such a kernel then loads its first weights into registers
     /// before it waits for the previous kernel of the stream, instead of prefetching them into
-    /// L2 (by default no prefetch then: [`WeightPrefetch::Auto`]). With i8x4 weights the small-M tensor-core kernels also let the next kernel
-    /// start as soon as they start ([`Pdl::Early`] for them), and the decoder aims its split-K
-    /// at half the blocks per SM, so that the next kernel's CTAs fit beside it: a chain of them
-    /// streams its weights back to back. They then also take M below 4, where the dp4a
-    /// small-M kernels are faster without the promise (`mma::SMALL_LOWRANK_MMA_MIN_M_FROZEN`,
-    /// `mma::SMALL_DECODER_MMA_MIN_M_FROZEN`). Off by default (`LOWBIT_CUDA_FROZEN_WEIGHTS`): a
+    /// L2 (by default no prefetch then: [`WeightPrefetch::Auto`]). With i8x4 weights the
+    /// small-M tensor-core kernels also let the next kernel start as soon as they start
+    /// ([`Pdl::Early`] for them), and the decoder aims its split-K at half the blocks per SM,
+    /// so that the next kernel's CTAs fit beside it: a chain of them streams its weights back
+    /// to back. They then also take M below 4, where the dp4a small-M kernels are faster
+    /// without the promise (`mma::SMALL_LOWRANK_MMA_MIN_M_FROZEN`,
+    /// `mma::SMALL_DECODER_MMA_MIN_M_FROZEN`), and the decoder runs 64-column CTAs from
+    /// `mma::SMALL_DECODER_WIDE_MIN_M` rows ([`CudaDevice::small_decoder_shape`]). Off by default (`LOWBIT_CUDA_FROZEN_WEIGHTS`): a
     /// training step that rewrites the weights earlier in the stream would otherwise race with
     /// those loads. The same bits either way.
     pub fn with_frozen_weights(mut self, frozen: bool) -> Self {
@@ -656,9 +660,9 @@ impl CudaDevice {
         self.fused_scale
     }
     /// Lets (`true`) the small-M low-rank kernels (tensor-core and dp4a) work out the absmean
-    /// scale of their f32 input themselves where the scale is computed ([`RawScale::Compute`](super::RawScale),
-    /// M ≤ 16, x of at most 16384 floats: `tuning::SMALL_INLINE_SCALE_MAX_BLOCKS`), instead of
-    /// a reduction kernel before it. Every CTA sums all of x in the order the reduction
+    /// scale of their f32 input themselves where the scale is computed
+    /// ([`RawScale::Compute`](super::RawScale), M ≤ 16, x of at most 16384 floats:
+    /// `tuning::SMALL_INLINE_SCALE_MAX_BLOCKS`), instead of a reduction kernel before them. Every CTA sums all of x in the order the reduction
     /// kernel does, so the scale (which the first CTA writes to the caller's buffer) and the
     /// outputs have the same bits either way; the op is then one launch instead of two. Off by
     /// default (`LOWBIT_CUDA_SMALL_INLINE_SCALE`): not yet measured on a card.

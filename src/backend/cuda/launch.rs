@@ -126,9 +126,10 @@ pub(crate) struct LbProblem {
     /// [`Pdl::Early`], it asks for the early trigger where the weights are frozen and the
     /// device's mode is [`Pdl::AfterWait`].
     pub pdl: i32,
-    /// How the PDL weight prefetch runs: `LB_PF_BULK` (a bulk prefetch per row) and
-    /// `LB_PF_LAST` (evict_last) bits ([`super::device::WeightPrefetch`]), and `LB_PF_EARLY`
-    /// (frozen weights: the first loaded before the wait); set by `CudaDevice::launch_lb`.
+    /// How the PDL weight prefetch runs: `LB_PF_BULK` (a bulk prefetch per row), `LB_PF_LAST`
+    /// (evict_last) and `LB_PF_NONE` (none) bits ([`super::device::WeightPrefetch`]), and
+    /// `LB_PF_EARLY` (frozen weights: the first loaded before the wait); set by
+    /// `CudaDevice::launch_lb`.
     pub pf_mode: i32,
 }
 

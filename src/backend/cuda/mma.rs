@@ -90,9 +90,9 @@ pub const SMALL_DECODER_MMA_MIN_M_FROZEN: usize = 1;
 pub const SMALL_DECODER_WIDE_MIN_M: usize = 11;
 /// `2x8x64`: the default CTA two column warps wide, 64 columns x 8 k-warps of 64 words (512
 /// threads). A CTA stages A once for 64 columns instead of 32, so the L2 sends half as much A
-/// to the SMs (2 MB at M = 16, D = 256), on as many K splits; with frozen weights (one 256-thread block per SM as the split target)
-/// that is 64 CTAs, each loading 128 KB of weights into registers before its wait. H100, BDH
-/// shape, graph replay, frozen weights, two rounds, M = 1 / 4 / 8 / 16: 4.16–4.20 / 4.16–4.20 /
+/// to the SMs (2 MB at M = 16, D = 256), on as many K splits; with frozen weights (one
+/// 256-thread block per SM as the split target) that is 64 CTAs, each loading 128 KB of
+/// weights into registers before its wait. H100, BDH shape, graph replay, frozen weights, two rounds, M = 1 / 4 / 8 / 16: 4.16–4.20 / 4.16–4.20 /
 /// 4.28–4.31 / **4.60–4.62** µs against the default's 4.14–4.25 / 4.04–4.15 / 4.15–4.25 /
 /// 4.82–4.94; without frozen weights it loses at every M (M = 16: 6.06–6.07 against 5.46).
 pub const SMALL_DECODER_WIDE: SmallMmaDecoder = SmallMmaDecoder {
@@ -1011,8 +1011,8 @@ impl SmallMmaDecoder {
     /// `1x8x64` (`1x8x64x1x64`): what the kernel runs unless [`SMALL_DECODER_ENV`] says
     /// otherwise (with frozen weights, [`SMALL_DECODER_WIDE`] from
     /// [`SMALL_DECODER_WIDE_MIN_M`] rows). One column warp x 8 k-warps of at most 64 words,
-    /// each k-warp's weight loads in flight at once: a CTA of 256 threads takes 32 columns x up to 512 words. At the BDH
-    /// shape the split target (2 such CTAs per SM) cuts a head's 2048 words into 8 splits of
+    /// each k-warp's weight loads in flight at once: a CTA of 256 threads takes 32 columns x
+    /// up to 512 words. At the BDH shape the split target (2 such CTAs per SM) cuts a head's 2048 words into 8 splits of
     /// 256 (32 per k-warp): 256 CTAs, two per SM. H100, BDH shape, graph replay, M = 1 / 2 / 4
     /// / 8 / 16: 4.73 / 4.76-4.77 / 4.81 / 4.97-4.98 / 5.40 µs against 4.91-4.92 / 4.94-4.95 /
     /// 4.99 / 5.14 / 5.50 in batches of 32 (`1x8x64x1x32`); 5.44 / – / 5.47 / 5.64 / 6.01 for
@@ -1114,12 +1114,13 @@ impl SmallMmaDecoder {
         Ok(shape)
     }
 
-    /// The shape [`SMALL_DECODER_ENV`] forces, or `None` where it is unset or empty (the
+    /// A [`SMALL_DECODER_ENV`] value: the shape it forces, or `None` where it is empty (the
     /// decoder then chooses by M: [`CudaDevice::small_decoder_shape`]).
-    pub fn forced_by_env() -> std::result::Result<Option<Self>, String> {
-        match std::env::var(SMALL_DECODER_ENV) {
-            Ok(v) if !v.trim().is_empty() => Self::parse(&v).map(Some),
-            _ => Ok(None),
+    pub fn parse_forced(text: &str) -> std::result::Result<Option<Self>, String> {
+        if text.trim().is_empty() {
+            Ok(None)
+        } else {
+            Self::parse(text).map(Some)
         }
     }
 }
@@ -2659,6 +2660,13 @@ mod tests {
         ] {
             assert!(SmallMmaDecoder::parse(bad).is_err(), "{bad}");
         }
+        // The variable: empty forces nothing, a shape forces it, a bad one is an error.
+        assert_eq!(SmallMmaDecoder::parse_forced(" "), Ok(None));
+        assert_eq!(
+            SmallMmaDecoder::parse_forced("2x8x64"),
+            Ok(Some(SMALL_DECODER_WIDE))
+        );
+        assert!(SmallMmaDecoder::parse_forced("2x4").is_err());
     }
 
     /// Spill stores a wgmma kernel may have (bytes, per ptxas). `decoder_wgmma` holds 64
