@@ -396,7 +396,7 @@ if has wide; then
   done
 fi
 if has inlinescale; then
-  step_tests inlinescale 300 8 small_lowrank_inline_scale
+  step_tests inlinescale 300 8 small_lowrank_inline_scale raw_pointer_entry_points
   for round in 1 2; do
     for fz in 0 1; do
       for il in 0 1; do

@@ -682,7 +682,11 @@ fn small_lowrank_inline_scale_same_bits() {
     let mut pairs = Vec::new();
     if let (Some(two), Some(one)) = (mma_device(), mma_device()) {
         let one = one.with_small_mma(true).with_small_inline_scale(true);
-        pairs.push(("lowrank_mma.cu", two.with_small_mma(true), one));
+        pairs.push((
+            "lowrank_mma.cu",
+            two.with_small_mma(true).with_small_inline_scale(false),
+            one,
+        ));
     }
     let (Some(two), Some(one)) = (device(), device()) else {
         return;
@@ -690,7 +694,7 @@ fn small_lowrank_inline_scale_same_bits() {
     let dp4a = |d: CudaDevice| d.with_family(KernelFamily::Dp4a).unwrap();
     pairs.push((
         "lowrank.cu",
-        dp4a(two),
+        dp4a(two).with_small_inline_scale(false),
         dp4a(one).with_small_inline_scale(true),
     ));
     for (module, two, one) in &pairs {

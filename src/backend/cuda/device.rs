@@ -181,7 +181,8 @@ pub(crate) fn parse_auto_switch(text: &str) -> std::result::Result<Option<bool>,
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
 /// Environment variable that lets the small-M low-rank kernels work out the absmean scale of
-/// their f32 input themselves (`1`; empty or `0`: off, the default): see
+/// their f32 input themselves (empty or `1`: on, the default; `0`: a reduction kernel first):
+/// see
 /// [`CudaDevice::with_small_inline_scale`].
 pub const SMALL_INLINE_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_INLINE_SCALE";
 
@@ -553,7 +554,7 @@ impl CudaDevice {
             frozen_weights: env_switch(FROZEN_WEIGHTS_ENV, false)?,
             small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
-            small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, false)?,
+            small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, true)?,
             small,
             small_mma_decoder: env_parse(
                 super::mma::SMALL_DECODER_ENV,
@@ -662,10 +663,14 @@ impl CudaDevice {
     /// Lets (`true`) the small-M low-rank kernels (tensor-core and dp4a) work out the absmean
     /// scale of their f32 input themselves where the scale is computed
     /// ([`RawScale::Compute`](super::RawScale), M ≤ 16, x of at most 16384 floats:
-    /// `tuning::SMALL_INLINE_SCALE_MAX_BLOCKS`), instead of a reduction kernel before them. Every CTA sums all of x in the order the reduction
-    /// kernel does, so the scale (which the first CTA writes to the caller's buffer) and the
-    /// outputs have the same bits either way; the op is then one launch instead of two. Off by
-    /// default (`LOWBIT_CUDA_SMALL_INLINE_SCALE`): not yet measured on a card.
+    /// `tuning::SMALL_INLINE_SCALE_MAX_BLOCKS`), instead of a reduction kernel before them.
+    /// Every CTA sums all of x in the order the reduction kernel does, so the scale (which the
+    /// first CTA writes to the caller's buffer) and the outputs have the same bits either way;
+    /// the op is then one launch instead of two. On by default (`LOWBIT_CUDA_SMALL_INLINE_SCALE`
+    /// = `0` turns it off): H100, BDH shape, graph replay, i8x4 weights, M = 1 / 16, 8.33–8.50 /
+    /// 10.06 µs with the reduction kernel first, 6.83–6.84 / 8.25 µs inline (ternary2 6.30–6.36
+    /// / 7.14–7.24 against 4.46 / 6.09–6.19; with frozen weights i8x4 7.62–7.68 / 8.37–8.41
+    /// against 5.75 / 7.80). BENCHMARKS.md, 2026-12-06.
     pub fn with_small_inline_scale(mut self, on: bool) -> Self {
         self.small_inline_scale = on;
         self
