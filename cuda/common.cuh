@@ -91,17 +91,33 @@ __device__ __forceinline__ double lb_abs_term(float v, bool pos) {
     return (double)(pos ? fmaxf(v, 0.0f) : fabsf(v));
 }
 
+// The last levels of lb_block_sum's tree inside warp 0: lane l < w adds lane l + w's value,
+// w = 16, 8, .., 1, as red[l] += red[l + w] would (the same operands: the same bits). Lane 0
+// ends with the sum of lanes 0..31; the other lanes' values are not used.
+__device__ __forceinline__ double lb_warp_tree(double v) {
+#pragma unroll
+    for (int w = 16; w > 0; w >>= 1) v += __shfl_down_sync(0xffffffffu, v, w);
+    return v;
+}
+
 // Sum of each thread's `v` over the block in a fixed tree (the same bits on every run),
-// returned to every thread. blockDim.x is a power of two; `red` holds blockDim.x doubles and
-// is free again on return.
+// returned to every thread: level w = blockDim.x / 2, .., 1 adds red[l + w] into red[l] for l
+// < w, the levels below 32 in warp 0's registers (lb_warp_tree). blockDim.x is a power of two,
+// at least 32; `red` holds blockDim.x doubles and is free again on return.
 __device__ __forceinline__ double lb_block_sum(double v, double* red) {
     const int tid = threadIdx.x;
     red[tid] = v;
     __syncthreads();
-    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+    for (int w = blockDim.x / 2; w >= 32; w >>= 1) {
         if (tid < w) red[tid] += red[tid + w];
         __syncthreads();
     }
+    if (tid < 32) {
+        const double r = lb_warp_tree(red[tid]);
+        __syncwarp();
+        if (tid == 0) red[0] = r;
+    }
+    __syncthreads();
     const double r = red[0];
     __syncthreads();
     return r;
@@ -120,7 +136,9 @@ __device__ __forceinline__ float lb_absmean_scale(double sum, long long n, int f
 // every block of a small-M low-rank kernel (LB_MS_SCALE_BLOCKS, LB_SM_SCALE_BLOCKS:
 // CudaDevice::with_small_inline_scale), and the two-kernel path, get the same bits. Coherent
 // loads (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale). `red` holds
-// blockDim.x doubles; blocks <= blockDim.x.
+// blockDim.x doubles; blocks <= 32. In that second tree every value past thread `blocks` is
+// +0.0 and the partials are sums of |x| (never -0.0), so the levels above 32 change nothing
+// and it is warp 0's lb_warp_tree alone; with one block it is that block's sum.
 __device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, int fmt,
                                                    int blocks, double* red) {
     const int tid = threadIdx.x;
@@ -141,11 +159,20 @@ __device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, 
         for (long long i = 4 * n4 + first; i < n; i += stride)
             sum += lb_abs_term(__ldcg(x + i), pos);
         sum = lb_block_sum(sum, red);
+        if (blocks == 1) return lb_absmean_scale(sum, n, fmt);
         if (tid == b) part = sum;
     }
     double s = 0.0;
     if (tid < blocks) s += part;
-    return lb_absmean_scale(lb_block_sum(s, red), n, fmt);
+    if (tid < 32) {
+        s = lb_warp_tree(s);
+        __syncwarp();
+        if (tid == 0) red[0] = s;
+    }
+    __syncthreads();
+    s = red[0];
+    __syncthreads();
+    return lb_absmean_scale(s, n, fmt);
 }
 
 // (acc * w_scale) * a_scale, each product rounded (never fused), then the optional ReLU.
@@ -275,6 +302,39 @@ __device__ __forceinline__ uint4 lb_a_word4(const void* row, long kw, long kvali
     return r;
 }
 
+// f32 input in two halves, for kernels that load x before its scale is known: the 16 floats
+// of words kw..kw+3 (kw % 4 == 0; zero past kvalid floats), by coherent loads, which stay
+// after griddepcontrol.wait; then their codes at scale s, the same words as lb_a_word4<F32>
+// (a zero float codes to 0, as lb_a_word's out-of-range lanes).
+struct LbF32x16 {
+    float4 q[4];
+};
+__device__ __forceinline__ LbF32x16 lb_a_f32_load(const void* row, long kw, long kvalid,
+                                                  bool vec) {
+    const float* p = (const float*)row + kw * 4;
+    LbF32x16 r;
+    if (vec && (kw + 4) * 4 <= kvalid) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) r.q[i] = __ldcg((const float4*)p + i);
+    } else {
+        const long left = kvalid - kw * 4;
+        float f[16];
+#pragma unroll
+        for (int j = 0; j < 16; ++j) f[j] = j < left ? __ldcg(p + j) : 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) r.q[i] = make_float4(f[4 * i], f[4 * i + 1], f[4 * i + 2], f[4 * i + 3]);
+    }
+    return r;
+}
+__device__ __forceinline__ uint4 lb_a_f32_codes(const LbF32x16& x, float s, int fmt) {
+    u32 w[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+        w[i] = lb_pack4(lb_code(x.q[i].x, s, fmt), lb_code(x.q[i].y, s, fmt),
+                        lb_code(x.q[i].z, s, fmt), lb_code(x.q[i].w, s, fmt));
+    return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // ---- B words ------------------------------------------------------------------------------
 // L2 prefetch of the 128-byte line at p; `last`: with the L2 evict_last priority.
 __device__ __forceinline__ void lb_prefetch_l2(const void* p, bool last = false) {
@@ -400,15 +460,31 @@ __device__ __forceinline__ void lb_pdl_chain(int pdl) {
     lb_pdl_prologue(pdl, 0, nullptr, 0, 0, 0, 0, 0);  // nothing to prefetch
 }
 
+// Weight loads: read-only (ld.global.nc) and L1::no_allocate, which marks them in SASS
+// (`.NA`): with frozen weights (LB_PF_EARLY) the small-M kernels issue them before
+// griddepcontrol.wait, and check_pdl_load_order (compile.rs) lets only these be there.
+__device__ __forceinline__ u32 lb_ldw(const u32* p) {
+    u32 v;
+    asm("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint4 lb_ldw4(const u32* p) {
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(p));
+    return v;
+}
+
 // Four consecutive B words at `p`, column c of a row of ncols (zero past ncols); `fast`: all
 // four are in range and p is 16-byte aligned (one 16-byte load).
 __device__ __forceinline__ uint4 lb_b_word4_at(const u32* p, long c, long ncols, bool fast) {
-    if (fast) return __ldg((const uint4*)p);
+    if (fast) return lb_ldw4(p);
     uint4 v;
-    v.x = c + 0 < ncols ? __ldg(p + 0) : 0u;
-    v.y = c + 1 < ncols ? __ldg(p + 1) : 0u;
-    v.z = c + 2 < ncols ? __ldg(p + 2) : 0u;
-    v.w = c + 3 < ncols ? __ldg(p + 3) : 0u;
+    v.x = c + 0 < ncols ? lb_ldw(p + 0) : 0u;
+    v.y = c + 1 < ncols ? lb_ldw(p + 1) : 0u;
+    v.z = c + 2 < ncols ? lb_ldw(p + 2) : 0u;
+    v.w = c + 3 < ncols ? lb_ldw(p + 3) : 0u;
     return v;
 }
 // Four consecutive B words of row `r` starting at column c (zero past ncols).
@@ -422,12 +498,12 @@ __device__ __forceinline__ uint4 lb_b_word4(const u32* b, long ldb, long r, long
 __device__ __forceinline__ uint4 lb_b_word4_sm(const u32* b, long ldb, long r, long c, long ncols,
                                                bool vec) {
     const u32* p = b + r * ldb + c;
-    if (vec && c + 4 <= ncols) return __ldg((const uint4*)p);
+    if (vec && c + 4 <= ncols) return lb_ldw4(p);
     uint4 v;
-    v.x = c + 0 < ncols ? __ldg(p + 0) : 0u;
-    v.y = c + 1 < ncols ? __ldg(p + 1) : 0u;
-    v.z = c + 2 < ncols ? __ldg(p + 2) : 0u;
-    v.w = c + 3 < ncols ? __ldg(p + 3) : 0u;
+    v.x = c + 0 < ncols ? lb_ldw(p + 0) : 0u;
+    v.y = c + 1 < ncols ? lb_ldw(p + 1) : 0u;
+    v.z = c + 2 < ncols ? lb_ldw(p + 2) : 0u;
+    v.w = c + 3 < ncols ? lb_ldw(p + 3) : 0u;
     return v;
 }
 
@@ -894,7 +970,7 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
 #if defined(LB_SM_SCALE_BLOCKS)
     // The scale worked out here (lb_inline_scale) while the first weights fly.
     static_assert(MODE == LB_A_F32, "inline scale: f32 input");
-    static_assert(LB_SM_SCALE_BLOCKS >= 1 && LB_SM_SCALE_BLOCKS <= LB_THREADS, "scale blocks");
+    static_assert(LB_SM_SCALE_BLOCKS >= 1 && LB_SM_SCALE_BLOCKS <= 32, "scale blocks");
     if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
     __shared__ double scale_red[LB_THREADS];
     const float a_scale = lb_inline_scale(p, LB_SM_SCALE_BLOCKS, scale_red);

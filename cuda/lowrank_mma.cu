@@ -173,7 +173,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
             const bool ok = t2_col_ok && 16 * q16 < p.kw;
 #pragma unroll
             for (int r = 0; r < 4; ++r)
-                t2w[i][r] = ok ? __ldg(w + (long long)(4 * q16 + r) * p.ldb) : 0u;
+                t2w[i][r] = ok ? lb_ldw(w + (long long)(4 * q16 + r) * p.ldb) : 0u;
         }
         lb_commit();  // an empty group: the A tiles' group count stays as below
     }
