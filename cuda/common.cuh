@@ -302,39 +302,6 @@ __device__ __forceinline__ uint4 lb_a_word4(const void* row, long kw, long kvali
     return r;
 }
 
-// f32 input in two halves, for kernels that load x before its scale is known: the 16 floats
-// of words kw..kw+3 (kw % 4 == 0; zero past kvalid floats), by coherent loads, which stay
-// after griddepcontrol.wait; then their codes at scale s, the same words as lb_a_word4<F32>
-// (a zero float codes to 0, as lb_a_word's out-of-range lanes).
-struct LbF32x16 {
-    float4 q[4];
-};
-__device__ __forceinline__ LbF32x16 lb_a_f32_load(const void* row, long kw, long kvalid,
-                                                  bool vec) {
-    const float* p = (const float*)row + kw * 4;
-    LbF32x16 r;
-    if (vec && (kw + 4) * 4 <= kvalid) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) r.q[i] = __ldcg((const float4*)p + i);
-    } else {
-        const long left = kvalid - kw * 4;
-        float f[16];
-#pragma unroll
-        for (int j = 0; j < 16; ++j) f[j] = j < left ? __ldcg(p + j) : 0.0f;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) r.q[i] = make_float4(f[4 * i], f[4 * i + 1], f[4 * i + 2], f[4 * i + 3]);
-    }
-    return r;
-}
-__device__ __forceinline__ uint4 lb_a_f32_codes(const LbF32x16& x, float s, int fmt) {
-    u32 w[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-        w[i] = lb_pack4(lb_code(x.q[i].x, s, fmt), lb_code(x.q[i].y, s, fmt),
-                        lb_code(x.q[i].z, s, fmt), lb_code(x.q[i].w, s, fmt));
-    return make_uint4(w[0], w[1], w[2], w[3]);
-}
-
 // ---- B words ------------------------------------------------------------------------------
 // L2 prefetch of the 128-byte line at p; `last`: with the L2 evict_last priority.
 __device__ __forceinline__ void lb_prefetch_l2(const void* p, bool last = false) {

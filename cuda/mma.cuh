@@ -658,14 +658,9 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     lb_trace_at(1);
     if (!early) load_b(0);
 #if defined(LB_MS_SCALE_BLOCKS)
-    // The scale worked out here (lb_inline_scale) while the first weights fly; this thread's
-    // floats of x are loaded first, so that their round trip overlaps the sum's.
+    // The scale worked out here (lb_inline_scale) while the first weights fly.
     static_assert(MODE == LB_A_F32 && LB_MS_KW == 1, "inline scale: low-rank f32 input");
     static_assert(LB_MS_SCALE_BLOCKS >= 1 && LB_MS_SCALE_BLOCKS <= 32, "scale blocks");
-    LbF32x16 xs[AITERS];
-#pragma unroll
-    for (int i = 0; i < AITERS; ++i)
-        if (a_k[i] >= 0) xs[i] = lb_a_f32_load(a_row[i], a_k[i], kv, p.a_vec != 0);
     __shared__ double scale_red[LB_MS_THREADS];
     const float a_scale = lb_inline_scale(p, LB_MS_SCALE_BLOCKS, scale_red);
 #define LB_MS_A_SCALE a_scale
@@ -677,12 +672,8 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         uint4 st[AITERS];
 #pragma unroll
         for (int i = 0; i < AITERS; ++i) {
-#if defined(LB_MS_SCALE_BLOCKS)
-            st[i] = a_k[i] >= 0 ? lb_a_f32_codes(xs[i], s, p.fmt) : make_uint4(0u, 0u, 0u, 0u);
-#else
             st[i] = a_k[i] >= 0 ? lb_a_word4<MODE>(a_row[i], a_k[i], kv, s, p.fmt, p.a_vec != 0)
                                 : make_uint4(0u, 0u, 0u, 0u);
-#endif
         }
 #pragma unroll
         for (int i = 0; i < AITERS; ++i)
