@@ -671,10 +671,9 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
         const float s = (MODE == LB_A_F32) ? LB_MS_A_SCALE : 0.0f;
         uint4 st[AITERS];
 #pragma unroll
-        for (int i = 0; i < AITERS; ++i) {
+        for (int i = 0; i < AITERS; ++i)
             st[i] = a_k[i] >= 0 ? lb_a_word4<MODE>(a_row[i], a_k[i], kv, s, p.fmt, p.a_vec != 0)
                                 : make_uint4(0u, 0u, 0u, 0u);
-        }
 #pragma unroll
         for (int i = 0; i < AITERS; ++i)
             if (a_dst[i] >= 0) *(uint4*)(As + a_dst[i]) = st[i];
