@@ -668,9 +668,9 @@ impl CudaDevice {
     /// first CTA writes to the caller's buffer) and the outputs have the same bits either way;
     /// the op is then one launch instead of two. On by default (`LOWBIT_CUDA_SMALL_INLINE_SCALE`
     /// = `0` turns it off): H100, BDH shape, graph replay, i8x4 weights, M = 1 / 16, 8.33–8.50 /
-    /// 10.06 µs with the reduction kernel first, 6.83–6.84 / 8.25 µs inline (ternary2 6.30–6.36
-    /// / 7.14–7.24 against 4.46 / 6.09–6.19; with frozen weights i8x4 7.62–7.68 / 8.37–8.41
-    /// against 5.75 / 7.80). BENCHMARKS.md, 2026-12-06.
+    /// 10.06 µs with the reduction kernel first, 5.53–5.55 / 7.83–7.90 µs inline (ternary2
+    /// 6.30–6.36 / 7.14–7.24 against 4.09–4.11 / 5.73–5.86; with frozen weights i8x4 7.62–7.68
+    /// / 8.37–8.41 against 5.20–5.21 / 7.29–7.31). BENCHMARKS.md, 2026-12-06.
     pub fn with_small_inline_scale(mut self, on: bool) -> Self {
         self.small_inline_scale = on;
         self
