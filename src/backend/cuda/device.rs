@@ -182,8 +182,7 @@ pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
 /// Environment variable that lets the small-M low-rank kernels work out the absmean scale of
 /// their f32 input themselves (empty or `1`: on, the default; `0`: a reduction kernel first):
-/// see
-/// [`CudaDevice::with_small_inline_scale`].
+/// see [`CudaDevice::with_small_inline_scale`].
 pub const SMALL_INLINE_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_INLINE_SCALE";
 
 /// Environment variable that packs f32 input to the small-M tensor-core decoder once, in a
