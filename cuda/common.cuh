@@ -99,11 +99,24 @@ __device__ __forceinline__ double lb_warp_tree(double v) {
     for (int w = 16; w > 0; w >>= 1) v += __shfl_down_sync(0xffffffffu, v, w);
     return v;
 }
+// lb_warp_tree over warp 0's `v` (other threads' are ignored), returned to every thread
+// through red[0], which is free again on return.
+__device__ __forceinline__ double lb_warp0_total(double v, double* red) {
+    if (threadIdx.x < 32) {
+        v = lb_warp_tree(v);
+        __syncwarp();
+        if (threadIdx.x == 0) red[0] = v;
+    }
+    __syncthreads();
+    const double r = red[0];
+    __syncthreads();
+    return r;
+}
 
 // Sum of each thread's `v` over the block in a fixed tree (the same bits on every run),
 // returned to every thread: level w = blockDim.x / 2, .., 1 adds red[l + w] into red[l] for l
-// < w, the levels below 32 in warp 0's registers (lb_warp_tree). blockDim.x is a power of two,
-// at least 32; `red` holds blockDim.x doubles and is free again on return.
+// < w, the levels below 32 in warp 0's registers (lb_warp0_total). blockDim.x is a power of
+// two, at least 32; `red` holds blockDim.x doubles and is free again on return.
 __device__ __forceinline__ double lb_block_sum(double v, double* red) {
     const int tid = threadIdx.x;
     red[tid] = v;
@@ -112,15 +125,7 @@ __device__ __forceinline__ double lb_block_sum(double v, double* red) {
         if (tid < w) red[tid] += red[tid + w];
         __syncthreads();
     }
-    if (tid < 32) {
-        const double r = lb_warp_tree(red[tid]);
-        __syncwarp();
-        if (tid == 0) red[0] = r;
-    }
-    __syncthreads();
-    const double r = red[0];
-    __syncthreads();
-    return r;
+    return lb_warp0_total(tid < 32 ? red[tid] : 0.0, red);
 }
 
 // SPEC.md: max(max(2 * mean, EPS) / qmax, EPS), mean = sum / n rounded to f32.
@@ -164,15 +169,7 @@ __device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, 
     }
     double s = 0.0;
     if (tid < blocks) s += part;
-    if (tid < 32) {
-        s = lb_warp_tree(s);
-        __syncwarp();
-        if (tid == 0) red[0] = s;
-    }
-    __syncthreads();
-    s = red[0];
-    __syncthreads();
-    return lb_absmean_scale(s, n, fmt);
+    return lb_absmean_scale(lb_warp0_total(s, red), n, fmt);
 }
 
 // (acc * w_scale) * a_scale, each product rounded (never fused), then the optional ReLU.
