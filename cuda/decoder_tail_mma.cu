@@ -94,19 +94,18 @@ __device__ __forceinline__ double lb_warp_sum(double v) {
 // the scale computed here. Item i is words 4q..4q+3 (16 floats) of row i / qpr, zero past the
 // row's kvalid (the rows are the whole input: n = rows * kvalid). Each block sums |x|
 // (max(x, 0) for uint8pos) over its items in f64 (warp butterflies, then the 8 warp sums in
-// order) into partials[block]; thread 0 publishes it with a release add on *bar (arrivals,
-// counted over every launch and never reset) and waits until they reach `target` (the host's
-// count of the arrivals of every launch so far, this one's included; compared mod 2^32). Each
-// warp then sums the partials the same way, so that all derive the same scale bits (block 0
-// stores it), and quantizes its items, the first still in registers. (A departure counter
-// that let the last block reset the arrivals cost thread 0 an L2 round trip before its
-// items.) The projection after it may start at once (it waits for this grid).
+// order) into partials[block]; thread 0 publishes it and arrives at the grid barrier *bar
+// (lb_grid_arrive, the generation read at entry). Each warp then sums the partials the same
+// way, so that all derive the same scale bits (block 0 stores it), and quantizes its items,
+// the first still in registers. The projection after it may start at once (it waits for this
+// grid).
 extern "C" __global__ void __launch_bounds__(256, 2)
     mma_prep_scale_a(LbMma p, u32* dst, long long rows, int ldo, long long n, double* partials,
-                     unsigned* bar, float* scale_out, unsigned target) {
+                     unsigned long long* bar, float* scale_out) {
     __shared__ double warp_sums[8];
     lb_trace_at(0);
     lb_pdl_launch_next();
+    const unsigned gen = threadIdx.x == 0 ? lb_grid_gen(bar) : 0u;
     const bool pos = p.fmt == LB_FMT_U8POS;
     const int qpr = ldo / 4, lane = threadIdx.x & 31;
     const long long total = rows * qpr;
@@ -132,12 +131,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 #pragma unroll
         for (int w = 0; w < 8; ++w) block += warp_sums[w];
         partials[blockIdx.x] = block;
-        // Release: the partial above is visible to whoever acquires the count.
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(bar) : "memory");
-        unsigned seen;
-        do {
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(bar) : "memory");
-        } while ((int)(seen - target) < 0);
+        lb_grid_arrive(bar, gen);
     }
     lb_trace_at(1);
     __syncthreads();

@@ -891,3 +891,108 @@ fn bdh_shapes_fused_from_f32() {
         reference::decoder_tail_codes(&dec.shape, &c2, &dec.w_codes, a2, dec.w_scale).unwrap();
     assert_exact("BDH decoder m=64", &exp2, &dev.download(&o2).unwrap());
 }
+
+/// A computed scale inside a CUDA graph: each replay sums its own input afresh. The graph of
+/// one low-rank projection and one decoder tail from f32 input (`DeviceScale::Compute`) is
+/// captured once, then replayed on new inputs written into the same buffers, each round's
+/// a different magnitude, into NaN-poisoned outputs: every replay's scale must be its own
+/// input's (the reduction kernel's or the fused packing launch's grid barrier, which must
+/// not carry state from one replay to the next) and its outputs the reference's at that
+/// scale, bit for bit. Small M (the inline scale, the reduction kernel) and large M (the
+/// tensor-core chain, `mma_prep_scale_a` on sm_90, whose grid fills the device at M = 8192),
+/// on the device's plan and on dp4a.
+#[test]
+fn graph_replays_compute_each_scale_afresh() {
+    use lowbit_kernels::backend::cuda::microbench::capture_graph;
+    const ROUNDS: usize = 5;
+    let Some(dev) = device() else { return };
+    let dp4a = device().unwrap().with_family(KernelFamily::Dp4a).unwrap();
+    for (dev, fam) in [(&dev, "plan"), (&dp4a, "dp4a")] {
+        // (M, H, low-rank D and N, decoder L and D)
+        for (m, heads, d, n, l, dd) in [
+            (3, 4, 256, 320, 300, 256),
+            (200, 3, 136, 264, 520, 136),
+            (8192, 1, 256, 8, 256, 8),
+        ] {
+            let mut rng = Rng::new(90 + m as u64);
+            let lr = lowrank_problem(&mut rng, m, heads, d, n);
+            let dec = decoder_problem(&mut rng, m, heads, l, dd);
+            let wl = dev.upload(&lr.w_words).unwrap();
+            let wd = dev.upload(&dec.w_words).unwrap();
+            let mut x = dev.upload(&vec![1.0f32; lr.shape.x_len()]).unwrap();
+            let mut y = dev.upload(&vec![1.0f32; dec.shape.y_len()]).unwrap();
+            let mut sx = dev.upload(&[f32::NAN]).unwrap();
+            let mut sy = dev.upload(&[f32::NAN]).unwrap();
+            let mut ox = dev.upload(&vec![f32::NAN; lr.shape.out_len()]).unwrap();
+            let mut oy = dev.upload(&vec![f32::NAN; dec.shape.out_len()]).unwrap();
+            let graph = capture_graph(dev, 1, |_| {
+                dev.lowrank(
+                    &lr.shape,
+                    DeviceAct::F32(&x),
+                    Fmt::Int8,
+                    DeviceScale::Compute(&mut sx),
+                    &wl,
+                    lr.w_scale,
+                    1,
+                    Epilogue::default(),
+                    DeviceOut::F32(&mut ox),
+                )?;
+                dev.decoder_tail(
+                    &dec.shape,
+                    DeviceAct::F32(&y),
+                    Fmt::Int8,
+                    DeviceScale::Compute(&mut sy),
+                    &wd,
+                    dec.w_scale,
+                    127,
+                    Epilogue::default(),
+                    DeviceOut::F32(&mut oy),
+                )
+            })
+            .unwrap();
+            for round in 0..ROUNDS {
+                let what = format!("{fam} M {m} replay {round}");
+                let std = 0.25 * 4f32.powi(round as i32);
+                let xh = rng.normals(lr.shape.x_len(), std);
+                let yh = rng.normals(dec.shape.y_len(), std);
+                let stream = dev.stream();
+                stream.memcpy_htod(&xh, &mut x).unwrap();
+                stream.memcpy_htod(&yh, &mut y).unwrap();
+                stream
+                    .memcpy_htod(&vec![f32::NAN; lr.shape.out_len()], &mut ox)
+                    .unwrap();
+                stream
+                    .memcpy_htod(&vec![f32::NAN; dec.shape.out_len()], &mut oy)
+                    .unwrap();
+                graph.launch().unwrap();
+                dev.synchronize().unwrap();
+                let (a, b) = (dev.download(&sx).unwrap()[0], dev.download(&sy).unwrap()[0]);
+                for (label, s, input) in [("x", a, &xh), ("y", b, &yh)] {
+                    let cpu = activation_scale(input, Fmt::Int8).unwrap().unwrap();
+                    assert!(
+                        ((s - cpu) / cpu).abs() <= 1e-6,
+                        "{what}: scale of {label} {s} against {cpu} on the CPU"
+                    );
+                }
+                let cx = codes_of(&xh, Fmt::Int8, a);
+                let ex =
+                    reference::lowrank_projection_codes(&lr.shape, &cx, &lr.w_codes, a, lr.w_scale)
+                        .unwrap();
+                assert_exact(
+                    &format!("{what}: low-rank"),
+                    &ex,
+                    &dev.download(&ox).unwrap(),
+                );
+                let cy = codes_of(&yh, Fmt::Int8, b);
+                let ey =
+                    reference::decoder_tail_codes(&dec.shape, &cy, &dec.w_codes, b, dec.w_scale)
+                        .unwrap();
+                assert_exact(
+                    &format!("{what}: decoder"),
+                    &ey,
+                    &dev.download(&oy).unwrap(),
+                );
+            }
+        }
+    }
+}

@@ -121,18 +121,16 @@ pub(crate) struct ModuleCache {
 }
 
 /// Scratch owned by the device, reused by every launch on its stream (so stream order
-/// keeps uses apart). Counters (but `grid_bar`) and the small-M accumulator are zero between
-/// launches: the kernels reset them.
+/// keeps uses apart). Counters and the small-M accumulator are zero between launches (the
+/// kernels reset them), so that a captured CUDA graph's replays find them as its first launch
+/// did.
 #[derive(Default)]
 pub(crate) struct Scratch {
     pub red_partials: Option<CudaSlice<f64>>,
     pub red_counter: Option<CudaSlice<u32>>,
-    /// `mma_prep_scale_a`'s grid barrier: its arrivals, counted over every launch (never
-    /// reset; the kernel compares them mod 2^32).
-    pub grid_bar: Option<CudaSlice<u32>>,
-    /// What `grid_bar` holds once every launch queued so far has run: each launch waits for
-    /// this plus its blocks, and adds them here once queued.
-    pub grid_bar_arrivals: u32,
+    /// `mma_prep_scale_a`'s grid barrier (`lb_grid_arrive` in `cuda/mma.cuh`): a generation
+    /// and its arrivals, which each launch's last block sets back to 0.
+    pub grid_bar: Option<CudaSlice<u64>>,
     pub partials: Option<CudaSlice<i32>>,
     /// Small-M decoder split-K accumulator `[M][D]`: per element, the splits that have added
     /// (bits 48 and up) and their i32 sum (low bits); kept zeroed by the kernels.
@@ -333,6 +331,14 @@ pub const FROZEN_WEIGHTS_ENV: &str = "LOWBIT_CUDA_FROZEN_WEIGHTS";
 /// Everything is queued on one stream. A device opened with [`CudaDevice::new`] switches off
 /// cudarc's per-buffer event tracking on its own context handle (one stream needs none): a
 /// buffer made through it and used on another stream must be ordered by the caller.
+///
+/// Its ops may be captured into a CUDA graph on [`CudaDevice::stream`] (as
+/// [`microbench::capture_graph`](super::microbench::capture_graph) does): every counter the
+/// kernels keep in the device's scratch is back at its start when a launch ends, so each
+/// replay runs as the captured launch did. The graph holds the scratch's addresses, though:
+/// run each captured op once uncaptured first (so that the scratch has grown to it), and
+/// queue no op with larger scratch needs (a larger M) on this device while the graph may
+/// still be replayed, since growing a scratch buffer frees the old one.
 pub struct CudaDevice {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,

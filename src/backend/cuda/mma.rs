@@ -1784,17 +1784,11 @@ impl CudaDevice {
             .min(resident)
             .min(t::RED_MAX_BLOCKS as usize)
             .max(1);
-        // The scratch stays locked until the launch is queued, so that the barrier targets
-        // follow the launches' stream order.
         let mut scratch = self.scratch();
         let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
         let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
-        if scratch.grid_bar.is_none() {
-            scratch.grid_bar_arrivals = 0; // a new, zeroed counter
-        }
         let bar = self.scratch_buf(&mut scratch.grid_bar, 1)?;
-        // Every launch's blocks so far, this one's included (the kernel compares mod 2^32).
-        let target = scratch.grid_bar_arrivals.wrapping_add(blocks as u32);
+        drop(scratch);
         let (rows64, ldo32, n64) = (rows as i64, ldo as i32, n as i64);
         let mut params = [
             p as *const LbMma as *mut c_void,
@@ -1805,18 +1799,13 @@ impl CudaDevice {
             &partials as *const u64 as *mut c_void,
             &bar as *const u64 as *mut c_void,
             &scale_out as *const u64 as *mut c_void,
-            &target as *const u32 as *mut c_void,
         ];
         let c = launch_cfg((blocks as u32, 1, 1), 256, 0);
-        // SAFETY: `params` are the kernel's nine parameters, alive for the call; `dst` holds
-        // rows * ldo words, the partials RED_MAX_BLOCKS ≥ blocks doubles, `bar` the arrivals
-        // of every earlier launch (`grid_bar_arrivals` once they have run, which stream order
-        // ensures before this one starts); the input covers its extent (contract).
+        // SAFETY: `params` are the kernel's eight parameters, alive for the call; `dst` holds
+        // rows * ldo words, the partials RED_MAX_BLOCKS ≥ blocks doubles, `bar` a barrier
+        // word with no arrivals (zeroed when allocated, and every launch leaves it so); the
+        // input covers its extent (contract).
         let queued = unsafe { self.launch_cooperative(&f, c, &mut params, WHAT)? };
-        if queued {
-            scratch.grid_bar_arrivals = target;
-        }
-        drop(scratch);
         Ok(queued.then_some((dst, ldo, scale_out)))
     }
 
