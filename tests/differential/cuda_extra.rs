@@ -996,3 +996,69 @@ fn graph_replays_compute_each_scale_afresh() {
         }
     }
 }
+
+/// An op that would grow the device's scratch inside a CUDA graph capture is refused with a
+/// typed error naming the scratch (nothing is allocated in the capture); the same op then runs
+/// uncaptured, bit for bit.
+#[test]
+fn graph_capture_refuses_to_grow_the_scratch() {
+    use lowbit_kernels::backend::cuda::cudarc::driver::sys;
+    let Some(dev) = device() else { return };
+    let mut rng = Rng::new(77);
+    // A low-rank problem of M rows from f32 with a computed scale, every buffer uploaded
+    // (nothing may be allocated inside the capture): (problem, x, x, w, scale, output).
+    let mut problem = |m: usize| {
+        let p = lowrank_problem(&mut rng, m, 2, 64, 96);
+        let x = rng.normals(p.shape.x_len(), 1.0);
+        let bufs = (
+            dev.upload(&x).unwrap(),
+            dev.upload(&p.w_words).unwrap(),
+            dev.upload(&[f32::NAN]).unwrap(),
+            dev.upload(&vec![f32::NAN; p.shape.out_len()]).unwrap(),
+        );
+        (p, x, bufs)
+    };
+    type Bufs = (
+        CudaSlice<f32>,
+        CudaSlice<u32>,
+        CudaSlice<f32>,
+        CudaSlice<f32>,
+    );
+    let call = |p: &Lowrank, b: &mut Bufs| {
+        dev.lowrank(
+            &p.shape,
+            DeviceAct::F32(&b.0),
+            Fmt::Int8,
+            DeviceScale::Compute(&mut b.2),
+            &b.1,
+            p.w_scale,
+            1,
+            Epilogue::default(),
+            DeviceOut::F32(&mut b.3),
+        )
+    };
+    // Warm up at M = 20 (kernels compiled, scratch sized), then capture M = 40.
+    let (small, _, mut bs) = problem(20);
+    call(&small, &mut bs).unwrap();
+    let (big, xb, mut bb) = problem(40);
+    dev.synchronize().unwrap();
+    let stream = dev.stream();
+    stream
+        .begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    let r = call(&big, &mut bb);
+    let _ = stream.end_capture(sys::CUgraphInstantiate_flags(0));
+    match r {
+        Err(LowbitError::InvalidArgument {
+            what: "scratch", ..
+        }) => {}
+        other => panic!("capture that grows the scratch: {other:?}"),
+    }
+    call(&big, &mut bb).unwrap();
+    let a = dev.download(&bb.2).unwrap()[0];
+    let codes = codes_of(&xb, Fmt::Int8, a);
+    let exp = reference::lowrank_projection_codes(&big.shape, &codes, &big.w_codes, a, big.w_scale)
+        .unwrap();
+    let got = dev.download(&bb.3).unwrap();
+    assert_exact("M = 40 after the refused capture", &exp, &got);
+}

@@ -333,12 +333,14 @@ pub const FROZEN_WEIGHTS_ENV: &str = "LOWBIT_CUDA_FROZEN_WEIGHTS";
 /// buffer made through it and used on another stream must be ordered by the caller.
 ///
 /// Its ops may be captured into a CUDA graph on [`CudaDevice::stream`] (as
-/// [`microbench::capture_graph`](super::microbench::capture_graph) does): every counter the
-/// kernels keep in the device's scratch is back at its start when a launch ends, so each
-/// replay runs as the captured launch did. The graph holds the scratch's addresses, though:
-/// run each captured op once uncaptured first (so that the scratch has grown to it), and
-/// queue no op with larger scratch needs (a larger M) on this device while the graph may
-/// still be replayed, since growing a scratch buffer frees the old one.
+/// [`microbench::capture_graph`](super::microbench::capture_graph) does) and the graph
+/// replayed on that stream: every counter the kernels keep in the device's scratch is back
+/// at its start when a launch ends, so each replay runs as the captured launch did. Run each
+/// captured op once uncaptured first, so that its kernels are compiled and the scratch has
+/// grown to it: an op that would grow the scratch inside a capture returns
+/// [`LowbitError::InvalidArgument`] instead. After a capture, a scratch buffer that a later,
+/// larger op outgrows is kept until the device is dropped, since a graph may hold its
+/// address.
 pub struct CudaDevice {
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
@@ -409,6 +411,11 @@ pub struct CudaDevice {
     pub(crate) trace: bool,
     cache: Mutex<ModuleCache>,
     scratch: Mutex<Scratch>,
+    /// Set once an op has been queued while the stream was capturing a CUDA graph: from then
+    /// on a scratch buffer that grows is kept (in `retired`) instead of freed, since a graph
+    /// may hold its address.
+    graph_captured: std::sync::atomic::AtomicBool,
+    retired: Mutex<Vec<Box<dyn std::any::Any + Send>>>,
     /// Held while one op queues its launches: the scratch buffers an op fills in one launch
     /// and reads in the next must not be refilled by another thread's op in between. All
     /// launches go to one stream, so an op queued whole runs whole.
@@ -568,6 +575,8 @@ impl CudaDevice {
             trace: env_switch(TRACE_ENV, false)?,
             cache: Mutex::new(ModuleCache::default()),
             scratch: Mutex::new(Scratch::default()),
+            graph_captured: std::sync::atomic::AtomicBool::new(false),
+            retired: Mutex::new(Vec::new()),
             op_lock: Mutex::new(()),
         })
     }
@@ -898,21 +907,47 @@ impl CudaDevice {
     }
 
     /// Device pointer of a scratch buffer of at least `len` zeroed-at-creation elements.
-    pub(crate) fn scratch_buf<T: DeviceRepr + ValidAsZeroBits>(
+    /// While the stream captures a CUDA graph, a buffer too small is an error (nothing is
+    /// allocated inside a capture); once a graph has been captured, a buffer that grows is
+    /// kept alive until the device is dropped, because the graph may still use it.
+    pub(crate) fn scratch_buf<T: DeviceRepr + ValidAsZeroBits + Send + 'static>(
         &self,
         slot: &mut Option<CudaSlice<T>>,
         len: usize,
     ) -> Result<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
         let len = len.max(1);
-        if slot.as_ref().is_none_or(|s| s.len() < len) {
+        let capturing = self
+            .stream
+            .capture_status()
+            .map_err(drv("cuStreamIsCapturing"))?
+            != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+        if capturing {
+            self.graph_captured.store(true, Relaxed);
+        }
+        let held = slot.as_ref().map_or(0, |s| s.len());
+        if held < len {
+            if capturing {
+                return Err(LowbitError::InvalidArgument {
+                    op: "cuda graph capture",
+                    what: "scratch",
+                    reason: format!(
+                        "this op needs {len} elements of a scratch buffer that holds {held}: \
+                         run it once on this device before capturing it"
+                    ),
+                });
+            }
             // Grow geometrically so that alternating shapes do not reallocate every call.
-            let want = slot.as_ref().map_or(len, |s| len.max(s.len() * 2));
-            *slot = None;
-            *slot = Some(
-                self.stream
-                    .alloc_zeros(want)
-                    .map_err(drv("scratch alloc"))?,
-            );
+            let want = if held == 0 { len } else { len.max(held * 2) };
+            let fresh = self
+                .stream
+                .alloc_zeros(want)
+                .map_err(drv("scratch alloc"))?;
+            if let Some(old) = slot.replace(fresh)
+                && self.graph_captured.load(Relaxed)
+            {
+                lock(&self.retired).push(Box::new(old));
+            }
         }
         match slot.as_ref() {
             Some(s) => Ok(raw_ptr(s, &self.stream)),
