@@ -129,7 +129,7 @@ pub(crate) struct Scratch {
     pub red_partials: Option<CudaSlice<f64>>,
     pub red_counter: Option<CudaSlice<u32>>,
     /// `mma_prep_scale_a`'s grid barrier (`lb_grid_arrive` in `cuda/mma.cuh`): a generation
-    /// and its arrivals, which each launch's last block sets back to 0.
+    /// and its arrivals, which each launch's block 0 sets back to 0 once every block arrived.
     pub grid_bar: Option<CudaSlice<u64>>,
     pub partials: Option<CudaSlice<i32>>,
     /// Small-M decoder split-K accumulator `[M][D]`: per element, the splits that have added
