@@ -134,43 +134,80 @@ __device__ __forceinline__ float lb_absmean_scale(double sum, long long n, int f
     return fmaxf(__fdiv_rn(fmaxf(2.0f * mean, LB_EPS), lb_qmax(fmt)), LB_EPS);
 }
 
-// The absmean scale of all of x (n f32) worked out by one block, in the order absmean_scale
-// (quantize.cu) sums it on a grid of `blocks` blocks of this block's size: per virtual block
-// each thread's strided run (float4s where x is 16-byte aligned, then the tail) and
-// lb_block_sum's tree, then thread b sums block b's partial from 0.0 and the tree again. So
-// every block of a small-M low-rank kernel (LB_MS_SCALE_BLOCKS, LB_SM_SCALE_BLOCKS:
-// CudaDevice::with_small_inline_scale), and the two-kernel path, get the same bits. Coherent
-// loads (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale). `red` holds
-// blockDim.x doubles; blocks <= 32. In that second tree every value past thread `blocks` is
-// +0.0 and the partials are sums of |x| (never -0.0), so the levels above 32 change nothing
-// and it is warp 0's lb_warp_tree alone; with one block it is that block's sum.
-__device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, int fmt,
+// Block b's partial of absmean_scale (quantize.cu) on a grid of `blocks` blocks of this
+// block's size, over x (n f32): each thread's strided run (float4s where x is 16-byte
+// aligned, then the tail) and lb_block_sum's tree, returned to every thread. Coherent loads
+// (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale). `red` holds
+// blockDim.x doubles.
+__device__ __forceinline__ double lb_absmean_block(const float* x, long long n, int fmt, int b,
                                                    int blocks, double* red) {
-    const int tid = threadIdx.x;
     const bool pos = fmt == LB_FMT_U8POS;
     const long long n4 = ((unsigned long long)x & 15) == 0 ? n / 4 : 0;
     const long long stride = (long long)blocks * blockDim.x;
+    const long long first = b * (long long)blockDim.x + threadIdx.x;
+    double sum = 0.0;
+    for (long long i = first; i < n4; i += stride) {
+        const float4 v = __ldcg((const float4*)x + i);
+        sum += lb_abs_term(v.x, pos);
+        sum += lb_abs_term(v.y, pos);
+        sum += lb_abs_term(v.z, pos);
+        sum += lb_abs_term(v.w, pos);
+    }
+    for (long long i = 4 * n4 + first; i < n; i += stride) sum += lb_abs_term(__ldcg(x + i), pos);
+    return lb_block_sum(sum, red);
+}
+
+// The absmean scale of all of x (n f32) worked out by one block, in the order absmean_scale
+// sums it on a grid of `blocks` blocks of this block's size: every block's lb_absmean_block,
+// then thread b sums block b's partial from 0.0 and the tree again. So every block of a
+// small-M low-rank kernel (LB_MS_SCALE_BLOCKS, LB_SM_SCALE_BLOCKS:
+// CudaDevice::with_small_inline_scale), and the two-kernel path, get the same bits. blocks
+// <= 32. In that second tree every value past thread `blocks` is +0.0 and the partials are
+// sums of |x| (never -0.0), so the levels above 32 change nothing and it is warp 0's
+// lb_warp_tree alone; with one block it is that block's sum.
+__device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, int fmt,
+                                                   int blocks, double* red) {
     double part = 0.0;
     for (int b = 0; b < blocks; ++b) {
-        const long long first = b * (long long)blockDim.x + tid;
-        double sum = 0.0;
-        for (long long i = first; i < n4; i += stride) {
-            const float4 v = __ldcg((const float4*)x + i);
-            sum += lb_abs_term(v.x, pos);
-            sum += lb_abs_term(v.y, pos);
-            sum += lb_abs_term(v.z, pos);
-            sum += lb_abs_term(v.w, pos);
-        }
-        for (long long i = 4 * n4 + first; i < n; i += stride)
-            sum += lb_abs_term(__ldcg(x + i), pos);
-        sum = lb_block_sum(sum, red);
+        const double sum = lb_absmean_block(x, n, fmt, b, blocks, red);
         if (blocks == 1) return lb_absmean_scale(sum, n, fmt);
-        if (tid == b) part = sum;
+        if (threadIdx.x == b) part = sum;
     }
     double s = 0.0;
-    if (tid < blocks) s += part;
+    if (threadIdx.x < blocks) s += part;
     return lb_absmean_scale(lb_warp0_total(s, red), n, fmt);
 }
+
+// ---- grid barrier (sm_70+: every block of the grid resident at once) -----------------------
+// *bar holds a generation (high 32 bits) and its arrivals (low 32), zero when first
+// allocated. lb_grid_gen, at a block's entry, reads the generation (its round trip hidden
+// behind the block's work: within a launch it moves only after every block has arrived).
+// lb_grid_arrive: one thread per block adds its arrival with a release reduction, which
+// publishes what the block wrote before it, and waits until it sees every block arrived or
+// the generation move on. Block 0 (linear index), once it has seen every block arrive, sets
+// the arrivals back to 0 and moves to the next generation (release). The word thus returns
+// to "no arrivals" within each launch: nothing depends on how many launches came before, so
+// a captured CUDA graph's replays (whose kernel parameters are frozen) wait as its first
+// launch did. Used by mma_prep_scale_a and the small-M decoder's grid scale.
+#if __CUDA_ARCH__ >= 700
+__device__ __forceinline__ unsigned lb_grid_gen(const unsigned long long* bar) {
+    unsigned long long v;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(bar) : "memory");
+    return (unsigned)(v >> 32);
+}
+__device__ __forceinline__ void lb_grid_arrive(unsigned long long* bar, unsigned gen) {
+    const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
+    asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(bar) : "memory");
+    unsigned long long seen;
+    do {
+        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(seen) : "l"(bar) : "memory");
+    } while ((unsigned)(seen >> 32) == gen && (unsigned)seen != blocks);
+    if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
+        asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(bar),
+                     "l"((unsigned long long)(gen + 1u) << 32)
+                     : "memory");
+}
+#endif
 
 // (acc * w_scale) * a_scale, each product rounded (never fused), then the optional ReLU.
 __device__ __forceinline__ float lb_dequant(int acc, float w_scale, float a_scale, int relu) {
@@ -524,6 +561,38 @@ __device__ __forceinline__ float lb_inline_scale(const LbProblem& p, int blocks,
         *(float*)p.scale_ptr = s;
     return s;
 }
+
+// The decoder's absmean scale of its whole f32 input y ([B, H, T, L], contiguous at p.a), as
+// absmean_scale computes it on its grid of `blocks` blocks, worked out by every block of
+// this (resident, one-wave) grid together: the block of linear index c computes
+// absmean_scale's block partials c, c + grid, .. (lb_absmean_block) into scratch
+// partials (p.partial, as doubles; the barrier word after LB_RED_MAX_BLOCKS of them); after
+// lb_grid_arrive every block sums them as absmean_scale's last block does, so the same bits
+// as the two-kernel path. The first block writes the scale to p.scale_ptr.
+#if defined(LB_SM_GRID_SCALE)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 700
+#error "LB_SM_GRID_SCALE needs sm_70+ (the grid barrier)"
+#endif
+__device__ __forceinline__ float lb_grid_scale(const LbProblem& p, int blocks, double* red) {
+    const long long n = (long long)p.m_total * p.heads * p.a_kvalid;
+    double* partials = (double*)p.partial;
+    unsigned long long* bar = (unsigned long long*)(partials + LB_RED_MAX_BLOCKS);
+    const unsigned grid = gridDim.x * gridDim.y * gridDim.z;
+    const unsigned c = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+    const unsigned gen = threadIdx.x == 0 ? lb_grid_gen(bar) : 0u;
+    for (unsigned b = c; b < (unsigned)blocks; b += grid) {
+        const double sum = lb_absmean_block((const float*)p.a, n, p.fmt, (int)b, blocks, red);
+        if (threadIdx.x == 0) partials[b] = sum;
+    }
+    if (threadIdx.x == 0) lb_grid_arrive(bar, gen);
+    __syncthreads();
+    double s = 0.0;
+    for (int b = threadIdx.x; b < blocks; b += blockDim.x) s += __ldcg(partials + b);
+    const float scale = lb_absmean_scale(lb_block_sum(s, red), n, p.fmt);
+    if (threadIdx.x == 0 && c == 0) *(float*)p.scale_ptr = scale;
+    return scale;
+}
+#endif
 
 // Where block `z` works: head, A/B bases and its K range [kw0, kw1) in words.
 struct LbSplit {
@@ -939,13 +1008,21 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     __shared__ double scale_red[LB_THREADS];
     const float a_scale = lb_inline_scale(p, LB_SM_SCALE_BLOCKS, scale_red);
 #define LB_SM_A_SCALE a_scale
+#elif defined(LB_SM_GRID_SCALE)
+    // The decoder's scale worked out by the grid (lb_grid_scale) while the first weights fly.
+    static_assert(MODE == LB_A_F32, "grid scale: f32 input");
+    static_assert(LB_SM_GRID_SCALE >= 1 && LB_SM_GRID_SCALE <= LB_RED_MAX_BLOCKS, "scale blocks");
+    if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
+    __shared__ double scale_red[LB_THREADS];
+    const float a_scale = lb_grid_scale(p, LB_SM_GRID_SCALE, scale_red);
+#define LB_SM_A_SCALE a_scale
 #else
 #define LB_SM_A_SCALE lb_scale(p.scale_ptr, p.scale_param)
 #endif
     const float s = (MODE == LB_A_F32) ? LB_SM_A_SCALE : 0.0f;
     const long long kv = MODE == LB_A_PACKED ? min((long long)sp.kw1, p.a_kvalid)
                                              : min((long long)sp.kw1 * 4, p.a_kvalid);
-#if !defined(LB_SM_SCALE_BLOCKS)
+#if !defined(LB_SM_SCALE_BLOCKS) && !defined(LB_SM_GRID_SCALE)
     if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
 #endif
     for (int u = LB_SM_BATCH; u < 2 * LB_SM_BATCH; ++u) {

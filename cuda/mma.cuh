@@ -323,34 +323,6 @@ __device__ __forceinline__ int lb_sum16(uint4 y, int acc) {
     return dot4<UNS>(y.w, 0x01010101u, acc);
 }
 
-// ---- grid barrier (mma_prep_scale_a: a cooperative launch, every block resident) ----------
-// *bar holds a generation (high 32 bits) and its arrivals (low 32), zero when first
-// allocated. lb_grid_gen, at a block's entry, reads the generation (its round trip hidden
-// behind the block's work: within a launch it moves only after every block has arrived).
-// lb_grid_arrive: one thread per block adds its arrival with a release reduction, which
-// publishes what the block wrote before it (as the earlier one-counter barrier did: no
-// round trip before the wait), and waits until it sees every block arrived or the
-// generation moved on. Block 0, once it has seen every block arrive, sets the arrivals back
-// to 0 and moves to the next generation (release). The word thus returns to "no arrivals"
-// within each launch: nothing depends on how many launches came before, so a captured CUDA
-// graph's replays (whose kernel parameters are frozen) wait as its first launch did.
-__device__ __forceinline__ unsigned lb_grid_gen(const unsigned long long* bar) {
-    unsigned long long v;
-    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(bar) : "memory");
-    return (unsigned)(v >> 32);
-}
-__device__ __forceinline__ void lb_grid_arrive(unsigned long long* bar, unsigned gen) {
-    asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(bar) : "memory");
-    unsigned long long seen;
-    do {
-        asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(seen) : "l"(bar) : "memory");
-    } while ((unsigned)(seen >> 32) == gen && (unsigned)seen != gridDim.x);
-    if (blockIdx.x == 0)
-        asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(bar),
-                     "l"((unsigned long long)(gen + 1u) << 32)
-                     : "memory");
-}
-
 // ---- warpgroup mma (sm_90a; modules compiled with LB_WGMMA) --------------------------------
 #if defined(LB_WGMMA)
 // Descriptor of a 128-byte-swizzled K-major operand at `smem` (1024-byte aligned atoms):

@@ -5,6 +5,9 @@ use std::sync::OnceLock;
 
 /// dp4a (`__dp4a`) needs compute capability 6.1.
 pub const DP4A_MIN_SM: (u32, u32) = (6, 1);
+/// A grid barrier on `.acquire` / `.release` memory operations (the dp4a small-M decoder's
+/// grid scale) needs compute capability 7.0.
+pub const GRID_BARRIER_MIN_SM: (u32, u32) = (7, 0);
 /// Integer `mma.sync` (s8 m16n8k32) needs compute capability 8.0.
 pub const INT8_MMA_MIN_SM: (u32, u32) = (8, 0);
 /// Programmatic dependent launch (`griddepcontrol`, a launch attribute) needs 9.0.

@@ -1062,3 +1062,95 @@ fn graph_capture_refuses_to_grow_the_scratch() {
     let got = dev.download(&bb.3).unwrap();
     assert_exact("M = 40 after the refused capture", &exp, &got);
 }
+
+/// The dp4a small-M decoder's grid scale (`CudaDevice::with_decoder_grid_scale`): f32 input
+/// with a computed scale, the CTAs splitting the reduction's blocks among them and meeting at
+/// a grid barrier, against the reduction kernel first: the same scale bits and outputs, and
+/// the reference's outputs at that scale. Aligned and misaligned y (float4 and scalar runs),
+/// int8 and uint8pos, a ReLU epilogue, one reduction block and more blocks than CTAs.
+#[test]
+fn small_decoder_grid_scale_same_bits() {
+    let (Some(two), Some(one)) = (device(), device()) else {
+        return;
+    };
+    let two = two
+        .with_family(KernelFamily::Dp4a)
+        .unwrap()
+        .with_decoder_grid_scale(false);
+    let one = one
+        .with_family(KernelFamily::Dp4a)
+        .unwrap()
+        .with_decoder_grid_scale(true);
+    let mut rng = Rng::new(23);
+    // (M, H, L, D)
+    for (m, heads, l, dd) in [
+        (1, 1, 37, 24),
+        (1, 4, 8192, 256),
+        (3, 2, 300, 72),
+        (8, 4, 8192, 256),
+        (5, 8, 16384, 8),
+    ] {
+        let shape = DecoderTailShape::bdh(m, heads, l, dd).unwrap();
+        let w_codes = rng.int8_codes(shape.w_len());
+        let w_words = pack_decoder_weight_codes_i8x4(&w_codes, heads, l, dd).unwrap();
+        let y = rng.normals(shape.y_len() + 1, 1.0);
+        for (fmt, off, relu) in [
+            (Fmt::Int8, 0, false),
+            (Fmt::Int8, 1, true),
+            (Fmt::Uint8PosExp, 0, false),
+        ] {
+            let epilogue = Epilogue {
+                relu,
+                ..Epilogue::default()
+            };
+            let what = format!("M {m} H {heads} L {l} D {dd} {fmt:?} offset {off} relu {relu}");
+            let run = |dev: &CudaDevice| -> (f32, Vec<f32>) {
+                let yd = dev.upload(&y).unwrap();
+                let wd = dev.upload(&w_words).unwrap();
+                let mut sd = dev.upload(&[f32::NAN]).unwrap();
+                let mut od = dev.upload(&vec![f32::NAN; shape.out_len()]).unwrap();
+                with_raw(dev, &yd, &wd, &mut sd, &mut od, |yp, wp, sp, op| {
+                    // SAFETY: live allocations of this context: y holds y_len floats past
+                    // `off`, the weights and output the shape's extents, the scale one float.
+                    unsafe {
+                        dev.decoder_tail_raw(
+                            &shape,
+                            RawAct::F32(yp + 4 * off),
+                            fmt,
+                            RawScale::Compute(sp),
+                            wp,
+                            0.003,
+                            127,
+                            epilogue,
+                            op,
+                        )
+                    }
+                    .unwrap();
+                });
+                (dev.download(&sd).unwrap()[0], dev.download(&od).unwrap())
+            };
+            let (s_one, o_one) = run(&one);
+            let (s_two, o_two) = run(&two);
+            assert_eq!(s_one.to_bits(), s_two.to_bits(), "{what}: scale");
+            assert_exact(&format!("{what}: against two kernels"), &o_two, &o_one);
+            let ys = &y[off as usize..off as usize + shape.y_len()];
+            let codes = codes_of(ys, fmt, s_one);
+            let exp: Vec<f32> =
+                reference::decoder_tail_codes(&shape, &codes, &w_codes, s_one, 0.003)
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| epilogue.apply(v))
+                    .collect();
+            assert_exact(&format!("{what}: against the reference"), &exp, &o_one);
+        }
+    }
+    let caps = one.caps().compute_capability;
+    let grid = one
+        .compile_logs()
+        .iter()
+        .any(|(m, _)| m.starts_with("decoder_tail.cu") && m.contains("LB_SM_GRID_SCALE="));
+    assert!(
+        grid || caps < lowbit_kernels::caps::GRID_BARRIER_MIN_SM,
+        "no grid-scale variant was compiled on compute capability {caps:?}"
+    );
+}

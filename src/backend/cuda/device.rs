@@ -128,7 +128,7 @@ pub(crate) struct ModuleCache {
 pub(crate) struct Scratch {
     pub red_partials: Option<CudaSlice<f64>>,
     pub red_counter: Option<CudaSlice<u32>>,
-    /// `mma_prep_scale_a`'s grid barrier (`lb_grid_arrive` in `cuda/mma.cuh`): a generation
+    /// `mma_prep_scale_a`'s grid barrier (`lb_grid_arrive` in `cuda/common.cuh`): a generation
     /// and its arrivals, which each launch's block 0 sets back to 0 once every block arrived.
     pub grid_bar: Option<CudaSlice<u64>>,
     pub partials: Option<CudaSlice<i32>>,
@@ -182,6 +182,11 @@ pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 /// their f32 input themselves (empty or `1`: on, the default; `0`: a reduction kernel first):
 /// see [`CudaDevice::with_small_inline_scale`].
 pub const SMALL_INLINE_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_INLINE_SCALE";
+
+/// Environment variable that lets the dp4a small-M decoder's grid work out the absmean scale
+/// of its f32 input itself (`1`; empty or `0`: a reduction kernel first, the default): see
+/// [`CudaDevice::with_decoder_grid_scale`].
+pub const DECODER_GRID_SCALE_ENV: &str = "LOWBIT_CUDA_DECODER_GRID_SCALE";
 
 /// Environment variable that packs f32 input to the small-M tensor-core decoder once, in a
 /// pass of its own, before the decoder runs (`1`), or in every CTA that stages it (`0`); empty
@@ -401,6 +406,9 @@ pub struct CudaDevice {
     /// The small-M low-rank kernels work out a computed scale themselves
     /// ([`SMALL_INLINE_SCALE_ENV`], [`CudaDevice::with_small_inline_scale`]).
     pub(crate) small_inline_scale: bool,
+    /// The dp4a small-M decoder's grid works out a computed scale itself
+    /// ([`DECODER_GRID_SCALE_ENV`], [`CudaDevice::with_decoder_grid_scale`]).
+    pub(crate) decoder_grid_scale: bool,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
     /// The small-M tensor-core decoder's CTA with i8x4 weights where one is forced
@@ -567,6 +575,7 @@ impl CudaDevice {
             small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, true)?,
+            decoder_grid_scale: env_switch(DECODER_GRID_SCALE_ENV, false)?,
             small,
             small_mma_decoder: env_parse(
                 super::mma::SMALL_DECODER_ENV,
@@ -692,6 +701,23 @@ impl CudaDevice {
     /// See [`CudaDevice::with_small_inline_scale`].
     pub fn small_inline_scale(&self) -> bool {
         self.small_inline_scale
+    }
+    /// Lets (`true`) the dp4a small-M decoder tail (the plan's kernel below
+    /// `SMALL_DECODER_MMA_MIN_M_F32` rows of f32 input) work out the absmean scale of its f32
+    /// input where the scale is computed ([`RawScale::Compute`](super::RawScale)), on compute
+    /// capability 7.0 and up, instead of a reduction kernel before it. Its CTAs, all resident
+    /// at once, split the reduction kernel's blocks among them, meet at a grid barrier and
+    /// each sum the partials as that kernel's last block does: the same scale bits (the first
+    /// CTA writes it to the caller's buffer) and outputs either way, one launch instead of
+    /// two. Off by default (`LOWBIT_CUDA_DECODER_GRID_SCALE=1` turns it on): prepared without
+    /// a card, not yet measured (BENCHMARKS.md, 2026-12-06).
+    pub fn with_decoder_grid_scale(mut self, on: bool) -> Self {
+        self.decoder_grid_scale = on;
+        self
+    }
+    /// See [`CudaDevice::with_decoder_grid_scale`].
+    pub fn decoder_grid_scale(&self) -> bool {
+        self.decoder_grid_scale
     }
     /// The small-M grid shape (overrides `LOWBIT_CUDA_SMALL`; any shape is bit-exact).
     pub fn with_small_shape(mut self, shape: super::tuning::SmallShape) -> Self {

@@ -231,6 +231,14 @@ pub(crate) fn non_null(op: &'static str, what: &'static str, p: u64) -> Result<(
 // The small-M kernels sum x as the reduction's blocks do (`LB_SM_SCALE_BLOCKS`): same size.
 const _: () = assert!(t::THREADS == t::RED_THREADS);
 
+/// The dp4a small-M decoder's grid scale on `blocks` reduction blocks (`lb_grid_scale`).
+fn grid_scale_defines(blocks: u32) -> [(String, String); 2] {
+    [
+        d("LB_SM_GRID_SCALE", blocks),
+        d("LB_RED_MAX_BLOCKS", t::RED_MAX_BLOCKS),
+    ]
+}
+
 fn d(k: &str, v: impl ToString) -> (String, String) {
     (k.to_string(), v.to_string())
 }
@@ -1200,11 +1208,6 @@ impl CudaDevice {
             Path::Int { mode, uns } => (mode, uns),
         };
         let small = m <= t::SMALL_M_MAX;
-        // SAFETY: forwarded contract (y holds y_len f32 when F32).
-        let (scale_ptr, scale_val) =
-            unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
-        p.scale_ptr = scale_ptr;
-        p.scale_param = scale_val;
         let mut mode = mode;
         let mma_small = t2
             || (small
@@ -1213,6 +1216,30 @@ impl CudaDevice {
                 } else {
                     self.mma_small_decoder_ok(shape)
                 });
+        // f32 input with a computed scale on the dp4a small-M kernel: where the device lets it
+        // (`with_decoder_grid_scale`, sm_70+), the kernel's grid works out the scale
+        // (`lb_grid_scale`) on the reduction's blocks, if all of its CTAs fit at once
+        // (checked at the launch below, which else queues the reduction first).
+        let mut grid_scale = match scale {
+            RawScale::Compute(buf)
+                if mode == 2
+                    && small
+                    && !mma_small
+                    && self.decoder_grid_scale
+                    && self.caps.compute_capability >= crate::caps::GRID_BARRIER_MIN_SM =>
+            {
+                non_null(OP, "scale buffer", buf)?;
+                Some((buf, t::red_blocks(shape.y_len())))
+            }
+            _ => None,
+        };
+        let (scale_ptr, scale_val) = match grid_scale {
+            Some((buf, _)) => (buf, 0.0),
+            // SAFETY: forwarded contract (y holds y_len f32 when F32).
+            None => unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? },
+        };
+        p.scale_ptr = scale_ptr;
+        p.scale_param = scale_val;
         if mode == 2 && (!small || (mma_small && self.prepacks_small(t2))) {
             // Large M (and the small-M tensor-core decoder where `prepacks_small`): quantize +
             // pack each element once (not once per column tile).
@@ -1233,7 +1260,11 @@ impl CudaDevice {
             KernelId::DecoderF32,
         ][mode as usize];
         let f = if small {
-            self.function(id, small_defines(mode, uns, m, t::SMALL_CW_DECODER, 2))?
+            let mut defs = small_defines(mode, uns, m, t::SMALL_CW_DECODER, 2);
+            if let Some((_, g)) = grid_scale {
+                defs.extend(grid_scale_defines(g));
+            }
+            self.function(id, defs)?
         } else {
             self.function(
                 id,
@@ -1272,7 +1303,24 @@ impl CudaDevice {
         };
         let splits = heads * sp;
         p.splits_per_head = sp as i32;
+        let f = match grid_scale {
+            // The grid barrier needs every CTA resident at once.
+            Some(_) if col_tiles * splits > slots => {
+                grid_scale = None;
+                // SAFETY: forwarded contract (y holds y_len f32).
+                let (sp, sv) = unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
+                p.scale_ptr = sp;
+                p.scale_param = sv;
+                self.function(id, small_defines(mode, uns, m, t::SMALL_CW_DECODER, 2))?
+            }
+            _ => f,
+        };
         let mut scratch = self.scratch();
+        if grid_scale.is_some() {
+            // absmean_scale's partials, then the grid barrier's word (`lb_grid_scale`).
+            p.partial =
+                self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize + 1)?;
+        }
         if splits > 1 {
             if small {
                 // A zeroed [M][D] accumulator (the kernel leaves it zeroed again).
@@ -1417,6 +1465,16 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 let mut defs = small_defines(2, uns, rows, cw, blocks);
                 defs.push(d("LB_SM_SCALE_BLOCKS", g));
                 v.push((KernelId::LowrankF32, defs));
+            }
+        }
+    }
+    // f32 input whose scale the dp4a small-M decoder's grid works out (LB_SM_GRID_SCALE).
+    for uns in [false, true] {
+        for rows in [1, t::SMALL_M_MAX] {
+            for g in [1, t::RED_MAX_BLOCKS] {
+                let mut defs = small_defines(2, uns, rows, t::SMALL_CW_DECODER, 2);
+                defs.extend(grid_scale_defines(g));
+                v.push((KernelId::DecoderF32, defs));
             }
         }
     }

@@ -23,8 +23,9 @@ pub mod tuning;
 /// The cudarc this backend is built on (name its types through this re-export).
 pub use cudarc;
 pub use device::{
-    BULK_PREFETCH_MAX_M, CudaDevice, FROZEN_WEIGHTS_ENV, KernelFamily, PREFETCH_ENV, Pdl,
-    SMALL_INLINE_SCALE_ENV, SMALL_PREPACK_ENV, TRACE_ENV, TRACE_SLOTS, WeightPrefetch,
+    BULK_PREFETCH_MAX_M, CudaDevice, DECODER_GRID_SCALE_ENV, FROZEN_WEIGHTS_ENV, KernelFamily,
+    PREFETCH_ENV, Pdl, SMALL_INLINE_SCALE_ENV, SMALL_PREPACK_ENV, TRACE_ENV, TRACE_SLOTS,
+    WeightPrefetch,
 };
 pub use launch::{RawAct, RawScale, RawWeights};
 pub use mma::SmallMmaDecoder;
