@@ -136,9 +136,10 @@ __device__ __forceinline__ float lb_absmean_scale(double sum, long long n, int f
 
 // Block b's partial of absmean_scale (quantize.cu) on a grid of `blocks` blocks of this
 // block's size, over x (n f32): each thread's strided run (float4s where x is 16-byte
-// aligned, then the tail) and lb_block_sum's tree, returned to every thread. Coherent loads
-// (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale). `red` holds
-// blockDim.x doubles.
+// aligned, then the tail) and lb_block_sum's tree, returned to every thread, as one pass of
+// lb_inline_absmean's loop computes it (that loop keeps its own copy, as measured on the
+// card, until this one has run there). Coherent loads (ld.global.cg), which stay after
+// griddepcontrol.wait (see lb_scale). `red` holds blockDim.x doubles.
 __device__ __forceinline__ double lb_absmean_block(const float* x, long long n, int fmt, int b,
                                                    int blocks, double* red) {
     const bool pos = fmt == LB_FMT_U8POS;
@@ -158,23 +159,40 @@ __device__ __forceinline__ double lb_absmean_block(const float* x, long long n, 
 }
 
 // The absmean scale of all of x (n f32) worked out by one block, in the order absmean_scale
-// sums it on a grid of `blocks` blocks of this block's size: every block's lb_absmean_block,
-// then thread b sums block b's partial from 0.0 and the tree again. So every block of a
-// small-M low-rank kernel (LB_MS_SCALE_BLOCKS, LB_SM_SCALE_BLOCKS:
-// CudaDevice::with_small_inline_scale), and the two-kernel path, get the same bits. blocks
-// <= 32. In that second tree every value past thread `blocks` is +0.0 and the partials are
-// sums of |x| (never -0.0), so the levels above 32 change nothing and it is warp 0's
-// lb_warp_tree alone; with one block it is that block's sum.
+// (quantize.cu) sums it on a grid of `blocks` blocks of this block's size: per virtual block
+// each thread's strided run (float4s where x is 16-byte aligned, then the tail) and
+// lb_block_sum's tree, then thread b sums block b's partial from 0.0 and the tree again. So
+// every block of a small-M low-rank kernel (LB_MS_SCALE_BLOCKS, LB_SM_SCALE_BLOCKS:
+// CudaDevice::with_small_inline_scale), and the two-kernel path, get the same bits. Coherent
+// loads (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale). `red` holds
+// blockDim.x doubles; blocks <= 32. In that second tree every value past thread `blocks` is
+// +0.0 and the partials are sums of |x| (never -0.0), so the levels above 32 change nothing
+// and it is warp 0's lb_warp_tree alone; with one block it is that block's sum.
 __device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, int fmt,
                                                    int blocks, double* red) {
+    const int tid = threadIdx.x;
+    const bool pos = fmt == LB_FMT_U8POS;
+    const long long n4 = ((unsigned long long)x & 15) == 0 ? n / 4 : 0;
+    const long long stride = (long long)blocks * blockDim.x;
     double part = 0.0;
     for (int b = 0; b < blocks; ++b) {
-        const double sum = lb_absmean_block(x, n, fmt, b, blocks, red);
+        const long long first = b * (long long)blockDim.x + tid;
+        double sum = 0.0;
+        for (long long i = first; i < n4; i += stride) {
+            const float4 v = __ldcg((const float4*)x + i);
+            sum += lb_abs_term(v.x, pos);
+            sum += lb_abs_term(v.y, pos);
+            sum += lb_abs_term(v.z, pos);
+            sum += lb_abs_term(v.w, pos);
+        }
+        for (long long i = 4 * n4 + first; i < n; i += stride)
+            sum += lb_abs_term(__ldcg(x + i), pos);
+        sum = lb_block_sum(sum, red);
         if (blocks == 1) return lb_absmean_scale(sum, n, fmt);
-        if (threadIdx.x == b) part = sum;
+        if (tid == b) part = sum;
     }
     double s = 0.0;
-    if (threadIdx.x < blocks) s += part;
+    if (tid < blocks) s += part;
     return lb_absmean_scale(lb_warp0_total(s, red), n, fmt);
 }
 
@@ -184,7 +202,7 @@ __device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, 
 // behind the block's work: within a launch it moves only after every block has arrived).
 // lb_grid_arrive: one thread per block adds its arrival with a release reduction, which
 // publishes what the block wrote before it, and waits until it sees every block arrived or
-// the generation move on. Block 0 (linear index), once it has seen every block arrive, sets
+// the generation move on. Block 0, once it has seen every block arrive, sets
 // the arrivals back to 0 and moves to the next generation (release). The word thus returns
 // to "no arrivals" within each launch: nothing depends on how many launches came before, so
 // a captured CUDA graph's replays (whose kernel parameters are frozen) wait as its first
@@ -195,14 +213,15 @@ __device__ __forceinline__ unsigned lb_grid_gen(const unsigned long long* bar) {
     asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(bar) : "memory");
     return (unsigned)(v >> 32);
 }
-__device__ __forceinline__ void lb_grid_arrive(unsigned long long* bar, unsigned gen) {
-    const unsigned blocks = gridDim.x * gridDim.y * gridDim.z;
+// `blocks`: the grid's blocks; `first`: this is its block 0.
+__device__ __forceinline__ void lb_grid_arrive(unsigned long long* bar, unsigned gen,
+                                               unsigned blocks, bool first) {
     asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(bar) : "memory");
     unsigned long long seen;
     do {
         asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(seen) : "l"(bar) : "memory");
     } while ((unsigned)(seen >> 32) == gen && (unsigned)seen != blocks);
-    if (blockIdx.x == 0 && blockIdx.y == 0 && blockIdx.z == 0)
+    if (first)
         asm volatile("st.release.gpu.global.u64 [%0], %1;" ::"l"(bar),
                      "l"((unsigned long long)(gen + 1u) << 32)
                      : "memory");
@@ -584,7 +603,7 @@ __device__ __forceinline__ float lb_grid_scale(const LbProblem& p, int blocks, d
         const double sum = lb_absmean_block((const float*)p.a, n, p.fmt, (int)b, blocks, red);
         if (threadIdx.x == 0) partials[b] = sum;
     }
-    if (threadIdx.x == 0) lb_grid_arrive(bar, gen);
+    if (threadIdx.x == 0) lb_grid_arrive(bar, gen, grid, c == 0);
     __syncthreads();
     double s = 0.0;
     for (int b = threadIdx.x; b < blocks; b += blockDim.x) s += __ldcg(partials + b);

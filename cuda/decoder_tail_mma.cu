@@ -131,7 +131,7 @@ extern "C" __global__ void __launch_bounds__(256, 2)
 #pragma unroll
         for (int w = 0; w < 8; ++w) block += warp_sums[w];
         partials[blockIdx.x] = block;
-        lb_grid_arrive(bar, gen);
+        lb_grid_arrive(bar, gen, gridDim.x, blockIdx.x == 0);
     }
     lb_trace_at(1);
     __syncthreads();
