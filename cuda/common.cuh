@@ -1019,21 +1019,19 @@ __device__ __forceinline__ void lb_small_m(const LbProblem& p) {
     const bool early = (p.pf_mode & LB_PF_EARLY) != 0;
     if (early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
     lb_pdl_wait(p.pdl);
+#if defined(LB_SM_SCALE_BLOCKS) || defined(LB_SM_GRID_SCALE)
+    // The scale worked out here while the first weights fly: by this block (lb_inline_scale,
+    // the low-rank projection) or by the grid (lb_grid_scale, the decoder).
+    static_assert(MODE == LB_A_F32, "computed scale: f32 input");
+    if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
+    __shared__ double scale_red[LB_THREADS];
 #if defined(LB_SM_SCALE_BLOCKS)
-    // The scale worked out here (lb_inline_scale) while the first weights fly.
-    static_assert(MODE == LB_A_F32, "inline scale: f32 input");
     static_assert(LB_SM_SCALE_BLOCKS >= 1 && LB_SM_SCALE_BLOCKS <= 32, "scale blocks");
-    if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
-    __shared__ double scale_red[LB_THREADS];
     const float a_scale = lb_inline_scale(p, LB_SM_SCALE_BLOCKS, scale_red);
-#define LB_SM_A_SCALE a_scale
-#elif defined(LB_SM_GRID_SCALE)
-    // The decoder's scale worked out by the grid (lb_grid_scale) while the first weights fly.
-    static_assert(MODE == LB_A_F32, "grid scale: f32 input");
+#else
     static_assert(LB_SM_GRID_SCALE >= 1 && LB_SM_GRID_SCALE <= LB_RED_MAX_BLOCKS, "scale blocks");
-    if (!early && sp.kw0 < sp.kw1) load_b(sp.kw0, kli, min(LB_SM_KC, sp.kw1 - sp.kw0));
-    __shared__ double scale_red[LB_THREADS];
     const float a_scale = lb_grid_scale(p, LB_SM_GRID_SCALE, scale_red);
+#endif
 #define LB_SM_A_SCALE a_scale
 #else
 #define LB_SM_A_SCALE lb_scale(p.scale_ptr, p.scale_param)
