@@ -134,18 +134,11 @@ __device__ __forceinline__ float lb_absmean_scale(double sum, long long n, int f
     return fmaxf(__fdiv_rn(fmaxf(2.0f * mean, LB_EPS), lb_qmax(fmt)), LB_EPS);
 }
 
-// Block b's partial of absmean_scale (quantize.cu) on a grid of `blocks` blocks of this
-// block's size, over x (n f32): each thread's strided run (float4s where x is 16-byte
-// aligned, then the tail) and lb_block_sum's tree, returned to every thread, as one pass of
-// lb_inline_absmean's loop computes it (that loop keeps its own copy, as measured on the
-// card, until this one has run there). Coherent loads (ld.global.cg), which stay after
-// griddepcontrol.wait (see lb_scale). `red` holds blockDim.x doubles.
-__device__ __forceinline__ double lb_absmean_block(const float* x, long long n, int fmt, int b,
-                                                   int blocks, double* red) {
-    const bool pos = fmt == LB_FMT_U8POS;
-    const long long n4 = ((unsigned long long)x & 15) == 0 ? n / 4 : 0;
-    const long long stride = (long long)blocks * blockDim.x;
-    const long long first = b * (long long)blockDim.x + threadIdx.x;
+// One thread's strided run of absmean_scale's sum (quantize.cu) over x (n f32) from element
+// `first` on: float4s (n4 of them, lb_absmean_n4), then the tail. Coherent loads
+// (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale).
+__device__ __forceinline__ double lb_absmean_run(const float* x, long long n, long long n4,
+                                                 long long stride, long long first, bool pos) {
     double sum = 0.0;
     for (long long i = first; i < n4; i += stride) {
         const float4 v = __ldcg((const float4*)x + i);
@@ -155,38 +148,45 @@ __device__ __forceinline__ double lb_absmean_block(const float* x, long long n, 
         sum += lb_abs_term(v.w, pos);
     }
     for (long long i = 4 * n4 + first; i < n; i += stride) sum += lb_abs_term(__ldcg(x + i), pos);
+    return sum;
+}
+
+// x's float4 count for lb_absmean_run: n / 4 where x is 16-byte aligned, else none.
+__device__ __forceinline__ long long lb_absmean_n4(const float* x, long long n) {
+    return ((unsigned long long)x & 15) == 0 ? n / 4 : 0;
+}
+
+// Block b's partial of absmean_scale on a grid of `blocks` blocks of this block's size:
+// each thread's run and lb_block_sum's tree, returned to every thread. `red` holds
+// blockDim.x doubles.
+__device__ __forceinline__ double lb_absmean_block(const float* x, long long n, int fmt, int b,
+                                                   int blocks, double* red) {
+    const long long stride = (long long)blocks * blockDim.x;
+    const long long first = b * (long long)blockDim.x + threadIdx.x;
+    const double sum = lb_absmean_run(x, n, lb_absmean_n4(x, n), stride, first,
+                                      fmt == LB_FMT_U8POS);
     return lb_block_sum(sum, red);
 }
 
 // The absmean scale of all of x (n f32) worked out by one block, in the order absmean_scale
 // (quantize.cu) sums it on a grid of `blocks` blocks of this block's size: per virtual block
-// each thread's strided run (float4s where x is 16-byte aligned, then the tail) and
-// lb_block_sum's tree, then thread b sums block b's partial from 0.0 and the tree again. So
-// every block of a small-M low-rank kernel (LB_MS_SCALE_BLOCKS, LB_SM_SCALE_BLOCKS:
-// CudaDevice::with_small_inline_scale), and the two-kernel path, get the same bits. Coherent
-// loads (ld.global.cg), which stay after griddepcontrol.wait (see lb_scale). `red` holds
-// blockDim.x doubles; blocks <= 32. In that second tree every value past thread `blocks` is
+// each thread's run (lb_absmean_run) and lb_block_sum's tree, as lb_absmean_block, then
+// thread b sums block b's partial from 0.0 and the tree again. So every block of a small-M
+// low-rank kernel (LB_MS_SCALE_BLOCKS, LB_SM_SCALE_BLOCKS:
+// CudaDevice::with_small_inline_scale), and the two-kernel path, get the same bits. `red`
+// holds blockDim.x doubles; blocks <= 32. In that second tree every value past thread `blocks` is
 // +0.0 and the partials are sums of |x| (never -0.0), so the levels above 32 change nothing
 // and it is warp 0's lb_warp_tree alone; with one block it is that block's sum.
 __device__ __forceinline__ float lb_inline_absmean(const float* x, long long n, int fmt,
                                                    int blocks, double* red) {
     const int tid = threadIdx.x;
     const bool pos = fmt == LB_FMT_U8POS;
-    const long long n4 = ((unsigned long long)x & 15) == 0 ? n / 4 : 0;
+    const long long n4 = lb_absmean_n4(x, n);
     const long long stride = (long long)blocks * blockDim.x;
     double part = 0.0;
     for (int b = 0; b < blocks; ++b) {
         const long long first = b * (long long)blockDim.x + tid;
-        double sum = 0.0;
-        for (long long i = first; i < n4; i += stride) {
-            const float4 v = __ldcg((const float4*)x + i);
-            sum += lb_abs_term(v.x, pos);
-            sum += lb_abs_term(v.y, pos);
-            sum += lb_abs_term(v.z, pos);
-            sum += lb_abs_term(v.w, pos);
-        }
-        for (long long i = 4 * n4 + first; i < n; i += stride)
-            sum += lb_abs_term(__ldcg(x + i), pos);
+        double sum = lb_absmean_run(x, n, n4, stride, first, pos);
         sum = lb_block_sum(sum, red);
         if (blocks == 1) return lb_absmean_scale(sum, n, fmt);
         if (tid == b) part = sum;
