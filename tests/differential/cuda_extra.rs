@@ -72,6 +72,24 @@ fn with_raw<R>(
     f(xp, wp, sp, op)
 }
 
+/// Uploads f32 input `x` and weight words `w`, poisons a one-float scale buffer and an
+/// `out_len` f32 output with NaN, runs `f(x, w, scale, out)` on their device addresses and
+/// returns the scale and output read back.
+fn run_raw_f32(
+    dev: &CudaDevice,
+    x: &[f32],
+    w: &[u32],
+    out_len: usize,
+    f: impl FnOnce(u64, u64, u64, u64),
+) -> (f32, Vec<f32>) {
+    let xd = dev.upload(x).unwrap();
+    let wd = dev.upload(w).unwrap();
+    let mut sd = dev.upload(&[f32::NAN]).unwrap();
+    let mut od = dev.upload(&vec![f32::NAN; out_len]).unwrap();
+    with_raw(dev, &xd, &wd, &mut sd, &mut od, f);
+    (dev.download(&sd).unwrap()[0], dev.download(&od).unwrap())
+}
+
 struct Lowrank {
     shape: LowrankShape,
     w_codes: Vec<i8>,
@@ -731,11 +749,7 @@ fn small_inline_scale_pair(module: &str, two: &CudaDevice, one: &CudaDevice) {
                 shape.x_shape()
             );
             let run = |dev: &CudaDevice| -> (f32, Vec<f32>) {
-                let xd = dev.upload(&x).unwrap();
-                let wd = dev.upload(&w_words).unwrap();
-                let mut sd = dev.upload(&[f32::NAN]).unwrap();
-                let mut od = dev.upload(&vec![f32::NAN; shape.out_len()]).unwrap();
-                with_raw(dev, &xd, &wd, &mut sd, &mut od, |xp, wp, sp, op| {
+                run_raw_f32(dev, &x, &w_words, shape.out_len(), |xp, wp, sp, op| {
                     // SAFETY: live allocations of this context: x holds x_len floats past
                     // `off`, the weights and output the shape's extents, the scale one float.
                     unsafe {
@@ -752,8 +766,7 @@ fn small_inline_scale_pair(module: &str, two: &CudaDevice, one: &CudaDevice) {
                         )
                     }
                     .unwrap();
-                });
-                (dev.download(&sd).unwrap()[0], dev.download(&od).unwrap())
+                })
             };
             let (s_one, o_one) = run(one);
             let (s_two, o_two) = run(two);
@@ -787,11 +800,7 @@ fn raw_pointer_entry_points() {
     let mut rng = Rng::new(7);
     let p = lowrank_problem(&mut rng, 21, 3, 40, 50);
     let x = rng.normals(p.shape.x_len(), 1.0);
-    let xd = dev.upload(&x).unwrap();
-    let wd = dev.upload(&p.w_words).unwrap();
-    let mut sd = dev.upload(&[f32::NAN]).unwrap();
-    let mut od = dev.upload(&vec![f32::NAN; p.shape.out_len()]).unwrap();
-    with_raw(&dev, &xd, &wd, &mut sd, &mut od, |xp, wp, sp, op| {
+    let (a, out) = run_raw_f32(&dev, &x, &p.w_words, p.shape.out_len(), |xp, wp, sp, op| {
         // SAFETY: every address is a live allocation of this context with the shape's extent.
         unsafe {
             dev.lowrank_raw(
@@ -826,11 +835,10 @@ fn raw_pointer_entry_points() {
             );
         }
     });
-    let a = dev.download(&sd).unwrap()[0];
     let codes = codes_of(&x, Fmt::Int8, a);
     let expected =
         reference::lowrank_projection_codes(&p.shape, &codes, &p.w_codes, a, p.w_scale).unwrap();
-    assert_exact("raw lowrank", &expected, &dev.download(&od).unwrap());
+    assert_exact("raw lowrank", &expected, &out);
 }
 
 /// BDH-sized shapes once each (tiled lowrank, split-K decoder), fused from f32.
@@ -1105,11 +1113,7 @@ fn small_decoder_grid_scale_same_bits() {
             };
             let what = format!("M {m} H {heads} L {l} D {dd} {fmt:?} offset {off} relu {relu}");
             let run = |dev: &CudaDevice| -> (f32, Vec<f32>) {
-                let yd = dev.upload(&y).unwrap();
-                let wd = dev.upload(&w_words).unwrap();
-                let mut sd = dev.upload(&[f32::NAN]).unwrap();
-                let mut od = dev.upload(&vec![f32::NAN; shape.out_len()]).unwrap();
-                with_raw(dev, &yd, &wd, &mut sd, &mut od, |yp, wp, sp, op| {
+                run_raw_f32(dev, &y, &w_words, shape.out_len(), |yp, wp, sp, op| {
                     // SAFETY: live allocations of this context: y holds y_len floats past
                     // `off`, the weights and output the shape's extents, the scale one float.
                     unsafe {
@@ -1126,8 +1130,7 @@ fn small_decoder_grid_scale_same_bits() {
                         )
                     }
                     .unwrap();
-                });
-                (dev.download(&sd).unwrap()[0], dev.download(&od).unwrap())
+                })
             };
             let (s_one, o_one) = run(&one);
             let (s_two, o_two) = run(&two);
