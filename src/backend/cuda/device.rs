@@ -184,7 +184,7 @@ pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 pub const SMALL_INLINE_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_INLINE_SCALE";
 
 /// Environment variable that lets the dp4a small-M decoder's grid work out the absmean scale
-/// of its f32 input itself (`1`; empty or `0`: a reduction kernel first, the default): see
+/// of its f32 input itself (empty or `1`: on, the default; `0`: a reduction kernel first): see
 /// [`CudaDevice::with_decoder_grid_scale`].
 pub const DECODER_GRID_SCALE_ENV: &str = "LOWBIT_CUDA_DECODER_GRID_SCALE";
 
@@ -575,7 +575,7 @@ impl CudaDevice {
             small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, true)?,
-            decoder_grid_scale: env_switch(DECODER_GRID_SCALE_ENV, false)?,
+            decoder_grid_scale: env_switch(DECODER_GRID_SCALE_ENV, true)?,
             small,
             small_mma_decoder: env_parse(
                 super::mma::SMALL_DECODER_ENV,
@@ -706,11 +706,14 @@ impl CudaDevice {
     /// `SMALL_DECODER_MMA_MIN_M_F32` rows of f32 input) work out the absmean scale of its f32
     /// input where the scale is computed ([`RawScale::Compute`](super::RawScale)), on compute
     /// capability 7.0 and up, instead of a reduction kernel before it. Its CTAs, all resident
-    /// at once, split the reduction kernel's blocks among them, meet at a grid barrier and
-    /// each sum the partials as that kernel's last block does: the same scale bits (the first
-    /// CTA writes it to the caller's buffer) and outputs either way, one launch instead of
-    /// two. Off by default (`LOWBIT_CUDA_DECODER_GRID_SCALE=1` turns it on): prepared without
-    /// a card, not yet measured (BENCHMARKS.md, 2026-12-06).
+    /// at once (a cooperative launch, so the driver checks it; where it cannot hold the grid,
+    /// the reduction kernel runs first), split the reduction kernel's blocks among them, meet
+    /// at a grid barrier and each sum the partials as that kernel's last block does: the same
+    /// scale bits (the first CTA writes it to the caller's buffer) and outputs either way, one
+    /// launch instead of two. On by default (`LOWBIT_CUDA_DECODER_GRID_SCALE=0` turns it
+    /// off): H100, BDH shape, graph replay, i8x4 weights, M = 1 / 2 / 4 / 8, 8.10–8.11 /
+    /// 8.67–8.68 / 9.53 / 11.00–11.01 µs with the reduction kernel first, 7.80 / 8.26 / 9.02 /
+    /// 10.42–10.44 µs on the grid (BENCHMARKS.md, 2026-12-06).
     pub fn with_decoder_grid_scale(mut self, on: bool) -> Self {
         self.decoder_grid_scale = on;
         self
