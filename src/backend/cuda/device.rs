@@ -409,6 +409,9 @@ pub struct CudaDevice {
     /// The dp4a small-M decoder's grid works out a computed scale itself
     /// ([`DECODER_GRID_SCALE_ENV`], [`CudaDevice::with_decoder_grid_scale`]).
     pub(crate) decoder_grid_scale: bool,
+    /// SMs this context's kernels may occupy at once ([`coresident_sms`]): what a kernel with
+    /// a grid barrier must fit in.
+    pub(crate) coresident_sms: u32,
     /// Grid shape of the small-M kernels (`LOWBIT_CUDA_SMALL`).
     pub(crate) small: super::tuning::SmallShape,
     /// The small-M tensor-core decoder's CTA with i8x4 weights where one is forced
@@ -443,6 +446,38 @@ fn unavailable(reason: impl Into<String>) -> LowbitError {
     LowbitError::BackendUnavailable {
         backend: BackendKind::Cuda,
         reason: reason.into(),
+    }
+}
+
+/// SMs that `ctx`'s kernels may occupy at once: under MPS with an active thread percentage
+/// (the context's execution affinity, `cuCtxGetExecAffinity`) fewer than the device's `sms`;
+/// `sms` where the driver cannot say.
+fn coresident_sms(ctx: &CudaContext, sms: u32) -> u32 {
+    use cudarc::driver::sys;
+    let query = || {
+        ctx.bind_to_thread().ok()?;
+        let mut aff = sys::CUexecAffinityParam {
+            type_: sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,
+            param: sys::CUexecAffinityParam_st__bindgen_ty_1 {
+                smCount: sys::CUexecAffinitySmCount { val: 0 },
+            },
+        };
+        // SAFETY: `aff` is a valid out-parameter of the type asked for; the context is bound.
+        unsafe {
+            sys::cuCtxGetExecAffinity(
+                &mut aff,
+                sys::CUexecAffinityType::CU_EXEC_AFFINITY_TYPE_SM_COUNT,
+            )
+        }
+        .result()
+        .ok()?;
+        // SAFETY: the driver filled the SM-count member, the one asked for.
+        Some(unsafe { aff.param.smCount.val })
+    };
+    // A driver without the entry point makes the dynamic loader panic: the device's count.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(query)) {
+        Ok(Some(n)) if n > 0 => n.min(sms),
+        _ => sms,
     }
 }
 
@@ -540,6 +575,7 @@ impl CudaDevice {
         } else {
             0
         };
+        let coresident_sms = coresident_sms(&ctx, caps.multiprocessors);
         Ok(Self {
             ctx,
             stream,
@@ -576,6 +612,7 @@ impl CudaDevice {
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, true)?,
             decoder_grid_scale: env_switch(DECODER_GRID_SCALE_ENV, true)?,
+            coresident_sms,
             small,
             small_mma_decoder: env_parse(
                 super::mma::SMALL_DECODER_ENV,
@@ -706,11 +743,14 @@ impl CudaDevice {
     /// `SMALL_DECODER_MMA_MIN_M_F32` rows of f32 input) work out the absmean scale of its f32
     /// input where the scale is computed ([`RawScale::Compute`](super::RawScale)), on compute
     /// capability 7.0 and up, instead of a reduction kernel before it. Its CTAs, all resident
-    /// at once (a cooperative launch, so the driver checks it; where it cannot hold the grid,
-    /// the reduction kernel runs first), split the reduction kernel's blocks among them, meet
-    /// at a grid barrier and each sum the partials as that kernel's last block does: the same
-    /// scale bits (the first CTA writes it to the caller's buffer) and outputs either way, one
-    /// launch instead of two. On by default (`LOWBIT_CUDA_DECODER_GRID_SCALE=0` turns it
+    /// at once, split the reduction kernel's blocks among them, meet at a grid barrier and
+    /// each sum the partials as that kernel's last block does: the same scale bits (the first
+    /// CTA writes it to the caller's buffer) and outputs either way, one launch instead of
+    /// two. The host counts the CTAs against the SMs this context may use (fewer under MPS
+    /// with an active thread percentage) and runs the reduction kernel first where they do
+    /// not fit; the launch is not cooperative, which cost 0.5–0.9 µs under PDL on the H100.
+    /// A kernel of another stream that holds SMs until this op's results arrive could keep
+    /// some CTAs from starting: turn the option off there. On by default (`LOWBIT_CUDA_DECODER_GRID_SCALE=0` turns it
     /// off): H100, BDH shape, graph replay, i8x4 weights, M = 1 / 2 / 4 / 8, 8.10–8.11 /
     /// 8.67–8.68 / 9.53 / 11.00–11.01 µs with the reduction kernel first, 7.80 / 8.26 / 9.02 /
     /// 10.42–10.44 µs on the grid (BENCHMARKS.md, 2026-12-06).
@@ -1127,7 +1167,15 @@ mod tests {
     fn probe_and_open_never_panic() {
         // Without a driver (CI, this machine) both report; with one, both succeed.
         match super::super::probe() {
-            crate::caps::BackendProbe::Available(c) => assert!(!c.devices.is_empty()),
+            crate::caps::BackendProbe::Available(c) => {
+                assert!(!c.devices.is_empty());
+                // Without MPS limits, this context may use every SM at once.
+                if let Ok(dev) = CudaDevice::new(0)
+                    && std::env::var_os("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE").is_none()
+                {
+                    assert_eq!(dev.coresident_sms, dev.caps.multiprocessors);
+                }
+            }
             other => {
                 assert!(!other.status().is_empty());
                 assert!(matches!(

@@ -418,27 +418,6 @@ impl CudaDevice {
         small: bool,
         t2: bool,
     ) -> Result<()> {
-        // SAFETY: per the caller's contract.
-        unsafe { self.launch_lb_ex(f, c, p, what, small, t2, false) }.map(|_| ())
-    }
-
-    /// [`CudaDevice::launch_lb`], also cooperative where `cooperative` (a kernel with a grid
-    /// barrier: the driver starts it only with every block resident at once). Returns
-    /// `Ok(false)`, having queued nothing, when the device cannot hold that grid at once.
-    ///
-    /// # Safety
-    /// As [`CudaDevice::launch_lb`].
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn launch_lb_ex(
-        &self,
-        f: &CudaFunction,
-        c: LaunchConfig,
-        p: &LbProblem,
-        what: &str,
-        small: bool,
-        t2: bool,
-        cooperative: bool,
-    ) -> Result<bool> {
         let early = self.loads_weights_early();
         let (pdl, pf_mode) = small_launch(
             small,
@@ -454,28 +433,17 @@ impl CudaDevice {
             ..*p
         };
         let context = format!("cuLaunchKernel ({what})");
-        if pdl == Pdl::Off && !cooperative {
+        if pdl == Pdl::Off {
             let mut b = self.stream.launch_builder(f);
             b.arg(p);
             // SAFETY: per the caller's contract.
             unsafe { b.launch(c) }.map_err(drv(context))?;
-            return Ok(true);
+            return Ok(());
         }
         let mut params = [p as *const LbProblem as *mut std::ffi::c_void];
-        let mut attrs = Vec::with_capacity(2);
-        if pdl != Pdl::Off {
-            attrs.push(programmatic_attr());
-        }
-        if cooperative {
-            attrs.push(cooperative_attr());
-        }
         // SAFETY: `params` holds the address of the kernel's one parameter; the rest per the
         // caller's contract.
-        match unsafe { self.launch_ex(f, c, &mut params, &mut attrs) } {
-            Ok(()) => Ok(true),
-            Err(e) if cooperative && too_large(&e) => Ok(false),
-            Err(e) => Err(drv(context)(e)),
-        }
+        unsafe { self.launch_programmatic(f, c, &mut params, &context) }
     }
 
     /// Queues `f` with programmatic stream serialization allowed (`cuLaunchKernelEx`): it may
@@ -493,9 +461,16 @@ impl CudaDevice {
         params: &mut [*mut std::ffi::c_void],
         context: &str,
     ) -> Result<()> {
+        use cudarc::driver::sys;
+        let attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
         // SAFETY: per the caller's contract.
-        unsafe { self.launch_ex(f, c, params, &mut [programmatic_attr()]) }
-            .map_err(drv(context.to_string()))
+        unsafe { self.launch_ex(f, c, params, attr) }.map_err(drv(context.to_string()))
     }
 
     /// Queues `f` with an L2 access policy window that marks `bytes` at `base` (device
@@ -528,7 +503,7 @@ impl CudaDevice {
             },
         };
         // SAFETY: per the caller's contract.
-        unsafe { self.launch_ex(f, c, params, &mut [attr]) }
+        unsafe { self.launch_ex(f, c, params, attr) }
     }
 
     /// Queues `f` as a cooperative launch: the driver starts it only with every block
@@ -544,28 +519,34 @@ impl CudaDevice {
         params: &mut [*mut std::ffi::c_void],
         context: &str,
     ) -> Result<bool> {
+        use cudarc::driver::sys;
+        let attr = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue { cooperative: 1 },
+        };
         // SAFETY: per the caller's contract.
-        match unsafe { self.launch_ex(f, c, params, &mut [cooperative_attr()]) } {
+        match unsafe { self.launch_ex(f, c, params, attr) } {
             Ok(()) => Ok(true),
-            Err(e) if too_large(&e) => Ok(false),
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE => Ok(false),
             Err(e) => Err(drv(context.to_string())(e)),
         }
     }
 
-    /// `cuLaunchKernelEx` of `f` on this device's stream with launch attributes `attrs`.
+    /// `cuLaunchKernelEx` of `f` on this device's stream with one launch attribute.
     ///
     /// # Safety
-    /// As [`CudaDevice::launch_programmatic`]; what `attrs` ask of the kernel is its own.
+    /// As [`CudaDevice::launch_programmatic`]; what `attr` asks of the kernel is its own.
     unsafe fn launch_ex(
         &self,
         f: &CudaFunction,
         c: LaunchConfig,
         params: &mut [*mut std::ffi::c_void],
-        attrs: &mut [cudarc::driver::sys::CUlaunchAttribute],
+        mut attr: cudarc::driver::sys::CUlaunchAttribute,
     ) -> std::result::Result<(), cudarc::driver::DriverError> {
         use cudarc::driver::sys;
         self.ctx.bind_to_thread()?;
-        let config = self.cu_config(c, attrs);
+        let config = self.cu_config(c, std::slice::from_mut(&mut attr));
         // SAFETY: per the caller's contract.
         unsafe {
             sys::cuLaunchKernelEx(
@@ -1237,8 +1218,8 @@ impl CudaDevice {
                 });
         // f32 input with a computed scale on the dp4a small-M kernel: where the device lets it
         // (`with_decoder_grid_scale`, sm_70+), the kernel's grid works out the scale
-        // (`lb_grid_scale`) on the reduction's blocks, if all of its CTAs fit at once
-        // (checked at the launch below, which else queues the reduction first).
+        // (`lb_grid_scale`) on the reduction's blocks, if all of its CTAs fit at once on the
+        // SMs this context may use (checked below, which else queues the reduction first).
         let mut grid_scale = match scale {
             RawScale::Compute(buf)
                 if mode == 2
@@ -1322,20 +1303,17 @@ impl CudaDevice {
         };
         let splits = heads * sp;
         p.splits_per_head = sp as i32;
-        // Without the grid scale: the scale queued first (absmean_scale), then the kernel
-        // that reads it.
-        let plain_scale = |p: &mut LbProblem| -> Result<CudaFunction> {
-            // SAFETY: forwarded contract (y holds y_len f32).
-            let (sp, sv) = unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
-            p.scale_ptr = sp;
-            p.scale_param = sv;
-            self.function(id, small_defines(mode, uns, m, t::SMALL_CW_DECODER, 2))
-        };
+        // The grid barrier needs every CTA resident at once, on the SMs this context may use.
+        let coresident =
+            slots / self.caps.multiprocessors.max(1) as usize * self.coresident_sms.max(1) as usize;
         let f = match grid_scale {
-            // The grid barrier needs every CTA resident at once.
-            Some(_) if col_tiles * splits > slots => {
+            Some(_) if col_tiles * splits > coresident => {
                 grid_scale = None;
-                plain_scale(&mut p)?
+                // SAFETY: forwarded contract (y holds y_len f32).
+                let (sp, sv) = unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };
+                p.scale_ptr = sp;
+                p.scale_param = sv;
+                self.function(id, small_defines(mode, uns, m, t::SMALL_CW_DECODER, 2))?
             }
             _ => f,
         };
@@ -1355,20 +1333,7 @@ impl CudaDevice {
         }
         drop(scratch);
         if small {
-            let grid = (col_tiles as u32, splits as u32, 1);
-            if grid_scale.is_some() {
-                // Cooperative as well: the driver, not only the occupancy count above, holds
-                // the grid to blocks that are all resident at once.
-                // SAFETY: as `launch_problem`'s; the partials and the barrier word (left with
-                // no arrivals by every launch) were allocated above.
-                let c = cfg(grid, t::THREADS);
-                if unsafe { self.launch_lb_ex(&f, c, &p, "projection", true, false, true)? } {
-                    return Ok(());
-                }
-                let f = plain_scale(&mut p)?;
-                return self.launch_problem(&f, grid, &p, true);
-            }
-            self.launch_problem(&f, grid, &p, true)
+            self.launch_problem(&f, (col_tiles as u32, splits as u32, 1), &p, true)
         } else {
             let grid = (col_tiles as u32, ceil_u32(m, tile.bm), splits as u32);
             self.launch_problem(&f, grid, &p, false)?;
@@ -1535,33 +1500,6 @@ pub fn module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     v.push((KernelId::CopyBandwidth, Vec::new()));
     v.push((KernelId::StreamRead, Vec::new()));
     v
-}
-
-/// The launch attribute that allows programmatic stream serialization (PDL).
-fn programmatic_attr() -> cudarc::driver::sys::CUlaunchAttribute {
-    use cudarc::driver::sys;
-    sys::CUlaunchAttribute {
-        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-        pad: [0; 4],
-        value: sys::CUlaunchAttributeValue {
-            programmaticStreamSerializationAllowed: 1,
-        },
-    }
-}
-
-/// The launch attribute of a cooperative launch (every block resident at once).
-fn cooperative_attr() -> cudarc::driver::sys::CUlaunchAttribute {
-    use cudarc::driver::sys;
-    sys::CUlaunchAttribute {
-        id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
-        pad: [0; 4],
-        value: sys::CUlaunchAttributeValue { cooperative: 1 },
-    }
-}
-
-/// Whether a cooperative launch failed because the device cannot hold its grid at once.
-fn too_large(e: &cudarc::driver::DriverError) -> bool {
-    e.0 == cudarc::driver::sys::CUresult::CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE
 }
 
 /// How `launch_lb` launches a kernel, and its `pf_mode`: a small-M kernel (`small`) under the
