@@ -393,26 +393,51 @@ fn small_m_frozen_weights() {
 
 /// f32 input to the small-M tensor-core decoder packed each way against the default
 /// (`CudaDevice::with_small_prepack`; by default once beforehand for i8x4 weights, by every CTA
-/// for ternary2): i8x4 staged by the CTAs, ternary2 packed once; every input variant, epilogue
-/// and the edge data. Packed once, the decoder compiled no f32-staging variant.
+/// for ternary2): i8x4 staged by the CTAs, ternary2 packed once, each also packed once without
+/// the fused scale (`with_fused_scale(false)`: `absmean_scale` and `quantize_pack_i8x4`
+/// instead of `mma_prep_scale_a`), and i8x4 packed with it (the default, named); every input
+/// variant, epilogue and the edge data. Packed once, the decoder compiled no f32-staging
+/// variant; on i8x4 weights (whose cases are all M ≤ 16), `mma_prep_scale_a`'s module was
+/// compiled where packed with the fused scale, and else not.
 #[test]
 fn small_decoder_f32_packing_each_way() {
     static I8_STAGED: Cell = OnceLock::new();
     static T2_PACKED: Cell = OnceLock::new();
-    for (cell, t2, prepack) in [(&I8_STAGED, false, false), (&T2_PACKED, true, true)] {
-        let Some(b) = small_cases_on(cell, t2, |d| d.with_small_prepack(Some(prepack))) else {
+    static I8_TWO: Cell = OnceLock::new();
+    static T2_TWO: Cell = OnceLock::new();
+    static I8_FUSED: Cell = OnceLock::new();
+    for (cell, t2, prepack, fused) in [
+        (&I8_STAGED, false, false, true),
+        (&I8_FUSED, false, true, true),
+        (&T2_PACKED, true, true, true),
+        (&I8_TWO, false, true, false),
+        (&T2_TWO, true, true, false),
+    ] {
+        let Some(b) = small_cases_on(cell, t2, |d| {
+            d.with_small_prepack(Some(prepack)).with_fused_scale(fused)
+        }) else {
             return;
         };
         assert_eq!(b.device().small_prepack(), Some(prepack));
-        let staged = b.device().compile_logs().iter().any(|(m, _)| {
-            m.starts_with("decoder_tail_mma.cu")
-                && m.contains("LB_MMA_SMALL=1")
-                && m.contains("LB_MODE=2")
-        });
+        let compiled = |needle: &str| {
+            b.device().compile_logs().iter().any(|(m, _)| {
+                m.starts_with("decoder_tail_mma.cu")
+                    && m.contains(needle)
+                    && m.contains("LB_MODE=2")
+            })
+        };
         assert_eq!(
-            staged, !prepack,
+            compiled("LB_MMA_SMALL=1"),
+            !prepack,
             "t2 {t2}: the small-M decoder staged f32 itself"
         );
+        if !t2 {
+            assert_eq!(
+                compiled("LB_MMA_PREP=1"),
+                prepack && fused,
+                "fused {fused}: mma_prep_scale_a packed the f32 input"
+            );
+        }
     }
 }
 

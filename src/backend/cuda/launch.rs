@@ -1233,17 +1233,33 @@ impl CudaDevice {
             }
             _ => None,
         };
-        let (scale_ptr, scale_val) = match grid_scale {
-            Some((buf, _)) => (buf, 0.0),
+        let rows = shape.batch * heads * shape.time;
+        let small_prepack = mode == 2 && mma_small && self.prepacks_small(t2);
+        // f32 input that the small-M tensor-core decoder takes packed, with a computed scale:
+        // the scale and the packing in one launch where the device lets it
+        // (`mma_prep_scale_a`, `with_fused_scale`).
+        let fused = if small_prepack {
+            // SAFETY: forwarded contract (y holds y_len f32).
+            unsafe { self.small_prep_scaled(&p, rows, lw, shape.y_len(), scale)? }
+        } else {
+            None
+        };
+        let (scale_ptr, scale_val) = match (fused, grid_scale) {
+            (Some((_, _, buf)), _) | (None, Some((buf, _))) => (buf, 0.0),
             // SAFETY: forwarded contract (y holds y_len f32 when F32).
-            None => unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? },
+            (None, None) => unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? },
         };
         p.scale_ptr = scale_ptr;
         p.scale_param = scale_val;
-        if mode == 2 && (!small || (mma_small && self.prepacks_small(t2))) {
+        if let Some((words, ldo, _)) = fused {
+            p.a = words;
+            p.lda = ldo as i64;
+            p.a_kvalid = lw as i64;
+            p.a_vec = 1;
+            mode = 0;
+        } else if mode == 2 && (!small || small_prepack) {
             // Large M (and the small-M tensor-core decoder where `prepacks_small`): quantize +
             // pack each element once (not once per column tile).
-            let rows = shape.batch * heads * shape.time;
             // SAFETY: forwarded contract (y holds rows * L f32).
             p.a = unsafe { self.prepack_f32(y, rows, shape.latent, p.fmt, scale_ptr, scale_val)? };
             p.lda = lw as i64;

@@ -1745,6 +1745,32 @@ impl CudaDevice {
         Ok((dst, ldo))
     }
 
+    /// [`CudaDevice::mma_prep_scaled`] for the f32 input `p.a` (whole rows of `p.lda` floats)
+    /// of the small-M tensor-core decoder, which it packs beforehand: `rows` rows of `kw`
+    /// words, `n` floats in all.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::mma_prep_scaled`]; `p.a` holds `n` f32 of this context.
+    pub(crate) unsafe fn small_prep_scaled(
+        &self,
+        p: &super::launch::LbProblem,
+        rows: usize,
+        kw: usize,
+        n: usize,
+        scale: RawScale,
+    ) -> Result<Option<(u64, usize, u64)>> {
+        let m = LbMma {
+            a: p.a,
+            lda: p.lda,
+            a_kvalid: p.a_kvalid,
+            fmt: p.fmt,
+            a_vec: p.a_vec,
+            ..Default::default()
+        };
+        // SAFETY: forwarded contract.
+        unsafe { self.mma_prep_scaled(&m, MODE_F32, rows, kw, n, scale) }
+    }
+
     /// For f32 input (`mode` [`MODE_F32`]) with a computed scale: the absmean scale into `Compute`'s
     /// buffer and `mma_prep`'s packing in one cooperative launch of `mma_prep_scale_a`.
     /// Returns the scratch address, its row length and the scale buffer, or `None` with
