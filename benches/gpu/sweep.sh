@@ -74,7 +74,7 @@
 # inlinescale: f32 input with a computed scale at M <= 16, the low-rank kernel working out the
 # scale itself (LOWBIT_CUDA_SMALL_INLINE_SCALE=1) against the reduction kernel first, with and
 # without frozen weights; its tests first. gridscale: the same for the dp4a small-M decoder
-# (LOWBIT_CUDA_DECODER_GRID_SCALE, M = 1..8, where f32 input takes it), its tests first.
+# (LOWBIT_CUDA_DECODER_GRID_SCALE, M = 1..8 on the dp4a family), its tests first.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -415,8 +415,9 @@ if has gridscale; then
   for round in 1 2; do
     for fz in 0 1; do
       for gs in 0 1; do
-        LOWBIT_CUDA_DECODER_GRID_SCALE=$gs LOWBIT_CUDA_FROZEN_WEIGHTS=$fz bench \
-          "decoder f32 in, i8x4, grid scale $gs, frozen $fz, round $round" --backend cuda \
+        # The dp4a family: by default f32 input takes the tensor cores from M = 5.
+        LOWBIT_CUDA_KERNELS=dp4a LOWBIT_CUDA_DECODER_GRID_SCALE=$gs LOWBIT_CUDA_FROZEN_WEIGHTS=$fz bench \
+          "decoder f32 in, i8x4, dp4a, grid scale $gs, frozen $fz, round $round" --backend cuda \
           --op decoder-tail --variant f32 --m 1,2,4,8
       done
     done

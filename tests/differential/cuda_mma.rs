@@ -1336,10 +1336,11 @@ fn routing() {
     assert!(dev.mma_small_decoder_ok(&dd(4)));
     assert!(dev.mma_small_decoder_ok(&dd(16)));
     assert!(!dev.mma_small_decoder_ok(&dd(17)));
-    // f32 input: from M = 9.
+    // f32 input: from M = 5.
+    assert!(!dev.mma_small_decoder_f32_ok(&dd(1)));
     assert!(!dev.mma_small_decoder_f32_ok(&dd(4)));
-    assert!(!dev.mma_small_decoder_f32_ok(&dd(8)));
-    assert!(dev.mma_small_decoder_f32_ok(&dd(9)));
+    assert!(dev.mma_small_decoder_f32_ok(&dd(5)));
+    assert!(dev.mma_small_decoder_f32_ok(&dd(8)));
     assert!(dev.mma_small_decoder_f32_ok(&dd(16)));
     assert!(!dev.mma_small_decoder_f32_ok(&dd(17)));
     let forced = CudaDevice::new(0)

@@ -690,12 +690,15 @@ impl CudaDevice {
         self.frozen_weights && self.pdl != Pdl::Off
     }
     /// Whether f32 input to the small-M tensor-core decoder is quantized and packed once, by
-    /// a pass of its own after the scale, instead of by the decoder's CTAs as they stage it.
-    /// Each CTA stages its K slice of every row, so at D = 256 (8 column tiles of 32) the
-    /// CTAs quantize every element 8 times; the pass adds a launch. Measured on the H100
-    /// (BENCHMARKS.md), the pass wins with i8x4 weights (M = 16: 20.8 → 13.0 µs) and loses with
-    /// ternary2 weights (M = 4: 7.8 → 12.1 µs), which is what the default (`None`) picks.
-    /// Overrides `LOWBIT_CUDA_SMALL_PREPACK`; every choice gives the same bits.
+    /// a pass of its own, instead of by the decoder's CTAs as they stage it. Each CTA stages
+    /// its K slice of every row, so at D = 256 (8 column tiles of 32) the CTAs quantize every
+    /// element 8 times; the pass adds a launch (with a computed scale it also works out the
+    /// scale, [`CudaDevice::with_fused_scale`]: one launch where `absmean_scale` ran anyway).
+    /// Measured on the H100 (BENCHMARKS.md), the pass wins with i8x4 weights (M = 16: 20.8 →
+    /// 13.0 µs; with the fused scale 10.67–10.68 µs) and loses with ternary2 weights (M = 4:
+    /// 7.8 → 12.1 µs; with the fused scale still 7.22–7.26 → 7.72–7.73 µs at M = 1), which is
+    /// what the default (`None`) picks. Overrides `LOWBIT_CUDA_SMALL_PREPACK`; every choice
+    /// gives the same bits.
     pub fn with_small_prepack(mut self, on: Option<bool>) -> Self {
         self.small_prepack = on;
         self
@@ -710,8 +713,12 @@ impl CudaDevice {
         self.small_prepack.unwrap_or(!t2)
     }
     /// Whether f32 input with a computed scale is scaled and packed for the tensor-core
-    /// kernels in one cooperative launch (overrides `LOWBIT_CUDA_FUSED_SCALE`). Off, or when
-    /// the device cannot hold that grid at once, `absmean_scale` and `mma_prep_a` run instead.
+    /// kernels in one cooperative launch (overrides `LOWBIT_CUDA_FUSED_SCALE`): at M > 16, and
+    /// for the small-M decoder where it packs beforehand ([`CudaDevice::with_small_prepack`];
+    /// H100, i8x4 weights, M = 9 / 12 / 16: 11.36–11.37 / 11.66 / 12.20 µs with the two
+    /// kernels, 10.17–10.20 / 10.38–10.41 / 10.67–10.68 fused). Off, or when the device cannot
+    /// hold that grid at once, `absmean_scale` and `mma_prep_a` (small M:
+    /// `quantize_pack_i8x4`) run instead.
     pub fn with_fused_scale(mut self, on: bool) -> Self {
         self.fused_scale = on;
         self

@@ -68,11 +68,13 @@ pub const SMALL_LOWRANK_MMA_MIN_M: usize = 4;
 /// (H100, BDH shape, graph replay: 5.49 µs against the dp4a kernel's 5.58 at M = 4, 5.45
 /// against 5.25 at M = 2, 5.48 against 4.83 at M = 1).
 pub const SMALL_DECODER_MMA_MIN_M: usize = 4;
-/// The same for f32 input (packed once beforehand, `CudaDevice::with_small_prepack`), which
-/// the dp4a small-M kernel quantizes as it stages it (H100, BDH shape, graph replay: 10.27
-/// against 11.45 µs at M = 4, 11.65 against 11.92 at M = 8, 15.05 against 12.17 at M = 9,
-/// 15.88 against 13.07 at M = 16).
-pub const SMALL_DECODER_MMA_MIN_M_F32: usize = 9;
+/// The same for f32 input, which the dp4a small-M kernel quantizes as it stages it (with a
+/// computed scale worked out on its grid, `CudaDevice::with_decoder_grid_scale`) and the
+/// tensor-core kernel takes packed once beforehand (`CudaDevice::with_small_prepack`; scale and
+/// packing in one launch, `CudaDevice::with_fused_scale`). H100, BDH shape, graph replay,
+/// computed scale: dp4a 8.99 against 9.67–9.69 µs at M = 4, 10.25 against 9.75–9.80 at M = 5,
+/// 10.44 against 9.73 at M = 8 (BENCHMARKS.md, 2026-12-06).
+pub const SMALL_DECODER_MMA_MIN_M_F32: usize = 5;
 /// With frozen weights under PDL (`CudaDevice::with_frozen_weights`: both small-M kernels
 /// load their first weights before the wait), the low-rank projection takes the small-M
 /// tensor-core kernel from this M on (H100, BDH shape, graph replay: 3.85 against the dp4a
