@@ -757,10 +757,11 @@ impl CudaDevice {
     /// with an active thread percentage) and runs the reduction kernel first where they do
     /// not fit; the launch is not cooperative, which cost 0.5–0.9 µs under PDL on the H100.
     /// A kernel of another stream that holds SMs until this op's results arrive could keep
-    /// some CTAs from starting: turn the option off there. On by default (`LOWBIT_CUDA_DECODER_GRID_SCALE=0` turns it
-    /// off): H100, BDH shape, graph replay, i8x4 weights, M = 1 / 2 / 4 / 8, 8.10–8.11 /
-    /// 8.67–8.68 / 9.53 / 11.00–11.01 µs with the reduction kernel first, 7.80 / 8.26 / 9.02 /
-    /// 10.42–10.44 µs on the grid (BENCHMARKS.md, 2026-12-06).
+    /// some CTAs from starting: turn the option off there. On by default
+    /// (`LOWBIT_CUDA_DECODER_GRID_SCALE=0` turns it off): H100, BDH shape, graph replay, i8x4
+    /// weights, the dp4a kernel at M = 1 / 2 / 4 / 8, 8.04–8.08 / 8.61–8.66 / 9.51–9.56 /
+    /// 10.93–11.02 µs with the reduction kernel first, 7.75–7.82 / 8.24–8.27 / 8.99–9.03 /
+    /// 10.38–10.45 µs on the grid (BENCHMARKS.md, 2026-12-06).
     pub fn with_decoder_grid_scale(mut self, on: bool) -> Self {
         self.decoder_grid_scale = on;
         self
