@@ -588,9 +588,9 @@ __device__ __forceinline__ float lb_inline_scale(const LbProblem& p, int blocks,
 // partials (p.partial, as doubles; the barrier word after LB_RED_MAX_BLOCKS of them); after
 // lb_grid_arrive every block sums them as absmean_scale's last block does, so the same bits
 // as the two-kernel path. The first block writes the scale to p.scale_ptr.
-#if defined(LB_SM_GRID_SCALE)
+#if defined(LB_SM_GRID_SCALE) || defined(LB_MS_GRID_SCALE)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 700
-#error "LB_SM_GRID_SCALE needs sm_70+ (the grid barrier)"
+#error "LB_SM_GRID_SCALE / LB_MS_GRID_SCALE need sm_70+ (the grid barrier)"
 #endif
 __device__ __forceinline__ float lb_grid_scale(const LbProblem& p, int blocks, double* red) {
     const long long n = (long long)p.m_total * p.heads * p.a_kvalid;

@@ -549,6 +549,9 @@ __device__ __forceinline__ int4 lb_ld_dsmem4(unsigned addr, unsigned rank) {
 // splits by integer atomics into the zeroed [M][D] accumulator, lb_split_finish writing the
 // output (the same bits every run). (Summing the splits of a thread-block cluster through
 // distributed shared memory first measured slower on the H200 at every M ≤ 16.)
+// A computed scale of f32 input: LB_MS_SCALE_BLOCKS, every CTA sums all of x itself (the
+// low-rank projection); LB_MS_GRID_SCALE, the CTAs (all resident) split absmean_scale's
+// blocks and meet at a grid barrier (the decoder, lb_grid_scale in common.cuh).
 #ifndef LB_MS_CW
 #define LB_MS_CW 4
 #endif
@@ -663,6 +666,14 @@ __device__ __forceinline__ void lb_mma_small(const LbProblem& p) {
     static_assert(LB_MS_SCALE_BLOCKS >= 1 && LB_MS_SCALE_BLOCKS <= 32, "scale blocks");
     __shared__ double scale_red[LB_MS_THREADS];
     const float a_scale = lb_inline_scale(p, LB_MS_SCALE_BLOCKS, scale_red);
+#define LB_MS_A_SCALE a_scale
+#elif defined(LB_MS_GRID_SCALE)
+    // The decoder's scale worked out by the whole (resident) grid, lb_grid_scale, while the
+    // first weights fly; its block partials are absmean_scale's only at that kernel's size.
+    static_assert(MODE == LB_A_F32 && LB_MS_THREADS == 256, "grid scale: decoder f32 input, 256 threads");
+    static_assert(LB_MS_GRID_SCALE >= 1 && LB_MS_GRID_SCALE <= LB_RED_MAX_BLOCKS, "scale blocks");
+    __shared__ double scale_red[LB_MS_THREADS];
+    const float a_scale = lb_grid_scale(p, LB_MS_GRID_SCALE, scale_red);
 #define LB_MS_A_SCALE a_scale
 #else
 #define LB_MS_A_SCALE lb_scale(p.scale_ptr, p.scale_param)

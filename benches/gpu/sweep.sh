@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide] [inlinescale] [gridscale]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide] [inlinescale] [gridscale] [t2gridscale]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -74,7 +74,9 @@
 # inlinescale: f32 input with a computed scale at M <= 16, the low-rank kernel working out the
 # scale itself (LOWBIT_CUDA_SMALL_INLINE_SCALE=1) against the reduction kernel first, with and
 # without frozen weights; its tests first. gridscale: the same for the dp4a small-M decoder
-# (LOWBIT_CUDA_DECODER_GRID_SCALE, M = 1..8 on the dp4a family), its tests first.
+# (LOWBIT_CUDA_DECODER_GRID_SCALE, M = 1..8 on the dp4a family), its tests first. t2gridscale:
+# the small-M tensor-core decoder's on ternary2 weights (LOWBIT_CUDA_SMALL_MMA_GRID_SCALE,
+# M = 1..16, off and on, two rounds), its tests first.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -420,6 +422,16 @@ if has gridscale; then
           "decoder f32 in, i8x4, dp4a, grid scale $gs, frozen $fz, round $round" --backend cuda \
           --op decoder-tail --variant f32 --m 1,2,4,8
       done
+    done
+  done
+fi
+if has t2gridscale; then
+  step_tests t2gridscale 300 8 small_mma_decoder_grid_scale_same_bits graph_replays
+  for round in 1 2; do
+    for gs in 0 1; do
+      LOWBIT_CUDA_SMALL_MMA_GRID_SCALE=$gs bench \
+        "decoder f32 in, ternary2, grid scale $gs, round $round" --backend cuda \
+        --op decoder-tail --variant f32 --weights ternary2 --m 1,2,4,8,16
     done
   done
 fi

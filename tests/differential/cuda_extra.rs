@@ -9,13 +9,15 @@ use lowbit_kernels::backend::cuda::cudarc::driver::{
 };
 use lowbit_kernels::backend::cuda::microbench::stream_floor;
 use lowbit_kernels::backend::cuda::{
-    CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily, Pdl, RawAct, RawScale,
+    CudaDevice, DeviceAct, DeviceOut, DeviceScale, KernelFamily, Pdl, RawAct, RawScale, RawWeights,
     SmallMmaDecoder, SmallShape,
 };
 use lowbit_kernels::config::LowBitActivationFormat as Fmt;
 use lowbit_kernels::ops::quantize::QuantizeShape;
 use lowbit_kernels::ops::{DecoderTailShape, Epilogue, LowrankShape};
-use lowbit_kernels::pack::{pack_decoder_weight_codes_i8x4, pack_lowrank_weight_codes_i8x4};
+use lowbit_kernels::pack::{
+    pack_decoder_weight_codes_i8x4, pack_lowrank_weight_codes_i8x4, pack_ternary2_fragments,
+};
 use lowbit_kernels::quant::{activation_code, activation_scale};
 use lowbit_kernels::testing::{self, Rng, compare_f32};
 use lowbit_kernels::{BackendKind, LowbitError, reference};
@@ -1156,4 +1158,89 @@ fn small_decoder_grid_scale_same_bits() {
         grid || caps < lowbit_kernels::caps::GRID_BARRIER_MIN_SM,
         "no grid-scale variant was compiled on compute capability {caps:?}"
     );
+}
+
+/// The small-M tensor-core decoder's grid scale on ternary2 weights
+/// (`CudaDevice::with_small_mma_grid_scale`): f32 input with a computed scale that the CTAs
+/// stage, against the reduction kernel first: the same scale bits and outputs, and the
+/// reference's outputs at that scale. Aligned and misaligned y, int8 and uint8pos, a ReLU
+/// epilogue, M = 1 to 16, one to eight heads, L = 37 to 8190.
+#[test]
+fn small_mma_decoder_grid_scale_same_bits() {
+    let (Some(two), Some(one)) = (mma_device(), mma_device()) else {
+        return;
+    };
+    let two = two.with_small_mma_grid_scale(false);
+    let one = one.with_small_mma_grid_scale(true);
+    let mut rng = Rng::new(29);
+    // (M, H, L, D)
+    for (m, heads, l, dd) in [
+        (1, 4, 8192, 256),
+        (3, 2, 300, 72),
+        (16, 1, 37, 24),
+        (8, 8, 8190, 8),
+    ] {
+        let shape = DecoderTailShape::bdh(m, heads, l, dd).unwrap();
+        let w_codes = rng.ternary(shape.w_len());
+        let words = pack_decoder_weight_codes_i8x4(&w_codes, heads, l, dd).unwrap();
+        let t2 = pack_ternary2_fragments(&words, heads, shape.w_head_words(), dd).unwrap();
+        let y = rng.normals(shape.y_len() + 1, 1.0);
+        for (fmt, off, relu) in [
+            (Fmt::Int8, 0, false),
+            (Fmt::Int8, 1, true),
+            (Fmt::Uint8PosExp, 0, false),
+        ] {
+            let epilogue = Epilogue {
+                relu,
+                ..Epilogue::default()
+            };
+            let what = format!("M {m} H {heads} L {l} D {dd} {fmt:?} offset {off} relu {relu}");
+            let run = |dev: &CudaDevice| -> (f32, Vec<f32>) {
+                run_raw_f32(dev, &y, &t2, shape.out_len(), |yp, wp, sp, op| {
+                    // SAFETY: live allocations of this context: y holds y_len floats past
+                    // `off`, the weights and output the shape's extents, the scale one float.
+                    unsafe {
+                        dev.decoder_tail_weights_raw(
+                            &shape,
+                            RawAct::F32(yp + 4 * off),
+                            fmt,
+                            RawScale::Compute(sp),
+                            RawWeights::Ternary2(wp),
+                            0.003,
+                            1,
+                            epilogue,
+                            op,
+                        )
+                    }
+                    .unwrap();
+                })
+            };
+            let (s_one, o_one) = run(&one);
+            let (s_two, o_two) = run(&two);
+            assert_eq!(s_one.to_bits(), s_two.to_bits(), "{what}: scale");
+            assert_exact(&format!("{what}: against two kernels"), &o_two, &o_one);
+            let ys = &y[off as usize..off as usize + shape.y_len()];
+            let codes = codes_of(ys, fmt, s_one);
+            let exp: Vec<f32> =
+                reference::decoder_tail_codes(&shape, &codes, &w_codes, s_one, 0.003)
+                    .unwrap()
+                    .into_iter()
+                    .map(|v| epilogue.apply(v))
+                    .collect();
+            assert_exact(&format!("{what}: against the reference"), &exp, &o_one);
+        }
+    }
+    let grid = one
+        .compile_logs()
+        .iter()
+        .any(|(m, _)| m.starts_with("decoder_tail_mma.cu") && m.contains("LB_MS_GRID_SCALE="));
+    assert!(
+        grid,
+        "no grid-scale variant of the small-M tensor-core decoder was compiled"
+    );
+    let none = two
+        .compile_logs()
+        .iter()
+        .any(|(m, _)| m.contains("LB_MS_GRID_SCALE="));
+    assert!(!none, "the grid scale ran with it off");
 }

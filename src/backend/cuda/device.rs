@@ -188,6 +188,12 @@ pub const SMALL_INLINE_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_INLINE_SCALE";
 /// [`CudaDevice::with_decoder_grid_scale`].
 pub const DECODER_GRID_SCALE_ENV: &str = "LOWBIT_CUDA_DECODER_GRID_SCALE";
 
+/// Environment variable that lets the small-M tensor-core decoder's grid work out the absmean
+/// scale of the f32 input its CTAs stage from ternary2 weights (`1`; empty or `0`: the scale
+/// first, the default):
+/// see [`CudaDevice::with_small_mma_grid_scale`].
+pub const SMALL_MMA_GRID_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_MMA_GRID_SCALE";
+
 /// Environment variable that packs f32 input to the small-M tensor-core decoder once, in a
 /// pass of its own, before the decoder runs (`1`), or in every CTA that stages it (`0`); empty
 /// or `auto` (the default): once for i8x4 weights, in the CTAs for ternary2 weights (see
@@ -409,6 +415,9 @@ pub struct CudaDevice {
     /// The dp4a small-M decoder's grid works out a computed scale itself
     /// ([`DECODER_GRID_SCALE_ENV`], [`CudaDevice::with_decoder_grid_scale`]).
     pub(crate) decoder_grid_scale: bool,
+    /// The small-M tensor-core decoder's grid works out a computed scale of the f32 input its
+    /// CTAs stage ([`SMALL_MMA_GRID_SCALE_ENV`], [`CudaDevice::with_small_mma_grid_scale`]).
+    pub(crate) small_mma_grid_scale: bool,
     /// SMs this context's kernels may occupy at once ([`coresident_sms`]): what a kernel with
     /// a grid barrier must fit in.
     pub(crate) coresident_sms: u32,
@@ -612,6 +621,7 @@ impl CudaDevice {
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, true)?,
             decoder_grid_scale: env_switch(DECODER_GRID_SCALE_ENV, true)?,
+            small_mma_grid_scale: env_switch(SMALL_MMA_GRID_SCALE_ENV, false)?,
             coresident_sms,
             small,
             small_mma_decoder: env_parse(
@@ -769,6 +779,23 @@ impl CudaDevice {
     /// See [`CudaDevice::with_decoder_grid_scale`].
     pub fn decoder_grid_scale(&self) -> bool {
         self.decoder_grid_scale
+    }
+    /// Lets (`true`) the small-M tensor-core decoder with ternary2 weights work out the
+    /// absmean scale of f32 input that its CTAs stage themselves (the default for ternary2
+    /// weights: [`CudaDevice::with_small_prepack`]) where the scale is computed, as
+    /// [`CudaDevice::with_decoder_grid_scale`] does for the dp4a kernel: the CTAs, all
+    /// resident at once (else the reduction kernel runs first), split `absmean_scale`'s blocks
+    /// among them and meet at a grid barrier; the same scale bits and outputs, one launch
+    /// instead of two. (With i8x4 weights, whose f32 input is packed beforehand by default,
+    /// the kernel's default CTA spilled 40 bytes with it.) Off by default (`LOWBIT_CUDA_SMALL_MMA_GRID_SCALE=1` turns it on):
+    /// prepared without a card, not yet measured (BENCHMARKS.md, 2026-12-06).
+    pub fn with_small_mma_grid_scale(mut self, on: bool) -> Self {
+        self.small_mma_grid_scale = on;
+        self
+    }
+    /// See [`CudaDevice::with_small_mma_grid_scale`].
+    pub fn small_mma_grid_scale(&self) -> bool {
+        self.small_mma_grid_scale
     }
     /// The small-M grid shape (overrides `LOWBIT_CUDA_SMALL`; any shape is bit-exact).
     pub fn with_small_shape(mut self, shape: super::tuning::SmallShape) -> Self {

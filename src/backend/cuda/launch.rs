@@ -1244,8 +1244,19 @@ impl CudaDevice {
         } else {
             None
         };
+        // f32 input that the small-M tensor-core decoder's CTAs stage from ternary2 weights,
+        // with a computed scale: where the device lets it (`with_small_mma_grid_scale`, sm_70+), `decoder_mma_small`
+        // decides whether its grid works out the scale, and else queues the reduction.
+        let mma_grid = mode == 2
+            && t2
+            && mma_small
+            && !small_prepack
+            && self.small_mma_grid_scale
+            && self.caps.compute_capability >= crate::caps::GRID_BARRIER_MIN_SM
+            && matches!(scale, RawScale::Compute(_));
         let (scale_ptr, scale_val) = match (fused, grid_scale) {
             (Some((_, _, buf)), _) | (None, Some((buf, _))) => (buf, 0.0),
+            (None, None) if mma_grid => (0, 0.0),
             // SAFETY: forwarded contract (y holds y_len f32 when F32).
             (None, None) => unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? },
         };
@@ -1268,7 +1279,9 @@ impl CudaDevice {
             mode = 0;
         }
         if mma_small {
-            return self.decoder_mma_small(p, shape, mode, uns, t2);
+            let pending = mma_grid.then_some((format, scale));
+            // SAFETY: forwarded contract (y holds y_len f32 where the scale is pending).
+            return unsafe { self.decoder_mma_small(p, shape, mode, uns, t2, pending) };
         }
         let id = [
             KernelId::DecoderPacked,

@@ -983,6 +983,9 @@ const _: () = assert!(small_smem(1, SMALL_LOWRANK_MAX_KW) <= SMALL_SMEM_MAX);
 const _: () = assert!(32 * SMALL_LOWRANK_CW == t::RED_THREADS);
 const _: () = assert!(SmallMmaDecoder::DEFAULT.check().is_ok());
 const _: () = assert!(SMALL_DECODER_T2.check().is_ok());
+// The ternary2 decoder's grid scale (`LB_MS_GRID_SCALE`) sums y as the reduction's blocks
+// do: same size.
+const _: () = assert!(SMALL_DECODER_T2.threads() == t::RED_THREADS);
 
 /// Environment variable that forces the small-M tensor-core decoder's CTA with i8x4 weights
 /// at every M ([`SmallMmaDecoder`], `CWxKWxKSW[xB[xBW]]`, e.g. `1x16x32` or `1x8x64x1x32`): for
@@ -1214,6 +1217,18 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 };
                 for s in shapes {
                     let defs = small_defines(mode, uns, t2, &s);
+                    // f32 input whose scale the grid works out (`LB_MS_GRID_SCALE`): ternary2
+                    // weights' CTA (with i8x4 weights the default CTA spilled 40 bytes).
+                    if mode == 2 && t2 {
+                        for g in [1, t::RED_MAX_BLOCKS] {
+                            let mut defs = defs.clone();
+                            defs.extend([
+                                d("LB_MS_GRID_SCALE", g),
+                                d("LB_RED_MAX_BLOCKS", t::RED_MAX_BLOCKS),
+                            ]);
+                            v.push((KernelId::DecoderMmaSmall, defs));
+                        }
+                    }
                     v.push((KernelId::DecoderMmaSmall, defs));
                 }
             }
@@ -1602,15 +1617,23 @@ impl CudaDevice {
     }
 
     /// Queues the small-M decoder kernel on `p` (built and validated by `decoder_tail_raw`).
-    pub(crate) fn decoder_mma_small(
+    /// `pending`: f32 input (`p.a`) with a computed scale not yet resolved
+    /// ([`CudaDevice::with_small_mma_grid_scale`]): the kernel's grid works it out where its
+    /// CTAs are 256 threads and all fit at once, else the reduction kernel is queued first.
+    ///
+    /// # Safety
+    /// As [`CudaDevice::decoder_tail_raw`]; with `pending`, `p.a` holds `shape.y_len()` f32.
+    pub(crate) unsafe fn decoder_mma_small(
         &self,
         mut p: LbProblem,
         shape: &DecoderTailShape,
         mode: u32,
         uns: bool,
         t2: bool,
+        pending: Option<(LowBitActivationFormat, RawScale)>,
     ) -> Result<()> {
         const OP: &str = "cuda::decoder_tail (mma small-M)";
+        const WHAT: &str = "decoder_mma_small";
         p.b_head_rows = weight_head_rows(OP, "Lart words", shape.w_head_words(), t2)?;
         let lw = shape.k_words();
         let row_blocks = shape.m().div_ceil(SMALL_ROWS);
@@ -1628,7 +1651,6 @@ impl CudaDevice {
         })?;
         let (cw, kws) = (ms.cw, ms.kw as usize);
         let defs = small_defines(mode, uns, t2, &ms);
-        let f = self.function(KernelId::DecoderMmaSmall, defs)?;
         let col_tiles = shape.dim.div_ceil(cw as usize * 32);
         // Splits per head: a CTA covers at most KW·KSW words (in steps of 16·KW); aim at
         // the small-M blocks per SM (`SmallShape`, in 256-thread blocks; half for ternary2, a
@@ -1663,7 +1685,43 @@ impl CudaDevice {
             grid_dim(OP, "row blocks", row_blocks)?,
         );
         let smem = small_smem(ms.kw, ms.ksw);
-        self.launch_small(&f, grid, cw * kws as u32, smem, p, t2, "decoder_mma_small")
+        if let Some((format, scale)) = pending {
+            // The grid barrier needs every CTA resident at once, on the SMs this context may
+            // use, and the reduction's block partials need its block size.
+            let blocks = t::red_blocks(shape.y_len());
+            let grid_scale = match scale {
+                RawScale::Compute(buf) if t2 && ms.threads() == t::RED_THREADS => {
+                    let mut g = defs.clone();
+                    g.extend([
+                        d("LB_MS_GRID_SCALE", blocks),
+                        d("LB_RED_MAX_BLOCKS", t::RED_MAX_BLOCKS),
+                    ]);
+                    let f = self.function(KernelId::DecoderMmaSmall, g)?;
+                    let resident = self.prepare_dynamic(&f, ms.threads(), smem)?
+                        / self.caps.multiprocessors.max(1) as usize
+                        * self.coresident_sms.max(1) as usize;
+                    (col_tiles * splits * row_blocks <= resident).then_some((f, buf))
+                }
+                _ => None,
+            };
+            if let Some((f, buf)) = grid_scale {
+                non_null(OP, "scale buffer", buf)?;
+                p.scale_ptr = buf;
+                p.scale_param = 0.0;
+                // absmean_scale's partials, then the grid barrier's word (`lb_grid_scale`).
+                let mut scratch = self.scratch();
+                p.partial =
+                    self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize + 1)?;
+                drop(scratch);
+                return self.launch_small(&f, grid, cw * kws as u32, smem, p, t2, WHAT);
+            }
+            // SAFETY: forwarded contract (p.a holds y_len f32).
+            let (sp, sv) = unsafe { self.resolve_scale(p.a, shape.y_len(), format, scale)? };
+            p.scale_ptr = sp;
+            p.scale_param = sv;
+        }
+        let f = self.function(KernelId::DecoderMmaSmall, defs)?;
+        self.launch_small(&f, grid, cw * kws as u32, smem, p, t2, WHAT)
     }
 
     /// With i8x4 weights (not `t2`) the kernel asks `launch_lb` for the early PDL trigger,
