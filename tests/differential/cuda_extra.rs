@@ -1073,36 +1073,29 @@ fn graph_capture_refuses_to_grow_the_scratch() {
     assert_exact("M = 40 after the refused capture", &exp, &got);
 }
 
-/// The dp4a small-M decoder's grid scale (`CudaDevice::with_decoder_grid_scale`): f32 input
-/// with a computed scale, the CTAs splitting the reduction's blocks among them and meeting at
-/// a grid barrier, against the reduction kernel first: the same scale bits and outputs, and
-/// the reference's outputs at that scale. Aligned and misaligned y (float4 and scalar runs),
-/// int8 and uint8pos, a ReLU epilogue, one reduction block and more blocks than CTAs.
-#[test]
-fn small_decoder_grid_scale_same_bits() {
-    let (Some(two), Some(one)) = (device(), device()) else {
-        return;
-    };
-    let two = two
-        .with_family(KernelFamily::Dp4a)
-        .unwrap()
-        .with_decoder_grid_scale(false);
-    let one = one
-        .with_family(KernelFamily::Dp4a)
-        .unwrap()
-        .with_decoder_grid_scale(true);
-    let mut rng = Rng::new(23);
-    // (M, H, L, D)
-    for (m, heads, l, dd) in [
-        (1, 1, 37, 24),
-        (1, 4, 8192, 256),
-        (3, 2, 300, 72),
-        (8, 4, 8192, 256),
-        (5, 8, 8190, 8),
-    ] {
+/// Each decoder case `(M, H, L, D)` with f32 input and a computed scale on `one` and on `two`
+/// (random int8 weights as i8x4 words, or ternary weights as ternary2 fragments where `t2`):
+/// the same scale bits and outputs, and the reference's outputs at that scale. Aligned and
+/// misaligned y (float4 and scalar runs), int8 and uint8pos, a ReLU epilogue.
+fn decoder_scale_pairs(
+    one: &CudaDevice,
+    two: &CudaDevice,
+    seed: u64,
+    t2: bool,
+    cases: &[(usize, usize, usize, usize)],
+) {
+    let mut rng = Rng::new(seed);
+    for &(m, heads, l, dd) in cases {
         let shape = DecoderTailShape::bdh(m, heads, l, dd).unwrap();
-        let w_codes = rng.int8_codes(shape.w_len());
-        let w_words = pack_decoder_weight_codes_i8x4(&w_codes, heads, l, dd).unwrap();
+        let w_codes = if t2 {
+            rng.ternary(shape.w_len())
+        } else {
+            rng.int8_codes(shape.w_len())
+        };
+        let mut w_words = pack_decoder_weight_codes_i8x4(&w_codes, heads, l, dd).unwrap();
+        if t2 {
+            w_words = pack_ternary2_fragments(&w_words, heads, shape.w_head_words(), dd).unwrap();
+        }
         let y = rng.normals(shape.y_len() + 1, 1.0);
         for (fmt, off, relu) in [
             (Fmt::Int8, 0, false),
@@ -1116,17 +1109,22 @@ fn small_decoder_grid_scale_same_bits() {
             let what = format!("M {m} H {heads} L {l} D {dd} {fmt:?} offset {off} relu {relu}");
             let run = |dev: &CudaDevice| -> (f32, Vec<f32>) {
                 run_raw_f32(dev, &y, &w_words, shape.out_len(), |yp, wp, sp, op| {
+                    let (weights, qmax) = if t2 {
+                        (RawWeights::Ternary2(wp), 1)
+                    } else {
+                        (RawWeights::Words(wp), 127)
+                    };
                     // SAFETY: live allocations of this context: y holds y_len floats past
                     // `off`, the weights and output the shape's extents, the scale one float.
                     unsafe {
-                        dev.decoder_tail_raw(
+                        dev.decoder_tail_weights_raw(
                             &shape,
                             RawAct::F32(yp + 4 * off),
                             fmt,
                             RawScale::Compute(sp),
-                            wp,
+                            weights,
                             0.003,
-                            127,
+                            qmax,
                             epilogue,
                             op,
                         )
@@ -1134,8 +1132,8 @@ fn small_decoder_grid_scale_same_bits() {
                     .unwrap();
                 })
             };
-            let (s_one, o_one) = run(&one);
-            let (s_two, o_two) = run(&two);
+            let (s_one, o_one) = run(one);
+            let (s_two, o_two) = run(two);
             assert_eq!(s_one.to_bits(), s_two.to_bits(), "{what}: scale");
             assert_exact(&format!("{what}: against two kernels"), &o_two, &o_one);
             let ys = &y[off as usize..off as usize + shape.y_len()];
@@ -1149,6 +1147,34 @@ fn small_decoder_grid_scale_same_bits() {
             assert_exact(&format!("{what}: against the reference"), &exp, &o_one);
         }
     }
+}
+
+/// The dp4a small-M decoder's grid scale (`CudaDevice::with_decoder_grid_scale`): f32 input
+/// with a computed scale, the CTAs splitting the reduction's blocks among them and meeting at
+/// a grid barrier, against the reduction kernel first (`decoder_scale_pairs`): M = 1 to 8, one
+/// to eight heads, one reduction block and more blocks than CTAs.
+#[test]
+fn small_decoder_grid_scale_same_bits() {
+    let (Some(two), Some(one)) = (device(), device()) else {
+        return;
+    };
+    let two = two
+        .with_family(KernelFamily::Dp4a)
+        .unwrap()
+        .with_decoder_grid_scale(false);
+    let one = one
+        .with_family(KernelFamily::Dp4a)
+        .unwrap()
+        .with_decoder_grid_scale(true);
+    // (M, H, L, D)
+    let cases = [
+        (1, 1, 37, 24),
+        (1, 4, 8192, 256),
+        (3, 2, 300, 72),
+        (8, 4, 8192, 256),
+        (5, 8, 8190, 8),
+    ];
+    decoder_scale_pairs(&one, &two, 23, false, &cases);
     let caps = one.caps().compute_capability;
     let grid = one
         .compile_logs()
@@ -1161,10 +1187,9 @@ fn small_decoder_grid_scale_same_bits() {
 }
 
 /// The small-M tensor-core decoder's grid scale on ternary2 weights
-/// (`CudaDevice::with_small_mma_grid_scale`): f32 input with a computed scale that the CTAs
-/// stage, against the reduction kernel first: the same scale bits and outputs, and the
-/// reference's outputs at that scale. Aligned and misaligned y, int8 and uint8pos, a ReLU
-/// epilogue, M = 1 to 16, one to eight heads, L = 37 to 8190.
+/// (`CudaDevice::with_small_mma_grid_scale`), f32 input that the CTAs stage, against the
+/// reduction kernel first (`decoder_scale_pairs`): M = 1 to 16, one to eight heads, L = 37 to
+/// 8190.
 #[test]
 fn small_mma_decoder_grid_scale_same_bits() {
     let (Some(two), Some(one)) = (mma_device(), mma_device()) else {
@@ -1172,64 +1197,14 @@ fn small_mma_decoder_grid_scale_same_bits() {
     };
     let two = two.with_small_mma_grid_scale(false);
     let one = one.with_small_mma_grid_scale(true);
-    let mut rng = Rng::new(29);
     // (M, H, L, D)
-    for (m, heads, l, dd) in [
+    let cases = [
         (1, 4, 8192, 256),
         (3, 2, 300, 72),
         (16, 1, 37, 24),
         (8, 8, 8190, 8),
-    ] {
-        let shape = DecoderTailShape::bdh(m, heads, l, dd).unwrap();
-        let w_codes = rng.ternary(shape.w_len());
-        let words = pack_decoder_weight_codes_i8x4(&w_codes, heads, l, dd).unwrap();
-        let t2 = pack_ternary2_fragments(&words, heads, shape.w_head_words(), dd).unwrap();
-        let y = rng.normals(shape.y_len() + 1, 1.0);
-        for (fmt, off, relu) in [
-            (Fmt::Int8, 0, false),
-            (Fmt::Int8, 1, true),
-            (Fmt::Uint8PosExp, 0, false),
-        ] {
-            let epilogue = Epilogue {
-                relu,
-                ..Epilogue::default()
-            };
-            let what = format!("M {m} H {heads} L {l} D {dd} {fmt:?} offset {off} relu {relu}");
-            let run = |dev: &CudaDevice| -> (f32, Vec<f32>) {
-                run_raw_f32(dev, &y, &t2, shape.out_len(), |yp, wp, sp, op| {
-                    // SAFETY: live allocations of this context: y holds y_len floats past
-                    // `off`, the weights and output the shape's extents, the scale one float.
-                    unsafe {
-                        dev.decoder_tail_weights_raw(
-                            &shape,
-                            RawAct::F32(yp + 4 * off),
-                            fmt,
-                            RawScale::Compute(sp),
-                            RawWeights::Ternary2(wp),
-                            0.003,
-                            1,
-                            epilogue,
-                            op,
-                        )
-                    }
-                    .unwrap();
-                })
-            };
-            let (s_one, o_one) = run(&one);
-            let (s_two, o_two) = run(&two);
-            assert_eq!(s_one.to_bits(), s_two.to_bits(), "{what}: scale");
-            assert_exact(&format!("{what}: against two kernels"), &o_two, &o_one);
-            let ys = &y[off as usize..off as usize + shape.y_len()];
-            let codes = codes_of(ys, fmt, s_one);
-            let exp: Vec<f32> =
-                reference::decoder_tail_codes(&shape, &codes, &w_codes, s_one, 0.003)
-                    .unwrap()
-                    .into_iter()
-                    .map(|v| epilogue.apply(v))
-                    .collect();
-            assert_exact(&format!("{what}: against the reference"), &exp, &o_one);
-        }
-    }
+    ];
+    decoder_scale_pairs(&one, &two, 29, true, &cases);
     let grid = one
         .compile_logs()
         .iter()
