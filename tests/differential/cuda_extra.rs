@@ -722,6 +722,28 @@ fn small_lowrank_inline_scale_same_bits() {
     }
 }
 
+/// A computed scale worked out two ways, `one` and `two` (scale, outputs), from the f32
+/// input `input`: the same scale bits and outputs, and the reference's outputs
+/// (`reference(codes, scale)`, then `epilogue`) at that scale.
+fn assert_scale_pair(
+    what: &str,
+    (s_one, o_one): (f32, Vec<f32>),
+    (s_two, o_two): (f32, Vec<f32>),
+    input: &[f32],
+    fmt: Fmt,
+    epilogue: Epilogue,
+    reference: impl FnOnce(&[i32], f32) -> Vec<f32>,
+) {
+    assert_eq!(s_one.to_bits(), s_two.to_bits(), "{what}: scale");
+    assert_exact(&format!("{what}: against two kernels"), &o_two, &o_one);
+    let codes = codes_of(input, fmt, s_one);
+    let exp: Vec<f32> = reference(&codes, s_one)
+        .into_iter()
+        .map(|v| epilogue.apply(v))
+        .collect();
+    assert_exact(&format!("{what}: against the reference"), &exp, &o_one);
+}
+
 fn small_inline_scale_pair(module: &str, two: &CudaDevice, one: &CudaDevice) {
     assert!(one.small_inline_scale() && !two.small_inline_scale());
     let mut rng = Rng::new(17);
@@ -770,19 +792,10 @@ fn small_inline_scale_pair(module: &str, two: &CudaDevice, one: &CudaDevice) {
                     .unwrap();
                 })
             };
-            let (s_one, o_one) = run(one);
-            let (s_two, o_two) = run(two);
-            assert_eq!(s_one.to_bits(), s_two.to_bits(), "{what}: scale");
-            assert_exact(&format!("{what}: against two kernels"), &o_two, &o_one);
             let xs = &x[off as usize..off as usize + shape.x_len()];
-            let codes = codes_of(xs, fmt, s_one);
-            let exp: Vec<f32> =
-                reference::lowrank_projection_codes(&shape, &codes, &w_codes, s_one, 0.02)
-                    .unwrap()
-                    .into_iter()
-                    .map(|v| epilogue.apply(v))
-                    .collect();
-            assert_exact(&format!("{what}: against the reference"), &exp, &o_one);
+            assert_scale_pair(&what, run(one), run(two), xs, fmt, epilogue, |codes, s| {
+                reference::lowrank_projection_codes(&shape, codes, &w_codes, s, 0.02).unwrap()
+            });
         }
     }
     let inline8 = one.compile_logs().iter().any(|(m, _)| {
@@ -1132,19 +1145,10 @@ fn decoder_scale_pairs(
                     .unwrap();
                 })
             };
-            let (s_one, o_one) = run(one);
-            let (s_two, o_two) = run(two);
-            assert_eq!(s_one.to_bits(), s_two.to_bits(), "{what}: scale");
-            assert_exact(&format!("{what}: against two kernels"), &o_two, &o_one);
             let ys = &y[off as usize..off as usize + shape.y_len()];
-            let codes = codes_of(ys, fmt, s_one);
-            let exp: Vec<f32> =
-                reference::decoder_tail_codes(&shape, &codes, &w_codes, s_one, 0.003)
-                    .unwrap()
-                    .into_iter()
-                    .map(|v| epilogue.apply(v))
-                    .collect();
-            assert_exact(&format!("{what}: against the reference"), &exp, &o_one);
+            assert_scale_pair(&what, run(one), run(two), ys, fmt, epilogue, |codes, s| {
+                reference::decoder_tail_codes(&shape, codes, &w_codes, s, 0.003).unwrap()
+            });
         }
     }
 }
