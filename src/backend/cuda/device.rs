@@ -189,9 +189,8 @@ pub const SMALL_INLINE_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_INLINE_SCALE";
 pub const DECODER_GRID_SCALE_ENV: &str = "LOWBIT_CUDA_DECODER_GRID_SCALE";
 
 /// Environment variable that lets the small-M tensor-core decoder's grid work out the absmean
-/// scale of the f32 input its CTAs stage from ternary2 weights (`1`; empty or `0`: the scale
-/// first, the default):
-/// see [`CudaDevice::with_small_mma_grid_scale`].
+/// scale of the f32 input its CTAs stage from ternary2 weights (empty or `1`: on, the default;
+/// `0`: a reduction kernel first): see [`CudaDevice::with_small_mma_grid_scale`].
 pub const SMALL_MMA_GRID_SCALE_ENV: &str = "LOWBIT_CUDA_SMALL_MMA_GRID_SCALE";
 
 /// Environment variable that packs f32 input to the small-M tensor-core decoder once, in a
@@ -621,7 +620,7 @@ impl CudaDevice {
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
             small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, true)?,
             decoder_grid_scale: env_switch(DECODER_GRID_SCALE_ENV, true)?,
-            small_mma_grid_scale: env_switch(SMALL_MMA_GRID_SCALE_ENV, false)?,
+            small_mma_grid_scale: env_switch(SMALL_MMA_GRID_SCALE_ENV, true)?,
             coresident_sms,
             small,
             small_mma_decoder: env_parse(
@@ -787,8 +786,12 @@ impl CudaDevice {
     /// resident at once (else the reduction kernel runs first), split `absmean_scale`'s blocks
     /// among them and meet at a grid barrier; the same scale bits and outputs, one launch
     /// instead of two. (With i8x4 weights, whose f32 input is packed beforehand by default,
-    /// the kernel's default CTA spilled 40 bytes with it.) Off by default (`LOWBIT_CUDA_SMALL_MMA_GRID_SCALE=1` turns it on):
-    /// prepared without a card, not yet measured (BENCHMARKS.md, 2026-12-06).
+    /// the kernel's default CTA spilled 40 bytes with it.) On by default
+    /// (`LOWBIT_CUDA_SMALL_MMA_GRID_SCALE=0` turns it off): H100, BDH shape, graph replay,
+    /// M = 1 / 4 / 16 took 6.43–6.48 / 6.65–6.72 / 11.47–11.51 µs with it and 7.16–7.17 /
+    /// 7.48–7.51 / 11.73–11.75 µs with `absmean_scale` first (BENCHMARKS.md, 2026-12-06). As
+    /// with the dp4a kernel's grid scale, turn it off where a kernel of another stream may
+    /// hold SMs until this op's results arrive.
     pub fn with_small_mma_grid_scale(mut self, on: bool) -> Self {
         self.small_mma_grid_scale = on;
         self
