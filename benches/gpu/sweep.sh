@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide] [inlinescale] [gridscale] [t2gridscale]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide] [inlinescale] [gridscale] [t2gridscale] [wgather]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -76,7 +76,10 @@
 # without frozen weights; its tests first. gridscale: the same for the dp4a small-M decoder
 # (LOWBIT_CUDA_DECODER_GRID_SCALE, M = 1..8 on the dp4a family), its tests first. t2gridscale:
 # the small-M tensor-core decoder's on ternary2 weights (LOWBIT_CUDA_SMALL_MMA_GRID_SCALE,
-# M = 1..16, off and on, two rounds), its tests first.
+# M = 1..16, off and on, two rounds), its tests first. wgather: lowrank_wgmma's i8x4 weight
+# tile gathered each way (LOWBIT_CUDA_WEIGHT_GATHER whole, halves, vector; bf16 + ReLU at M = 512,
+# 2048, 8192 and f32 out at 512, 2048, every input variant, two rounds; run peers first for the
+# ratios), its test first, then the timelines at M = 2048 each way.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -433,6 +436,24 @@ if has t2gridscale; then
         "decoder f32 in, ternary2, grid scale $gs, round $round" --backend cuda \
         --op decoder-tail --variant f32 --weights ternary2 --m 1,2,4,8,16
     done
+  done
+fi
+if has wgather; then
+  step_tests wgather 300 8 lowrank_wgmma_weight_gather
+  for round in 1 2; do
+    for g in whole halves vector; do
+      LOWBIT_CUDA_WEIGHT_GATHER=$g bench "lowrank i8x4, bf16 + ReLU, $g gather, round $round" \
+        --backend cuda --op lowrank --variant all --m 512,2048,8192 --out bf16 --relu
+      LOWBIT_CUDA_WEIGHT_GATHER=$g bench "lowrank i8x4, f32 out, $g gather, round $round" \
+        --backend cuda --op lowrank --variant all --m 512,2048
+    done
+  done
+  for g in whole halves vector; do  # stamp 2: the first mma may start
+    echo "=== trace lowrank packed bf16 + ReLU M=2048, $g gather" | tee -a "$sum"
+    mkdir -p "$out/wgtrace-$g"
+    LOWBIT_CUDA_WEIGHT_GATHER=$g LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/wgtrace-$g "$L" bench \
+      --backend cuda --op lowrank --variant packed --m 2048 --out bf16 --relu 2>&1 \
+      | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
   done
 fi
 if has chainfloor; then

@@ -617,6 +617,94 @@ fn lowrank_wgmma_pipeline() {
     }
 }
 
+/// `lowrank_wgmma` with each other way of gathering its i8x4 weight tile
+/// (`with_weight_gather`): in two column halves (16-bit outputs, D <= 256: each pair's first
+/// tile multiplied and stored a half at a time) and by 16-byte register loads (every
+/// epilogue; N % 4 = 2 takes the word-by-word loads). Every epilogue and input variant, the
+/// edge data with f32 and 16-bit outputs, under both pair counts and several row CTAs: M of
+/// one 64-row tile (the second pair has none and only meets the barrier), a partial last tile
+/// and column tile, Hin = H, D off 32 (k words past D), latent_out < N.
+#[test]
+fn lowrank_wgmma_weight_gather() {
+    use lowbit_kernels::backend::cuda::mma::WeightGather;
+    if wgmma_backend().is_none() {
+        return;
+    }
+    let ops = [
+        lr([2, 1, 500, 256], [2, 256, 600], 600),
+        lr([3, 4, 150, 256], [4, 256, 300], 300),
+        lr([1, 1, 50, 200], [3, 200, 270], 257),
+        lr([2, 2, 70, 100], [2, 100, 130], 130),
+    ];
+    for (gather, define) in [(WeightGather::Halves, 1), (WeightGather::Vector, 2)] {
+        for (pairs, ctas) in [
+            (2, None),
+            (2, Some(1)),
+            (2, Some(3)),
+            (1, None),
+            (1, Some(1)),
+        ] {
+            let what = format!("{gather:?} gather, {pairs} pairs, row CTAs {ctas:?}");
+            let b = tuned_mma_backend(&what, |d| {
+                let d = d.with_weight_gather(gather).with_lowrank_pairs(pairs)?;
+                match ctas {
+                    Some(n) => d.with_lowrank_row_ctas(n),
+                    None => Ok(d),
+                }
+            });
+            assert_eq!(b.device().weight_gather(), gather);
+            run_on_mma(b, &format!("LB_WG_GATHER={define}"), |ctx| {
+                let name = format!("wgmma lowrank, {what}");
+                crate::epilogue_cases(ctx, &name, &ops, 169);
+                half_output_edges(ctx, &name, &ops[2..], 170);
+                if gather == WeightGather::Vector {
+                    crate::edge_cases(ctx, &name, &ops[2..], 171);
+                }
+            });
+        }
+    }
+}
+
+/// Huge values (bf16 only: in f16 they overflow), qmax clipping and ties with f16 and
+/// bf16 + ReLU outputs (`edge_cases` keeps f32 output), packed and f32 input.
+fn half_output_edges(ctx: &mut Ctx, name: &str, ops: &[Op], seed: u64) {
+    use crate::{Data, InputKind, ScaleSource, Variant, Weights};
+    let mut rng = Rng::new(seed);
+    let halves = [
+        Epilogue {
+            dtype: OutputDType::F16,
+            relu: false,
+        },
+        Epilogue {
+            dtype: OutputDType::Bf16,
+            relu: true,
+        },
+    ];
+    for op in ops {
+        let w = Weights::new(op, crate::WeightKind::Int8, &mut rng);
+        for data in [Data::Huge, Data::Clip, Data::Ties(0.0137)] {
+            let x = crate::make_data(&mut rng, op.in_len(), data);
+            for epilogue in halves {
+                if data == Data::Huge && epilogue.dtype == OutputDType::F16 {
+                    continue; // past f16's range: inf, which the check rejects
+                }
+                for (input, scale) in [
+                    (InputKind::F32, ScaleSource::Compute),
+                    (InputKind::Packed, ScaleSource::Param(0.0137)),
+                ] {
+                    let v = Variant {
+                        format: Fmt::Int8,
+                        input,
+                        scale,
+                        epilogue,
+                    };
+                    crate::check_int_variant(ctx, &format!("{name} {data:?}"), op, &w, &x, v);
+                }
+            }
+        }
+    }
+}
+
 /// `lowrank_wgmma` with one warpgroup pair per CTA (`with_lowrank_pairs(1)`: two CTAs per
 /// SM at D ≤ 256) and the default row CTAs: the random, large, epilogue and edge cases on
 /// i8x4 weights, and the large and epilogue cases on ternary2 weights.

@@ -417,6 +417,9 @@ pub struct CudaDevice {
     /// The small-M tensor-core decoder's grid works out a computed scale of the f32 input its
     /// CTAs stage ([`SMALL_MMA_GRID_SCALE_ENV`], [`CudaDevice::with_small_mma_grid_scale`]).
     pub(crate) small_mma_grid_scale: bool,
+    /// How `lowrank_wgmma` gathers its i8x4 weight tile
+    /// ([`super::mma::WEIGHT_GATHER_ENV`], [`CudaDevice::with_weight_gather`]).
+    pub(crate) weight_gather: super::mma::WeightGather,
     /// SMs this context's kernels may occupy at once ([`coresident_sms`]): what a kernel with
     /// a grid barrier must fit in.
     pub(crate) coresident_sms: u32,
@@ -621,6 +624,10 @@ impl CudaDevice {
             small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, true)?,
             decoder_grid_scale: env_switch(DECODER_GRID_SCALE_ENV, true)?,
             small_mma_grid_scale: env_switch(SMALL_MMA_GRID_SCALE_ENV, true)?,
+            weight_gather: env_parse(
+                super::mma::WEIGHT_GATHER_ENV,
+                super::mma::parse_weight_gather,
+            )?,
             coresident_sms,
             small,
             small_mma_decoder: env_parse(
@@ -799,6 +806,18 @@ impl CudaDevice {
     /// See [`CudaDevice::with_small_mma_grid_scale`].
     pub fn small_mma_grid_scale(&self) -> bool {
         self.small_mma_grid_scale
+    }
+    /// How the large-M tensor-core projection (`lowrank_wgmma`, sm_90) fills its resident
+    /// i8x4 weight tile ([`WeightGather`](super::mma::WeightGather); overrides
+    /// `LOWBIT_CUDA_WEIGHT_GATHER`). The same bits each way. [`WeightGather::Whole`](super::mma::WeightGather::Whole) by default:
+    /// the others are prepared, not yet measured (BENCHMARKS.md, 2026-12-06).
+    pub fn with_weight_gather(mut self, gather: super::mma::WeightGather) -> Self {
+        self.weight_gather = gather;
+        self
+    }
+    /// See [`CudaDevice::with_weight_gather`].
+    pub fn weight_gather(&self) -> super::mma::WeightGather {
+        self.weight_gather
     }
     /// The small-M grid shape (overrides `LOWBIT_CUDA_SMALL`; any shape is bit-exact).
     pub fn with_small_shape(mut self, shape: super::tuning::SmallShape) -> Self {

@@ -135,6 +135,49 @@ pub const WGMMA_PAIR_THREADS: u32 = 256;
 /// empty or `auto` for the default ([`wgmma_pairs`]): see [`CudaDevice::with_lowrank_pairs`].
 pub const WG_PAIRS_ENV: &str = "LOWBIT_CUDA_WG_PAIRS";
 
+/// Environment variable that picks how `lowrank_wgmma` gathers its i8x4 weight tile: see
+/// [`WeightGather`] and [`CudaDevice::with_weight_gather`].
+pub const WEIGHT_GATHER_ENV: &str = "LOWBIT_CUDA_WEIGHT_GATHER";
+
+/// How the large-M tensor-core projection (`lowrank_wgmma`, sm_90) fills its resident i8x4
+/// weight tile (64 KB at D = 256), which every CTA loads from DRAM at once before its first
+/// store. Ternary2 weight tiles are expanded from register loads either way. The same bits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WeightGather {
+    /// 4-byte `cp.async`s, word by word (each column's k words are a row of the tile).
+    #[default]
+    Whole,
+    /// The same in two `cp.async` groups by column half, so that each warpgroup pair's first
+    /// row tile is multiplied and stored a half at a time while the second half still arrives
+    /// (16-bit outputs at D ≤ 256, without a chain before it; else [`WeightGather::Whole`]).
+    Halves,
+    /// 16-byte register loads of 4 × 4 words (a warp reads 512 contiguous bytes of a row),
+    /// transposed into the tile by 16-byte shared stores.
+    Vector,
+}
+
+impl WeightGather {
+    /// The kernel's `LB_WG_GATHER` for this epilogue, `kpw` and weight format.
+    fn define(self, epilogue: Epilogue, kpw: usize, t2: bool) -> u32 {
+        match self {
+            _ if t2 => 0,
+            Self::Halves if wgmma_split(epilogue) && kpw <= 64 => 1,
+            Self::Vector => 2,
+            _ => 0,
+        }
+    }
+}
+
+/// A [`WEIGHT_GATHER_ENV`] value: empty or `whole` (the default), `halves` or `vector`.
+pub fn parse_weight_gather(text: &str) -> std::result::Result<WeightGather, String> {
+    match text.trim() {
+        "" | "whole" => Ok(WeightGather::Whole),
+        "halves" => Ok(WeightGather::Halves),
+        "vector" => Ok(WeightGather::Vector),
+        t => Err(format!("`{t}`: expected whole, halves or vector")),
+    }
+}
+
 /// A [`WG_PAIRS_ENV`] value: empty or `auto` for the default (`None`), else 1 or 2.
 pub fn parse_wg_pairs(text: &str) -> std::result::Result<Option<usize>, String> {
     match text.trim() {
@@ -659,6 +702,7 @@ pub fn wgmma_defines(
     kpw: usize,
     t2: bool,
     pairs: usize,
+    gather: WeightGather,
 ) -> Vec<(String, String)> {
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
@@ -673,6 +717,7 @@ pub fn wgmma_defines(
         d("LB_WG_SPLIT", u32::from(wgmma_split(epilogue))),
         d("LB_WG_NB", wgmma_buffers(kpw, wgmma_split(epilogue), pairs)),
         d("LB_WG_T2", u32::from(t2)),
+        d("LB_WG_GATHER", gather.define(epilogue, kpw, t2)),
         eps(),
     ]
 }
@@ -687,10 +732,22 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 for kpw in (32..=WGMMA_MAX_KPW).step_by(32) {
                     for t2 in [false, true] {
                         for pairs in [1, 2] {
-                            v.push((
-                                KernelId::LowrankWgmma,
-                                wgmma_defines(uns, ep, kpw, t2, pairs),
-                            ));
+                            // Each gather that differs (in halves: i8x4, 16-bit outputs,
+                            // D <= 256; at 384 it spilled 40 bytes).
+                            let mut seen = Vec::new();
+                            for g in [
+                                WeightGather::Whole,
+                                WeightGather::Halves,
+                                WeightGather::Vector,
+                            ] {
+                                if !seen.contains(&g.define(ep, kpw, t2)) {
+                                    seen.push(g.define(ep, kpw, t2));
+                                    v.push((
+                                        KernelId::LowrankWgmma,
+                                        wgmma_defines(uns, ep, kpw, t2, pairs, g),
+                                    ));
+                                }
+                            }
                         }
                     }
                 }
@@ -2104,7 +2161,7 @@ impl CudaDevice {
         let pairs = wgmma_pairs(self.wg_pairs, epilogue);
         let f = self.function(
             KernelId::LowrankWgmma,
-            wgmma_defines(uns, epilogue, kpw, t2, pairs),
+            wgmma_defines(uns, epilogue, kpw, t2, pairs, self.weight_gather),
         )?;
         let threads = WGMMA_PAIR_THREADS * pairs as u32;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue), pairs);
