@@ -71,17 +71,13 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 #ifndef LB_WG_T2
 #define LB_WG_T2 0  // ternary2 weights (mma.cuh's glossary), expanded into the weight tile
 #endif
-#ifndef LB_WG_GATHER
-// How the i8x4 weight tile is gathered (= WeightGather in mma.rs): 0 whole, by 4-byte
-// cp.asyncs; 1 the same in two column halves (cp.async groups), see below; 2 by 16-byte
-// register loads of 4 x 4 words, transposed into the tile.
-#define LB_WG_GATHER 0
+#ifndef LB_WG_WHALVES
+#define LB_WG_WHALVES 0  // i8x4 weight tile in two column halves (cp.async groups), see below
 #endif
-#define LB_WG_WHALVES (LB_WG_GATHER == 1)
-#if (LB_WG_GATHER != 0 && LB_WG_T2) || (LB_WG_WHALVES && !LB_WG_SPLIT)
+#if LB_WG_WHALVES && (LB_WG_T2 || !LB_WG_SPLIT)
 // (f32 output, one wgmma group per tile: its first tile in two groups made ptxas serialize
 // every wgmma, C7511.)
-#error "lowrank_wgmma: LB_WG_GATHER is for i8x4 weight tiles, and 1 for 16-bit outputs"
+#error "lowrank_wgmma: LB_WG_WHALVES is for i8x4 weight tiles and 16-bit outputs"
 #endif
 
 // Output columns per thread and row in each 8G-column group: 4 f32 or 8 f16/bf16 (16 bytes).
@@ -90,16 +86,6 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 __device__ __forceinline__ int lb_wg_col(int c) {
     return 8 * LB_WG_G * (c / (8 * LB_WG_G)) + 2 * LB_WG_G * ((c & 7) >> 1) +
            2 * ((c >> 3) & (LB_WG_G - 1)) + (c & 1);
-}
-
-// The smem row of tile column j: lb_wg_col's inverse.
-__device__ __forceinline__ int lb_wg_row(int j) {
-    const int r = j & (8 * LB_WG_G - 1), rem = r & (2 * LB_WG_G - 1);
-    return (j & ~(8 * LB_WG_G - 1)) + 8 * (rem >> 1) + 2 * (r / (2 * LB_WG_G)) + (rem & 1);
-}
-
-__device__ __forceinline__ u32 lb_u4_at(const uint4& v, int e) {
-    return e == 0 ? v.x : e == 1 ? v.y : e == 2 ? v.z : v.w;
 }
 
 // Named barrier `id` (1, 2: one per pair) over 256 threads.
@@ -217,45 +203,6 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
         }
     };
     if (p.pdl != 0) expand_t2();
-#elif LB_WG_GATHER == 2
-    // The weight tile by 16-byte register loads: thread t takes blocks b = t + THREADS i of 4 k
-    // words x 4 columns (64 column groups by kpw / 4 word groups), so that a warp reads 512
-    // contiguous bytes of each of 4 rows; each column's 4 words are then one 16-byte store
-    // into its smem row. (The 4-byte cp.async gather below had every CTA's 64 KB tile ready
-    // only ~4.5 us after entry at M = 2048 on the H100, about 1.8 TB/s.) Stored as t2 is
-    // expanded: before the wait in a chain, after the first A tiles are queued without one.
-    constexpr int WV = 512 * LB_WG_NP / LB_WG_THREADS;  // blocks per thread
-    uint4 wv[WV][4];
-    {
-        const u32* w = p.b + (long long)h * p.b_head_rows * p.ldb;
-        const int lim = min(p.ncols, p.bcols);
-        const bool vec = (p.ldb & 3) == 0 && ((unsigned long long)p.b & 15) == 0;
-#pragma unroll
-        for (int i = 0; i < WV; ++i) {
-            const int b = tid + LB_WG_THREADS * i, n = n0 + 4 * (b & 63), q = 4 * (b >> 6);
-#pragma unroll
-            for (int r = 0; r < 4; ++r)
-                wv[i][r] = q + r < p.kw ? lb_b_word4_at(w + (long long)(q + r) * p.ldb + n, n, lim,
-                                                        vec && n + 4 <= lim)
-                                        : make_uint4(0u, 0u, 0u, 0u);
-        }
-        lb_commit();  // an empty group: the A tiles' group count stays as below
-    }
-    auto store_w = [&]() {
-#pragma unroll
-        for (int i = 0; i < WV; ++i) {
-            const int b = tid + LB_WG_THREADS * i, q = 4 * (b >> 6);
-            unsigned char* plane = Bs + (q >> 5) * b_plane;
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int c = lb_wg_row(4 * (b & 63) + e);
-                *(uint4*)(plane + c * 128 + ((((q >> 2) & 7) ^ (c & 7)) << 4)) =
-                    make_uint4(lb_u4_at(wv[i][0], e), lb_u4_at(wv[i][1], e),
-                               lb_u4_at(wv[i][2], e), lb_u4_at(wv[i][3], e));
-            }
-        }
-    };
-    if (p.pdl != 0) store_w();
 #elif LB_WG_WHALVES
     // The weight tile as above, in two cp.async groups: column half 0 (smem rows 64 H' + 0..63
     // of each warpgroup H') then half 1, so that the first tile's half 0 is multiplied and
@@ -321,8 +268,6 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     load_a(first + step, 1);
 #if LB_WG_T2
     if (p.pdl == 0) expand_t2();
-#elif LB_WG_GATHER == 2
-    if (p.pdl == 0) store_w();
 #endif
 #if LB_WG_WHALVES
     // Groups A0, W0, W1, A1 without a chain, W0, W1, A0, A1 in one: A0 and weight half 0.

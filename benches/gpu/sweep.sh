@@ -77,7 +77,7 @@
 # (LOWBIT_CUDA_DECODER_GRID_SCALE, M = 1..8 on the dp4a family), its tests first. t2gridscale:
 # the small-M tensor-core decoder's on ternary2 weights (LOWBIT_CUDA_SMALL_MMA_GRID_SCALE,
 # M = 1..16, off and on, two rounds), its tests first. wgather: lowrank_wgmma's i8x4 weight
-# tile gathered each way (LOWBIT_CUDA_WEIGHT_GATHER whole, halves, vector; bf16 + ReLU at M = 512,
+# tile gathered each way (LOWBIT_CUDA_WEIGHT_GATHER whole, halves; bf16 + ReLU at M = 512,
 # 2048, 8192 and f32 out at 512, 2048, every input variant, two rounds; run peers first for the
 # ratios), its test first, then the timelines at M = 2048 each way.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
@@ -441,14 +441,14 @@ fi
 if has wgather; then
   step_tests wgather 300 8 lowrank_wgmma_weight_gather
   for round in 1 2; do
-    for g in whole halves vector; do
+    for g in whole halves; do
       LOWBIT_CUDA_WEIGHT_GATHER=$g bench "lowrank i8x4, bf16 + ReLU, $g gather, round $round" \
         --backend cuda --op lowrank --variant all --m 512,2048,8192 --out bf16 --relu
       LOWBIT_CUDA_WEIGHT_GATHER=$g bench "lowrank i8x4, f32 out, $g gather, round $round" \
         --backend cuda --op lowrank --variant all --m 512,2048
     done
   done
-  for g in whole halves vector; do  # stamp 2: the first mma may start
+  for g in whole halves; do  # stamp 2: the first mma may start
     echo "=== trace lowrank packed bf16 + ReLU M=2048, $g gather" | tee -a "$sum"
     mkdir -p "$out/wgtrace-$g"
     LOWBIT_CUDA_WEIGHT_GATHER=$g LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/wgtrace-$g "$L" bench \

@@ -617,13 +617,13 @@ fn lowrank_wgmma_pipeline() {
     }
 }
 
-/// `lowrank_wgmma` with each other way of gathering its i8x4 weight tile
-/// (`with_weight_gather`): in two column halves (16-bit outputs, D <= 256: each pair's first
-/// tile multiplied and stored a half at a time) and by 16-byte register loads (every
-/// epilogue; N % 4 = 2 takes the word-by-word loads). Every epilogue and input variant, the
-/// edge data with f32 and 16-bit outputs, under both pair counts and several row CTAs: M of
-/// one 64-row tile (the second pair has none and only meets the barrier), a partial last tile
-/// and column tile, Hin = H, D off 32 (k words past D), latent_out < N.
+/// `lowrank_wgmma` gathering its i8x4 weight tile each way (`with_weight_gather`): in two
+/// column halves (the default; it applies to 16-bit outputs at D <= 256 without a packing
+/// launch before: each pair's first tile multiplied and stored a half at a time) and whole.
+/// Every epilogue and input variant, the edge data with 16-bit outputs, under both pair
+/// counts and several row CTAs: M of one 64-row tile (the second pair has none and only meets
+/// the barrier), a partial last tile and column tile, Hin = H, D off 32 (k words past D),
+/// latent_out < N.
 #[test]
 fn lowrank_wgmma_weight_gather() {
     use lowbit_kernels::backend::cuda::mma::WeightGather;
@@ -636,31 +636,44 @@ fn lowrank_wgmma_weight_gather() {
         lr([1, 1, 50, 200], [3, 200, 270], 257),
         lr([2, 2, 70, 100], [2, 100, 130], 130),
     ];
-    for (gather, define) in [(WeightGather::Halves, 1), (WeightGather::Vector, 2)] {
-        for (pairs, ctas) in [
-            (2, None),
-            (2, Some(1)),
-            (2, Some(3)),
-            (1, None),
-            (1, Some(1)),
-        ] {
-            let what = format!("{gather:?} gather, {pairs} pairs, row CTAs {ctas:?}");
-            let b = tuned_mma_backend(&what, |d| {
-                let d = d.with_weight_gather(gather).with_lowrank_pairs(pairs)?;
-                match ctas {
-                    Some(n) => d.with_lowrank_row_ctas(n),
-                    None => Ok(d),
-                }
-            });
-            assert_eq!(b.device().weight_gather(), gather);
-            run_on_mma(b, &format!("LB_WG_GATHER={define}"), |ctx| {
-                let name = format!("wgmma lowrank, {what}");
-                crate::epilogue_cases(ctx, &name, &ops, 169);
-                half_output_edges(ctx, &name, &ops[2..], 170);
-                if gather == WeightGather::Vector {
-                    crate::edge_cases(ctx, &name, &ops[2..], 171);
-                }
-            });
+    let halves = [
+        (2, None),
+        (2, Some(1)),
+        (2, Some(3)),
+        (1, None),
+        (1, Some(1)),
+    ];
+    let runs = halves.iter().map(|&pc| (WeightGather::Halves, pc)).chain([
+        (WeightGather::Whole, (2, None)),
+        (WeightGather::Whole, (1, Some(1))),
+    ]);
+    for (gather, (pairs, ctas)) in runs {
+        let what = format!("{gather:?} gather, {pairs} pairs, row CTAs {ctas:?}");
+        let b = tuned_mma_backend(&what, |d| {
+            let d = d.with_weight_gather(gather).with_lowrank_pairs(pairs)?;
+            match ctas {
+                Some(n) => d.with_lowrank_row_ctas(n),
+                None => Ok(d),
+            }
+        });
+        assert_eq!(b.device().weight_gather(), gather);
+        let needle = if gather == WeightGather::Halves {
+            "LB_WG_WHALVES=1"
+        } else {
+            "LB_WG_WHALVES=0"
+        };
+        run_on_mma(b, needle, |ctx| {
+            let name = format!("wgmma lowrank, {what}");
+            crate::epilogue_cases(ctx, &name, &ops, 169);
+            half_output_edges(ctx, &name, &ops[2..], 170);
+        });
+        if gather == WeightGather::Whole {
+            let halves_built = b
+                .device()
+                .compile_logs()
+                .iter()
+                .any(|(m, _)| m.contains("LB_WG_WHALVES=1"));
+            assert!(!halves_built, "{what}: the halves variant was built");
         }
     }
 }

@@ -808,9 +808,8 @@ impl CudaDevice {
         self.small_mma_grid_scale
     }
     /// How the large-M tensor-core projection (`lowrank_wgmma`, sm_90) fills its resident
-    /// i8x4 weight tile ([`WeightGather`](super::mma::WeightGather); overrides
-    /// `LOWBIT_CUDA_WEIGHT_GATHER`). The same bits each way. [`WeightGather::Whole`](super::mma::WeightGather::Whole) by default:
-    /// the others are prepared, not yet measured (BENCHMARKS.md, 2026-12-06).
+    /// i8x4 weight tile ([`WeightGather`](super::mma::WeightGather), in halves where that
+    /// applies by default; overrides `LOWBIT_CUDA_WEIGHT_GATHER`). The same bits each way.
     pub fn with_weight_gather(mut self, gather: super::mma::WeightGather) -> Self {
         self.weight_gather = gather;
         self

@@ -144,37 +144,34 @@ pub const WEIGHT_GATHER_ENV: &str = "LOWBIT_CUDA_WEIGHT_GATHER";
 /// store. Ternary2 weight tiles are expanded from register loads either way. The same bits.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum WeightGather {
-    /// 4-byte `cp.async`s, word by word (each column's k words are a row of the tile).
+    /// By 4-byte `cp.async`s, word by word (each column's k words are a row of the tile), in
+    /// two groups by column half where the output is 16-bit, D ≤ 256 and no packing launch
+    /// runs before it: each warpgroup pair's first row tile is then multiplied and stored a
+    /// half at a time while the second half still arrives; elsewhere as [`WeightGather::Whole`].
+    /// H100, BDH shape, i8x4 weights, packed input, bf16 + ReLU, two calls of two rounds:
+    /// M = 8192 189.2–191.2 µs against 195.0–196.0 whole; 2048 53.47–54.46 against
+    /// 54.40–54.56; 512 19.87–20.16 against 20.19–20.26 (BENCHMARKS.md, 2026-12-06). After
+    /// the f32 input's packing launch it lost (0.6–0.9 µs at M = 512), so it is not used there.
     #[default]
-    Whole,
-    /// The same in two `cp.async` groups by column half, so that each warpgroup pair's first
-    /// row tile is multiplied and stored a half at a time while the second half still arrives
-    /// (16-bit outputs at D ≤ 256, without a chain before it; else [`WeightGather::Whole`]).
     Halves,
-    /// 16-byte register loads of 4 × 4 words (a warp reads 512 contiguous bytes of a row),
-    /// transposed into the tile by 16-byte shared stores.
-    Vector,
+    /// Whole, in one `cp.async` group.
+    Whole,
 }
 
 impl WeightGather {
-    /// The kernel's `LB_WG_GATHER` for this epilogue, `kpw` and weight format.
-    fn define(self, epilogue: Epilogue, kpw: usize, t2: bool) -> u32 {
-        match self {
-            _ if t2 => 0,
-            Self::Halves if wgmma_split(epilogue) && kpw <= 64 => 1,
-            Self::Vector => 2,
-            _ => 0,
-        }
+    /// The kernel's `LB_WG_WHALVES` for this epilogue, `kpw`, weight format and chain (a
+    /// packing launch before it).
+    fn define(self, epilogue: Epilogue, kpw: usize, t2: bool, chain: bool) -> u32 {
+        u32::from(self == Self::Halves && !t2 && !chain && wgmma_split(epilogue) && kpw <= 64)
     }
 }
 
-/// A [`WEIGHT_GATHER_ENV`] value: empty or `whole` (the default), `halves` or `vector`.
+/// A [`WEIGHT_GATHER_ENV`] value: empty or `halves` (the default), or `whole`.
 pub fn parse_weight_gather(text: &str) -> std::result::Result<WeightGather, String> {
     match text.trim() {
-        "" | "whole" => Ok(WeightGather::Whole),
-        "halves" => Ok(WeightGather::Halves),
-        "vector" => Ok(WeightGather::Vector),
-        t => Err(format!("`{t}`: expected whole, halves or vector")),
+        "" | "halves" => Ok(WeightGather::Halves),
+        "whole" => Ok(WeightGather::Whole),
+        t => Err(format!("`{t}`: expected halves or whole")),
     }
 }
 
@@ -702,7 +699,7 @@ pub fn wgmma_defines(
     kpw: usize,
     t2: bool,
     pairs: usize,
-    gather: WeightGather,
+    whalves: bool,
 ) -> Vec<(String, String)> {
     vec![
         d(super::compile::ARCH_SPECIFIC_DEFINE, 1),
@@ -717,7 +714,7 @@ pub fn wgmma_defines(
         d("LB_WG_SPLIT", u32::from(wgmma_split(epilogue))),
         d("LB_WG_NB", wgmma_buffers(kpw, wgmma_split(epilogue), pairs)),
         d("LB_WG_T2", u32::from(t2)),
-        d("LB_WG_GATHER", gather.define(epilogue, kpw, t2)),
+        d("LB_WG_WHALVES", u32::from(whalves)),
         eps(),
     ]
 }
@@ -732,21 +729,17 @@ pub fn wgmma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
                 for kpw in (32..=WGMMA_MAX_KPW).step_by(32) {
                     for t2 in [false, true] {
                         for pairs in [1, 2] {
-                            // Each gather that differs (in halves: i8x4, 16-bit outputs,
-                            // D <= 256; at 384 it spilled 40 bytes).
-                            let mut seen = Vec::new();
-                            for g in [
-                                WeightGather::Whole,
-                                WeightGather::Halves,
-                                WeightGather::Vector,
-                            ] {
-                                if !seen.contains(&g.define(ep, kpw, t2)) {
-                                    seen.push(g.define(ep, kpw, t2));
-                                    v.push((
-                                        KernelId::LowrankWgmma,
-                                        wgmma_defines(uns, ep, kpw, t2, pairs, g),
-                                    ));
-                                }
+                            v.push((
+                                KernelId::LowrankWgmma,
+                                wgmma_defines(uns, ep, kpw, t2, pairs, false),
+                            ));
+                            // The weight tile in halves (i8x4, 16-bit outputs, D <= 256;
+                            // at 384 it spilled 40 bytes).
+                            if WeightGather::Halves.define(ep, kpw, t2, false) == 1 {
+                                v.push((
+                                    KernelId::LowrankWgmma,
+                                    wgmma_defines(uns, ep, kpw, t2, pairs, true),
+                                ));
                             }
                         }
                     }
@@ -2159,9 +2152,13 @@ impl CudaDevice {
         p.kpw = i32_of(OP, "D words", kpw)?;
         p.tiles_n = i32_of(OP, "column tiles", tiles_n)?;
         let pairs = wgmma_pairs(self.wg_pairs, epilogue);
+        // Whether `lowrank_scale_and_a` below will pack the input first (and so chain): only
+        // to pick the weight gather, which is correct either way.
+        let chain = self.chained() && (mode != 0 || p.a_vec == 0);
+        let whalves = self.weight_gather.define(epilogue, kpw, t2, chain) == 1;
         let f = self.function(
             KernelId::LowrankWgmma,
-            wgmma_defines(uns, epilogue, kpw, t2, pairs, self.weight_gather),
+            wgmma_defines(uns, epilogue, kpw, t2, pairs, whalves),
         )?;
         let threads = WGMMA_PAIR_THREADS * pairs as u32;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue), pairs);
