@@ -280,7 +280,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     lb_wait<1>();
 #endif
     lb_fence_async_smem();
-    __syncthreads();  // the weight tile (half 0: LB_WG_WHALVES) and the pair's first A tile are visible
+    __syncthreads();  // the weight tile (LB_WG_WHALVES: half 0) and the pair's first A tile
     lb_trace_at(2);
 
     const int warp = (tid >> 5) & 3, lane = tid & 31;
@@ -364,9 +364,9 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     //
     // LB_WG_WHALVES without a chain (in one, the whole tile has landed during the PDL wait):
     // the pair's first tile (`whalf`) is issued as half 0 alone; its stores are issued before
-    // the wait for weight half 1, then half 1 is issued. (A separate first
-    // iteration spilled at 128 registers.) A pair with no tile still meets the block barrier
-    // that makes half 1 visible.
+    // the wait for weight half 1, then half 1 is issued. (A separate first iteration spilled
+    // at 128 registers.) A pair with no tile still meets the block barrier that makes half 1
+    // visible.
     auto weight_half_1 = [&]() {
         lb_wait<1>();  // every group but the last (A1): weight half 1 landed
         lb_fence_async_smem();
