@@ -2713,6 +2713,32 @@ mod tests {
     }
 
     #[test]
+    fn weight_gather_parse_and_define() {
+        for (text, g) in [
+            ("", WeightGather::Halves),
+            (" halves ", WeightGather::Halves),
+            ("whole", WeightGather::Whole),
+        ] {
+            assert_eq!(parse_weight_gather(text), Ok(g), "{text:?}");
+        }
+        for bad in ["vector", "1", "Halves"] {
+            assert!(parse_weight_gather(bad).is_err(), "{bad}");
+        }
+        // Halves only for i8x4 weights, 16-bit outputs, D <= 256 and no packing launch first.
+        let bf16 = Epilogue {
+            dtype: OutputDType::Bf16,
+            relu: true,
+        };
+        let h = WeightGather::Halves;
+        assert_eq!(h.define(bf16, 64, false, false), 1);
+        assert_eq!(h.define(bf16, 96, false, false), 0);
+        assert_eq!(h.define(bf16, 64, true, false), 0);
+        assert_eq!(h.define(bf16, 64, false, true), 0);
+        assert_eq!(h.define(Epilogue::default(), 64, false, false), 0);
+        assert_eq!(WeightGather::Whole.define(bf16, 64, false, false), 0);
+    }
+
+    #[test]
     fn row_ctas_parse() {
         for (text, n) in [
             ("", None),
