@@ -148,9 +148,9 @@ pub enum WeightGather {
     /// two groups by column half where the output is 16-bit, D ≤ 256 and no packing launch
     /// runs before it: each warpgroup pair's first row tile is then multiplied and stored a
     /// half at a time while the second half still arrives; elsewhere as [`WeightGather::Whole`].
-    /// H100, BDH shape, i8x4 weights, packed input, bf16 + ReLU, two calls of two rounds:
-    /// M = 8192 189.2–191.2 µs against 195.0–196.0 whole; 2048 53.47–54.46 against
-    /// 54.40–54.56; 512 19.87–20.16 against 20.19–20.26 (BENCHMARKS.md, 2026-12-06). After
+    /// H100, BDH shape, i8x4 weights, packed input, bf16 + ReLU, three calls of two rounds:
+    /// M = 8192 189.2–191.6 µs against 193.6–196.0 whole; 2048 53.47–54.46 against
+    /// 54.40–54.56; 512 19.87–20.22 against 20.19–20.32 (BENCHMARKS.md, 2026-12-06). After
     /// the f32 input's packing launch it lost (0.6–0.9 µs at M = 512), so it is not used there.
     #[default]
     Halves,
