@@ -608,6 +608,13 @@ impl CudaDevice {
         self.resident_blocks(f, threads, smem)
     }
 
+    /// Of `slots` blocks resident on the whole device (`prepare_dynamic`'s count), those that
+    /// fit at once on the SMs this context may use (`coresident_sms`: fewer under MPS): what a
+    /// grid barrier's kernel must not exceed.
+    pub(crate) fn coresident_blocks(&self, slots: usize) -> usize {
+        slots / self.caps.multiprocessors.max(1) as usize * self.coresident_sms.max(1) as usize
+    }
+
     /// Asks the driver to give `f`'s SMs all of their unified L1 / shared memory as shared
     /// memory (the preferred carveout), so that several of its large-smem blocks fit per SM;
     /// once per function. Call before [`CudaDevice::prepare_dynamic`], whose occupancy query
@@ -1333,10 +1340,8 @@ impl CudaDevice {
         let splits = heads * sp;
         p.splits_per_head = sp as i32;
         // The grid barrier needs every CTA resident at once, on the SMs this context may use.
-        let coresident =
-            slots / self.caps.multiprocessors.max(1) as usize * self.coresident_sms.max(1) as usize;
         let f = match grid_scale {
-            Some(_) if col_tiles * splits > coresident => {
+            Some(_) if col_tiles * splits > self.coresident_blocks(slots) => {
                 grid_scale = None;
                 // SAFETY: forwarded contract (y holds y_len f32).
                 let (sp, sv) = unsafe { self.resolve_scale(y, shape.y_len(), format, scale)? };

@@ -1747,9 +1747,8 @@ impl CudaDevice {
                         d("LB_RED_MAX_BLOCKS", t::RED_MAX_BLOCKS),
                     ]);
                     let f = self.function(KernelId::DecoderMmaSmall, g)?;
-                    let resident = self.prepare_dynamic(&f, ms.threads(), smem)?
-                        / self.caps.multiprocessors.max(1) as usize
-                        * self.coresident_sms.max(1) as usize;
+                    let resident =
+                        self.coresident_blocks(self.prepare_dynamic(&f, ms.threads(), smem)?);
                     (col_tiles * splits * row_blocks <= resident).then_some((f, buf))
                 }
                 _ => None,
