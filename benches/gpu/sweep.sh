@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide] [inlinescale] [gridscale] [t2gridscale] [wgather]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide] [inlinescale] [gridscale] [t2gridscale] [wgather] [f32gap]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -80,6 +80,9 @@
 # tile gathered each way (LOWBIT_CUDA_WEIGHT_GATHER whole, halves; bf16 + ReLU at M = 512,
 # 2048, 8192 and f32 out at 512, 2048, every input variant, two rounds; run peers first for the
 # ratios), its test first, then the timelines at M = 2048 each way.
+# f32gap: what the f32 input's packing launch adds to the low-rank projection at M = 2048 /
+# 8192 (packed against f32 input, f32 out; the timelines of both, the two-kernel chain too;
+# ncu's durations of each kernel alone).
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -454,6 +457,36 @@ if has wgather; then
     LOWBIT_CUDA_WEIGHT_GATHER=$g LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/wgtrace-$g "$L" bench \
       --backend cuda --op lowrank --variant packed --m 2048 --out bf16 --relu 2>&1 \
       | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+  done
+fi
+if has f32gap; then
+  # Where the f32 input's packing launch costs the low-rank projection its time at large M:
+  # packed against f32 input (f32 out, ternary2 and i8x4), then each one's timeline (packing
+  # launch and projection stamps) at 2048 / 8192, the two-kernel chain (FUSED_SCALE=0) too, and
+  # ncu's durations of each kernel alone.
+  for w in ternary2 i8x4; do
+    bench "lowrank $w, f32 out, packed and f32 in" --backend cuda --op lowrank --variant all \
+      --m 2048,8192 --weights $w
+  done
+  LOWBIT_CUDA_FUSED_SCALE=0 bench "lowrank ternary2, f32 in, two-kernel chain" --backend cuda \
+    --op lowrank --variant f32 --m 2048,8192 --weights ternary2
+  LOWBIT_CUDA_PDL=0 bench "lowrank ternary2, f32 in, no PDL" --backend cuda --op lowrank \
+    --variant f32 --m 2048,8192 --weights ternary2
+  for spec in "packed 2048 1" "f32 2048 1" "packed 8192 1" "f32 8192 1" "f32 8192 0"; do
+    set -- $spec
+    echo "=== trace lowrank ternary2 $1 M=$2 fused_scale=$3" | tee -a "$sum"
+    mkdir -p "$out/f32trace-$1-$2-$3"
+    LOWBIT_CUDA_FUSED_SCALE=$3 LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/f32trace-$1-$2-$3 "$L" \
+      bench --backend cuda --op lowrank --variant $1 --m $2 --weights ternary2 2>&1 \
+      | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+  done
+  command -v ncu >/dev/null || export PATH="$PATH:$(ls -d /usr/local/cuda*/bin | head -1)"
+  for m in 2048 8192; do
+    echo "=== ncu lowrank ternary2 f32 M=$m" | tee -a "$sum"
+    timeout 120 ncu --clock-control none --metrics gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum \
+      -k regex:'mma_prep|absmean|lowrank_wgmma' -c 9 "$L" bench --backend cuda --op lowrank \
+      --variant f32 --m $m --weights ternary2 --iters 3 > "$out/ncu-f32-$m.log" 2>&1
+    grep -E "^  [a-z_]+.*\(|gpu__time_duration|dram__bytes" "$out/ncu-f32-$m.log" | head -30 | tee -a "$sum"
   done
 fi
 if has chainfloor; then
