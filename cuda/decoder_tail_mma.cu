@@ -91,7 +91,7 @@ __device__ __forceinline__ double lb_warp_sum(double v) {
 }
 
 #ifndef LB_PREP_KEEP
-#define LB_PREP_KEEP 1  // mma_prep_scale_a: items per thread held in registers (PREP_KEEP in mma.rs)
+#define LB_PREP_KEEP 1  // mma_prep_scale_a's items per thread in registers (PREP_KEEP, mma.rs)
 #endif
 #if LB_PREP_KEEP > 1
 // Registers for the projection's CTA beside it (135 x 256 of 65536 at D = 256, f32 out).
@@ -177,7 +177,8 @@ extern "C" __global__ void LB_PREP_BOUNDS
     if (threadIdx.x == 0 && blockIdx.x == 0) *scale_out = s;
 #pragma unroll
     for (int j = 0; j < LB_PREP_KEEP; ++j)
-        if (first + j * stride < total) lb_prep_put(dst, ldo, first + j * stride, qpr, f[j], s, p.fmt);
+        if (first + j * stride < total)
+            lb_prep_put(dst, ldo, first + j * stride, qpr, f[j], s, p.fmt);
     for (long long i = rest; i < total; i += stride) {
         float g[16];
         lb_prep_floats(p, i, qpr, g);
