@@ -646,7 +646,7 @@ pub const FUSED_SCALE_L2_SHARE: u64 = 2;
 /// `mma_prep_scale_a`'s grid for `items` items on `sms` SMs where `resident` of its blocks fit
 /// at once and each thread holds `keep` items: a thread per item where that takes at most one
 /// block per SM, else one block per SM, or more (up to `resident`) where that would leave over
-/// `keep` items per thread.
+/// `keep` items per thread. With `keep` 1 that is a thread per item up to `resident`.
 pub fn prep_scale_blocks(items: usize, sms: usize, resident: usize, keep: usize) -> usize {
     let threads = 256;
     items
@@ -1957,12 +1957,7 @@ impl CudaDevice {
         let resident = self.prepare_dynamic(&f, 256, 0)?;
         let ldo = kw.next_multiple_of(4);
         let items = rows * (ldo / 4);
-        let sms = if self.prep_keep {
-            self.coresident_sms as usize
-        } else {
-            usize::MAX
-        };
-        let blocks = prep_scale_blocks(items, sms, resident, keep);
+        let blocks = prep_scale_blocks(items, self.coresident_sms as usize, resident, keep);
         let mut scratch = self.scratch();
         let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
         let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
@@ -2769,9 +2764,9 @@ mod tests {
         assert_eq!(prep_scale_blocks(1 << 24, 132, 396, PREP_KEEP), 396);
         assert_eq!(prep_scale_blocks(1, 132, 396, PREP_KEEP), 1);
         assert_eq!(prep_scale_blocks(0, 132, 396, PREP_KEEP), 1);
-        // Off (keep 1, no SM cap): a thread per item up to resident, as before.
-        assert_eq!(prep_scale_blocks(8192 * 16, usize::MAX, 396, 1), 396);
-        assert_eq!(prep_scale_blocks(2048 * 16, usize::MAX, 396, 1), 128);
+        // Off (keep 1): a thread per item up to resident, as before.
+        assert_eq!(prep_scale_blocks(8192 * 16, 132, 396, 1), 396);
+        assert_eq!(prep_scale_blocks(2048 * 16, 132, 396, 1), 128);
     }
 
     #[test]
