@@ -798,10 +798,8 @@ fn small_inline_scale_pair(module: &str, two: &CudaDevice, one: &CudaDevice) {
             });
         }
     }
-    let inline8 = one.compile_logs().iter().any(|(m, _)| {
-        m.starts_with(module)
-            && (m.contains("LB_MS_SCALE_BLOCKS=8") || m.contains("LB_SM_SCALE_BLOCKS=8"))
-    });
+    let inline8 = crate::compiled(one, &[module, "LB_MS_SCALE_BLOCKS=8"])
+        || crate::compiled(one, &[module, "LB_SM_SCALE_BLOCKS=8"]);
     assert!(
         inline8,
         "{module}: no inline-scale variant of 8 blocks was compiled"
@@ -1180,10 +1178,7 @@ fn small_decoder_grid_scale_same_bits() {
     ];
     decoder_scale_pairs(&one, &two, 23, false, &cases);
     let caps = one.caps().compute_capability;
-    let grid = one
-        .compile_logs()
-        .iter()
-        .any(|(m, _)| m.starts_with("decoder_tail.cu") && m.contains("LB_SM_GRID_SCALE="));
+    let grid = crate::compiled(&one, &["decoder_tail.cu", "LB_SM_GRID_SCALE="]);
     assert!(
         grid || caps < lowbit_kernels::caps::GRID_BARRIER_MIN_SM,
         "no grid-scale variant was compiled on compute capability {caps:?}"
@@ -1209,17 +1204,11 @@ fn small_mma_decoder_grid_scale_same_bits() {
         (8, 8, 8190, 8),
     ];
     decoder_scale_pairs(&one, &two, 29, true, &cases);
-    let grid = one
-        .compile_logs()
-        .iter()
-        .any(|(m, _)| m.starts_with("decoder_tail_mma.cu") && m.contains("LB_MS_GRID_SCALE="));
+    let grid = crate::compiled(&one, &["decoder_tail_mma.cu", "LB_MS_GRID_SCALE="]);
     assert!(
         grid,
         "no grid-scale variant of the small-M tensor-core decoder was compiled"
     );
-    let none = two
-        .compile_logs()
-        .iter()
-        .any(|(m, _)| m.contains("LB_MS_GRID_SCALE="));
+    let none = crate::compiled(&two, &["LB_MS_GRID_SCALE="]);
     assert!(!none, "the grid scale ran with it off");
 }

@@ -98,10 +98,7 @@ fn run_on_mma(b: &'static CudaBackend, needle: &str, case: impl FnOnce(&mut Ctx)
         );
     }
     assert!(
-        b.device()
-            .compile_logs()
-            .iter()
-            .any(|(m, _)| m.contains(needle)),
+        crate::compiled(b.device(), &[needle]),
         "no module matching {needle:?} was compiled: the case did not reach that kernel"
     );
 }
@@ -351,11 +348,7 @@ fn small_lowrank_inline_scale() {
         let Some(b) = small_cases_on(cell, t2, |d| d.with_small_inline_scale(true)) else {
             return;
         };
-        let inline = b
-            .device()
-            .compile_logs()
-            .iter()
-            .any(|(m, _)| m.starts_with("lowrank_mma.cu") && m.contains("LB_MS_SCALE_BLOCKS="));
+        let inline = crate::compiled(b.device(), &["lowrank_mma.cu", "LB_MS_SCALE_BLOCKS="]);
         assert!(inline, "t2 {t2}: no inline-scale variant was compiled");
     }
 }
@@ -420,11 +413,7 @@ fn small_decoder_f32_packing_each_way() {
         };
         assert_eq!(b.device().small_prepack(), Some(prepack));
         let compiled = |needle: &str| {
-            b.device().compile_logs().iter().any(|(m, _)| {
-                m.starts_with("decoder_tail_mma.cu")
-                    && m.contains(needle)
-                    && m.contains("LB_MODE=2")
-            })
+            crate::compiled(b.device(), &["decoder_tail_mma.cu", needle, "LB_MODE=2"])
         };
         assert_eq!(
             compiled("LB_MMA_SMALL=1"),
@@ -668,11 +657,7 @@ fn lowrank_wgmma_weight_gather() {
             half_output_edges(ctx, &name, &ops[2..], 170);
         });
         if gather == WeightGather::Whole {
-            let halves_built = b
-                .device()
-                .compile_logs()
-                .iter()
-                .any(|(m, _)| m.contains("LB_WG_WHALVES=1"));
+            let halves_built = crate::compiled(b.device(), &["LB_WG_WHALVES=1"]);
             assert!(!halves_built, "{what}: the halves variant was built");
         }
     }
@@ -988,11 +973,9 @@ fn assert_every_tile_ran(b: &CudaBackend, what: &str, needle: &str) {
 /// Modules with `needle` in their defines ran on `b` with each of `tiles` (defines such as
 /// `LB_DW_BM=64`, `LB_DW_ZC=2`).
 fn assert_tiles_ran(b: &CudaBackend, what: &str, needle: &str, tiles: &[&str]) {
-    let logs = b.device().compile_logs();
     for tile in tiles {
         assert!(
-            logs.iter()
-                .any(|(m, _)| m.contains(tile) && m.contains(needle)),
+            crate::compiled(b.device(), &[tile, needle]),
             "{what}: no {tile} module with {needle} ran"
         );
     }
@@ -1140,19 +1123,13 @@ fn narrow_partials_cases(
             }
         });
         assert!(
-            b.device()
-                .compile_logs()
-                .iter()
-                .any(|(m, _)| m.contains("LB_RED16=1")),
+            crate::compiled(b.device(), &["LB_RED16=1"]),
             "{what}: the narrow reduction was not compiled"
         );
         if let Some(w) = width {
             let needle = format!("LB_RED16=1 LB_RED_BATCH=8 LB_RED_W={w}");
             assert!(
-                b.device()
-                    .compile_logs()
-                    .iter()
-                    .any(|(m, _)| m.contains(&needle)),
+                crate::compiled(b.device(), &[&needle]),
                 "{what}: the {w}-wide reduction was not compiled"
             );
         }
@@ -1359,9 +1336,7 @@ fn lowrank_chain_back_to_back() {
         }
         for stem in ["LB_WG_T2=0", "LB_WG_T2=1"] {
             assert!(
-                dev.compile_logs()
-                    .iter()
-                    .any(|(m, _)| m.contains("LB_WGMMA=1") && m.contains(stem)),
+                crate::compiled(dev, &["LB_WGMMA=1", stem]),
                 "the chain did not reach lowrank_wgmma with {stem}"
             );
         }

@@ -122,6 +122,22 @@ pub fn cuda_backend(
     }
 }
 
+/// Whether `dev` compiled a module whose key holds every one of `needles` (defines such as
+/// `LB_RED16=1`); a needle ending in `.cu` names the file and must open the key. The tests use
+/// it to show that a case reached the kernel variant it is about.
+#[cfg(feature = "cuda")]
+pub fn compiled(dev: &lowbit_kernels::backend::cuda::CudaDevice, needles: &[&str]) -> bool {
+    dev.compile_logs().iter().any(|(key, _)| {
+        needles.iter().all(|n| {
+            if n.ends_with(".cu") {
+                key.starts_with(n)
+            } else {
+                key.contains(n)
+            }
+        })
+    })
+}
+
 /// Runs one case on a CUDA backend that uploads ternary/binary weights as ternary2 fragments
 /// (the tensor-core small-M kernel at every M); skips loudly without the int8 tensor cores.
 pub fn run_cuda_t2(case: fn(&mut Ctx)) {
