@@ -84,8 +84,8 @@
 # 8192 (packed against f32 input, f32 out; the timelines of both, the two-kernel chain too;
 # ncu's durations of each kernel alone).
 # prepkeep: mma_prep_scale_a's items in registers on one block per SM beside the projection
-# (LOWBIT_CUDA_PREP_KEEP=1) against the default, f32 input at M = 512..8192; its tests first,
-# the timelines last.
+# (LOWBIT_CUDA_PREP_KEEP=1) against the default, f32 input at M = 512..8192 (PK_ROUNDS rounds,
+# default 2); its tests first, the timelines last.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -498,7 +498,7 @@ if has prepkeep; then
   # at M = 512 / 2048 / 8192 (both weight formats, f32 out; ternary2 bf16 + ReLU), alternating,
   # then the timelines of both at 2048 / 8192 (ternary2; run peers first for the ratios).
   step_tests prepkeep 200 4 lowrank_chain_back_to_back small_decoder_f32_packing_each_way
-  for round in 1 2; do
+  for round in $(seq 1 "${PK_ROUNDS:-2}"); do
     for k in 0 1; do
       for w in ternary2 i8x4; do
         LOWBIT_CUDA_PREP_KEEP=$k bench "lowrank $w, f32 in, f32 out, keep $k, round $round" \
