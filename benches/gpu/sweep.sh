@@ -189,6 +189,13 @@ bench() {  # label, then lowbit bench args
   "${BIN:-$L}" bench "$@" "${peers[@]}" 2>>"$out/bench.err" | tee -a "$out/bench.log" \
     | grep -E "^(cuda|wgpu) |^cuda: weight-stream" | cut -c1-230 | tee -a "$sum"
 }
+trace_bench() {  # label, $out subfolder for every block's stamps ('' for $out), then lowbit bench args
+  local label=$1 dir=$out${2:+/$2}; shift 2
+  echo "=== $label" | tee -a "$sum"
+  mkdir -p "$dir"
+  LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$dir "$L" bench "$@" 2>&1 | tee -a "$out/trace.log" \
+    | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+}
 step_tests() {  # label, time limit (s), threads, then test name filters: those differential tests
   local label=$1 limit=$2 threads=$3 d; shift 3
   d=$(ls "$b"/tests/differential-* | head -1)
@@ -267,11 +274,8 @@ if has lrprologue; then
     done
   done
   for w in ternary2 i8x4; do  # s2: the weight tile and first A tiles in smem (new build)
-    echo "=== trace lowrank packed M=512, $w" | tee -a "$sum"
-    mkdir -p "$out/lrtrace-$w"
-    LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/lrtrace-$w "$L" bench --backend cuda --op lowrank \
-      --variant packed --m 512 --weights $w 2>&1 | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " \
-      | cut -c1-300 | tee -a "$sum"
+    trace_bench "trace lowrank packed M=512, $w" lrtrace-$w --backend cuda --op lowrank \
+      --variant packed --m 512 --weights $w
   done
 fi
 if has ab; then
@@ -455,11 +459,8 @@ if has wgather; then
     done
   done
   for g in whole halves; do  # stamp 2: the first mma may start
-    echo "=== trace lowrank packed bf16 + ReLU M=2048, $g gather" | tee -a "$sum"
-    mkdir -p "$out/wgtrace-$g"
-    LOWBIT_CUDA_WEIGHT_GATHER=$g LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/wgtrace-$g "$L" bench \
-      --backend cuda --op lowrank --variant packed --m 2048 --out bf16 --relu 2>&1 \
-      | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+    LOWBIT_CUDA_WEIGHT_GATHER=$g trace_bench "trace lowrank packed bf16 + ReLU M=2048, $g gather" \
+      wgtrace-$g --backend cuda --op lowrank --variant packed --m 2048 --out bf16 --relu
   done
 fi
 if has f32gap; then
@@ -477,11 +478,8 @@ if has f32gap; then
     --variant f32 --m 2048,8192 --weights ternary2
   for spec in "packed 2048 1" "f32 2048 1" "packed 8192 1" "f32 8192 1" "f32 8192 0"; do
     set -- $spec
-    echo "=== trace lowrank ternary2 $1 M=$2 fused_scale=$3" | tee -a "$sum"
-    mkdir -p "$out/f32trace-$1-$2-$3"
-    LOWBIT_CUDA_FUSED_SCALE=$3 LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/f32trace-$1-$2-$3 "$L" \
-      bench --backend cuda --op lowrank --variant $1 --m $2 --weights ternary2 2>&1 \
-      | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+    LOWBIT_CUDA_FUSED_SCALE=$3 trace_bench "trace lowrank ternary2 $1 M=$2 fused_scale=$3" \
+      f32trace-$1-$2-$3 --backend cuda --op lowrank --variant $1 --m $2 --weights ternary2
   done
   command -v ncu >/dev/null || export PATH="$PATH:$(ls -d /usr/local/cuda*/bin | head -1)"
   for m in 2048 8192; do
@@ -509,11 +507,8 @@ if has prepkeep; then
     done
   done
   for k in 0 1; do
-    echo "=== trace lowrank ternary2 f32 M=2048,8192 keep $k" | tee -a "$sum"
-    mkdir -p "$out/keeptrace-$k"
-    LOWBIT_CUDA_PREP_KEEP=$k LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/keeptrace-$k "$L" bench \
-      --backend cuda --op lowrank --variant f32 --m 2048,8192 --weights ternary2 2>&1 \
-      | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+    LOWBIT_CUDA_PREP_KEEP=$k trace_bench "trace lowrank ternary2 f32 M=2048,8192 keep $k" \
+      keeptrace-$k --backend cuda --op lowrank --variant f32 --m 2048,8192 --weights ternary2
   done
 fi
 if has chainfloor; then
@@ -530,21 +525,15 @@ fi
 if has graphtrace; then
   for w in i8x4 ternary2; do
     for op in decoder-tail lowrank; do
-      echo "=== graph trace $op, $w" | tee -a "$sum"
-      mkdir -p "$out/graphtrace-$op-$w"
-      LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/graphtrace-$op-$w "$L" bench \
-        --backend cuda --op $op --variant packed --m 1,16 --weights $w 2>&1 \
-        | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+      LOWBIT_CUDA_SMALL_MMA=1 trace_bench "graph trace $op, $w" graphtrace-$op-$w \
+        --backend cuda --op $op --variant packed --m 1,16 --weights $w
     done
   done
 fi
 if has smalltrace; then
   for op in decoder-tail lowrank; do
-    echo "=== trace $op, small M, tensor cores" | tee -a "$sum"
-    mkdir -p "$out/smalltrace-$op"
-    LOWBIT_CUDA_SMALL_MMA=1 LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out/smalltrace-$op "$L" bench \
-      --backend cuda --op $op --variant packed --m 1,8,16 --no-graph 2>&1 | tee -a "$out/trace.log" \
-      | grep -E "^cuda |trace|^  " | cut -c1-300 | tee -a "$sum"
+    LOWBIT_CUDA_SMALL_MMA=1 trace_bench "trace $op, small M, tensor cores" smalltrace-$op \
+      --backend cuda --op $op --variant packed --m 1,8,16 --no-graph
   done
 fi
 if has reducew; then
@@ -559,10 +548,8 @@ fi
 if has trace; then
   for spec in "decoder-tail packed 512,2048" "lowrank f32 512"; do
     set -- $spec
-    echo "=== trace $1 $2 M=$3" | tee -a "$sum"
-    LOWBIT_CUDA_TRACE=1 LOWBIT_TRACE_CSV=$out "$L" bench --backend cuda --op "$1" --variant "$2" \
-      --m "$3" --weights ternary2 2>&1 | tee -a "$out/trace.log" | grep -E "^cuda |trace|^  " \
-      | cut -c1-300 | tee -a "$sum"
+    trace_bench "trace $1 $2 M=$3" '' --backend cuda --op "$1" --variant "$2" --m "$3" \
+      --weights ternary2
   done
 fi
 if has wgmmarate; then
