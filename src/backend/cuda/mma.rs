@@ -1954,7 +1954,8 @@ impl CudaDevice {
             // kernel takes none of the projection's CTAs until it is empty.
             self.prefer_max_shared(&f)?;
         }
-        let resident = self.prepare_dynamic(&f, 256, 0)?;
+        // A grid barrier: no more blocks than fit at once on the SMs this context may use.
+        let resident = self.coresident_blocks(self.prepare_dynamic(&f, 256, 0)?);
         let ldo = kw.next_multiple_of(4);
         let items = rows * (ldo / 4);
         let blocks = prep_scale_blocks(items, self.coresident_sms as usize, resident, keep);
