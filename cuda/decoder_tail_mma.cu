@@ -90,35 +90,19 @@ __device__ __forceinline__ double lb_warp_sum(double v) {
     return v;
 }
 
-#ifndef LB_PREP_KEEP
-#define LB_PREP_KEEP 1  // mma_prep_scale_a's items per thread in registers (PREP_KEEP, mma.rs)
-#endif
-#if LB_PREP_KEEP > 1
-// Registers for the projection's CTA beside it (135 x 256 of 65536 at D = 256, f32 out).
-#define LB_PREP_BOUNDS __maxnreg__(120)
-#else
-#define LB_PREP_BOUNDS __launch_bounds__(256, 2)
-#endif
-
 // absmean_scale -> mma_prep_a for f32 rows in one cooperative launch (every block resident),
 // the scale computed here. Item i is words 4q..4q+3 (16 floats) of row i / qpr, zero past the
-// row's kvalid (the rows are the whole input: n = rows * kvalid). Each thread loads its first
-// LB_PREP_KEEP items at once (one DRAM round trip, not one per item) and holds them until it
-// packs them; items past those are read again then. Each block sums |x| (max(x, 0) for
-// uint8pos) over its items in f64 (per thread in item order, warp butterflies, then the 8 warp
-// sums in order) into partials[block]; thread 0 publishes it and arrives at the grid barrier
-// *bar (lb_grid_arrive, the generation read at entry). Each warp (LB_PREP_KEEP > 1: warp 0 of
-// each block, handing it to the block) then sums the partials the same way, so that all derive
-// the same scale bits (block 0 stores it), and the block quantizes its items. The projection
-// after it may start at once (it waits for this grid); with LB_PREP_KEEP > 1 the host sizes
-// the grid so that its CTAs fit beside this one's.
-extern "C" __global__ void LB_PREP_BOUNDS
+// row's kvalid (the rows are the whole input: n = rows * kvalid). Each block sums |x|
+// (max(x, 0) for uint8pos) over its items in f64 (warp butterflies, then the 8 warp sums in
+// order) into partials[block]; thread 0 publishes it and arrives at the grid barrier *bar
+// (lb_grid_arrive, the generation read at entry). Each warp then sums the partials the same
+// way, so that all derive the same scale bits (block 0 stores it), and quantizes its items,
+// the first still in registers. The projection after it may start at once (it waits for this
+// grid).
+extern "C" __global__ void __launch_bounds__(256, 2)
     mma_prep_scale_a(LbMma p, u32* dst, long long rows, int ldo, long long n, double* partials,
                      unsigned long long* bar, float* scale_out) {
     __shared__ double warp_sums[8];
-#if LB_PREP_KEEP > 1
-    __shared__ float block_scale;
-#endif
     lb_trace_at(0);
     lb_pdl_launch_next();
     const unsigned gen = threadIdx.x == 0 ? lb_grid_gen(bar) : 0u;
@@ -126,20 +110,14 @@ extern "C" __global__ void LB_PREP_BOUNDS
     const int qpr = ldo / 4, lane = threadIdx.x & 31;
     const long long total = rows * qpr;
     const long long first = blockIdx.x * 256LL + threadIdx.x, stride = gridDim.x * 256LL;
-    const long long rest = first + LB_PREP_KEEP * stride;  // the items read twice
-    float f[LB_PREP_KEEP][16];
-#pragma unroll
-    for (int j = 0; j < LB_PREP_KEEP; ++j)
-        if (first + j * stride < total) lb_prep_floats(p, first + j * stride, qpr, f[j]);
+    float f[16];
     double sum = 0.0;
+    if (first < total) {
+        lb_prep_floats(p, first, qpr, f);
 #pragma unroll
-    for (int j = 0; j < LB_PREP_KEEP; ++j) {
-        if (first + j * stride < total) {
-#pragma unroll
-            for (int e = 0; e < 16; ++e) sum += lb_abs_term(f[j][e], pos);
-        }
+        for (int e = 0; e < 16; ++e) sum += lb_abs_term(f[e], pos);
     }
-    for (long long i = rest; i < total; i += stride) {
+    for (long long i = first + stride; i < total; i += stride) {
         float g[16];
         lb_prep_floats(p, i, qpr, g);
 #pragma unroll
@@ -157,29 +135,12 @@ extern "C" __global__ void LB_PREP_BOUNDS
     }
     lb_trace_at(1);
     __syncthreads();
-#if LB_PREP_KEEP > 1
-    if (threadIdx.x < 32) {
-        // Lane l adds partials l, l + 32, ..: independent loads, unrolled so that they are in
-        // flight together.
-        double all = 0.0;
-#pragma unroll 8
-        for (unsigned b = lane; b < gridDim.x; b += 32) all += __ldcg(partials + b);
-        all = lb_warp_sum(all);
-        if (lane == 0) block_scale = lb_absmean_scale(all, n, p.fmt);
-    }
-    __syncthreads();
-    const float s = block_scale;
-#else
     double all = 0.0;
     for (unsigned b = lane; b < gridDim.x; b += 32) all += __ldcg(partials + b);
     const float s = lb_absmean_scale(lb_warp_sum(all), n, p.fmt);
-#endif
     if (threadIdx.x == 0 && blockIdx.x == 0) *scale_out = s;
-#pragma unroll
-    for (int j = 0; j < LB_PREP_KEEP; ++j)
-        if (first + j * stride < total)
-            lb_prep_put(dst, ldo, first + j * stride, qpr, f[j], s, p.fmt);
-    for (long long i = rest; i < total; i += stride) {
+    if (first < total) lb_prep_put(dst, ldo, first, qpr, f, s, p.fmt);
+    for (long long i = first + stride; i < total; i += stride) {
         float g[16];
         lb_prep_floats(p, i, qpr, g);
         lb_prep_put(dst, ldo, i, qpr, g, s, p.fmt);

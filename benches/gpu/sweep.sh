@@ -5,7 +5,7 @@
 #                             [smallfinal] [wgmma] [final] [t2tests] [t2opts] [trace]
 #                             [wgmmarate] [dramrate] [t2default] [reducew] [tmay] [targets]
 #                             [smalltrace] [lrprologue] [smalldec] [graphtrace] [ncuatom]
-#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide] [inlinescale] [gridscale] [t2gridscale] [wgather] [f32gap] [prepkeep]
+#                             [sanitize] [ab] [smallprep] [prefetch] [chainfloor] [frozen] [frozendec] [frozenmin] [frozenpf] [dec2cw] [wide] [inlinescale] [gridscale] [t2gridscale] [wgather] [f32gap]
 #                             (default: peers small dp4a wgpu ncu)
 # tests: every test executable, 8 threads, LOWBIT_REQUIRE=cuda,wgpu (TEST_SHARD=I/N: only every
 # N-th test of each, from the I-th, 0-based, so that the whole set can span N calls); peers:
@@ -83,9 +83,6 @@
 # f32gap: what the f32 input's packing launch adds to the low-rank projection at M = 2048 /
 # 8192 (packed against f32 input, f32 out; the timelines of both, the two-kernel chain too;
 # ncu's durations of each kernel alone).
-# prepkeep: mma_prep_scale_a's items in registers on one block per SM beside the projection
-# (LOWBIT_CUDA_PREP_KEEP=1) against the default, f32 input at M = 512..8192 (PK_ROUNDS rounds,
-# default 2); its tests first, the timelines last.
 # ab: the bundle's lowbit against bin/lowbit-base (base_build.sh), alternating (AB_SETS, AB_ROUNDS).
 # graphtrace: the small-M tensor-core kernels' timelines in graph replay (LOWBIT_CUDA_TRACE=1:
 # the replay's last kernel, in steady state under PDL; every block's stamps in
@@ -488,27 +485,6 @@ if has f32gap; then
       -k regex:'mma_prep|absmean|lowrank_wgmma' -c 9 "$L" bench --backend cuda --op lowrank \
       --variant f32 --m $m --weights ternary2 --iters 3 > "$out/ncu-f32-$m.log" 2>&1
     grep -E "^  [a-z_]+.*\(|gpu__time_duration|dram__bytes" "$out/ncu-f32-$m.log" | head -30 | tee -a "$sum"
-  done
-fi
-if has prepkeep; then
-  # mma_prep_scale_a's items held in registers on one block per SM beside the projection
-  # (LOWBIT_CUDA_PREP_KEEP=1) against the default (0): its tests, then two rounds of f32 input
-  # at M = 512 / 2048 / 8192 (both weight formats, f32 out; ternary2 bf16 + ReLU), alternating,
-  # then the timelines of both at 2048 / 8192 (ternary2; run peers first for the ratios).
-  step_tests prepkeep 200 4 lowrank_chain_back_to_back small_decoder_f32_packing_each_way
-  for round in $(seq 1 "${PK_ROUNDS:-2}"); do
-    for k in 0 1; do
-      for w in ternary2 i8x4; do
-        LOWBIT_CUDA_PREP_KEEP=$k bench "lowrank $w, f32 in, f32 out, keep $k, round $round" \
-          --backend cuda --op lowrank --variant f32 --m 512,2048,8192 --weights $w
-      done
-      LOWBIT_CUDA_PREP_KEEP=$k bench "lowrank ternary2, f32 in, bf16 + ReLU, keep $k, round $round" \
-        --backend cuda --op lowrank --variant f32 --m 512,2048,8192 --weights ternary2 --out bf16 --relu
-    done
-  done
-  for k in 0 1; do
-    LOWBIT_CUDA_PREP_KEEP=$k trace_bench "trace lowrank ternary2 f32 M=2048,8192 keep $k" \
-      keeptrace-$k --backend cuda --op lowrank --variant f32 --m 2048,8192 --weights ternary2
   done
 fi
 if has chainfloor; then

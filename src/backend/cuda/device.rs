@@ -178,12 +178,6 @@ pub(crate) fn parse_auto_switch(text: &str) -> std::result::Result<Option<bool>,
 /// the tensor-core kernels (`0`; empty or `1`: on, the default).
 pub const FUSED_SCALE_ENV: &str = "LOWBIT_CUDA_FUSED_SCALE";
 
-/// Environment variable that switches on `mma_prep_scale_a`'s items held in registers and its
-/// grid of one block per SM beside the projection (`1`; empty or `0`: off, the default until
-/// it has been measured on a card: a thread per item up to the blocks that fit, items past the
-/// first read twice).
-pub const PREP_KEEP_ENV: &str = "LOWBIT_CUDA_PREP_KEEP";
-
 /// Environment variable that lets the small-M low-rank kernels work out the absmean scale of
 /// their f32 input themselves (empty or `1`: on, the default; `0`: a reduction kernel first):
 /// see [`CudaDevice::with_small_inline_scale`].
@@ -414,9 +408,6 @@ pub struct CudaDevice {
     /// in one cooperative launch (`mma_prep_scale_a`) instead of `absmean_scale` then
     /// `mma_prep_a` (off with `LOWBIT_CUDA_FUSED_SCALE=0` or [`CudaDevice::with_fused_scale`]).
     pub(crate) fused_scale: bool,
-    /// `mma_prep_scale_a` holds its items in registers on a grid of one block per SM
-    /// ([`PREP_KEEP_ENV`], [`CudaDevice::with_prep_keep`]).
-    pub(crate) prep_keep: bool,
     /// The small-M low-rank kernels work out a computed scale themselves
     /// ([`SMALL_INLINE_SCALE_ENV`], [`CudaDevice::with_small_inline_scale`]).
     pub(crate) small_inline_scale: bool,
@@ -630,7 +621,6 @@ impl CudaDevice {
             frozen_weights: env_switch(FROZEN_WEIGHTS_ENV, false)?,
             small_prepack: env_parse(SMALL_PREPACK_ENV, parse_auto_switch)?,
             fused_scale: env_switch(FUSED_SCALE_ENV, true)?,
-            prep_keep: env_switch(PREP_KEEP_ENV, false)?,
             small_inline_scale: env_switch(SMALL_INLINE_SCALE_ENV, true)?,
             decoder_grid_scale: env_switch(DECODER_GRID_SCALE_ENV, true)?,
             small_mma_grid_scale: env_switch(SMALL_MMA_GRID_SCALE_ENV, true)?,
@@ -752,21 +742,6 @@ impl CudaDevice {
     /// See [`CudaDevice::with_fused_scale`].
     pub fn fused_scale(&self) -> bool {
         self.fused_scale
-    }
-    /// Whether `mma_prep_scale_a` (the one-launch scale and packing of f32 input,
-    /// [`CudaDevice::with_fused_scale`]) loads up to `PREP_KEEP` items per thread at once and
-    /// holds them in registers until it packs them, on a grid of one block per SM with the
-    /// projection's shared-memory carveout, so that the projection's CTAs enter beside it and
-    /// load their weight tiles while it runs (overrides `LOWBIT_CUDA_PREP_KEEP`). Off (the
-    /// default; on has not run on a card yet): a thread per item up to the blocks that fit,
-    /// items past the first read twice.
-    pub fn with_prep_keep(mut self, on: bool) -> Self {
-        self.prep_keep = on;
-        self
-    }
-    /// See [`CudaDevice::with_prep_keep`].
-    pub fn prep_keep(&self) -> bool {
-        self.prep_keep
     }
     /// Lets (`true`) the small-M low-rank kernels (tensor-core and dp4a) work out the absmean
     /// scale of their f32 input themselves where the scale is computed

@@ -628,34 +628,11 @@ pub fn dec_wgmma_defines(
     ]
 }
 
-/// `mma_prep_scale_a`'s items (16 floats) per thread held in registers from its sum to its
-/// packing (`LB_PREP_KEEP`) where [`CudaDevice::with_prep_keep`] is on: loaded at once, one
-/// DRAM round trip. Its grid is then one block per SM (so that the projection's CTAs fit
-/// beside it and queue their weight tiles while it runs) unless that leaves more items than
-/// this per thread. Off, at M = 8192 (H100) the grid is 3 blocks per SM, each thread loading
-/// its 2 items one after the other, and the projection's CTAs entered only as it ended (trace:
-/// 12.3 µs median, to 15.1).
-pub const PREP_KEEP: usize = 4;
-
 /// `mma_prep_scale_a` runs where the f32 input takes at most 1 / this of the L2: past the
-/// first [`PREP_KEEP`] items per thread its quantizing pass reads the input again, from
+/// first item per thread (kept in registers) its quantizing pass reads the input again, from
 /// L2 when it fits. Larger inputs (the decoder's f32 y at M = 512: 67 MB) measured the same
 /// or slower than `absmean_scale` + `mma_prep_a` (762 against 719 µs at M = 8192, H200).
 pub const FUSED_SCALE_L2_SHARE: u64 = 2;
-
-/// `mma_prep_scale_a`'s grid for `items` items on `sms` SMs where `resident` of its blocks fit
-/// at once and each thread holds `keep` items: a thread per item where that takes at most one
-/// block per SM, else one block per SM, or more (up to `resident`) where that would leave over
-/// `keep` items per thread. With `keep` 1 that is a thread per item up to `resident`.
-pub fn prep_scale_blocks(items: usize, sms: usize, resident: usize, keep: usize) -> usize {
-    let threads = 256;
-    items
-        .div_ceil(threads)
-        .min(sms.max(items.div_ceil(threads * keep.max(1))))
-        .min(resident)
-        .min(t::RED_MAX_BLOCKS as usize)
-        .max(1)
-}
 
 /// An on/off variable's value ([`WGMMA_ENV`], `LOWBIT_CUDA_FUSED_SCALE`,
 /// `LOWBIT_CUDA_TERNARY2`): `1` on, `0` off, unset or empty `unset`.
@@ -1015,17 +992,7 @@ const MODE_F32: u32 = 2;
 
 /// Defines of the input packer for mode 0 (misaligned words) / 1 codes / 2 f32.
 pub fn prep_defines(mode: u32) -> Vec<(String, String)> {
-    prep_keep_defines(mode, 1)
-}
-
-/// [`prep_defines`] with `keep` items per thread held in registers by `mma_prep_scale_a`.
-pub fn prep_keep_defines(mode: u32, keep: usize) -> Vec<(String, String)> {
-    vec![
-        d("LB_MMA_PREP", 1),
-        d("LB_MODE", mode),
-        d("LB_PREP_KEEP", keep),
-        eps(),
-    ]
+    vec![d("LB_MMA_PREP", 1), d("LB_MODE", mode), eps()]
 }
 
 /// Defines of the small-M kernels: input mode, unsigned A lanes, ternary2 weights, the CTA
@@ -1254,10 +1221,6 @@ pub fn mma_module_variants() -> Vec<(KernelId, Vec<(String, String)>)> {
     for mode in 0..3u32 {
         v.push((KernelId::MmaPrepA, prep_defines(mode)));
     }
-    v.push((
-        KernelId::MmaPrepScaleA,
-        prep_keep_defines(MODE_F32, PREP_KEEP),
-    ));
     for uns in [false, true] {
         for dtype in [OutputDType::F32, OutputDType::F16, OutputDType::Bf16] {
             for relu in [false, true] {
@@ -1947,18 +1910,16 @@ impl CudaDevice {
             return Ok(None);
         }
         non_null("cuda::absmean_scale", "scale buffer", scale_out)?;
-        let keep = if self.prep_keep { PREP_KEEP } else { 1 };
-        let f = self.function(KernelId::MmaPrepScaleA, prep_keep_defines(mode, keep))?;
-        if self.prep_keep {
-            // The projection's carveout (all shared memory): an SM set up otherwise for this
-            // kernel takes none of the projection's CTAs until it is empty.
-            self.prefer_max_shared(&f)?;
-        }
+        let f = self.function(KernelId::MmaPrepScaleA, prep_defines(mode))?;
         // A grid barrier: no more blocks than fit at once on the SMs this context may use.
         let resident = self.coresident_blocks(self.prepare_dynamic(&f, 256, 0)?);
         let ldo = kw.next_multiple_of(4);
         let items = rows * (ldo / 4);
-        let blocks = prep_scale_blocks(items, self.coresident_sms as usize, resident, keep);
+        let blocks = items
+            .div_ceil(256)
+            .min(resident)
+            .min(t::RED_MAX_BLOCKS as usize)
+            .max(1);
         let mut scratch = self.scratch();
         let dst = self.scratch_buf(&mut scratch.mma_words, rows * ldo)?;
         let partials = self.scratch_buf(&mut scratch.red_partials, t::RED_MAX_BLOCKS as usize)?;
@@ -2749,25 +2710,6 @@ mod tests {
         assert_eq!(wgmma_pairs(None, bf16), 2);
         assert_eq!(wgmma_pairs(Some(2), f32_out), 2);
         assert_eq!(wgmma_pairs(Some(1), bf16), 1);
-    }
-
-    #[test]
-    fn prep_scale_grid() {
-        // BDH's x at M = 512 / 2048 / 8192 (16 items a row) on an H100: 132 SMs, 396 blocks.
-        assert_eq!(prep_scale_blocks(512 * 16, 132, 396, PREP_KEEP), 32);
-        assert_eq!(prep_scale_blocks(2048 * 16, 132, 396, PREP_KEEP), 128);
-        assert_eq!(prep_scale_blocks(8192 * 16, 132, 396, PREP_KEEP), 132);
-        // Past PREP_KEEP items a thread on one block per SM: more blocks, up to resident.
-        assert_eq!(
-            prep_scale_blocks(132 * 256 * PREP_KEEP + 1, 132, 396, PREP_KEEP),
-            133
-        );
-        assert_eq!(prep_scale_blocks(1 << 24, 132, 396, PREP_KEEP), 396);
-        assert_eq!(prep_scale_blocks(1, 132, 396, PREP_KEEP), 1);
-        assert_eq!(prep_scale_blocks(0, 132, 396, PREP_KEEP), 1);
-        // Off (keep 1): a thread per item up to resident, as before.
-        assert_eq!(prep_scale_blocks(8192 * 16, 132, 396, 1), 396);
-        assert_eq!(prep_scale_blocks(2048 * 16, 132, 396, 1), 128);
     }
 
     #[test]
