@@ -31,7 +31,7 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 // sm_90a only (compiled for `sm_90a`): the projection on warpgroup mma (wgmma), the weights
 // resident. CTA (x, y) owns head h = x / tiles_n and the LB_WG_BN = 256 weight columns of
 // tile x % tiles_n, all kpw k words, in smem for its whole life (the weights are read once).
-// Its LB_WG_PAIRS (2, or 1 for two CTAs per SM) pairs of warpgroups walk the 64-row tiles:
+// Its LB_WG_PAIRS (2, or 1: smem for two CTAs per SM) pairs of warpgroups walk the 64-row tiles:
 // pair P tiles PAIRS y + P, + PAIRS gridDim.y, ... of A with its own LB_WG_NB cp.async
 // buffers and named barrier, and warpgroup j of the pair
 // computes and stores columns 128j..128j+127 of the tile as two 64-column halves, each half's
@@ -60,7 +60,7 @@ extern "C" __global__ void __launch_bounds__(LB_MS_THREADS, 1) lowrank_mma_small
 // Tile shape, pairs and threads come from Rust (WGMMA_BN, WGMMA_BM, wgmma_pairs and
 // WGMMA_PAIR_THREADS in mma.rs); the code below is written for these values only.
 #ifndef LB_WG_PAIRS
-#define LB_WG_PAIRS 2  // warpgroup pairs per CTA (1: two CTAs per SM at D <= 256)
+#define LB_WG_PAIRS 2  // warpgroup pairs per CTA (1: smem for two CTAs per SM at D <= 256)
 #endif
 #if LB_WG_BN != 256 || LB_WG_BM != 64 || (LB_WG_PAIRS != 1 && LB_WG_PAIRS != 2) ||              \
     LB_WG_THREADS != 256 * LB_WG_PAIRS || LB_WG_NB < 2 || LB_WG_NB > 3 || LB_WG_NP < 1 ||       \

@@ -185,8 +185,10 @@ pub fn parse_wg_pairs(text: &str) -> std::result::Result<Option<usize>, String> 
     }
 }
 
-/// `lowrank_wgmma`'s warpgroup pairs per CTA: `forced` where set, else one (two CTAs per SM
-/// at D ≤ 256) for f32 output and two for 16-bit outputs. H100, BDH shape, M = 512 / 2048 /
+/// `lowrank_wgmma`'s warpgroup pairs per CTA: `forced` where set, else one for f32 output and
+/// two for 16-bit outputs. One pair's shared memory would let two CTAs share an SM at D ≤ 256,
+/// but its 134–138 registers a thread let only one fit (so the f32-output grid at the BDH
+/// shape is 128 CTAs of 256 threads on the H100's 132 SMs; BENCHMARKS.md, 2026-12-07). H100, BDH shape, M = 512 / 2048 /
 /// 8192, one pair against two, i8x4 weights: f32 out from packed input 30.53-30.59 /
 /// 96.99-97.12 / 375.8-376.1 µs against 30.75-30.88 / 97.79-97.89 / 382.6-382.7, from f32
 /// input 31.97-32.29 / 102.40-102.43 / 387.9-388.2 against 32.32-32.35 / 104.54-104.58 /
@@ -1504,8 +1506,8 @@ impl CudaDevice {
 
     /// Sets `lowrank_wgmma`'s warpgroup pairs per CTA, 1 or 2 (overrides
     /// `LOWBIT_CUDA_WG_PAIRS`; by default [`wgmma_pairs`] chooses): one pair halves each
-    /// CTA's A buffers, so that two CTAs share an SM where K ≤ 256; the CTAs per column tile
-    /// double with it. Either gives the same bits.
+    /// CTA's threads and A buffers (the shared memory of two CTAs per SM where K ≤ 256; the
+    /// registers fit one, see [`wgmma_pairs`]). Either gives the same bits.
     pub fn with_lowrank_pairs(mut self, pairs: usize) -> Result<Self> {
         self.wg_pairs = Some(one_of("with_lowrank_pairs", "pairs", pairs, &[1, 2])?);
         Ok(self)
