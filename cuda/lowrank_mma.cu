@@ -424,10 +424,7 @@ __device__ __forceinline__ void lb_lowrank_wgmma(const LbMma& p) {
     lb_wait<0>();
 }
 
-// One pair: two CTAs per SM, so at most 128 registers a thread (65536 / 512); ptxas took
-// 134-138 where left free, and one CTA per SM then fit (the H100 ran 128 CTAs on 132 SMs).
-extern "C" __global__ void __launch_bounds__(LB_WG_THREADS, LB_WG_PAIRS == 1 ? 2 : 1)
-    lowrank_wgmma(LbMma p) {
+extern "C" __global__ void __launch_bounds__(LB_WG_THREADS, 1) lowrank_wgmma(LbMma p) {
     lb_trace_at(0);
     lb_lowrank_wgmma<LB_UNS != 0>(p);
     lb_trace_at(3);
