@@ -188,9 +188,11 @@ pub fn parse_wg_pairs(text: &str) -> std::result::Result<Option<usize>, String> 
 /// `lowrank_wgmma`'s warpgroup pairs per CTA: `forced` where set, else one for f32 output and two
 /// for 16-bit outputs. One pair's shared memory would let two CTAs share an SM at D ≤ 256, but its
 /// 134–138 registers a thread let only one fit (so the f32-output grid at the BDH shape is 128 CTAs
-/// of 256 threads on the H100's 132 SMs; BENCHMARKS.md, 2026-12-07). H100, BDH shape, M = 512 /
-/// 2048 / 8192, one pair against two, i8x4 weights: f32 out from packed input 30.53-30.59 /
-/// 96.99-97.12 / 375.8-376.1 µs against 30.75-30.88 / 97.79-97.89 / 382.6-382.7, from f32 input
+/// of 256 threads on the H100's 132 SMs; BENCHMARKS.md, 2026-12-07). Bounded to two CTAs per SM
+/// (`__launch_bounds__(256, 2)`: 118–127 registers, 256 CTAs) it measured 2–5 % slower there at M =
+/// 512 / 2048 / 8192 with either weight format, packed or f32 input, so it is not. H100, BDH shape,
+/// M = 512 / 2048 / 8192, one pair against two, i8x4 weights: f32 out from packed input 30.53-30.59
+/// / 96.99-97.12 / 375.8-376.1 µs against 30.75-30.88 / 97.79-97.89 / 382.6-382.7, from f32 input
 /// 31.97-32.29 / 102.40-102.43 / 387.9-388.2 against 32.32-32.35 / 104.54-104.58 / 403.3-403.4;
 /// bf16 + ReLU 21.28-21.38 / 59.26-59.36 / 211.8-213.1 against 20.19-20.22 / 54.40-54.53 /
 /// 191.5-193.2. Ternary2 weights, f32 out (one round): packed 28.86 / 95.71 / 375.94 against 28.80
