@@ -2166,7 +2166,8 @@ impl CudaDevice {
         let threads = WGMMA_PAIR_THREADS * pairs as u32;
         let smem = wgmma_smem(kpw, wgmma_split(epilogue), pairs);
         if pairs == 1 {
-            // Two CTAs per SM need the whole of its shared memory as such.
+            // Two CTAs' shared memory per SM needs all of it as such (their registers let
+            // one fit: see `wgmma_pairs`).
             self.prefer_max_shared(&f)?;
         }
         let slots = self.prepare_dynamic(&f, threads, smem)?;
